@@ -1,0 +1,296 @@
+"""The qconfig JSON: a versioned, validated per-layer precision map keyed by fqn.
+
+A file says, for every quantizable layer (execution order), the weight and input-activation
+format with its integer range and, when exported from a trained trial, the scales and zero points
+the trial learned; which layers were pinned and why; the target profile; the metric and cost the
+trial achieved; and provenance.  ``apply_qconfig(model, path, example_inputs)`` applies it to a
+fresh copy of the user's model in one call.
+
+Versioning: ``schema_version`` is an integer.  Fields added later are optional with defaults, so
+older files keep loading; a file from a newer major version is refused with a message saying so.
+The JSON Schema is published at ``search/qconfig.schema.json`` (regenerate with
+``python -m search.qconfig``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from torch import nn
+
+from search.formats import LayerFormat, TensorFormat, parse_format
+from search.layers import LayerGraph, LayerKind, discover_layers
+from search.qat import OUTPUT_QUANT_ATTR, ActivationQuantizer, FakeQuantMixin, RangeMethod, quantize_model
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("qconfig.schema.json")
+
+
+class QConfigError(ValueError):
+    """A qconfig file is malformed, from a newer version, or does not fit the model."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TensorQConfig(_Strict):
+    format: Literal["int4", "int8", "fp16", "fp32"]
+    signed: bool | None = Field(default=None, description="integer formats: signed codes")
+    granularity: Literal["per_channel", "per_tensor"] | None = None
+    axis: int | None = Field(default=None, description="per-channel axis of the weight tensor")
+    symmetric: bool | None = None
+    quant_min: int | None = None
+    quant_max: int | None = None
+    scale: list[float] | None = Field(default=None, description="calibrated/learned scales (float32)")
+    zero_point: list[int] | None = None
+
+    @field_validator("scale")
+    @classmethod
+    def _finite_positive(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and not all(v > 0 and v != float("inf") for v in value):
+            raise ValueError("scale: every scale must be a finite number > 0")
+        return value
+
+
+class LayerQConfig(_Strict):
+    kind: LayerKind
+    index: int = Field(ge=0, description="position in execution order")
+    format: str = Field(description="layer format name, e.g. int8, int4, w4a8, fp16")
+    weight: TensorQConfig
+    activation: TensorQConfig
+    pinned: bool = False
+    pin_reason: str | None = None
+
+    @field_validator("format")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return parse_format(value).name
+
+
+class QualityReport(_Strict):
+    metric: str
+    value: float
+    std: float = 0.0
+    n_evaluations: int = 1
+    fp32_value: float | None = None
+    higher_is_better: bool = True
+
+
+class Provenance(_Strict):
+    mixq_version: str
+    model_fingerprint: str
+    workload: str | None = None
+    study_name: str | None = None
+    trial_number: int | None = None
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+
+class QConfigFile(_Strict):
+    schema_version: int = SCHEMA_VERSION
+    range_method: RangeMethod = RangeMethod.MINMAX
+    profile: str = "generic"
+    layers: dict[str, LayerQConfig]
+    output: TensorQConfig | None = Field(default=None, description="quantization of the model output")
+    quality: QualityReport | None = None
+    costs: dict[str, float] = Field(default_factory=dict)
+    provenance: Provenance
+
+    def assignment(self) -> dict[str, LayerFormat]:
+        return {fqn: parse_format(layer.format) for fqn, layer in self.layers.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def model_fingerprint(graph: LayerGraph) -> str:
+    """sha256 of the layer structure (fqn, kind, shapes) in execution order: identifies the
+    architecture, not the weights."""
+    text = json.dumps([[lay.fqn, lay.kind, lay.input_shape[1:], lay.output_shape[1:], lay.num_params] for lay in graph.layers])
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _tensor_format(fmt: TensorFormat) -> Literal["int4", "int8", "fp16", "fp32"]:
+    return fmt.name  # type: ignore[return-value]
+
+
+def _weight_qconfig(fmt: TensorFormat, layer: FakeQuantMixin | None) -> TensorQConfig:
+    if not fmt.is_int:
+        return TensorQConfig(format=_tensor_format(fmt))
+    qmin, qmax = fmt.weight_range()
+    scale = None
+    if layer is not None:
+        scale = [float(s) for s in layer.weight_quant.scale(layer.weight).reshape(-1)]
+    axis = layer.weight_quant.axis if layer is not None else 0
+    return TensorQConfig(
+        format=_tensor_format(fmt), signed=True, granularity="per_channel", axis=axis, symmetric=True,
+        quant_min=qmin, quant_max=qmax, scale=scale, zero_point=[0] * len(scale) if scale else None,
+    )
+
+
+def _activation_qconfig(fmt: TensorFormat, quant: ActivationQuantizer | None) -> TensorQConfig:
+    if not fmt.is_int:
+        return TensorQConfig(format=_tensor_format(fmt))
+    qmin, qmax = fmt.activation_range()
+    scale = zero_point = None
+    symmetric = None
+    if quant is not None and bool(quant.initialized):
+        s, zp = quant.qparams()
+        scale, zero_point, symmetric = [s], [zp], zp == 0
+    return TensorQConfig(
+        format=_tensor_format(fmt), signed=False, granularity="per_tensor", symmetric=symmetric,
+        quant_min=qmin, quant_max=qmax, scale=scale, zero_point=zero_point,
+    )
+
+
+def build_qconfig(
+    model: nn.Module | None,
+    graph: LayerGraph,
+    assignment: Mapping[str, str],
+    *,
+    pinned: Mapping[str, str] | None = None,
+    profile: str = "generic",
+    range_method: RangeMethod | str = RangeMethod.MINMAX,
+    quality: QualityReport | None = None,
+    costs: Mapping[str, float] | None = None,
+    workload: str | None = None,
+    study_name: str | None = None,
+    trial_number: int | None = None,
+) -> QConfigFile:
+    """Describe ``assignment`` (fqn -> format name).  With a trained fake-quant ``model`` the
+    file carries its scales and zero points."""
+    from search import __version__
+
+    pinned = pinned or {}
+    layers: dict[str, LayerQConfig] = {}
+    for info in graph.layers:
+        fmt = parse_format(assignment[info.fqn])
+        module = model.get_submodule(info.fqn) if model is not None else None
+        qlayer = module if isinstance(module, FakeQuantMixin) else None
+        layers[info.fqn] = LayerQConfig(
+            kind=info.kind, index=info.index, format=fmt.name,
+            weight=_weight_qconfig(fmt.weight, qlayer),
+            activation=_activation_qconfig(fmt.activation, qlayer.input_quant if qlayer else None),
+            pinned=info.fqn in pinned, pin_reason=pinned.get(info.fqn),
+        )
+    last_act = parse_format(assignment[graph.last.fqn]).activation
+    out_quant = getattr(model, OUTPUT_QUANT_ATTR, None) if model is not None else None
+    return QConfigFile(
+        range_method=RangeMethod(range_method), profile=profile, layers=layers,
+        output=None if last_act.is_identity else _activation_qconfig(last_act, out_quant),
+        quality=quality, costs=dict(costs or {}),
+        provenance=Provenance(
+            mixq_version=__version__, model_fingerprint=model_fingerprint(graph), workload=workload,
+            study_name=study_name, trial_number=trial_number,
+        ),
+    )
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(file)"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{loc}: {first['msg']}{more}"
+
+
+def load_qconfig(source: str | Path | Mapping[str, Any]) -> QConfigFile:
+    """Read and validate a qconfig file (path, JSON text, or parsed dict)."""
+    if isinstance(source, Mapping):
+        data: Any = dict(source)
+    else:
+        text = Path(source).read_text() if isinstance(source, Path) or not str(source).lstrip().startswith("{") else str(source)
+        try:
+            data = json.loads(text, parse_constant=_reject_constant)
+        except (json.JSONDecodeError, ValueError) as exc:
+            raise QConfigError(f"qconfig: not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise QConfigError("qconfig: the top level must be a JSON object")
+    version = data.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise QConfigError(f"schema_version: must be an integer, got {version!r}")
+    if version > SCHEMA_VERSION:
+        raise QConfigError(
+            f"schema_version: this file is version {version}; this mixq reads versions 1..{SCHEMA_VERSION} "
+            "(upgrade mixq to read it)"
+        )
+    try:
+        return QConfigFile.model_validate(data)
+    except ValidationError as err:
+        raise QConfigError(_format_validation_error(err)) from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed (NaN and Infinity are not JSON numbers)")
+
+
+def apply_qconfig(
+    model: nn.Module,
+    qconfig: QConfigFile | str | Path | Mapping[str, Any],
+    example_inputs: Any,
+    *,
+    load_scales: bool = True,
+) -> nn.Module:
+    """Make ``model`` (a fresh copy of the user's fp32 model) a fake-quant model as the file says,
+    in place, ready for the user's own QAT loop or for :func:`search.export_onnx`.
+
+    With ``load_scales`` the activation ranges come from the file (no calibration needed); weight
+    scales always follow the weights.
+    """
+    cfg = qconfig if isinstance(qconfig, QConfigFile) else load_qconfig(qconfig)
+    model = quantize_model(model, cfg.assignment(), example_inputs, range_method=cfg.range_method)
+    graph = discover_layers(model, example_inputs)
+    missing = [fqn for fqn in graph.fqns if fqn not in cfg.layers]
+    if missing:
+        raise QConfigError(f"layers: the file has no entry for layer {missing[0]!r} of this model")
+    if load_scales:
+        for fqn, layer_cfg in cfg.layers.items():
+            module = model.get_submodule(fqn)
+            if isinstance(module, FakeQuantMixin):
+                _load_activation(module.input_quant, layer_cfg.activation, fqn)
+        out_quant = getattr(model, OUTPUT_QUANT_ATTR, None)
+        if out_quant is not None and cfg.output is not None:
+            _load_activation(out_quant, cfg.output, "output")
+    return model
+
+
+def _load_activation(quant: ActivationQuantizer, cfg: TensorQConfig, where: str) -> None:
+    if cfg.scale is None or cfg.zero_point is None:
+        return
+    if len(cfg.scale) != 1 or len(cfg.zero_point) != 1:
+        raise QConfigError(f"layers.{where}.activation.scale: per-tensor activations take one scale")
+    qmin, qmax = quant.fmt.activation_range()
+    zp = cfg.zero_point[0]
+    if not qmin <= zp <= qmax:
+        raise QConfigError(f"layers.{where}.activation.zero_point: must be in [{qmin}, {qmax}], got {zp}")
+    with torch.no_grad():
+        quant.scale.fill_(cfg.scale[0])
+        quant.zero_point.fill_(zp)
+        # keep the observed range consistent with the loaded qparams (EMA continues from here)
+        quant.min_val.fill_((qmin - zp) * cfg.scale[0])
+        quant.max_val.fill_((qmax - zp) * cfg.scale[0])
+    quant.initialized.fill_(True)
+
+
+def save_qconfig(cfg: QConfigFile, path: str | Path) -> Path:
+    path = Path(path)
+    path.write_text(cfg.model_dump_json(indent=2) + "\n")
+    return path
+
+
+def json_schema() -> dict[str, Any]:
+    schema = QConfigFile.model_json_schema()
+    schema["$id"] = f"https://mixq.dev/schemas/qconfig-v{SCHEMA_VERSION}.json"
+    schema["title"] = "mixq qconfig"
+    return schema
+
+
+if __name__ == "__main__":
+    SCHEMA_PATH.write_text(json.dumps(json_schema(), indent=2) + "\n")
+    print(f"wrote {SCHEMA_PATH}")

@@ -1,0 +1,94 @@
+"""One trial: copy the pretrained model, apply a precision map, calibrate, run short QAT, evaluate."""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from search.formats import parse_format
+from search.qat import RangeMethod, calibrate, quantize_model
+from search.workloads.base import Workload
+
+
+class NonFiniteLossError(RuntimeError):
+    """QAT produced a NaN or infinite loss."""
+
+
+@dataclass
+class TrialRun:
+    model: nn.Module  # the trained fake-quant model (eval mode)
+    quality: float
+    losses: list[float]
+    duration_s: float
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} asked for but CUDA is not available; use 'cpu' or 'auto'")
+    return torch.device(device)
+
+
+def qat_train(model: nn.Module, workload: Workload, steps: int, seed: int, device: torch.device) -> list[float]:
+    """``steps`` Adam steps on the workload's stream; returns the losses.  Deterministic for a seed."""
+    gen = torch.Generator().manual_seed(seed)
+    batches = workload.train_batches(gen)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=workload.lr)
+    losses: list[float] = []
+    model.train()
+    for step in range(steps):
+        inputs, target = next(batches)
+        loss = workload.loss_fn(model(inputs.to(device)), target.to(device))
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"loss: {float(loss)} at QAT step {step}; lower the workload's lr or check the data")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    return losses
+
+
+def run_trial(
+    workload: Workload,
+    assignment: Mapping[str, str],
+    *,
+    qat_steps: int,
+    seed: int,
+    range_method: RangeMethod | str = RangeMethod.MINMAX,
+    device: str = "cpu",
+) -> TrialRun:
+    """Train and score one precision map (fqn -> format name) from the pretrained fp32 weights."""
+    start = time.perf_counter()
+    seed_everything(seed)
+    dev = resolve_device(device)
+    model = copy.deepcopy(workload.model).to(dev)
+    qmap = {fqn: parse_format(name) for fqn, name in assignment.items()}
+    example = tuple(t.to(dev) if isinstance(t, torch.Tensor) else t for t in workload.example_inputs)
+    quantize_model(model, qmap, example, range_method=range_method)
+    calibrate(model, [(x.to(dev), y) for x, y in workload.calibration_batches])
+    losses = qat_train(model, workload, qat_steps, seed, dev)
+    quality = float(workload.evaluate(model))
+    if quality != quality:
+        raise NonFiniteLossError("metric: evaluation returned NaN")
+    return TrialRun(model=model, quality=quality, losses=losses, duration_s=time.perf_counter() - start)
+
+
+def fp32_quality(workload: Workload, device: str = "cpu") -> float:
+    model = copy.deepcopy(workload.model).to(resolve_device(device)).eval()
+    return float(workload.evaluate(model))

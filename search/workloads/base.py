@@ -1,0 +1,49 @@
+"""The workload interface: what the search needs from a model and its data.
+
+A user workload is a Python entry point ``package.module:factory``; ``factory(**options)``
+returns a :class:`Workload`.  Example (``tests/search/user_workload.py`` is a runnable one)::
+
+    def make_workload(seed: int = 0) -> Workload:
+        model = MyNet(); model.load_state_dict(torch.load("mynet.pt", weights_only=True))
+        return Workload(
+            name="mynet", model=model, example_inputs=(torch.zeros(1, 3, 32, 32),),
+            train_batches=lambda gen: my_infinite_batches(gen),
+            calibration_batches=first_few_batches, loss_fn=F.cross_entropy,
+            evaluate=my_accuracy, metric="accuracy", higher_is_better=True, lr=1e-4,
+        )
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+Batch = tuple[Tensor, Tensor]
+
+
+@dataclass
+class Workload:
+    name: str
+    model: nn.Module  # the pretrained fp32 model; the search deep-copies it per trial
+    example_inputs: tuple[Any, ...]  # batch of 1, used for layer discovery and costs
+    train_batches: Callable[[torch.Generator], Iterator[Batch]]  # endless (inputs, target) stream
+    calibration_batches: Sequence[Batch]
+    loss_fn: Callable[[Tensor, Tensor], Tensor]
+    evaluate: Callable[[nn.Module], float]  # the metric on held-out data; model in eval mode
+    metric: str  # "accuracy", "psnr_db", ...
+    higher_is_better: bool = True
+    lr: float = 1e-4  # QAT learning rate (Adam)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, nn.Module):
+            raise TypeError(f"model: expected torch.nn.Module, got {type(self.model).__name__}")
+        if not isinstance(self.example_inputs, tuple):
+            raise TypeError("example_inputs: expected a tuple of positional inputs")
+        if not self.calibration_batches:
+            raise ValueError("calibration_batches: at least one batch is needed")
+        if not self.lr > 0:
+            raise ValueError(f"lr: must be > 0, got {self.lr}")

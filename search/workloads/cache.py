@@ -1,0 +1,43 @@
+"""Pretrained fp32 weights of the built-in workloads: trained on first use, then cached.
+
+Cache folder: ``$MIXQ_CACHE_DIR`` or ``~/.cache/mixq``.  Files are state dicts saved with
+``torch.save`` and read back with ``weights_only=True`` (never a full unpickle).  Writes go through a
+temporary file and ``os.replace`` so concurrent workers never read a half-written file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def cache_dir() -> Path:
+    path = Path(os.environ.get("MIXQ_CACHE_DIR") or Path.home() / ".cache" / "mixq")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cached_pretrained(
+    name: str, options: dict[str, Any], build: Callable[[], nn.Module], train: Callable[[], nn.Module]
+) -> nn.Module:
+    key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
+    path = cache_dir() / f"{name}-{key}.pt"
+    model = build()
+    if path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+        return model.eval()
+    trained = train()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    torch.save(trained.state_dict(), tmp)
+    os.replace(tmp, path)
+    model.load_state_dict(trained.state_dict())
+    return model.eval()
