@@ -18,6 +18,8 @@ from search.qconfig import (
     load_qconfig,
     save_qconfig,
 )
+from search.runner import SearchError, pareto_front, run_search
+from search.space import SearchSpace, SearchSpaceError, build_space
 from search.spec import CostObjective, Pin, SamplerName, SearchProgress, SearchResult, SearchSpec, TrialOutcome
 from search.train import NonFiniteLossError, TrialRun, fp32_quality, run_trial
 from search.workloads import BUILTIN_WORKLOADS, Workload, WorkloadError, load_workload
@@ -41,7 +43,10 @@ __all__ = [
     "RangeMethod",
     "SamplerName",
     "SearchProgress",
+    "SearchError",
     "SearchResult",
+    "SearchSpace",
+    "SearchSpaceError",
     "SearchSpec",
     "TargetProfile",
     "TensorFormat",
@@ -65,9 +70,12 @@ __all__ = [
     "load_workload",
     "model_cost",
     "model_costs",
+    "pareto_front",
     "parse_format",
     "parse_profile_text",
     "quantize_model",
+    "run_search",
     "run_trial",
+    "build_space",
     "save_qconfig",
 ]

@@ -105,6 +105,7 @@ class TrialOutcome:
     duration_s: float
     source: str  # "baseline", "sensitivity", "sampler", "retry"
     cached: bool = False
+    qconfig: dict[str, Any] | None = None  # the qconfig JSON of the trained trial
 
 
 @dataclass

@@ -1,0 +1,422 @@
+"""The Optuna multi-objective search: the one home of optuna in mixq.
+
+``run_search(spec)`` evaluates per-layer precision maps with short QAT runs and returns the Pareto
+front of (quality, cost...).  Sample efficiency comes from:
+
+1. Seeding: the uniform baselines the space allows (all-int8, int4 inside the pinned first/last,
+   all-int4 where allowed), then a one-layer-at-a-time sensitivity sweep (all-int8 with one free
+   layer in int4); once the sweep is in, a greedy front over it (flip layers to int4 in order of
+   least quality lost per unit of cost saved, as AIMET AMP's greedy phase).  All of it counts in
+   the budget: they are real trials.
+2. A seeded multi-objective sampler (TPE by default; NSGA-II, random).
+3. A cache: an assignment already evaluated is never trained again (its values are reused and the
+   repeat does not count against the budget).
+4. Noise-aware reporting: front candidates are re-evaluated with extra seeds; each front point
+   reports mean and spread, and the front is recomputed on the means.
+
+Several processes can share one study through an Optuna RDB storage (SQLite on one machine,
+PostgreSQL beyond): the budget is the study's, not the process's.  Heartbeats mark a dead process's
+trial FAIL and re-enqueue the same parameters (bounded retries).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from search.cost import model_costs
+from search.layers import LayerGraph, discover_layers
+from search.profiles import TargetProfile, load_profile
+from search.qconfig import QualityReport, build_qconfig
+from search.space import SearchSpace, build_space
+from search.spec import SamplerName, SearchProgress, SearchResult, SearchSpec, TrialOutcome
+from search.train import fp32_quality, run_trial
+from search.workloads import Workload, load_workload
+
+log = logging.getLogger("mixq.search")
+
+HEARTBEAT_INTERVAL_S = 5
+GRACE_PERIOD_S = 20
+_ATTR_FP32 = "mixq:fp32_quality"
+_ATTR_GREEDY = "mixq:greedy_enqueued"
+_ATTR_REEVAL = "mixq:reeval:"  # + trial number -> list of extra qualities
+
+
+class SearchError(ValueError):
+    """The search cannot start (bad spec, unreachable storage...)."""
+
+
+OnTrial = Callable[[TrialOutcome, SearchProgress], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Study plumbing
+# ---------------------------------------------------------------------------------------------
+
+
+def open_storage(url: str | None, max_retries: int) -> optuna.storages.BaseStorage | None:
+    """An RDB storage with heartbeats, or None for in-memory.  Fails fast if unreachable."""
+    if url is None:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(
+                url,
+                engine_kwargs={"pool_pre_ping": True},
+                heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                grace_period=GRACE_PERIOD_S,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retries),
+            )
+    except Exception as exc:  # noqa: BLE001 - any driver error means "cannot reach it"
+        raise SearchError(f"storage: cannot open {url!r}: {type(exc).__name__}: {exc}") from None
+
+
+def make_sampler(name: SamplerName, seed: int) -> optuna.samplers.BaseSampler:
+    if name is SamplerName.NSGA2:
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
+    if name is SamplerName.RANDOM:
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=6)
+
+
+def _directions(spec: SearchSpec, higher_is_better: bool) -> list[str]:
+    return ["maximize" if higher_is_better else "minimize"] + ["minimize"] * len(spec.cost_objectives)
+
+
+def _key(assignment: Mapping[str, str]) -> str:
+    return json.dumps(dict(sorted(assignment.items())))
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeds
+# ---------------------------------------------------------------------------------------------
+
+
+def baseline_assignments(space: SearchSpace) -> list[dict[str, str]]:
+    """Uniform baselines the space allows: all-int8, all-int4 (inside the pins), all-fp16."""
+    out = []
+    for fmt in ("int8", "int4", "fp16"):
+        if all(fmt in c for c in space.choices.values()):
+            out.append({fqn: fmt for fqn in space.choices})
+    return out
+
+
+def sensitivity_assignments(space: SearchSpace, base: str = "int8", probe: str = "int4") -> list[dict[str, str]]:
+    """All layers at ``base`` except one at ``probe``, for every free layer that allows both."""
+    if not all(base in c for c in space.choices.values()):
+        return []
+    out = []
+    for fqn, options in space.choices.items():
+        if probe in options:
+            free = {f: base for f in space.choices}
+            free[fqn] = probe
+            out.append(free)
+    return out
+
+
+def greedy_assignments(
+    space: SearchSpace, sensitivity: Mapping[str, float], cost_saving: Mapping[str, float], *, base: str = "int8",
+    probe: str = "int4",
+) -> list[dict[str, str]]:
+    """Flip layers from ``base`` to ``probe`` in order of quality lost per cost saved (least
+    first); one assignment per prefix length 2..n-1 (1 and n are in the sweep/baselines)."""
+    order = sorted(sensitivity, key=lambda f: sensitivity[f] / max(cost_saving.get(f, 0.0), 1e-12))
+    out = []
+    for k in range(2, len(order)):
+        free = {f: base for f in space.choices}
+        for fqn in order[:k]:
+            free[fqn] = probe
+        out.append(free)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Trials -> outcomes
+# ---------------------------------------------------------------------------------------------
+
+
+def _assignment_of(trial: FrozenTrial, space: SearchSpace, graph: LayerGraph) -> dict[str, str]:
+    merged = {**space.pinned, **{k: str(v) for k, v in trial.params.items()}}
+    return {fqn: merged[fqn] for fqn in graph.fqns}
+
+
+def _outcome(
+    trial: FrozenTrial, space: SearchSpace, graph: LayerGraph, spec: SearchSpec, reevals: Sequence[float] = ()
+) -> TrialOutcome:
+    assert trial.values is not None
+    qualities = [trial.values[0], *reevals]
+    costs = {str(o): float(v) for o, v in zip(spec.cost_objectives, trial.values[1:])}
+    constraints = trial.system_attrs.get("constraints") or [
+        v for k, v in trial.system_attrs.items() if k.startswith("constraints")
+    ]
+    feasible = all(c <= 0 for c in (constraints if isinstance(constraints, list) else [constraints]))
+    qconfig = trial.user_attrs.get("qconfig")
+    return TrialOutcome(
+        number=trial.number,
+        assignment=_assignment_of(trial, space, graph),
+        quality=statistics.fmean(qualities),
+        quality_std=statistics.pstdev(qualities) if len(qualities) > 1 else 0.0,
+        n_evaluations=len(qualities),
+        costs=costs,
+        feasible=feasible,
+        duration_s=float(trial.user_attrs.get("duration_s", 0.0)),
+        source=str(trial.user_attrs.get("source", "sampler")),
+        cached=bool(trial.user_attrs.get("cached", False)),
+        qconfig=json.loads(qconfig) if isinstance(qconfig, str) else None,
+    )
+
+
+def pareto_front(outcomes: Sequence[TrialOutcome], higher_is_better: bool) -> list[TrialOutcome]:
+    """Non-dominated outcomes (feasible ones only if any is feasible), sorted by first cost.
+    Duplicated assignments count once (the lowest trial number)."""
+    unique: dict[str, TrialOutcome] = {}
+    for o in sorted(outcomes, key=lambda o: o.number):
+        unique.setdefault(_key(o.assignment), o)
+    pool = [o for o in unique.values() if o.feasible] or list(unique.values())
+    sign = 1.0 if higher_is_better else -1.0
+
+    def vec(o: TrialOutcome) -> tuple[float, ...]:  # all "smaller is better"
+        return (-sign * o.quality, *o.costs.values())
+
+    front = []
+    for o in pool:
+        v = vec(o)
+        dominated = any(
+            all(a <= b for a, b in zip(vec(p), v)) and any(a < b for a, b in zip(vec(p), v)) for p in pool if p is not o
+        )
+        if not dominated:
+            front.append(o)
+    return sorted(front, key=lambda o: (tuple(o.costs.values()), o.number))
+
+
+# ---------------------------------------------------------------------------------------------
+# The search
+# ---------------------------------------------------------------------------------------------
+
+
+class _Search:
+    def __init__(self, spec: SearchSpec, workload: Workload, on_trial: OnTrial | None,
+                 should_stop: Callable[[], bool] | None) -> None:
+        self.spec = spec
+        self.workload = workload
+        self.on_trial = on_trial
+        self.should_stop = should_stop or (lambda: False)
+        self.profile: TargetProfile = load_profile(spec.profile)
+        self.graph = discover_layers(workload.model, workload.example_inputs)
+        self.space = build_space(spec, self.graph, self.profile)
+        self.storage = open_storage(spec.storage, spec.max_retries)
+        seed = spec.seed if spec.storage is None else spec.seed + os.getpid()  # processes explore differently
+        try:
+            self.study = optuna.create_study(
+                storage=self.storage, study_name=spec.study_name, load_if_exists=True,
+                directions=_directions(spec, workload.higher_is_better), sampler=make_sampler(spec.sampler, seed),
+            )
+        except ValueError as exc:  # e.g. directions differ from an existing study of that name
+            raise SearchError(f"study_name: {exc}") from None
+        self.started = time.monotonic()
+
+    # -- helpers ---------------------------------------------------------------------------
+    def fp32_quality(self) -> float:
+        value = self.study.user_attrs.get(_ATTR_FP32)
+        if value is None:
+            value = fp32_quality(self.workload, self.spec.device)
+            self.study.set_user_attr(_ATTR_FP32, value)
+        return float(value)
+
+    def completed(self) -> list[FrozenTrial]:
+        return self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+    def unique_completed(self) -> int:
+        return sum(1 for t in self.completed() if not t.user_attrs.get("cached"))
+
+    def best_quality(self) -> float | None:
+        values = [t.values[0] for t in self.completed() if t.values]
+        if not values:
+            return None
+        return max(values) if self.workload.higher_is_better else min(values)
+
+    def progress(self, message: str = "") -> SearchProgress:
+        return SearchProgress(self.unique_completed(), self.spec.n_trials, self.best_quality(), message)
+
+    def budget_left(self) -> bool:
+        if self.spec.timeout_s is not None and time.monotonic() - self.started >= self.spec.timeout_s:
+            return False
+        trials = self.study.get_trials(deepcopy=False)
+        done = sum(1 for t in trials if t.state is TrialState.COMPLETE and not t.user_attrs.get("cached"))
+        running = sum(1 for t in trials if t.state is TrialState.RUNNING)
+        hard_cap = 4 * self.spec.n_trials + 10  # repeats and failures cannot loop forever
+        seen = {_key(_assignment_of(t, self.space, self.graph)) for t in trials if t.state is TrialState.COMPLETE}
+        return done + running < self.spec.n_trials and len(trials) < hard_cap and len(seen) < self.space.size
+
+    def enqueue(self, free_assignments: list[dict[str, str]], source: str) -> None:
+        for free in free_assignments:
+            self.study.enqueue_trial(free, user_attrs={"source": source}, skip_if_exists=True)
+
+    def maybe_enqueue_greedy(self) -> None:
+        if not self.spec.seed_with_sensitivity or self.study.user_attrs.get(_ATTR_GREEDY):
+            return
+        sweep = sensitivity_assignments(self.space)
+        if len(sweep) < 3:
+            return
+        results = {_key(t.params): t.values[0] for t in self.completed() if t.values}
+        base = {f: "int8" for f in self.space.choices}
+        if _key(base) not in results or not all(_key(s) in results for s in sweep):
+            return
+        sign = 1.0 if self.workload.higher_is_better else -1.0
+        sensitivity, saving = {}, {}
+        base_cost = next(iter(model_costs(self.spec.cost_objectives, self.profile, self.graph, {**self.space.pinned, **base}).values()))
+        for s in sweep:
+            fqn = next(f for f, v in s.items() if v == "int4")
+            sensitivity[fqn] = max(sign * (results[_key(base)] - results[_key(s)]), 0.0)
+            cost = next(iter(model_costs(self.spec.cost_objectives, self.profile, self.graph, {**self.space.pinned, **s}).values()))
+            saving[fqn] = base_cost - cost
+        self.study.set_user_attr(_ATTR_GREEDY, True)
+        self.enqueue(greedy_assignments(self.space, sensitivity, saving), "greedy")
+
+    # -- one trial ---------------------------------------------------------------------------
+    def evaluate(self, trial: optuna.Trial, fp32: float) -> tuple[float, ...]:
+        free = {fqn: trial.suggest_categorical(fqn, list(options)) for fqn, options in self.space.choices.items()}
+        assignment = {fqn: {**self.space.pinned, **free}[fqn] for fqn in self.graph.fqns}
+        costs = model_costs(self.spec.cost_objectives, self.profile, self.graph, assignment)
+        trial.set_user_attr("source", trial.user_attrs.get("source", "sampler"))
+        previous = next((t for t in self.completed() if _key(t.params) == _key(free) and t.number != trial.number), None)
+        if previous is not None:
+            trial.set_user_attr("cached", True)
+            trial.set_user_attr("duration_s", 0.0)
+            if "qconfig" in previous.user_attrs:
+                trial.set_user_attr("qconfig", previous.user_attrs["qconfig"])
+            self._constraint(trial, previous.values[0], fp32)
+            return tuple(previous.values)
+        run = run_trial(
+            self.workload, assignment, qat_steps=self.spec.qat_steps, seed=self.spec.seed, device=self.spec.device
+        )
+        qconfig = build_qconfig(
+            run.model, self.graph, assignment, pinned=self.space.pin_reasons, profile=self.profile.name,
+            quality=QualityReport(metric=self.workload.metric, value=run.quality, fp32_value=fp32,
+                                  higher_is_better=self.workload.higher_is_better),
+            costs=costs, workload=self.spec.workload, study_name=self.spec.study_name, trial_number=trial.number,
+        )
+        trial.set_user_attr("qconfig", qconfig.model_dump_json())
+        trial.set_user_attr("duration_s", run.duration_s)
+        self._constraint(trial, run.quality, fp32)
+        return (run.quality, *costs.values())
+
+    def _constraint(self, trial: optuna.Trial, quality: float, fp32: float) -> None:
+        if self.spec.max_quality_drop is None:
+            return
+        drop = (fp32 - quality) if self.workload.higher_is_better else (quality - fp32)
+        trial.set_constraint("quality_drop", drop - self.spec.max_quality_drop)
+
+    def objective(self, trial: optuna.Trial, fp32: float) -> tuple[float, ...]:
+        try:
+            return self.evaluate(trial, fp32)
+        except Exception as exc:
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:2000])
+            log.warning("trial %d failed: %s", trial.number, exc)
+            raise
+
+    def step(self, fp32: float) -> None:
+        """Run one trial.  ``study.optimize(n_trials=1)`` rather than ask/tell: it brings the
+        heartbeat thread and the failure boundary (a failing trial is recorded FAIL, the loop goes
+        on), as in optuna's own ``_run_trial``."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)
+        self.study.optimize(
+            lambda t: self.objective(t, fp32), n_trials=1, catch=(Exception,), callbacks=[self._after_optimize_trial]
+        )
+
+    def _after_optimize_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state is TrialState.COMPLETE and self.on_trial is not None:
+            self.on_trial(_outcome(trial, self.space, self.graph, self.spec), self.progress())
+
+    # -- main loop ---------------------------------------------------------------------------
+    def run(self) -> SearchResult:
+        fp32 = self.fp32_quality()
+        if self.spec.seed_with_baselines:
+            self.enqueue(baseline_assignments(self.space), "baseline")
+        if self.spec.seed_with_sensitivity:
+            self.enqueue(sensitivity_assignments(self.space), "sensitivity")
+        while self.budget_left() and not self.should_stop():
+            self.step(fp32)
+            self.maybe_enqueue_greedy()
+        if not self.should_stop():
+            self.reevaluate_front(fp32)
+        return self.result(fp32)
+
+    def outcomes(self) -> list[TrialOutcome]:
+        attrs = self.study.user_attrs
+        return [
+            _outcome(t, self.space, self.graph, self.spec, attrs.get(f"{_ATTR_REEVAL}{t.number}", ()))
+            for t in self.completed()
+        ]
+
+    def reevaluate_front(self, fp32: float) -> None:
+        """Extra seeds for the current front candidates (noise-aware reporting)."""
+        if self.spec.reevaluate_front == 0:
+            return
+        for point in pareto_front(self.outcomes(), self.workload.higher_is_better):
+            key = f"{_ATTR_REEVAL}{point.number}"
+            if key in self.study.user_attrs or self.should_stop():
+                continue
+            qualities = []
+            for k in range(1, self.spec.reevaluate_front + 1):
+                run = run_trial(self.workload, point.assignment, qat_steps=self.spec.qat_steps,
+                                seed=self.spec.seed + 1000 * k, device=self.spec.device)
+                qualities.append(run.quality)
+            self.study.set_user_attr(key, qualities)
+
+    def result(self, fp32: float) -> SearchResult:
+        outcomes = self.outcomes()
+        return SearchResult(
+            workload=self.spec.workload,
+            metric_name=self.workload.metric,
+            higher_is_better=self.workload.higher_is_better,
+            fp32_quality=fp32,
+            layers=[
+                {"fqn": lay.fqn, "kind": str(lay.kind), "index": lay.index, "macs": lay.macs,
+                 "num_params": lay.num_params, "choices": list(self.space.choices.get(lay.fqn, ())),
+                 "pinned": self.space.pinned.get(lay.fqn)}
+                for lay in self.graph.layers
+            ],
+            pinned=dict(self.space.pin_reasons),
+            trials=sorted(outcomes, key=lambda o: o.number),
+            front=pareto_front(outcomes, self.workload.higher_is_better),
+            study_name=self.spec.study_name,
+        )
+
+
+def run_search(
+    spec: SearchSpec,
+    *,
+    workload: Workload | None = None,
+    on_trial: OnTrial | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> SearchResult:
+    """Search per-layer precision maps for ``spec``; return the Pareto front and all trials.
+
+    Several processes may call this with the same ``spec.storage`` and ``spec.study_name``; they
+    share the budget ``spec.n_trials``.  ``on_trial`` is called in the process that ran each trial;
+    ``should_stop`` is checked between trials.  Bad input raises before any training starts.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    workload = workload or load_workload(spec.workload, spec.workload_options)
+    return _Search(spec, workload, on_trial, should_stop).run()
+
+
+def search_result_to_dict(result: SearchResult) -> dict[str, Any]:
+    """JSON-ready summary (front with qconfigs)."""
+    from dataclasses import asdict
+
+    return asdict(result)
