@@ -57,6 +57,8 @@ class SearchError(ValueError):
 
 
 OnTrial = Callable[[TrialOutcome, SearchProgress], None]
+# A seam for benchmarks over a precomputed table: (assignment, seed) -> quality, no QAT run.
+Evaluator = Callable[[Mapping[str, str], int], float]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,8 +209,9 @@ def pareto_front(outcomes: Sequence[TrialOutcome], higher_is_better: bool) -> li
 
 class _Search:
     def __init__(self, spec: SearchSpec, workload: Workload, on_trial: OnTrial | None,
-                 should_stop: Callable[[], bool] | None) -> None:
+                 should_stop: Callable[[], bool] | None, evaluator: Evaluator | None = None) -> None:
         self.spec = spec
+        self.evaluator = evaluator
         self.workload = workload
         self.on_trial = on_trial
         self.should_stop = should_stop or (lambda: False)
@@ -298,6 +301,10 @@ class _Search:
                 trial.set_user_attr("qconfig", previous.user_attrs["qconfig"])
             self._constraint(trial, previous.values[0], fp32)
             return tuple(previous.values)
+        if self.evaluator is not None:
+            quality = float(self.evaluator(assignment, self.spec.seed))
+            self._constraint(trial, quality, fp32)
+            return (quality, *costs.values())
         run = run_trial(
             self.workload, assignment, qat_steps=self.spec.qat_steps, seed=self.spec.seed, device=self.spec.device
         )
@@ -372,8 +379,12 @@ class _Search:
                 continue
             qualities = []
             for k in range(1, self.spec.reevaluate_front + 1):
-                run = run_trial(self.workload, point.assignment, qat_steps=self.spec.qat_steps,
-                                seed=self.spec.seed + 1000 * k, device=self.spec.device)
+                seed = self.spec.seed + 1000 * k
+                if self.evaluator is not None:
+                    qualities.append(float(self.evaluator(point.assignment, seed)))
+                    continue
+                run = run_trial(self.workload, point.assignment, qat_steps=self.spec.qat_steps, seed=seed,
+                                device=self.spec.device)
                 qualities.append(run.quality)
             self.study.set_user_attr(key, qualities)
 
@@ -403,16 +414,18 @@ def run_search(
     workload: Workload | None = None,
     on_trial: OnTrial | None = None,
     should_stop: Callable[[], bool] | None = None,
+    evaluator: Evaluator | None = None,
 ) -> SearchResult:
     """Search per-layer precision maps for ``spec``; return the Pareto front and all trials.
 
     Several processes may call this with the same ``spec.storage`` and ``spec.study_name``; they
     share the budget ``spec.n_trials``.  ``on_trial`` is called in the process that ran each trial;
     ``should_stop`` is checked between trials.  Bad input raises before any training starts.
+    ``evaluator`` replaces the QAT run (benchmarks over a precomputed table use it).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     workload = workload or load_workload(spec.workload, spec.workload_options)
-    return _Search(spec, workload, on_trial, should_stop).run()
+    return _Search(spec, workload, on_trial, should_stop, evaluator).run()
 
 
 def search_result_to_dict(result: SearchResult) -> dict[str, Any]:
