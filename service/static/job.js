@@ -1,0 +1,353 @@
+// Job page: live progress over SSE, the Pareto scatter and per-layer heat map (Plotly.js, shipped
+// with the plotly Python package), the front points with their qconfig downloads, and the trials.
+import {
+  TERMINAL, api, assignmentSummary, download, el, eventSource, fmtCost, fmtQuality, fmtTime,
+  formatRank, initTokenBar, progressBar, showMessage, statusBadge,
+} from "/static/common.js";
+
+const jobId = decodeURIComponent(location.pathname.split("/")[2]);
+const PARETO_DEBOUNCE_MS = 1000;
+const POLL_MS = 3000;
+const PLOT_CONFIG = { responsive: true, displaylogo: false };
+// colour per format, cheapest (warm) to dearest (cool); indexed by formatRank
+const FORMAT_COLOURS = ["#d73027", "#fc8d59", "#fee090", "#e0f3f8", "#91bfdb", "#4575b4", "#999999"];
+
+const state = { job: null, pareto: null, trials: new Map() };
+const costAxis = document.getElementById("cost-axis");
+
+document.getElementById("job-id").textContent = jobId;
+document.title = `mixq · job ${jobId}`;
+
+// ---- the job summary ----
+
+function renderJob(job) {
+  state.job = job;
+  document.getElementById("job-status").replaceChildren(statusBadge(job.status));
+  document.getElementById("job-progress").replaceChildren(progressBar(job.progress));
+  const spec = job.spec || {};
+  const c = job.counts || {};
+  const facts = [
+    ["workload", spec.workload],
+    ["profile", spec.profile],
+    ["formats", (spec.formats || []).join(", ")],
+    ["cost objectives", (spec.cost_objectives || []).join(", ")],
+    ["metric", job.metric ? `${job.metric} (${job.higher_is_better ? "higher" : "lower"} is better)` : "–"],
+    ["fp32 quality", fmtQuality(job.fp32_quality)],
+    ["best so far", job.best ? `${fmtQuality(job.best.quality)} (trial #${job.best.trial_number})` : "–"],
+    ["trials", `${c.complete ?? 0} complete, ${c.infeasible ?? 0} infeasible, ${c.failed ?? 0} failed, ${c.running ?? 0} running`],
+    ["created", fmtTime(job.created_at)],
+    ["started", fmtTime(job.started_at)],
+    ["finished", fmtTime(job.finished_at)],
+  ];
+  document.getElementById("job-facts").replaceChildren(
+    ...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v ?? "–")]),
+  );
+  showMessage(document.getElementById("job-error"), job.error ? `error: ${job.error}` : "");
+  document.getElementById("cancel-job").hidden = TERMINAL.has(job.status);
+}
+
+document.getElementById("cancel-job").addEventListener("click", async () => {
+  renderJob(await api(`/v1/jobs/${jobId}/cancel`, { method: "POST" }));
+});
+
+// ---- trials ----
+
+async function loadTrials() {
+  const limit = 200;
+  for (let offset = 0; ; offset += limit) {
+    const page = await api(`/v1/jobs/${jobId}/trials?sort=number&limit=${limit}&offset=${offset}`);
+    for (const trial of page.items) state.trials.set(trial.number, trial);
+    if (offset + limit >= page.total) break;
+  }
+  renderTrials();
+}
+
+function costNames() {
+  return state.pareto?.cost_objectives || state.job?.spec?.cost_objectives || [];
+}
+
+function renderTrials() {
+  const costs = costNames();
+  const table = document.getElementById("trials-table");
+  table.tHead.replaceChildren(el("tr", {},
+    ["#", "state", "source", "quality", "± std", "runs", ...costs, "feasible", "front", "time (s)", "formats"]
+      .map((h) => el("th", {}, h))));
+  const rows = [...state.trials.values()].sort((a, b) => a.number - b.number).map((t) => el("tr",
+    { class: [t.on_front ? "front" : "", t.feasible === false ? "infeasible" : ""].join(" "),
+      dataset: { trial: t.number } },
+    el("td", {}, String(t.number)),
+    el("td", {}, t.state),
+    el("td", {}, t.source ?? "–"),
+    el("td", {}, fmtQuality(t.quality)),
+    el("td", {}, fmtQuality(t.quality_std)),
+    el("td", {}, String(t.n_evaluations ?? "–")),
+    ...costs.map((name) => el("td", {}, fmtCost(t.costs?.[name]))),
+    el("td", {}, t.state !== "complete" ? "–" : t.feasible ? "yes" : "no"),
+    el("td", {}, t.on_front ? "★" : ""),
+    el("td", {}, t.duration_s === null || t.duration_s === undefined ? "–" : t.duration_s.toFixed(1)),
+    el("td", { title: layerLines(t.assignment).join("\n") }, assignmentSummary(t.assignment)),
+  ));
+  table.tBodies[0].replaceChildren(...rows);
+  document.getElementById("trial-count").textContent = `(${state.trials.size})`;
+}
+
+// ---- Pareto scatter ----
+
+function layerLines(assignment) {
+  const order = state.pareto ? state.pareto.layers.map((l) => l.fqn) : Object.keys(assignment || {});
+  return order.filter((fqn) => assignment && fqn in assignment).map((fqn) => `${fqn}: ${assignment[fqn]}`);
+}
+
+function hoverText(t) {
+  const spread = t.n_evaluations > 1 ? ` ± ${fmtQuality(t.quality_std)} over ${t.n_evaluations} runs` : " (1 run)";
+  return [
+    `<b>trial #${t.number}</b> (${t.source ?? "?"})${t.feasible ? "" : " <i>infeasible</i>"}`,
+    `quality ${fmtQuality(t.quality)}${spread}`,
+    ...Object.entries(t.costs || {}).map(([k, v]) => `${k} ${fmtCost(v)}`),
+    "",
+    ...layerLines(t.assignment),
+  ].join("<br>");
+}
+
+function scatterTrace(name, trials, cost, style) {
+  return {
+    type: "scatter", name, ...style,
+    x: trials.map((t) => t.costs[cost]),
+    y: trials.map((t) => t.quality),
+    customdata: trials.map((t) => t.number),
+    text: trials.map(hoverText),
+    hovertemplate: "%{text}<extra>%{fullData.name}</extra>",
+  };
+}
+
+function renderPareto() {
+  const p = state.pareto;
+  const cost = costAxis.value || p.cost_objectives[0];
+  const frontNumbers = new Set(p.points.map((t) => t.number));
+  const others = p.trials.filter((t) => !frontNumbers.has(t.number));
+  const front = [...p.points].sort((a, b) => a.costs[cost] - b.costs[cost]);
+  // with two objectives the front is not a curve in one cost's projection: markers only
+  const frontMode = p.cost_objectives.length === 1 ? "lines+markers" : "markers";
+  const traces = [
+    scatterTrace("feasible", others.filter((t) => t.feasible), cost,
+      { mode: "markers", marker: { color: "#4c78a8", size: 8, opacity: 0.75 } }),
+    scatterTrace("infeasible", others.filter((t) => !t.feasible), cost,
+      { mode: "markers", marker: { color: "#9e9e9e", size: 9, symbol: "x" } }),
+    scatterTrace("Pareto front", front, cost, {
+      mode: frontMode,
+      line: { color: "#e45756", width: 2 },
+      marker: { color: "#e45756", size: 13, symbol: "diamond", line: { color: "#222", width: 1 } },
+      error_y: { type: "data", array: front.map((t) => t.quality_std || 0), visible: true, color: "#e45756" },
+    }),
+  ];
+  const shapes = [];
+  const annotations = [];
+  if (p.fp32_quality !== null && p.fp32_quality !== undefined) {
+    shapes.push({ type: "line", xref: "paper", x0: 0, x1: 1, y0: p.fp32_quality, y1: p.fp32_quality,
+      line: { dash: "dot", color: "#555", width: 1 } });
+    annotations.push({ xref: "paper", x: 1, y: p.fp32_quality, text: "fp32", showarrow: false,
+      xanchor: "right", yanchor: "bottom", font: { color: "#555" } });
+  }
+  const better = p.higher_is_better ? "higher is better" : "lower is better";
+  Plotly.react("pareto", traces, {
+    margin: { t: 20, r: 20, b: 50, l: 70 },
+    height: 420,
+    xaxis: { title: { text: `${cost} (lower is cheaper)` }, zeroline: false },
+    yaxis: { title: { text: `${p.metric} (${better})` }, zeroline: false },
+    legend: { orientation: "h", y: 1.08 },
+    hoverlabel: { align: "left" },
+    shapes, annotations,
+  }, PLOT_CONFIG);
+}
+
+// ---- per-layer heat map of the front ----
+
+function renderHeatmap() {
+  const p = state.pareto;
+  const cost = costAxis.value || p.cost_objectives[0];
+  const layers = [...p.layers].sort((a, b) => a.index - b.index);
+  const front = [...p.points].sort((a, b) => a.costs[cost] - b.costs[cost]);
+  const formats = [...new Set(front.flatMap((t) => Object.values(t.assignment)))]
+    .sort((a, b) => formatRank(a) - formatRank(b));
+  const k = Math.max(formats.length, 1);
+  // a discrete colour scale: band i of k is one flat colour
+  const colorscale = formats.flatMap((fmt, i) => {
+    const colour = FORMAT_COLOURS[Math.min(formatRank(fmt), FORMAT_COLOURS.length - 1)];
+    return [[i / k, colour], [(i + 1) / k, colour]];
+  });
+  const rowLabels = front.map((t) => `#${t.number} · ${fmtCost(t.costs[cost])}`);
+  const pinNote = (l) => (l.pinned ? `pinned${l.pin_reason ? `: ${l.pin_reason}` : ""}` : "free");
+  const trace = {
+    type: "heatmap",
+    x: layers.map((l) => l.fqn),
+    y: rowLabels,
+    z: front.map((t) => layers.map((l) => formats.indexOf(t.assignment[l.fqn]))),
+    text: front.map((t) => layers.map((l) => t.assignment[l.fqn] ?? "?")),
+    customdata: front.map(() => layers.map((l) => `${l.kind}, ${pinNote(l)}`)),
+    texttemplate: "%{text}",
+    hovertemplate: "%{y}<br>%{x} (%{customdata})<br><b>%{text}</b><extra></extra>",
+    colorscale: colorscale.length ? colorscale : [[0, "#ccc"], [1, "#ccc"]],
+    zmin: -0.5, zmax: k - 0.5,
+    xgap: 2, ygap: 2,
+    colorbar: { tickvals: formats.map((_, i) => i), ticktext: formats, title: { text: "format" } },
+  };
+  // outline the pinned columns
+  const shapes = layers.flatMap((l, j) => (l.pinned ? [{
+    type: "rect", xref: "x", yref: "paper", x0: j - 0.5, x1: j + 0.5, y0: 0, y1: 1,
+    line: { color: "#111", width: 2, dash: "dot" },
+  }] : []));
+  Plotly.react("heatmap", [trace], {
+    margin: { t: 20, r: 20, b: 120, l: 130 },
+    height: 180 + 32 * front.length,
+    xaxis: {
+      tickmode: "array", tickvals: layers.map((l) => l.fqn), tickangle: -35,
+      ticktext: layers.map((l) => (l.pinned ? `${l.fqn} [pinned]` : l.fqn)),
+      title: { text: "layer (execution order)" },
+    },
+    yaxis: { title: { text: `front point · ${cost}` }, autorange: "reversed", type: "category" },
+    shapes,
+  }, PLOT_CONFIG);
+}
+
+// ---- front points: downloads and compare ----
+
+function renderFront() {
+  const p = state.pareto;
+  const costs = p.cost_objectives;
+  const front = [...p.points].sort((a, b) => a.costs[costs[0]] - b.costs[costs[0]]);
+  const table = document.getElementById("front-table");
+  table.tHead.replaceChildren(el("tr", {},
+    ["trial", "quality", "± std", ...costs, "formats", "download"].map((h) => el("th", {}, h))));
+  table.tBodies[0].replaceChildren(...front.map((t) => el("tr", { dataset: { trial: t.number } },
+    el("td", {}, `#${t.number}`),
+    el("td", {}, fmtQuality(t.quality)),
+    el("td", {}, fmtQuality(t.quality_std)),
+    ...costs.map((name) => el("td", {}, fmtCost(t.costs[name]))),
+    el("td", { title: layerLines(t.assignment).join("\n") }, assignmentSummary(t.assignment)),
+    el("td", {}, el("button", {
+      class: "small", dataset: { download: t.number },
+      onclick: () => download(`/v1/jobs/${jobId}/pareto/${t.number}/qconfig.json`,
+        `mixq-${jobId}-trial${t.number}.json`).catch((exc) => showMessage(pageMessage, exc.message)),
+    }, "qconfig.json")),
+  )));
+  const option = (t) => el("option", { value: t.number }, `#${t.number} · ${fmtQuality(t.quality)} · ${fmtCost(t.costs[costs[0]])}`);
+  const [a, b] = [document.getElementById("compare-a"), document.getElementById("compare-b")];
+  const keep = [a.value, b.value];
+  a.replaceChildren(...front.map(option));
+  b.replaceChildren(...front.map(option));
+  if (front.length) {
+    a.value = keep[0] || front[0].number;
+    b.value = keep[1] || front[front.length - 1].number;
+  }
+}
+
+document.getElementById("compare-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const a = document.getElementById("compare-a").value;
+  const b = document.getElementById("compare-b").value;
+  if (a && b) location.href = `/jobs/${encodeURIComponent(jobId)}/compare?a=${a}&b=${b}`;
+});
+
+// ---- loading and following ----
+
+const pageMessage = document.getElementById("page-message");
+
+async function loadPareto() {
+  const note = document.getElementById("pareto-note");
+  try {
+    state.pareto = await api(`/v1/jobs/${jobId}/pareto`);
+  } catch (exc) {
+    // before the first trial finishes there may be no front yet: say so instead of failing
+    note.textContent = `no front yet (${exc.message})`;
+    return;
+  }
+  const objectives = state.pareto.cost_objectives;
+  if (costAxis.options.length !== objectives.length) {
+    costAxis.replaceChildren(...objectives.map((o) => el("option", { value: o }, o)));
+  }
+  document.getElementById("cost-axis-label").hidden = objectives.length < 2;
+  if (!state.pareto.trials.length) {
+    note.textContent = "no finished trials yet";
+    return;
+  }
+  note.textContent = "";
+  renderPareto();
+  renderHeatmap();
+  renderFront();
+  renderTrials();  // on_front may have changed
+}
+
+let paretoTimer = null;
+function scheduleParetoRefresh() {
+  clearTimeout(paretoTimer);
+  paretoTimer = setTimeout(() => loadPareto().catch(() => {}), PARETO_DEBOUNCE_MS);
+}
+
+async function loadAll() {
+  renderJob(await api(`/v1/jobs/${jobId}`));
+  await Promise.all([loadTrials(), loadPareto()]);
+}
+
+function setLive(text) {
+  document.getElementById("live").textContent = text;
+}
+
+// Follow the job over SSE; if the stream cannot be opened (or is refused), poll instead.
+function follow() {
+  const events = eventSource(`/v1/jobs/${encodeURIComponent(jobId)}/events`);
+  setLive("● live");
+  events.addEventListener("progress", (e) => renderJob(JSON.parse(e.data)));
+  events.addEventListener("trial", (e) => {
+    const trial = JSON.parse(e.data);
+    state.trials.set(trial.number, trial);
+    renderTrials();
+    scheduleParetoRefresh();
+  });
+  events.addEventListener("done", async (e) => {
+    events.close();
+    setLive("");
+    renderJob(JSON.parse(e.data));
+    await loadAll();
+    document.body.dataset.jobDone = "true";
+  });
+  events.onerror = () => {
+    if (events.readyState === EventSource.CLOSED) {
+      setLive("(stream closed; polling)");
+      poll();
+    }
+  };
+}
+
+async function poll() {
+  const before = state.job?.progress?.finished;
+  try {
+    const job = await api(`/v1/jobs/${jobId}`);
+    renderJob(job);
+    if (job.progress?.finished !== before || TERMINAL.has(job.status)) await loadAll();
+    if (TERMINAL.has(job.status)) {
+      setLive("");
+      document.body.dataset.jobDone = "true";
+      return;
+    }
+  } catch (exc) {
+    showMessage(pageMessage, `could not load the job: ${exc.message}`);
+  }
+  setTimeout(poll, POLL_MS);
+}
+
+costAxis.addEventListener("change", () => { renderPareto(); renderHeatmap(); });
+
+async function start() {
+  showMessage(pageMessage, "");
+  try {
+    await loadAll();
+  } catch (exc) {
+    showMessage(pageMessage, `could not load job ${jobId}: ${exc.message}`);
+    return;
+  }
+  if (TERMINAL.has(state.job.status)) document.body.dataset.jobDone = "true";
+  else follow();
+}
+
+initTokenBar(start);
+start();

@@ -1,0 +1,222 @@
+// Jobs page: the jobs list (polled) and the submit form.  The form does no validation of its own
+// beyond reading JSON and pin lines: it sends the values and places the API's 422 messages next to
+// the field each one names (detail[].loc), so the page says exactly what the API says.
+import {
+  ApiError, TERMINAL, api, el, fmtQuality, fmtTime, initTokenBar, postJson, progressBar, showMessage, statusBadge,
+} from "/static/common.js";
+
+const POLL_MS = 2000;
+const FALLBACK_DEFAULTS = {
+  profile: "generic", formats: ["int4", "int8", "fp16"], pin_first_last: "int8", cost_objectives: ["bitops"],
+  n_trials: 24, qat_steps: 200, seed: 0, sampler: "tpe", priority: 0,
+};
+const NUMBER_FIELDS = ["n_trials", "timeout_s", "qat_steps", "max_quality_drop", "seed", "priority"];
+const TEXT_FIELDS = ["workload", "profile", "sampler", "model", "dataset"];
+
+const form = document.getElementById("job-form");
+const tbody = document.querySelector("#jobs-table tbody");
+const statusFilter = document.getElementById("status-filter");
+let idempotencyKey = newKey();
+
+// ---- meta: fill the selects and defaults ----
+
+const nameOf = (item) => (typeof item === "string" ? item : item.name);
+
+function fillSelect(select, items, selected, extra = []) {
+  select.replaceChildren(
+    ...extra.map(([value, label]) => el("option", { value }, label)),
+    ...items.map((item) => el("option", { value: nameOf(item) }, nameOf(item))),
+  );
+  select.value = selected ?? "";
+}
+
+function fillChecks(container, name, items, checked) {
+  container.replaceChildren(
+    ...items.map((item) => {
+      const value = nameOf(item);
+      return el("label", { class: "check" },
+        el("input", { type: "checkbox", name, value, checked: checked.includes(value) }), ` ${value}`);
+    }),
+  );
+}
+
+async function loadMeta() {
+  const meta = await api("/v1/meta");
+  const defaults = { ...FALLBACK_DEFAULTS, ...(meta.defaults || {}) };
+  document.getElementById("workload-list").replaceChildren(
+    ...meta.workloads.map((w) => el("option", { value: nameOf(w) })),
+  );
+  if (!form.workload.value && meta.workloads.length) form.workload.value = nameOf(meta.workloads[0]);
+  fillSelect(form.profile, meta.profiles, defaults.profile);
+  fillSelect(form.sampler, meta.samplers, defaults.sampler);
+  fillSelect(form.pin_first_last, meta.formats, defaults.pin_first_last ?? "", [["", "free (not pinned)"]]);
+  fillChecks(document.getElementById("f-formats"), "formats", meta.formats, defaults.formats);
+  fillChecks(document.getElementById("f-cost_objectives"), "cost_objectives", meta.cost_objectives,
+    defaults.cost_objectives);
+  for (const name of ["n_trials", "qat_steps", "seed", "priority"]) form[name].value = defaults[name] ?? "";
+}
+
+// ---- the form ----
+
+function newKey() {
+  return crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random().toString(16).slice(2)}`;
+}
+
+// The JobCreate body, or throws a list of errors shaped like the API's 422 detail.
+function readForm() {
+  const body = {};
+  const errors = [];
+  for (const name of TEXT_FIELDS) {
+    const value = form[name].value.trim();
+    if (value) body[name] = value;
+  }
+  if (!body.workload) body.workload = "";  // let the API name the missing field
+  for (const name of NUMBER_FIELDS) {
+    const raw = form[name].value.trim();
+    if (raw !== "") body[name] = Number(raw);
+  }
+  body.formats = [...form.querySelectorAll("input[name=formats]:checked")].map((c) => c.value);
+  body.cost_objectives = [...form.querySelectorAll("input[name=cost_objectives]:checked")].map((c) => c.value);
+  body.pin_first_last = form.pin_first_last.value || null;
+
+  const options = form.workload_options.value.trim();
+  if (options) {
+    try {
+      body.workload_options = JSON.parse(options);
+    } catch (exc) {
+      errors.push({ loc: ["body", "workload_options"], msg: `not valid JSON: ${exc.message}` });
+    }
+  }
+  const pins = [];
+  form.pins.value.split("\n").forEach((line, i) => {
+    if (!line.trim()) return;
+    const [match, format] = line.split("=").map((s) => s.trim());
+    if (!match || format === undefined) {
+      errors.push({ loc: ["body", "pins", i], msg: "write one pin per line as: match = format" });
+      return;
+    }
+    pins.push({ match, format: format === "free" || format === "" ? null : format });
+  });
+  if (pins.length) body.pins = pins;
+  if (errors.length) throw new ApiError(422, errors);
+  return body;
+}
+
+function clearErrors() {
+  for (const slot of form.querySelectorAll("[data-error-for]")) slot.textContent = "";
+  for (const field of form.querySelectorAll(".field.invalid")) field.classList.remove("invalid");
+  for (const input of form.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
+}
+
+// Which form field an error belongs to: detail.loc (["body", "n_trials"]), else a "field: ..."
+// prefix in the message (model-level validators), else the whole form.
+function placeOf(error) {
+  const loc = (error.loc || []).filter((part) => part !== "body");
+  if (typeof loc[0] === "string" && form.querySelector(`[data-error-for="${loc[0]}"]`)) {
+    return { field: loc[0], rest: loc.slice(1) };
+  }
+  const named = /^(?:Value error, )?([a-z_]+):/.exec(error.msg || "");
+  if (named && form.querySelector(`[data-error-for="${named[1]}"]`)) return { field: named[1], rest: [] };
+  return { field: "_form", rest: loc };
+}
+
+function showErrors(detail) {
+  clearErrors();
+  if (typeof detail === "string") detail = [{ loc: [], msg: detail }];
+  let first = null;
+  for (const error of detail) {
+    const { field, rest } = placeOf(error);
+    let where = rest.join(".");
+    if (field === "pins" && typeof rest[0] === "number") where = `pin ${rest[0] + 1}${rest[1] ? ` (${rest[1]})` : ""}`;
+    const slot = form.querySelector(`[data-error-for="${field}"]`);
+    slot.append(el("div", {}, where ? `${where}: ${error.msg}` : error.msg));
+    const wrapper = form.querySelector(`[data-field="${field}"]`);
+    if (wrapper) {
+      wrapper.classList.add("invalid");
+      const input = wrapper.querySelector("input, select, textarea");
+      input?.setAttribute("aria-invalid", "true");
+      first ??= input;
+    }
+  }
+  first?.focus();
+}
+
+form.addEventListener("input", () => { idempotencyKey = newKey(); });
+
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const result = document.getElementById("submit-result");
+  const button = document.getElementById("submit-job");
+  showMessage(result, "");
+  button.disabled = true;
+  try {
+    const job = await postJson("/v1/jobs", readForm(), { "Idempotency-Key": idempotencyKey });
+    clearErrors();
+    idempotencyKey = newKey();
+    result.replaceChildren(el("div", { class: "message ok" }, "Submitted ",
+      el("a", { href: `/jobs/${job.id}`, id: "submitted-job" }, `job ${job.id}`)));
+    refreshJobs();
+  } catch (exc) {
+    if (exc instanceof ApiError && exc.status === 422) showErrors(exc.detail);
+    else showErrors(exc instanceof ApiError ? exc.detail : String(exc));
+  } finally {
+    button.disabled = false;
+  }
+});
+
+// ---- the jobs list ----
+
+function jobRow(job) {
+  const cancel = TERMINAL.has(job.status) ? "" : el("button", {
+    class: "small",
+    onclick: async () => {
+      await api(`/v1/jobs/${job.id}/cancel`, { method: "POST" });
+      refreshJobs();
+    },
+  }, "cancel");
+  const best = job.best ? `${fmtQuality(job.best.quality)} (#${job.best.trial_number})` : "–";
+  return el("tr", { dataset: { jobId: job.id, status: job.status } },
+    el("td", {}, el("a", { href: `/jobs/${job.id}` }, String(job.id).slice(0, 12))),
+    el("td", {}, job.spec?.workload ?? "–"),
+    el("td", {}, statusBadge(job.status)),
+    el("td", {}, progressBar(job.progress)),
+    el("td", { title: job.metric ?? "" }, best),
+    el("td", {}, fmtTime(job.created_at)),
+    el("td", {}, cancel),
+  );
+}
+
+let refreshing = false;
+async function refreshJobs() {
+  if (refreshing) return;
+  refreshing = true;
+  const message = document.getElementById("jobs-message");
+  try {
+    const query = new URLSearchParams({ limit: "50" });
+    if (statusFilter.value) query.set("status", statusFilter.value);
+    const page = await api(`/v1/jobs?${query}`);
+    tbody.replaceChildren(...page.items.map(jobRow));
+    if (!page.items.length) tbody.append(el("tr", {}, el("td", { colspan: 7, class: "muted" }, "no jobs yet")));
+    document.getElementById("jobs-total").textContent =
+      page.total > page.items.length ? `showing ${page.items.length} of ${page.total}` : "";
+    showMessage(message, "");
+  } catch (exc) {
+    showMessage(message, `could not load jobs: ${exc.message}`);
+  } finally {
+    refreshing = false;
+  }
+}
+
+async function start() {
+  try {
+    await loadMeta();
+  } catch (exc) {
+    showErrors(`could not load /v1/meta: ${exc.message}`);
+  }
+  refreshJobs();
+}
+
+statusFilter.addEventListener("change", refreshJobs);
+initTokenBar(start);
+setInterval(() => { if (!document.hidden) refreshJobs(); }, POLL_MS);
+start();
