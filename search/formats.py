@@ -48,6 +48,7 @@ class TensorFormat:
     bits: int
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", NumberKind(self.kind))  # "int" -> NumberKind.INT (is-checks below)
         allowed = {NumberKind.INT: (4, 8), NumberKind.FLOAT: (16, 32)}[self.kind]
         if self.bits not in allowed:
             raise ValueError(f"bits: {self.kind} formats take bits in {allowed}, got {self.bits}")
@@ -120,6 +121,8 @@ def parse_format(name: str) -> LayerFormat:
     >>> parse_format("w4a8").name
     'w4a8'
     """
+    if not isinstance(name, str):
+        raise ValueError(f"format: expected a format name (str), got {type(name).__name__}")
     key = name.strip().lower()
     if key in _TENSOR_FORMATS:
         tensor = _TENSOR_FORMATS[key]
