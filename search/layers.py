@@ -95,7 +95,8 @@ def layer_kind(module: nn.Module) -> LayerKind:
     if isinstance(module, nn.Conv2d):
         if module.groups == 1:
             return LayerKind.CONV2D
-        if module.groups == module.in_channels and module.groups == module.out_channels:
+        # depthwise (PyTorch's definition): groups == in_channels, out_channels = K * in_channels
+        if module.groups == module.in_channels and module.out_channels % module.in_channels == 0:
             return LayerKind.CONV2D_DEPTHWISE
         return LayerKind.CONV2D_GROUPED
     if isinstance(module, nn.Conv1d):
