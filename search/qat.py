@@ -255,7 +255,9 @@ class FakeQuantMixin:
         xq = self.input_quant(x)
         wq = self.weight_quant(self.weight)
         bias = self.bias
-        if bias is not None and self.layer_format.weight.is_int and self.layer_format.activation.is_int:
+        int_layer = self.layer_format.weight.is_int and self.layer_format.activation.is_int
+        # while calibrating the input is not quantized and has no scale yet, so the bias stays float
+        if bias is not None and int_layer and not self.input_quant.calibrating:
             bias = _FakeQuantSTE.apply(bias, self.bias_scale(), bias.new_zeros(()), *INT32_RANGE)
         elif bias is not None and not self.layer_format.weight.is_identity:
             bias = round_fp16(bias) if not self.layer_format.weight.is_int else bias
@@ -313,6 +315,14 @@ def _out_channel_axis(module: nn.Module) -> int:
     return 0
 
 
+def _copy_attributes(src: nn.Module, dst: nn.Module) -> None:
+    """Copy ``src``'s plain attributes onto a freshly ``nn.Module.__init__``-ed ``dst``, including
+    private ones the layer's forward needs (e.g. Conv's ``_reversed_padding_repeated_twice`` for
+    non-zero padding modes), but not nn.Module's own bookkeeping (hooks, registries)."""
+    fresh = set(dst.__dict__)
+    dst.__dict__.update({k: v for k, v in src.__dict__.items() if not k.startswith("_") or k not in fresh})
+
+
 def to_fake_quant(module: nn.Module, fmt: LayerFormat, method: RangeMethod) -> nn.Module:
     """A fake-quant copy of ``module`` sharing its parameters (module swap, as torchao's
     ``FakeQuantizedLinear.from_linear``)."""
@@ -321,7 +331,7 @@ def to_fake_quant(module: nn.Module, fmt: LayerFormat, method: RangeMethod) -> n
         raise QuantizationError(f"layer kind: {type(module).__name__} cannot be quantized")
     new = cls.__new__(cls)
     nn.Module.__init__(new)
-    new.__dict__.update({k: v for k, v in module.__dict__.items() if not k.startswith("_")})
+    _copy_attributes(module, new)
     new._parameters = module._parameters
     new._buffers = module._buffers
     new.training = module.training
@@ -336,7 +346,7 @@ def to_float(module: nn.Module) -> nn.Module:
         if type(module) is quant:
             new = plain.__new__(plain)
             nn.Module.__init__(new)
-            new.__dict__.update({k: v for k, v in module.__dict__.items() if not k.startswith("_")})
+            _copy_attributes(module, new)
             for attr in ("layer_format",):
                 new.__dict__.pop(attr, None)
             new._parameters = module._parameters
