@@ -55,7 +55,7 @@ def qat_train(model: nn.Module, workload: Workload, steps: int, seed: int, devic
         inputs, target = next(batches)
         loss = workload.loss_fn(model(inputs.to(device)), target.to(device))
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"loss: {float(loss)} at QAT step {step}; lower the workload's lr or check the data")
+            raise NonFiniteLossError(f"loss: {float(loss.detach())} at QAT step {step}; lower the workload's lr or check the data")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

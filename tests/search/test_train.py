@@ -1,0 +1,90 @@
+import copy
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from search.layers import discover_layers
+from search.qat import OUTPUT_QUANT_ATTR, FakeQuantConv2d, FakeQuantLinear
+from search.train import NonFiniteLossError, fp32_quality, resolve_device, run_trial
+from tests.search.user_workload import make_workload
+
+ASSIGNMENT = {"conv": "int8", "fc": "int4"}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return make_workload()
+
+
+def test_tiny_workload_layers(tiny):
+    assert discover_layers(tiny.model, tiny.example_inputs).fqns == tuple(ASSIGNMENT)
+
+
+def test_run_trial_trains_a_fake_quant_copy(tiny):
+    before = copy.deepcopy(tiny.model.state_dict())
+    run = run_trial(tiny, ASSIGNMENT, qat_steps=5, seed=0)
+    assert type(run.model.conv) is FakeQuantConv2d and type(run.model.fc) is FakeQuantLinear
+    assert hasattr(run.model, OUTPUT_QUANT_ATTR)
+    assert not run.model.training
+    assert len(run.losses) == 5 and all(loss > 0 for loss in run.losses)
+    assert 0.0 <= run.quality <= 1.0
+    assert run.duration_s > 0
+    # the workload's pretrained model is untouched (deep-copied, BN not folded in place)
+    after = tiny.model.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert isinstance(tiny.model.bn, torch.nn.BatchNorm2d)
+
+
+def test_same_seed_same_result_different_seed_differs(tiny):
+    a = run_trial(tiny, ASSIGNMENT, qat_steps=8, seed=3)
+    b = run_trial(tiny, ASSIGNMENT, qat_steps=8, seed=3)
+    c = run_trial(tiny, ASSIGNMENT, qat_steps=8, seed=4)
+    assert a.quality == b.quality
+    assert a.losses == b.losses
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert c.losses != a.losses  # another seed draws other batches
+
+
+def test_lsq_trial_learns_scales(tiny):
+    run = run_trial(tiny, ASSIGNMENT, qat_steps=0, seed=0, range_method="lsq")
+    calibrated = run.model.fc.input_quant.scale.detach().clone()
+    trained = run_trial(tiny, ASSIGNMENT, qat_steps=10, seed=0, range_method="lsq")
+    assert trained.model.fc.input_quant.scale.requires_grad
+    assert not torch.equal(trained.model.fc.input_quant.scale.detach(), calibrated)
+
+
+def test_zero_qat_steps(tiny):
+    run = run_trial(tiny, {"conv": "fp32", "fc": "fp32"}, qat_steps=0, seed=0)
+    assert run.losses == []
+    assert run.quality == pytest.approx(fp32_quality(tiny))
+
+
+def test_fp32_quality_is_sensible(tiny):
+    assert 0.7 < fp32_quality(tiny) <= 1.0
+
+
+def test_nan_loss_raises_a_clear_error(tiny):
+    def nan_loss(out, target):
+        return F.cross_entropy(out, target) * float("nan")
+
+    broken = dataclasses.replace(tiny, loss_fn=nan_loss)
+    with pytest.raises(NonFiniteLossError, match=r"loss: nan at QAT step 0; lower the workload's lr"):
+        run_trial(broken, ASSIGNMENT, qat_steps=3, seed=0)
+
+
+def test_nan_metric_raises(tiny):
+    broken = dataclasses.replace(tiny, evaluate=lambda m: float("nan"))
+    with pytest.raises(NonFiniteLossError, match="metric: evaluation returned NaN"):
+        run_trial(broken, ASSIGNMENT, qat_steps=1, seed=0)
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device: 'cuda' asked for but CUDA is not available"):
+            resolve_device("cuda")
