@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
 from search.formats import LayerFormat, TensorFormat, parse_format
@@ -74,6 +75,15 @@ class LayerQConfig(_Strict):
     def _known(cls, value: str) -> str:
         return parse_format(value).name
 
+    @model_validator(mode="after")
+    def _tensor_formats_agree(self) -> LayerQConfig:
+        fmt = parse_format(self.format)
+        for part, expected in (("weight", fmt.weight.name), ("activation", fmt.activation.name)):
+            got = getattr(self, part).format
+            if got != expected:
+                raise ValueError(f"{part}.format: {got!r} does not match the layer format {self.format!r} ({expected!r})")
+        return self
+
 
 class QualityReport(_Strict):
     metric: str
@@ -94,7 +104,7 @@ class Provenance(_Strict):
 
 
 class QConfigFile(_Strict):
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = Field(default=SCHEMA_VERSION, ge=1)
     range_method: RangeMethod = RangeMethod.MINMAX
     profile: str = "generic"
     layers: dict[str, LayerQConfig]
@@ -205,13 +215,19 @@ def load_qconfig(source: str | Path | Mapping[str, Any]) -> QConfigFile:
     if isinstance(source, Mapping):
         data: Any = dict(source)
     else:
-        text = Path(source).read_text() if isinstance(source, Path) or not str(source).lstrip().startswith("{") else str(source)
         try:
-            data = json.loads(text, parse_constant=_reject_constant)
+            text = Path(source).read_text() if isinstance(source, Path) or not str(source).lstrip().startswith("{") else str(source)
+        except OSError as exc:
+            raise QConfigError(f"qconfig: cannot read {str(source)!r}: {exc.strerror or exc}") from None
+        try:
+            data = json.loads(text)
         except (json.JSONDecodeError, ValueError) as exc:
             raise QConfigError(f"qconfig: not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise QConfigError("qconfig: the top level must be a JSON object")
+    where = _non_finite(data)
+    if where is not None:
+        raise QConfigError(f"{where}: NaN and Infinity are not allowed (they are not JSON numbers)")
     version = data.get("schema_version")
     if not isinstance(version, int) or isinstance(version, bool):
         raise QConfigError(f"schema_version: must be an integer, got {version!r}")
@@ -226,8 +242,16 @@ def load_qconfig(source: str | Path | Mapping[str, Any]) -> QConfigFile:
         raise QConfigError(_format_validation_error(err)) from None
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed (NaN and Infinity are not JSON numbers)")
+def _non_finite(data: Any, path: tuple[str, ...] = ()) -> str | None:
+    """Dotted path of the first NaN/Infinity in parsed JSON, or None."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return ".".join(path) or "(file)"
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        where = _non_finite(value, (*path, str(key)))
+        if where is not None:
+            return where
+    return None
 
 
 def apply_qconfig(
@@ -244,16 +268,22 @@ def apply_qconfig(
     scales always follow the weights.
     """
     cfg = qconfig if isinstance(qconfig, QConfigFile) else load_qconfig(qconfig)
-    model = quantize_model(model, cfg.assignment(), example_inputs, range_method=cfg.range_method)
+    # discover on the float model, before the swap: a forward pass through the fake-quant model
+    # would initialise its activation ranges from the example inputs
     graph = discover_layers(model, example_inputs)
     missing = [fqn for fqn in graph.fqns if fqn not in cfg.layers]
     if missing:
         raise QConfigError(f"layers: the file has no entry for layer {missing[0]!r} of this model")
+    extra = [fqn for fqn in cfg.layers if fqn not in graph.fqns]
+    if extra:
+        unused = " (it never runs on the example inputs)" if extra[0] in graph.unused else ""
+        raise QConfigError(f"layers.{extra[0]}: not a quantizable layer of this model{unused}")
+    model = quantize_model(model, cfg.assignment(), example_inputs, range_method=cfg.range_method, graph=graph)
     if load_scales:
         for fqn, layer_cfg in cfg.layers.items():
             module = model.get_submodule(fqn)
             if isinstance(module, FakeQuantMixin):
-                _load_activation(module.input_quant, layer_cfg.activation, fqn)
+                _load_activation(module.input_quant, layer_cfg.activation, f"layers.{fqn}.activation")
         out_quant = getattr(model, OUTPUT_QUANT_ATTR, None)
         if out_quant is not None and cfg.output is not None:
             _load_activation(out_quant, cfg.output, "output")
@@ -264,11 +294,11 @@ def _load_activation(quant: ActivationQuantizer, cfg: TensorQConfig, where: str)
     if cfg.scale is None or cfg.zero_point is None:
         return
     if len(cfg.scale) != 1 or len(cfg.zero_point) != 1:
-        raise QConfigError(f"layers.{where}.activation.scale: per-tensor activations take one scale")
+        raise QConfigError(f"{where}.scale: per-tensor activations take one scale")
     qmin, qmax = quant.fmt.activation_range()
     zp = cfg.zero_point[0]
     if not qmin <= zp <= qmax:
-        raise QConfigError(f"layers.{where}.activation.zero_point: must be in [{qmin}, {qmax}], got {zp}")
+        raise QConfigError(f"{where}.zero_point: must be in [{qmin}, {qmax}], got {zp}")
     with torch.no_grad():
         quant.scale.fill_(cfg.scale[0])
         quant.zero_point.fill_(zp)
