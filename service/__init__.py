@@ -1,0 +1,1 @@
+"""mixq service: REST API, database, migrations and workers around the ``search`` library."""

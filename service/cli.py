@@ -1,0 +1,153 @@
+"""The ``mixq`` command: ``serve``, ``worker``, ``token create``, ``db upgrade``/``downgrade``
+(plus the search library's ``search``/``export`` commands when ``search.cli`` provides them)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from service.settings import Settings
+
+app = typer.Typer(help="mixq: mixed-precision quantization search service", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens", no_args_is_help=True)
+db_app = typer.Typer(help="Database migrations", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+app.add_typer(db_app, name="db")
+
+
+def _settings(database_url: str | None) -> Settings:
+    settings = Settings()
+    if database_url:
+        settings = settings.model_copy(update={"database_url": database_url})
+    return settings
+
+
+DatabaseUrl = Annotated[str | None, typer.Option("--database-url", help="overrides MIXQ_DATABASE_URL")]
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head", database_url: DatabaseUrl = None) -> None:
+    """Apply migrations (creates everything on an empty database)."""
+    from service.db import upgrade
+
+    upgrade(_settings(database_url).resolved_database_url, revision)
+    typer.echo(f"database at {revision}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: str = "base", database_url: DatabaseUrl = None) -> None:
+    """Revert migrations (``base`` drops mixq's tables; Optuna's are left alone)."""
+    from service.db import downgrade
+
+    downgrade(_settings(database_url).resolved_database_url, revision)
+    typer.echo(f"database at {revision}")
+
+
+@token_app.command("create")
+def token_create(
+    owner: Annotated[str, typer.Option(help="who the token acts as; jobs are visible to their owner only")],
+    name: Annotated[str, typer.Option(help="a note, e.g. the machine or person")] = "",
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create an API token; it is printed once and stored only as a hash."""
+    from service.auth import create_token
+    from service.db import Database
+
+    db = Database(_settings(database_url).resolved_database_url)
+    try:
+        with db.session() as session:
+            token = create_token(session, owner, name)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    finally:
+        db.dispose()
+    typer.echo(token)
+
+
+@app.command()
+def worker(
+    database_url: DatabaseUrl = None,
+    max_jobs: Annotated[int | None, typer.Option(help="exit after this many job runs")] = None,
+) -> None:
+    """Run trials of queued and running jobs until SIGTERM/SIGINT (finishing the current trial)."""
+    from service.db import Database
+    from service.worker import Worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = _settings(database_url)
+    db = Database(settings.resolved_database_url)
+    w = Worker(db, settings)
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger("mixq.worker").info("signal %d: stopping after the current trial", signum)
+        w.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        w.run_forever(max_jobs=max_jobs)
+    finally:
+        db.dispose()
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address (MIXQ_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (MIXQ_PORT)")] = None,
+    workers: Annotated[int | None, typer.Option(help="local worker processes (MIXQ_LOCAL_WORKERS)")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """API + migrations + local workers: the one command a new user needs."""
+    import uvicorn
+
+    from service.db import upgrade
+    from service.main import create_app
+
+    updates = {k: v for k, v in {"host": host, "port": port, "local_workers": workers}.items() if v is not None}
+    settings = _settings(database_url).model_copy(update=updates)
+    try:
+        settings.check_exposure()
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    url = settings.resolved_database_url
+    upgrade(url)
+    env = {**os.environ, "MIXQ_DATABASE_URL": url}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env)
+        for _ in range(settings.local_workers)
+    ]
+    typer.echo(f"mixq: API on http://{settings.host}:{settings.port} (docs at /docs), {len(procs)} worker(s), "
+               f"database {url}")
+    try:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+# The search library's commands (``mixq search``, ``mixq export``) are added here by ``search.cli``;
+# this file only mounts them.
+try:
+    from search import cli as _search_cli  # type: ignore[attr-defined]
+except ImportError:
+    _search_cli = None
+if _search_cli is not None and hasattr(_search_cli, "register"):
+    _search_cli.register(app)
+
+
+if __name__ == "__main__":
+    app()

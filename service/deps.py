@@ -1,0 +1,45 @@
+"""Typed FastAPI dependencies: the database, settings and the caller's identity."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service import auth
+from service.db import Database
+from service.settings import Settings
+
+_bearer = HTTPBearer(auto_error=False, description="a token from `mixq token create`")
+
+
+def get_db(request: Request) -> Database:
+    return request.app.state.db  # type: ignore[no-any-return]
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+DbDep = Annotated[Database, Depends(get_db)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def current_owner(
+    db: DbDep, settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> str:
+    """The token's owner; without a token, the local owner unless auth is required."""
+    unauthorized = {"WWW-Authenticate": "Bearer"}
+    if credentials is None:
+        if settings.auth_required:
+            raise HTTPException(401, "Authorization: a Bearer token is required", headers=unauthorized)
+        return auth.LOCAL_OWNER
+    with db.session() as session:
+        owner = auth.owner_of(session, credentials.credentials)
+    if owner is None:
+        raise HTTPException(401, "Authorization: unknown or revoked token", headers=unauthorized)
+    return owner
+
+
+OwnerDep = Annotated[str, Depends(current_owner)]

@@ -1,0 +1,114 @@
+"""The FastAPI application: ``create_app(settings)``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import OperationalError
+from starlette.middleware.body_limit import RequestBodyLimitResponder
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from search import __version__
+from service import dashboard, store
+from service.db import Database
+from service.metrics import Metrics
+from service.routes import MULTIPART_OVERHEAD_BYTES, router
+from service.schemas import Health
+from service.settings import Settings
+
+log = logging.getLogger("mixq.api")
+
+
+class BodyLimitByPath:
+    """Request body limits per path (uploads get theirs, everything else the JSON limit), enforced by
+    Starlette's limiter: 413 from Content-Length before anything is read, or as soon as a streamed
+    body passes the limit."""
+
+    def __init__(self, app: ASGIApp, limits: dict[str, int], default: int) -> None:
+        self.app = app
+        self.limits = limits
+        self.default = default
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limits.get(scope["path"].rstrip("/"), self.default)
+        await RequestBodyLimitResponder(self.app, limit)(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
+    settings = settings or Settings()
+    db = db or Database(settings.resolved_database_url)
+    app = FastAPI(
+        title="mixq", version=__version__,
+        description="Mixed-precision (int4/int8/fp16) quantization search with short QAT runs.",
+    )
+    app.state.settings = settings
+    app.state.db = db
+    app.state.pareto_cache = {}
+
+    def job_counts() -> dict[str, int]:
+        with db.session() as session:
+            return store.job_counts_by_status(session)
+
+    metrics = Metrics(job_counts)
+    app.state.metrics = metrics
+
+    app.include_router(router)
+    app.include_router(dashboard.router)
+
+    @app.get("/livez", response_model=Health, tags=["health"])
+    def livez() -> Health:
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
+    def readyz() -> Response:
+        try:
+            db.ping()
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the DB means "not ready"
+            log.warning("readyz: database unreachable: %s", exc)
+            return JSONResponse({"status": "database unreachable"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    async def prometheus_metrics() -> Response:
+        body = await run_in_threadpool(generate_latest, metrics.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default echoes the input, which may be NaN/inf (not JSON) or huge: keep loc/msg/type
+        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+                  for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(OperationalError)
+    async def database_unavailable(request: Request, exc: OperationalError) -> JSONResponse:
+        log.warning("database error on %s: %s", request.url.path, exc)
+        return JSONResponse({"detail": "database unavailable, retry later"}, status_code=503)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
+        metrics.latency_s.labels(path).observe(time.perf_counter() - started)
+        return response
+
+    upload_limits = {
+        "/v1/models": settings.max_model_bytes + MULTIPART_OVERHEAD_BYTES,
+        "/v1/datasets": settings.max_dataset_bytes + MULTIPART_OVERHEAD_BYTES,
+        "/v1/profiles": settings.max_profile_bytes + MULTIPART_OVERHEAD_BYTES,
+    }
+    app.add_middleware(BodyLimitByPath, limits=upload_limits, default=settings.max_json_bytes)
+    return app

@@ -1,0 +1,160 @@
+"""Database rows (SQLAlchemy 2 typed ORM).  These are the service's storage words; API schemas live in
+``service.schemas`` and search results in ``search.spec``.  Times are naive UTC."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String
+from sqlalchemy import Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite INTEGER PRIMARY KEY must be exactly INTEGER to alias rowid; BigInteger elsewhere.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class TrialState(StrEnum):
+    COMPLETE = "complete"
+    FAILED = "failed"
+    RUNNING = "running"
+
+
+class UploadKind(StrEnum):
+    MODEL = "model"
+    DATASET = "dataset"
+
+
+class ApiToken(Base):
+    __tablename__ = "mixq_tokens"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    name: Mapped[str] = mapped_column(String(100), default="")
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Job(Base):
+    __tablename__ = "mixq_jobs"
+    # AUTOINCREMENT: a deleted job's id (and so its Optuna study name) is never handed out again
+    __table_args__ = (
+        UniqueConstraint("owner", "idempotency_key", name="uq_mixq_jobs_owner_idempotency_key"),
+        Index("ix_mixq_jobs_status_priority", "status", "priority", "id"),
+        Index("ix_mixq_jobs_owner_id", "owner", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the JobCreate as submitted (JSON)
+    n_trials: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    error: Mapped[str | None] = mapped_column(Text)
+    # filled by the first worker that knows them
+    metric: Mapped[str | None] = mapped_column(String(100))
+    higher_is_better: Mapped[bool | None] = mapped_column(Boolean)
+    fp32_quality: Mapped[float | None] = mapped_column(Float)
+    layers: Mapped[list[Any] | None] = mapped_column(JSON)
+    pinned: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    front_final: Mapped[bool] = mapped_column(Boolean, default=False)  # on_front comes from the search result
+    best_quality: Mapped[float | None] = mapped_column(Float)  # best feasible trial so far
+    best_trial: Mapped[int | None] = mapped_column(Integer)
+
+
+class Trial(Base):
+    __tablename__ = "mixq_trials"
+    __table_args__ = (
+        UniqueConstraint("job_id", "number", name="uq_mixq_trials_job_number"),
+        Index("ix_mixq_trials_job_quality", "job_id", "quality"),
+        Index("ix_mixq_trials_job_cost", "job_id", "primary_cost"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("mixq_jobs.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default=TrialState.COMPLETE)
+    assignment: Mapped[dict[str, Any]] = mapped_column(JSON)
+    quality: Mapped[float | None] = mapped_column(Float)
+    quality_std: Mapped[float | None] = mapped_column(Float)
+    n_evaluations: Mapped[int] = mapped_column(Integer, default=1)
+    costs: Mapped[dict[str, Any]] = mapped_column(JSON)
+    primary_cost: Mapped[float | None] = mapped_column(Float)  # costs[first cost objective], for sorting
+    feasible: Mapped[bool] = mapped_column(Boolean, default=True)
+    duration_s: Mapped[float] = mapped_column(Float, default=0.0)
+    source: Mapped[str] = mapped_column(String(32), default="")
+    on_front: Mapped[bool] = mapped_column(Boolean, default=False)
+    qconfig: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    worker_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class WorkerRow(Base):
+    """A live (or dead) worker process; ``heartbeat_at`` says which."""
+
+    __tablename__ = "mixq_workers"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("mixq_jobs.id", ondelete="SET NULL"), index=True)
+
+
+class Upload(Base):
+    __tablename__ = "mixq_uploads"
+    __table_args__ = (UniqueConstraint("owner", "kind", "name", name="uq_mixq_uploads_owner_kind_name"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(100))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    info: Mapped[dict[str, Any]] = mapped_column(JSON)  # what validation learnt (arrays, shapes, layers)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class UploadBlob(Base):
+    """Upload bytes live in the database so that workers on other machines can read them."""
+
+    __tablename__ = "mixq_upload_blobs"
+
+    upload_id: Mapped[int] = mapped_column(ForeignKey("mixq_uploads.id", ondelete="CASCADE"), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ProfileRow(Base):
+    __tablename__ = "mixq_profiles"
+    __table_args__ = (UniqueConstraint("owner", "name", name="uq_mixq_profiles_owner_name"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(100))
+    text: Mapped[str] = mapped_column(Text)  # canonical JSON of the validated profile
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

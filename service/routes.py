@@ -1,0 +1,465 @@
+"""The ``/v1`` REST routes.  Thin: validate, call ``store``, convert rows to API schemas.  HTTP error
+mapping lives here and nowhere else."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Header, HTTPException, Path, Query, Request, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from starlette.datastructures import UploadFile as StarletteUploadFile
+
+from search import BUILTIN_WORKLOADS, CostObjective, ProfileError, SamplerName, builtin_profiles, parse_profile_text
+from search import parse_format
+from service import store
+from service.deps import DbDep, OwnerDep, SettingsDep
+from service.front import objective_vector, pareto_numbers
+from service.jobs import TERMINAL, search_spec
+from service.models import Job, JobStatus, Trial, UploadKind, utcnow
+from service.schemas import (
+    INT32_MAX,
+    NAME_RE,
+    Best,
+    Counts,
+    JobCreate,
+    JobOut,
+    JobPage,
+    LayerOut,
+    Meta,
+    ParetoOut,
+    ProfileOut,
+    Progress,
+    TrialOut,
+    TrialPage,
+    UploadOut,
+)
+from service.settings import Settings
+from service.uploads import UploadError, inspect_dataset, inspect_model
+
+router = APIRouter(prefix="/v1")
+
+JobId = Annotated[int, Path(ge=1, le=INT32_MAX, description="job id")]
+TrialNumber = Annotated[int, Path(ge=0, le=INT32_MAX, description="trial number")]
+Limit = Annotated[int, Query(ge=1, le=200)]
+Offset = Annotated[int, Query(ge=0, le=INT32_MAX)]
+IdempotencyKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")
+]
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+def _not_found(what: str) -> HTTPException:
+    return HTTPException(404, f"{what} not found")
+
+
+def _unprocessable(field: str, msg: str, value: Any = None) -> HTTPException:
+    return HTTPException(422, [{"loc": ["body", field], "msg": msg, "type": "value_error", "input": value}])
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversions: DB rows -> API schemas
+# ---------------------------------------------------------------------------------------------
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    from datetime import UTC
+
+    return None if value is None else value.replace(tzinfo=UTC)
+
+
+def job_out(job: Job, counts: store.TrialCounts) -> JobOut:
+    finished = counts.complete
+    best = Best(quality=job.best_quality, trial_number=job.best_trial) if job.best_quality is not None else None
+    return JobOut(
+        id=job.id, status=job.status, spec=job.spec,  # type: ignore[arg-type]
+        progress=Progress(finished=finished, total=job.n_trials, fraction=min(1.0, finished / job.n_trials)),
+        counts=Counts(complete=counts.complete, failed=counts.failed, running=counts.running,
+                      infeasible=counts.infeasible),
+        best=best, metric=job.metric, higher_is_better=job.higher_is_better, fp32_quality=job.fp32_quality,
+        created_at=_utc(job.created_at), started_at=_utc(job.started_at),  # type: ignore[arg-type]
+        finished_at=_utc(job.finished_at), error=job.error,
+    )
+
+
+def trial_out(trial: Trial, on_front: bool | None = None) -> TrialOut:
+    return TrialOut(
+        number=trial.number, state=trial.state, assignment=trial.assignment,  # type: ignore[arg-type]
+        quality=trial.quality, quality_std=trial.quality_std, n_evaluations=trial.n_evaluations,
+        costs=trial.costs, feasible=trial.feasible, duration_s=trial.duration_s, source=trial.source,
+        on_front=trial.on_front if on_front is None else on_front,
+    )
+
+
+def _stale_before(settings: Settings) -> datetime:
+    return utcnow() - timedelta(seconds=settings.stale_after_s)
+
+
+def _jobs_out(session: Session, jobs: Sequence[Job], settings: Settings) -> list[JobOut]:
+    counts = store.trial_counts(session, [j.id for j in jobs], _stale_before(settings))
+    return [job_out(j, counts[j.id]) for j in jobs]
+
+
+def _owned_job(session: Session, job_id: int, owner: str) -> Job:
+    job = store.get_job(session, job_id, owner)
+    if job is None:
+        raise _not_found(f"job {job_id}")
+    return job
+
+
+# ---------------------------------------------------------------------------------------------
+# Meta
+# ---------------------------------------------------------------------------------------------
+
+
+@router.get("/meta", response_model=Meta)
+def meta(db: DbDep, owner: OwnerDep, settings: SettingsDep) -> Meta:
+    with db.session() as session:
+        profiles = builtin_profiles() + store.profile_names(session, owner)
+    return Meta(
+        workloads=[*BUILTIN_WORKLOADS, *settings.allowed_workloads],
+        profiles=profiles,
+        formats=["int4", "int8", "fp16", "w4a8", "w8a16", "fp32"],
+        cost_objectives=[c.value for c in CostObjective],
+        samplers=[s.value for s in SamplerName],
+        defaults=JobCreate(workload="digits").model_dump(mode="json"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs
+# ---------------------------------------------------------------------------------------------
+
+
+def _validate_job(session: Session, body: JobCreate, owner: str, settings: Settings) -> None:
+    """Checks that need the database or the search library; raise 422 naming the field."""
+    if body.model is not None or body.dataset is not None:
+        if body.model is None or body.dataset is None:
+            raise _unprocessable("model" if body.model is None else "dataset", "model and dataset go together")
+        if store.get_upload(session, owner, UploadKind.MODEL, body.model) is None:
+            raise _unprocessable("model", f"no uploaded model named {body.model!r}", body.model)
+        if store.get_upload(session, owner, UploadKind.DATASET, body.dataset) is None:
+            raise _unprocessable("dataset", f"no uploaded dataset named {body.dataset!r}", body.dataset)
+    elif body.workload not in BUILTIN_WORKLOADS and body.workload not in settings.allowed_workloads:
+        raise _unprocessable(
+            "workload",
+            f"unknown workload {body.workload!r}; built-in: {', '.join(BUILTIN_WORKLOADS)}; entry points must be "
+            "allow-listed by the operator (MIXQ_ALLOWED_WORKLOADS); or upload a model and dataset",
+            body.workload,
+        )
+    if body.profile not in builtin_profiles() and store.get_profile(session, owner, body.profile) is None:
+        raise _unprocessable("profile", f"unknown profile {body.profile!r}", body.profile)
+    for i, pin in enumerate(body.pins):
+        if pin.format is not None:
+            try:
+                parse_format(pin.format)
+            except ValueError as exc:
+                raise _unprocessable(f"pins.{i}.format", str(exc), pin.format) from None
+    try:  # everything else SearchSpec checks (formats, pin_first_last, ...)
+        search_spec(body.model_dump(mode="json"), 1, "sqlite://")
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise HTTPException(
+            422, [{"loc": ["body", *first["loc"]], "msg": first["msg"], "type": first["type"]}]
+        ) from None
+    except ValueError as exc:
+        raise _unprocessable("spec", str(exc)) from None
+
+
+@router.post("/jobs", response_model=JobOut, status_code=201, responses={200: {"model": JobOut}})
+def create_job(
+    body: JobCreate, response: Response, db: DbDep, owner: OwnerDep, settings: SettingsDep, request: Request,
+    idempotency_key: IdempotencyKey = None,
+) -> JobOut:
+    """Submit a job.  The same ``Idempotency-Key`` returns the same job (200)."""
+    spec = body.model_dump(mode="json")
+    with db.session() as session:
+        if idempotency_key is not None:
+            existing = store.job_by_idempotency_key(session, owner, idempotency_key)
+            if existing is not None:
+                return _repeat(existing, spec, response, session, settings)
+        _validate_job(session, body, owner, settings)
+    try:
+        with db.session() as session:
+            job = store.add_job(session, owner, spec, body.n_trials, body.priority, idempotency_key)
+            out = _jobs_out(session, [job], settings)[0]
+    except IntegrityError:  # a concurrent request with the same key won the insert
+        with db.session() as session:
+            existing = store.job_by_idempotency_key(session, owner, idempotency_key or "")
+            if existing is None:
+                raise
+            return _repeat(existing, spec, response, session, settings)
+    request.app.state.metrics.jobs_submitted.inc()
+    return out
+
+
+def _repeat(job: Job, spec: dict[str, Any], response: Response, session: Session, settings: Settings) -> JobOut:
+    if job.spec != spec:
+        raise HTTPException(409, "Idempotency-Key: already used for a different job spec")
+    response.status_code = 200
+    return _jobs_out(session, [job], settings)[0]
+
+
+@router.get("/jobs", response_model=JobPage)
+def list_jobs(
+    db: DbDep, owner: OwnerDep, settings: SettingsDep, status: JobStatus | None = None, limit: Limit = 50,
+    offset: Offset = 0,
+) -> JobPage:
+    with db.session() as session:
+        jobs, total = store.list_jobs(session, owner, status, limit, offset)
+        return JobPage(items=_jobs_out(session, jobs, settings), total=total, limit=limit, offset=offset)
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut)
+def get_job(job_id: JobId, db: DbDep, owner: OwnerDep, settings: SettingsDep) -> JobOut:
+    with db.session() as session:
+        return _jobs_out(session, [_owned_job(session, job_id, owner)], settings)[0]
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut)
+def cancel_job(job_id: JobId, db: DbDep, owner: OwnerDep, settings: SettingsDep) -> JobOut:
+    """Cancel a queued or running job (workers stop within one trial); a finished job is returned as is."""
+    with db.session() as session:
+        _owned_job(session, job_id, owner)
+        store.transition(session, job_id, JobStatus.CANCELLED)
+    with db.session() as session:
+        return _jobs_out(session, [_owned_job(session, job_id, owner)], settings)[0]
+
+
+@router.delete("/jobs/{job_id}", status_code=204)
+def delete_job(job_id: JobId, db: DbDep, owner: OwnerDep) -> Response:
+    """Delete a job and its trials (a running job is cancelled first)."""
+    with db.session() as session:
+        _owned_job(session, job_id, owner)
+        store.transition(session, job_id, JobStatus.CANCELLED)
+        store.delete_job(session, job_id)
+    return Response(status_code=204)
+
+
+@router.get("/jobs/{job_id}/trials", response_model=TrialPage)
+def list_trials(
+    job_id: JobId, db: DbDep, owner: OwnerDep, limit: Limit = 50, offset: Offset = 0,
+    sort: Annotated[str, Query(pattern=r"^-?(number|quality|cost)$")] = "number",
+) -> TrialPage:
+    with db.session() as session:
+        _owned_job(session, job_id, owner)
+        trials, total = store.list_trials(session, job_id, sort, limit, offset)
+        return TrialPage(items=[trial_out(t) for t in trials], total=total, limit=limit, offset=offset)
+
+
+def _pareto(session: Session, job: Job) -> ParetoOut:
+    trials = store.complete_trials(session, job.id)
+    objectives = [str(c) for c in job.spec.get("cost_objectives", ["bitops"])]
+    if job.front_final:
+        front = {t.number for t in trials if t.on_front}
+    else:  # live: the front of what is stored so far
+        hib = job.higher_is_better is not False
+        front = pareto_numbers([
+            (t.number, objective_vector(t.quality, [float(t.costs.get(c, 0.0)) for c in objectives], hib))
+            for t in trials if t.feasible and t.quality is not None
+        ])
+    pinned = job.pinned or {}
+    layers = [LayerOut(**{**layer, "pinned": layer.get("fqn") in pinned,
+                          "pin_reason": pinned.get(layer.get("fqn", ""))}) for layer in (job.layers or [])]
+    all_trials = [trial_out(t, t.number in front) for t in trials]
+    return ParetoOut(
+        job_id=job.id, metric=job.metric, higher_is_better=job.higher_is_better, fp32_quality=job.fp32_quality,
+        cost_objectives=objectives, layers=layers, points=[t for t in all_trials if t.on_front], trials=all_trials,
+    )
+
+
+@router.get("/jobs/{job_id}/pareto", response_model=ParetoOut)
+def pareto(job_id: JobId, db: DbDep, owner: OwnerDep, request: Request) -> Response:
+    """The Pareto front (final once the job succeeded, live before) and every complete trial."""
+    cache: dict[int, tuple[Any, bytes]] = request.app.state.pareto_cache
+    with db.session() as session:
+        job = _owned_job(session, job_id, owner)
+        version = (store.trials_version(session, job_id), job.updated_at, job.status, job.front_final)
+        hit = cache.get(job_id)
+        if hit is not None and hit[0] == version:
+            body = hit[1]
+        else:
+            body = _pareto(session, job).model_dump_json().encode()
+            cache[job_id] = (version, body)
+    return Response(content=body, media_type="application/json")
+
+
+def _format_summary(assignment: dict[str, str]) -> str:
+    counts: dict[str, int] = {}
+    for fmt in assignment.values():
+        counts[fmt] = counts.get(fmt, 0) + 1
+    return "-".join(f"{n}x{fmt}" for fmt, n in sorted(counts.items())) or "empty"
+
+
+@router.get(
+    "/jobs/{job_id}/pareto/{number}/qconfig.json",
+    responses={200: {"content": {"application/json": {}}, "description": "the qconfig file"}},
+)
+def download_qconfig(job_id: JobId, number: TrialNumber, db: DbDep, owner: OwnerDep) -> Response:
+    with db.session() as session:
+        _owned_job(session, job_id, owner)
+        trial = store.get_trial(session, job_id, number)
+        if trial is None:
+            raise _not_found(f"trial {number} of job {job_id}")
+        if trial.qconfig is None:
+            raise HTTPException(409, f"trial {number}: no qconfig stored for this trial (not trained by a worker?)")
+        body = json.dumps(trial.qconfig, indent=2)
+        summary = "".join(c for c in _format_summary(trial.assignment) if c.isalnum() or c in "-_x")[:80]
+    filename = f"mixq-{job_id}-trial{number}-{summary}.json"
+    return Response(
+        content=body, media_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def _sse(event: str, data: str) -> bytes:
+    return f"event: {event}\ndata: {data}\n\n".encode()
+
+
+@router.get("/jobs/{job_id}/events", responses={200: {"content": {"text/event-stream": {}}}})
+async def job_events(
+    job_id: JobId, db: DbDep, owner: OwnerDep, settings: SettingsDep, request: Request
+) -> StreamingResponse:
+    """Server-Sent Events: ``progress`` (Job), ``trial`` (Trial), and a final ``done`` (Job)."""
+
+    def snapshot(after_id: int) -> tuple[JobOut | None, list[tuple[int, TrialOut]]]:
+        with db.session() as session:
+            job = store.get_job(session, job_id, owner)
+            if job is None:
+                return None, []
+            new = [(t.id, trial_out(t)) for t in store.trial_numbers_after(session, job_id, after_id)]
+            return _jobs_out(session, [job], settings)[0], new
+
+    first, _ = await run_in_threadpool(snapshot, 2**62)
+    if first is None:
+        raise _not_found(f"job {job_id}")
+
+    async def stream() -> AsyncIterator[bytes]:
+        after_id, last = 0, ""
+        while True:
+            job, trials = await run_in_threadpool(snapshot, after_id)
+            if job is None:
+                yield _sse("done", json.dumps({"id": job_id, "status": "deleted"}))
+                return
+            for row_id, trial in trials:
+                after_id = max(after_id, row_id)
+                yield _sse("trial", trial.model_dump_json())
+            current = job.model_dump_json()
+            if job.status in TERMINAL:
+                yield _sse("done", current)
+                return
+            if current != last:
+                yield _sse("progress", current)
+                last = current
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(settings.events_poll_s)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Uploads and profiles
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise _unprocessable("name", "1-100 characters: letters, digits, '_', '.', '-'; starting with a letter or digit", name)
+    return name
+
+
+async def _read_upload(file: StarletteUploadFile, limit: int) -> bytes:
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(413, f"file: larger than the limit of {limit} bytes")
+    return data
+
+
+def _store_upload(db: Any, owner: str, kind: UploadKind, name: str, data: bytes, info: dict[str, Any]) -> UploadOut:
+    try:
+        with db.session() as session:
+            row = store.add_upload(session, owner, kind, name, data, hashlib.sha256(data).hexdigest(), info)
+            return UploadOut(name=row.name, kind=kind.value, size_bytes=row.size_bytes,  # type: ignore[arg-type]
+                             sha256=row.sha256, info=row.info, created_at=_utc(row.created_at))  # type: ignore[arg-type]
+    except IntegrityError:
+        raise HTTPException(409, f"name: a {kind.value} named {name!r} already exists") from None
+
+
+@router.post("/models", response_model=UploadOut, status_code=201)
+async def upload_model(
+    file: Annotated[UploadFile, File(description="a torch.export program (.pt2)")],
+    name: Annotated[str, Form(max_length=100)], db: DbDep, owner: OwnerDep, settings: SettingsDep,
+) -> UploadOut:
+    """Upload a model.  The archive is checked and rebuilt from plain members; it is never unpickled."""
+    _check_name(name)
+    data = await _read_upload(file, settings.max_model_bytes)
+    try:
+        sanitized, info = await run_in_threadpool(inspect_model, data)
+    except UploadError as exc:
+        raise _unprocessable("file", str(exc)) from None
+    return await run_in_threadpool(_store_upload, db, owner, UploadKind.MODEL, name, sanitized, info)
+
+
+@router.post("/datasets", response_model=UploadOut, status_code=201)
+async def upload_dataset(
+    file: Annotated[UploadFile, File(description=".npz with x_train, y_train[, x_test, y_test]")],
+    name: Annotated[str, Form(max_length=100)], db: DbDep, owner: OwnerDep, settings: SettingsDep,
+) -> UploadOut:
+    _check_name(name)
+    data = await _read_upload(file, settings.max_dataset_bytes)
+    try:
+        info = await run_in_threadpool(inspect_dataset, data)
+    except UploadError as exc:
+        raise _unprocessable("file", str(exc)) from None
+    return await run_in_threadpool(_store_upload, db, owner, UploadKind.DATASET, name, data, info)
+
+
+@router.post(
+    "/profiles", response_model=ProfileOut, status_code=201,
+    openapi_extra={"requestBody": {"content": {
+        "application/json": {"schema": {"type": "object", "description": "a target profile"}},
+        "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}},
+    }}},
+)
+async def upload_profile(request: Request, db: DbDep, owner: OwnerDep, settings: SettingsDep) -> ProfileOut:
+    """A target profile as a JSON body or a YAML/JSON file (multipart ``file``); named by its ``name``."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=4, max_part_size=settings.max_profile_bytes)
+        upload = form.get("file")
+        if not isinstance(upload, StarletteUploadFile):
+            raise _unprocessable("file", "a multipart 'file' part is required")
+        raw = await _read_upload(upload, settings.max_profile_bytes)
+    else:
+        raw = await request.body()
+        if len(raw) > settings.max_profile_bytes:
+            raise HTTPException(413, f"body: larger than the limit of {settings.max_profile_bytes} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _unprocessable("file", "not UTF-8 text") from None
+    if "\x00" in text:
+        raise _unprocessable("file", "must not contain NUL characters")
+    try:
+        profile = parse_profile_text(text, "profile")
+    except (ProfileError, ValueError) as exc:
+        raise _unprocessable("file", str(exc)) from None
+    if profile.name in builtin_profiles():
+        raise _unprocessable("name", f"{profile.name!r} is a built-in profile; choose another name", profile.name)
+    canonical = profile.model_dump(mode="json")
+    try:
+        with db.session() as session:
+            row = store.add_profile(session, owner, profile.name, json.dumps(canonical))
+            created = row.created_at
+    except IntegrityError:
+        raise HTTPException(409, f"name: a profile named {profile.name!r} already exists") from None
+    return ProfileOut(name=profile.name, profile=canonical, created_at=_utc(created))  # type: ignore[arg-type]

@@ -1,0 +1,67 @@
+"""Service configuration, read from ``MIXQ_*`` environment variables and validated at construction."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path("mixq-data")
+MIB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MIXQ_", extra="ignore")
+
+    data_dir: Path = Field(default=DEFAULT_DATA_DIR, description="where the default SQLite file lives")
+    database_url: str = Field(default="", description="SQLAlchemy URL; empty: sqlite:///<data_dir>/mixq.db")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    local_workers: int = Field(default=1, ge=0, le=64, description="worker processes started by `mixq serve`")
+    auth_required: bool = Field(default=False, description="every request needs a Bearer token")
+
+    max_model_bytes: int = Field(default=64 * MIB, gt=0)
+    max_dataset_bytes: int = Field(default=64 * MIB, gt=0)
+    max_profile_bytes: int = Field(default=1 * MIB, gt=0)
+    max_json_bytes: int = Field(default=1 * MIB, gt=0, description="any non-upload request body")
+    allowed_workloads: list[str] = Field(
+        default_factory=list, description="entry points 'pkg.module:factory' jobs may name (operator allow-list)"
+    )
+
+    heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    stale_after_s: float = Field(default=15.0, gt=0, description="a worker silent this long is presumed dead")
+    poll_interval_s: float = Field(default=1.0, gt=0, description="idle worker: seconds between looks for work")
+    events_poll_s: float = Field(default=0.5, gt=0, description="SSE: seconds between looks at the job")
+
+    @field_validator("database_url")
+    @classmethod
+    def _url_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("MIXQ_DATABASE_URL: expected sqlite:///... or postgresql+psycopg://...")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'mixq.db').resolve()}"
+
+    @property
+    def host_is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def check_exposure(self) -> None:
+        """Refuse to serve beyond this machine without auth."""
+        if not self.host_is_loopback and not self.auth_required:
+            raise ValueError(
+                f"host: refusing to serve on non-loopback address {self.host!r} without auth; "
+                "set MIXQ_AUTH_REQUIRED=true (and create tokens with `mixq token create`) or bind 127.0.0.1"
+            )

@@ -1,0 +1,382 @@
+"""Every database query of the service.  Functions take a ``Session`` opened by ``Database.session``
+(which owns commit/rollback) and return rows or plain values."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from service.jobs import sources_of
+from service.models import (
+    ApiToken,
+    Job,
+    JobStatus,
+    ProfileRow,
+    Trial,
+    TrialState,
+    Upload,
+    UploadBlob,
+    WorkerRow,
+    utcnow,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Tokens
+# ---------------------------------------------------------------------------------------------
+
+
+def add_token(session: Session, owner: str, name: str, token_sha256: str) -> ApiToken:
+    row = ApiToken(owner=owner, name=name, token_sha256=token_sha256)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def owner_of_token(session: Session, token_sha256: str) -> str | None:
+    return session.scalar(
+        select(ApiToken.owner).where(ApiToken.token_sha256 == token_sha256, ApiToken.revoked.is_(False))
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs
+# ---------------------------------------------------------------------------------------------
+
+
+def add_job(
+    session: Session, owner: str, spec: dict[str, Any], n_trials: int, priority: int, idempotency_key: str | None
+) -> Job:
+    """Insert a queued job; a repeated (owner, idempotency_key) raises IntegrityError at flush."""
+    job = Job(owner=owner, spec=spec, n_trials=n_trials, priority=priority, idempotency_key=idempotency_key)
+    session.add(job)
+    session.flush()
+    return job
+
+
+def job_by_idempotency_key(session: Session, owner: str, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.owner == owner, Job.idempotency_key == key))
+
+
+def get_job(session: Session, job_id: int, owner: str | None = None) -> Job | None:
+    """The job, or None if missing or (with ``owner``) someone else's."""
+    stmt = select(Job).where(Job.id == job_id)
+    if owner is not None:
+        stmt = stmt.where(Job.owner == owner)
+    return session.scalar(stmt)
+
+
+def list_jobs(
+    session: Session, owner: str, status: JobStatus | None, limit: int, offset: int
+) -> tuple[Sequence[Job], int]:
+    where = [Job.owner == owner] + ([Job.status == status] if status else [])
+    total = session.scalar(select(func.count()).select_from(Job).where(*where)) or 0
+    rows = session.scalars(select(Job).where(*where).order_by(Job.id.desc()).limit(limit).offset(offset)).all()
+    return rows, total
+
+
+def delete_job(session: Session, job_id: int) -> None:
+    session.execute(update(WorkerRow).where(WorkerRow.job_id == job_id).values(job_id=None))
+    session.execute(delete(Trial).where(Trial.job_id == job_id))
+    session.execute(delete(Job).where(Job.id == job_id))
+
+
+def job_status(session: Session, job_id: int) -> JobStatus | None:
+    value = session.scalar(select(Job.status).where(Job.id == job_id))
+    return None if value is None else JobStatus(value)
+
+
+def transition(session: Session, job_id: int, target: JobStatus, error: str | None = None) -> bool:
+    """Compare-and-set ``status`` to ``target`` if the job is in an allowed source state."""
+    now = utcnow()
+    values: dict[str, Any] = {"status": target, "updated_at": now}
+    if target == JobStatus.RUNNING:
+        values["started_at"] = now
+    elif target != JobStatus.QUEUED:
+        values["finished_at"] = now
+    if error is not None:
+        values["error"] = error[:4000]
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.status.in_(sources_of(target))).values(**values)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def claim_queued_job(session: Session) -> int | None:
+    """Move the best queued job to running; return its id, or None.  Never hands one job to two callers.
+
+    PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED, so concurrent claimers take different rows.
+    SQLite (which has no row locks; SQLAlchemy drops SKIP LOCKED there): one UPDATE whose WHERE re-checks
+    ``status = 'queued'``, executed under SQLite's database write lock; the rowcount tells who won.
+    """
+    order = (Job.priority.desc(), Job.id)
+    now = utcnow()
+    if session.get_bind().dialect.name == "postgresql":
+        job_id = session.scalar(
+            select(Job.id).where(Job.status == JobStatus.QUEUED).order_by(*order).limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        if job_id is None:
+            return None
+        session.execute(
+            update(Job).where(Job.id == job_id).values(status=JobStatus.RUNNING, started_at=now, updated_at=now)
+        )
+        return job_id
+    candidate = select(Job.id).where(Job.status == JobStatus.QUEUED).order_by(*order).limit(1).scalar_subquery()
+    claimed = session.execute(
+        update(Job)
+        .where(Job.id == candidate, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.RUNNING, started_at=now, updated_at=now)
+        .returning(Job.id)
+    ).scalar()
+    return claimed
+
+
+def running_job_to_join(session: Session, stale_before: datetime) -> int | None:
+    """A running job whose budget is not used up, the one with the fewest live workers first."""
+    live = (
+        select(WorkerRow.job_id, func.count().label("n"))
+        .where(WorkerRow.heartbeat_at >= stale_before, WorkerRow.job_id.is_not(None))
+        .group_by(WorkerRow.job_id)
+        .subquery()
+    )
+    done = (
+        select(Trial.job_id, func.count().label("n"))
+        .where(Trial.state == TrialState.COMPLETE)
+        .group_by(Trial.job_id)
+        .subquery()
+    )
+    stmt: Select[tuple[int]] = (
+        select(Job.id)
+        .outerjoin(live, live.c.job_id == Job.id)
+        .outerjoin(done, done.c.job_id == Job.id)
+        .where(Job.status == JobStatus.RUNNING, func.coalesce(done.c.n, 0) < Job.n_trials)
+        .order_by(func.coalesce(live.c.n, 0), Job.priority.desc(), Job.id)
+        .limit(1)
+    )
+    return session.scalar(stmt)
+
+
+def set_job_info(
+    session: Session, job_id: int, metric: str, higher_is_better: bool, fp32_quality: float | None,
+    layers: list[dict[str, Any]] | None = None, pinned: dict[str, str] | None = None,
+) -> None:
+    values: dict[str, Any] = {"metric": metric, "higher_is_better": higher_is_better, "updated_at": utcnow()}
+    if fp32_quality is not None:
+        values["fp32_quality"] = fp32_quality
+    if layers is not None:
+        values["layers"] = layers
+    if pinned is not None:
+        values["pinned"] = pinned
+    session.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+def touch_job(session: Session, job_id: int) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(updated_at=utcnow()))
+
+
+def job_counts_by_status(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+    return {status: n for status, n in rows}
+
+
+# ---------------------------------------------------------------------------------------------
+# Trials
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """A finished trial as the worker stores it."""
+
+    number: int
+    assignment: dict[str, str]
+    quality: float | None
+    quality_std: float | None
+    n_evaluations: int
+    costs: dict[str, float]
+    primary_cost: float | None
+    feasible: bool
+    duration_s: float
+    source: str
+    qconfig: dict[str, Any] | None
+    state: TrialState = TrialState.COMPLETE
+
+
+def _insert_for(session: Session) -> Any:
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def record_trial(
+    session: Session, job_id: int, record: TrialRecord, worker_id: str | None, higher_is_better: bool | None
+) -> bool:
+    """Insert or update the trial (retries and re-evaluations report the same number again); keep the
+    job's best-so-far.  False if the job no longer exists."""
+    if session.scalar(select(Job.id).where(Job.id == job_id)) is None:
+        return False
+    values = {
+        "job_id": job_id, "number": record.number, "state": record.state, "assignment": record.assignment,
+        "quality": record.quality, "quality_std": record.quality_std, "n_evaluations": record.n_evaluations,
+        "costs": record.costs, "primary_cost": record.primary_cost, "feasible": record.feasible,
+        "duration_s": record.duration_s, "source": record.source, "qconfig": record.qconfig, "worker_id": worker_id,
+    }
+    stmt = _insert_for(session)(Trial).values(**values)
+    updates = {k: stmt.excluded[k] for k in values if k not in ("job_id", "number")}
+    updates["qconfig"] = func.coalesce(stmt.excluded.qconfig, Trial.qconfig)  # a later report may lack it
+    session.execute(stmt.on_conflict_do_update(index_elements=["job_id", "number"], set_=updates))
+    if record.state == TrialState.COMPLETE and record.feasible and record.quality is not None:
+        better = Job.best_quality < record.quality if higher_is_better is not False else Job.best_quality > record.quality
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, or_(Job.best_quality.is_(None), better))
+            .values(best_quality=record.quality, best_trial=record.number)
+        )
+    touch_job(session, job_id)
+    return True
+
+
+def mark_front(session: Session, job_id: int, numbers: Sequence[int]) -> None:
+    """The search's own front is final: flag exactly these trials."""
+    session.execute(update(Trial).where(Trial.job_id == job_id).values(on_front=Trial.number.in_(list(numbers))))
+    session.execute(update(Job).where(Job.id == job_id).values(front_final=True, updated_at=utcnow()))
+
+
+_TRIAL_ORDER = {
+    "number": (Trial.number,),
+    "-number": (Trial.number.desc(),),
+    "quality": (Trial.quality, Trial.number),
+    "-quality": (Trial.quality.desc(), Trial.number),
+    "cost": (Trial.primary_cost, Trial.number),
+    "-cost": (Trial.primary_cost.desc(), Trial.number),
+}
+TRIAL_SORTS = tuple(_TRIAL_ORDER)
+
+
+def list_trials(session: Session, job_id: int, sort: str, limit: int, offset: int) -> tuple[Sequence[Trial], int]:
+    total = session.scalar(select(func.count()).select_from(Trial).where(Trial.job_id == job_id)) or 0
+    rows = session.scalars(
+        select(Trial).where(Trial.job_id == job_id).order_by(*_TRIAL_ORDER[sort]).limit(limit).offset(offset)
+    ).all()
+    return rows, total
+
+
+def complete_trials(session: Session, job_id: int) -> Sequence[Trial]:
+    return session.scalars(
+        select(Trial).where(Trial.job_id == job_id, Trial.state == TrialState.COMPLETE).order_by(Trial.number)
+    ).all()
+
+
+def get_trial(session: Session, job_id: int, number: int) -> Trial | None:
+    return session.scalar(select(Trial).where(Trial.job_id == job_id, Trial.number == number))
+
+
+def trials_version(session: Session, job_id: int) -> tuple[int, int]:
+    """(count, max row id): changes whenever a trial is added; cheap cache key."""
+    count, max_id = session.execute(
+        select(func.count(), func.max(Trial.id)).where(Trial.job_id == job_id)
+    ).one()
+    return count or 0, max_id or 0
+
+
+def trial_numbers_after(session: Session, job_id: int, after_id: int) -> Sequence[Trial]:
+    return session.scalars(select(Trial).where(Trial.job_id == job_id, Trial.id > after_id).order_by(Trial.id)).all()
+
+
+@dataclass(frozen=True)
+class TrialCounts:
+    complete: int = 0
+    failed: int = 0
+    infeasible: int = 0
+    running: int = 0  # live workers on the job, each runs one trial at a time
+
+
+def trial_counts(session: Session, job_ids: Sequence[int], stale_before: datetime) -> dict[int, TrialCounts]:
+    if not job_ids:
+        return {}
+    acc: dict[int, dict[str, int]] = {j: {"complete": 0, "failed": 0, "infeasible": 0, "running": 0} for j in job_ids}
+    rows = session.execute(
+        select(Trial.job_id, Trial.state, Trial.feasible, func.count())
+        .where(Trial.job_id.in_(job_ids))
+        .group_by(Trial.job_id, Trial.state, Trial.feasible)
+    ).all()
+    for job_id, state, feasible, n in rows:
+        if state == TrialState.COMPLETE:
+            acc[job_id]["complete"] += n
+            if not feasible:
+                acc[job_id]["infeasible"] += n
+        elif state == TrialState.FAILED:
+            acc[job_id]["failed"] += n
+    live = session.execute(
+        select(WorkerRow.job_id, func.count())
+        .where(WorkerRow.job_id.in_(job_ids), WorkerRow.heartbeat_at >= stale_before)
+        .group_by(WorkerRow.job_id)
+    ).all()
+    for job_id, n in live:
+        acc[job_id]["running"] = n
+    return {j: TrialCounts(**c) for j, c in acc.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers
+# ---------------------------------------------------------------------------------------------
+
+
+def register_worker(session: Session, worker_id: str, hostname: str, pid: int) -> None:
+    session.add(WorkerRow(id=worker_id, hostname=hostname, pid=pid))
+
+
+def heartbeat(session: Session, worker_id: str, job_id: int | None) -> None:
+    session.execute(update(WorkerRow).where(WorkerRow.id == worker_id).values(heartbeat_at=utcnow(), job_id=job_id))
+
+
+def unregister_worker(session: Session, worker_id: str) -> None:
+    session.execute(delete(WorkerRow).where(WorkerRow.id == worker_id))
+
+
+def forget_stale_workers(session: Session, stale_before: datetime, keep_for: timedelta = timedelta(hours=1)) -> None:
+    session.execute(delete(WorkerRow).where(WorkerRow.heartbeat_at < stale_before - keep_for))
+
+
+# ---------------------------------------------------------------------------------------------
+# Uploads and profiles
+# ---------------------------------------------------------------------------------------------
+
+
+def add_upload(
+    session: Session, owner: str, kind: str, name: str, data: bytes, sha256: str, info: dict[str, Any]
+) -> Upload:
+    """Insert; a repeated (owner, kind, name) raises IntegrityError at flush."""
+    row = Upload(owner=owner, kind=kind, name=name, size_bytes=len(data), sha256=sha256, info=info)
+    session.add(row)
+    session.flush()
+    session.add(UploadBlob(upload_id=row.id, data=data))
+    session.flush()
+    return row
+
+
+def get_upload(session: Session, owner: str, kind: str, name: str) -> Upload | None:
+    return session.scalar(select(Upload).where(Upload.owner == owner, Upload.kind == kind, Upload.name == name))
+
+
+def upload_bytes(session: Session, upload_id: int) -> bytes:
+    return session.scalar(select(UploadBlob.data).where(UploadBlob.upload_id == upload_id)) or b""
+
+
+def add_profile(session: Session, owner: str, name: str, text: str) -> ProfileRow:
+    row = ProfileRow(owner=owner, name=name, text=text)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_profile(session: Session, owner: str, name: str) -> ProfileRow | None:
+    return session.scalar(select(ProfileRow).where(ProfileRow.owner == owner, ProfileRow.name == name))
+
+
+def profile_names(session: Session, owner: str) -> list[str]:
+    return list(session.scalars(select(ProfileRow.name).where(ProfileRow.owner == owner).order_by(ProfileRow.name)))

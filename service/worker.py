@@ -1,0 +1,290 @@
+"""The worker loop: claim a queued job (or join a running one), run its trials through the job's Optuna
+study, record every trial, and move the job to its final state.
+
+Several workers may run one job: they call ``run_search`` with the same storage and study name, and the
+study shares out the budget.  A worker that dies mid-trial loses that trial only (the study retries it
+once its heartbeat is stale); the job stays ``running`` and any worker (a new one, or one that finishes
+elsewhere) joins it.  Cancel is seen by ``should_stop`` between trials.
+
+``run_search`` and ``make_workload`` are parameters (the seam tests use, as httpx's MockTransport);
+production passes ``search.run_search`` and :func:`workload_for_job`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+
+from search import SearchProgress, SearchResult, SearchSpec, TrialOutcome, Workload, builtin_profiles, load_workload
+from service import store
+from service.db import Database
+from service.jobs import search_spec
+from service.models import Job, JobStatus, UploadKind, utcnow
+from service.settings import Settings
+from service.store import TrialRecord
+from service.uploads import build_workload
+
+log = logging.getLogger("mixq.worker")
+
+WRITE_RETRIES = 5  # a trial write survives this many dropped connections in a row
+WRITE_BACKOFF_S = 0.5
+
+
+class RunSearch(Protocol):
+    def __call__(
+        self, spec: SearchSpec, *, workload: Workload | None = None,
+        on_trial: Callable[[TrialOutcome, SearchProgress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> SearchResult: ...
+
+
+MakeWorkload = Callable[[Database, Job, Settings], Workload]
+
+
+def _default_run_search() -> RunSearch:
+    from search import run_search  # type: ignore[attr-defined]
+
+    return run_search  # type: ignore[no-any-return]
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A lost/unreachable database (ours or Optuna's), anywhere in the exception's chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OperationalError | DisconnectionError) or (
+            isinstance(current, DBAPIError) and current.connection_invalidated
+        ):
+            return True
+        if "storage: cannot open" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def workload_for_job(db: Database, job: Job, settings: Settings) -> Workload:
+    """Built-in or allow-listed entry-point workload, or one built from the owner's uploads."""
+    spec = job.spec
+    if spec.get("model"):
+        with db.session() as session:
+            model = store.get_upload(session, job.owner, UploadKind.MODEL, spec["model"])
+            dataset = store.get_upload(session, job.owner, UploadKind.DATASET, spec.get("dataset") or "")
+            if model is None or dataset is None:
+                raise ValueError("model/dataset: the job's uploads no longer exist")
+            model_bytes = store.upload_bytes(session, model.id)
+            dataset_bytes = store.upload_bytes(session, dataset.id)
+        return build_workload(spec["workload"], model_bytes, dataset_bytes, spec.get("workload_options", {}))
+    if ":" in spec["workload"] and spec["workload"] not in settings.allowed_workloads:
+        raise ValueError(f"workload: entry point {spec['workload']!r} is not allow-listed (MIXQ_ALLOWED_WORKLOADS)")
+    return load_workload(spec["workload"], spec.get("workload_options", {}))
+
+
+@dataclass
+class _JobRun:
+    job_id: int
+    owner: str
+    spec: dict[str, Any]
+    cost_objective: str
+    higher_is_better: bool | None = None
+
+
+class Worker:
+    def __init__(
+        self, db: Database, settings: Settings, *, run_search: RunSearch | None = None,
+        make_workload: MakeWorkload = workload_for_job, worker_id: str | None = None,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.run_search = run_search or _default_run_search()
+        self.make_workload = make_workload
+        self.id = worker_id or f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.stop_event = threading.Event()
+        self.current_job: int | None = None
+        self._heartbeat_thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start_heartbeat(self) -> None:
+        with self.db.session() as session:
+            store.register_worker(session, self.id, socket.gethostname()[:255], os.getpid())
+        self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="mixq-heartbeat", daemon=True)
+        self._heartbeat_thread.start()
+
+    def _heartbeat_loop(self) -> None:
+        while not self.stop_event.wait(self.settings.heartbeat_interval_s):
+            self.beat()
+
+    def beat(self) -> None:
+        try:
+            with self.db.session() as session:
+                store.heartbeat(session, self.id, self.current_job)
+        except Exception as exc:  # noqa: BLE001 - a missed beat is logged; the next one retries
+            log.warning("worker %s: heartbeat failed: %s", self.id, exc)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def close(self) -> None:
+        self.stop_event.set()
+        if self._heartbeat_thread is not None:
+            self._heartbeat_thread.join(timeout=5)
+        try:
+            with self.db.session() as session:
+                store.unregister_worker(session, self.id)
+        except Exception as exc:  # noqa: BLE001 - shutting down; a stale row just ages out
+            log.warning("worker %s: could not unregister: %s", self.id, exc)
+
+    def run_forever(self, max_jobs: int | None = None) -> None:
+        """Work until ``stop()`` (or ``max_jobs`` job runs)."""
+        self.start_heartbeat()
+        runs = 0
+        try:
+            while not self.stop_event.is_set() and (max_jobs is None or runs < max_jobs):
+                job_id = self.next_job()
+                if job_id is None:
+                    self.stop_event.wait(self.settings.poll_interval_s)
+                    continue
+                self.run_job(job_id)
+                runs += 1
+        finally:
+            self.close()
+
+    # -- picking work ------------------------------------------------------------------------
+    def stale_before(self) -> Any:
+        return utcnow() - timedelta(seconds=self.settings.stale_after_s)
+
+    def next_job(self) -> int | None:
+        """Claim a queued job, else join a running one with budget left; None if there is nothing."""
+        try:
+            with self.db.session() as session:
+                job_id = store.claim_queued_job(session)
+                if job_id is None:
+                    job_id = store.running_job_to_join(session, self.stale_before())
+                if job_id is not None:
+                    store.heartbeat(session, self.id, job_id)
+                return job_id
+        except Exception as exc:  # noqa: BLE001 - DB away: try again after the poll interval
+            log.warning("worker %s: cannot look for work: %s", self.id, exc)
+            return None
+
+    # -- one job -----------------------------------------------------------------------------
+    def run_job(self, job_id: int) -> None:
+        """One unit of work; its single broad ``except`` records the failure on the job."""
+        self.current_job = job_id
+        try:
+            self._run_job(job_id)
+        except Exception as exc:  # noqa: BLE001 - the failure boundary of a job run
+            if is_transient(exc):
+                log.warning("worker %s: job %d interrupted by the database (%s); will rejoin", self.id, job_id, exc)
+                self.stop_event.wait(self.settings.poll_interval_s)
+            else:
+                log.exception("worker %s: job %d failed", self.id, job_id)
+                self._write(lambda s: store.transition(s, job_id, JobStatus.FAILED, f"{type(exc).__name__}: {exc}"))
+        finally:
+            self.current_job = None
+            self.beat()
+
+    def _run_job(self, job_id: int) -> None:
+        with self.db.session() as session:
+            job = store.get_job(session, job_id)
+            if job is None or job.status != JobStatus.RUNNING:
+                return
+            session.expunge(job)
+        run = _JobRun(job_id, job.owner, job.spec, str(job.spec.get("cost_objectives", ["bitops"])[0]))
+        workload = self.make_workload(self.db, job, self.settings)
+        run.higher_is_better = workload.higher_is_better
+        self._write(lambda s: store.set_job_info(s, job_id, workload.metric, workload.higher_is_better, None))
+        with tempfile.TemporaryDirectory(prefix="mixq-profile-") as tmp:
+            spec = search_spec(job.spec, job_id, self.db.url, self._profile_path(job, Path(tmp)))
+            result = self.run_search(
+                spec, workload=workload, on_trial=lambda o, p: self._on_trial(run, o, p),
+                should_stop=lambda: self._should_stop(job_id),
+            )
+        if self.stop_event.is_set() or self._status(job_id) != JobStatus.RUNNING:
+            return  # shutting down, cancelled or deleted: the study keeps what was done
+        self._finalize(run, result)
+
+    def _profile_path(self, job: Job, tmp: Path) -> str | None:
+        name = job.spec.get("profile", "generic")
+        if name in builtin_profiles():
+            return None
+        with self.db.session() as session:
+            row = store.get_profile(session, job.owner, name)
+            if row is None:
+                raise ValueError(f"profile: {name!r} no longer exists")
+            text = row.text
+        path = tmp / f"{name}.json"
+        path.write_text(text)
+        return str(path)
+
+    def _status(self, job_id: int) -> JobStatus | None:
+        with self.db.session() as session:
+            return store.job_status(session, job_id)
+
+    def _should_stop(self, job_id: int) -> bool:
+        if self.stop_event.is_set():
+            return True
+        try:
+            return self._status(job_id) != JobStatus.RUNNING
+        except Exception as exc:  # noqa: BLE001 - DB hiccup: keep going, the next check retries
+            log.warning("worker %s: cannot read job %d status: %s", self.id, job_id, exc)
+            return False
+
+    def _write(self, fn: Callable[[Any], Any]) -> Any:
+        """Run ``fn(session)`` in a transaction, retrying over dropped connections."""
+        for attempt in range(WRITE_RETRIES):
+            try:
+                with self.db.session() as session:
+                    return fn(session)
+            except (OperationalError, DisconnectionError) as exc:
+                if attempt == WRITE_RETRIES - 1:
+                    raise
+                log.warning("worker %s: write failed (%s), retrying", self.id, exc)
+                time.sleep(WRITE_BACKOFF_S * (attempt + 1))
+        return None
+
+    def _record(self, run: _JobRun, outcome: TrialOutcome) -> TrialRecord:
+        costs = {str(k): float(v) for k, v in outcome.costs.items()}
+        return TrialRecord(
+            number=outcome.number, assignment=dict(outcome.assignment), quality=float(outcome.quality),
+            quality_std=float(outcome.quality_std), n_evaluations=outcome.n_evaluations, costs=costs,
+            primary_cost=costs.get(run.cost_objective), feasible=bool(outcome.feasible),
+            duration_s=float(outcome.duration_s), source=outcome.source, qconfig=getattr(outcome, "qconfig", None),
+        )
+
+    def _on_trial(self, run: _JobRun, outcome: TrialOutcome, progress: SearchProgress) -> None:
+        record = self._record(run, outcome)
+        try:
+            self._write(lambda s: store.record_trial(s, run.job_id, record, self.id, run.higher_is_better))
+        except Exception as exc:  # noqa: BLE001 - the study has the trial; _finalize stores it again
+            log.warning("worker %s: could not store trial %d of job %d: %s", self.id, outcome.number, run.job_id, exc)
+
+    def _finalize(self, run: _JobRun, result: SearchResult) -> None:
+        pinned = dict(result.pinned)
+        layers = [
+            {**layer, "pinned": layer.get("fqn") in pinned, "pin_reason": pinned.get(layer.get("fqn", ""))}
+            for layer in result.layers
+        ]
+
+        def finish(session: Any) -> None:
+            store.set_job_info(
+                session, run.job_id, result.metric_name, result.higher_is_better, result.fp32_quality, layers, pinned
+            )
+            for outcome in [*result.trials, *result.front]:  # the front carries re-evaluated qualities + qconfigs
+                store.record_trial(session, run.job_id, self._record(run, outcome), self.id, result.higher_is_better)
+            store.mark_front(session, run.job_id, [o.number for o in result.front])
+            store.transition(session, run.job_id, JobStatus.SUCCEEDED)
+
+        self._write(finish)
