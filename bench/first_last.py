@@ -1,0 +1,123 @@
+"""The first/last-layer table: how much the first and last layer's precision matters, on both
+built-in workloads, mean and standard deviation over seeds.
+
+Run from the repository root::
+
+    python -m bench.first_last                  # both workloads, 3 seeds (about 15 min on one busy core)
+    python -m bench.first_last --workloads digits
+
+Each row is one precision map, trained by ``search.run_trial`` (copy the pretrained fp32 model,
+apply the map, calibrate, short QAT, evaluate) with QAT seeds 0..n-1: 200 QAT steps for digits, 300
+for denoise.  "fp32 (pretrained)" is the cached pretrained model as is; "fp32 + QAT steps" runs the
+same fine-tuning with no quantization, to separate the effect of the extra steps from the
+precision's.  For denoise the noisy input's own PSNR is the trivial baseline a denoiser must beat.
+
+Per-seed results are cached in ``bench/results/first_last_runs.json`` (reruns skip what is there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from bench.report import RESULTS_DIR, markdown_table, mean_std, write_report
+from search import (
+    CostObjective,
+    discover_layers,
+    fp32_quality,
+    load_profile,
+    load_workload,
+    model_costs,
+    run_trial,
+)
+from search.workloads.denoise import noisy_input_psnr
+
+QAT_STEPS = {"digits": 200, "denoise": 300}
+RUNS_FILE = RESULTS_DIR / "first_last_runs.json"
+
+# row label -> (index, first index, last index) -> format name
+MAPS: dict[str, Callable[[int, int, int], str]] = {
+    "fp32 + QAT steps": lambda i, first, last: "fp32",
+    "all int8": lambda i, first, last: "int8",
+    "all int4": lambda i, first, last: "int4",
+    "int8 first+last, int4 inside": lambda i, first, last: "int8" if i in (first, last) else "int4",
+    "int4 first layer only (rest int8)": lambda i, first, last: "int4" if i == first else "int8",
+    "int4 last layer only (rest int8)": lambda i, first, last: "int4" if i == last else "int8",
+}
+
+
+def load_runs(path: Path) -> dict[str, float]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def run_key(workload: str, label: str, seed: int) -> str:
+    return f"{workload}|{label}|{seed}"
+
+
+def measure(workload_name: str, seeds: int, runs: dict[str, float], path: Path) -> tuple[list[list[str]], float]:
+    """Rows of the table for one workload and its fp32 quality."""
+    workload = load_workload(workload_name)
+    graph = discover_layers(workload.model, workload.example_inputs)
+    n = len(graph.fqns)
+    profile = load_profile("generic")
+    fp32 = fp32_quality(workload)
+    int8_bitops = model_costs((CostObjective.BITOPS,), profile, graph, {f: "int8" for f in graph.fqns})["bitops"]
+    unit = "accuracy (%)" if workload.metric == "accuracy" else workload.metric
+    scale = 100.0 if workload.metric == "accuracy" else 1.0
+
+    def fmt(mean: float, std: float) -> str:
+        return f"{scale * mean:.2f} ± {scale * std:.2f}"
+
+    rows = [[workload_name, "fp32 (pretrained)", fmt(fp32, 0.0), "0.00", "-", "-"]]
+    if workload_name == "denoise":
+        noisy = noisy_input_psnr()
+        rows.insert(0, [workload_name, "noisy input (trivial baseline)", fmt(noisy, 0.0), f"{fp32 - noisy:.2f}", "-", "-"])
+    for label, rule in MAPS.items():
+        assignment = {fqn: rule(i, 0, n - 1) for i, fqn in enumerate(graph.fqns)}
+        qualities = []
+        for seed in range(seeds):
+            key = run_key(workload_name, label, seed)
+            if key not in runs:
+                run = run_trial(workload, assignment, qat_steps=QAT_STEPS[workload_name], seed=seed)
+                runs[key] = run.quality
+                path.write_text(json.dumps(runs, indent=1, sort_keys=True))
+                print(f"{key}: {run.quality:.4f} ({run.duration_s:.1f} s)", flush=True)
+            qualities.append(runs[key])
+        mean, std = mean_std(qualities)
+        bitops = model_costs((CostObjective.BITOPS,), profile, graph, assignment)["bitops"]
+        maps = " ".join(assignment.values())
+        rows.append([workload_name, label, fmt(mean, std), f"{scale * (fp32 - mean):.2f}",
+                     f"{bitops / int8_bitops:.3f}", f"`{maps}`"])
+    for row in rows:
+        row[2] = f"{row[2]} {unit}"
+    return rows, fp32
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workloads", nargs="+", default=["digits", "denoise"], choices=["digits", "denoise"])
+    parser.add_argument("--seeds", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    runs = load_runs(RUNS_FILE)
+    rows: list[list[str]] = []
+    for name in args.workloads:
+        rows += measure(name, args.seeds, runs, RUNS_FILE)[0]
+    body = "\n".join([
+        f"QAT steps: digits {QAT_STEPS['digits']}, denoise {QAT_STEPS['denoise']} (Adam, the workload's lr, "
+        f"minmax ranges); mean ± sample std over seeds 0..{args.seeds - 1}.  Built-in workloads with default "
+        "options (digits: `DigitsCNN` width 16, test split of 597 images; denoise: `DnCNN` depth 6 width 32, "
+        "sigma 25/255 on a 160x160 crop of `flower.jpg`).  drop = fp32 (pretrained) - mean; "
+        "bitops relative to all-int8 (MACs x weight bits x activation bits).  Maps list the layers in execution order.",
+        "",
+        markdown_table(["workload", "precision map", "quality", "drop vs fp32", "bitops (x int8)", "map"], rows),
+    ])
+    write_report("first_last", "First/last-layer precision table", body)
+
+
+if __name__ == "__main__":
+    main()

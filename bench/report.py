@@ -1,0 +1,76 @@
+"""The results report every benchmark writes: the exact command, the machine, then markdown tables.
+
+Speed numbers in mixq's benchmarks are ratios measured side by side in one process, so the machine
+matters less than it would for absolute times; it is still recorded, with a note when it was shared.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import statistics
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SHARED_MACHINE_NOTE = (
+    "The machine was shared with other jobs while this ran (2 cores, other engineers' work on them); "
+    "torch used 1 thread.  Ratios are measured side by side (alternating, same process), so load that "
+    "hits both sides cancels to first order; absolute times are indicative only."
+)
+
+
+def command_line() -> str:
+    """The command that reproduces this run, as typed from the repository root."""
+    argv = sys.argv[:]
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name:
+        return " ".join(["python", "-m", spec.name, *map(shlex.quote, argv[1:])])
+    return " ".join(["python", *map(shlex.quote, argv)])
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    return (
+        f"{platform.system()} {platform.machine()} ({cpu}), {os.cpu_count()} logical cores, "
+        f"torch {torch.__version__} with {torch.get_num_threads()} thread(s), Python {platform.python_version()}"
+    )
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def write_report(name: str, title: str, body: str, *, shared_machine: bool = True) -> Path:
+    """Write ``bench/results/<name>.md`` (command, date, machine, body), print it, return the path."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    parts = [
+        f"# {title}",
+        "",
+        "```",
+        command_line(),
+        "```",
+        "",
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}.",
+    ]
+    if shared_machine:
+        parts += ["", SHARED_MACHINE_NOTE]
+    parts += ["", body.rstrip(), ""]
+    text = "\n".join(parts)
+    path = RESULTS_DIR / f"{name}.md"
+    path.write_text(text)
+    print(text)
+    return path
