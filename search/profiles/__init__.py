@@ -9,6 +9,7 @@ comes from the profile: a layer may only take formats its kind allows.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ class ProfileError(ValueError):
 
 class FormatSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    throughput: float = Field(gt=0, description="MACs per cycle relative to fp16 (= 1.0)")
+    throughput: float = Field(gt=0, allow_inf_nan=False, description="MACs per cycle relative to fp16 (= 1.0)")
 
 
 class LayerKindSpec(BaseModel):
@@ -40,7 +41,7 @@ class TargetProfile(BaseModel):
 
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
-    peak_macs_per_ms: float = Field(gt=0, description="fp16 MACs per millisecond")
+    peak_macs_per_ms: float = Field(gt=0, allow_inf_nan=False, description="fp16 MACs per millisecond")
     formats: dict[str, FormatSpec] = Field(min_length=1)
     layer_kinds: dict[LayerKind, LayerKindSpec] = Field(default_factory=dict)
     latency_table: dict[str, dict[str, float]] = Field(default_factory=dict, description="ms per fqn and format")
@@ -49,6 +50,23 @@ class TargetProfile(BaseModel):
     @classmethod
     def _format_names(cls, value: dict[str, FormatSpec]) -> dict[str, FormatSpec]:
         return {parse_format(k).name: v for k, v in value.items()}
+
+    @field_validator("latency_table")
+    @classmethod
+    def _latency_entries(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        # format names normalised as in ``formats`` (lookups use the canonical name: W8A8 -> int8)
+        table: dict[str, dict[str, float]] = {}
+        for fqn, row in value.items():
+            table[fqn] = {}
+            for name, ms in row.items():
+                try:
+                    canonical = parse_format(name).name
+                except ValueError as exc:
+                    raise ValueError(f"latency_table.{fqn}.{name}: {exc}") from None
+                if not (math.isfinite(ms) and ms >= 0):
+                    raise ValueError(f"latency_table.{fqn}.{name}: must be a number >= 0")
+                table[fqn][canonical] = ms
+        return table
 
     @model_validator(mode="after")
     def _kinds_use_known_formats(self) -> TargetProfile:
@@ -59,10 +77,6 @@ class TargetProfile(BaseModel):
                         f"layer_kinds.{kind}.formats: {name!r} is not in the profile's formats "
                         f"({', '.join(self.formats)})"
                     )
-        for fqn, row in self.latency_table.items():
-            for name, ms in row.items():
-                if ms < 0 or ms != ms:
-                    raise ValueError(f"latency_table.{fqn}.{name}: must be a number >= 0")
         return self
 
     def allowed_formats(self, kind: LayerKind) -> list[str]:
