@@ -1,0 +1,446 @@
+"""ONNX export of a mixq fake-quant model as a standard QDQ graph, and a check against onnxruntime.
+
+Every fake-quant point of the model becomes real ``QuantizeLinear``/``DequantizeLinear`` (opset 21):
+
+==================== ===========================================================================
+fake-quant point     in the graph
+==================== ===========================================================================
+int weight           INT4/INT8 initializer ``<fqn>.weight_quantized`` holding the integer codes,
+                     per-channel ``<fqn>.weight_scale`` (float32, one per output channel) and
+                     ``<fqn>.weight_zero_point`` (zeros), ``DequantizeLinear(axis=<out axis>)``
+int input activation ``QuantizeLinear`` -> ``DequantizeLinear`` with ``<fqn>.input_scale`` and a
+                     UINT4/UINT8 ``<fqn>.input_zero_point`` as calibrated
+int32 bias           INT32 initializer ``<fqn>.bias_quantized`` and ``DequantizeLinear(axis=0)``
+                     with scale ``s_in * s_w[c]`` (the float32 values of
+                     :meth:`~search.qat.FakeQuantMixin.bias_scale`)
+fp16 weight/bias     FLOAT16 initializer -> ``Cast(to=FLOAT)``
+fp16 activation      ``Cast(to=FLOAT16)`` -> ``Cast(to=FLOAT)``
+model output         ``QuantizeLinear`` -> ``DequantizeLinear`` (``mixq_output_quant.scale`` ...)
+==================== ===========================================================================
+
+Why the numbers agree: the fake-quant engine (:mod:`search.qat`) computes ``round_half_even(x /
+scale)`` with a true division and then clamps, which is the ONNX definition and what
+onnxruntime's CPU kernels do (checked in ``tests/search/test_export_onnx.py``).  Weight and bias
+codes are computed here with the engine's own :func:`search.qat.quantize`, so the initializers
+hold exactly the codes the fake-quant forward pass used, and ``DequantizeLinear`` multiplies them by
+the same float32 scales.  What can differ is only the float accumulation order inside Conv/Gemm
+(torch vs onnxruntime), i.e. float rounding level; onnxruntime must run with graph optimizations
+off (``ORT_DISABLE_ALL``), because its QDQ fusions replace the float math with integer kernels that
+requantize differently.
+
+How: torch's exporters refuse 4-bit fake-quant ranges, so the model is exported with the
+TorchScript exporter (``dynamo=False``) while every quantizer is temporarily replaced by a marker
+(an ``autograd.Function`` whose ``symbolic`` emits a ``mixq::Marker`` node naming the quant point);
+the marker nodes are then rewritten with the ``onnx`` package into the standard nodes above.  The
+result passes ``onnx.checker.check_model(full_check=True)`` and has no custom-domain node.
+
+The model's metadata (``metadata_props``) carries ``mixq.formats``: a JSON object fqn -> layer format
+name for every fake-quant layer.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import Tensor, nn
+
+from search.formats import TensorFormat
+from search.qat import (
+    INT32_RANGE,
+    OUTPUT_QUANT_ATTR,
+    ActivationQuantizer,
+    FakeQuantMixin,
+    WeightQuantizer,
+    quantize,
+)
+
+MARKER_DOMAIN = "mixq"
+DEFAULT_OPSET = 21
+MIN_OPSET_INT4 = 21  # INT4/UINT4 tensors and their Q/DQ appeared in opset 21
+MIN_OPSET = 13  # per-axis DequantizeLinear
+
+
+class ExportError(ValueError):
+    """The model cannot be exported as it stands (not calibrated, unsupported layout, ...)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantization points
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Point:
+    """One fake-quant point and the tensors the rewritten graph needs for it."""
+
+    key: str  # tensor-name prefix in the graph, e.g. "features.0.input"
+    kind: str  # "act_int" | "act_fp16" | "const_int" | "const_fp16"
+    initializers: list[TensorProto] = field(default_factory=list)
+    axis: int | None = None  # per-channel axis of a constant
+
+
+def _int_dtype(bits: int, signed: bool) -> tuple[Any, int]:
+    if bits == 4:
+        return (ml_dtypes.int4, TensorProto.INT4) if signed else (ml_dtypes.uint4, TensorProto.UINT4)
+    if bits == 8:
+        return (np.int8, TensorProto.INT8) if signed else (np.uint8, TensorProto.UINT8)
+    raise ExportError(f"format: no ONNX integer type for {bits}-bit tensors")
+
+
+def _tensor(array: np.ndarray, name: str) -> TensorProto:
+    # np.array(copy, order="C") keeps 0-d arrays 0-d (ascontiguousarray would make them 1-d, and a
+    # per-tensor scale must be a scalar)
+    return numpy_helper.from_array(np.array(array, order="C"), name)
+
+
+def _activation_point(key: str, quant: ActivationQuantizer, where: str) -> _Point | None:
+    fmt: TensorFormat = quant.fmt
+    if fmt.is_identity:
+        return None
+    if not fmt.is_int:
+        return _Point(key, "act_fp16")
+    if not bool(quant.initialized):
+        raise ExportError(
+            f"{where}: the activation quantizer was never calibrated; run search.calibrate (or a "
+            "forward pass) before export"
+        )
+    scale, zero_point = quant.qparams()
+    qmin, qmax = fmt.activation_range()
+    if not qmin <= zero_point <= qmax:
+        raise ExportError(f"{where}: zero point {zero_point} outside [{qmin}, {qmax}]")
+    np_dtype, _ = _int_dtype(fmt.bits, signed=False)
+    return _Point(
+        key, "act_int",
+        initializers=[
+            # qparams() returns the float32 scale as a Python float: the round trip is exact
+            _tensor(np.array(scale, dtype=np.float32), f"{key}_scale"),
+            _tensor(np.array(zero_point).astype(np_dtype), f"{key}_zero_point"),
+        ],
+    )
+
+
+def _weight_point(key: str, layer: FakeQuantMixin) -> _Point | None:
+    quant: WeightQuantizer = layer.weight_quant
+    weight = layer.weight.detach()
+    fmt = quant.fmt
+    if fmt.is_identity:
+        return None
+    if not fmt.is_int:
+        return _Point(key, "const_fp16", [_tensor(weight.to(torch.float16).cpu().numpy(), f"{key}_fp16")])
+    qmin, qmax = fmt.weight_range()
+    scale = quant.scale(weight)  # shaped to broadcast against the weight, as the forward pass uses it
+    # the engine's own quantize(): the codes are exactly those the fake-quant forward rounded to
+    codes = quantize(weight, scale, weight.new_zeros(()), qmin, qmax)
+    np_dtype, _ = _int_dtype(fmt.bits, signed=True)
+    channels = scale.numel()
+    return _Point(
+        key, "const_int", axis=quant.axis,
+        initializers=[
+            _tensor(codes.cpu().numpy().astype(np.int8).astype(np_dtype), f"{key}_quantized"),
+            _tensor(scale.reshape(-1).cpu().numpy().astype(np.float32), f"{key}_scale"),
+            _tensor(np.zeros(channels, dtype=np_dtype), f"{key}_zero_point"),
+        ],
+    )
+
+
+def _bias_point(key: str, layer: FakeQuantMixin) -> _Point | None:
+    """Mirrors the bias branch of :meth:`FakeQuantMixin.quantized_operands`."""
+    bias = layer.bias
+    fmt = layer.layer_format
+    if bias is None:
+        return None
+    bias = bias.detach()
+    if fmt.weight.is_int and fmt.activation.is_int:
+        scale = layer.bias_scale()
+        codes = quantize(bias, scale, bias.new_zeros(()), *INT32_RANGE)
+        return _Point(
+            key, "const_int", axis=0,
+            initializers=[
+                # clip in int64: the engine clamps in float32, where 2**31 - 1 rounds up to 2**31 (only
+                # reachable when s_in * s_w[c] underflows, e.g. a channel whose weights are all 0)
+                _tensor(np.clip(codes.cpu().double().numpy(), *INT32_RANGE).astype(np.int32), f"{key}_quantized"),
+                _tensor(scale.cpu().numpy().astype(np.float32), f"{key}_scale"),
+                _tensor(np.zeros(scale.numel(), dtype=np.int32), f"{key}_zero_point"),
+            ],
+        )
+    if not fmt.weight.is_identity and not fmt.weight.is_int:
+        return _Point(key, "const_fp16", [_tensor(bias.to(torch.float16).cpu().numpy(), f"{key}_fp16")])
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Export with markers
+# ---------------------------------------------------------------------------------------------
+
+
+class _Marker(torch.autograd.Function):
+    """Identity in torch; a ``mixq::Marker`` node naming its quant point in the exported graph."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, key: str) -> Tensor:
+        return x.clone()
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, key: str) -> Any:
+        return g.op(f"{MARKER_DOMAIN}::Marker", x, key_s=key).setType(x.type())
+
+
+def _mark(x: Tensor, point: _Point | None) -> Tensor:
+    return x if point is None else _Marker.apply(x, point.key)
+
+
+def _marked_operands(
+    layer: FakeQuantMixin, points: dict[str, _Point | None], fqn: str
+) -> Callable[[Tensor], tuple[Tensor, Tensor, Tensor | None]]:
+    def quantized_operands(x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        bias = layer.bias
+        return (
+            _mark(x, points[f"{fqn}.input"]),
+            _mark(layer.weight, points[f"{fqn}.weight"]),
+            None if bias is None else _mark(bias, points[f"{fqn}.bias"]),
+        )
+
+    return quantized_operands
+
+
+def _collect_points(model: nn.Module) -> tuple[dict[str, _Point | None], dict[str, str]]:
+    points: dict[str, _Point | None] = {}
+    formats: dict[str, str] = {}
+    covered: set[int] = set()
+    for fqn, module in model.named_modules():
+        if not isinstance(module, FakeQuantMixin):
+            continue
+        formats[fqn] = module.layer_format.name
+        points[f"{fqn}.input"] = _activation_point(f"{fqn}.input", module.input_quant, f"layers.{fqn}.input")
+        points[f"{fqn}.weight"] = _weight_point(f"{fqn}.weight", module)
+        points[f"{fqn}.bias"] = _bias_point(f"{fqn}.bias", module)
+        covered.update({id(module.input_quant), id(module.weight_quant)})
+    out_quant = getattr(model, OUTPUT_QUANT_ATTR, None)
+    if isinstance(out_quant, ActivationQuantizer):
+        points[OUTPUT_QUANT_ATTR] = _activation_point(OUTPUT_QUANT_ATTR, out_quant, "output")
+        covered.add(id(out_quant))
+    stray = [fqn for fqn, m in model.named_modules() if isinstance(m, (ActivationQuantizer, WeightQuantizer))
+             and id(m) not in covered]
+    if stray:
+        raise ExportError(f"model: quantizer {stray[0]!r} is not part of a mixq layer or the model output")
+    return points, formats
+
+
+@contextmanager
+def _markers_installed(model: nn.Module, points: dict[str, _Point | None]) -> Iterator[None]:
+    """Replace every quantizer by a marker for the duration of the export (instance attributes,
+    removed afterwards, so the model is left exactly as it was)."""
+    patched: list[tuple[nn.Module, str]] = []
+    try:
+        for fqn, module in model.named_modules():
+            if isinstance(module, FakeQuantMixin):
+                module.quantized_operands = _marked_operands(module, points, fqn)  # type: ignore[method-assign]
+                patched.append((module, "quantized_operands"))
+        out_quant = getattr(model, OUTPUT_QUANT_ATTR, None)
+        if isinstance(out_quant, ActivationQuantizer):
+            point = points[OUTPUT_QUANT_ATTR]
+            out_quant.forward = lambda x: _mark(x, point)  # type: ignore[method-assign]
+            patched.append((out_quant, "forward"))
+        yield
+    finally:
+        for module, attr in patched:
+            module.__dict__.pop(attr, None)
+
+
+def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
+    return example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+
+
+def _torch_export(model: nn.Module, inputs: tuple[Any, ...], opset: int, dynamic_batch: bool) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    in_names = [f"input_{i}" for i, t in enumerate(t for t in inputs if isinstance(t, Tensor))]
+    out_names = [f"output_{i}" for i in range(len(_flatten(model(*inputs))))]
+    dynamic_axes = None
+    if dynamic_batch:
+        dynamic_axes = {name: {0: "batch"} for name in in_names + out_names}
+    with warnings.catch_warnings():
+        # the TorchScript exporter is deprecated but is the one that accepts custom symbolics
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, inputs, buffer, dynamo=False, opset_version=opset,
+            input_names=in_names, output_names=out_names, dynamic_axes=dynamic_axes,
+            custom_opsets={MARKER_DOMAIN: 1}, do_constant_folding=True,
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------
+# Graph rewrite
+# ---------------------------------------------------------------------------------------------
+
+
+def _replacement(point: _Point, src: str, dst: str, name: str) -> list[onnx.NodeProto]:
+    """Standard nodes for one marker: initializers are named after ``point.key``, nodes and
+    intermediate tensors after ``name`` (the same, unless the point occurs more than once)."""
+    key = point.key
+    if point.kind == "act_int":
+        q = f"{name}_q"
+        return [
+            helper.make_node("QuantizeLinear", [src, f"{key}_scale", f"{key}_zero_point"], [q], name=f"{name}/Q"),
+            helper.make_node("DequantizeLinear", [q, f"{key}_scale", f"{key}_zero_point"], [dst], name=f"{name}/DQ"),
+        ]
+    if point.kind == "act_fp16":
+        half = f"{name}_fp16"
+        return [
+            helper.make_node("Cast", [src], [half], to=TensorProto.FLOAT16, name=f"{name}/ToHalf"),
+            helper.make_node("Cast", [half], [dst], to=TensorProto.FLOAT, name=f"{name}/ToFloat"),
+        ]
+    if point.kind == "const_int":
+        return [helper.make_node(
+            "DequantizeLinear", [f"{key}_quantized", f"{key}_scale", f"{key}_zero_point"], [dst],
+            axis=point.axis, name=f"{name}/DQ",
+        )]
+    if point.kind == "const_fp16":
+        return [helper.make_node("Cast", [f"{key}_fp16"], [dst], to=TensorProto.FLOAT, name=f"{name}/ToFloat")]
+    raise AssertionError(point.kind)
+
+
+def _rewrite(proto: onnx.ModelProto, points: dict[str, _Point | None], opset: int) -> onnx.ModelProto:
+    graph = proto.graph
+    new_nodes: list[onnx.NodeProto] = []
+    count: dict[str, int] = {}
+    for node in graph.node:
+        if node.domain != MARKER_DOMAIN:
+            new_nodes.append(node)
+            continue
+        key = helper.get_attribute_value(node.attribute[0]).decode()
+        point = points.get(key)
+        n = count.get(key, 0)
+        # a layer's quantizers run once per forward (layers.py rejects shared layers).  The output
+        # quantizer of an nn.Sequential root is also a child of the Sequential, so it runs as its
+        # last step and again in the output hook: the graph then repeats what the model does.
+        if point is None or (n and key != OUTPUT_QUANT_ATTR):
+            raise ExportError(f"export: unexpected marker {key!r} (a quant point ran twice or never registered)")
+        count[key] = n + 1
+        new_nodes.extend(_replacement(point, node.input[0], node.output[0], key if n == 0 else f"{key}_{n}"))
+        if n == 0:
+            graph.initializer.extend(point.initializers)
+    # the output quantizer only acts on a single-tensor output (see qat._quantize_output_hook)
+    seen = set(count)
+    missing = sorted(k for k, p in points.items() if p is not None and k not in seen and k != OUTPUT_QUANT_ATTR)
+    if missing:
+        raise ExportError(f"export: quant point {missing[0]!r} did not run on the example inputs")
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+
+    # float weights now only feed nothing: drop the initializers no node reads any more
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    keep = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+    del proto.opset_import[:]
+    proto.opset_import.extend([helper.make_opsetid("", opset)])
+    proto.ir_version = max(proto.ir_version, 10)  # IR 10 is the first with INT4/UINT4
+    return proto
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------
+
+
+def export_onnx(
+    model: nn.Module, example_inputs: Any, path: str | Path, *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True
+) -> Path:
+    """Write ``model`` (a calibrated/trained mixq fake-quant model) to ``path`` as a QDQ ONNX graph.
+
+    ``example_inputs`` is a tensor or a tuple of positional inputs; the graph's inputs are named
+    ``input_0, input_1, ...`` and its outputs ``output_0, ...``; with ``dynamic_batch`` dimension 0
+    of each is left free.  The model is exported in eval mode and left as it was.
+    """
+    inputs = _as_tuple(example_inputs)
+    points, formats = _collect_points(model)
+    uses_4bit = any(
+        init.data_type in (TensorProto.INT4, TensorProto.UINT4)
+        for p in points.values() if p is not None for init in p.initializers
+    )
+    if opset < MIN_OPSET or (uses_4bit and opset < MIN_OPSET_INT4):
+        need = MIN_OPSET_INT4 if uses_4bit else MIN_OPSET
+        raise ExportError(f"opset: this model needs opset >= {need}" + (" (4-bit tensors)" if uses_4bit else ""))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), _markers_installed(model, points):
+            proto = _torch_export(model, inputs, opset, dynamic_batch)
+    finally:
+        model.train(was_training)
+    proto = _rewrite(proto, points, opset)
+    helper.set_model_props(proto, {"mixq.formats": json.dumps(formats, sort_keys=True)})
+    onnx.checker.check_model(proto, full_check=True)
+    path = Path(path)
+    onnx.save(proto, path)
+    return path
+
+
+def onnxruntime_session(model: str | Path | bytes | onnx.ModelProto, *, num_threads: int = 1) -> Any:
+    """A CPU onnxruntime session (for a path, serialized bytes or a ModelProto) with graph
+    optimizations off: they fuse QDQ into integer kernels that requantize differently from the
+    QDQ definition."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = num_threads
+    options.inter_op_num_threads = 1
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def _flatten(output: Any) -> list[Tensor]:
+    if isinstance(output, Tensor):
+        return [output]
+    if isinstance(output, (tuple, list)):
+        return [t for item in output for t in _flatten(item)]
+    if isinstance(output, dict):
+        return [t for item in output.values() for t in _flatten(item)]
+    raise ExportError(f"model output: cannot compare a {type(output).__name__}")
+
+
+def verify_onnx(model: nn.Module, example_inputs: Any, path: str | Path) -> float:
+    """Max abs difference between the fake-quant model and onnxruntime on ``example_inputs``."""
+    inputs = _as_tuple(example_inputs)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected = _flatten(model(*inputs))
+    finally:
+        model.train(was_training)
+    session = onnxruntime_session(path)
+    tensors = [t for t in inputs if isinstance(t, Tensor)]
+    feed = {f"input_{i}": t.detach().cpu().numpy() for i, t in enumerate(tensors)}
+    names = {i.name for i in session.get_inputs()}
+    got = session.run(None, {k: v for k, v in feed.items() if k in names})
+    if len(got) != len(expected):
+        raise ExportError(f"verify: the graph has {len(got)} outputs, the model {len(expected)}")
+    diff = 0.0
+    for want, have in zip(expected, got, strict=True):
+        want_np = want.detach().cpu().float().numpy()
+        if want_np.shape != have.shape:
+            raise ExportError(f"verify: output shape {have.shape} != model's {want_np.shape}")
+        if want_np.size:
+            diff = max(diff, float(np.max(np.abs(want_np.astype(np.float64) - have.astype(np.float64)))))
+    return diff
+
+
+__all__ = ["ExportError", "export_onnx", "onnxruntime_session", "verify_onnx"]
