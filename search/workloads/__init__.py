@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 from typing import Any
 
@@ -36,10 +37,13 @@ def load_workload(name: str, options: dict[str, Any] | None = None) -> Workload:
             f"workload: unknown workload {name!r}; built-in: {', '.join(BUILTIN_WORKLOADS)}, "
             "or an entry point 'package.module:factory'"
         )
-    try:
-        workload = factory(**options)
+    try:  # check the options against the signature; a TypeError raised *inside* the factory is its own
+        inspect.signature(factory).bind(**options)
     except TypeError as exc:
         raise WorkloadError(f"workload_options: {exc}") from None
+    except ValueError:  # no introspectable signature: the call itself decides
+        pass
+    workload = factory(**options)
     if not isinstance(workload, Workload):
         raise WorkloadError(f"workload: {name!r} returned {type(workload).__name__}, expected search.Workload")
     return workload

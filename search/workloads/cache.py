@@ -30,11 +30,12 @@ def cached_pretrained(
 ) -> nn.Module:
     key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
     path = cache_dir() / f"{name}-{key}.pt"
-    model = build()
-    if path.exists():
-        model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
-        return model.eval()
-    trained = train()
+    with torch.random.fork_rng():  # building and training draw from (and seed) torch's RNG; not the caller's
+        model = build()
+        if path.exists():
+            model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+            return model.eval()
+        trained = train()
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
     torch.save(trained.state_dict(), tmp)

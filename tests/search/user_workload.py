@@ -82,3 +82,8 @@ def make_workload(width: int = 8, pretrain_steps: int = 150, lr: float = 1e-3, b
 def not_a_workload() -> int:
     """An entry point that returns the wrong type (for the error-path test)."""
     return 42
+
+
+def broken_factory(width: int = 8) -> Workload:
+    """A factory with a bug of its own (for the error-path test): its TypeError must surface."""
+    return make_workload(width=width) + 1  # type: ignore[operator]
