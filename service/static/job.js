@@ -230,14 +230,18 @@ function renderFront() {
         `mixq-${jobId}-trial${t.number}.json`).catch((exc) => showMessage(pageMessage, exc.message)),
     }, "qconfig.json")),
   )));
-  const option = (t) => el("option", { value: t.number }, `#${t.number} · ${fmtQuality(t.quality)} · ${fmtCost(t.costs[costs[0]])}`);
+  // compare: the front points first, then the other complete trials
+  const onFront = new Set(front.map((t) => t.number));
+  const choices = [...front, ...p.trials.filter((t) => !onFront.has(t.number))];
+  const option = (t) => el("option", { value: t.number },
+    `${onFront.has(t.number) ? "★ " : ""}#${t.number} · ${fmtQuality(t.quality)} · ${fmtCost(t.costs[costs[0]])}`);
   const [a, b] = [document.getElementById("compare-a"), document.getElementById("compare-b")];
   const keep = [a.value, b.value];
-  a.replaceChildren(...front.map(option));
-  b.replaceChildren(...front.map(option));
-  if (front.length) {
-    a.value = keep[0] || front[0].number;
-    b.value = keep[1] || front[front.length - 1].number;
+  a.replaceChildren(...choices.map(option));
+  b.replaceChildren(...choices.map(option));
+  if (choices.length) {
+    a.value = keep[0] || choices[0].number;
+    b.value = keep[1] || (front.length > 1 ? front[front.length - 1] : choices[choices.length - 1]).number;
   }
 }
 
@@ -288,6 +292,12 @@ async function loadAll() {
   await Promise.all([loadTrials(), loadPareto()]);
 }
 
+// for the browser tests: the job page has everything of a finished job, and how it learnt the end
+function markDone(via) {
+  document.body.dataset.jobDone = "true";
+  document.body.dataset.doneVia = via;
+}
+
 function setLive(text) {
   document.getElementById("live").textContent = text;
 }
@@ -306,9 +316,14 @@ function follow() {
   events.addEventListener("done", async (e) => {
     events.close();
     setLive("");
-    renderJob(JSON.parse(e.data));
+    const job = JSON.parse(e.data);
+    if (job.status === "deleted") {
+      showMessage(pageMessage, `job ${jobId} was deleted`);
+      return;
+    }
+    renderJob(job);
     await loadAll();
-    document.body.dataset.jobDone = "true";
+    markDone("events");
   });
   events.onerror = () => {
     if (events.readyState === EventSource.CLOSED) {
@@ -326,7 +341,7 @@ async function poll() {
     if (job.progress?.finished !== before || TERMINAL.has(job.status)) await loadAll();
     if (TERMINAL.has(job.status)) {
       setLive("");
-      document.body.dataset.jobDone = "true";
+      markDone("polling");
       return;
     }
   } catch (exc) {
@@ -345,7 +360,7 @@ async function start() {
     showMessage(pageMessage, `could not load job ${jobId}: ${exc.message}`);
     return;
   }
-  if (TERMINAL.has(state.job.status)) document.body.dataset.jobDone = "true";
+  if (TERMINAL.has(state.job.status)) markDone("load");
   else follow();
 }
 
