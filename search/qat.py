@@ -522,6 +522,9 @@ def dequantize_model(model: nn.Module) -> nn.Module:
         _set_submodule(model, fqn, to_float(module))  # type: ignore[arg-type]
     if hasattr(model, OUTPUT_QUANT_ATTR):
         delattr(model, OUTPUT_QUANT_ATTR)
+    for key, hook in list(model._forward_hooks.items()):
+        if hook is _quantize_output_hook:  # else quantize_model would add a second one
+            del model._forward_hooks[key]
     return model
 
 

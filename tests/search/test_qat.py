@@ -226,9 +226,11 @@ def test_dequantize_round_trip():
     assert not hasattr(model.conv, "layer_format")
     assert list(model.state_dict()) == list(original.state_dict())
     assert torch.equal(model(x), original(x))
-    # and it can be quantized again
-    quantize_model(model, {"conv": I8}, (x,))
+    assert not model._forward_hooks  # the output-quant hook is gone too
+    # and it can be quantized again, with one output quantizer hook
+    quantize_model(model, {"conv": I8, "fc": I8}, (x,))
     assert type(model.conv) is FakeQuantConv2d
+    assert len(model._forward_hooks) == 1
 
 
 # -- calibration and the output quantizer -------------------------------------------------------
