@@ -3,8 +3,9 @@ built-in workloads, mean and standard deviation over seeds.
 
 Run from the repository root::
 
-    python -m bench.first_last                  # both workloads, 3 seeds (about 15 min on one busy core)
+    python -m bench.first_last                  # both workloads, 3 seeds (denoise: minutes per trial)
     python -m bench.first_last --workloads digits
+    python -m bench.first_last --report-only    # tabulate the cached runs
 
 Each row is one precision map, trained by ``search.run_trial`` (copy the pretrained fp32 model,
 apply the map, calibrate, short QAT, evaluate) with QAT seeds 0..n-1: 200 QAT steps for digits, 300
@@ -19,7 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -41,12 +43,12 @@ RUNS_FILE = RESULTS_DIR / "first_last_runs.json"
 
 # row label -> (index, first index, last index) -> format name
 MAPS: dict[str, Callable[[int, int, int], str]] = {
-    "fp32 + QAT steps": lambda i, first, last: "fp32",
     "all int8": lambda i, first, last: "int8",
     "all int4": lambda i, first, last: "int4",
     "int8 first+last, int4 inside": lambda i, first, last: "int8" if i in (first, last) else "int4",
     "int4 first layer only (rest int8)": lambda i, first, last: "int4" if i == first else "int8",
     "int4 last layer only (rest int8)": lambda i, first, last: "int4" if i == last else "int8",
+    "fp32 + QAT steps": lambda i, first, last: "fp32",
 }
 
 
@@ -58,7 +60,19 @@ def run_key(workload: str, label: str, seed: int) -> str:
     return f"{workload}|{label}|{seed}"
 
 
-def measure(workload_name: str, seeds: int, runs: dict[str, float], path: Path) -> tuple[list[list[str]], float]:
+def save_run(path: Path, key: str, quality: float) -> dict[str, float]:
+    """Merge one result into the runs file (re-read first: several processes may share it)."""
+    runs = load_runs(path)
+    runs[key] = quality
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(runs, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+    return runs
+
+
+def measure(
+    workload_name: str, seeds: int, runs: dict[str, float], path: Path, train_seeds: Sequence[int]
+) -> tuple[list[list[str]], float]:
     """Rows of the table for one workload and its fp32 quality."""
     workload = load_workload(workload_name)
     graph = discover_layers(workload.model, workload.example_inputs)
@@ -72,25 +86,28 @@ def measure(workload_name: str, seeds: int, runs: dict[str, float], path: Path) 
     def fmt(mean: float, std: float) -> str:
         return f"{scale * mean:.2f} ± {scale * std:.2f}"
 
-    rows = [[workload_name, "fp32 (pretrained)", fmt(fp32, 0.0), "0.00", "-", "-"]]
+    rows = [[workload_name, "fp32 (pretrained)", fmt(fp32, 0.0), "-", "0.00", "-", "-"]]
     if workload_name == "denoise":
         noisy = noisy_input_psnr()
-        rows.insert(0, [workload_name, "noisy input (trivial baseline)", fmt(noisy, 0.0), f"{fp32 - noisy:.2f}", "-", "-"])
-    for label, rule in MAPS.items():
-        assignment = {fqn: rule(i, 0, n - 1) for i, fqn in enumerate(graph.fqns)}
-        qualities = []
-        for seed in range(seeds):
+        baseline = [workload_name, "noisy input (trivial baseline)", fmt(noisy, 0.0), "-", f"{fp32 - noisy:.2f}", "-", "-"]
+        rows.insert(0, baseline)
+    assignments = {label: {fqn: rule(i, 0, n - 1) for i, fqn in enumerate(graph.fqns)} for label, rule in MAPS.items()}
+    # seeds outermost: a run cut short still has every row, with fewer seeds
+    for seed in train_seeds:
+        for label, assignment in assignments.items():
             key = run_key(workload_name, label, seed)
             if key not in runs:
                 run = run_trial(workload, assignment, qat_steps=QAT_STEPS[workload_name], seed=seed)
-                runs[key] = run.quality
-                path.write_text(json.dumps(runs, indent=1, sort_keys=True))
+                runs.update(save_run(path, key, run.quality))
                 print(f"{key}: {run.quality:.4f} ({run.duration_s:.1f} s)", flush=True)
-            qualities.append(runs[key])
+    for label, assignment in assignments.items():
+        qualities = [runs[k] for s in range(seeds) if (k := run_key(workload_name, label, s)) in runs]
+        if not qualities:
+            continue
         mean, std = mean_std(qualities)
         bitops = model_costs((CostObjective.BITOPS,), profile, graph, assignment)["bitops"]
         maps = " ".join(assignment.values())
-        rows.append([workload_name, label, fmt(mean, std), f"{scale * (fp32 - mean):.2f}",
+        rows.append([workload_name, label, fmt(mean, std), str(len(qualities)), f"{scale * (fp32 - mean):.2f}",
                      f"{bitops / int8_bitops:.3f}", f"`{maps}`"])
     for row in rows:
         row[2] = f"{row[2]} {unit}"
@@ -101,20 +118,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", nargs="+", default=["digits", "denoise"], choices=["digits", "denoise"])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--report-only", action="store_true", help="tabulate the cached runs, train nothing new")
+    parser.add_argument("--train-seeds", type=int, nargs="+", help="train only these seeds (parallel processes)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     runs = load_runs(RUNS_FILE)
+    train_seeds = [] if args.report_only else (args.train_seeds or list(range(args.seeds)))
     rows: list[list[str]] = []
     for name in args.workloads:
-        rows += measure(name, args.seeds, runs, RUNS_FILE)[0]
+        rows += measure(name, args.seeds, runs, RUNS_FILE, train_seeds)[0]
     body = "\n".join([
-        f"QAT steps: digits {QAT_STEPS['digits']}, denoise {QAT_STEPS['denoise']} (Adam, the workload's lr, "
+        (f"QAT steps: digits {QAT_STEPS['digits']}, denoise {QAT_STEPS['denoise']} (Adam, the workload's lr, "
         f"minmax ranges); mean ± sample std over seeds 0..{args.seeds - 1}.  Built-in workloads with default "
         "options (digits: `DigitsCNN` width 16, test split of 597 images; denoise: `DnCNN` depth 6 width 32, "
         "sigma 25/255 on a 160x160 crop of `flower.jpg`).  drop = fp32 (pretrained) - mean; "
-        "bitops relative to all-int8 (MACs x weight bits x activation bits).  Maps list the layers in execution order.",
+        "bitops relative to all-int8 (MACs x weight bits x activation bits).  Maps list the layers in execution order."),
         "",
-        markdown_table(["workload", "precision map", "quality", "drop vs fp32", "bitops (x int8)", "map"], rows),
+        markdown_table(["workload", "precision map", "quality", "seeds", "drop vs fp32", "bitops (x int8)", "map"], rows),
     ])
     write_report("first_last", "First/last-layer precision table", body)
 

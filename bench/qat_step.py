@@ -20,7 +20,10 @@ What each route quantizes:
   int32 bias, the model output; BatchNorm folded into the preceding conv before QAT.
 * FX: ``QConfigMapping`` with one ``QConfig`` per layer name (``FakeQuantize`` with ``quant_min``/
   ``quant_max`` giving 8 or 4 bits, per-channel symmetric weights); FX fuses conv-bn(-relu) into its
-  QAT modules, which keep BatchNorm in training mode, and it fake-quantizes each layer's output.
+  QAT modules, which keep BatchNorm in training mode.  FX fake-quantizes the model input and each
+  layer's *output* at that layer's width, so a layer's input carries the previous layer's width
+  (int8 into the second layer here): the same number of activation fake-quants, placed one op
+  earlier than mixq's.
 * PT2E: a custom ``Quantizer`` (torchao 0.18 ships no XNNPACKQuantizer; the X86/Arm inductor
   quantizers have no int4 activations) annotating each conv/linear's input and weight with the same
   specs; ``prepare_qat_pt2e`` rewrites conv-bn into its QAT conv-bn pattern (BatchNorm in training
@@ -307,8 +310,8 @@ def render(timings: list[StepTiming], trial_times_s: list[float], trial_steps: i
         "",
         "## One short digits trial",
         "",
-        f"`search.run_trial` on digits (deep copy, apply the map, calibrate, {trial_steps} QAT steps, evaluate), "
-        "one thread, after one warm-up trial; target: about 1 s.",
+        (f"`search.run_trial` on digits (deep copy, apply the map, calibrate, {trial_steps} QAT steps, evaluate), "
+        "one thread, after one warm-up trial; target: about 1 s."),
         "",
         markdown_table(
             ["trials", "median (s)", "min (s)", "max (s)"],

@@ -4,7 +4,7 @@ the exhaustive front of a 243-assignment space.
 Run from the repository root::
 
     python -m bench.search_efficiency                 # exhaustive table (cached), then the searches
-    python -m bench.search_efficiency --qat-steps 60  # the table is cached per setting
+    python -m bench.search_efficiency --qat-steps 60  # another QAT length: another cached table
 
 The benchmark model is the ``denoise`` workload with 7 convs (``depth=7``), narrowed so one trial
 is cheap; the first and last conv are pinned to int8 (mixq's default), leaving 5 free layers x 3
@@ -59,7 +59,7 @@ from search import (
 from search.workloads.base import Workload
 
 WORKLOAD = "denoise"
-WORKLOAD_OPTIONS: dict[str, Any] = {"depth": 7, "width": 16, "eval_size": 96, "pretrain_steps": 1500}
+WORKLOAD_OPTIONS: dict[str, Any] = {"depth": 7, "width": 16, "eval_size": 96, "pretrain_steps": 1500, "batch_size": 8}
 BUDGETS = (12, 24, 48)
 SEEDS = 5
 REFERENCE = (1.1, 1.1)  # in normalised (quality loss, bitops) units; see the module docstring
@@ -268,7 +268,7 @@ def plot(path: Path, table: Table, exhaustive: list[Point], fronts: dict[str, li
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--qat-steps", type=int, default=60)
+    parser.add_argument("--qat-steps", type=int, default=40)
     parser.add_argument("--seeds", type=int, default=SEEDS)
     parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
     args = parser.parse_args()
@@ -325,15 +325,15 @@ def main() -> None:
     int8_bitops = table.bitops[tuple("int8" for _ in table.fqns)]
     front_rows = [[f"{q:.2f}", f"{b / int8_bitops:.3f}"] for q, b in exhaustive]
     body = "\n".join([
-        f"Benchmark model: `load_workload({WORKLOAD!r}, {WORKLOAD_OPTIONS})`: 7 convs, first and last pinned "
+        (f"Benchmark model: `load_workload({WORKLOAD!r}, {WORKLOAD_OPTIONS})`: 7 convs, first and last pinned "
         f"int8, 5 free x (int4, int8, fp16) = {len(table.quality)} assignments, each trained once with "
         f"{args.qat_steps} QAT steps (seed 0; median {trial_s:.1f} s per trial on this machine).  fp32 PSNR "
-        f"{table.fp32_quality:.2f} dB.  Table: `{table_path.relative_to(RESULTS_DIR.parent.parent)}`.",
+        f"{table.fp32_quality:.2f} dB.  Table: `{table_path.relative_to(RESULTS_DIR.parent.parent)}`."),
         "",
-        f"Hypervolume of the found front / hypervolume of the exhaustive front ({len(exhaustive)} points), "
+        (f"Hypervolume of the found front / hypervolume of the exhaustive front ({len(exhaustive)} points), "
         f"mean ± std over seeds 0..{args.seeds - 1}, in %.  Normalised by the exhaustive front's ideal and nadir; "
         f"reference point {REFERENCE} (see the docstring of `bench/search_efficiency.py`).  Targets: mixq >= 95% "
-        "at 24 trials, ahead of random at every budget.",
+        "at 24 trials, ahead of random at every budget."),
         "",
         markdown_table(["method", *(f"{b} trials" for b in args.budgets)], rows),
         "",
@@ -341,12 +341,12 @@ def main() -> None:
         "",
         markdown_table(["budget", "mixq > random (seeds)", "mean difference (HV points)"], wins),
         "",
-        "The sensitivity-greedy baseline spends 11 post-training-quantization evaluations (no QAT, not counted "
+        ("The sensitivity-greedy baseline spends 11 post-training-quantization evaluations (no QAT, not counted "
         "in the budget) and proposes an 11-point path, scored from the QAT table; it does not depend on the "
         "seed or on budgets >= 11.  mixq's 12-trial budget is almost all seeding: 3 uniform baselines, 5 "
-        "one-layer sweeps, 3 greedy points.",
+        "one-layer sweeps, 3 greedy points."),
         "",
-        f"Exhaustive front (PSNR dB, bitops x all-int8): " + "; ".join(f"({q}, {b})" for q, b in front_rows),
+        "Exhaustive front (PSNR dB, bitops x all-int8): " + "; ".join(f"({q}, {b})" for q, b in front_rows),
         "",
         f"Plot (`{png.name}`): all assignments, the exhaustive front and the seed-0 fronts at {plot_budget} trials.",
         "",
