@@ -122,7 +122,7 @@ def parse_format(name: str) -> LayerFormat:
     'w4a8'
     """
     if not isinstance(name, str):
-        raise ValueError(f"format: expected a format name (str), got {type(name).__name__}")
+        raise ValueError(f"format: expected a format name (str), got {type(name).__name__}")  # noqa: TRY004 - pydantic validators need ValueError
     key = name.strip().lower()
     if key in _TENSOR_FORMATS:
         tensor = _TENSOR_FORMATS[key]

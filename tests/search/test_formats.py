@@ -87,7 +87,9 @@ def test_non_string_name_is_a_clear_error():
         parse_format(8)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("kind", "bits", "allowed"), [(NumberKind.INT, 5, "(4, 8)"), (NumberKind.FLOAT, 8, "(16, 32)")])
+@pytest.mark.parametrize(
+    ("kind", "bits", "allowed"), [(NumberKind.INT, 5, "(4, 8)"), (NumberKind.FLOAT, 8, "(16, 32)")]
+)
 def test_bad_bits_names_field_and_allowed_values(kind, bits, allowed):
     with pytest.raises(ValueError) as err:
         TensorFormat(kind, bits)

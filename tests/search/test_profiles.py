@@ -66,19 +66,34 @@ def test_unknown_profile_lists_builtins():
         ("- just\n- a list\n", "the top level must be a mapping"),
         ("", "the top level must be a mapping"),
         (VALID.replace("int8:", "int3:"), "formats: Value error, format: unknown format 'int3'"),
-        (VALID.replace("throughput: 2.0", "throughput: -2.0"), "formats.int8.throughput: Input should be greater than 0"),
+        (
+            VALID.replace("throughput: 2.0", "throughput: -2.0"),
+            "formats.int8.throughput: Input should be greater than 0",
+        ),
         (VALID.replace("throughput: 2.0", "throughput: 0"), "formats.int8.throughput: Input should be greater than 0"),
-        (VALID.replace("throughput: 2.0", "throughput: fast"), "formats.int8.throughput: Input should be a valid number"),
+        (
+            VALID.replace("throughput: 2.0", "throughput: fast"),
+            "formats.int8.throughput: Input should be a valid number",
+        ),
         (VALID.replace("throughput: 2.0", "throughput: .nan"), "formats.int8.throughput"),
-        (VALID.replace("peak_macs_per_ms: 1000", "peak_macs_per_ms: -1"), "peak_macs_per_ms: Input should be greater than 0"),
+        (
+            VALID.replace("peak_macs_per_ms: 1000", "peak_macs_per_ms: -1"),
+            "peak_macs_per_ms: Input should be greater than 0",
+        ),
         (VALID.replace("peak_macs_per_ms: 1000", "peak_macs_per_ms: .inf"), "peak_macs_per_ms"),
         (VALID.replace("name: tiny-npu", "name: tiny npu!"), "name: String should match pattern"),
         (VALID + "colour: red\n", "colour: Extra inputs are not permitted"),
         (VALID.replace("{throughput: 2.0}", "{throughput: 2.0, speed: 1}"), "formats.int8.speed: Extra inputs"),
         (VALID + "formats_typo: {}\n", "formats_typo"),
-        (VALID.replace("formats:\n  int8: {throughput: 2.0}\n  fp16: {throughput: 1.0}\n", "formats: {}\n"), "formats:"),
+        (
+            VALID.replace("formats:\n  int8: {throughput: 2.0}\n  fp16: {throughput: 1.0}\n", "formats: {}\n"),
+            "formats:",
+        ),
         (VALID + "layer_kinds:\n  conv3d: {formats: [int8]}\n", "layer_kinds.conv3d"),
-        (VALID + "layer_kinds:\n  linear: {formats: [int4]}\n", "layer_kinds.linear.formats: 'int4' is not in the profile's formats"),
+        (
+            VALID + "layer_kinds:\n  linear: {formats: [int4]}\n",
+            "layer_kinds.linear.formats: 'int4' is not in the profile's formats",
+        ),
         (VALID + "layer_kinds:\n  linear: {formats: []}\n", "layer_kinds.linear.formats"),
         (VALID + "latency_table:\n  fc: {int8: -1.0}\n", "latency_table.fc.int8: must be a number >= 0"),
         (VALID + "latency_table:\n  fc: {int8: .nan}\n", "latency_table.fc.int8: must be a number >= 0"),
@@ -99,7 +114,9 @@ def test_missing_required_field_is_named():
 
 
 def test_throughput_of_unsupported_format_lists_allowed():
-    with pytest.raises(ProfileError, match=r"format: 'int4' is not supported by profile 'tiny-npu'; allowed: int8, fp16"):
+    with pytest.raises(
+        ProfileError, match=r"format: 'int4' is not supported by profile 'tiny-npu'; allowed: int8, fp16"
+    ):
         parse_profile_text(VALID).throughput("int4")
 
 

@@ -355,3 +355,19 @@ def test_minmax_scale_is_a_buffer_not_a_parameter():
     assert not isinstance(model.fc.input_quant.scale, nn.Parameter)
     assert "fc.input_quant.scale" in model.state_dict()
     assert all("quant" not in name for name, _ in model.named_parameters())
+
+
+@pytest.mark.parametrize("name", ["int4", "w4a8", "w8a4", "w8a16", "w16a8", "fp16"])
+@pytest.mark.parametrize("model_cls", [ConvTransposeNet, Conv1dNet, DepthwiseNet])
+def test_every_format_runs_on_every_kind(model_cls, name):
+    model = model_cls().eval()
+    (x,) = model_cls.example_inputs()
+    xs = torch.rand(4, *x.shape[1:], generator=torch.Generator().manual_seed(5))
+    ref = model(xs)
+    quantize_model(model, fmt_map(model_cls, name), (x,))
+    calibrate(model, [xs])
+    out = model(xs)
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    assert not torch.equal(out, ref)  # something was rounded
+    err = (out - ref).abs().max() / ref.abs().max()
+    assert err < (0.6 if "4" in name else 0.05)

@@ -6,8 +6,16 @@ import pytest
 import torch
 
 from search import json_schema
+from search.formats import parse_format
 from search.layers import discover_layers
-from search.qat import OUTPUT_QUANT_ATTR, ActivationQuantizer, FakeQuantConv2d, FakeQuantLinear, calibrate
+from search.qat import (
+    OUTPUT_QUANT_ATTR,
+    ActivationQuantizer,
+    FakeQuantConv2d,
+    FakeQuantLinear,
+    calibrate,
+    quantize_model,
+)
 from search.qconfig import (
     SCHEMA_PATH,
     SCHEMA_VERSION,
@@ -21,6 +29,7 @@ from search.qconfig import (
     save_qconfig,
 )
 from search.train import run_trial
+from tests.search.models import ConvTransposeNet
 from tests.search.user_workload import make_workload
 
 
@@ -55,8 +64,14 @@ def eval_inputs():
 def test_trained_trial_round_trips_through_the_file(tmp_path, tiny, graph, range_method, assignment):
     run = run_trial(tiny, assignment, qat_steps=5, seed=0, range_method=range_method)
     cfg = build_qconfig(
-        run.model, graph, assignment, pinned={"conv": "first layer"}, range_method=range_method,
-        quality=QualityReport(metric="accuracy", value=run.quality), costs={"bitops": 123.0}, workload="tiny",
+        run.model,
+        graph,
+        assignment,
+        pinned={"conv": "first layer"},
+        range_method=range_method,
+        quality=QualityReport(metric="accuracy", value=run.quality),
+        costs={"bitops": 123.0},
+        workload="tiny",
     )
     path = save_qconfig(cfg, tmp_path / "qconfig.json")
     loaded = load_qconfig(path)
@@ -121,12 +136,18 @@ def test_minimal_v1_file_without_optional_fields_loads(tiny):
         "schema_version": 1,
         "layers": {
             "conv": {
-                "kind": "conv2d", "index": 0, "format": "int8",
-                "weight": {"format": "int8"}, "activation": {"format": "int8"},
+                "kind": "conv2d",
+                "index": 0,
+                "format": "int8",
+                "weight": {"format": "int8"},
+                "activation": {"format": "int8"},
             },
             "fc": {
-                "kind": "linear", "index": 1, "format": "fp16",
-                "weight": {"format": "fp16"}, "activation": {"format": "fp16"},
+                "kind": "linear",
+                "index": 1,
+                "format": "fp16",
+                "weight": {"format": "fp16"},
+                "activation": {"format": "fp16"},
             },
         },
         "provenance": {"mixq_version": "0.1.0", "model_fingerprint": "sha256:0"},
@@ -282,3 +303,15 @@ def test_output_with_two_scales_is_named(tiny, base):
 def test_qconfig_file_model_is_strict():
     with pytest.raises(Exception, match="layers"):
         QConfigFile.model_validate({"provenance": {"mixq_version": "x", "model_fingerprint": "y"}})
+
+
+def test_conv_transpose_weight_scales_are_per_output_channel_on_axis_1():
+    model = ConvTransposeNet()
+    (x,) = ConvTransposeNet.example_inputs()
+    graph = discover_layers(model, (x,))
+    assignment = {"conv": "int8", "up": "int4"}
+    quantize_model(model, {k: parse_format(v) for k, v in assignment.items()}, (x,))
+    calibrate(model, [x])
+    up = build_qconfig(model, graph, assignment).layers["up"]
+    assert up.kind == "conv_transpose2d"
+    assert up.weight.axis == 1 and len(up.weight.scale) == 3  # ConvTranspose2d(4, 3, ...) weight is (4, 3, 3, 3)
