@@ -17,7 +17,9 @@ Two levels of checking:
 from __future__ import annotations
 
 import copy
+import io
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -484,3 +486,17 @@ def test_digits_with_power_of_two_scales_is_exact_end_to_end(digits: tuple[objec
     assert ties >= 100, f"only {ties} exact ties: the test would not exercise round-half-to-even"
     diff = verify_onnx(trial.model, (x_test,), path)
     assert diff <= STEP_FRACTION * _output_step(trial.model), diff
+
+
+@pytest.mark.parametrize(("quant_min", "quant_max"), [(0, 15), (-7, 7), (-127, 127)])
+def test_torch_onnx_exporter_refuses_mixq_ranges(quant_min: int, quant_max: int) -> None:
+    """Why export_onnx goes through markers (and why search/export_torchao.py is prose): torch's
+    own exporter only takes 8-bit fake-quant ranges, not 4-bit ones nor narrow-range weights."""
+
+    class FakeQuant(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return torch.fake_quantize_per_tensor_affine(x, 0.1, 0, quant_min, quant_max)
+
+    with warnings.catch_warnings(), pytest.raises(Exception, match="ONNX allows only"):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(FakeQuant(), (torch.randn(2, 3),), io.BytesIO(), dynamo=False, opset_version=17)
