@@ -211,6 +211,15 @@ function renderHeatmap() {
 
 // ---- front points: downloads and compare ----
 
+// file: "qconfig.json" or "model.onnx" (the latter only where the server exported one)
+function downloadButton(t, file, fallbackName) {
+  return el("button", {
+    class: "small", dataset: { download: t.number, file },
+    onclick: () => download(`/v1/jobs/${jobId}/pareto/${t.number}/${file}`, fallbackName)
+      .catch((exc) => showMessage(pageMessage, `${file}: ${exc.message}`)),
+  }, file);
+}
+
 function renderFront() {
   const p = state.pareto;
   const costs = p.cost_objectives;
@@ -224,11 +233,8 @@ function renderFront() {
     el("td", {}, fmtQuality(t.quality_std)),
     ...costs.map((name) => el("td", {}, fmtCost(t.costs[name]))),
     el("td", { title: layerLines(t.assignment).join("\n") }, assignmentSummary(t.assignment)),
-    el("td", {}, el("button", {
-      class: "small", dataset: { download: t.number },
-      onclick: () => download(`/v1/jobs/${jobId}/pareto/${t.number}/qconfig.json`,
-        `mixq-${jobId}-trial${t.number}.json`).catch((exc) => showMessage(pageMessage, exc.message)),
-    }, "qconfig.json")),
+    el("td", {}, downloadButton(t, "qconfig.json", `mixq-${jobId}-trial${t.number}.json`),
+      t.onnx_exported ? downloadButton(t, "model.onnx", `mixq-${jobId}-trial${t.number}.onnx`) : ""),
   )));
   // compare: the front points first, then the other complete trials
   const onFront = new Set(front.map((t) => t.number));

@@ -87,7 +87,7 @@ def test_submit_tiny_job_and_inspect_its_front(page: Any, live_server: LiveServe
     # download a front point's qconfig and validate it
     number = pareto["points"][0]["number"]
     with page.expect_download() as info:
-        page.click(f'#front-table [data-download="{number}"]')
+        page.click(f'#front-table [data-download="{number}"][data-file="qconfig.json"]')
     download = info.value
     assert re.fullmatch(rf"mixq-{job_id}-trial{number}-.+\.json", download.suggested_filename)
     saved = tmp_path / download.suggested_filename
