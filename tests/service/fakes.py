@@ -1,0 +1,100 @@
+"""Test doubles through the worker's seams (``run_search``, ``make_workload``): no torch training.
+
+``fake_run_search`` is a tiny real search: it runs trials in the job's real Optuna study (so several
+processes share the budget as with ``search.run_search``), each trial sleeping ``trial_s`` seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import optuna
+import torch
+from torch import nn
+
+from search import SearchProgress, SearchResult, SearchSpec, TrialOutcome, Workload
+from service.db import Database
+from service.models import Job
+from service.settings import Settings
+
+LAYERS = ("features.0", "features.1", "classifier")
+BITS = {"int4": 4, "int8": 8, "fp16": 16}
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+    @staticmethod
+    def example_inputs() -> tuple[torch.Tensor]:
+        return (torch.zeros(1, 2),)
+
+
+def tiny_workload(_db: Database | None = None, _job: Job | None = None, _settings: Settings | None = None) -> Workload:
+    x = torch.zeros(4, 2)
+    y = torch.zeros(4, dtype=torch.long)
+    return Workload(
+        name="tiny", model=TinyNet(), example_inputs=TinyNet.example_inputs(), train_batches=lambda g: iter([(x, y)]),
+        calibration_batches=[(x, y)], loss_fn=nn.functional.cross_entropy, evaluate=lambda m: 0.5,
+        metric="accuracy", higher_is_better=True,
+    )
+
+
+def outcome_of(trial: optuna.trial.FrozenTrial | optuna.Trial, quality: float, bitops: float, dur: float) -> TrialOutcome:
+    assignment = {fqn: trial.params[fqn] for fqn in LAYERS}
+    return TrialOutcome(
+        number=trial.number, assignment=assignment, quality=quality, quality_std=0.0, n_evaluations=1,
+        costs={"bitops": bitops}, feasible=True, duration_s=dur, source="sampler", qconfig={"fake": trial.number},
+    )
+
+
+def make_fake_run_search(trial_s: float = 0.0) -> Callable[..., SearchResult]:
+    def fake_run_search(
+        spec: SearchSpec, *, workload: Workload | None = None,
+        on_trial: Callable[[TrialOutcome, SearchProgress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> SearchResult:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(
+            storage=spec.storage, study_name=spec.study_name, load_if_exists=True,
+            directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(),
+        )
+        stop = should_stop or (lambda: False)
+
+        def complete() -> list[optuna.trial.FrozenTrial]:
+            return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+        while not stop():
+            running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            if len(complete()) + len(running) >= spec.n_trials:
+                if not running:
+                    break
+                time.sleep(0.05)
+                continue
+            trial = study.ask()
+            for fqn in LAYERS:
+                trial.suggest_categorical(fqn, list(spec.formats))
+            started = time.monotonic()
+            time.sleep(trial_s)
+            bits = sum(BITS.get(trial.params[f], 8) for f in LAYERS)
+            quality = 1.0 - 1.0 / bits
+            study.tell(trial, [quality, float(bits)])
+            if on_trial is not None:
+                outcome = outcome_of(trial, quality, float(bits), time.monotonic() - started)
+                on_trial(outcome, SearchProgress(len(complete()), spec.n_trials, None))
+        outcomes = [outcome_of(t, t.values[0], t.values[1], 0.0) for t in complete()]
+        front = [o for o in outcomes if not any(
+            p.quality >= o.quality and p.costs["bitops"] <= o.costs["bitops"] and p is not o
+            and (p.quality, p.costs["bitops"]) != (o.quality, o.costs["bitops"]) for p in outcomes)]
+        return SearchResult(
+            workload=spec.workload, metric_name="accuracy", higher_is_better=True, fp32_quality=1.0,
+            layers=[{"fqn": f, "kind": "linear", "index": i} for i, f in enumerate(LAYERS)],
+            pinned={"features.0": "first executed layer"}, trials=outcomes, front=front,
+        )
+
+    return fake_run_search
