@@ -1,4 +1,5 @@
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,8 +21,11 @@ def digits():
     return load_workload("digits", DIGITS_OPTIONS)
 
 
-def test_cache_dir_is_the_test_one(mixq_cache_dir):
-    assert cache_dir() == mixq_cache_dir
+def test_cache_dir_is_private_to_the_tests(tmp_path, monkeypatch):
+    assert cache_dir() != Path.home() / ".cache" / "mixq"  # tests/conftest.py's mixq_cache_dir
+    monkeypatch.setenv("MIXQ_CACHE_DIR", str(tmp_path / "weights"))
+    assert cache_dir() == tmp_path / "weights"
+    assert (tmp_path / "weights").is_dir()  # created on demand
 
 
 def test_digits_loads_with_sensible_accuracy(digits):
