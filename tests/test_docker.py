@@ -29,7 +29,7 @@ COMPOSE_GPU = DOCKER / "compose.gpu.yaml"
 def _compose_plugin() -> bool:
     if shutil.which("docker") is None:
         return False
-    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    return subprocess.run(["docker", "compose", "version"], check=False, capture_output=True).returncode == 0
 
 
 def _compose() -> dict[str, Any]:
@@ -48,7 +48,9 @@ def test_compose_config_validates(files: list[Path]) -> None:
     args = [arg for f in files for arg in ("-f", str(f))]
     # a clean environment: the file's ${...} defaults must suffice
     env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")}
-    result = subprocess.run(["docker", "compose", *args, "config", "--quiet"], capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        ["docker", "compose", *args, "config", "--quiet"], check=False, capture_output=True, text=True, env=env
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -106,6 +108,8 @@ def test_migration_entry_command_runs_outside_docker(tmp_path: Path) -> None:
     cli = [str(mixq)] if mixq.exists() else [sys.executable, "-m", "service.cli"]
     command = _mixq_services()["migrate"]["command"]
     env = {**os.environ, "MIXQ_DATABASE_URL": f"sqlite:///{tmp_path / 'mixq.db'}"}
-    result = subprocess.run([*cli, *command], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    result = subprocess.run(
+        [*cli, *command], check=False, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "mixq.db").stat().st_size > 0

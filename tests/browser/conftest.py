@@ -86,8 +86,9 @@ def _start_server(tmp: Path, *, auth: bool, local_workers: int) -> tuple[subproc
     }
     log = (tmp / "server.log").open("wb")
     # its own session, so teardown can end the server and the worker processes it started
-    proc = subprocess.Popen([*_mixq(), "serve"], env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [*_mixq(), "serve"], env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     server = LiveServer(f"http://127.0.0.1:{port}", None)
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while True:
@@ -100,7 +101,9 @@ def _start_server(tmp: Path, *, auth: bool, local_workers: int) -> tuple[subproc
             pass
         if time.monotonic() > deadline:
             _stop(proc)
-            raise RuntimeError(f"mixq serve not ready after {SERVER_START_TIMEOUT_S} s:\n{(tmp / 'server.log').read_text()}")
+            raise RuntimeError(
+                f"mixq serve not ready after {SERVER_START_TIMEOUT_S} s:\n{(tmp / 'server.log').read_text()}"
+            )
         time.sleep(0.3)
     if auth:  # `mixq serve` has migrated the database by now
         db = Database(env["MIXQ_DATABASE_URL"])

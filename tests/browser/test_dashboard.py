@@ -36,7 +36,9 @@ def _fill_form(page: Any, values: dict[str, str]) -> None:
         page.fill(f"#f-{name}", value)
 
 
-def test_submit_tiny_job_and_inspect_its_front(page: Any, live_server: LiveServer, screenshot: Any, tmp_path: Path) -> None:
+def test_submit_tiny_job_and_inspect_its_front(
+    page: Any, live_server: LiveServer, screenshot: Any, tmp_path: Path
+) -> None:
     page.goto(live_server.base_url + "/")
     _fill_form(page, TINY_JOB)
     page.click("#submit-job")
@@ -56,7 +58,9 @@ def test_submit_tiny_job_and_inspect_its_front(page: Any, live_server: LiveServe
     job = live_server.api("GET", f"/v1/jobs/{job_id}").json()
     assert job["status"] == "succeeded", job.get("error")
     assert page.inner_text("#job-status") == "succeeded"
-    assert page.inner_text("#job-progress .progress-label") == f"{job['progress']['finished']}/{job['progress']['total']}"
+    assert (
+        page.inner_text("#job-progress .progress-label") == f"{job['progress']['finished']}/{job['progress']['total']}"
+    )
 
     # the Pareto scatter shows every complete trial once, the front as its own trace
     pareto = live_server.api("GET", f"/v1/jobs/{job_id}/pareto").json()
@@ -112,7 +116,10 @@ def test_submit_tiny_job_and_inspect_its_front(page: Any, live_server: LiveServe
     differing = [lay["fqn"] for lay in layers if first["assignment"][lay["fqn"]] != other["assignment"][lay["fqn"]]]
     assert differing, "two different trials differ in some layer"
     assert page.inner_text("#diff-count") == f"({len(differing)} of {len(layers)} differ)"
-    assert page.eval_on_selector_all('#layers tr[data-differs="true"]', "rows => rows.map(r => r.dataset.fqn)") == differing
+    assert (
+        page.eval_on_selector_all('#layers tr[data-differs="true"]', "rows => rows.map(r => r.dataset.fqn)")
+        == differing
+    )
     screenshot("compare")
 
 
