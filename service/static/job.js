@@ -242,13 +242,19 @@ function renderFront() {
   const option = (t) => el("option", { value: t.number },
     `${onFront.has(t.number) ? "★ " : ""}#${t.number} · ${fmtQuality(t.quality)} · ${fmtCost(t.costs[costs[0]])}`);
   const [a, b] = [document.getElementById("compare-a"), document.getElementById("compare-b")];
-  const keep = [a.value, b.value];
+  const chosen = [a.value, b.value];
   a.replaceChildren(...choices.map(option));
   b.replaceChildren(...choices.map(option));
-  if (choices.length) {
-    a.value = keep[0] || choices[0].number;
-    b.value = keep[1] || (front.length > 1 ? front[front.length - 1] : choices[choices.length - 1]).number;
-  }
+  if (!choices.length) return;
+  // defaults: the cheapest and the best front point (or another trial); a user's choice is kept
+  const other = front.length > 1 ? front[front.length - 1] : choices[choices.length - 1];
+  a.value = compareChosen && chosen[0] ? chosen[0] : choices[0].number;
+  b.value = compareChosen && chosen[1] ? chosen[1] : other.number;
+}
+
+let compareChosen = false;
+for (const id of ["compare-a", "compare-b"]) {
+  document.getElementById(id).addEventListener("change", () => { compareChosen = true; });
 }
 
 document.getElementById("compare-form").addEventListener("submit", (event) => {
