@@ -23,10 +23,13 @@ scale)`` with a true division and then clamps, which is the ONNX definition and 
 onnxruntime's CPU kernels do (checked in ``tests/search/test_export_onnx.py``).  Weight and bias
 codes are computed here with the engine's own :func:`search.qat.quantize`, so the initializers
 hold exactly the codes the fake-quant forward pass used, and ``DequantizeLinear`` multiplies them by
-the same float32 scales.  What can differ is only the float accumulation order inside Conv/Gemm
-(torch vs onnxruntime), i.e. float rounding level; onnxruntime must run with graph optimizations
-off (``ORT_DISABLE_ALL``), because its QDQ fusions replace the float math with integer kernels that
-requantize differently.
+the same float32 scales.  What can differ is only the float summation order inside Conv/Gemm
+(torch vs onnxruntime), i.e. float rounding level; where a sum lands within that distance of a
+rounding boundary, the next quantizer can pick the neighbouring code, and the difference can reach
+the output as one step (rare: on the digits workload 0 to 4 of 5970 outputs, depending on the
+trial; none when all scales are powers of two and the sums are exact).  onnxruntime must run with
+graph optimizations off (``ORT_DISABLE_ALL``), because its QDQ fusions replace the float math with
+integer kernels that requantize differently.
 
 How: torch's exporters refuse 4-bit fake-quant ranges, so the model is exported with the
 TorchScript exporter (``dynamo=False``) while every quantizer is temporarily replaced by a marker
