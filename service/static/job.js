@@ -20,6 +20,12 @@ document.title = `mixq · job ${jobId}`;
 
 // ---- the job summary ----
 
+function pinSummary(spec) {
+  const pins = (spec.pins || []).map((p) => `${p.match} = ${p.format ?? "free"}`);
+  const firstLast = spec.pin_first_last ? `first/last = ${spec.pin_first_last}` : "first/last free";
+  return [firstLast, ...pins].join("; ");
+}
+
 function renderJob(job) {
   state.job = job;
   document.getElementById("job-status").replaceChildren(statusBadge(job.status));
@@ -31,6 +37,7 @@ function renderJob(job) {
     ["profile", spec.profile],
     ["formats", (spec.formats || []).join(", ")],
     ["cost objectives", (spec.cost_objectives || []).join(", ")],
+    ["pins", pinSummary(spec)],
     ["metric", job.metric ? `${job.metric} (${job.higher_is_better ? "higher" : "lower"} is better)` : "–"],
     ["fp32 quality", fmtQuality(job.fp32_quality)],
     ["best so far", job.best ? `${fmtQuality(job.best.quality)} (trial #${job.best.trial_number})` : "–"],
