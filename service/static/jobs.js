@@ -111,7 +111,11 @@ function clearErrors() {
 // Which form field an error belongs to: detail.loc (["body", "n_trials"]), else a "field: ..."
 // prefix in the message (model-level validators), else the whole form.
 function placeOf(error) {
-  const loc = (error.loc || []).filter((part) => part !== "body");
+  // ["body", "pins", 0, "format"]; a dotted part ("pins.0.format") is split the same way
+  const loc = (error.loc || [])
+    .filter((part) => part !== "body")
+    .flatMap((part) => (typeof part === "string" ? part.split(".") : [part]))
+    .map((part) => (typeof part === "string" && /^\d+$/.test(part) ? Number(part) : part));
   if (typeof loc[0] === "string" && form.querySelector(`[data-error-for="${loc[0]}"]`)) {
     return { field: loc[0], rest: loc.slice(1) };
   }

@@ -124,25 +124,32 @@ def test_submit_tiny_job_and_inspect_its_front(
 
 
 @pytest.mark.parametrize(
-    ("field", "value"),
-    [pytest.param("n_trials", "0", id="n_trials-zero"), pytest.param("qat_steps", "-1", id="qat_steps-negative")],
+    ("field", "form_value", "api_body"),
+    [
+        pytest.param("n_trials", "0", {"n_trials": 0}, id="n_trials-zero"),
+        pytest.param("qat_steps", "-1", {"qat_steps": -1}, id="qat_steps-negative"),
+        pytest.param(
+            "pins", "features.* = int3", {"pins": [{"match": "features.*", "format": "int3"}]}, id="pin-format"
+        ),
+    ],
 )
 def test_bad_form_value_shows_the_api_message_next_to_the_field(
-    page: Any, live_server: LiveServer, screenshot: Any, field: str, value: str
+    page: Any, live_server: LiveServer, screenshot: Any, field: str, form_value: str, api_body: dict[str, Any]
 ) -> None:
     before = live_server.api("GET", "/v1/jobs").json()["total"]
-    expected = live_server.api("POST", "/v1/jobs", json={"workload": "digits", field: int(value)})
+    expected = live_server.api("POST", "/v1/jobs", json={"workload": "digits", **api_body})
     assert expected.status_code == 422
-    (message,) = [e["msg"] for e in expected.json()["detail"] if e["loc"][-1] == field]
+    (message,) = [e["msg"] for e in expected.json()["detail"]]
 
     page.goto(live_server.base_url + "/")
-    _fill_form(page, {"workload": "digits", field: value})
+    _fill_form(page, {"workload": "digits", field: form_value})
     page.click("#submit-job")
     error = page.locator(f'[data-field="{field}"] [data-error-for="{field}"]')
     error.wait_for()
-    assert error.inner_text() == message
+    assert message in error.inner_text()
     assert page.get_attribute(f"#f-{field}", "aria-invalid") == "true"
     assert page.locator(".field.invalid").count() == 1, "only the offending field is marked"
+    assert page.inner_text('[data-error-for="_form"]') == ""
     assert live_server.api("GET", "/v1/jobs").json()["total"] == before
     screenshot(f"form-error-{field}")
 
