@@ -474,7 +474,10 @@ def quantize_model(
     last_fmt = qmap.get(graph.last.fqn, LayerFormat(FP32, FP32)).activation
     if quantize_output and not last_fmt.is_identity:
         model.add_module(OUTPUT_QUANT_ATTR, ActivationQuantizer(last_fmt, method))
-        model.register_forward_hook(_quantize_output_hook)
+        # an nn.Sequential runs every child, so the new child already is its last step; any other
+        # root gets a forward hook (a hook on a Sequential would quantize the output twice)
+        if not isinstance(model, nn.Sequential):
+            model.register_forward_hook(_quantize_output_hook)
     return model
 
 

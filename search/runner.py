@@ -22,8 +22,10 @@ trial FAIL and re-enqueue the same parameters (bounded retries).
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 import logging
 import os
+import socket
 import statistics
 import time
 import warnings
@@ -31,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from search.cost import model_costs
@@ -39,14 +41,13 @@ from search.layers import LayerGraph, discover_layers
 from search.profiles import TargetProfile, load_profile
 from search.qconfig import QualityReport, build_qconfig
 from search.space import SearchSpace, build_space
+from search.storage import StorageError, open_storage
 from search.spec import SamplerName, SearchProgress, SearchResult, SearchSpec, TrialOutcome
 from search.train import fp32_quality, run_trial
 from search.workloads import Workload, load_workload
 
 log = logging.getLogger("mixq.search")
 
-HEARTBEAT_INTERVAL_S = 5
-GRACE_PERIOD_S = 20
 _ATTR_FP32 = "mixq:fp32_quality"
 _ATTR_GREEDY = "mixq:greedy_enqueued"
 _ATTR_REEVAL = "mixq:reeval:"  # + trial number -> list of extra qualities
@@ -64,24 +65,6 @@ Evaluator = Callable[[Mapping[str, str], int], float]
 # ---------------------------------------------------------------------------------------------
 # Study plumbing
 # ---------------------------------------------------------------------------------------------
-
-
-def open_storage(url: str | None, max_retries: int) -> optuna.storages.BaseStorage | None:
-    """An RDB storage with heartbeats, or None for in-memory.  Fails fast if unreachable."""
-    if url is None:
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                url,
-                engine_kwargs={"pool_pre_ping": True},
-                heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                grace_period=GRACE_PERIOD_S,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retries),
-            )
-    except Exception as exc:  # noqa: BLE001 - any driver error means "cannot reach it"
-        raise SearchError(f"storage: cannot open {url!r}: {type(exc).__name__}: {exc}") from None
 
 
 def make_sampler(name: SamplerName, seed: int) -> optuna.samplers.BaseSampler:
@@ -159,10 +142,7 @@ def _outcome(
     assert trial.values is not None
     qualities = [trial.values[0], *reevals]
     costs = {str(o): float(v) for o, v in zip(spec.cost_objectives, trial.values[1:])}
-    constraints = trial.system_attrs.get("constraints") or [
-        v for k, v in trial.system_attrs.items() if k.startswith("constraints")
-    ]
-    feasible = all(c <= 0 for c in (constraints if isinstance(constraints, list) else [constraints]))
+    feasible = all(c <= 0.0 for c in trial.constraints.values())
     qconfig = trial.user_attrs.get("qconfig")
     return TrialOutcome(
         number=trial.number,
@@ -218,7 +198,10 @@ class _Search:
         self.profile: TargetProfile = load_profile(spec.profile)
         self.graph = discover_layers(workload.model, workload.example_inputs)
         self.space = build_space(spec, self.graph, self.profile)
-        self.storage = open_storage(spec.storage, spec.max_retries)
+        try:
+            self.storage = open_storage(spec.storage, spec.max_retries, spec.heartbeat_interval_s, spec.grace_period_s)
+        except StorageError as exc:
+            raise SearchError(str(exc)) from None
         seed = spec.seed if spec.storage is None else spec.seed + os.getpid()  # processes explore differently
         try:
             self.study = optuna.create_study(
@@ -252,15 +235,19 @@ class _Search:
     def progress(self, message: str = "") -> SearchProgress:
         return SearchProgress(self.unique_completed(), self.spec.n_trials, self.best_quality(), message)
 
-    def budget_left(self) -> bool:
+    def budget_state(self) -> str:
+        """``run`` another trial, ``wait`` (the budget is taken by trials running elsewhere, which
+        may finish or turn out stale), or ``done``."""
         if self.spec.timeout_s is not None and time.monotonic() - self.started >= self.spec.timeout_s:
-            return False
+            return "done"
         trials = self.study.get_trials(deepcopy=False)
         done = sum(1 for t in trials if t.state is TrialState.COMPLETE and not t.user_attrs.get("cached"))
         running = sum(1 for t in trials if t.state is TrialState.RUNNING)
-        hard_cap = 4 * self.spec.n_trials + 10  # repeats and failures cannot loop forever
         seen = {_key(_assignment_of(t, self.space, self.graph)) for t in trials if t.state is TrialState.COMPLETE}
-        return done + running < self.spec.n_trials and len(trials) < hard_cap and len(seen) < self.space.size
+        hard_cap = 4 * self.spec.n_trials + 10  # repeats and failures cannot loop forever
+        if done >= self.spec.n_trials or len(trials) >= hard_cap or len(seen) >= self.space.size:
+            return "done"
+        return "run" if done + running < self.spec.n_trials else "wait"
 
     def enqueue(self, free_assignments: list[dict[str, str]], source: str) -> None:
         for free in free_assignments:
@@ -293,7 +280,8 @@ class _Search:
         assignment = {fqn: {**self.space.pinned, **free}[fqn] for fqn in self.graph.fqns}
         costs = model_costs(self.spec.cost_objectives, self.profile, self.graph, assignment)
         trial.set_user_attr("source", trial.user_attrs.get("source", "sampler"))
-        previous = next((t for t in self.completed() if _key(t.params) == _key(free) and t.number != trial.number), None)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        previous = self._claim(trial, free)
         if previous is not None:
             trial.set_user_attr("cached", True)
             trial.set_user_attr("duration_s", 0.0)
@@ -319,6 +307,28 @@ class _Search:
         self._constraint(trial, run.quality, fp32)
         return (run.quality, *costs.values())
 
+    def _claim(self, trial: optuna.Trial, free: Mapping[str, str]) -> FrozenTrial | None:
+        """Make sure no two trials train the same assignment, across processes.
+
+        Returns the completed trial to reuse, or None once this trial holds the claim.  A RUNNING
+        twin that already claimed it, or has a lower number (both suggested before either checked),
+        wins: this trial is pruned as a duplicate.  The claim is a user attribute set right after
+        the check, so the remaining race window is that gap (milliseconds), not a whole trial.
+        """
+        key = _key(free)
+        twins = [
+            t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+            if t.number != trial.number and _key(t.params) == key and not t.user_attrs.get("cached")
+        ]
+        done = next((t for t in twins if t.state is TrialState.COMPLETE), None)
+        if done is not None:
+            return done
+        if any(t.user_attrs.get("claimed") or t.number < trial.number for t in twins):
+            trial.set_user_attr("duplicate_of", min(t.number for t in twins))
+            raise optuna.TrialPruned("the same assignment is being trained by another trial")
+        trial.set_user_attr("claimed", True)
+        return None
+
     def _constraint(self, trial: optuna.Trial, quality: float, fp32: float) -> None:
         if self.spec.max_quality_drop is None:
             return
@@ -328,18 +338,43 @@ class _Search:
     def objective(self, trial: optuna.Trial, fp32: float) -> tuple[float, ...]:
         try:
             return self.evaluate(trial, fp32)
+        except optuna.TrialPruned:
+            raise
         except Exception as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:2000])
             log.warning("trial %d failed: %s", trial.number, exc)
             raise
 
+    def fail_stale_trials(self) -> None:
+        """Mark trials of dead processes FAIL; the storage's callback re-enqueues their params."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)
+            self._fail_trials_without_heartbeat()
+
+    def _fail_trials_without_heartbeat(self) -> None:
+        """Optuna skips RUNNING trials that never recorded a heartbeat (a process killed between
+        ``ask`` and its heartbeat thread's first beat): they would stay RUNNING forever.  Our
+        objective stamps ``worker`` right after the first beat, so a RUNNING trial without it,
+        older than the grace period, died in that gap: fail it and retry its parameters."""
+        if self.storage is None:
+            return
+        now = datetime.now()
+        grace = timedelta(seconds=self.spec.grace_period_s)
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if "worker" in t.user_attrs or t.datetime_start is None or now - t.datetime_start <= grace:
+                continue
+            try:
+                if self.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                    RetryHeartbeatStaleTrialCallback(max_retry=self.spec.max_retries)(self.study, t)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+
     def step(self, fp32: float) -> None:
         """Run one trial.  ``study.optimize(n_trials=1)`` rather than ask/tell: it brings the
         heartbeat thread and the failure boundary (a failing trial is recorded FAIL, the loop goes
         on), as in optuna's own ``_run_trial``."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(self.study)
+        self.fail_stale_trials()
         self.study.optimize(
             lambda t: self.objective(t, fp32), n_trials=1, catch=(Exception,), callbacks=[self._after_optimize_trial]
         )
@@ -355,7 +390,14 @@ class _Search:
             self.enqueue(baseline_assignments(self.space), "baseline")
         if self.spec.seed_with_sensitivity:
             self.enqueue(sensitivity_assignments(self.space), "sensitivity")
-        while self.budget_left() and not self.should_stop():
+        while not self.should_stop():
+            state = self.budget_state()
+            if state == "done":
+                break
+            if state == "wait":
+                time.sleep(min(1.0, self.spec.heartbeat_interval_s))
+                self.fail_stale_trials()
+                continue
             self.step(fp32)
             self.maybe_enqueue_greedy()
         if not self.should_stop():
@@ -373,20 +415,29 @@ class _Search:
         """Extra seeds for the current front candidates (noise-aware reporting)."""
         if self.spec.reevaluate_front == 0:
             return
-        for point in pareto_front(self.outcomes(), self.workload.higher_is_better):
-            key = f"{_ATTR_REEVAL}{point.number}"
-            if key in self.study.user_attrs or self.should_stop():
+        # a point's mean can fall below one that was dominated before; repeat until every
+        # member of the (mean-based) front has its extra seeds, at most a few rounds
+        for _ in range(4):
+            todo = [
+                p for p in pareto_front(self.outcomes(), self.workload.higher_is_better)
+                if f"{_ATTR_REEVAL}{p.number}" not in self.study.user_attrs
+            ]
+            if not todo or self.should_stop():
+                return
+            for point in todo:
+                self._reevaluate(point)
+
+    def _reevaluate(self, point: TrialOutcome) -> None:
+        qualities = []
+        for k in range(1, self.spec.reevaluate_front + 1):
+            seed = self.spec.seed + 1000 * k
+            if self.evaluator is not None:
+                qualities.append(float(self.evaluator(point.assignment, seed)))
                 continue
-            qualities = []
-            for k in range(1, self.spec.reevaluate_front + 1):
-                seed = self.spec.seed + 1000 * k
-                if self.evaluator is not None:
-                    qualities.append(float(self.evaluator(point.assignment, seed)))
-                    continue
-                run = run_trial(self.workload, point.assignment, qat_steps=self.spec.qat_steps, seed=seed,
-                                device=self.spec.device)
-                qualities.append(run.quality)
-            self.study.set_user_attr(key, qualities)
+            run = run_trial(self.workload, point.assignment, qat_steps=self.spec.qat_steps, seed=seed,
+                            device=self.spec.device)
+            qualities.append(run.quality)
+        self.study.set_user_attr(f"{_ATTR_REEVAL}{point.number}", qualities)
 
     def result(self, fp32: float) -> SearchResult:
         outcomes = self.outcomes()

@@ -1,0 +1,239 @@
+"""The Optuna search: seeding, cache, constraint, front, shared studies, crash recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from search import SearchError, SearchSpec, TrialOutcome, load_workload, pareto_front, run_search
+from search.runner import baseline_assignments, greedy_assignments, sensitivity_assignments
+from search.space import SearchSpace
+
+TINY = {"pretrain_steps": 30}
+
+
+def tiny_spec(**overrides: object) -> SearchSpec:
+    base: dict[str, object] = dict(
+        workload="digits", workload_options=TINY, n_trials=4, qat_steps=3, reevaluate_front=0,
+        seed_with_sensitivity=False,
+    )
+    base.update(overrides)
+    return SearchSpec(**base)  # type: ignore[arg-type]
+
+
+def outcome(number: int, quality: float, cost: float, feasible: bool = True, fmt: str = "int8") -> TrialOutcome:
+    return TrialOutcome(
+        number=number, assignment={"a": fmt, "b": str(number)}, quality=quality, quality_std=0.0, n_evaluations=1,
+        costs={"bitops": cost}, feasible=feasible, duration_s=0.0, source="sampler",
+    )
+
+
+# -- pure parts ----------------------------------------------------------------------------------
+
+
+def test_pareto_front_keeps_only_non_dominated_points() -> None:
+    points = [outcome(0, 0.9, 10), outcome(1, 0.8, 5), outcome(2, 0.85, 12), outcome(3, 0.95, 20), outcome(4, 0.8, 6)]
+    front = pareto_front(points, higher_is_better=True)
+    assert [p.number for p in front] == [1, 0, 3]
+
+
+def test_pareto_front_prefers_feasible_points() -> None:
+    points = [outcome(0, 0.99, 1, feasible=False), outcome(1, 0.9, 10), outcome(2, 0.8, 20)]
+    assert [p.number for p in pareto_front(points, higher_is_better=True)] == [1]
+
+
+def test_pareto_front_lower_is_better_metric() -> None:
+    points = [outcome(0, 0.5, 10), outcome(1, 0.2, 10), outcome(2, 0.9, 1)]
+    assert [p.number for p in pareto_front(points, higher_is_better=False)] == [2, 1]
+
+
+SPACE = SearchSpace(
+    choices={"b": ("int4", "int8", "fp16"), "c": ("int4", "int8", "fp16"), "d": ("int8", "fp16")},
+    pinned={"a": "int8", "e": "int8"}, pin_reasons={},
+)
+
+
+def test_baselines_only_where_every_free_layer_allows_the_format() -> None:
+    # d forbids int4 (e.g. a depthwise conv on the NPU profile): no all-int4 baseline
+    assert baseline_assignments(SPACE) == [{"b": "int8", "c": "int8", "d": "int8"}, {"b": "fp16", "c": "fp16", "d": "fp16"}]
+
+
+def test_sensitivity_sweep_flips_one_layer_at_a_time() -> None:
+    assert sensitivity_assignments(SPACE) == [
+        {"b": "int4", "c": "int8", "d": "int8"},
+        {"b": "int8", "c": "int4", "d": "int8"},
+    ]
+
+
+def test_greedy_flips_least_sensitive_per_cost_first() -> None:
+    space = SearchSpace(choices={k: ("int4", "int8") for k in "wxyz"}, pinned={}, pin_reasons={})
+    sensitivity = {"w": 0.5, "x": 0.01, "y": 0.2, "z": 0.02}
+    saving = {"w": 1.0, "x": 1.0, "y": 10.0, "z": 1.0}  # y saves a lot: 0.02 per unit
+    out = greedy_assignments(space, sensitivity, saving)
+    flipped = [sorted(k for k, v in a.items() if v == "int4") for a in out]
+    assert flipped == [["x", "y"], ["x", "y", "z"]]
+
+
+# -- with real (tiny) QAT -------------------------------------------------------------------------
+
+
+def test_search_seeds_baselines_and_reports_front() -> None:
+    seen: list[TrialOutcome] = []
+    result = run_search(tiny_spec(n_trials=4), on_trial=lambda o, p: seen.append(o))
+    assert [o.source for o in seen[:2]] == ["baseline", "baseline"]  # all-int8, int4 inside (fp16 third)
+    assert seen[0].assignment == {layer["fqn"]: "int8" for layer in result.layers}
+    inner = list(seen[1].assignment.values())
+    assert inner[0] == "int8" and inner[-1] == "int8" and set(inner[1:-1]) == {"int4"}
+    assert len([t for t in result.trials if not t.cached]) == 4
+    assert result.front and all(p.qconfig is not None for p in result.front)
+    assert result.pinned.keys() == {result.layers[0]["fqn"], result.layers[-1]["fqn"]}
+    # every front point dominates or equals each baseline it was seeded with, in at least one objective
+    baselines = [t for t in result.trials if t.source == "baseline"]
+    for b in baselines:
+        assert any(p.quality >= b.quality or p.costs["bitops"] <= b.costs["bitops"] for p in result.front)
+
+
+def test_same_assignment_is_never_trained_twice() -> None:
+    spec = tiny_spec(n_trials=3, formats=("int4", "int8"), seed_with_baselines=True)
+    result = run_search(spec)
+    keys = [json.dumps(t.assignment, sort_keys=True) for t in result.trials if not t.cached]
+    assert len(keys) == len(set(keys))
+
+
+def test_quality_constraint_marks_trials_infeasible() -> None:
+    for max_drop in (0.0, 1.0):
+        result = run_search(tiny_spec(n_trials=3, max_quality_drop=max_drop, qat_steps=0))
+        for t in result.trials:
+            assert t.feasible == (result.fp32_quality - t.quality <= max_drop), (max_drop, t)
+    # with a generous limit everything is feasible (the check above cannot pass vacuously)
+    assert all(t.feasible for t in result.trials)
+
+
+def test_front_reevaluation_reports_spread() -> None:
+    result = run_search(tiny_spec(n_trials=2, reevaluate_front=2, qat_steps=2))
+    assert all(p.n_evaluations == 3 for p in result.front)
+
+
+def test_bad_input_fails_before_training() -> None:
+    with pytest.raises(ValueError, match="formats"):
+        run_search(tiny_spec(profile="npu-int4", formats=("int4", "fp32")))
+    with pytest.raises(ValueError, match="nothing to search"):
+        run_search(tiny_spec(formats=("int8",)))
+    with pytest.raises(SearchError, match="storage"):
+        run_search(tiny_spec(storage="postgresql+psycopg://nobody@127.0.0.1:1/none"))
+    with pytest.raises(ValueError, match="workload"):
+        run_search(tiny_spec(workload="no-such-workload"))
+
+
+def test_spec_validation_names_the_field() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="n_trials"):
+        SearchSpec(workload="digits", n_trials=0)
+    with pytest.raises(ValidationError, match="format"):
+        SearchSpec(workload="digits", formats=("int3",))
+    with pytest.raises(ValidationError, match="unexpected|extra"):
+        SearchSpec(workload="digits", colour="blue")  # type: ignore[call-arg]
+
+
+# -- several processes on one study ----------------------------------------------------------------
+
+SEARCH_SCRIPT = """
+import sys, torch
+torch.set_num_threads(1)
+from search import SearchSpec, run_search
+storage, study, n, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+spec = SearchSpec(workload="digits", workload_options={"pretrain_steps": 30}, n_trials=n, qat_steps=steps,
+                  reevaluate_front=0, storage=storage, study_name=study, heartbeat_interval_s=1, grace_period_s=4)
+run_search(spec, on_trial=lambda o, p: print("trial", o.number, flush=True))
+"""
+
+
+def _spawn(storage: str, study: str, n: int, steps: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", SEARCH_SCRIPT, storage, study, str(n), str(steps)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+    )
+
+
+def _warm_cache() -> None:
+    load_workload("digits", TINY)  # pretrain once so the processes start together
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'study.db'}"
+    import uuid
+
+    import psycopg
+
+    name = f"mixq_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 unreachable: {exc}")
+
+    def drop() -> None:
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    request.addfinalizer(drop)
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+
+def test_two_processes_share_the_budget_without_duplicates(storage_url: str) -> None:
+    _warm_cache()
+    n = 8
+    procs = [_spawn(storage_url, "shared", n, 10) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    study = optuna.load_study(study_name="shared", storage=storage_url)
+    done = [t for t in study.trials if t.state is TrialState.COMPLETE and not t.user_attrs.get("cached")]
+    assert len(done) == n
+    params = [json.dumps(t.params, sort_keys=True) for t in done]
+    assert len(set(params)) == len(params), "an assignment was trained twice"
+    workers = {t.user_attrs["worker"] for t in done}
+    assert len(workers) == 2, f"one process did all the work: {workers}"
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_killed_process_trial_is_retried_with_same_params(storage_url: str) -> None:
+    _warm_cache()
+    victim = _spawn(storage_url, "crash", 3, 100_000)  # its first trial runs for minutes
+    deadline = time.monotonic() + 120
+    running = []
+    while time.monotonic() < deadline and not running:
+        time.sleep(0.5)
+        try:
+            study = optuna.load_study(study_name="crash", storage=storage_url)
+            running = study.get_trials(states=(TrialState.RUNNING,))
+        except KeyError:
+            continue
+    assert running, "the victim never started a trial"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    killed = running[0]
+
+    # the retry is queued behind the seeded trials: give the survivor a budget that reaches it
+    survivor = _spawn(storage_url, "crash", 8, 5)
+    out, err = survivor.communicate(timeout=300)
+    assert survivor.returncode == 0, err[-2000:]
+    study = optuna.load_study(study_name="crash", storage=storage_url)
+    trials = {t.number: t for t in study.trials}
+    assert trials[killed.number].state is TrialState.FAIL
+    retries = [t for t in study.trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed.number]
+    assert retries and retries[0].params == killed.params
+    assert retries[0].state is TrialState.COMPLETE
+    assert not study.get_trials(states=(TrialState.RUNNING,))
