@@ -12,8 +12,8 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
-from fastapi import APIRouter, HTTPException
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import FileResponse, Response
 
 router = APIRouter(include_in_schema=False)
 
@@ -29,7 +29,6 @@ _ASSETS: dict[str, tuple[Path, str]] = {
     "compare.js": (_STATIC_DIR / "compare.js", "text/javascript"),
     "dashboard.css": (_STATIC_DIR / "dashboard.css", "text/css"),
 }
-_ASSET_MAX_AGE_S = 3600
 
 
 def _page(name: str) -> FileResponse:
@@ -56,9 +55,15 @@ def compare_page(job_id: str) -> FileResponse:
 
 
 @router.get("/static/{name}")
-def static_asset(name: str) -> FileResponse:
+def static_asset(name: str, request: Request) -> Response:
+    """A listed asset, revalidated on every use (ETag, 304) so a new release is picked up at once
+    while Plotly's 4.8 MB are not sent again."""
     asset = _ASSETS.get(name)
     if asset is None:
         raise HTTPException(status_code=404, detail=f"no static asset {name!r}")
     path, media_type = asset
-    return FileResponse(path, media_type=media_type, headers={"Cache-Control": f"max-age={_ASSET_MAX_AGE_S}"})
+    stat = path.stat()
+    headers = {"Cache-Control": "no-cache", "ETag": f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'}
+    if request.headers.get("if-none-match") == headers["ETag"]:
+        return Response(status_code=304, headers=headers)
+    return FileResponse(path, media_type=media_type, headers=headers)

@@ -57,6 +57,15 @@ def test_plotly_comes_from_the_installed_package(client: TestClient) -> None:
     assert "plotly.js v" in response.text[:200]
 
 
+def test_assets_are_revalidated_not_resent(client: TestClient) -> None:
+    first = client.get("/static/plotly.min.js")
+    assert first.headers["cache-control"] == "no-cache"
+    again = client.get("/static/plotly.min.js", headers={"If-None-Match": first.headers["etag"]})
+    assert again.status_code == 304
+    assert again.content == b""
+    assert client.get("/static/plotly.min.js", headers={"If-None-Match": '"stale"'}).status_code == 200
+
+
 def test_nothing_is_loaded_from_the_network() -> None:
     for path in [*STATIC.glob("*.html"), *STATIC.glob("*.js"), *STATIC.glob("*.css")]:
         text = path.read_text()
