@@ -394,7 +394,7 @@ def _conv_bn_pairs_sequential(model: nn.Module) -> list[tuple[str, str]]:
         if not isinstance(module, nn.Sequential):
             continue
         children = list(module.named_children())
-        for (a_name, a), (b_name, b) in zip(children, children[1:]):
+        for (a_name, a), (b_name, b) in zip(children, children[1:], strict=False):
             if isinstance(a, (nn.Conv1d, nn.Conv2d, nn.Linear)) and isinstance(b, nn.modules.batchnorm._BatchNorm):
                 prefix = f"{name}." if name else ""
                 pairs.append((prefix + a_name, prefix + b_name))

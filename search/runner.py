@@ -22,7 +22,6 @@ trial FAIL and re-enqueue the same parameters (bounded retries).
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
 import logging
 import os
 import socket
@@ -30,6 +29,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import optuna
@@ -41,8 +41,8 @@ from search.layers import LayerGraph, discover_layers
 from search.profiles import TargetProfile, load_profile
 from search.qconfig import QualityReport, build_qconfig
 from search.space import SearchSpace, build_space
-from search.storage import StorageError, open_storage
 from search.spec import SamplerName, SearchProgress, SearchResult, SearchSpec, TrialOutcome
+from search.storage import StorageError, open_storage
 from search.train import fp32_quality, run_trial
 from search.workloads import Workload, load_workload
 
@@ -141,7 +141,7 @@ def _outcome(
 ) -> TrialOutcome:
     assert trial.values is not None
     qualities = [trial.values[0], *reevals]
-    costs = {str(o): float(v) for o, v in zip(spec.cost_objectives, trial.values[1:])}
+    costs = {str(o): float(v) for o, v in zip(spec.cost_objectives, trial.values[1:], strict=True)}
     feasible = all(c <= 0.0 for c in trial.constraints.values())
     qconfig = trial.user_attrs.get("qconfig")
     return TrialOutcome(
@@ -175,7 +175,7 @@ def pareto_front(outcomes: Sequence[TrialOutcome], higher_is_better: bool) -> li
     for o in pool:
         v = vec(o)
         dominated = any(
-            all(a <= b for a, b in zip(vec(p), v)) and any(a < b for a, b in zip(vec(p), v)) for p in pool if p is not o
+            all(a <= b for a, b in zip(vec(p), v, strict=True)) and any(a < b for a, b in zip(vec(p), v, strict=True)) for p in pool if p is not o
         )
         if not dominated:
             front.append(o)

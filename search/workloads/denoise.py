@@ -58,7 +58,7 @@ def _patches(image: Tensor, size: int, batch_size: int, gen: torch.Generator) ->
     while True:
         ys = torch.randint(0, h - size + 1, (batch_size,), generator=gen).tolist()
         xs = torch.randint(0, w - size + 1, (batch_size,), generator=gen).tolist()
-        clean = torch.stack([image[y : y + size, x : x + size] for y, x in zip(ys, xs)]).unsqueeze(1)
+        clean = torch.stack([image[y : y + size, x : x + size] for y, x in zip(ys, xs, strict=True)]).unsqueeze(1)
         yield add_noise(clean, gen), clean  # (B, 1, size, size) each
 
 
