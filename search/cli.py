@@ -129,6 +129,7 @@ def search_command(
     workload_option: Annotated[list[str], typer.Option(help="KEY=VALUE passed to the workload factory")] = [],  # noqa: B006
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "cpu",
     out: Annotated[Path, typer.Option(help="output folder")] = Path("mixq-out"),
+    save_weights: Annotated[bool, typer.Option(help="keep each trial's trained weights in OUT/weights (for mixq export)")] = True,
 ) -> None:
     """Search per-layer int4/int8/fp16 maps; write the Pareto front, plots and qconfig JSON files."""
     from search.runner import SearchError, run_search
@@ -147,7 +148,7 @@ def search_command(
             pin_first_last=None if pin_first_last == "free" else pin_first_last, pins=tuple(pins),
             cost_objectives=tuple(cost), max_quality_drop=max_quality_drop, n_trials=trials, timeout_s=timeout_s,
             qat_steps=qat_steps, seed=seed, sampler=sampler, reevaluate_front=reevaluate, storage=storage,
-            study_name=study_name, device=device,
+            study_name=study_name, device=device, weights_dir=str(out / "weights") if save_weights else None,
         )
     except ValidationError as err:
         first = err.errors()[0]
@@ -179,6 +180,8 @@ def search_command(
     paths = write_outputs(result, out)
     console.print(f"front table: {paths['table']}\nplot: {paths['png']} and {paths['html']}")
     console.print(f"qconfig files ({len(result.front)}): {out / 'qconfig'}")
+    if save_weights:
+        console.print(f"trained weights: {out / 'weights'}/trial-N.pt  (mixq export --qconfig ... --weights ...)")
 
 
 def export_command(

@@ -22,6 +22,7 @@ trial FAIL and re-enqueue the same parameters (bounded retries).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import logging
 import os
 import socket
@@ -43,7 +44,7 @@ from search.qconfig import QualityReport, build_qconfig
 from search.space import SearchSpace, build_space
 from search.spec import SamplerName, SearchProgress, SearchResult, SearchSpec, TrialOutcome
 from search.storage import StorageError, open_storage
-from search.train import fp32_quality, run_trial
+from search.train import fp32_quality, run_trial, save_state_dict
 from search.workloads import Workload, load_workload
 
 log = logging.getLogger("mixq.search")
@@ -303,6 +304,8 @@ class _Search:
             costs=costs, workload=self.spec.workload, study_name=self.spec.study_name, trial_number=trial.number,
         )
         trial.set_user_attr("qconfig", qconfig.model_dump_json())
+        if self.spec.weights_dir is not None:
+            save_state_dict(run.model, Path(self.spec.weights_dir) / f"trial-{trial.number}.pt")
         trial.set_user_attr("duration_s", run.duration_s)
         self._constraint(trial, run.quality, fp32)
         return (run.quality, *costs.values())
@@ -380,7 +383,7 @@ class _Search:
         )
 
     def _after_optimize_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.state is TrialState.COMPLETE and self.on_trial is not None:
+        if trial.state is TrialState.COMPLETE and self.on_trial is not None and not trial.user_attrs.get("cached"):
             self.on_trial(_outcome(trial, self.space, self.graph, self.spec), self.progress())
 
     # -- main loop ---------------------------------------------------------------------------
@@ -405,10 +408,12 @@ class _Search:
         return self.result(fp32)
 
     def outcomes(self) -> list[TrialOutcome]:
+        """One outcome per trained trial; repeats served from the cache are not evaluations."""
         attrs = self.study.user_attrs
         return [
             _outcome(t, self.space, self.graph, self.spec, attrs.get(f"{_ATTR_REEVAL}{t.number}", ()))
             for t in self.completed()
+            if not t.user_attrs.get("cached")
         ]
 
     def reevaluate_front(self, fp32: float) -> None:

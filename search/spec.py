@@ -71,6 +71,7 @@ class SearchSpec(BaseModel):
     max_retries: int = Field(default=2, ge=0, le=10, description="retries of a trial whose process died")
     heartbeat_interval_s: int = Field(default=5, ge=1, le=600, description="RDB storage: trial heartbeat period")
     grace_period_s: int = Field(default=20, ge=2, le=3600, description="RDB storage: a trial silent this long is stale")
+    weights_dir: str | None = Field(default=None, description="save each trained trial's state dict here (trial-N.pt)")
     device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?|auto)$")
 
     @field_validator("formats")

@@ -7,6 +7,7 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -92,3 +93,16 @@ def run_trial(
 def fp32_quality(workload: Workload, device: str = "cpu") -> float:
     model = copy.deepcopy(workload.model).to(resolve_device(device)).eval()
     return float(workload.evaluate(model))
+
+
+def save_state_dict(model: nn.Module, path: Path) -> Path:
+    """Trained weights and quantizer state, atomically (workers may share the folder)."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, path)
+    return path

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from search.train import save_state_dict
 
 
 def cache_dir() -> Path:
@@ -36,9 +37,6 @@ def cached_pretrained(
             model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
             return model.eval()
         trained = train()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(trained.state_dict(), tmp)
-    os.replace(tmp, path)
+    save_state_dict(trained, path)
     model.load_state_dict(trained.state_dict())
     return model.eval()
