@@ -10,9 +10,10 @@ Run from the repository root::
 How it measures: every variant gets its own copy of the pretrained model and its own Adam optimizer,
 all see the same pre-drawn batches.  Rounds alternate the variants (the order rotates every round);
 each round runs ``--steps-per-round`` timed steps of each.  The step is what ``search.train.qat_train``
-does: forward, loss, ``float(loss)``, zero_grad, backward, Adam step.  Reported: the median step time
-of each variant, the ratio of medians, and the spread (25th-75th percentile) of the per-round ratios.
-One thread (``torch.set_num_threads(1)``).
+does: forward, loss, ``float(loss)``, zero_grad, backward, Adam step.  Each step records the process's
+CPU time (``time.process_time``: robust on a shared machine, where wall time includes time spent
+descheduled) and wall time.  Reported: the median step time of each variant, the ratio of medians,
+and the spread (25th-75th percentile) of the per-round ratios.  One thread (``torch.set_num_threads(1)``).
 
 What each route quantizes:
 
@@ -181,28 +182,31 @@ class Trainer:
     model: nn.Module
     loss_fn: Callable[[Tensor, Tensor], Tensor]
     lr: float
-    times_s: list[float] = field(default_factory=list)
+    times_s: list[float] = field(default_factory=list)  # wall clock per step
+    cpu_s: list[float] = field(default_factory=list)  # this process's CPU time per step
 
     def __post_init__(self) -> None:
         self.opt = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=self.lr)
 
     def step(self, batch: Batch) -> float:
         inputs, target = batch
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         loss = self.loss_fn(self.model(inputs), target)
         value = float(loss.detach())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         self.times_s.append(time.perf_counter() - start)
+        self.cpu_s.append(time.process_time() - start_cpu)
         return value
 
 
 @dataclass
 class StepTiming:
     workload: str
-    median_ms: dict[str, float]
-    round_ratios: dict[tuple[str, str], list[float]]  # (variant, reference) -> per-round ratio of medians
+    median_ms: dict[str, float]  # wall clock
+    median_cpu_ms: dict[str, float]  # process CPU time: what the step costs, less the time spent descheduled
+    round_ratios: dict[tuple[str, str], list[float]]  # (variant, reference) -> per-round ratio of CPU medians
     steps_per_variant: int
 
 
@@ -225,6 +229,7 @@ def time_steps(name: str, rounds: int, steps_per_round: int, warmup: int) -> Ste
         for i in range(warmup):
             trainer.step(batches[i % len(batches)])
         trainer.times_s.clear()
+        trainer.cpu_s.clear()
 
     per_round: list[dict[str, float]] = []
     order = list(VARIANTS)
@@ -233,31 +238,33 @@ def time_steps(name: str, rounds: int, steps_per_round: int, warmup: int) -> Ste
         medians = {}
         for variant in order:
             trainer = trainers[variant]
-            start = len(trainer.times_s)
+            start = len(trainer.cpu_s)
             for i in range(steps_per_round):
                 trainer.step(batches[(r * steps_per_round + i) % len(batches)])
-            medians[variant] = statistics.median(trainer.times_s[start:])
+            medians[variant] = statistics.median(trainer.cpu_s[start:])
         per_round.append(medians)
     pairs = [(v, "fp32") for v in VARIANTS[1:]] + [("FX", "mixq"), ("PT2E", "mixq"), ("mixq", "fp32 (BN folded)")]
     return StepTiming(
         workload=name,
         median_ms={v: 1e3 * statistics.median(t.times_s) for v, t in trainers.items()},
+        median_cpu_ms={v: 1e3 * statistics.median(t.cpu_s) for v, t in trainers.items()},
         round_ratios={(a, b): [m[a] / m[b] for m in per_round] for a, b in pairs},
         steps_per_variant=rounds * steps_per_round,
     )
 
 
-def time_trials(repeats: int, qat_steps: int) -> list[float]:
-    """Wall time of ``run_trial`` on digits (copy, apply, calibrate, QAT, evaluate), seconds."""
+def time_trials(repeats: int, qat_steps: int) -> tuple[list[float], list[float]]:
+    """(wall, CPU) seconds of ``run_trial`` on digits (copy, apply, calibrate, QAT, evaluate)."""
     workload = load_workload("digits")
     assignment = inside_int4_map(workload)
     run_trial(workload, assignment, qat_steps=qat_steps, seed=0)  # warm-up (first-call overheads)
-    times = []
+    wall, cpu = [], []
     for seed in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         run_trial(workload, assignment, qat_steps=qat_steps, seed=seed)
-        times.append(time.perf_counter() - start)
-    return times
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,11 +279,14 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
     return q[0], q[2]
 
 
-def render(timings: list[StepTiming], trial_times_s: list[float], trial_steps: int) -> str:
+def render(timings: list[StepTiming], trial_wall_s: list[float], trial_cpu_s: list[float], trial_steps: int) -> str:
     step_rows = []
     for t in timings:
         for v in VARIANTS:
-            step_rows.append([t.workload, v, f"{t.median_ms[v]:.2f}", f"{t.median_ms[v] / t.median_ms['fp32']:.2f}"])
+            step_rows.append([
+                t.workload, v, f"{t.median_cpu_ms[v]:.2f}", f"{t.median_cpu_ms[v] / t.median_cpu_ms['fp32']:.2f}",
+                f"{t.median_ms[v]:.2f}", f"{t.median_ms[v] / t.median_ms['fp32']:.2f}",
+            ])
     ratio_rows = []
     labels = {
         ("mixq", "fp32"): "mixq / fp32", ("FX", "fp32"): "FX / fp32", ("PT2E", "fp32"): "PT2E / fp32",
@@ -288,35 +298,40 @@ def render(timings: list[StepTiming], trial_times_s: list[float], trial_steps: i
     }
     for t in timings:
         for pair, label in labels.items():
-            ratio = t.median_ms[pair[0]] / t.median_ms[pair[1]]
+            ratio = t.median_cpu_ms[pair[0]] / t.median_cpu_ms[pair[1]]
             lo, hi = _quartiles(t.round_ratios[pair])
-            ratio_rows.append([t.workload, label, f"{ratio:.2f}", f"{lo:.2f}-{hi:.2f}", targets.get(pair, "")])
-    med = statistics.median(trial_times_s)
+            wall = t.median_ms[pair[0]] / t.median_ms[pair[1]]
+            ratio_rows.append([t.workload, label, f"{ratio:.2f}", f"{lo:.2f}-{hi:.2f}", f"{wall:.2f}", targets.get(pair, "")])
     n_steps = {t.workload: t.steps_per_variant for t in timings}
+    trial_row = [len(trial_wall_s)]
+    for values in (trial_cpu_s, trial_wall_s):
+        trial_row += [f"{statistics.median(values):.2f}", f"{min(values):.2f}-{max(values):.2f}"]
     return "\n".join([
         "## QAT step time",
         "",
         "Per-layer map: int8 first and last layer, int4 inside (mixq's default).  Steps timed per variant: "
         + ", ".join(f"{k} {v}" for k, v in n_steps.items())
-        + ".  digits: `DigitsCNN`, batch 64 of 1x8x8; denoise: `DnCNN` depth 6 width 32, batch 16 of 1x40x40.",
+        + ".  digits: `DigitsCNN`, batch 64 of 1x8x8; denoise: `DnCNN` depth 6 width 32, batch 16 of 1x40x40.  "
+        "CPU = this process's CPU time per step (`time.process_time`), the primary measure on a shared "
+        "machine (time spent descheduled does not count); wall = `time.perf_counter`.",
         "",
-        markdown_table(["workload", "variant", "median step (ms)", "x fp32"], step_rows),
+        markdown_table(
+            ["workload", "variant", "median CPU (ms)", "CPU x fp32", "median wall (ms)", "wall x fp32"], step_rows
+        ),
         "",
         "## Ratios",
         "",
-        "Ratio of median step times; the range is the 25th-75th percentile of the per-round ratios.",
+        ("Ratio of median CPU step times; IQR = 25th-75th percentile of the per-round CPU ratios; the wall-clock "
+        "ratio of medians alongside."),
         "",
-        markdown_table(["workload", "ratio", "value", "per-round IQR", "target"], ratio_rows),
+        markdown_table(["workload", "ratio", "CPU", "per-round IQR", "wall", "target"], ratio_rows),
         "",
         "## One short digits trial",
         "",
         (f"`search.run_trial` on digits (deep copy, apply the map, calibrate, {trial_steps} QAT steps, evaluate), "
-        "one thread, after one warm-up trial; target: about 1 s."),
+         "one thread, after one warm-up trial; target: about 1 s."),
         "",
-        markdown_table(
-            ["trials", "median (s)", "min (s)", "max (s)"],
-            [[len(trial_times_s), f"{med:.2f}", f"{min(trial_times_s):.2f}", f"{max(trial_times_s):.2f}"]],
-        ),
+        markdown_table(["trials", "median CPU (s)", "CPU range (s)", "median wall (s)", "wall range (s)"], [trial_row]),
     ])
 
 
@@ -338,10 +353,10 @@ def main() -> None:
         steps = args.steps_per_round if name == "digits" else max(args.steps_per_round // 2, 1)
         timings.append(time_steps(name, rounds, steps, args.warmup))
     trial_steps = 200
-    trial_times = time_trials(args.trials, trial_steps)
+    trial_wall, trial_cpu = time_trials(args.trials, trial_steps)
     write_report(
         "qat_step" if not args.quick else "qat_step_quick", "QAT step time: mixq vs fp32, torch.ao FX, torchao PT2E",
-        render(timings, trial_times, trial_steps),
+        render(timings, trial_wall, trial_cpu, trial_steps),
     )
 
 
