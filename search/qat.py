@@ -59,16 +59,40 @@ def dequantize(q: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
 
 
 class _FakeQuantSTE(torch.autograd.Function):
+    """Fake quant with the straight-through gradient, zero outside the clamp range.
+
+    Written as few in-place ops on one temporary (dispatch overhead dominates on small layers):
+    the same float operations in the same order as :func:`quantize` / :func:`dequantize`."""
+
     @staticmethod
-    def forward(ctx: Any, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
-        unclamped = torch.round(x / scale) + zero_point
-        ctx.save_for_backward((unclamped >= qmin) & (unclamped <= qmax))
-        return (torch.clamp(unclamped, qmin, qmax) - zero_point) * scale
+    def forward(ctx: Any, x: Tensor, scale: Tensor, zero_point: Tensor | float, qmin: int, qmax: int) -> Tensor:
+        zp = float(zero_point)
+        r = torch.div(x, scale).round_()
+        if zp:
+            r.add_(zp)
+        q = r.clamp(qmin, qmax)
+        ctx.save_for_backward(q == r)  # inside the range
+        if zp:
+            q.sub_(zp)
+        return q.mul_(scale)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         (inside,) = ctx.saved_tensors
         return grad * inside, None, None, None, None
+
+
+class _RoundSTE(torch.autograd.Function):
+    """Symmetric fake quant (zero point 0) with an identity gradient, for weights (max-|w| scales:
+    the clamp never binds) and int32 biases (it binds only for dead channels)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: Tensor, qmin: int, qmax: int) -> Tensor:
+        return torch.div(x, scale).round_().clamp_(qmin, qmax).mul_(scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        return grad, None, None, None
 
 
 class _FakeQuantLSQ(torch.autograd.Function):
@@ -133,8 +157,11 @@ class WeightQuantizer(nn.Module):
             return weight
         if not self.fmt.is_int:
             return round_fp16(weight)
+        return self.fake_quant(weight, self.scale(weight))
+
+    def fake_quant(self, weight: Tensor, scale: Tensor) -> Tensor:
         qmin, qmax = self.fmt.weight_range()
-        return _FakeQuantSTE.apply(weight, self.scale(weight), weight.new_zeros(()), qmin, qmax)
+        return _RoundSTE.apply(weight, scale, qmin, qmax)
 
     def extra_repr(self) -> str:
         return f"{self.fmt.name}, per_channel(axis={self.axis}), symmetric"
@@ -165,11 +192,12 @@ class ActivationQuantizer(nn.Module):
             self.register_buffer("scale", torch.ones(1))
         self.register_buffer("initialized", torch.tensor(False))
         self.calibrating = False
+        self._ready = False  # mirror of ``initialized`` (a buffer read costs a tensor op per step)
 
     # -- range estimation -------------------------------------------------------------------
     def _observe(self, x: Tensor, momentum: float | None) -> None:
         lo, hi = torch.aminmax(x.detach())
-        if momentum is None or not bool(self.initialized):
+        if momentum is None or not self.is_ready():
             self.min_val.copy_(torch.minimum(self.min_val, lo))
             self.max_val.copy_(torch.maximum(self.max_val, hi))
         else:
@@ -189,7 +217,14 @@ class ActivationQuantizer(nn.Module):
         with torch.no_grad():
             self.scale.fill_(scale)
             self.zero_point.fill_(zero_point)
-        self.initialized.fill_(True)
+        if not self._ready:
+            self.initialized.fill_(True)
+            self._ready = True
+
+    def is_ready(self) -> bool:
+        if not self._ready and bool(self.initialized):  # e.g. loaded from a state dict
+            self._ready = True
+        return self._ready
 
     @property
     def signed_input(self) -> bool:
@@ -210,7 +245,7 @@ class ActivationQuantizer(nn.Module):
         if self.calibrating:
             self._observe(x, momentum=None)
             return x
-        if not bool(self.initialized):
+        if not self.is_ready():
             self._observe(x, momentum=None)
             self._refresh_qparams()
         elif self.training and self.method is RangeMethod.MINMAX:
@@ -253,21 +288,27 @@ class FakeQuantMixin:
 
     def quantized_operands(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         xq = self.input_quant(x)
-        wq = self.weight_quant(self.weight)
+        fmt = self.layer_format
         bias = self.bias
-        int_layer = self.layer_format.weight.is_int and self.layer_format.activation.is_int
+        if not fmt.weight.is_int:
+            wq = self.weight_quant(self.weight)
+            if bias is not None and not fmt.weight.is_identity:
+                bias = round_fp16(bias)
+            return xq, wq, bias
+        s_w = self.weight_quant.scale(self.weight)  # (C_out, 1, ...) computed once for weight and bias
+        wq = self.weight_quant.fake_quant(self.weight, s_w)
         # while calibrating the input is not quantized and has no scale yet, so the bias stays float
-        if bias is not None and int_layer and not self.input_quant.calibrating:
-            bias = _FakeQuantSTE.apply(bias, self.bias_scale(), bias.new_zeros(()), *INT32_RANGE)
-        elif bias is not None and not self.layer_format.weight.is_identity:
-            bias = round_fp16(bias) if not self.layer_format.weight.is_int else bias
+        if bias is not None and fmt.activation.is_int and not self.input_quant.calibrating:
+            bias = _RoundSTE.apply(bias, self._bias_scale(s_w), *INT32_RANGE)
         return xq, wq, bias
+
+    def _bias_scale(self, s_w: Tensor) -> Tensor:
+        s_in, _ = self.input_quant.qparams()
+        return s_w.reshape(-1) * s_in  # float32 product, as the exported DequantizeLinear scale
 
     def bias_scale(self) -> Tensor:
         """int32 bias scale per output channel: s_input * s_weight[c], shape (C_out,)."""
-        s_in, _ = self.input_quant.qparams()
-        s_w = self.weight_quant.scale(self.weight).reshape(-1)
-        return (torch.tensor(s_in, dtype=s_w.dtype, device=s_w.device) * s_w).detach()
+        return self._bias_scale(self.weight_quant.scale(self.weight)).detach()
 
 
 class FakeQuantConv1d(FakeQuantMixin, nn.Conv1d):
