@@ -168,8 +168,10 @@ def search_command(
 
         def on_trial(outcome: TrialOutcome, progress: SearchProgress) -> None:
             best = f"best {wl.metric} {progress.best_quality:.4f}" if progress.best_quality is not None else ""
-            bar.update(task, completed=min(progress.finished, progress.total),
-                       best=f"{best}  last: #{outcome.number} {outcome.quality:.4f} ({outcome.source})")
+            last = f"last: #{outcome.number} {outcome.quality:.4f} ({outcome.source})"
+            bar.update(task, completed=min(progress.finished, progress.total), best=f"{best}  {last}")
+            if not console.is_terminal:  # a log file gets one line per trial instead of a live bar
+                console.print(f"trial {progress.finished}/{progress.total}  {best}  {last}")
 
         try:
             result = run_search(spec, workload=wl, on_trial=on_trial)
