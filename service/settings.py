@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
+        self.data_dir.mkdir(parents=True, exist_ok=True)  # a fresh machine has no data folder yet
         return f"sqlite:///{(self.data_dir / 'mixq.db').resolve()}"
 
     @property
