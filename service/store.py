@@ -138,7 +138,7 @@ def claim_queued_job(session: Session) -> int | None:
 
 
 def running_job_to_join(session: Session, stale_before: datetime) -> int | None:
-    """A running job whose budget is not used up, the one with the fewest live workers first."""
+    """A running job whose budget is not used up and that has started trials, fewest live workers first."""
     live = (
         select(WorkerRow.job_id, func.count().label("n"))
         .where(WorkerRow.heartbeat_at >= stale_before, WorkerRow.job_id.is_not(None))
@@ -155,7 +155,13 @@ def running_job_to_join(session: Session, stale_before: datetime) -> int | None:
         select(Job.id)
         .outerjoin(live, live.c.job_id == Job.id)
         .outerjoin(done, done.c.job_id == Job.id)
-        .where(Job.status == JobStatus.RUNNING, func.coalesce(done.c.n, 0) < Job.n_trials)
+        .where(
+            Job.status == JobStatus.RUNNING,
+            func.coalesce(done.c.n, 0) < Job.n_trials,
+            # joiners wait for the claimer's first trial (its study and Optuna's tables exist by then), unless
+            # the claimer has been silent too long
+            or_(func.coalesce(done.c.n, 0) > 0, Job.started_at < stale_before),
+        )
         .order_by(func.coalesce(live.c.n, 0), Job.priority.desc(), Job.id)
         .limit(1)
     )
@@ -227,7 +233,9 @@ def record_trial(
     }
     stmt = _insert_for(session)(Trial).values(**values)
     updates = {k: stmt.excluded[k] for k in values if k not in ("job_id", "number")}
-    updates["qconfig"] = func.coalesce(stmt.excluded.qconfig, Trial.qconfig)  # a later report may lack it
+    # a later report (the final result) may lack the qconfig and the worker that ran the trial
+    updates["qconfig"] = func.coalesce(stmt.excluded.qconfig, Trial.qconfig)
+    updates["worker_id"] = func.coalesce(stmt.excluded.worker_id, Trial.worker_id)
     session.execute(stmt.on_conflict_do_update(index_elements=["job_id", "number"], set_=updates))
     if record.state == TrialState.COMPLETE and record.feasible and record.quality is not None:
         better = Job.best_quality < record.quality if higher_is_better is not False else Job.best_quality > record.quality

@@ -69,8 +69,11 @@ def is_transient(exc: BaseException) -> bool:
             isinstance(current, DBAPIError) and current.connection_invalidated
         ):
             return True
-        if "storage: cannot open" in str(current):
+        text = str(current)
+        if "storage: cannot open" in text:
             return True
+        if isinstance(current, DBAPIError) and ("already exists" in text or "alembic_version" in text):
+            return True  # two processes creating Optuna's tables in a new database at once; the loser retries
         current = current.__cause__ or current.__context__
     return False
 
@@ -283,7 +286,7 @@ class Worker:
                 session, run.job_id, result.metric_name, result.higher_is_better, result.fp32_quality, layers, pinned
             )
             for outcome in [*result.trials, *result.front]:  # the front carries re-evaluated qualities + qconfigs
-                store.record_trial(session, run.job_id, self._record(run, outcome), self.id, result.higher_is_better)
+                store.record_trial(session, run.job_id, self._record(run, outcome), None, result.higher_is_better)
             store.mark_front(session, run.job_id, [o.number for o in result.front])
             store.transition(session, run.job_id, JobStatus.SUCCEEDED)
 

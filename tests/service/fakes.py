@@ -53,6 +53,10 @@ def outcome_of(trial: optuna.trial.FrozenTrial | optuna.Trial, quality: float, b
     )
 
 
+HEARTBEAT_S = 1  # Optuna trial heartbeat of the fake search (the real one uses 5 s)
+GRACE_S = 2  # a RUNNING trial silent this long is failed and retried with the same parameters
+
+
 def make_fake_run_search(trial_s: float = 0.0) -> Callable[..., SearchResult]:
     def fake_run_search(
         spec: SearchSpec, *, workload: Workload | None = None,
@@ -60,8 +64,12 @@ def make_fake_run_search(trial_s: float = 0.0) -> Callable[..., SearchResult]:
         should_stop: Callable[[], bool] | None = None,
     ) -> SearchResult:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = optuna.storages.RDBStorage(
+            spec.storage, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retries),
+        )
         study = optuna.create_study(
-            storage=spec.storage, study_name=spec.study_name, load_if_exists=True,
+            storage=storage, study_name=spec.study_name, load_if_exists=True,
             directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(),
         )
         stop = should_stop or (lambda: False)
@@ -69,27 +77,31 @@ def make_fake_run_search(trial_s: float = 0.0) -> Callable[..., SearchResult]:
         def complete() -> list[optuna.trial.FrozenTrial]:
             return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
 
+        def objective(trial: optuna.Trial) -> tuple[float, float]:
+            for fqn in LAYERS:
+                trial.suggest_categorical(fqn, list(spec.formats))
+            time.sleep(trial_s)
+            bits = sum(BITS.get(str(trial.params[f]), 8) for f in LAYERS)
+            return 1.0 - 1.0 / bits, float(bits)
+
+        def report(_study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+            if frozen.state is optuna.trial.TrialState.COMPLETE and on_trial is not None:
+                assert frozen.values is not None
+                outcome = outcome_of(frozen, frozen.values[0], frozen.values[1], trial_s)
+                on_trial(outcome, SearchProgress(len(complete()), spec.n_trials, None))
+
         while not stop():
+            optuna.storages.fail_stale_trials(study)
             running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
             if len(complete()) + len(running) >= spec.n_trials:
                 if not running:
                     break
-                time.sleep(0.05)
+                time.sleep(0.1)
                 continue
-            trial = study.ask()
-            for fqn in LAYERS:
-                trial.suggest_categorical(fqn, list(spec.formats))
-            started = time.monotonic()
-            time.sleep(trial_s)
-            bits = sum(BITS.get(trial.params[f], 8) for f in LAYERS)
-            quality = 1.0 - 1.0 / bits
-            study.tell(trial, [quality, float(bits)])
-            if on_trial is not None:
-                outcome = outcome_of(trial, quality, float(bits), time.monotonic() - started)
-                on_trial(outcome, SearchProgress(len(complete()), spec.n_trials, None))
+            study.optimize(objective, n_trials=1, callbacks=[report])
         outcomes = [outcome_of(t, t.values[0], t.values[1], 0.0) for t in complete()]
         front = [o for o in outcomes if not any(
-            p.quality >= o.quality and p.costs["bitops"] <= o.costs["bitops"] and p is not o
+            p.quality >= o.quality and p.costs["bitops"] <= o.costs["bitops"]
             and (p.quality, p.costs["bitops"]) != (o.quality, o.costs["bitops"]) for p in outcomes)]
         return SearchResult(
             workload=spec.workload, metric_name="accuracy", higher_is_better=True, fp32_quality=1.0,
