@@ -123,6 +123,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     runs = load_runs(RUNS_FILE)
+    cached = set(runs)
     train_seeds = [] if args.report_only else (args.train_seeds or list(range(args.seeds)))
     rows: list[list[str]] = []
     for name in args.workloads:
@@ -133,6 +134,10 @@ def main() -> None:
         "options (digits: `DigitsCNN` width 16, test split of 597 images; denoise: `DnCNN` depth 6 width 32, "
         "sigma 25/255 on a 160x160 crop of `flower.jpg`).  drop = fp32 (pretrained) - mean; "
         "bitops relative to all-int8 (MACs x weight bits x activation bits).  Maps list the layers in execution order."),
+        "",
+        (f"Runs trained by this invocation: {len(set(runs) - cached)}; taken from "
+         f"`{RUNS_FILE.relative_to(RESULTS_DIR.parent.parent)}` (earlier invocations of this script, e.g. "
+         f"`--train-seeds` processes run in parallel): {len(cached & set(runs))}."),
         "",
         markdown_table(["workload", "precision map", "quality", "seeds", "drop vs fp32", "bitops (x int8)", "map"], rows),
     ])
