@@ -47,6 +47,7 @@ import torch
 from bench.report import RESULTS_DIR, markdown_table, mean_std, write_report
 from search import (
     CostObjective,
+    Pin,
     SearchSpec,
     build_space,
     discover_layers,
@@ -63,6 +64,17 @@ WORKLOAD = "denoise"
 WORKLOAD_OPTIONS: dict[str, Any] = {"depth": 7, "width": 16, "eval_size": 96, "pretrain_steps": 1500, "batch_size": 8}
 BUDGETS = (12, 24, 48)
 SEEDS = 5
+# Which layers are free.  "inner": mixq's default pins (first and last conv int8), 5 equal-cost inner
+# convs free.  "ends": the first and last conv (16x cheaper, and the ones that touch the 8-bit image)
+# plus the first three inner convs free, the last two inner convs pinned int8: unequal layer costs.
+SPACES: dict[str, dict[str, Any]] = {
+    "inner": {},
+    "ends": {"pin_first_last": None, "pins": (Pin(match="body.11", format="int8"), Pin(match="body.14", format="int8"))},
+}
+SPACE_WORDS = {
+    "inner": "first and last conv pinned int8, the 5 inner convs free",
+    "ends": "first and last conv and the first 3 inner convs free, the last 2 inner convs pinned int8",
+}
 MIXQ = "mixq (TPE, seeded)"
 REFERENCE = (1.1, 1.1)  # in normalised (quality loss, bitops) units; see the module docstring
 FORMAT_ORDER = ("fp16", "int8", "int4")  # one notch down = one step right
@@ -150,10 +162,12 @@ def spec_for(n_trials: int, seed: int, qat_steps: int, **overrides: Any) -> Sear
     )
 
 
-def all_assignments(workload: Workload, qat_steps: int) -> tuple[list[str], dict[str, str], list[dict[str, str]]]:
+def all_assignments(
+    workload: Workload, qat_steps: int, space_options: Mapping[str, Any]
+) -> tuple[list[str], dict[str, str], list[dict[str, str]]]:
     """(fqns in execution order, pinned fqn -> format, every full assignment of the space)."""
     graph = discover_layers(workload.model, workload.example_inputs)
-    space = build_space(spec_for(1, 0, qat_steps), graph, load_profile("generic"))
+    space = build_space(spec_for(1, 0, qat_steps, **space_options), graph, load_profile("generic"))
     free = list(space.choices)
     out = []
     for combo in itertools.product(*(space.choices[f] for f in free)):
@@ -162,9 +176,9 @@ def all_assignments(workload: Workload, qat_steps: int) -> tuple[list[str], dict
     return graph.fqns, dict(space.pinned), out
 
 
-def exhaustive_table(workload: Workload, qat_steps: int, path: Path) -> Table:
+def exhaustive_table(workload: Workload, qat_steps: int, space_options: Mapping[str, Any], path: Path) -> Table:
     """Train and score every assignment once (seed 0); resumes from ``path``."""
-    fqns, pinned, assignments = all_assignments(workload, qat_steps)
+    fqns, pinned, assignments = all_assignments(workload, qat_steps, space_options)
     graph = discover_layers(workload.model, workload.example_inputs)
     stored: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     rows: dict[str, dict[str, float]] = stored.get("rows", {})
@@ -242,7 +256,9 @@ def greedy_path(table: Table, workload: Workload) -> list[dict[str, str]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def plot(path: Path, table: Table, exhaustive: list[Point], fronts: dict[str, list[Point]], budget: int) -> None:
+def plot(
+    path: Path, table: Table, exhaustive: list[Point], fronts: dict[str, list[Point]], budget: int, space: str
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -261,7 +277,8 @@ def plot(path: Path, table: Table, exhaustive: list[Point], fronts: dict[str, li
     ax.axhline(table.fp32_quality, color="0.4", linestyle=":", label="fp32")
     ax.set_xlabel("bitops (x all-int8)")
     ax.set_ylabel("PSNR (dB)")
-    ax.set_title(f"denoise depth 7: exhaustive front vs fronts found with {budget} trials (seed 0)")
+    ax.set_title(f"denoise depth 7, space '{space}': exhaustive front vs fronts found with {budget} trials (seed 0)",
+                 fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -273,14 +290,17 @@ def main() -> None:
     parser.add_argument("--qat-steps", type=int, default=40)
     parser.add_argument("--seeds", type=int, default=SEEDS)
     parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
+    parser.add_argument("--space", choices=list(SPACES), default="inner", help="which 5 layers are free")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     workload = load_workload(WORKLOAD, WORKLOAD_OPTIONS)
     options = "_".join(f"{k}{v}" for k, v in sorted(WORKLOAD_OPTIONS.items()))
-    table_path = RESULTS_DIR / f"exhaustive_{WORKLOAD}_{options}_qat{args.qat_steps}.json"
+    space = SPACES[args.space]
+    suffix = "" if args.space == "inner" else f"_{args.space}"
+    table_path = RESULTS_DIR / f"exhaustive_{WORKLOAD}_{options}_qat{args.qat_steps}{suffix}.json"
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    table = exhaustive_table(workload, args.qat_steps, table_path)
+    table = exhaustive_table(workload, args.qat_steps, space, table_path)
     exhaustive = pareto_points(list(zip(table.quality.values(), table.bitops.values())))
     norm = Normalisation.of_front(exhaustive)
     hv_max = hypervolume_2d([norm(p) for p in exhaustive], REFERENCE)
@@ -297,11 +317,11 @@ def main() -> None:
     for budget in args.budgets:
         for seed in range(args.seeds):
             fronts = {
-                MIXQ: mixq_front(table, workload, budget, seed, args.qat_steps),
-                "random": mixq_front(table, workload, budget, seed, args.qat_steps, sampler="random",
+                MIXQ: mixq_front(table, workload, budget, seed, args.qat_steps, **space),
+                "random": mixq_front(table, workload, budget, seed, args.qat_steps, **space, sampler="random",
                                      seed_with_baselines=False, seed_with_sensitivity=False),
                 "sensitivity-greedy (PTQ proxy)": greedy,
-                "TPE without seeding (ablation)": mixq_front(table, workload, budget, seed, args.qat_steps,
+                "TPE without seeding (ablation)": mixq_front(table, workload, budget, seed, args.qat_steps, **space,
                                                              seed_with_baselines=False, seed_with_sensitivity=False),
             }
             covered += sum(any(q >= bq and b <= bb for q, b in fronts[MIXQ]) for bq, bb in baselines)
@@ -327,16 +347,16 @@ def main() -> None:
         for b in args.budgets
     ]
     plot_budget = 24 if 24 in args.budgets else args.budgets[0]
-    png = RESULTS_DIR / "search_efficiency.png"
+    png = RESULTS_DIR / f"search_efficiency{suffix}.png"
     plotted = {k: v for k, v in seed0_fronts[plot_budget].items() if "ablation" not in k}
-    plot(png, table, exhaustive, plotted, plot_budget)
+    plot(png, table, exhaustive, plotted, plot_budget, args.space)
     durations = json.loads(table_path.read_text())["rows"]
     trial_s = statistics.median(v["duration_s"] for v in durations.values())
     int8_bitops = table.bitops[tuple("int8" for _ in table.fqns)]
     front_rows = [[f"{q:.2f}", f"{b / int8_bitops:.3f}"] for q, b in exhaustive]
     body = "\n".join([
-        (f"Benchmark model: `load_workload({WORKLOAD!r}, {WORKLOAD_OPTIONS})`: 7 convs, first and last pinned "
-        f"int8, 5 free x (int4, int8, fp16) = {len(table.quality)} assignments, each trained once with "
+        (f"Benchmark model: `load_workload({WORKLOAD!r}, {WORKLOAD_OPTIONS})`: 7 convs; {SPACE_WORDS[args.space]} "
+        f"(`--space {args.space}`): 5 free x (int4, int8, fp16) = {len(table.quality)} assignments, each trained once with "
         f"{args.qat_steps} QAT steps (seed 0; median {trial_s:.1f} s per trial on this machine).  fp32 PSNR "
         f"{table.fp32_quality:.2f} dB.  Table: `{table_path.relative_to(RESULTS_DIR.parent.parent)}`."),
         "",
@@ -351,7 +371,7 @@ def main() -> None:
         "",
         markdown_table(["budget", "mixq > random (seeds)", "mean difference (HV points)"], wins),
         "",
-        (f"Uniform baselines (all-int8, int4 inside, fp16 inside) weakly dominated by mixq's returned front: "
+        (f"Uniform baselines (every free layer int8 / int4 / fp16) weakly dominated by mixq's returned front: "
          f"{covered}/{checked} (every budget and seed)."),
         "",
         ("\"TPE without seeding\" is mixq's sampler with the uniform baselines and the sensitivity sweep turned "
@@ -368,7 +388,7 @@ def main() -> None:
         "",
         f"![search efficiency]({png.name})",
     ])
-    write_report("search_efficiency", "Search efficiency: hypervolume vs the exhaustive front", body)
+    write_report(f"search_efficiency{suffix}", "Search efficiency: hypervolume vs the exhaustive front", body)
 
 
 if __name__ == "__main__":
