@@ -1,0 +1,106 @@
+"""End to end with the real ``search.run_search`` (digits, a few QAT steps): `mixq serve` restarted
+mid-job, `mixq worker` joining a running job on PostgreSQL, and a job on an uploaded model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+from conftest import FAST_JOB
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from test_resilience import free_port, processes  # noqa: F401 - fixture
+from test_uploads import npz_bytes, pt2_bytes
+from test_worker import status_of, trial_count, wait_for
+
+from service.db import Database
+from service.models import Trial
+from service.settings import Settings
+from service.worker import Worker
+
+REAL_JOB = {**FAST_JOB, "n_trials": 12, "qat_steps": 20}
+
+
+def start_serve(url: str, port: int, data_dir: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "MIXQ_DATABASE_URL": url, "MIXQ_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", "1"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, timeout_s=60, what="mixq serve to start")
+    return proc
+
+
+def test_serve_restarted_mid_job_finishes_it(tmp_path: Path, processes: list[subprocess.Popen[bytes]]) -> None:  # noqa: F811
+    url = f"sqlite:///{tmp_path / 'serve.db'}"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    processes.append(serve := start_serve(url, port, tmp_path))
+    job_id = httpx.post(f"{base}/v1/jobs", json=REAL_JOB).json()["id"]
+    db = Database(url)
+    wait_for(lambda: trial_count(db, job_id) >= 3, timeout_s=120, what="three real trials")
+    serve.send_signal(signal.SIGTERM)  # API stops; its worker finishes the trial in hand and exits
+    serve.wait(timeout=60)
+    assert status_of(db, job_id) == "running"
+    processes.append(start_serve(url, port, tmp_path))
+    wait_for(lambda: status_of(db, job_id) == "succeeded", timeout_s=180, what="the job to finish after restart")
+    pareto = httpx.get(f"{base}/v1/jobs/{job_id}/pareto").json()
+    assert pareto["metric"] == "accuracy" and pareto["points"] and len(pareto["trials"]) >= 12
+    number = pareto["points"][0]["number"]
+    qconfig = httpx.get(f"{base}/v1/jobs/{job_id}/pareto/{number}/qconfig.json")
+    assert qconfig.status_code == 200 and qconfig.json()["schema_version"] == 1
+    db.dispose()
+
+
+def test_worker_process_joins_a_running_job_on_postgres(
+    pg_url: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]]  # noqa: F811
+) -> None:
+    settings = Settings(database_url=pg_url, data_dir=tmp_path, heartbeat_interval_s=0.5, poll_interval_s=0.2)
+    db = Database(pg_url)
+    from service.main import create_app
+
+    with TestClient(create_app(settings, db)) as client:
+        job_id = client.post("/v1/jobs", json={**REAL_JOB, "n_trials": 24, "qat_steps": 40}).json()["id"]
+        local = Worker(db, settings)
+        thread = threading.Thread(target=local.run_forever, kwargs={"max_jobs": 1})
+        thread.start()
+        wait_for(lambda: trial_count(db, job_id) >= 1, timeout_s=120, what="first trial")
+        env = {**os.environ, "MIXQ_DATABASE_URL": pg_url, "MIXQ_POLL_INTERVAL_S": "0.2", "OMP_NUM_THREADS": "1"}
+        processes.append(subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_for(lambda: status_of(db, job_id) == "succeeded", timeout_s=240, what="the shared job to finish")
+        thread.join(timeout=30)
+        with db.session() as session:
+            ran_by = set(session.scalars(select(Trial.worker_id).where(Trial.job_id == job_id)))
+        assert local.id in ran_by and len(ran_by) == 2  # the `mixq worker` process did trials too
+        assert client.get(f"/v1/jobs/{job_id}").json()["progress"]["finished"] >= 24
+    db.dispose()
+
+
+def test_job_on_an_uploaded_model(client: TestClient, db: Database, settings: Settings) -> None:
+    files = {"file": ("m.pt2", pt2_bytes())}
+    assert client.post("/v1/models", files=files, data={"name": "cnn"}).status_code == 201
+    assert client.post("/v1/datasets", files={"file": ("d.npz", npz_bytes(64))}, data={"name": "data"}).status_code == 201
+    job = client.post("/v1/jobs", json={**FAST_JOB, "workload": "my-cnn", "workload_options": {"batch_size": 16},
+                                        "model": "cnn", "dataset": "data", "n_trials": 3, "pin_first_last": None})
+    assert job.status_code == 201, job.text
+    worker = Worker(db, settings)
+    job_id = worker.next_job()
+    assert job_id == job.json()["id"]
+    worker.run_job(job_id)
+    done = client.get(f"/v1/jobs/{job_id}").json()
+    assert done["status"] == "succeeded", done["error"]
+    pareto = client.get(f"/v1/jobs/{job_id}/pareto").json()
+    assert {layer["fqn"] for layer in pareto["layers"]} == {"features.0", "classifier.1"}
+    number = pareto["points"][0]["number"]
+    assert client.get(f"/v1/jobs/{job_id}/pareto/{number}/qconfig.json").status_code == 200
