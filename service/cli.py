@@ -3,18 +3,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
+import threading
+from collections.abc import Iterator
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.worker import Worker
 
 app = typer.Typer(help="mixq: mixed-precision quantization search service", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens", no_args_is_help=True)
@@ -72,6 +77,17 @@ def token_create(
     typer.echo(token)
 
 
+_PARENT_ENV = "MIXQ_SERVE_PID"
+_ORPHAN_CHECK_S = 1.0
+
+
+def _stop_when_orphaned(w: Worker, parent_pid: int) -> None:
+    while not w.stop_event.wait(_ORPHAN_CHECK_S):
+        if os.getppid() != parent_pid:
+            logging.getLogger("mixq.worker").info("`mixq serve` (pid %d) is gone: stopping", parent_pid)
+            w.stop()
+
+
 @app.command()
 def worker(
     database_url: DatabaseUrl = None,
@@ -92,10 +108,36 @@ def worker(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    parent = os.environ.get(_PARENT_ENV)
+    if parent:  # started by `mixq serve`: stop when it is gone, even if it was SIGKILLed
+        threading.Thread(target=_stop_when_orphaned, args=(w, int(parent)), daemon=True).start()
     try:
         w.run_forever(max_jobs=max_jobs)
     finally:
         db.dispose()
+
+
+class _Server:
+    """uvicorn's server, minus its habit of re-raising SIGTERM/SIGINT after shutdown (which would kill
+    this process before it stops its workers)."""
+
+    def __init__(self, config: object) -> None:
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield
+
+        self.server = Server(config)  # type: ignore[arg-type]
+
+    def run(self) -> None:
+        def _exit(_signum: int, _frame: FrameType | None) -> None:
+            self.server.should_exit = True
+
+        signal.signal(signal.SIGTERM, _exit)
+        signal.signal(signal.SIGINT, _exit)
+        self.server.run()
 
 
 @app.command()
@@ -120,7 +162,7 @@ def serve(
         raise typer.Exit(2) from None
     url = settings.resolved_database_url
     upgrade(url)
-    env = {**os.environ, "MIXQ_DATABASE_URL": url}
+    env = {**os.environ, "MIXQ_DATABASE_URL": url, _PARENT_ENV: str(os.getpid())}
     procs = [
         subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env)
         for _ in range(settings.local_workers)
@@ -128,10 +170,10 @@ def serve(
     typer.echo(f"mixq: API on http://{settings.host}:{settings.port} (docs at /docs), {len(procs)} worker(s), "
                f"database {url}")
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+        _Server(uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="info")).run()
     finally:
         for proc in procs:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)  # each finishes the trial in hand; the job continues later
         for proc in procs:
             try:
                 proc.wait(timeout=60)

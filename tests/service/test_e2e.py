@@ -29,7 +29,7 @@ REAL_JOB = {**FAST_JOB, "n_trials": 12, "qat_steps": 20}
 def start_serve(url: str, port: int, data_dir: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "MIXQ_DATABASE_URL": url, "MIXQ_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", "1"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
     def up() -> bool:
         try:
@@ -60,6 +60,32 @@ def test_serve_restarted_mid_job_finishes_it(tmp_path: Path, processes: list[sub
     qconfig = httpx.get(f"{base}/v1/jobs/{job_id}/pareto/{number}/qconfig.json")
     assert qconfig.status_code == 200 and qconfig.json()["schema_version"] == 1
     db.dispose()
+    # SIGKILLed `mixq serve`: its worker notices and exits by itself
+    serve = processes[-1]
+    workers = children_of(serve.pid)
+    assert workers
+    os.kill(serve.pid, signal.SIGKILL)
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() and not is_zombie(pid) for pid in workers),
+             timeout_s=30, what="orphaned workers to exit")
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 def test_worker_process_joins_a_running_job_on_postgres(

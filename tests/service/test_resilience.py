@@ -35,7 +35,10 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
     yield started
     for proc in started:
         if proc.poll() is None:
-            proc.kill()
+            if os.getpgid(proc.pid) == proc.pid:  # a session leader (`mixq serve`): its workers too
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
         proc.wait(timeout=10)
 
 
