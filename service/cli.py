@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from types import FrameType
+from types import FrameType, ModuleType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -183,8 +183,9 @@ def serve(
 
 # The search library's commands (``mixq search``, ``mixq export``) are added here by ``search.cli``;
 # this file only mounts them.
+_search_cli: ModuleType | None
 try:
-    from search import cli as _search_cli  # type: ignore[attr-defined]
+    from search import cli as _search_cli
 except ImportError:
     _search_cli = None
 if _search_cli is not None and hasattr(_search_cli, "register"):

@@ -7,8 +7,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import OperationalError
@@ -19,6 +19,7 @@ from search import __version__
 from service import dashboard, store
 from service.db import Database
 from service.metrics import Metrics
+from service.pareto_view import ParetoViews
 from service.routes import MULTIPART_OVERHEAD_BYTES, router
 from service.schemas import Health
 from service.settings import Settings
@@ -53,7 +54,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     )
     app.state.settings = settings
     app.state.db = db
-    app.state.pareto_cache = {}
+    app.state.pareto_views = ParetoViews()
 
     def job_counts() -> dict[str, int]:
         with db.session() as session:

@@ -18,13 +18,20 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
-from search import BUILTIN_WORKLOADS, CostObjective, ProfileError, SamplerName, builtin_profiles, parse_profile_text
-from search import parse_format
+from search import (
+    BUILTIN_WORKLOADS,
+    CostObjective,
+    ProfileError,
+    SamplerName,
+    builtin_profiles,
+    parse_format,
+    parse_profile_text,
+)
 from service import store
 from service.deps import DbDep, OwnerDep, SettingsDep
-from service.front import objective_vector, pareto_numbers
 from service.jobs import TERMINAL, search_spec
 from service.models import Job, JobStatus, Trial, UploadKind, utcnow
+from service.pareto_view import ParetoViews
 from service.schemas import (
     INT32_MAX,
     NAME_RE,
@@ -33,7 +40,6 @@ from service.schemas import (
     JobCreate,
     JobOut,
     JobPage,
-    LayerOut,
     Meta,
     ParetoOut,
     ProfileOut,
@@ -78,7 +84,9 @@ def _utc(value: datetime | None) -> datetime | None:
 
 def job_out(job: Job, counts: store.TrialCounts) -> JobOut:
     finished = counts.complete
-    best = Best(quality=job.best_quality, trial_number=job.best_trial) if job.best_quality is not None else None
+    best = None
+    if job.best_quality is not None and job.best_trial is not None:
+        best = Best(quality=job.best_quality, trial_number=job.best_trial)
     return JobOut(
         id=job.id, status=job.status, spec=job.spec,  # type: ignore[arg-type]
         progress=Progress(finished=finished, total=job.n_trials, fraction=min(1.0, finished / job.n_trials)),
@@ -255,40 +263,12 @@ def list_trials(
         return TrialPage(items=[trial_out(t) for t in trials], total=total, limit=limit, offset=offset)
 
 
-def _pareto(session: Session, job: Job) -> ParetoOut:
-    trials = store.complete_trials(session, job.id)
-    objectives = [str(c) for c in job.spec.get("cost_objectives", ["bitops"])]
-    if job.front_final:
-        front = {t.number for t in trials if t.on_front}
-    else:  # live: the front of what is stored so far
-        hib = job.higher_is_better is not False
-        front = pareto_numbers([
-            (t.number, objective_vector(t.quality, [float(t.costs.get(c, 0.0)) for c in objectives], hib))
-            for t in trials if t.feasible and t.quality is not None
-        ])
-    pinned = job.pinned or {}
-    layers = [LayerOut(**{**layer, "pinned": layer.get("fqn") in pinned,
-                          "pin_reason": pinned.get(layer.get("fqn", ""))}) for layer in (job.layers or [])]
-    all_trials = [trial_out(t, t.number in front) for t in trials]
-    return ParetoOut(
-        job_id=job.id, metric=job.metric, higher_is_better=job.higher_is_better, fp32_quality=job.fp32_quality,
-        cost_objectives=objectives, layers=layers, points=[t for t in all_trials if t.on_front], trials=all_trials,
-    )
-
-
 @router.get("/jobs/{job_id}/pareto", response_model=ParetoOut)
 def pareto(job_id: JobId, db: DbDep, owner: OwnerDep, request: Request) -> Response:
     """The Pareto front (final once the job succeeded, live before) and every complete trial."""
-    cache: dict[int, tuple[Any, bytes]] = request.app.state.pareto_cache
+    views: ParetoViews = request.app.state.pareto_views
     with db.session() as session:
-        job = _owned_job(session, job_id, owner)
-        version = (store.trials_version(session, job_id), job.updated_at, job.status, job.front_final)
-        hit = cache.get(job_id)
-        if hit is not None and hit[0] == version:
-            body = hit[1]
-        else:
-            body = _pareto(session, job).model_dump_json().encode()
-            cache[job_id] = (version, body)
+        body = views.response(session, _owned_job(session, job_id, owner))
     return Response(content=body, media_type="application/json")
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, delete, func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -151,7 +151,7 @@ def running_job_to_join(session: Session, stale_before: datetime) -> int | None:
         .group_by(Trial.job_id)
         .subquery()
     )
-    stmt: Select[tuple[int]] = (
+    stmt = (
         select(Job.id)
         .outerjoin(live, live.c.job_id == Job.id)
         .outerjoin(done, done.c.job_id == Job.id)
@@ -324,8 +324,9 @@ def trial_counts(session: Session, job_ids: Sequence[int], stale_before: datetim
         .where(WorkerRow.job_id.in_(job_ids), WorkerRow.heartbeat_at >= stale_before)
         .group_by(WorkerRow.job_id)
     ).all()
-    for job_id, n in live:
-        acc[job_id]["running"] = n
+    for live_job_id, n in live:
+        if live_job_id is not None:
+            acc[live_job_id]["running"] = n
     return {j: TrialCounts(**c) for j, c in acc.items()}
 
 

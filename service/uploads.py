@@ -18,7 +18,7 @@ import posixpath
 import re
 import zipfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -164,7 +164,9 @@ def modules_from_program(program: torch.export.ExportedProgram) -> nn.Module:
     gm = program.module()
     # the exported module checks inputs against the export-time shapes (batch 1); training needs batches
     gm._forward_pre_hooks.clear()
-    convs = {torch.ops.aten.conv1d.default: nn.Conv1d, torch.ops.aten.conv2d.default: nn.Conv2d}
+    convs: dict[Any, type[nn.Conv1d | nn.Conv2d]] = {
+        torch.ops.aten.conv1d.default: nn.Conv1d, torch.ops.aten.conv2d.default: nn.Conv2d,
+    }
     for index, node in enumerate(list(gm.graph.nodes)):
         if node.op != "call_function":
             continue
@@ -174,8 +176,8 @@ def modules_from_program(program: torch.export.ExportedProgram) -> nn.Module:
             weight, bias = _weight(gm, w_node), _weight(gm, b_node)
             if weight is None:
                 continue
-            module: nn.Module = convs[node.target](
-                weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), stride=stride,
+            layer: nn.Conv1d | nn.Conv2d | nn.Linear = convs[node.target](
+                weight.shape[1] * groups, weight.shape[0], cast(Any, tuple(weight.shape[2:])), stride=stride,
                 padding=padding, dilation=dilation, groups=groups, bias=bias is not None,
             )
         elif node.target == torch.ops.aten.linear.default:
@@ -184,14 +186,14 @@ def modules_from_program(program: torch.export.ExportedProgram) -> nn.Module:
             weight, bias = _weight(gm, w_node), _weight(gm, b_node)
             if weight is None or weight.dim() != 2:
                 continue
-            module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+            layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
         else:
             continue
         with torch.no_grad():
-            module.weight.copy_(weight)
-            if bias is not None:
-                module.bias.copy_(bias)  # type: ignore[union-attr]
-        name = _install(gm, str(w_node.target), module, index)
+            layer.weight.copy_(weight)
+            if bias is not None and layer.bias is not None:
+                layer.bias.copy_(bias)
+        name = _install(gm, str(w_node.target), layer, index)
         with gm.graph.inserting_before(node):
             call = gm.graph.call_module(name, (x,))
         node.replace_all_uses_with(call)

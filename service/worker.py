@@ -13,6 +13,7 @@ production passes ``search.run_search`` and :func:`workload_for_job`.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import tempfile
@@ -188,13 +189,14 @@ class Worker:
         self.current_job = job_id
         try:
             self._run_job(job_id)
-        except Exception as exc:  # noqa: BLE001 - the failure boundary of a job run
+        except Exception as exc:  # the failure boundary of a job run
             if is_transient(exc):
                 log.warning("worker %s: job %d interrupted by the database (%s); will rejoin", self.id, job_id, exc)
                 self.stop_event.wait(self.settings.poll_interval_s)
             else:
                 log.exception("worker %s: job %d failed", self.id, job_id)
-                self._write(lambda s: store.transition(s, job_id, JobStatus.FAILED, f"{type(exc).__name__}: {exc}"))
+                error = f"{type(exc).__name__}: {exc}"
+                self._write(lambda s: store.transition(s, job_id, JobStatus.FAILED, error))
         finally:
             self.current_job = None
             self.beat()
@@ -259,11 +261,14 @@ class Worker:
         return None
 
     def _record(self, run: _JobRun, outcome: TrialOutcome) -> TrialRecord:
-        costs = {str(k): float(v) for k, v in outcome.costs.items()}
+        # JSON columns cannot hold NaN/inf (PostgreSQL rejects them): a diverged trial keeps no number
+        costs = {str(k): float(v) for k, v in outcome.costs.items() if math.isfinite(v)}
+        quality = float(outcome.quality) if math.isfinite(outcome.quality) else None
+        std = float(outcome.quality_std) if math.isfinite(outcome.quality_std) else None
         return TrialRecord(
-            number=outcome.number, assignment=dict(outcome.assignment), quality=float(outcome.quality),
-            quality_std=float(outcome.quality_std), n_evaluations=outcome.n_evaluations, costs=costs,
-            primary_cost=costs.get(run.cost_objective), feasible=bool(outcome.feasible),
+            number=outcome.number, assignment=dict(outcome.assignment), quality=quality,
+            quality_std=std, n_evaluations=outcome.n_evaluations, costs=costs,
+            primary_cost=costs.get(run.cost_objective), feasible=bool(outcome.feasible) and quality is not None,
             duration_s=float(outcome.duration_s), source=outcome.source, qconfig=getattr(outcome, "qconfig", None),
         )
 

@@ -17,7 +17,7 @@ from search import SearchResult
 from service import store
 from service.db import Database
 from service.main import create_app
-from service.models import Job, JobStatus, Trial
+from service.models import Job, Trial
 from service.settings import Settings
 from service.worker import Worker, is_transient
 
@@ -193,7 +193,7 @@ def test_dropped_connections_mid_job_are_survived(pg_url: str, pg_session_db: st
     thread.start()
     try:
         for at in (2, 5):
-            wait_for(lambda: trial_count(db, job_id) >= at, what=f"{at} trials")
+            wait_for(lambda at=at: trial_count(db, job_id) >= at, what=f"{at} trials")
             pg_admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                      f"WHERE datname = '{pg_session_db}' AND pid <> pg_backend_pid()")
         wait_for(lambda: status_of(db, job_id) == "succeeded", what="job to succeed after dropped connections")
