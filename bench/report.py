@@ -10,6 +10,7 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -43,6 +44,22 @@ def machine() -> str:
     )
 
 
+def code_version() -> str:
+    """The commit measured, and whether ``search/`` had uncommitted changes (the code under test)."""
+    repo = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "search")
+    return f"commit {commit}" + (" with uncommitted changes in search/" if dirty else ", search/ clean")
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -64,7 +81,7 @@ def write_report(name: str, title: str, body: str, *, shared_machine: bool = Tru
         command_line(),
         "```",
         "",
-        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}.",
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}; mixq {code_version()}.",
     ]
     if shared_machine:
         parts += ["", SHARED_MACHINE_NOTE]
