@@ -138,7 +138,7 @@ def claim_queued_job(session: Session) -> int | None:
 
 
 def running_job_to_join(session: Session, stale_before: datetime) -> int | None:
-    """A running job whose budget is not used up and that has started trials, fewest live workers first."""
+    """A running job that needs a worker, fewest live workers first."""
     live = (
         select(WorkerRow.job_id, func.count().label("n"))
         .where(WorkerRow.heartbeat_at >= stale_before, WorkerRow.job_id.is_not(None))
@@ -157,7 +157,8 @@ def running_job_to_join(session: Session, stale_before: datetime) -> int | None:
         .outerjoin(done, done.c.job_id == Job.id)
         .where(
             Job.status == JobStatus.RUNNING,
-            func.coalesce(done.c.n, 0) < Job.n_trials,
+            # budget left, or used up with nobody left to report the result (its worker died at the end)
+            or_(func.coalesce(done.c.n, 0) < Job.n_trials, func.coalesce(live.c.n, 0) == 0),
             # joiners wait for the claimer's first trial (its study and Optuna's tables exist by then), unless
             # the claimer has been silent too long
             or_(func.coalesce(done.c.n, 0) > 0, Job.started_at < stale_before),

@@ -216,3 +216,21 @@ def test_transient_errors_are_recognised() -> None:
     except RuntimeError as outer:
         assert is_transient(outer)
     assert not is_transient(ValueError("workload: bad"))
+
+
+def test_job_whose_worker_died_after_the_last_trial_is_finished_by_another(
+    client: TestClient, db: Database, settings: Settings
+) -> None:
+    job_id = client.post("/v1/jobs", json={**FAST_JOB, "n_trials": 3}).json()["id"]
+    first = fake_worker(db, settings)
+    assert first.next_job() == job_id
+    first.run_search = make_fake_run_search()  # runs every trial...
+    first._finalize = lambda run, result: None  # type: ignore[method-assign]  # ...then "dies" before reporting
+    first.run_job(job_id)
+    assert status_of(db, job_id) == "running" and trial_count(db, job_id) == 3
+    with db.session() as session:
+        store.unregister_worker(session, first.id)
+    second = fake_worker(db, settings)
+    assert second.next_job() == job_id
+    second.run_job(job_id)
+    assert status_of(db, job_id) == "succeeded"
