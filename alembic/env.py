@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from logging.config import fileConfig
 
-from alembic import context
 from sqlalchemy import engine_from_config, pool
 
+from alembic import context
 from service.db import VERSION_TABLE
 from service.models import Base
 from service.settings import Settings

@@ -99,6 +99,8 @@ def worker(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = _settings(database_url)
+    if settings.worker_nice:
+        os.nice(settings.worker_nice)
     db = Database(settings.resolved_database_url)
     w = Worker(db, settings)
 

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
         default_factory=list, description="entry points 'pkg.module:factory' jobs may name (operator allow-list)"
     )
 
+    worker_nice: int = Field(
+        default=10, ge=0, le=19, description="CPU niceness of `mixq worker`: trials yield to the API on a shared box"
+    )
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
     stale_after_s: float = Field(default=15.0, gt=0, description="a worker silent this long is presumed dead")
     poll_interval_s: float = Field(default=1.0, gt=0, description="idle worker: seconds between looks for work")

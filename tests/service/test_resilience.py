@@ -16,10 +16,10 @@ import optuna
 import pytest
 from conftest import FAST_JOB
 from sqlalchemy import select
+from test_worker import status_of, trial_count, wait_for
 
 from service.db import Database
 from service.models import Trial
-from test_worker import status_of, trial_count, wait_for
 
 HERE = Path(__file__).parent
 
