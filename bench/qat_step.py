@@ -313,7 +313,9 @@ def render(timings: list[StepTiming], trial_wall_s: list[float], trial_cpu_s: li
         + ", ".join(f"{k} {v}" for k, v in n_steps.items())
         + ".  digits: `DigitsCNN`, batch 64 of 1x8x8; denoise: `DnCNN` depth 6 width 32, batch 16 of 1x40x40.  "
         "CPU = this process's CPU time per step (`time.process_time`), the primary measure on a shared "
-        "machine (time spent descheduled does not count); wall = `time.perf_counter`.",
+        "machine (time spent descheduled does not count); wall = `time.perf_counter`.  The variants alternate "
+        "round by round in one process (the order rotates each round), so load that hits all of them cancels "
+        "to first order.",
         "",
         markdown_table(
             ["workload", "variant", "median CPU (ms)", "CPU x fp32", "median wall (ms)", "wall x fp32"], step_rows

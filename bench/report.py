@@ -21,8 +21,7 @@ import torch
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SHARED_MACHINE_NOTE = (
     "The machine was shared with other jobs while this ran (2 cores, other engineers' work on them); "
-    "torch used 1 thread.  Ratios are measured side by side (alternating, same process), so load that "
-    "hits both sides cancels to first order; absolute times are indicative only."
+    "torch used 1 thread.  Absolute times are indicative only."
 )
 
 
