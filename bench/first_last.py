@@ -36,6 +36,7 @@ from search import (
     model_costs,
     run_trial,
 )
+from search.workloads.base import Workload
 from search.workloads.denoise import noisy_input_psnr
 
 QAT_STEPS = {"digits": 200, "denoise": 300}
@@ -56,8 +57,15 @@ def load_runs(path: Path) -> dict[str, float]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def run_key(workload: str, label: str, seed: int) -> str:
-    return f"{workload}|{label}|{seed}"
+def qat_setting(workload: Workload) -> str:
+    """What the QAT runs of a workload depend on besides the map and seed: the training batch shape
+    and the learning rate.  Part of each cached run's key, so a changed default retrains."""
+    inputs, _ = next(workload.train_batches(torch.Generator().manual_seed(0)))
+    return f"batch {'x'.join(map(str, inputs.shape))}, lr {workload.lr:g}"
+
+
+def run_key(workload: str, label: str, seed: int, setting: str) -> str:
+    return f"{workload}|{label}|{seed}|{setting}"
 
 
 def save_run(path: Path, key: str, quality: float) -> dict[str, float]:
@@ -73,8 +81,10 @@ def save_run(path: Path, key: str, quality: float) -> dict[str, float]:
 def measure(
     workload_name: str, seeds: int, runs: dict[str, float], path: Path, train_seeds: Sequence[int]
 ) -> tuple[list[list[str]], float]:
-    """Rows of the table for one workload and its fp32 quality."""
+    """Rows of the table for one workload at its current QAT setting, then rows for any earlier
+    setting found in ``runs`` (kept for comparison, never retrained)."""
     workload = load_workload(workload_name)
+    setting = qat_setting(workload)
     graph = discover_layers(workload.model, workload.example_inputs)
     n = len(graph.fqns)
     profile = load_profile("generic")
@@ -95,20 +105,23 @@ def measure(
     # seeds outermost: a run cut short still has every row, with fewer seeds
     for seed in train_seeds:
         for label, assignment in assignments.items():
-            key = run_key(workload_name, label, seed)
+            key = run_key(workload_name, label, seed, setting)
             if key not in runs:
                 run = run_trial(workload, assignment, qat_steps=QAT_STEPS[workload_name], seed=seed)
                 runs.update(save_run(path, key, run.quality))
                 print(f"{key}: {run.quality:.4f} ({run.duration_s:.1f} s)", flush=True)
-    for label, assignment in assignments.items():
-        qualities = [runs[k] for s in range(seeds) if (k := run_key(workload_name, label, s)) in runs]
-        if not qualities:
-            continue
-        mean, std = mean_std(qualities)
-        bitops = model_costs((CostObjective.BITOPS,), profile, graph, assignment)["bitops"]
-        maps = " ".join(assignment.values())
-        rows.append([workload_name, label, fmt(mean, std), str(len(qualities)), f"{scale * (fp32 - mean):.2f}",
-                     f"{bitops / int8_bitops:.3f}", f"`{maps}`"])
+    earlier = sorted({k.split("|")[3] for k in runs if k.startswith(f"{workload_name}|")} - {setting})
+    for each in [setting, *earlier]:
+        name = f"{workload_name} (QAT {each})" + ("" if each == setting else ", earlier default")
+        for label, assignment in assignments.items():
+            qualities = [runs[k] for s in range(seeds) if (k := run_key(workload_name, label, s, each)) in runs]
+            if not qualities:
+                continue
+            mean, std = mean_std(qualities)
+            bitops = model_costs((CostObjective.BITOPS,), profile, graph, assignment)["bitops"]
+            maps = " ".join(assignment.values())
+            rows.append([name, label, fmt(mean, std), str(len(qualities)), f"{scale * (fp32 - mean):.2f}",
+                         f"{bitops / int8_bitops:.3f}", f"`{maps}`"])
     for row in rows:
         row[2] = f"{row[2]} {unit}"
     return rows, fp32
@@ -133,7 +146,9 @@ def main() -> None:
         f"minmax ranges); mean ± sample std over seeds 0..{args.seeds - 1}.  Built-in workloads with default "
         "options (digits: `DigitsCNN` width 16, test split of 597 images; denoise: `DnCNN` depth 6 width 32, "
         "sigma 25/255 on a 160x160 crop of `flower.jpg`).  drop = fp32 (pretrained) - mean; "
-        "bitops relative to all-int8 (MACs x weight bits x activation bits).  Maps list the layers in execution order."),
+        "bitops relative to all-int8 (MACs x weight bits x activation bits).  Maps list the layers in execution order.  "
+        "The workload column names the QAT batch shape and learning rate; rows marked \"earlier default\" were "
+        "trained before the workload's default QAT batches changed (kept for comparison)."),
         "",
         (f"Runs trained by this invocation: {len(set(runs) - cached)}; taken from "
          f"`{RUNS_FILE.relative_to(RESULTS_DIR.parent.parent)}` (earlier invocations of this script, e.g. "

@@ -208,6 +208,7 @@ class StepTiming:
     median_cpu_ms: dict[str, float]  # process CPU time: what the step costs, less the time spent descheduled
     round_ratios: dict[tuple[str, str], list[float]]  # (variant, reference) -> per-round ratio of CPU medians
     steps_per_variant: int
+    batch_shape: str  # the QAT batch, e.g. "8x1x32x32"
 
 
 def time_steps(name: str, rounds: int, steps_per_round: int, warmup: int) -> StepTiming:
@@ -250,6 +251,7 @@ def time_steps(name: str, rounds: int, steps_per_round: int, warmup: int) -> Ste
         median_cpu_ms={v: 1e3 * statistics.median(t.cpu_s) for v, t in trainers.items()},
         round_ratios={(a, b): [m[a] / m[b] for m in per_round] for a, b in pairs},
         steps_per_variant=rounds * steps_per_round,
+        batch_shape="x".join(map(str, example.shape)),
     )
 
 
@@ -311,7 +313,8 @@ def render(timings: list[StepTiming], trial_wall_s: list[float], trial_cpu_s: li
         "",
         "Per-layer map: int8 first and last layer, int4 inside (mixq's default).  Steps timed per variant: "
         + ", ".join(f"{k} {v}" for k, v in n_steps.items())
-        + ".  digits: `DigitsCNN`, batch 64 of 1x8x8; denoise: `DnCNN` depth 6 width 32, batch 16 of 1x40x40.  "
+        + ".  Models: digits `DigitsCNN`, denoise `DnCNN` depth 6 width 32 (defaults); QAT batches (the "
+        "workload's own stream): " + ", ".join(f"{t.workload} {t.batch_shape}" for t in timings) + ".  "
         "CPU = this process's CPU time per step (`time.process_time`), the primary measure on a shared "
         "machine (time spent descheduled does not count); wall = `time.perf_counter`.  The variants alternate "
         "round by round in one process (the order rotates each round), so load that hits all of them cancels "

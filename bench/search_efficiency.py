@@ -61,7 +61,10 @@ from search import (
 from search.workloads.base import Workload
 
 WORKLOAD = "denoise"
-WORKLOAD_OPTIONS: dict[str, Any] = {"depth": 7, "width": 16, "eval_size": 96, "pretrain_steps": 1500, "batch_size": 8}
+# every option explicit, so the cached tables do not silently go stale when a workload default changes
+WORKLOAD_OPTIONS: dict[str, Any] = {
+    "depth": 7, "width": 16, "eval_size": 96, "pretrain_steps": 1500, "batch_size": 8, "patch_size": 40,
+}
 BUDGETS = (12, 24, 48)
 SEEDS = 5
 # Which layers are free.  "inner": mixq's default pins (first and last conv int8), 5 equal-cost inner
