@@ -72,6 +72,19 @@ def run(url: str, n_workers: int, trials: int, qat_steps: int, cache: Path) -> d
     }
 
 
+_SPIN = "import time\nt = time.monotonic(); n = 0\nwhile time.monotonic() - t < {s}:\n    n += 1\nprint(n)"
+
+
+def available_parallelism(seconds: float = 5.0) -> float:
+    """How much faster two busy-looping processes get through work than one, right now: on a machine
+    shared with other jobs this, not the core count, bounds what a second worker can add."""
+    code = _SPIN.format(s=seconds)
+    one = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    two = sum(int(p.communicate()[0]) for p in procs)
+    return round(two / one, 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--database-url", default="")
@@ -84,11 +97,14 @@ def main() -> None:
     url = args.database_url or f"sqlite:///{tmp / 'scaling.db'}"
     upgrade(url)
     cache = tmp / "cache"
+    parallelism_before = available_parallelism()
     runs = [run(url, n, args.trials, args.qat_steps, cache) for n in (1, 2)]
+    parallelism_after = available_parallelism()
     one, two = runs
     summary = {
         "workload": "digits", "qat_steps": args.qat_steps, "database": url.split(":", 1)[0],
-        "machine": f"{platform.node()} {os.cpu_count()} cpu", "runs": runs,
+        "machine": f"{platform.node()} {os.cpu_count()} cpu",
+        "two_process_cpu_parallelism_before_after": [parallelism_before, parallelism_after], "runs": runs,
         "speedup_steady": round(two["trials_per_hour_steady"] / one["trials_per_hour_steady"], 2)
         if one["trials_per_hour_steady"] and two["trials_per_hour_steady"] else None,
         "speedup_wall": round(two["trials_per_hour_wall"] / one["trials_per_hour_wall"], 2),

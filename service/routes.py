@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Header, HTTPException, Path, Query, Request, Response, UploadFile
@@ -28,6 +28,7 @@ from search import (
     parse_profile_text,
 )
 from service import store
+from service.db import Database
 from service.deps import DbDep, OwnerDep, SettingsDep
 from service.jobs import TERMINAL, search_spec
 from service.models import Job, JobStatus, Trial, UploadKind, utcnow
@@ -77,8 +78,6 @@ def _unprocessable(field: str, msg: str, value: Any = None) -> HTTPException:
 
 
 def _utc(value: datetime | None) -> datetime | None:
-    from datetime import UTC
-
     return None if value is None else value.replace(tzinfo=UTC)
 
 
@@ -364,7 +363,7 @@ async def _read_upload(file: StarletteUploadFile, limit: int) -> bytes:
     return data
 
 
-def _store_upload(db: Any, owner: str, kind: UploadKind, name: str, data: bytes, info: dict[str, Any]) -> UploadOut:
+def _store_upload(db: Database, owner: str, kind: UploadKind, name: str, data: bytes, info: dict[str, Any]) -> UploadOut:
     try:
         with db.session() as session:
             row = store.add_upload(session, owner, kind, name, data, hashlib.sha256(data).hexdigest(), info)
