@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from bench.report import RESULTS_DIR, markdown_table, mean_std, write_report
+from bench.report import RESULTS_DIR, code_version, markdown_table, mean_std, write_report
 from search import (
     CostObjective,
     Pin,
@@ -198,6 +198,7 @@ def exhaustive_table(workload: Workload, qat_steps: int, space_options: Mapping[
         path.write_text(json.dumps({
             "workload": WORKLOAD, "workload_options": WORKLOAD_OPTIONS, "qat_steps": qat_steps, "seed": 0,
             "fqns": fqns, "pinned": pinned, "fp32_quality": fp32, "rows": rows,
+            "trained_at": stored.get("trained_at") or f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, mixq {code_version()}",
         }, indent=1))
         elapsed = time.perf_counter() - started
         print(f"[{len(rows)}/{len(assignments)}] {name}: {run.quality:.3f} dB ({run.duration_s:.1f} s, "
@@ -360,7 +361,8 @@ def main() -> None:
     png = RESULTS_DIR / f"search_efficiency{suffix}.png"
     plotted = {k: v for k, v in seed0_fronts[plot_budget].items() if "ablation" not in k}
     plot(png, table, exhaustive, plotted, plot_budget, args.space)
-    durations = json.loads(table_path.read_text())["rows"]
+    stored = json.loads(table_path.read_text())
+    durations = stored["rows"]
     trial_s = statistics.median(v["duration_s"] for v in durations.values())
     int8_bitops = table.bitops[tuple("int8" for _ in table.fqns)]
     front_rows = [[f"{q:.2f}", f"{b / int8_bitops:.3f}"] for q, b in exhaustive]
@@ -368,7 +370,8 @@ def main() -> None:
         (f"Benchmark model: `load_workload({WORKLOAD!r}, {WORKLOAD_OPTIONS})`: 7 convs; {SPACE_WORDS[args.space]} "
         f"(`--space {args.space}`): 5 free x (int4, int8, fp16) = {len(table.quality)} assignments, each trained once with "
         f"{args.qat_steps} QAT steps (seed 0; median {trial_s:.1f} s per trial on this machine).  fp32 PSNR "
-        f"{table.fp32_quality:.2f} dB.  Table: `{table_path.relative_to(RESULTS_DIR.parent.parent)}`."),
+        f"{table.fp32_quality:.2f} dB.  Table: `{table_path.relative_to(RESULTS_DIR.parent.parent)}`, trained "
+        f"{stored.get('trained_at', '(time not recorded)')}."),
         "",
         (f"Hypervolume of the found front / hypervolume of the exhaustive front ({len(exhaustive)} points), "
         f"mean ± std over seeds 0..{args.seeds - 1}, in %.  Normalised by the exhaustive front's ideal and nadir; "
