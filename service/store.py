@@ -169,6 +169,14 @@ def running_job_to_join(session: Session, stale_before: datetime) -> int | None:
     return session.scalar(stmt)
 
 
+def other_live_workers(session: Session, job_id: int, worker_id: str, stale_before: datetime) -> int:
+    return session.scalar(
+        select(func.count()).select_from(WorkerRow).where(
+            WorkerRow.job_id == job_id, WorkerRow.id != worker_id, WorkerRow.heartbeat_at >= stale_before
+        )
+    ) or 0
+
+
 def set_job_info(
     session: Session, job_id: int, metric: str, higher_is_better: bool, fp32_quality: float | None,
     layers: list[dict[str, Any]] | None = None, pinned: dict[str, str] | None = None,

@@ -287,6 +287,10 @@ class Worker:
         ]
 
         def finish(session: Any) -> None:
+            # a worker whose search returned while others still run trials leaves the report to the last
+            # one, whose result includes those trials (if they all leave at once, a joiner finalizes)
+            if store.other_live_workers(session, run.job_id, self.id, self.stale_before()):
+                return
             store.set_job_info(
                 session, run.job_id, result.metric_name, result.higher_is_better, result.fp32_quality, layers, pinned
             )
