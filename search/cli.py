@@ -18,7 +18,7 @@ from rich.table import Table
 
 from search.spec import SearchProgress, SearchResult, SearchSpec, TrialOutcome
 
-console = Console(stderr=False)
+console = Console(stderr=False, width=None if sys.stdout.isatty() else 140)
 
 
 def _fail(message: str) -> None:
@@ -173,8 +173,13 @@ def search_command(
             if not console.is_terminal:  # a log file gets one line per trial instead of a live bar
                 console.print(f"trial {progress.finished}/{progress.total}  {best}  {last}")
 
+        def on_progress(progress: SearchProgress) -> None:
+            bar.update(task, best=progress.message)
+            if not console.is_terminal:
+                console.print(progress.message)
+
         try:
-            result = run_search(spec, workload=wl, on_trial=on_trial)
+            result = run_search(spec, workload=wl, on_trial=on_trial, on_progress=on_progress)
         except (SearchError, ValueError) as err:
             _fail(str(err))
         bar.update(task, completed=spec.n_trials)

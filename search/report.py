@@ -45,8 +45,10 @@ def plot_front_png(result: SearchResult, path: Path) -> Path:
         cost_name = _first_cost(result.trials[0])[0]
         ax.scatter([_first_cost(o)[1] for o in others if o.feasible], [o.quality for o in others if o.feasible],
                    c="#9aa5b1", s=22, label="trial")
-        ax.scatter([_first_cost(o)[1] for o in others if not o.feasible],
-                   [o.quality for o in others if not o.feasible], marker="x", c="#d9822b", s=26, label="infeasible")
+        infeasible = [o for o in others if not o.feasible]
+        if infeasible:
+            ax.scatter([_first_cost(o)[1] for o in infeasible], [o.quality for o in infeasible], marker="x",
+                       c="#d9822b", s=26, label="infeasible")
         fx = [_first_cost(o)[1] for o in result.front]
         ax.errorbar(fx, [o.quality for o in result.front], yerr=[o.quality_std for o in result.front], fmt="o-",
                     c="#2b6cb0", ms=6, capsize=3, label="Pareto front (mean ± std)")

@@ -190,8 +190,10 @@ def pareto_front(outcomes: Sequence[TrialOutcome], higher_is_better: bool) -> li
 
 class _Search:
     def __init__(self, spec: SearchSpec, workload: Workload, on_trial: OnTrial | None,
-                 should_stop: Callable[[], bool] | None, evaluator: Evaluator | None = None) -> None:
+                 should_stop: Callable[[], bool] | None, evaluator: Evaluator | None = None,
+                 on_progress: Callable[[SearchProgress], None] | None = None) -> None:
         self.spec = spec
+        self.on_progress = on_progress
         self.evaluator = evaluator
         self.workload = workload
         self.on_trial = on_trial
@@ -420,16 +422,18 @@ class _Search:
         """Extra seeds for the current front candidates (noise-aware reporting)."""
         if self.spec.reevaluate_front == 0:
             return
-        # a point's mean can fall below one that was dominated before; repeat until every
-        # member of the (mean-based) front has its extra seeds, at most a few rounds
-        for _ in range(4):
+        # a point's mean can fall below one that was dominated before; a second round gives the
+        # new front members their extra seeds too (bounded: each round costs front x seeds runs)
+        for _ in range(2):
             todo = [
                 p for p in pareto_front(self.outcomes(), self.workload.higher_is_better)
                 if f"{_ATTR_REEVAL}{p.number}" not in self.study.user_attrs
             ]
             if not todo or self.should_stop():
                 return
-            for point in todo:
+            for i, point in enumerate(todo):
+                if self.on_progress is not None:
+                    self.on_progress(self.progress(f"re-evaluating front point {i + 1}/{len(todo)} (trial {point.number})"))
                 self._reevaluate(point)
 
     def _reevaluate(self, point: TrialOutcome) -> None:
@@ -471,6 +475,7 @@ def run_search(
     on_trial: OnTrial | None = None,
     should_stop: Callable[[], bool] | None = None,
     evaluator: Evaluator | None = None,
+    on_progress: Callable[[SearchProgress], None] | None = None,
 ) -> SearchResult:
     """Search per-layer precision maps for ``spec``; return the Pareto front and all trials.
 
@@ -478,10 +483,11 @@ def run_search(
     share the budget ``spec.n_trials``.  ``on_trial`` is called in the process that ran each trial;
     ``should_stop`` is checked between trials.  Bad input raises before any training starts.
     ``evaluator`` replaces the QAT run (benchmarks over a precomputed table use it).
+    ``on_progress`` hears about work that is not a trial (re-evaluating the front).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     workload = workload or load_workload(spec.workload, spec.workload_options)
-    return _Search(spec, workload, on_trial, should_stop, evaluator).run()
+    return _Search(spec, workload, on_trial, should_stop, evaluator, on_progress).run()
 
 
 def search_result_to_dict(result: SearchResult) -> dict[str, Any]:
