@@ -42,6 +42,7 @@ class _View:
     fragments: dict[int, bytes] = field(default_factory=dict)
     vectors: dict[int, tuple[float, ...]] = field(default_factory=dict)  # feasible trials with a quality
     final_front: set[int] = field(default_factory=set)
+    front: set[int] = field(default_factory=set)  # what the body reports
     body: bytes = b""
 
 
@@ -52,6 +53,12 @@ class ParetoViews:
         self._views: dict[int, _View] = {}
         self._lock = threading.Lock()
         self.max_jobs = max_jobs
+
+    def front(self, session: Session, job: Job) -> set[int]:
+        """Trial numbers on the front as ``/pareto`` reports it (so ``/trials`` agrees with it)."""
+        self.response(session, job)
+        with self._lock:
+            return set(self._views[job.id].front)
 
     def response(self, session: Session, job: Job) -> bytes:
         version = (job.updated_at, job.status, job.front_final, job.metric, job.fp32_quality)
@@ -98,6 +105,7 @@ class ParetoViews:
     @staticmethod
     def _render(view: _View, job: Job) -> bytes:
         front = view.final_front if job.front_final else pareto_numbers(list(view.vectors.items()))
+        view.front = front
         pinned = job.pinned or {}
         layers = [
             LayerOut(**{**layer, "pinned": layer.get("fqn") in pinned, "pin_reason": pinned.get(layer.get("fqn", ""))})

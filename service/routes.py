@@ -253,13 +253,17 @@ def delete_job(job_id: JobId, db: DbDep, owner: OwnerDep) -> Response:
 
 @router.get("/jobs/{job_id}/trials", response_model=TrialPage)
 def list_trials(
-    job_id: JobId, db: DbDep, owner: OwnerDep, limit: Limit = 50, offset: Offset = 0,
+    job_id: JobId, db: DbDep, owner: OwnerDep, request: Request, limit: Limit = 50, offset: Offset = 0,
     sort: Annotated[str, Query(pattern=r"^-?(number|quality|cost)$")] = "number",
 ) -> TrialPage:
+    """Trials, paginated; ``on_front`` agrees with ``/pareto`` (the live front while the job runs)."""
+    views: ParetoViews = request.app.state.pareto_views
     with db.session() as session:
-        _owned_job(session, job_id, owner)
+        job = _owned_job(session, job_id, owner)
         trials, total = store.list_trials(session, job_id, sort, limit, offset)
-        return TrialPage(items=[trial_out(t) for t in trials], total=total, limit=limit, offset=offset)
+        front = views.front(session, job) if not job.front_final else None
+        items = [trial_out(t, None if front is None else t.number in front) for t in trials]
+        return TrialPage(items=items, total=total, limit=limit, offset=offset)
 
 
 @router.get("/jobs/{job_id}/pareto", response_model=ParetoOut)

@@ -194,3 +194,14 @@ def test_meta(client: TestClient) -> None:
     meta = client.get("/v1/meta").json()
     assert "digits" in meta["workloads"] and "generic" in meta["profiles"] and "int4" in meta["formats"]
     assert meta["defaults"]["n_trials"] == 24
+
+
+def test_trials_on_front_agrees_with_pareto_while_running(client: TestClient, db: Database, settings: Settings) -> None:
+    job_id = client.post("/v1/jobs", json={**FAST_JOB, "n_trials": 8}).json()["id"]
+    worker = Worker(db, settings, run_search=make_fake_run_search(), make_workload=tiny_workload)
+    assert worker.next_job() == job_id
+    worker._finalize = lambda run, result: None  # type: ignore[method-assign]  # stays running, live front
+    worker.run_job(job_id)
+    points = {p["number"] for p in client.get(f"/v1/jobs/{job_id}/pareto").json()["points"]}
+    listed = client.get(f"/v1/jobs/{job_id}/trials", params={"limit": 50}).json()["items"]
+    assert points and {t["number"] for t in listed if t["on_front"]} == points
