@@ -8,9 +8,12 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
+import optuna
+import pytest
 from conftest import FAST_JOB
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -18,7 +21,8 @@ from test_resilience import free_port, processes  # noqa: F401 - fixture
 from test_uploads import npz_bytes, pt2_bytes
 from test_worker import status_of, trial_count, wait_for
 
-from service.db import Database
+from service import store
+from service.db import Database, upgrade
 from service.models import Trial
 from service.settings import Settings
 from service.worker import Worker
@@ -130,3 +134,33 @@ def test_job_on_an_uploaded_model(client: TestClient, db: Database, settings: Se
     assert {layer["fqn"] for layer in pareto["layers"]} == {"features.0", "classifier.1"}
     number = pareto["points"][0]["number"]
     assert client.get(f"/v1/jobs/{job_id}/pareto/{number}/qconfig.json").status_code == 200
+
+
+@pytest.mark.slow
+def test_real_worker_sigkilled_mid_trial_is_retried_with_same_parameters(
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]]  # noqa: F811
+) -> None:
+    """The real search's heartbeat (5 s) and grace period (20 s) make this take a minute or more."""
+    url = f"sqlite:///{tmp_path / 'kill.db'}"
+    upgrade(url)
+    db = Database(url)
+    with db.session() as session:
+        job_id = store.add_job(session, "local", {**REAL_JOB, "n_trials": 4, "qat_steps": 600}, 4, 0, None).id
+    env = {**os.environ, "MIXQ_DATABASE_URL": url, "MIXQ_POLL_INTERVAL_S": "0.2", "OMP_NUM_THREADS": "1"}
+    processes.append(victim := subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env,
+                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    wait_for(lambda: trial_count(db, job_id) >= 1, timeout_s=180, what="first real trial")
+    time.sleep(1.0)  # inside the next trial
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=10)
+    processes.append(subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    wait_for(lambda: status_of(db, job_id) == "succeeded", timeout_s=300, what="job to finish after the kill")
+    study = optuna.load_study(study_name=f"mixq-job-{job_id}", storage=url)
+    trials = study.get_trials(deepcopy=False)
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 1
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == failed[0].number]
+    assert retried and retried[0].params == failed[0].params
+    assert trial_count(db, job_id) >= 4
+    db.dispose()
