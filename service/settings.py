@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path("mixq-data")
 MIB = 1024 * 1024
@@ -27,8 +29,9 @@ class Settings(BaseSettings):
     max_dataset_bytes: int = Field(default=64 * MIB, gt=0)
     max_profile_bytes: int = Field(default=1 * MIB, gt=0)
     max_json_bytes: int = Field(default=1 * MIB, gt=0, description="any non-upload request body")
-    allowed_workloads: list[str] = Field(
-        default_factory=list, description="entry points 'pkg.module:factory' jobs may name (operator allow-list)"
+    allowed_workloads: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="entry points 'pkg.module:factory' jobs may name (operator allow-list); comma-separated or JSON",
     )
 
     worker_nice: int = Field(
@@ -38,6 +41,14 @@ class Settings(BaseSettings):
     stale_after_s: float = Field(default=15.0, gt=0, description="a worker silent this long is presumed dead")
     poll_interval_s: float = Field(default=1.0, gt=0, description="idle worker: seconds between looks for work")
     events_poll_s: float = Field(default=0.5, gt=0, description="SSE: seconds between looks at the job")
+
+    @field_validator("allowed_workloads", mode="before")
+    @classmethod
+    def _split_workloads(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [p.strip() for p in text.split(",") if p.strip()]
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -205,3 +205,15 @@ def test_trials_on_front_agrees_with_pareto_while_running(client: TestClient, db
     points = {p["number"] for p in client.get(f"/v1/jobs/{job_id}/pareto").json()["points"]}
     listed = client.get(f"/v1/jobs/{job_id}/trials", params={"limit": 50}).json()["items"]
     assert points and {t["number"] for t in listed if t["on_front"]} == points
+
+
+def test_entry_point_workloads_need_the_operator_allow_list(settings: Settings, db: Database, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from service.main import create_app
+
+    monkeypatch.setenv("MIXQ_ALLOWED_WORKLOADS", "mypkg.models:make_workload, other.mod:factory")
+    allowed = Settings().allowed_workloads
+    assert allowed == ["mypkg.models:make_workload", "other.mod:factory"]
+    with TestClient(create_app(settings.model_copy(update={"allowed_workloads": allowed}), db)) as c:
+        assert c.post("/v1/jobs", json={**FAST_JOB, "workload": "mypkg.models:make_workload"}).status_code == 201
+        assert c.post("/v1/jobs", json={**FAST_JOB, "workload": "os:system"}).status_code == 422
+        assert "mypkg.models:make_workload" in c.get("/v1/meta").json()["workloads"]
