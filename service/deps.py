@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service import auth
@@ -26,20 +26,36 @@ DbDep = Annotated[Database, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def current_owner(
-    db: DbDep, settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> str:
-    """The token's owner; without a token, the local owner unless auth is required."""
+def _owner(db: Database, settings: Settings, token: str | None) -> str:
     unauthorized = {"WWW-Authenticate": "Bearer"}
-    if credentials is None:
+    if token is None:
         if settings.auth_required:
             raise HTTPException(401, "Authorization: a Bearer token is required", headers=unauthorized)
         return auth.LOCAL_OWNER
     with db.session() as session:
-        owner = auth.owner_of(session, credentials.credentials)
+        owner = auth.owner_of(session, token)
     if owner is None:
         raise HTTPException(401, "Authorization: unknown or revoked token", headers=unauthorized)
     return owner
 
 
+def current_owner(
+    db: DbDep, settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> str:
+    """The token's owner; without a token, the local owner unless auth is required."""
+    return _owner(db, settings, credentials.credentials if credentials else None)
+
+
+def stream_owner(
+    db: DbDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    token: Annotated[str | None, Query(max_length=200, description="token for EventSource, which cannot send headers")] = None,
+) -> str:
+    """As :func:`current_owner`, but also takes ``?token=``: the browser's EventSource cannot set an
+    Authorization header.  The header wins when both are given."""
+    return _owner(db, settings, credentials.credentials if credentials else token)
+
+
 OwnerDep = Annotated[str, Depends(current_owner)]
+StreamOwnerDep = Annotated[str, Depends(stream_owner)]

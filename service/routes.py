@@ -29,7 +29,7 @@ from search import (
 )
 from service import store
 from service.db import Database
-from service.deps import DbDep, OwnerDep, SettingsDep
+from service.deps import DbDep, OwnerDep, SettingsDep, StreamOwnerDep
 from service.jobs import TERMINAL, search_spec
 from service.models import Job, JobStatus, Trial, UploadKind, utcnow
 from service.pareto_view import ParetoViews
@@ -309,7 +309,7 @@ def _sse(event: str, data: str) -> bytes:
 
 @router.get("/jobs/{job_id}/events", responses={200: {"content": {"text/event-stream": {}}}})
 async def job_events(
-    job_id: JobId, db: DbDep, owner: OwnerDep, settings: SettingsDep, request: Request
+    job_id: JobId, db: DbDep, owner: StreamOwnerDep, settings: SettingsDep, request: Request
 ) -> StreamingResponse:
     """Server-Sent Events: ``progress`` (Job), ``trial`` (Trial), and a final ``done`` (Job)."""
 

@@ -177,11 +177,6 @@ def test_pages_work_with_a_bearer_token(page: Any, auth_server: LiveServer, scre
     screenshot("job-queued-with-auth")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service: GET /v1/jobs/{id}/events does not accept ?token= yet (docs/api-contract.md, dashboard "
-    "addition 1); until then the job page polls. Remove this marker when it does.",
-)
 def test_event_stream_accepts_the_token_as_a_query_parameter(page: Any, auth_server: LiveServer) -> None:
     _submit_with_token(page, auth_server)
     page.wait_for_timeout(1500)  # a refused stream has closed by now
