@@ -22,7 +22,7 @@ from search.runner import SearchError, pareto_front, run_search
 from search.space import SearchSpace, SearchSpaceError, build_space
 from search.spec import CostObjective, Pin, SamplerName, SearchProgress, SearchResult, SearchSpec, TrialOutcome
 from search.train import NonFiniteLossError, TrialRun, fp32_quality, run_trial
-from search.workloads import BUILTIN_WORKLOADS, Workload, WorkloadError, load_workload
+from search.workloads import BUILTIN_WORKLOADS, Workload, WorkloadError, check_workload_options, load_workload
 
 __version__ = "0.1.0"
 
@@ -59,6 +59,7 @@ __all__ = [
     "build_qconfig",
     "builtin_profiles",
     "calibrate",
+    "check_workload_options",
     "cost_model",
     "dequantize_model",
     "discover_layers",

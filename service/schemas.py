@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from search import CostObjective, SamplerName
+from search import BUILTIN_WORKLOADS, CostObjective, SamplerName, check_workload_options
 
 INT32_MAX = 2**31 - 1  # every integer we store fits a PostgreSQL INTEGER
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"  # upload/profile names: no paths, no spaces
@@ -80,6 +80,9 @@ class JobCreate(_Strict):
     def _json_safe_strings(self) -> JobCreate:
         for name in ("workload", "profile", "pin_first_last", "formats", "pins"):
             check_json_value(_plain(getattr(self, name)), name)
+        if self.model is None and self.workload in BUILTIN_WORKLOADS:
+            # caught at submission, not as a failed job later; entry points are not imported here
+            check_workload_options(self.workload, self.workload_options)
         return self
 
 

@@ -80,6 +80,7 @@ def test_concurrent_duplicate_submissions_make_one_job(client: TestClient) -> No
         pytest.param({**FAST_JOB, "model": "m"}, "dataset", id="model-without-dataset"),
         pytest.param({**FAST_JOB, "workload_options": {"a": "x\u0000y"}}, "workload_options", id="nul-in-options"),
         pytest.param({**FAST_JOB, "pins": [{"match": "a", "format": "int3"}]}, "pins", id="bad-pin-format"),
+        pytest.param({**FAST_JOB, "workload_options": {"bogus": 1}}, "workload_options", id="unknown-workload-option"),
     ],
 )
 def test_bad_job_specs_are_422_naming_the_field(client: TestClient, body: dict, field: str) -> None:
