@@ -260,7 +260,19 @@ def record_trial(
 def mark_front(session: Session, job_id: int, numbers: Sequence[int]) -> None:
     """The search's own front is final: flag exactly these trials."""
     session.execute(update(Trial).where(Trial.job_id == job_id).values(on_front=Trial.number.in_(list(numbers))))
-    session.execute(update(Job).where(Job.id == job_id).values(front_final=True, updated_at=utcnow()))
+    # re-evaluated front points now hold their mean: best-so-far follows the final numbers
+    higher = session.scalar(select(Job.higher_is_better).where(Job.id == job_id)) is not False
+    best = session.scalars(
+        select(Trial)
+        .where(Trial.job_id == job_id, Trial.state == TrialState.COMPLETE, Trial.feasible.is_(True),
+               Trial.quality.is_not(None))
+        .order_by(Trial.quality.desc() if higher else Trial.quality, Trial.number)
+        .limit(1)
+    ).first()
+    values: dict[str, object] = {"front_final": True, "updated_at": utcnow()}
+    if best is not None:
+        values.update(best_quality=best.quality, best_trial=best.number)
+    session.execute(update(Job).where(Job.id == job_id).values(**values))
 
 
 _TRIAL_ORDER = {

@@ -164,3 +164,16 @@ def test_real_worker_sigkilled_mid_trial_is_retried_with_same_parameters(
     assert retried and retried[0].params == failed[0].params
     assert trial_count(db, job_id) >= 4
     db.dispose()
+
+
+def test_best_so_far_follows_the_re_evaluated_means(client: TestClient, db: Database, settings: Settings) -> None:
+    job = client.post("/v1/jobs", json={**FAST_JOB, "reevaluate_front": 2, "n_trials": 3}).json()
+    worker = Worker(db, settings)
+    assert worker.next_job() == job["id"]
+    worker.run_job(job["id"])
+    done = client.get(f"/v1/jobs/{job['id']}").json()
+    assert done["status"] == "succeeded", done["error"]
+    trials = client.get(f"/v1/jobs/{job['id']}/trials", params={"limit": 50}).json()["items"]
+    assert any(t["n_evaluations"] > 1 for t in trials)  # the front was re-evaluated
+    best = max((t for t in trials if t["feasible"] and t["state"] == "complete"), key=lambda t: (t["quality"], -t["number"]))
+    assert done["best"] == {"quality": best["quality"], "trial_number": best["number"]}
