@@ -37,8 +37,9 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from search.cost import model_costs
-from search.layers import LayerGraph, discover_layers
+from search.cost import cost_model, model_costs
+from search.formats import parse_format
+from search.layers import LayerGraph, LayerInfo, discover_layers
 from search.profiles import TargetProfile, load_profile
 from search.qconfig import QualityReport, build_qconfig
 from search.space import SearchSpace, build_space
@@ -422,9 +423,9 @@ class _Search:
         """Extra seeds for the current front candidates (noise-aware reporting)."""
         if self.spec.reevaluate_front == 0:
             return
-        # a point's mean can fall below one that was dominated before; a second round gives the
-        # new front members their extra seeds too (bounded: each round costs front x seeds runs)
-        for _ in range(2):
+        # a point's mean can fall below one that was dominated before; later rounds give the new
+        # front members their extra seeds too (usually one or two points; bounded at 4 rounds)
+        for _ in range(4):
             todo = [
                 p for p in pareto_front(self.outcomes(), self.workload.higher_is_better)
                 if f"{_ATTR_REEVAL}{p.number}" not in self.study.user_attrs
@@ -448,6 +449,13 @@ class _Search:
             qualities.append(run.quality)
         self.study.set_user_attr(f"{_ATTR_REEVAL}{point.number}", qualities)
 
+    def layer_costs(self, layer: LayerInfo) -> dict[str, dict[str, float]]:
+        """What this layer costs in each format it may take ({format: {objective: value}}); summed
+        over the layers of an assignment these are the trial's costs."""
+        formats = self.space.choices.get(layer.fqn) or (self.space.pinned[layer.fqn],)
+        models = [cost_model(o, self.profile) for o in self.spec.cost_objectives]
+        return {f: {m.name: m.layer_cost(layer, parse_format(f)) for m in models} for f in formats}
+
     def result(self, fp32: float) -> SearchResult:
         outcomes = self.outcomes()
         return SearchResult(
@@ -458,7 +466,7 @@ class _Search:
             layers=[
                 {"fqn": lay.fqn, "kind": str(lay.kind), "index": lay.index, "macs": lay.macs,
                  "num_params": lay.num_params, "choices": list(self.space.choices.get(lay.fqn, ())),
-                 "pinned": self.space.pinned.get(lay.fqn)}
+                 "pinned": self.space.pinned.get(lay.fqn), "costs_by_format": self.layer_costs(lay)}
                 for lay in self.graph.layers
             ],
             pinned=dict(self.space.pin_reasons),
