@@ -227,7 +227,8 @@ def test_killed_process_trial_is_retried_with_same_params(storage_url: str) -> N
         time.sleep(0.5)
         try:
             study = optuna.load_study(study_name="crash", storage=storage_url)
-            running = study.get_trials(states=(TrialState.RUNNING,))
+            # wait until the trial has its parameters: that is when QAT starts, the moment to kill
+            running = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if t.params]
         except KeyError:
             continue
     assert running, "the victim never started a trial"
