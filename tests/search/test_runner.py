@@ -227,8 +227,9 @@ def test_killed_process_trial_is_retried_with_same_params(storage_url: str) -> N
         time.sleep(0.5)
         try:
             study = optuna.load_study(study_name="crash", storage=storage_url)
-            # wait until the trial has its parameters: that is when QAT starts, the moment to kill
-            running = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if t.params]
+            # wait until the trial has all its parameters (3 free digits layers; they are written
+            # one by one): then QAT is running, the moment to kill
+            running = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if len(t.params) == 3]
         except KeyError:
             continue
     assert running, "the victim never started a trial"
