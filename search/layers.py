@@ -15,7 +15,6 @@ Rules (documented, never silent):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -184,7 +183,3 @@ def discover_layers(model: nn.Module, example_inputs: Any) -> LayerGraph:
     )
     unused = tuple(fqn for fqn, _ in candidates if fqn not in seen)
     return LayerGraph(layers=layers, unused=unused)
-
-
-def fqns_in_order(graph: LayerGraph) -> Sequence[str]:
-    return graph.fqns

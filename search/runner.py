@@ -22,7 +22,6 @@ trial FAIL and re-enqueue the same parameters (bounded retries).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import logging
 import os
 import socket
@@ -31,7 +30,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from pathlib import Path
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -496,10 +495,3 @@ def run_search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     workload = workload or load_workload(spec.workload, spec.workload_options)
     return _Search(spec, workload, on_trial, should_stop, evaluator, on_progress).run()
-
-
-def search_result_to_dict(result: SearchResult) -> dict[str, Any]:
-    """JSON-ready summary (front with qconfigs)."""
-    from dataclasses import asdict
-
-    return asdict(result)

@@ -25,10 +25,6 @@ class SearchSpace:
     pinned: dict[str, str]  # fqn -> format name
     pin_reasons: dict[str, str]  # fqn -> why
 
-    def assignment(self, free: dict[str, str]) -> dict[str, str]:
-        """The full map (execution order is the pinned+free union in graph order by caller)."""
-        return {**self.pinned, **free}
-
     @property
     def size(self) -> int:
         n = 1
