@@ -178,6 +178,13 @@ class ActivationQuantizer(nn.Module):
 
     EMA_MOMENTUM = 0.01
 
+    # registered buffers (and ``scale``, a parameter under LSQ), declared for the type checker
+    min_val: Tensor
+    max_val: Tensor
+    zero_point: Tensor
+    scale: Tensor
+    initialized: Tensor
+
     def __init__(self, fmt: TensorFormat, method: RangeMethod = RangeMethod.MINMAX) -> None:
         super().__init__()
         self.fmt = fmt
