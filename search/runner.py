@@ -378,8 +378,12 @@ class _Search:
     def step(self, fp32: float) -> None:
         """Run one trial.  ``study.optimize(n_trials=1)`` rather than ask/tell: it brings the
         heartbeat thread and the failure boundary (a failing trial is recorded FAIL, the loop goes
-        on), as in optuna's own ``_run_trial``."""
-        self.fail_stale_trials()
+        on), as in optuna's own ``_run_trial``, which also fails stale trials first; only the
+        trials that died before their first heartbeat are ours to handle here."""
+        if self.storage is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._fail_trials_without_heartbeat()
         self.study.optimize(
             lambda t: self.objective(t, fp32), n_trials=1, catch=(Exception,), callbacks=[self._after_optimize_trial]
         )
