@@ -6,6 +6,7 @@ matters less than it would for absolute times; it is still recorded, with a note
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -90,3 +91,12 @@ def write_report(name: str, title: str, body: str, *, shared_machine: bool = Tru
     path.write_text(text)
     print(text)
     return path
+
+
+def write_json_summary(summary: dict[str, object], out: Path | None) -> None:
+    """Print ``summary`` as JSON and, with ``out``, write it there too."""
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import random
@@ -28,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from bench.report import write_json_summary
 from service import store
 from service.db import Database, upgrade
 from service.store import TrialRecord
@@ -170,11 +170,7 @@ def main() -> None:
             for path, ms in timings.items()
         },
     }
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    write_json_summary(summary, args.out)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ end to end.  Prints a JSON summary (and writes it to --out).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import signal
@@ -23,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from bench.report import write_json_summary
 from service import store
 from service.db import Database, upgrade
 from service.models import JobStatus, Trial
@@ -111,11 +111,7 @@ def main() -> None:
         if one["trials_per_hour_steady"] and two["trials_per_hour_steady"] else None,
         "speedup_wall": round(two["trials_per_hour_wall"] / one["trials_per_hour_wall"], 2),
     }
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    write_json_summary(summary, args.out)
 
 
 if __name__ == "__main__":
