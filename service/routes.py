@@ -379,10 +379,11 @@ def _store_upload(db: Database, owner: str, kind: UploadKind, name: str, data: b
 
 @router.post("/models", response_model=UploadOut, status_code=201)
 async def upload_model(
-    file: Annotated[UploadFile, File(description="a torch.export program (.pt2)")],
+    file: Annotated[UploadFile, File(description="an fp32 ONNX model (.onnx, opset >= 13); .pt2 is refused")],
     name: Annotated[str, Form(max_length=100)], db: DbDep, owner: OwnerDep, settings: SettingsDep,
 ) -> UploadOut:
-    """Upload a model.  The archive is checked and rebuilt from plain members; it is never unpickled."""
+    """Upload a model.  It is parsed in a sandboxed child process against an operator allow-list; nothing in it
+    is evaluated, unpickled or turned into code."""
     _check_name(name)
     data = await _read_upload(file, settings.max_model_bytes)
     try:

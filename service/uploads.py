@@ -1,216 +1,94 @@
-"""Uploaded models (``torch.export`` ``.pt2``) and datasets (``.npz``): validation that never unpickles,
-and the ``Workload`` a job builds from them.
+"""Uploaded models (fp32 ONNX) and datasets (``.npz``): checks that never evaluate, unpickle or generate
+code from the upload, run in a sandboxed child process (:mod:`service.sandbox`), and the ``Workload`` a job
+builds from them.
 
-Why not just ``torch.export.load``: in torch 2.13 it ``torch.load(..., weights_only=False)``s the archive's
-``data/sample_inputs/*.pt`` member and any weight/constant flagged ``use_pickle``, and ``pickle.loads`` custom
-objects; a crafted member runs code.  So an archive is rebuilt from an allow-list of members first:
-JSON graph and configs, raw little-endian weight/constant files and the archive's version markers.  Sample
-inputs are replaced by an empty member (torch then skips them), and configs that ask for pickle, legacy
-``.pt`` members, unknown members, odd paths and non-aten operators are refused.  Only the rebuilt copy is
-ever given to torch.
+Why no ``.pt2`` (``torch.export``) any more: ``torch.export.load`` hands the program's symbolic shape
+expressions to ``sympy.sympify`` (``eval``) and writes names from the program into FX-generated Python
+source; a crafted archive ran code while the upload was still being checked, or at the first forward in
+the worker.  No allow-list of members makes that loader safe, so ``.pt2`` is refused with a pointer to
+ONNX, which :mod:`search.onnx_import` turns into a module without evaluating or generating anything.
 """
 
 from __future__ import annotations
 
 import io
-import json
-import posixpath
-import re
+import math
 import zipfile
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from numpy.lib import format as npy_format
 
-from search import Workload
+from service.sandbox import SandboxFailure, SandboxLimits, run_sandboxed
 
-MAX_MEMBERS = 20_000
-MAX_EXPANSION = 8  # uncompressed bytes may be at most this many times the archive (zip bombs)
-_MEMBER_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
-_ALLOWED_MEMBERS = (
-    re.compile(r"^(archive_format|archive_version|byteorder|version|\.data/version|\.data/serialization_id)$"),
-    re.compile(r"^models/[A-Za-z0-9_.-]+\.json$"),
-    re.compile(r"^data/weights/[A-Za-z0-9_.-]+_weights_config\.json$"),
-    re.compile(r"^data/weights/weight_\d+$"),
-    re.compile(r"^data/constants/[A-Za-z0-9_.-]+_constants_config\.json$"),
-    re.compile(r"^data/constants/tensor_\d+$"),
+if TYPE_CHECKING:
+    from torch import nn
+
+    from search import Workload
+
+# torch and search are imported where they are used: the sandboxed dataset check then starts in about a
+# second instead of waiting for torch's import.
+
+_ZIP_MAGIC = b"PK\x03\x04"
+PT2_REFUSED = (
+    "file: .pt2 (torch.export) archives are not accepted: torch's loader evaluates expressions and generates "
+    "code from the file. Export the model to ONNX instead (torch.onnx.export(model.eval(), example_inputs, "
+    "'model.onnx', opset_version=17, dynamo=False)) and upload the .onnx file"
 )
-_SAMPLE_INPUTS_RE = re.compile(r"^data/sample_inputs/[A-Za-z0-9_.-]+\.pt$")
-_ALLOWED_TARGETS = ("torch.ops.aten.", "_operator.")
-_PICKLE_OPCODE_PROTO = b"\x80"
 
 
 class UploadError(ValueError):
     """An upload is malformed or unsafe; the message names the field and what is wrong."""
 
 
+def _sandboxed(task: str, data: bytes, limits: SandboxLimits | None) -> dict[str, Any]:
+    try:
+        answer = run_sandboxed(task, data, limits)
+    except SandboxFailure as exc:
+        raise UploadError(f"file: {exc}") from None
+    if "error" in answer:
+        raise UploadError(str(answer["error"]))
+    return dict(answer["info"])
+
+
 # ---------------------------------------------------------------------------------------------
-# .pt2
+# ONNX models
 # ---------------------------------------------------------------------------------------------
 
 
-def _graph_targets(node_holder: Any) -> list[str]:
-    """Every operator target in a serialized graph (walks nested graphs too)."""
-    found: list[str] = []
-    if isinstance(node_holder, dict):
-        for key, value in node_holder.items():
-            if key == "target" and isinstance(value, str):
-                found.append(value)
-            else:
-                found.extend(_graph_targets(value))
-    elif isinstance(node_holder, list):
-        for item in node_holder:
-            found.extend(_graph_targets(item))
-    return found
+def load_model(data: bytes) -> nn.Module:
+    """The uploaded ONNX model as a module (safe to run in-process: see search.onnx_import); raises UploadError."""
+    from search.onnx_import import OnnxImportError, load_onnx_model
 
-
-def _check_payload_config(raw: bytes, member: str, prefix: str) -> None:
+    if data.startswith(_ZIP_MAGIC):
+        raise UploadError(PT2_REFUSED)
     try:
-        config = json.loads(raw)["config"]
-    except (ValueError, KeyError, TypeError):
-        raise UploadError(f"file: {member} is not a payload config") from None
-    if not isinstance(config, dict):
-        raise UploadError(f"file: {member} is not a payload config")
-    for fqn, meta in config.items():
-        if not isinstance(meta, dict) or meta.get("use_pickle") is not False or not isinstance(meta.get("path_name"), str):
-            raise UploadError(f"file: {member}: entry {fqn!r} is pickled or malformed; only raw tensors are accepted")
-        if not re.fullmatch(rf"{prefix}_\d+", meta["path_name"]):
-            raise UploadError(f"file: {member}: entry {fqn!r} is not a plain tensor ({meta['path_name']!r})")
+        return load_onnx_model(data)
+    except OnnxImportError as exc:
+        raise UploadError(str(exc)) from None
 
 
-def sanitize_pt2(data: bytes) -> bytes:
-    """The archive rebuilt from allow-listed members; raises UploadError naming what was refused."""
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        infos = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        raise UploadError("file: not a .pt2 archive (not a readable zip; truncated?)") from None
-    if not infos or len(infos) > MAX_MEMBERS:
-        raise UploadError(f"file: a .pt2 archive has 1..{MAX_MEMBERS} members, this one has {len(infos)}")
-    if sum(i.file_size for i in infos) > MAX_EXPANSION * max(len(data), 1) + 1024 * 1024:
-        raise UploadError("file: archive expands too much (zip bomb?)")
-    roots = {i.filename.split("/", 1)[0] for i in infos}
-    if len(roots) != 1:
-        raise UploadError("file: a .pt2 archive has exactly one top-level folder")
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as rebuilt:
-        for info in infos:
-            name = info.filename
-            if (
-                not _MEMBER_RE.match(name) or name.startswith("/") or ".." in name.split("/")
-                or posixpath.normpath(name) != name or info.is_dir()
-            ):
-                raise UploadError(f"file: refusing archive member {name!r} (unsafe path)")
-            rel = name.split("/", 1)[1] if "/" in name else ""
-            if _SAMPLE_INPUTS_RE.match(rel):
-                rebuilt.writestr(name, b"")  # torch treats an empty member as "no sample inputs"
-                continue
-            if not any(p.match(rel) for p in _ALLOWED_MEMBERS):
-                raise UploadError(f"file: refusing archive member {name!r} (not part of a plain torch.export program)")
-            try:
-                raw = archive.read(info)
-            except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError):
-                raise UploadError(f"file: archive member {name!r} is corrupt (truncated upload?)") from None
-            if rel.endswith(".json"):
-                if raw[:1] == _PICKLE_OPCODE_PROTO:
-                    raise UploadError(f"file: archive member {name!r} is a pickle, not JSON")
-                if rel.endswith("_weights_config.json"):
-                    _check_payload_config(raw, name, "weight")
-                elif rel.endswith("_constants_config.json"):
-                    _check_payload_config(raw, name, "tensor")
-                else:
-                    try:
-                        targets = _graph_targets(json.loads(raw))
-                    except ValueError:
-                        raise UploadError(f"file: archive member {name!r} is not valid JSON") from None
-                    bad = sorted({t for t in targets if not t.startswith(_ALLOWED_TARGETS)})
-                    if bad:
-                        raise UploadError(f"file: unsupported operators in the program: {', '.join(bad[:5])}")
-            rebuilt.writestr(name, raw)
-    return out.getvalue()
+def inspect_model_here(data: bytes) -> dict[str, Any]:
+    """Layer names of an uploaded model; what the sandboxed child runs."""
+    from torch import nn
 
-
-def load_program(sanitized: bytes) -> torch.export.ExportedProgram:
-    """Deserialize an archive that went through :func:`sanitize_pt2`."""
-    try:
-        return torch.export.load(io.BytesIO(sanitized))
-    except Exception as exc:  # noqa: BLE001 - any deserializer error is a bad upload
-        raise UploadError(f"file: not a loadable torch.export program: {type(exc).__name__}: {exc}"[:500]) from None
-
-
-def _weight(gm: torch.fx.GraphModule, node: Any) -> Tensor | None:
-    if not isinstance(node, torch.fx.Node) or node.op != "get_attr":
-        return None
-    value = gm
-    for part in str(node.target).split("."):
-        value = getattr(value, part)
-    return value if isinstance(value, Tensor) else None
-
-
-def _install(gm: torch.fx.GraphModule, weight_target: str, module: nn.Module, index: int) -> str:
-    owner = weight_target.rsplit(".", 1)[0] if "." in weight_target else ""
-    name = owner if owner and not list(gm.get_submodule(owner).children()) else f"layer_{index}"
-    if not gm.add_submodule(name, module):
-        raise UploadError(f"file: cannot place layer {name!r}")
-    return name
-
-
-def modules_from_program(program: torch.export.ExportedProgram) -> nn.Module:
-    """The program as a GraphModule whose conv/linear calls go through real ``nn.Conv*``/``nn.Linear``
-    modules (the search finds and swaps layers by module), named after their weights' owners."""
-    gm = program.module()
-    # the exported module checks inputs against the export-time shapes (batch 1); training needs batches
-    gm._forward_pre_hooks.clear()
-    convs: dict[Any, type[nn.Conv1d | nn.Conv2d]] = {
-        torch.ops.aten.conv1d.default: nn.Conv1d, torch.ops.aten.conv2d.default: nn.Conv2d,
-    }
-    for index, node in enumerate(list(gm.graph.nodes)):
-        if node.op != "call_function":
-            continue
-        if node.target in convs:
-            args = list(node.args) + [None, 1, 0, 1, 1][len(node.args) - 2:]
-            x, w_node, b_node, stride, padding, dilation, groups = args[:7]
-            weight, bias = _weight(gm, w_node), _weight(gm, b_node)
-            if weight is None:
-                continue
-            layer: nn.Conv1d | nn.Conv2d | nn.Linear = convs[node.target](
-                weight.shape[1] * groups, weight.shape[0], cast(Any, tuple(weight.shape[2:])), stride=stride,
-                padding=padding, dilation=dilation, groups=groups, bias=bias is not None,
-            )
-        elif node.target == torch.ops.aten.linear.default:
-            x, w_node = node.args[0], node.args[1]
-            b_node = node.args[2] if len(node.args) > 2 else None
-            weight, bias = _weight(gm, w_node), _weight(gm, b_node)
-            if weight is None or weight.dim() != 2:
-                continue
-            layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-        else:
-            continue
-        with torch.no_grad():
-            layer.weight.copy_(weight)
-            if bias is not None and layer.bias is not None:
-                layer.bias.copy_(bias)
-        name = _install(gm, str(w_node.target), layer, index)
-        with gm.graph.inserting_before(node):
-            call = gm.graph.call_module(name, (x,))
-        node.replace_all_uses_with(call)
-        gm.graph.erase_node(node)
-    gm.graph.eliminate_dead_code()
-    # a plain GraphModule: the exported one refuses train()/eval(), which QAT needs
-    return torch.fx.GraphModule(gm, gm.graph)
-
-
-def inspect_model(data: bytes) -> tuple[bytes, dict[str, Any]]:
-    """(sanitized archive, info) for an uploaded .pt2; raises UploadError."""
-    sanitized = sanitize_pt2(data)
-    module = modules_from_program(load_program(sanitized))
-    layers = [n for n, m in module.named_modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear)]
+    module = load_model(data)
+    onnx_names = getattr(module, "onnx_names", {})
+    layers = [n for n, m in module.named_modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.ConvTranspose2d | nn.Linear)]
     if not layers:
-        raise UploadError("file: the program has no conv or linear layer to quantize")
-    return sanitized, {"layers": layers[:1000], "n_layers": len(layers)}
+        raise UploadError("file: the model has no Conv, ConvTranspose, Gemm or MatMul layer to quantize")
+    return {
+        "format": "onnx", "layers": layers[:1000], "n_layers": len(layers),
+        "onnx_names": {fqn: onnx_names.get(fqn, fqn) for fqn in layers[:1000]},
+    }
+
+
+def inspect_model(data: bytes, limits: SandboxLimits | None = None) -> tuple[bytes, dict[str, Any]]:
+    """(bytes to store, info) for an uploaded model, checked in the sandbox; raises UploadError."""
+    if data.startswith(_ZIP_MAGIC):
+        raise UploadError(PT2_REFUSED)  # answered here: no need to start a child to say no
+    return data, _sandboxed("model", data, limits)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,19 +96,60 @@ def inspect_model(data: bytes) -> tuple[bytes, dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 
 _ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+MAX_ARRAY_BYTES = 2 * 1024**3  # all arrays of one dataset together, decompressed
+MAX_EXPANSION = 64  # decompressed bytes per upload byte: real data compresses far less; a bomb ~1000x
+_NPY_HEADER_MAX = 64 * 1024
+
+
+def _read_npy_header(member: zipfile.ZipExtFile, name: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    try:
+        version = npy_format.read_magic(member)  # type: ignore[no-untyped-call]
+        if version == (1, 0):
+            shape, _, dtype = npy_format.read_array_header_1_0(member, max_header_size=_NPY_HEADER_MAX)  # type: ignore[no-untyped-call]
+        elif version in ((2, 0), (3, 0)):
+            shape, _, dtype = npy_format.read_array_header_2_0(member, max_header_size=_NPY_HEADER_MAX)  # type: ignore[no-untyped-call]
+        else:
+            raise ValueError(f"npy version {version}")
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, SyntaxError) as exc:
+        raise UploadError(f"file: array {name!r} has no readable .npy header ({exc})"[:300]) from None
+    return tuple(shape), dtype
+
+
+def check_npz_sizes(data: bytes, max_array_bytes: int = MAX_ARRAY_BYTES) -> None:
+    """Refuse decompression bombs from the zip directory and the .npy headers, before any array is loaded."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        raise UploadError("file: not a readable .npz (zip) file; truncated?") from None
+    names = [info.filename.removesuffix(".npy") for info in infos]
+    unknown = sorted(set(names) - set(_ARRAYS))
+    if unknown or len(names) != len(set(names)):
+        raise UploadError(f"file: unexpected arrays {unknown or names}; allowed: {', '.join(_ARRAYS)} (once each)")
+    declared = sum(info.file_size for info in infos)
+    cap = min(max_array_bytes, MAX_EXPANSION * len(data) + 1024 * 1024)
+    if declared > cap:
+        raise UploadError(f"file: the arrays decompress to {declared} bytes from a {len(data)}-byte upload; "
+                          f"at most {cap} bytes (decompression bomb?)")
+    with archive:
+        for info, name in zip(infos, names, strict=True):
+            with archive.open(info) as member:
+                shape, dtype = _read_npy_header(member, name)
+                if dtype.hasobject:
+                    raise UploadError(f"file: array {name!r} holds Python objects; numeric arrays only")
+                header_bytes = member.tell()
+            array_bytes = math.prod(shape) * dtype.itemsize
+            if array_bytes != info.file_size - header_bytes:
+                raise UploadError(f"file: array {name!r} declares shape {list(shape)} of {dtype} "
+                                  f"({array_bytes} bytes) but holds {info.file_size - header_bytes} bytes")
 
 
 def load_arrays(data: bytes) -> dict[str, np.ndarray]:
     """``x_train``, ``y_train`` (required), ``x_test``, ``y_test`` (optional) from an .npz, never unpickling."""
+    check_npz_sizes(data)
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            names = list(npz.files)
-            unknown = sorted(set(names) - set(_ARRAYS))
-            if unknown:
-                raise UploadError(f"file: unexpected arrays {unknown}; allowed: {', '.join(_ARRAYS)}")
-            arrays = {name: npz[name] for name in names}
-    except UploadError:
-        raise
+            arrays = {name: npz[name] for name in npz.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise UploadError(f"file: not a readable .npz without pickles ({type(exc).__name__}: {exc})"[:300]) from None
     for name in ("x_train", "y_train"):
@@ -251,9 +170,15 @@ def load_arrays(data: bytes) -> dict[str, np.ndarray]:
     return arrays
 
 
-def inspect_dataset(data: bytes) -> dict[str, Any]:
+def inspect_dataset_here(data: bytes) -> dict[str, Any]:
+    """Array shapes and dtypes of an uploaded dataset; what the sandboxed child runs."""
     arrays = load_arrays(data)
     return {name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in arrays.items()}
+
+
+def inspect_dataset(data: bytes, limits: SandboxLimits | None = None) -> dict[str, Any]:
+    """Array shapes and dtypes of an uploaded dataset, checked in the sandbox; raises UploadError."""
+    return _sandboxed("dataset", data, limits)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,11 +207,17 @@ class UploadWorkloadOptions:
         return parsed
 
 
-def build_workload(name: str, model_archive: bytes, dataset: bytes, options: dict[str, Any]) -> Workload:
-    """A Workload from an uploaded program and arrays.  Integer targets: classification (cross-entropy,
+def build_workload(name: str, model_bytes: bytes, dataset: bytes, options: dict[str, Any]) -> Workload:
+    """A Workload from an uploaded ONNX model and arrays.  Integer targets: classification (cross-entropy,
     accuracy); float targets: regression (MSE, metric ``mse``, lower is better)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from search import Workload
+
     opts = UploadWorkloadOptions.parse(options)
-    model = modules_from_program(load_program(sanitize_pt2(model_archive)))
+    model = load_model(model_bytes)
     arrays = load_arrays(dataset)
     x_train = torch.from_numpy(arrays["x_train"]).float()
     y_np = arrays["y_train"]

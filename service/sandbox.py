@@ -1,0 +1,148 @@
+"""Upload inspection in a short-lived child process, never in the API process.
+
+The child (``python -m service.sandbox TASK``, upload bytes on stdin, one JSON object on stdout) imports
+what it needs, then drops into limits before it reads a byte of the upload: address space (RLIMIT_AS,
+a budget above what the imports already mapped), CPU time (RLIMIT_CPU), file writes (RLIMIT_FSIZE 0,
+no core files) and, as root where the kernel allows, a new network namespace with no interface up.
+A crash, a limit hit or a timeout in the child is an :class:`~service.uploads.UploadError` (a 422) in
+the parent.  The parsers themselves never evaluate anything (see ``search.onnx_import`` and
+``service.uploads``); this is the second wall.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+TASKS = ("model", "dataset", "probe")
+_CLONE_NEWNET = 0x40000000  # linux/sched.h; os.unshare only exists from Python 3.12
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    memory_bytes: int = 2 * 1024**3  # address space the inspection may map beyond the child's imports
+    cpu_s: int = 60
+    wall_s: float = 120.0  # the child is killed after this, whatever it is doing
+
+
+class SandboxFailure(Exception):
+    """The child did not answer: crashed, killed by a limit, or timed out.  The message says which."""
+
+
+def run_sandboxed(task: str, data: bytes, limits: SandboxLimits | None = None) -> dict[str, Any]:
+    """The child's JSON answer for ``task`` on ``data``; raises SandboxFailure."""
+    if task not in TASKS:
+        raise ValueError(f"task: one of {TASKS}")
+    limits = limits or SandboxLimits()
+    env = {
+        **os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        "MIXQ_SANDBOX_MEMORY_BYTES": str(limits.memory_bytes), "MIXQ_SANDBOX_CPU_S": str(limits.cpu_s),
+    }
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "service.sandbox", task], input=data, capture_output=True, env=env,
+            timeout=limits.wall_s, check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise SandboxFailure(f"inspection took longer than {limits.wall_s:g} s") from None
+    if done.returncode < 0:
+        name = signal.Signals(-done.returncode).name
+        raise SandboxFailure(f"inspection was killed by {name} (limits: {limits.memory_bytes // 2**20} MiB, "
+                             f"{limits.cpu_s} s CPU)")
+    lines = done.stdout.decode(errors="replace").strip().splitlines()
+    try:
+        answer = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        raise SandboxFailure(f"inspection failed (exit status {done.returncode})") from None
+    if not isinstance(answer, dict):
+        raise SandboxFailure("inspection gave no answer")
+    return answer
+
+
+# ---------------------------------------------------------------------------------------------
+# The child
+# ---------------------------------------------------------------------------------------------
+
+
+def _isolate_network() -> bool:
+    """A new, empty network namespace (root only); False where the platform does not allow it."""
+    if os.geteuid() != 0:
+        return False
+    unshare = getattr(os, "unshare", None)
+    if unshare is not None:
+        try:
+            unshare(_CLONE_NEWNET)
+            return True
+        except OSError:
+            return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.unshare(_CLONE_NEWNET) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def _mapped_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[0]) * resource.getpagesize()
+
+
+def _enter_limits(memory_bytes: int, cpu_s: int) -> None:
+    budget = _mapped_bytes() + memory_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (budget, budget))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _probe() -> dict[str, Any]:
+    """What the child can do, for tests: the limits in force and whether a local TCP port is reachable."""
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=2):
+            reachable = True
+    except OSError:
+        reachable = False
+    return {
+        "rlimit_as": resource.getrlimit(resource.RLIMIT_AS)[0], "rlimit_cpu": resource.getrlimit(resource.RLIMIT_CPU)[0],
+        "rlimit_fsize": resource.getrlimit(resource.RLIMIT_FSIZE)[0], "tcp_5432_reachable": reachable,
+    }
+
+
+def main(task: str) -> dict[str, Any]:
+    from service.uploads import UploadError, inspect_dataset_here, inspect_model_here
+
+    if task == "model":  # imported before the limits: the imports' own mappings are not the upload's
+        import search.onnx_import  # noqa: F401
+
+    isolated = _isolate_network()
+    memory_bytes = int(os.environ.get("MIXQ_SANDBOX_MEMORY_BYTES", SandboxLimits.memory_bytes))
+    _enter_limits(memory_bytes, int(os.environ.get("MIXQ_SANDBOX_CPU_S", SandboxLimits.cpu_s)))
+    data = sys.stdin.buffer.read()
+    try:
+        if task == "probe":
+            return {"info": {**_probe(), "network_isolated": isolated}}
+        return {"info": inspect_model_here(data) if task == "model" else inspect_dataset_here(data)}
+    except UploadError as exc:
+        return {"error": str(exc)}
+    except MemoryError:
+        return {"error": f"file: inspecting the upload needs more than {memory_bytes // 2**20} MiB"}
+    except Exception as exc:  # noqa: BLE001 - whatever the upload provokes is the upload's fault
+        text = str(exc)
+        if "allocate" in text or "out of memory" in text.lower():
+            return {"error": f"file: inspecting the upload needs more than {memory_bytes // 2**20} MiB"}
+        return {"error": f"file: could not be inspected ({type(exc).__name__}: {text})"[:400]}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] not in TASKS:
+        sys.exit(f"usage: python -m service.sandbox {{{','.join(TASKS)}}} < upload")
+    answer = main(sys.argv[1])
+    sys.stdout.write(json.dumps(answer) + "\n")
