@@ -387,6 +387,8 @@ def _pad(node: _Node) -> Runner:
     torch_pads: list[int] = []
     for axis in reversed(range(rank)):  # F.pad lists the last axis first
         torch_pads += [begin[axis], end[axis]]
+    while len(torch_pads) > 2 and torch_pads[-2:] == [0, 0]:  # reflect/edge in torch pad inner axes only
+        del torch_pads[-2:]
     value_array = node.constant(2, "constant_value", required=False)
     value = float(value_array.reshape(-1)[0]) if value_array is not None and value_array.size else 0.0
     modes = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}
@@ -494,7 +496,7 @@ def load_onnx_model(data: bytes) -> OnnxModule:
                 layer, run = (layer_builders.get(proto.op_type, _matmul_linear))(node)
                 module_name = _module_name(proto.name, proto.op_type, index, taken)
                 taken.add(module_name)
-                module.add_module(module_name, layer)
+                module.add_module(module_name, layer.eval())  # the build run must not update BatchNorm statistics
                 module.onnx_names[module_name] = proto.name
                 operands: Sequence[str] = proto.input[:1]
             else:
