@@ -18,7 +18,7 @@ from conftest import FAST_JOB
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from test_resilience import free_port, processes  # noqa: F401 - fixture
-from test_uploads import npz_bytes, pt2_bytes
+from test_uploads import npz_bytes, onnx_bytes
 from test_worker import status_of, trial_count, wait_for
 
 from service import store
@@ -118,7 +118,7 @@ def test_worker_process_joins_a_running_job_on_postgres(
 
 
 def test_job_on_an_uploaded_model(client: TestClient, db: Database, settings: Settings) -> None:
-    files = {"file": ("m.pt2", pt2_bytes())}
+    files = {"file": ("m.onnx", onnx_bytes())}
     assert client.post("/v1/models", files=files, data={"name": "cnn"}).status_code == 201
     assert client.post("/v1/datasets", files={"file": ("d.npz", npz_bytes(64))}, data={"name": "data"}).status_code == 201
     job = client.post("/v1/jobs", json={**FAST_JOB, "workload": "my-cnn", "workload_options": {"batch_size": 16},
@@ -131,7 +131,7 @@ def test_job_on_an_uploaded_model(client: TestClient, db: Database, settings: Se
     done = client.get(f"/v1/jobs/{job_id}").json()
     assert done["status"] == "succeeded", done["error"]
     pareto = client.get(f"/v1/jobs/{job_id}/pareto").json()
-    assert {layer["fqn"] for layer in pareto["layers"]} == {"features.0", "classifier.1"}
+    assert {layer["fqn"] for layer in pareto["layers"]} == {"features_features_0_Conv", "classifier_classifier_1_Gemm"}
     number = pareto["points"][0]["number"]
     assert client.get(f"/v1/jobs/{job_id}/pareto/{number}/qconfig.json").status_code == 200
 

@@ -1,10 +1,12 @@
-"""Uploads: .pt2 never unpickled (a crafted archive must not run code), .npz without pickles, size
+"""Uploads: ONNX models through the allow-listed importer in a sandbox, .pt2 refused (crafted archives never run
+code), .npz without pickles or bombs, size
 limits answered before the body is read, truncated bodies and files, names sanitized."""
 
 from __future__ import annotations
 
-import contextlib
 import io
+import json
+import os
 import pickle
 import socket
 import threading
@@ -19,12 +21,15 @@ import torch
 import uvicorn
 from conftest import FAST_JOB
 from fastapi.testclient import TestClient
+from numpy.lib import format as npy_format
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from service.db import Database
 from service.main import create_app
 from service.settings import Settings
-from service.uploads import UploadError, build_workload, inspect_model, sanitize_pt2
+from service.sandbox import SandboxLimits, run_sandboxed
+from service.uploads import UploadError, build_workload, check_npz_sizes, inspect_model, inspect_model_here
 
 
 class ConvThenLinearNet(nn.Module):
@@ -76,18 +81,85 @@ def replace_member(archive: bytes, suffix: str, payload: bytes, add: str | None 
     return out.getvalue()
 
 
+def onnx_bytes() -> bytes:
+    buf = io.BytesIO()
+    torch.onnx.export(ConvThenLinearNet().eval(), ConvThenLinearNet.example_inputs(), buf, dynamo=False, opset_version=17)
+    return buf.getvalue()
+
+
 @pytest.fixture(scope="module")
 def good_pt2() -> bytes:
     return pt2_bytes()
 
 
-def test_crafted_pickle_runs_code_with_plain_torch_load(good_pt2: bytes, tmp_path: Path) -> None:
-    """Control: the crafted archive is a real threat to ``torch.export.load`` (so the tests below mean something)."""
-    marker = tmp_path / "pwned-by-torch-export-load"
-    crafted = replace_member(good_pt2, "sample_inputs/model.pt", pickle.dumps(CreatesFile(marker)))
-    with contextlib.suppress(Exception):  # it fails, but only after the payload ran
-        torch.export.load(io.BytesIO(crafted))
-    assert marker.exists()
+@pytest.fixture(scope="module")
+def good_onnx() -> bytes:
+    return onnx_bytes()
+
+
+def mutate_program(archive: bytes, change) -> bytes:  # type: ignore[no-untyped-def]
+    """The archive with its program JSON and weights config passed through ``change(member, obj)``."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(archive)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            raw = src.read(info)
+            if info.filename.endswith(".json") and ("models/" in info.filename or "config" in info.filename):
+                obj = json.loads(raw)
+                change(info.filename, obj)
+                raw = json.dumps(obj).encode()
+            dst.writestr(info, raw)
+    return out.getvalue()
+
+
+def _expr(marker: Path) -> str:
+    return f"__import__('os').system('touch {marker}')"
+
+
+def _set_symbolic(member: str, program: dict, marker: Path, field: str) -> None:  # type: ignore[type-arg]
+    if not member.endswith("models/model.json"):
+        return
+    graph = program["graph_module"]["graph"]
+    sym = {"as_expr": {"expr_str": _expr(marker), "hint": None}}
+    first = next(iter(graph["tensor_values"].values()))
+    if field == "tensor-size":
+        first["sizes"][0] = sym
+    elif field == "tensor-stride":
+        first["strides"][0] = sym
+    elif field == "storage-offset":
+        first["storage_offset"] = sym
+    elif field == "range-constraint":
+        program["range_constraints"][_expr(marker)] = {"min_val": 0, "max_val": 10}
+    else:
+        graph.setdefault(field.replace("-", "_"), {})[_expr(marker)] = sym
+
+
+def _evil_name(member: str, obj: dict, marker: Path, place: str) -> None:  # type: ignore[type-arg]
+    if (place == "weights-config") != member.endswith("_weights_config.json"):
+        return
+    evil = f"features.0.weight'\n{_expr(marker)}\n#"
+    text = json.dumps(obj).replace('"features.0.weight"', json.dumps(evil))
+    obj.clear()
+    obj.update(json.loads(text))
+
+
+PT2_ATTACKS = [
+    *[pytest.param(lambda m, o, mk, f=f: _set_symbolic(m, o, mk, f), id=f"expr-in-{f}") for f in (
+        "tensor-size", "tensor-stride", "storage-offset", "range-constraint", "sym-int-values",
+        "sym-float-values", "sym-bool-values")],
+    *[pytest.param(lambda m, o, mk, p=p: _evil_name(m, o, mk, p), id=f"name-in-{p}") for p in ("program", "weights-config")],
+]
+
+
+@pytest.mark.parametrize("attack", PT2_ATTACKS)
+def test_crafted_pt2_never_runs_code(good_pt2: bytes, tmp_path: Path, attack) -> None:  # type: ignore[no-untyped-def]
+    """Expressions in torch's symbolic fields and quotes/newlines in names: .pt2 is refused, nothing runs."""
+    marker = tmp_path / "pwned"
+    crafted = mutate_program(good_pt2, lambda member, obj: attack(member, obj, marker))
+    with pytest.raises(UploadError, match="ONNX"):
+        inspect_model(crafted)
+    with pytest.raises(UploadError, match="ONNX"):
+        build_workload("evil", crafted, npz_bytes(), {})
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize(
@@ -96,49 +168,26 @@ def test_crafted_pickle_runs_code_with_plain_torch_load(good_pt2: bytes, tmp_pat
         pytest.param(lambda good, p: replace_member(good, "sample_inputs/model.pt", p), id="sample-inputs-member"),
         pytest.param(lambda good, p: replace_member(good, "weight_0", p, add="data/weights/model.pt"), id="legacy-weights-pt"),
         pytest.param(lambda good, p: replace_member(good, "models/model.json", p), id="pickle-as-graph-json"),
-        pytest.param(lambda good, p: replace_member(good, "never", p, add="data/constants/custom_obj_0"), id="custom-object"),
-        pytest.param(lambda good, p: p, id="bare-pickle-named-pt2"),
+        pytest.param(lambda good, p: p, id="bare-pickle-as-model"),
     ],
 )
-def test_pickle_disguised_as_pt2_never_executes(good_pt2: bytes, tmp_path: Path, craft) -> None:  # type: ignore[no-untyped-def]
+def test_pickle_in_any_member_never_executes(good_pt2: bytes, tmp_path: Path, craft) -> None:  # type: ignore[no-untyped-def]
     marker = tmp_path / "pwned"
     crafted = craft(good_pt2, pickle.dumps(CreatesFile(marker)))
-    try:
-        inspect_model(crafted)
-    except UploadError:
-        pass
-    try:
+    with pytest.raises(UploadError):
+        inspect_model_here(crafted)
+    with pytest.raises(UploadError):
         build_workload("evil", crafted, npz_bytes(), {})
-    except UploadError:
-        pass
     assert not marker.exists()
 
 
-def test_weights_config_asking_for_pickle_is_refused(good_pt2: bytes) -> None:
-    with zipfile.ZipFile(io.BytesIO(good_pt2)) as z:
-        name = next(n for n in z.namelist() if n.endswith("_weights_config.json"))
-        text = z.read(name).decode().replace('"use_pickle": false', '"use_pickle": true', 1)
-    with pytest.raises(UploadError, match="pickled"):
-        sanitize_pt2(replace_member(good_pt2, "_weights_config.json", text.encode()))
-
-
-def test_zip_member_paths_are_sanitized(good_pt2: bytes) -> None:
-    for evil in ("../../etc/passwd", "/abs/path", "a\\b"):
-        out = io.BytesIO()
-        with zipfile.ZipFile(io.BytesIO(good_pt2)) as src, zipfile.ZipFile(out, "w") as dst:
-            for info in src.infolist():
-                dst.writestr(info, src.read(info))
-            dst.writestr(evil, b"x")
-        with pytest.raises(UploadError, match="file"):
-            sanitize_pt2(out.getvalue())
-
-
-def test_uploaded_model_becomes_a_workload(good_pt2: bytes) -> None:
-    sanitized, info = inspect_model(good_pt2)
-    assert info["layers"] == ["features.0", "classifier.1"]
-    workload = build_workload("mine", sanitized, npz_bytes(), {"batch_size": 8})
-    x = torch.randn(3, 1, 8, 8)
-    assert workload.model(x).shape == (3, 10)  # any batch size, though exported with batch 1
+def test_uploaded_onnx_becomes_a_workload(good_onnx: bytes) -> None:
+    info = inspect_model_here(good_onnx)
+    assert info["n_layers"] == 2
+    assert list(info["onnx_names"].values()) == ["/features/features.0/Conv", "/classifier/classifier.1/Gemm"]
+    workload = build_workload("mine", good_onnx, npz_bytes(), {"batch_size": 8})
+    assert [n for n, _ in workload.model.named_children()] == info["layers"]
+    assert workload.model(torch.randn(3, 1, 8, 8)).shape == (3, 10)  # any batch size, though exported with batch 1
     assert 0.0 <= workload.evaluate(workload.model) <= 1.0 and workload.metric == "accuracy"
 
 
@@ -147,42 +196,90 @@ def upload(client: TestClient, path: str, name: str, data: bytes, filename: str 
     return r.status_code, r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
 
 
-def test_upload_model_and_dataset_then_submit(client: TestClient, good_pt2: bytes, tmp_path: Path) -> None:
-    code, body = upload(client, "/v1/models", "tiny-cnn", good_pt2, "m.pt2")
+def test_upload_onnx_and_dataset_then_submit(client: TestClient, good_onnx: bytes, good_pt2: bytes) -> None:
+    code, body = upload(client, "/v1/models", "tiny-cnn", good_onnx, "m.onnx")
     assert code == 201, body
     assert body["kind"] == "model" and body["info"]["n_layers"] == 2
     code, body = upload(client, "/v1/datasets", "tiny-data", npz_bytes(), "d.npz")
     assert code == 201, body
     assert body["info"]["x_train"]["shape"] == [40, 1, 8, 8]
-    assert upload(client, "/v1/models", "tiny-cnn", good_pt2)[0] == 409
+    assert upload(client, "/v1/models", "tiny-cnn", good_onnx)[0] == 409
     job = client.post("/v1/jobs", json={**FAST_JOB, "workload": "mine", "workload_options": {},
                                          "model": "tiny-cnn", "dataset": "tiny-data"})
     assert job.status_code == 201, job.text
-    missing = client.post("/v1/jobs", json={**FAST_JOB, "model": "nope", "dataset": "tiny-data"})
-    assert missing.status_code == 422 and "model" in missing.text
+    code, body = upload(client, "/v1/models", "old", good_pt2, "m.pt2")
+    assert code == 422 and body["detail"][0]["loc"] == ["body", "file"] and "ONNX" in body["detail"][0]["msg"]
+
+
+def test_unsupported_operator_and_evil_names_via_the_api(client: TestClient, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    # a pickle in the sample inputs is stripped (torch then loads no sample inputs): accepted, never run
-    stripped = replace_member(good_pt2, "sample_inputs/model.pt", pickle.dumps(CreatesFile(marker)))
-    assert upload(client, "/v1/models", "stripped", stripped, "s.pt2")[0] == 201
-    # a pickle anywhere torch would unpickle it is refused
-    evil = replace_member(good_pt2, "weight_0", pickle.dumps(CreatesFile(marker)), add="data/weights/model.pt")
-    code, body = upload(client, "/v1/models", "evil", evil, "evil.pt2")
-    assert code == 422 and body["detail"][0]["loc"] == ["body", "file"]
+    graph = helper.make_graph([helper.make_node("Loop", ["x"], ["y"], name="n")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    code, body = upload(client, "/v1/models", "loop", helper.make_model(graph).SerializeToString())
+    assert code == 422 and "Loop" in body["detail"][0]["msg"]
+    evil = f"x\"\n{_expr(marker)}\n#"
+    weight = numpy_helper.from_array(np.ones((3, 4), np.float32), evil)
+    gemm = helper.make_node("Gemm", ["x", evil], ["y"], name=evil, transB=1)
+    graph = helper.make_graph([gemm], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    code, body = upload(client, "/v1/models", "evil", model)
+    assert code == 201, body
+    assert body["info"]["onnx_names"] == {body["info"]["layers"][0]: evil}
+    assert body["info"]["layers"][0].replace("_", "a").isalnum()
     assert not marker.exists()
 
 
-def test_sample_inputs_are_stripped(good_pt2: bytes) -> None:
-    with zipfile.ZipFile(io.BytesIO(sanitize_pt2(good_pt2))) as z:
-        members = {n: z.read(n) for n in z.namelist()}
-    assert [n for n in members if "sample_inputs" in n and members[n] == b""]
-    assert not [n for n in members if "sample_inputs" in n and members[n]]
+def test_huge_declared_input_hits_the_sandbox_limit(client: TestClient) -> None:
+    weight = numpy_helper.from_array(np.ones((3, 4), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 200_000, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 200_000, 4])], [weight])
+    huge = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    with pytest.raises(UploadError, match="MiB|killed|bad_alloc"):  # wherever the allocation fails first
+        inspect_model(huge, SandboxLimits(memory_bytes=4 * 2**20))
+    assert client.get("/livez").status_code == 200
+
+
+def test_sandbox_child_runs_under_limits_without_network() -> None:
+    info = run_sandboxed("probe", b"")["info"]
+    assert info["rlimit_fsize"] == 0 and info["rlimit_cpu"] == SandboxLimits().cpu_s and info["rlimit_as"] > 0
+    assert not info["tcp_5432_reachable"]  # PostgreSQL listens there for the tests; the child cannot reach it
+    if os.geteuid() == 0:
+        assert info["network_isolated"]
+
+
+def test_npz_bomb_is_refused_before_loading(client: TestClient) -> None:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, x_train=np.zeros((25_000, 1000), np.float32), y_train=np.zeros(25_000, np.int64))
+    bomb = buf.getvalue()  # ~100 MB of arrays in well under 1 MB
+    assert len(bomb) < 1_000_000
+    with pytest.raises(UploadError, match="decompression bomb"):
+        check_npz_sizes(bomb)
+    code, body = upload(client, "/v1/datasets", "bomb", bomb)
+    assert code == 422 and "bomb" in body["detail"][0]["msg"]
+
+
+def test_npy_header_that_lies_about_its_size_is_refused() -> None:
+    lying = io.BytesIO()
+    npy_format.write_array_header_1_0(lying, {"descr": "<f4", "fortran_order": False, "shape": (10**9,)})
+    lying.write(np.zeros(4, np.float32).tobytes())
+    honest = io.BytesIO()
+    np.save(honest, np.zeros(4, np.int64))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr("x_train.npy", lying.getvalue())
+        z.writestr("y_train.npy", honest.getvalue())
+    with pytest.raises(UploadError, match="x_train.*declares shape"):
+        check_npz_sizes(out.getvalue())
 
 
 @pytest.mark.parametrize(
     ("path", "data", "name", "field"),
     [
         pytest.param("/v1/models", b"not a zip", "m", "file", id="model-not-zip"),
-        pytest.param("/v1/models", pt2_bytes()[:2000], "m", "file", id="model-truncated"),
+        pytest.param("/v1/models", onnx_bytes()[:2000], "m", "file", id="model-truncated"),
         pytest.param("/v1/datasets", npz_bytes()[:300], "d", "file", id="dataset-truncated"),
         pytest.param("/v1/datasets", b"\x93NUMPY garbage", "d", "file", id="dataset-garbage"),
         pytest.param("/v1/datasets", npz_bytes(z=np.zeros(3)), "d", "file", id="dataset-unknown-array"),
