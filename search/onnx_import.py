@@ -347,7 +347,7 @@ def _resize(node: _Node) -> Runner:
     if sizes is None:
         scales = node.constant(2, "scales")
         assert scales is not None
-        sizes = [int(math.floor(d * float(s))) for d, s in zip(shape, scales.reshape(-1), strict=True)]
+        sizes = [math.floor(d * float(s)) for d, s in zip(shape, scales.reshape(-1), strict=True)]
     if len(sizes) != len(shape) or sizes[:2] != list(shape[:2]) or len(shape) not in (3, 4):
         raise node.fail("only spatial resizing of (N, C, W) or (N, C, H, W) inputs is supported")
     mode = node.attr("mode", "nearest")
@@ -475,7 +475,7 @@ def load_onnx_model(data: bytes) -> OnnxModule:
     if len(inputs) != 1:
         raise OnnxImportError(f"file: the model takes {len(inputs)} inputs; one input tensor (the batch) is supported")
     module.input_shapes = [_static_shape(v) for v in inputs]
-    module._input_names = [v.name for v in inputs]  # noqa: SLF001 - the builder fills its own module
+    module._input_names = [v.name for v in inputs]
     env: dict[str, Tensor] = {v.name: torch.zeros(s) for v, s in zip(inputs, module.input_shapes, strict=True)}
     shapes = {name: tuple(t.shape) for name, t in env.items()}
     taken: set[str] = set()
@@ -504,9 +504,9 @@ def load_onnx_model(data: bytes) -> OnnxModule:
                 operands = proto.input
             for name in operands:
                 if name and name not in env and name in constants:
-                    buffer = f"const_{len(module._constants)}"  # noqa: SLF001
+                    buffer = f"const_{len(module._constants)}"
                     module.register_buffer(buffer, torch.from_numpy(constants[name]))
-                    module._constants[name] = buffer  # noqa: SLF001
+                    module._constants[name] = buffer
                     env[name] = getattr(module, buffer)
                 elif name and name not in env:
                     raise node.fail(f"input {name!r} is not produced by any earlier node")
@@ -517,9 +517,9 @@ def load_onnx_model(data: bytes) -> OnnxModule:
             except (RuntimeError, ValueError, TypeError, IndexError) as exc:
                 raise node.fail(f"does not run on the declared input shapes: {exc}"[:400]) from None
             env[step.output], shapes[step.output] = out, tuple(out.shape)
-            module._steps.append(step)  # noqa: SLF001
+            module._steps.append(step)
     missing = [o.name for o in graph.output if o.name not in env]
     if missing:
         raise OnnxImportError(f"file: graph output {missing[0]!r} is not computed by any node")
-    module._output_names = [o.name for o in graph.output]  # noqa: SLF001
+    module._output_names = [o.name for o in graph.output]
     return module.eval()

@@ -212,7 +212,6 @@ def build_workload(name: str, model_bytes: bytes, dataset: bytes, options: dict[
     accuracy); float targets: regression (MSE, metric ``mse``, lower is better)."""
     import torch
     import torch.nn.functional as F
-    from torch import nn
 
     from search import Workload
 

@@ -27,8 +27,8 @@ from torch import nn
 
 from service.db import Database
 from service.main import create_app
-from service.settings import Settings
 from service.sandbox import SandboxLimits, run_sandboxed
+from service.settings import Settings
 from service.uploads import UploadError, build_workload, check_npz_sizes, inspect_model, inspect_model_here
 
 
