@@ -75,7 +75,7 @@ def load_workload(name: str, options: dict[str, Any] | None = None) -> Workload:
     """A built-in workload by name, or a user one by entry point ``package.module:factory``."""
     options = dict(options or {})
     check_workload_options(name, options)
-    workload = call_user_code(f"workload: the factory of {name!r}", resolve_factory(name), **options)
+    workload = call_user_code(f"workload {name!r}", resolve_factory(name), **options)
     if not isinstance(workload, Workload):
         raise WorkloadError(f"workload: {name!r} returned {type(workload).__name__}, expected search.Workload")
     workload.check_example_inputs()
