@@ -220,8 +220,8 @@ def test_a_layer_that_never_runs_is_named_once(tmp_path: Path) -> None:
                            "--reevaluate", "0", "--torch-threads", "1", "--pin-first-last", "free", "--out", str(tmp_path))
     assert code == 0, output
     warnings = [line for line in output.splitlines() if "never run" in line]
-    assert warnings == ["warning: 1 quantizable layer(s) never run on the example inputs and are left out of the "
-                        "search (they stay fp32): 'spare'"]
+    assert warnings == [("warning: 1 quantizable layer(s) never run on the example inputs and are left out of the "
+                         "search (they stay fp32): 'spare'")]
 
 
 def test_summary_json_is_strict_json(search_run: tuple[Path, str]) -> None:
@@ -263,7 +263,7 @@ def test_the_search_says_its_thread_count(search_run: tuple[Path, str]) -> None:
 def test_export_refuses_weights_of_another_trial_or_model(search_run: tuple[Path, str], tmp_path: Path) -> None:
     out, _ = search_run
     summary = json.loads((out / "run" / "summary.json").read_text())
-    qfile = sorted((out / "run" / "qconfig").glob("*.json"))[0]
+    qfile = min((out / "run" / "qconfig").glob("*.json"))
     number = int(qfile.name[5:9])
     mine = next(t["assignment"] for t in summary["trials"] if t["number"] == number)
     other = next(t["number"] for t in summary["trials"] if t["assignment"] != mine)
