@@ -21,6 +21,7 @@ from search.qconfig import (
 from search.runner import SearchError, pareto_front, run_search
 from search.space import SearchSpace, SearchSpaceError, build_space
 from search.spec import CostObjective, Pin, SamplerName, SearchProgress, SearchResult, SearchSpec, TrialOutcome
+from search.threads import set_torch_threads
 from search.train import NonFiniteLossError, TrialRun, fp32_quality, run_trial
 from search.workloads import BUILTIN_WORKLOADS, Workload, WorkloadError, check_workload_options, load_workload
 
@@ -79,4 +80,5 @@ __all__ = [
     "run_trial",
     "build_space",
     "save_qconfig",
+    "set_torch_threads",
 ]

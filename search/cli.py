@@ -6,13 +6,20 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 import sys
+import traceback
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -21,9 +28,85 @@ from search.spec import SearchProgress, SearchResult, SearchSpec, TrialOutcome
 console = Console(stderr=False, width=None if sys.stdout.isatty() else 140)
 
 
-def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(2)
+def _fail(message: str, code: int = 2) -> None:
+    """One line (never wrapped), then exit: 2 for a user error."""
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+@contextmanager
+def _errors_reported(debug: bool) -> Iterator[None]:
+    """User errors (mixq's ValueError family: bad options, workloads, qconfig or weights files,
+    and failures in the user's own workload code, which mixq wraps) become one line and exit 2;
+    anything else is a mixq bug: one line and exit 1.  ``debug`` prints the traceback first."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except Exception as err:  # noqa: BLE001 - the command's one failure boundary; it reports every error
+        if debug:
+            console.print(traceback.format_exc(), markup=False, highlight=False, soft_wrap=True)
+        if isinstance(err, ValidationError):
+            first = err.errors()[0]
+            _fail(f"{'.'.join(str(p) for p in first['loc'])}: {_one_line(first['msg'])}")
+        if isinstance(err, (ValueError, FileNotFoundError)):
+            _fail(_one_line(str(err)))
+        hint = "" if debug else " (rerun with --debug for the traceback)"
+        _fail(f"internal error: {type(err).__name__}: {_one_line(str(err))}{hint}", code=1)
+
+
+class _TrialFailures(logging.Handler):
+    """Prints each failed trial as one warning line and keeps the last cause; the traceback optuna
+    attaches to its own log record of the failure is dropped unless ``debug``."""
+
+    def __init__(self, debug: bool) -> None:
+        super().__init__(logging.WARNING)
+        self.debug = debug
+        self.last: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = _one_line(record.getMessage())
+        _warn(self.last)
+
+    def optuna_filter(self, record: logging.LogRecord) -> bool:
+        """For optuna's logger: its "Trial N failed with parameters..." record repeats ours."""
+        return self.debug or not (record.getMessage().startswith("Trial ") and " failed" in record.getMessage())
+
+
+@contextmanager
+def _trial_failures_reported(debug: bool) -> Iterator[_TrialFailures]:
+    handler = _TrialFailures(debug)
+    ours, theirs = logging.getLogger("mixq.search"), logging.getLogger("optuna.study._optimize")
+    ours.addHandler(handler)
+    theirs.addFilter(handler.optuna_filter)
+    try:
+        yield handler
+    finally:
+        ours.removeHandler(handler)
+        theirs.removeFilter(handler.optuna_filter)
+
+
+def _strict_json(data: Any) -> str:
+    """JSON text with every non-finite float written as null: ``NaN`` is not JSON."""
+
+    def finite(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(data), indent=2, allow_nan=False) + "\n"
 
 
 def _parse_kv(items: list[str], what: str) -> dict[str, Any]:
@@ -67,7 +150,7 @@ def write_outputs(result: SearchResult, out_dir: Path) -> dict[str, Path]:
             data["quality"] = {**data["quality"], "value": point.quality, "std": point.quality_std,
                                "n_evaluations": point.n_evaluations}
         path = qdir / qconfig_filename(point)
-        path.write_text(json.dumps(data, indent=2) + "\n")
+        path.write_text(_strict_json(data))
         paths[f"qconfig:{point.number}"] = path
     paths["table"] = out_dir / "front.md"
     paths["table"].write_text(front_markdown(result))
@@ -81,7 +164,7 @@ def write_outputs(result: SearchResult, out_dir: Path) -> dict[str, Path]:
         "trials": [_outcome_json(o) for o in result.trials],
     }
     paths["summary"] = out_dir / "summary.json"
-    paths["summary"].write_text(json.dumps(summary, indent=2) + "\n")
+    paths["summary"].write_text(_strict_json(summary))
     return paths
 
 
@@ -130,12 +213,16 @@ def search_command(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "cpu",
     out: Annotated[Path, typer.Option(help="output folder")] = Path("mixq-out"),
     save_weights: Annotated[bool, typer.Option(help="keep each trial's trained weights in OUT/weights (for mixq export)")] = True,
+    torch_threads: Annotated[int | None, typer.Option(help="torch threads (default: $MIXQ_TORCH_THREADS, else all usable cores)")] = None,
+    debug: Annotated[bool, typer.Option(help="print the traceback of an error")] = False,
 ) -> None:
     """Search per-layer int4/int8/fp16 maps; write the Pareto front, plots and qconfig JSON files."""
-    from search.runner import SearchError, run_search
-    from search.workloads import WorkloadError, load_workload
+    with _errors_reported(debug):
+        from search.layers import discover_layers
+        from search.runner import run_search
+        from search.threads import set_torch_threads
+        from search.workloads import load_workload
 
-    try:
         pins = [
             {"match": m, "format": None if f == "free" else f}
             for m, _, f in (p.rpartition("=") for p in pin)
@@ -150,41 +237,39 @@ def search_command(
             qat_steps=qat_steps, seed=seed, sampler=sampler, reevaluate_front=reevaluate, storage=storage,
             study_name=study_name, device=device, weights_dir=str(out / "weights") if save_weights else None,
         )
-    except ValidationError as err:
-        first = err.errors()[0]
-        _fail(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
-    except ValueError as err:
-        _fail(str(err))
-    try:
+        console.print(set_torch_threads(processes=1, override=torch_threads))
         wl = load_workload(spec.workload, spec.workload_options)
-    except (WorkloadError, ValueError) as err:
-        _fail(str(err))
+        unused = discover_layers(wl.model, wl.example_inputs).unused
+        if unused:
+            shown = ", ".join(repr(f) for f in unused[:5]) + (f" ... and {len(unused) - 5} more" if len(unused) > 5 else "")
+            _warn(f"{len(unused)} quantizable layer(s) never run on the example inputs and are left out of the "
+                  f"search (they stay fp32): {shown}")
 
-    with Progress(
-        TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[best]}"),
-        TimeElapsedColumn(), console=console, transient=False,
-    ) as bar:
-        task = bar.add_task("search", total=spec.n_trials, best="starting (fp32 reference, first trial)...")
+        with _trial_failures_reported(debug) as failures, Progress(
+            TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[best]}"),
+            TimeElapsedColumn(), console=console, transient=False,
+        ) as bar:
+            task = bar.add_task("search", total=spec.n_trials, best="starting (fp32 reference, first trial)...")
 
-        def on_trial(outcome: TrialOutcome, progress: SearchProgress) -> None:
-            best = f"best {wl.metric} {progress.best_quality:.4f}" if progress.best_quality is not None else ""
-            last = f"last: #{outcome.number} {outcome.quality:.4f} ({outcome.source})"
-            bar.update(task, completed=min(progress.finished, progress.total), best=f"{best}  {last}")
-            if not console.is_terminal:  # a log file gets one line per trial instead of a live bar
-                console.print(f"trial {progress.finished}/{progress.total}  {best}  {last}")
+            def on_trial(outcome: TrialOutcome, progress: SearchProgress) -> None:
+                best = f"best {wl.metric} {progress.best_quality:.4f}" if progress.best_quality is not None else ""
+                last = f"last: #{outcome.number} {outcome.quality:.4f} ({outcome.source})"
+                bar.update(task, completed=min(progress.finished, progress.total), best=f"{best}  {last}")
+                if not console.is_terminal:  # a log file gets one line per trial instead of a live bar
+                    console.print(f"trial {progress.finished}/{progress.total}  {best}  {last}")
 
-        def on_progress(progress: SearchProgress) -> None:
-            bar.update(task, best=progress.message)
-            if not console.is_terminal:
-                console.print(progress.message)
+            def on_progress(progress: SearchProgress) -> None:
+                bar.update(task, best=progress.message)
+                if not console.is_terminal:
+                    console.print(progress.message)
 
-        try:
             result = run_search(spec, workload=wl, on_trial=on_trial, on_progress=on_progress)
-        except (SearchError, ValueError) as err:
-            _fail(str(err))
-        bar.update(task, completed=spec.n_trials)
-    print_front(result)
-    paths = write_outputs(result, out)
+            bar.update(task, completed=spec.n_trials)
+        if not result.front:
+            cause = f"; the last failure: {failures.last}" if failures.last else ""
+            _fail(f"no trial completed, so there is no Pareto front{cause}", code=1)
+        print_front(result)
+        paths = write_outputs(result, out)
     console.print(f"front table: {paths['table']}\nplot: {paths['png']} and {paths['html']}")
     console.print(f"qconfig files ({len(result.front)}): {out / 'qconfig'}")
     if save_weights:
@@ -193,32 +278,45 @@ def search_command(
 
 def export_command(
     qconfig: Annotated[Path, typer.Option(help="a qconfig JSON file")],
-    weights: Annotated[Path, typer.Option(help="trained weights: a state dict saved with torch.save")],
+    weights: Annotated[Path, typer.Option(help="the trial's trained weights (OUT/weights/trial-N.pt of mixq search)")],
     workload: Annotated[str, typer.Option(help="the workload whose model the weights belong to")],
     out: Annotated[Path, typer.Option(help="ONNX file to write")] = Path("model.onnx"),
     workload_option: Annotated[list[str], typer.Option(help="KEY=VALUE passed to the workload factory")] = [],  # noqa: B006
+    static_shapes: Annotated[bool, typer.Option(help="fix the spatial input sizes to the example inputs' (default: free where the model allows)")] = False,
+    debug: Annotated[bool, typer.Option(help="print the traceback of an error")] = False,
 ) -> None:
-    """Turn a qconfig JSON plus trained weights into an ONNX QDQ model (opset 21), verified in onnxruntime."""
-    import copy
+    """Turn a qconfig JSON plus trained weights into an ONNX QDQ model (opset 21), verified in onnxruntime.
 
-    import torch
+    The weights must belong to the qconfig: same model, same per-layer formats (checked)."""
+    with _errors_reported(debug):
+        import copy
 
-    from search.export_onnx import export_onnx, verify_onnx
-    from search.qconfig import QConfigError, apply_qconfig
-    from search.workloads import WorkloadError, load_workload
+        import onnx
 
-    try:
+        from search.checkpoint import load_trained_weights
+        from search.export_onnx import StaticShapesWarning, export_onnx, verify_onnx
+        from search.qconfig import apply_qconfig
+        from search.workloads import load_workload
+
         wl = load_workload(workload, _parse_kv(workload_option, "workload-option"))
         model = copy.deepcopy(wl.model)
         apply_qconfig(model, qconfig, wl.example_inputs)
-        state = torch.load(weights, weights_only=True, map_location="cpu")  # never a full unpickle
-        model.load_state_dict(state, strict=False)
+        note = load_trained_weights(model, weights)
+        if note is not None:
+            _warn(note)
         model.eval()
-        path = export_onnx(model, wl.example_inputs, out)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", StaticShapesWarning)
+            path = export_onnx(model, wl.example_inputs, out, dynamic_spatial=not static_shapes)
+        for w in caught:
+            if issubclass(w.category, StaticShapesWarning):
+                _warn(str(w.message))
         diff = verify_onnx(model, wl.example_inputs, path)
-    except (QConfigError, WorkloadError, ValueError, FileNotFoundError, RuntimeError) as err:
-        _fail(str(err))
-    console.print(f"wrote {path}; onnxruntime vs fake-quant max abs difference: {diff:.3g}")
+        props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+        axes = json.loads(props.get("mixq.dynamic_axes", "{}"))
+    free = "; ".join(f"{name}: {', '.join(dims)}" for name, dims in axes.items()) or "none"
+    console.print(f"wrote {path}; onnxruntime vs fake-quant max abs difference: {diff:.3g}", soft_wrap=True)
+    console.print(f"free axes: {free}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -266,19 +266,58 @@ def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
     return example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
 
 
-def _torch_export(model: nn.Module, inputs: tuple[Any, ...], opset: int, dynamic_batch: bool) -> onnx.ModelProto:
+def _spatial_dims(t: Tensor) -> list[int]:
+    """Dimensions after (batch, channels): the spatial/time axes of a conv-style input."""
+    return list(range(2, t.dim())) if t.dim() >= 3 else []
+
+
+def _probe_inputs(inputs: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The example inputs tiled to twice their spatial size (same values, so the same ranges)."""
+    return tuple(
+        t.repeat(1, 1, *[2] * (t.dim() - 2)) if isinstance(t, Tensor) and _spatial_dims(t) else t for t in inputs
+    )
+
+
+@dataclass(frozen=True)
+class _Axes:
+    """``dynamic_axes`` for the TorchScript exporter: graph tensor name -> {dim: symbolic name}."""
+
+    by_name: dict[str, dict[int, str]]
+
+    def describe(self) -> dict[str, list[str]]:
+        return {name: [axes[d] for d in sorted(axes)] for name, axes in self.by_name.items() if axes}
+
+
+def _dynamic_axes(
+    inputs: tuple[Any, ...], outputs: list[Tensor], probe_outputs: list[Tensor] | None, dynamic_batch: bool
+) -> _Axes:
+    """Batch (dim 0) where asked; with ``probe_outputs`` also every input's spatial dims and each
+    output dim that changed with them."""
+    tensors = [t for t in inputs if isinstance(t, Tensor)]
+    axes: dict[str, dict[int, str]] = {}
+    for i, t in enumerate(tensors):
+        dims = {0: "batch"} if dynamic_batch else {}
+        if probe_outputs is not None:
+            dims |= {d: f"input_{i}_dim{d}" for d in _spatial_dims(t)}
+        axes[f"input_{i}"] = dims
+    for i, out in enumerate(outputs):
+        dims = {0: "batch"} if dynamic_batch and out.dim() else {}
+        if probe_outputs is not None:
+            dims |= {d: f"output_{i}_dim{d}" for d in range(1, out.dim()) if out.shape[d] != probe_outputs[i].shape[d]}
+        axes[f"output_{i}"] = dims
+    return _Axes(axes)
+
+
+def _torch_export(model: nn.Module, inputs: tuple[Any, ...], opset: int, axes: _Axes) -> onnx.ModelProto:
     buffer = io.BytesIO()
     in_names = [f"input_{i}" for i, t in enumerate(t for t in inputs if isinstance(t, Tensor))]
     out_names = [f"output_{i}" for i in range(len(_flatten(model(*inputs))))]
-    dynamic_axes = None
-    if dynamic_batch:
-        dynamic_axes = {name: {0: "batch"} for name in in_names + out_names}
     with warnings.catch_warnings():
         # the TorchScript exporter is deprecated but is the one that accepts custom symbolics
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model, inputs, buffer, dynamo=False, opset_version=opset,
-            input_names=in_names, output_names=out_names, dynamic_axes=dynamic_axes,
+            input_names=in_names, output_names=out_names, dynamic_axes=axes.by_name or None,
             custom_opsets={MARKER_DOMAIN: 1}, do_constant_folding=True,
         )
     return onnx.load_from_string(buffer.getvalue())
@@ -342,6 +381,9 @@ def _rewrite(proto: onnx.ModelProto, points: dict[str, _Point | None], opset: in
         raise ExportError(f"export: quant point {missing[0]!r} did not run on the example inputs")
     del graph.node[:]
     graph.node.extend(new_nodes)
+    # the exporter's shape annotations of intermediate tensors hold the example's sizes (a marker
+    # copies its input's traced type); onnxruntime would enforce them on dynamic axes, so drop them
+    del graph.value_info[:]
 
     # float weights now only feed nothing: drop the initializers no node reads any more
     used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
@@ -360,14 +402,29 @@ def _rewrite(proto: onnx.ModelProto, points: dict[str, _Point | None], opset: in
 # ---------------------------------------------------------------------------------------------
 
 
+class StaticShapesWarning(UserWarning):
+    """Dynamic spatial axes were asked for but the model does not allow them; exported static."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 def export_onnx(
-    model: nn.Module, example_inputs: Any, path: str | Path, *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True
+    model: nn.Module, example_inputs: Any, path: str | Path, *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
+    dynamic_spatial: bool = True,
 ) -> Path:
     """Write ``model`` (a calibrated/trained mixq fake-quant model) to ``path`` as a QDQ ONNX graph.
 
     ``example_inputs`` is a tensor or a tuple of positional inputs; the graph's inputs are named
     ``input_0, input_1, ...`` and its outputs ``output_0, ...``; with ``dynamic_batch`` dimension 0
-    of each is left free.  The model is exported in eval mode and left as it was.
+    of each is left free.  With ``dynamic_spatial`` the dimensions after (batch, channels) of every
+    input of rank >= 3 are left free too, if the model allows it: the model must run in torch on the
+    example inputs tiled to twice their size, and the exported graph in onnxruntime, with the same
+    output shapes; otherwise the graph is static in them and a :class:`StaticShapesWarning` says
+    why.  The metadata key ``mixq.dynamic_axes`` lists the free axes.  The model is exported in eval
+    mode and left as it was.
     """
     inputs = _as_tuple(example_inputs)
     points, formats = _collect_points(model)
@@ -381,16 +438,59 @@ def export_onnx(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), _markers_installed(model, points):
-            proto = _torch_export(model, inputs, opset, dynamic_batch)
+        with torch.no_grad():
+            outputs = _flatten(model(*inputs))
+            probe = _probe_inputs(inputs) if dynamic_spatial else inputs
+            probe_outputs: list[Tensor] | None = None
+            reason = None
+            if probe is not inputs and any(p is not t for p, t in zip(probe, inputs, strict=True)):
+                try:
+                    probe_outputs = _flatten(model(*probe))
+                except Exception as exc:  # noqa: BLE001 - any failure at another size means "static"
+                    reason = f"the model fails on inputs of twice the example size ({_first_line(exc)})"
+            proto = _export_rewritten(model, inputs, points, formats, opset,
+                                      _dynamic_axes(inputs, outputs, probe_outputs, dynamic_batch))
+            if probe_outputs is not None:
+                reason = _onnxruntime_mismatch(proto, probe, probe_outputs)
+                if reason is not None:
+                    proto = _export_rewritten(model, inputs, points, formats, opset,
+                                              _dynamic_axes(inputs, outputs, None, dynamic_batch))
     finally:
         model.train(was_training)
-    proto = _rewrite(proto, points, opset)
-    helper.set_model_props(proto, {"mixq.formats": json.dumps(formats, sort_keys=True)})
-    onnx.checker.check_model(proto, full_check=True)
+    if reason is not None:
+        warnings.warn(f"export: spatial axes left static: {reason}", StaticShapesWarning, stacklevel=2)
     path = Path(path)
     onnx.save(proto, path)
     return path
+
+
+def _export_rewritten(
+    model: nn.Module, inputs: tuple[Any, ...], points: dict[str, _Point | None], formats: dict[str, str], opset: int,
+    axes: _Axes,
+) -> onnx.ModelProto:
+    with _markers_installed(model, points):
+        proto = _torch_export(model, inputs, opset, axes)
+    proto = _rewrite(proto, points, opset)
+    helper.set_model_props(proto, {"mixq.formats": json.dumps(formats, sort_keys=True),
+                                   "mixq.dynamic_axes": json.dumps(axes.describe(), sort_keys=True)})
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def _onnxruntime_mismatch(proto: onnx.ModelProto, probe: tuple[Any, ...], probe_outputs: list[Tensor]) -> str | None:
+    """Why the graph does not run at the probe size like the model does, or None if it does."""
+    session = onnxruntime_session(proto)
+    tensors = [t for t in probe if isinstance(t, Tensor)]
+    names = {i.name for i in session.get_inputs()}
+    feed = {f"input_{i}": t.detach().cpu().numpy() for i, t in enumerate(tensors) if f"input_{i}" in names}
+    try:
+        got = session.run(None, feed)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types; any of them means "static"
+        return f"the exported graph fails in onnxruntime at twice the example size ({_first_line(exc)})"
+    for i, (want, have) in enumerate(zip(probe_outputs, got, strict=True)):
+        if tuple(want.shape) != tuple(have.shape):
+            return f"output_{i} has shape {tuple(have.shape)} in onnxruntime, {tuple(want.shape)} in torch"
+    return None
 
 
 def onnxruntime_session(model: str | Path | bytes | onnx.ModelProto, *, num_threads: int = 1) -> Any:
@@ -446,4 +546,4 @@ def verify_onnx(model: nn.Module, example_inputs: Any, path: str | Path) -> floa
     return diff
 
 
-__all__ = ["ExportError", "export_onnx", "onnxruntime_session", "verify_onnx"]
+__all__ = ["ExportError", "StaticShapesWarning", "export_onnx", "onnxruntime_session", "verify_onnx"]

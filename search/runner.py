@@ -36,6 +36,7 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from search.checkpoint import save_state_dict
 from search.cost import cost_model, model_costs
 from search.formats import parse_format
 from search.layers import LayerGraph, LayerInfo, discover_layers
@@ -44,7 +45,7 @@ from search.qconfig import QualityReport, build_qconfig
 from search.space import SearchSpace, build_space
 from search.spec import SamplerName, SearchProgress, SearchResult, SearchSpec, TrialOutcome
 from search.storage import StorageError, open_storage
-from search.train import fp32_quality, run_trial, save_state_dict
+from search.train import fp32_quality, run_trial
 from search.workloads import Workload, load_workload
 
 log = logging.getLogger("mixq.search")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from torch import nn
 
 from search.formats import parse_format
 from search.qat import RangeMethod, calibrate, quantize_model
-from search.workloads.base import Workload
+from search.workloads.base import Workload, WorkloadError, call_user_code
 
 
 class NonFiniteLossError(RuntimeError):
@@ -91,18 +91,15 @@ def run_trial(
 
 
 def fp32_quality(workload: Workload, device: str = "cpu") -> float:
+    """The pretrained model's metric; a :class:`WorkloadError` if ``evaluate`` fails or is not a
+    finite number (checked before any trial trains: every trial would fail the same way)."""
     model = copy.deepcopy(workload.model).to(resolve_device(device)).eval()
-    return float(workload.evaluate(model))
+    quality = call_user_code("evaluate", workload.evaluate, model)
+    try:
+        value = float(quality)
+    except (TypeError, ValueError):
+        raise WorkloadError(f"evaluate: must return a number, returned {type(quality).__name__}") from None
+    if not math.isfinite(value):
+        raise WorkloadError(f"evaluate: the fp32 model scores {value}; the metric must be a finite number")
+    return value
 
-
-def save_state_dict(model: nn.Module, path: Path) -> Path:
-    """Trained weights and quantizer state, atomically (workers may share the folder)."""
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    os.replace(tmp, path)
-    return path

@@ -106,11 +106,14 @@ def worker(
     max_jobs: Annotated[int | None, typer.Option(help="exit after this many job runs")] = None,
 ) -> None:
     """Run trials of queued and running jobs until SIGTERM/SIGINT (finishing the current trial)."""
+    from search import set_torch_threads
     from service.db import Database
     from service.worker import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = _settings(database_url)
+    # `mixq serve` starts local_workers of these on one machine: each takes its share of the cores
+    logging.getLogger("mixq.worker").info(set_torch_threads(processes=max(1, settings.local_workers)))
     if settings.worker_nice:
         os.nice(settings.worker_nice)
     db = Database(settings.resolved_database_url)
@@ -176,7 +179,8 @@ def serve(
         raise typer.Exit(2) from None
     url = settings.resolved_database_url
     upgrade(url)
-    env = {**os.environ, "MIXQ_DATABASE_URL": url, _PARENT_ENV: str(os.getpid())}
+    env = {**os.environ, "MIXQ_DATABASE_URL": url, _PARENT_ENV: str(os.getpid()),
+           "MIXQ_LOCAL_WORKERS": str(settings.local_workers)}
     procs = [
         subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env)
         for _ in range(settings.local_workers)

@@ -5,17 +5,16 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import typing
 from collections.abc import Callable
 from typing import Any
 
-from search.workloads.base import Workload
+import pydantic
+
+from search.workloads.base import Workload, WorkloadError, call_user_code
 
 BUILTIN_WORKLOADS = ("digits", "denoise")
 _ENTRY_POINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-
-
-class WorkloadError(ValueError):
-    """A workload name or entry point cannot be loaded."""
 
 
 def resolve_factory(name: str) -> Callable[..., Any]:
@@ -47,14 +46,37 @@ def check_workload_options(name: str, options: dict[str, Any] | None = None) -> 
     except TypeError as exc:
         raise WorkloadError(f"workload_options: {exc}") from None
     except ValueError:  # no introspectable signature: the call itself decides
-        pass
+        return
+    _check_option_types(factory, options or {})
+
+
+def _check_option_types(factory: Callable[..., Any], options: dict[str, Any]) -> None:
+    """Each option against the factory's annotation of that parameter (strict: ``"8"`` is not an
+    int), so a wrong type is named here rather than failing deep inside the factory."""
+    try:
+        hints = typing.get_type_hints(factory)
+    except (NameError, TypeError, AttributeError):  # unresolvable annotations: the factory call decides
+        return
+    for key, value in options.items():
+        if key not in hints:
+            continue
+        try:
+            pydantic.TypeAdapter(hints[key]).validate_python(value, strict=True)
+        except pydantic.ValidationError:
+            want = getattr(hints[key], "__name__", None) or str(hints[key])
+            raise WorkloadError(
+                f"workload_options.{key}: expected {want}, got {value!r} ({type(value).__name__})"
+            ) from None
+        except pydantic.PydanticSchemaGenerationError:  # an annotation pydantic cannot check
+            continue
 
 
 def load_workload(name: str, options: dict[str, Any] | None = None) -> Workload:
     """A built-in workload by name, or a user one by entry point ``package.module:factory``."""
     options = dict(options or {})
     check_workload_options(name, options)
-    workload = resolve_factory(name)(**options)
+    workload = call_user_code(f"workload {name!r}", resolve_factory(name), **options)
     if not isinstance(workload, Workload):
         raise WorkloadError(f"workload: {name!r} returned {type(workload).__name__}, expected search.Workload")
+    workload.check_example_inputs()
     return workload

@@ -17,12 +17,38 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 Batch = tuple[Tensor, Tensor]
+T = TypeVar("T")
+
+
+class WorkloadError(ValueError):
+    """A workload cannot be loaded or used: a bad name, option or field, or its own code fails."""
+
+
+class WorkloadTypeError(WorkloadError, TypeError):
+    """A workload field has the wrong type."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def call_user_code(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``, with any exception but a :class:`WorkloadError` turned into one
+    that names ``what`` (the hook or field) and the first line of the cause; the original stays
+    attached as ``__cause__`` for a debugging traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except WorkloadError:
+        raise
+    except Exception as exc:
+        raise WorkloadError(f"{what}: raised {_first_line(exc)}") from exc
 
 
 @dataclass
@@ -40,10 +66,26 @@ class Workload:
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):
-            raise TypeError(f"model: expected torch.nn.Module, got {type(self.model).__name__}")
+            raise WorkloadTypeError(f"model: expected torch.nn.Module, got {type(self.model).__name__}")
         if not isinstance(self.example_inputs, tuple):
-            raise TypeError("example_inputs: expected a tuple of positional inputs")
+            raise WorkloadTypeError(
+                f"example_inputs: expected a tuple of positional inputs, e.g. (x,), got {type(self.example_inputs).__name__}"
+            )
         if not self.calibration_batches:
-            raise ValueError("calibration_batches: at least one batch is needed")
+            raise WorkloadError("calibration_batches: at least one batch is needed")
         if not self.lr > 0:
-            raise ValueError(f"lr: must be > 0, got {self.lr}")
+            raise WorkloadError(f"lr: must be > 0, got {self.lr}")
+
+    def check_example_inputs(self) -> None:
+        """Run the model once on ``example_inputs`` (eval mode, no grad; the training flag is
+        restored): a :class:`WorkloadError` naming ``example_inputs`` if the model fails on them."""
+        shapes = ", ".join(
+            str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__ for t in self.example_inputs
+        )
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                call_user_code(f"example_inputs: the model fails on them ({shapes})", self.model, *self.example_inputs)
+        finally:
+            self.model.train(was_training)

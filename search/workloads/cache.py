@@ -1,8 +1,8 @@
 """Pretrained fp32 weights of the built-in workloads: trained on first use, then cached.
 
-Cache folder: ``$MIXQ_CACHE_DIR`` or ``~/.cache/mixq``.  Files are state dicts saved with
-``torch.save`` and read back with ``weights_only=True`` (never a full unpickle).  Writes go through a
-temporary file and ``os.replace`` so concurrent workers never read a half-written file.
+Cache folder: ``$MIXQ_CACHE_DIR`` or ``~/.cache/mixq``.  Files are
+:mod:`search.checkpoint` files (read with ``weights_only=True``, never a full unpickle; written
+atomically, so concurrent workers never read a half-written file).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from search.train import save_state_dict
+from search.checkpoint import load_checkpoint, save_state_dict
 
 
 def cache_dir() -> Path:
@@ -34,7 +34,7 @@ def cached_pretrained(
     with torch.random.fork_rng():  # building and training draw from (and seed) torch's RNG; not the caller's
         model = build()
         if path.exists():
-            model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+            model.load_state_dict(load_checkpoint(path).state_dict)
             return model.eval()
         trained = train()
     save_state_dict(trained, path)

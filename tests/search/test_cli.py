@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
+from torch import Tensor, nn
 from typer.testing import CliRunner
 
-from search import load_qconfig
+from search import Workload, load_qconfig
+from search.threads import THREADS_ENV, choose_torch_threads
 from service.cli import app
+from tests.search.user_workload import make_workload
 
-TINY = ["--workload", "digits", "--workload-option", "pretrain_steps=30", "--qat-steps", "3", "--reevaluate", "0"]
+# one torch thread: the command sets torch's thread count for the process, which here is pytest's
+TINY = ["--workload", "digits", "--workload-option", "pretrain_steps=30", "--qat-steps", "3", "--reevaluate", "0",
+        "--torch-threads", "1"]
+USER = "tests.search.test_cli"
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +35,7 @@ def search_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         app, ["search", *TINY, "--trials", "3", "--storage", storage, "--study-name", "cli", "--out", str(out / "run")]
     )
     assert result.exit_code == 0, result.output
+    (out / "output.txt").write_text(result.output)
     return out, storage
 
 
@@ -69,6 +80,7 @@ def test_export_turns_qconfig_and_weights_into_onnx(search_run: tuple[Path, str]
               "--workload-option", "pretrain_steps=30", "--out", str(target)],
     )
     assert result.exit_code == 0, result.output
+    assert "static: the model fails on inputs of twice the example size" in result.output  # Flatten + Linear
     model = onnx.load(target)
     assert any(n.op_type == "DequantizeLinear" for n in model.graph.node)
     diff = float(result.output.split("difference:")[1].split()[0])
@@ -91,3 +103,182 @@ def test_bad_input_is_a_clear_error_not_a_traceback(args: list[str], message: st
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------------------------------------
+# Failures are clear and cheap (issue 12).  User workloads below are entry points of this module.
+# ---------------------------------------------------------------------------------------------
+
+TRAINING_STARTS: list[str] = []  # a workload's train_batches appends its name when QAT asks for data
+
+
+def _tiny(name: str, **changes: object) -> Workload:
+    workload = make_workload(width=2, pretrain_steps=5)
+    stream = workload.train_batches
+
+    def counted(gen: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+        TRAINING_STARTS.append(name)
+        return stream(gen)
+
+    return dataclasses.replace(workload, train_batches=counted, **changes)
+
+
+def nan_workload() -> Workload:
+    return _tiny("nan", evaluate=lambda model: math.nan)
+
+
+def raising_factory(width: int = 2) -> Workload:
+    raise FileNotFoundError(2, "No such file or directory", "data/train.npz")
+
+
+def wrong_inputs_workload() -> Workload:
+    return _tiny("wrong_inputs", example_inputs=(torch.zeros(1, 3, 4, 4),))  # TinyNet takes 1 channel
+
+
+def tensor_inputs_workload() -> Workload:
+    return _tiny("tensor_inputs", example_inputs=torch.zeros(1, 1, 4, 4))
+
+
+class SpareLayerNet(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.spare = nn.Linear(3, 3)  # defined, never called
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.inner(x)
+
+
+def spare_layer_workload() -> Workload:
+    workload = _tiny("spare")
+    return dataclasses.replace(workload, model=SpareLayerNet(workload.model))
+
+
+def _invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def _error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("error:")]
+
+
+def test_nan_fp32_metric_stops_before_any_training(tmp_path: Path) -> None:
+    TRAINING_STARTS.clear()
+    code, output = _invoke("search", "--workload", f"{USER}:nan_workload", "--trials", "3", "--qat-steps", "2",
+                           "--torch-threads", "1", "--pin-first-last", "free", "--out", str(tmp_path))
+    assert code == 2, output
+    assert _error_lines(output) == ["error: evaluate: the fp32 model scores nan; the metric must be a finite number"]
+    assert "Traceback" not in output and "failed" not in output
+    assert TRAINING_STARTS == []  # no QAT step was taken
+    assert not (tmp_path / "summary.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["--workload", f"{USER}:raising_factory"],
+                     f"error: workload '{USER}:raising_factory': raised FileNotFoundError: "
+                     "[Errno 2] No such file or directory: 'data/train.npz'", id="factory-raises"),
+        pytest.param(["--workload", "tests.search.user_workload:make_workload", "--workload-option", "width=abc"],
+                     "error: workload_options.width: expected int, got 'abc' (str)", id="option-of-wrong-type"),
+        pytest.param(["--workload", f"{USER}:wrong_inputs_workload"],
+                     "error: example_inputs: the model fails on them ((1, 3, 4, 4)): raised RuntimeError: ",
+                     id="inputs-do-not-fit"),
+        pytest.param(["--workload", f"{USER}:tensor_inputs_workload"],
+                     "error: example_inputs: expected a tuple of positional inputs, e.g. (x,), got Tensor",
+                     id="inputs-not-a-tuple"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
+    TRAINING_STARTS.clear()
+    code, output = _invoke("search", *args, "--torch-threads", "1", "--pin-first-last", "free", "--trials", "2",
+                           "--out", str(tmp_path))
+    assert code == 2, output
+    (line,) = _error_lines(output)
+    assert line.startswith(message), line
+    assert "Traceback" not in output
+    assert TRAINING_STARTS == []
+
+
+def test_tuple_check_names_the_field() -> None:
+    with pytest.raises(TypeError, match=r"example_inputs: expected a tuple of positional inputs, e.g. \(x,\), got Tensor"):
+        tensor_inputs_workload()
+
+
+def test_debug_shows_the_traceback_of_the_users_code(tmp_path: Path) -> None:
+    code, output = _invoke("search", "--workload", f"{USER}:raising_factory", "--torch-threads", "1", "--debug",
+                           "--pin-first-last", "free", "--out", str(tmp_path))
+    assert code == 2, output
+    assert "Traceback (most recent call last)" in output
+    assert "in raising_factory" in output  # the user's frame, not only mixq's wrapper
+    assert len(_error_lines(output)) == 1
+
+
+def test_a_layer_that_never_runs_is_named_once(tmp_path: Path) -> None:
+    code, output = _invoke("search", "--workload", f"{USER}:spare_layer_workload", "--trials", "1", "--qat-steps", "1",
+                           "--reevaluate", "0", "--torch-threads", "1", "--pin-first-last", "free", "--out", str(tmp_path))
+    assert code == 0, output
+    warnings = [line for line in output.splitlines() if "never run" in line]
+    assert warnings == [("warning: 1 quantizable layer(s) never run on the example inputs and are left out of the "
+                         "search (they stay fp32): 'spare'")]
+
+
+def test_summary_json_is_strict_json(search_run: tuple[Path, str]) -> None:
+    out, _ = search_run
+    def refuse(constant: str) -> float:
+        raise AssertionError(f"{constant} in summary.json is not JSON")
+
+    for path in [out / "run" / "summary.json", *sorted((out / "run" / "qconfig").glob("*.json"))]:
+        json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_non_finite_values_are_written_as_null(tmp_path: Path) -> None:
+    from search.cli import _strict_json
+
+    text = _strict_json({"fp32_quality": math.nan, "front": [{"quality": math.inf, "n": 1}]})
+    assert json.loads(text) == {"fp32_quality": None, "front": [{"quality": None, "n": 1}]}
+
+
+def test_torch_threads_are_chosen_and_said(monkeypatch: pytest.MonkeyPatch, search_run: tuple[Path, str]) -> None:
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    threads, why = choose_torch_threads(processes=64)
+    assert threads == 1 and "/ 64 process(es)" in why
+    monkeypatch.setenv(THREADS_ENV, "3")
+    assert choose_torch_threads(processes=64) == (3, f"from {THREADS_ENV}")
+    assert choose_torch_threads(processes=1, override=2) == (2, "as asked")
+    monkeypatch.setenv(THREADS_ENV, "two")
+    with pytest.raises(ValueError, match=f"{THREADS_ENV}: must be a whole number >= 1, got 'two'"):
+        choose_torch_threads()
+    code, output = _invoke("search", *TINY[:-2], "--trials", "1")  # without --torch-threads
+    assert code == 2 and _error_lines(output) == [f"error: {THREADS_ENV}: must be a whole number >= 1, got 'two'"]
+
+
+def test_the_search_says_its_thread_count(search_run: tuple[Path, str]) -> None:
+    out, _ = search_run
+    lines = [line for line in (out / "output.txt").read_text().splitlines() if line.startswith("torch threads:")]
+    assert lines == [f"torch threads: 1 (as asked; set {THREADS_ENV} to change)"]
+
+
+def test_export_refuses_weights_of_another_trial_or_model(search_run: tuple[Path, str], tmp_path: Path) -> None:
+    out, _ = search_run
+    summary = json.loads((out / "run" / "summary.json").read_text())
+    qfile = min((out / "run" / "qconfig").glob("*.json"))
+    number = int(qfile.name[5:9])
+    mine = next(t["assignment"] for t in summary["trials"] if t["number"] == number)
+    other = next(t["number"] for t in summary["trials"] if t["assignment"] != mine)
+    export = ["export", "--qconfig", str(qfile), "--workload", "digits", "--workload-option", "pretrain_steps=30",
+              "--out", str(tmp_path / "m.onnx")]
+    code, output = _invoke(*export, "--weights", str(out / "run" / "weights" / f"trial-{other}.pt"))
+    assert code == 2, output
+    (line,) = _error_lines(output)
+    assert line.startswith("error: weights: trained for another precision map or model") and "in the weights" in line
+    assert not (tmp_path / "m.onnx").exists()
+
+    foreign = tmp_path / "tiny.pt"
+    torch.save(make_workload(width=2, pretrain_steps=1).model.state_dict(), foreign)
+    code, output = _invoke(*export, "--weights", str(foreign))
+    assert code == 2, output
+    (line,) = _error_lines(output)
+    assert "error: weights: they belong to another model" in line and "missing key(s): 'classifier.1.bias'" in line
+    assert "unexpected key(s): 'bn.bias'" in line

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import math
 import warnings
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 
 from search import calibrate, load_workload, parse_format, quantize_model, run_trial
-from search.export_onnx import ExportError, export_onnx, onnxruntime_session, verify_onnx
+from search.export_onnx import ExportError, StaticShapesWarning, export_onnx, onnxruntime_session, verify_onnx
 from search.qat import OUTPUT_QUANT_ATTR, FakeQuantMixin, activation_quantizers, fake_quant_layers, quantize
 
 torch.set_num_threads(1)
@@ -495,3 +496,66 @@ def test_torch_onnx_exporter_refuses_mixq_ranges(quant_min: int, quant_max: int)
     with warnings.catch_warnings(), pytest.raises(Exception, match="ONNX allows only"):
         warnings.simplefilter("ignore")
         torch.onnx.export(FakeQuant(), (torch.randn(2, 3),), io.BytesIO(), dynamo=False, opset_version=17)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dynamic shapes
+# ---------------------------------------------------------------------------------------------
+
+
+class ResidualDenoiser(nn.Module):
+    """Fully convolutional, residual output like the denoise workload's DnCNN: any H x W works."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(1, 8, 3, padding=1)
+        self.mid = nn.Conv2d(8, 8, 3, padding=1)
+        self.tail = nn.Conv2d(8, 1, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x - self.tail(torch.relu(self.mid(torch.relu(self.head(x)))))
+
+
+DENOISER_MAP = {"head": "int8", "mid": "int4", "tail": "int8"}
+
+
+def _images(size: int) -> Callable[[torch.Generator, int], Tensor]:
+    return lambda gen, n: torch.rand(n, 1, size, size, generator=gen)
+
+
+def _input_dims(proto: onnx.ModelProto) -> list[int | str]:
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_param or d.dim_value for d in dims]
+
+
+def test_fully_convolutional_model_runs_at_another_size(tmp_path: Path) -> None:
+    model = _trained(ResidualDenoiser(), DENOISER_MAP, _images(16))
+    gen = torch.Generator().manual_seed(5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no StaticShapesWarning: the model allows any size
+        path = export_onnx(model, (_images(16)(gen, 1),), tmp_path / "denoiser.onnx")
+    proto = _assert_valid_qdq_graph(path)
+    assert _input_dims(proto) == ["batch", 1, "input_0_dim2", "input_0_dim3"]
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["mixq.dynamic_axes"])["input_0"] == ["batch", "input_0_dim2", "input_0_dim3"]
+    x40 = _images(40)(gen, 3)  # another size and batch than exported with
+    steps = _output_diff_in_steps(model, path, x40)
+    assert steps.shape == (3, 1, 40, 40)
+    off = steps > STEP_FRACTION
+    # as for digits: an output may flip by one step where a float sum sits on a rounding boundary
+    assert off.mean() <= 0.005, f"{int(off.sum())} of {off.size} outputs differ"
+    assert np.all(np.abs(steps[off] - 1.0) <= 1e-4), "a differing output is off by more than one step"
+
+
+def test_static_shapes_on_request_and_where_the_model_needs_them(tmp_path: Path) -> None:
+    model = _trained(ResidualDenoiser(), DENOISER_MAP, _images(16))
+    x = _images(16)(torch.Generator().manual_seed(5), 1)
+    proto = onnx.load(export_onnx(model, (x,), tmp_path / "static.onnx", dynamic_spatial=False))
+    assert _input_dims(proto) == ["batch", 1, 16, 16]
+
+    flat = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+    _trained(flat, {"0": "int8", "3": "int8"}, _images(8))
+    with pytest.warns(StaticShapesWarning, match="spatial axes left static: the model fails on inputs of twice"):
+        path = export_onnx(flat, (_images(8)(torch.Generator().manual_seed(1), 1),), tmp_path / "flat.onnx")
+    assert _input_dims(onnx.load(path)) == ["batch", 1, 8, 8]
+    assert verify_onnx(flat, (_images(8)(torch.Generator().manual_seed(2), 4),), path) < 1e-4

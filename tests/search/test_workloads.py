@@ -123,8 +123,10 @@ def test_workload_validates_its_fields(digits):
 
 
 def test_type_error_inside_a_factory_is_not_blamed_on_the_options():
-    with pytest.raises(TypeError, match="unsupported operand"):
+    with pytest.raises(WorkloadError, match=r"workload 'tests.search.user_workload:broken_factory': raised TypeError: unsupported operand") as err:
         load_workload("tests.search.user_workload:broken_factory", {"width": 2})
+    assert "workload_options" not in str(err.value)
+    assert isinstance(err.value.__cause__, TypeError)  # the user's own error, for a --debug traceback
 
 
 def test_pretraining_leaves_the_callers_rng_alone(tmp_path, monkeypatch):
