@@ -23,9 +23,20 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from search.spec import SearchProgress, SearchResult, SearchSpec, TrialOutcome
+from search.formats import summarize_assignment
+from search.spec import SearchProgress, SearchResult, SearchSpec, TrialOutcome, first_error_text
 
 console = Console(stderr=False, width=None if sys.stdout.isatty() else 140)
+
+
+# the request model's defaults: the options below offer the same ones as the API (/v1/meta)
+_DEFAULT: dict[str, Any] = {
+    name: info.get_default(call_default_factory=True) for name, info in SearchSpec.model_fields.items()
+}
+_DEFAULT_FORMATS = ",".join(_DEFAULT["formats"])
+_DEFAULT_PIN_FIRST_LAST = _DEFAULT["pin_first_last"] or "free"
+_DEFAULT_COSTS = [str(c) for c in _DEFAULT["cost_objectives"]]
+
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -55,8 +66,7 @@ def _errors_reported(debug: bool) -> Iterator[None]:
         if debug:
             console.print(traceback.format_exc(), markup=False, highlight=False, soft_wrap=True)
         if isinstance(err, ValidationError):
-            first = err.errors()[0]
-            _fail(f"{'.'.join(str(p) for p in first['loc'])}: {_one_line(first['msg'])}")
+            _fail(_one_line(first_error_text(err)))
         if isinstance(err, (ValueError, FileNotFoundError)):
             _fail(_one_line(str(err)))
         hint = "" if debug else " (rerun with --debug for the traceback)"
@@ -122,16 +132,8 @@ def _parse_kv(items: list[str], what: str) -> dict[str, Any]:
     return out
 
 
-def format_summary(assignment: dict[str, str]) -> str:
-    """``int8x2-int4x3`` style summary of a map, in order of first appearance."""
-    counts: dict[str, int] = {}
-    for fmt in assignment.values():
-        counts[fmt] = counts.get(fmt, 0) + 1
-    return "-".join(f"{fmt}x{n}" for fmt, n in counts.items())
-
-
 def qconfig_filename(outcome: TrialOutcome) -> str:
-    return f"trial{outcome.number:04d}-{format_summary(dict(outcome.assignment))}.json"
+    return f"trial{outcome.number:04d}-{summarize_assignment(outcome.assignment)}.json"
 
 
 def write_outputs(result: SearchResult, out_dir: Path) -> dict[str, Path]:
@@ -195,22 +197,35 @@ def print_front(result: SearchResult) -> None:
 
 def search_command(
     workload: Annotated[str, typer.Option(help="built-in workload (digits, denoise) or 'pkg.module:factory'")],
-    profile: Annotated[str, typer.Option(help="built-in profile (generic, npu-int4) or a YAML/JSON file")] = "generic",
-    trials: Annotated[int, typer.Option(help="budget: trials (QAT runs) for the whole study")] = 24,
-    formats: Annotated[str, typer.Option(help="comma-separated formats to search")] = "int4,int8,fp16",
-    pin: Annotated[list[str], typer.Option(help="MATCH=FORMAT (fqn glob, kind:KIND, @first, @last); FORMAT 'free' unpins")] = [],  # noqa: B006
-    pin_first_last: Annotated[str, typer.Option(help="format for the first/last executed layers; 'free' to search them")] = "int8",
-    cost: Annotated[list[str], typer.Option(help="cost objective(s): bitops, weight_bytes, activation_bytes, latency_ms")] = ["bitops"],  # noqa: B006
-    max_quality_drop: Annotated[float | None, typer.Option(help="trials losing more than this vs fp32 are infeasible")] = None,
-    qat_steps: Annotated[int, typer.Option(help="QAT steps per trial")] = 200,
-    sampler: Annotated[str, typer.Option(help="tpe, nsga2 or random")] = "tpe",
-    seed: Annotated[int, typer.Option()] = 0,
+    profile: Annotated[
+        str, typer.Option(help="built-in profile (generic, npu-int4) or a YAML/JSON file")
+    ] = _DEFAULT["profile"],
+    trials: Annotated[int, typer.Option(help="budget: trials (QAT runs) for the whole study")] = _DEFAULT["n_trials"],
+    formats: Annotated[str, typer.Option(help="comma-separated formats to search")] = _DEFAULT_FORMATS,
+    pin: Annotated[
+        list[str], typer.Option(help="MATCH=FORMAT (fqn glob, kind:KIND, @first, @last); FORMAT 'free' unpins")
+    ] = [],  # noqa: B006
+    pin_first_last: Annotated[
+        str, typer.Option(help="format for the first/last executed layers; 'free' to search them")
+    ] = _DEFAULT_PIN_FIRST_LAST,
+    cost: Annotated[
+        list[str], typer.Option(help="cost objective(s): bitops, weight_bytes, activation_bytes, latency_ms")
+    ] = _DEFAULT_COSTS,
+    max_quality_drop: Annotated[
+        float | None, typer.Option(help="trials losing more than this vs fp32 are infeasible")
+    ] = None,
+    qat_steps: Annotated[int, typer.Option(help="QAT steps per trial")] = _DEFAULT["qat_steps"],
+    sampler: Annotated[str, typer.Option(help="tpe, nsga2 or random")] = _DEFAULT["sampler"],
+    seed: Annotated[int, typer.Option()] = _DEFAULT["seed"],
     timeout_s: Annotated[float | None, typer.Option(help="wall-time budget in seconds")] = None,
-    reevaluate: Annotated[int, typer.Option(help="extra seeds per front point before reporting")] = 2,
-    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (sqlite:///f.db, postgresql+psycopg://...); resumes")] = None,
-    study_name: Annotated[str, typer.Option(help="study name in the storage")] = "mixq",
+    reevaluate: Annotated[int, typer.Option(help="extra seeds per front point before reporting")] = _DEFAULT[
+        "reevaluate_front"],
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL (sqlite:///f.db, postgresql+psycopg://...); resumes")
+    ] = None,
+    study_name: Annotated[str, typer.Option(help="study name in the storage")] = _DEFAULT["study_name"],
     workload_option: Annotated[list[str], typer.Option(help="KEY=VALUE passed to the workload factory")] = [],  # noqa: B006
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = _DEFAULT["device"],
     out: Annotated[Path, typer.Option(help="output folder")] = Path("mixq-out"),
     save_weights: Annotated[bool, typer.Option(help="keep each trial's trained weights in OUT/weights (for mixq export)")] = True,
     torch_threads: Annotated[int | None, typer.Option(help="torch threads (default: $MIXQ_TORCH_THREADS, else all usable cores)")] = None,
@@ -223,20 +238,19 @@ def search_command(
         from search.threads import set_torch_threads
         from search.workloads import load_workload
 
-        pins = [
-            {"match": m, "format": None if f == "free" else f}
-            for m, _, f in (p.rpartition("=") for p in pin)
-        ]
-        if any(not p["match"] for p in pins):
+        matches = [p.rpartition("=") for p in pin]
+        if any(not m or not sep for m, sep, _ in matches):
             _fail("pin: expected MATCH=FORMAT, e.g. --pin 'features.0=int8'")
-        spec = SearchSpec(
-            workload=workload, workload_options=_parse_kv(workload_option, "workload-option"), profile=profile,
-            formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
-            pin_first_last=None if pin_first_last == "free" else pin_first_last, pins=tuple(pins),
-            cost_objectives=tuple(cost), max_quality_drop=max_quality_drop, n_trials=trials, timeout_s=timeout_s,
-            qat_steps=qat_steps, seed=seed, sampler=sampler, reevaluate_front=reevaluate, storage=storage,
-            study_name=study_name, device=device, weights_dir=str(out / "weights") if save_weights else None,
-        )
+        spec = SearchSpec.model_validate({
+                "workload": workload, "workload_options": _parse_kv(workload_option, "workload-option"),
+                "profile": profile, "formats": [f.strip() for f in formats.split(",") if f.strip()],
+                "pin_first_last": None if pin_first_last == "free" else pin_first_last,
+                "pins": [{"match": m, "format": None if f == "free" else f} for m, _, f in matches],
+                "cost_objectives": cost, "max_quality_drop": max_quality_drop, "n_trials": trials,
+                "timeout_s": timeout_s, "qat_steps": qat_steps, "seed": seed, "sampler": sampler,
+                "reevaluate_front": reevaluate, "storage": storage, "study_name": study_name, "device": device,
+                "weights_dir": str(out / "weights") if save_weights else None,
+            })
         console.print(set_torch_threads(processes=1, override=torch_threads))
         wl = load_workload(spec.workload, spec.workload_options)
         unused = discover_layers(wl.model, wl.example_inputs).unused
@@ -331,4 +345,4 @@ def main() -> None:  # ``python -m search.cli`` without the service installed
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -26,6 +26,8 @@ Integer ranges (a device's integer math; the ONNX export uses the same numbers):
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -121,8 +123,8 @@ def parse_format(name: str) -> LayerFormat:
     >>> parse_format("w4a8").name
     'w4a8'
     """
-    if not isinstance(name, str):
-        raise ValueError(f"format: expected a format name (str), got {type(name).__name__}")  # noqa: TRY004 - pydantic validators need ValueError
+    if not isinstance(name, str):  # a ValueError, not a TypeError: pydantic reports it against the field
+        raise ValueError(f"format: expected a format name (str), got {type(name).__name__}")
     key = name.strip().lower()
     if key in _TENSOR_FORMATS:
         tensor = _TENSOR_FORMATS[key]
@@ -139,3 +141,10 @@ def parse_format(name: str) -> LayerFormat:
 def format_bits(fmt: LayerFormat) -> tuple[int, int]:
     """(weight bits, activation bits) as a device stores them; fp32 counts as 32."""
     return fmt.weight.bits, fmt.activation.bits
+
+
+def summarize_assignment(assignment: Mapping[str, str]) -> str:
+    """``int8x2-int4x4``: how many layers take each format, in order of first appearance (execution
+    order for a search's assignment).  The one spelling for file names, the API and the dashboard."""
+    counts = Counter(assignment.values())
+    return "-".join(f"{fmt}x{n}" for fmt, n in counts.items()) or "empty"

@@ -192,14 +192,15 @@ def pareto_front(outcomes: Sequence[TrialOutcome], higher_is_better: bool) -> li
 class _Search:
     def __init__(self, spec: SearchSpec, workload: Workload, on_trial: OnTrial | None,
                  should_stop: Callable[[], bool] | None, evaluator: Evaluator | None = None,
-                 on_progress: Callable[[SearchProgress], None] | None = None) -> None:
+                 on_progress: Callable[[SearchProgress], None] | None = None,
+                 profile: TargetProfile | None = None) -> None:
         self.spec = spec
         self.on_progress = on_progress
         self.evaluator = evaluator
         self.workload = workload
         self.on_trial = on_trial
         self.should_stop = should_stop or (lambda: False)
-        self.profile: TargetProfile = load_profile(spec.profile)
+        self.profile: TargetProfile = profile or load_profile(spec.profile)
         self.graph = discover_layers(workload.model, workload.example_inputs)
         self.space = build_space(spec, self.graph, self.profile)
         try:
@@ -488,6 +489,7 @@ def run_search(
     should_stop: Callable[[], bool] | None = None,
     evaluator: Evaluator | None = None,
     on_progress: Callable[[SearchProgress], None] | None = None,
+    profile: TargetProfile | None = None,
 ) -> SearchResult:
     """Search per-layer precision maps for ``spec``; return the Pareto front and all trials.
 
@@ -496,7 +498,8 @@ def run_search(
     ``should_stop`` is checked between trials.  Bad input raises before any training starts.
     ``evaluator`` replaces the QAT run (benchmarks over a precomputed table use it).
     ``on_progress`` hears about work that is not a trial (re-evaluating the front).
+    ``profile`` is a ready target profile (else ``spec.profile`` is loaded by name or path).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     workload = workload or load_workload(spec.workload, spec.workload_options)
-    return _Search(spec, workload, on_trial, should_stop, evaluator, on_progress).run()
+    return _Search(spec, workload, on_trial, should_stop, evaluator, on_progress, profile).run()

@@ -15,11 +15,13 @@ _bearer = HTTPBearer(auto_error=False, description="a token from `mixq token cre
 
 
 def get_db(request: Request) -> Database:
-    return request.app.state.db  # type: ignore[no-any-return]
+    db: Database = request.app.state.db
+    return db
 
 
 def get_settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 DbDep = Annotated[Database, Depends(get_db)]
@@ -50,7 +52,9 @@ def stream_owner(
     db: DbDep,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    token: Annotated[str | None, Query(max_length=200, description="token for EventSource, which cannot send headers")] = None,
+    token: Annotated[
+        str | None, Query(max_length=200, description="token for EventSource, which cannot send headers")
+    ] = None,
 ) -> str:
     """As :func:`current_owner`, but also takes ``?token=``: the browser's EventSource cannot set an
     Authorization header.  The header wins when both are given."""

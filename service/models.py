@@ -1,5 +1,5 @@
-"""Database rows (SQLAlchemy 2 typed ORM).  These are the service's storage words; API schemas live in
-``service.schemas`` and search results in ``search.spec``.  Times are naive UTC."""
+"""Database rows (SQLAlchemy 2 typed ORM) and the job state machine.  These are the service's storage
+words; API schemas live in ``service.schemas`` and search results in ``search.spec``.  Times are naive UTC."""
 
 from __future__ import annotations
 
@@ -36,11 +36,39 @@ class Base(DeclarativeBase):
 
 
 class JobStatus(StrEnum):
+    """A job's state and its transitions::
+
+        queued ──> running ──> succeeded
+           │          ├──────> failed
+           │          └──────> cancelled
+           ├─────────────────> cancelled
+           └─────────────────> failed      (the job cannot even start: bad upload, unknown profile)
+
+    Every transition is a compare-and-set in the database (``store.transition``): the row moves only if it
+    is still in one of the allowed source states, so a cancel racing a completion has exactly one winner.
+    """
+
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
+    JobStatus.RUNNING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+
+def sources_of(target: JobStatus) -> frozenset[JobStatus]:
+    """The states from which ``target`` may be entered."""
+    return frozenset(src for src, targets in TRANSITIONS.items() if target in targets)
 
 
 class TrialState(StrEnum):
@@ -80,7 +108,7 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     priority: Mapped[int] = mapped_column(Integer, default=0)
-    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the JobCreate as submitted (JSON)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the validated JobCreate's JSON (schemas.job_spec reads it)
     n_trials: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime)

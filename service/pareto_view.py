@@ -24,13 +24,7 @@ from service.schemas import LayerOut, TrialOut
 
 def trial_fragment(trial: Trial) -> bytes:
     """The Trial JSON without its closing ``,"on_front":...}``, which depends on the whole front."""
-    out = TrialOut(
-        number=trial.number, state=trial.state, assignment=trial.assignment,  # type: ignore[arg-type]
-        quality=trial.quality, quality_std=trial.quality_std, n_evaluations=trial.n_evaluations,
-        costs=trial.costs, feasible=trial.feasible, duration_s=trial.duration_s, source=trial.source,
-        on_front=False,
-    )
-    return out.model_dump_json(exclude={"on_front"}).encode()[:-1]
+    return TrialOut.model_validate(trial).model_dump_json(exclude={"on_front"}).encode()[:-1]
 
 
 @dataclass

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from service.jobs import sources_of
 from service.models import (
     ApiToken,
     Job,
@@ -23,6 +22,7 @@ from service.models import (
     Upload,
     UploadBlob,
     WorkerRow,
+    sources_of,
     utcnow,
 )
 
@@ -247,7 +247,8 @@ def record_trial(
     updates["worker_id"] = func.coalesce(stmt.excluded.worker_id, Trial.worker_id)
     session.execute(stmt.on_conflict_do_update(index_elements=["job_id", "number"], set_=updates))
     if record.state == TrialState.COMPLETE and record.feasible and record.quality is not None:
-        better = Job.best_quality < record.quality if higher_is_better is not False else Job.best_quality > record.quality
+        higher = higher_is_better is not False
+        better = Job.best_quality < record.quality if higher else Job.best_quality > record.quality
         session.execute(
             update(Job)
             .where(Job.id == job_id, or_(Job.best_quality.is_(None), better))
@@ -283,7 +284,6 @@ _TRIAL_ORDER = {
     "cost": (Trial.primary_cost, Trial.number),
     "-cost": (Trial.primary_cost.desc(), Trial.number),
 }
-TRIAL_SORTS = tuple(_TRIAL_ORDER)
 
 
 def list_trials(session: Session, job_id: int, sort: str, limit: int, offset: int) -> tuple[Sequence[Trial], int]:
@@ -302,14 +302,6 @@ def complete_trials(session: Session, job_id: int) -> Sequence[Trial]:
 
 def get_trial(session: Session, job_id: int, number: int) -> Trial | None:
     return session.scalar(select(Trial).where(Trial.job_id == job_id, Trial.number == number))
-
-
-def trials_version(session: Session, job_id: int) -> tuple[int, int]:
-    """(count, max row id): changes whenever a trial is added; cheap cache key."""
-    count, max_id = session.execute(
-        select(func.count(), func.max(Trial.id)).where(Trial.job_id == job_id)
-    ).one()
-    return count or 0, max_id or 0
 
 
 def trial_numbers_after(session: Session, job_id: int, after_id: int) -> Sequence[Trial]:
@@ -366,10 +358,6 @@ def heartbeat(session: Session, worker_id: str, job_id: int | None) -> None:
 
 def unregister_worker(session: Session, worker_id: str) -> None:
     session.execute(delete(WorkerRow).where(WorkerRow.id == worker_id))
-
-
-def forget_stale_workers(session: Session, stale_before: datetime, keep_for: timedelta = timedelta(hours=1)) -> None:
-    session.execute(delete(WorkerRow).where(WorkerRow.heartbeat_at < stale_before - keep_for))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,23 +16,34 @@ import logging
 import math
 import os
 import socket
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.orm import Session
 
-from search import SearchProgress, SearchResult, SearchSpec, TrialOutcome, Workload, builtin_profiles, load_workload
+from search import (
+    SearchProgress,
+    SearchResult,
+    SearchSpec,
+    TargetProfile,
+    TrialOutcome,
+    Workload,
+    builtin_profiles,
+    load_profile,
+    load_workload,
+    parse_profile_text,
+)
+from search.storage import StorageError
 from service import store
 from service.db import Database
-from service.jobs import search_spec
 from service.models import Job, JobStatus, UploadKind, utcnow
+from service.schemas import JobCreate, job_spec
 from service.settings import Settings
 from service.store import TrialRecord
 from service.uploads import build_workload
@@ -45,7 +56,7 @@ WRITE_BACKOFF_S = 0.5
 
 class RunSearch(Protocol):
     def __call__(
-        self, spec: SearchSpec, *, workload: Workload | None = None,
+        self, spec: SearchSpec, *, workload: Workload | None = None, profile: TargetProfile | None = None,
         on_trial: Callable[[TrialOutcome, SearchProgress], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> SearchResult: ...
@@ -55,9 +66,9 @@ MakeWorkload = Callable[[Database, Job, Settings], Workload]
 
 
 def _default_run_search() -> RunSearch:
-    from search import run_search  # type: ignore[attr-defined]
+    from search import run_search
 
-    return run_search  # type: ignore[no-any-return]
+    return run_search
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -70,9 +81,9 @@ def is_transient(exc: BaseException) -> bool:
             isinstance(current, DBAPIError) and current.connection_invalidated
         ):
             return True
-        text = str(current)
-        if "storage: cannot open" in text:
+        if isinstance(current, StorageError):  # Optuna's storage could not be opened (the run_search seam)
             return True
+        text = str(current)
         if isinstance(current, DBAPIError) and ("already exists" in text or "alembic_version" in text):
             return True  # two processes creating Optuna's tables in a new database at once; the loser retries
         current = current.__cause__ or current.__context__
@@ -81,26 +92,31 @@ def is_transient(exc: BaseException) -> bool:
 
 def workload_for_job(db: Database, job: Job, settings: Settings) -> Workload:
     """Built-in or allow-listed entry-point workload, or one built from the owner's uploads."""
-    spec = job.spec
-    if spec.get("model"):
+    spec = job_spec(job.spec)
+    if spec.model is not None:
         with db.session() as session:
-            model = store.get_upload(session, job.owner, UploadKind.MODEL, spec["model"])
-            dataset = store.get_upload(session, job.owner, UploadKind.DATASET, spec.get("dataset") or "")
+            model = store.get_upload(session, job.owner, UploadKind.MODEL, spec.model)
+            dataset = store.get_upload(session, job.owner, UploadKind.DATASET, spec.dataset or "")
             if model is None or dataset is None:
                 raise ValueError("model/dataset: the job's uploads no longer exist")
             model_bytes = store.upload_bytes(session, model.id)
             dataset_bytes = store.upload_bytes(session, dataset.id)
-        return build_workload(spec["workload"], model_bytes, dataset_bytes, spec.get("workload_options", {}))
-    if ":" in spec["workload"] and spec["workload"] not in settings.allowed_workloads:
-        raise ValueError(f"workload: entry point {spec['workload']!r} is not allow-listed (MIXQ_ALLOWED_WORKLOADS)")
-    return load_workload(spec["workload"], spec.get("workload_options", {}))
+        return build_workload(spec.workload, model_bytes, dataset_bytes, spec.workload_options)
+    if ":" in spec.workload and spec.workload not in settings.allowed_workloads:
+        raise ValueError(f"workload: entry point {spec.workload!r} is not allow-listed (MIXQ_ALLOWED_WORKLOADS)")
+    return load_workload(spec.workload, spec.workload_options)
+
+
+def study_name(job_id: int) -> str:
+    """The job's Optuna study (a job id is never reused, see ``models.Job``)."""
+    return f"mixq-job-{job_id}"
 
 
 @dataclass
 class _JobRun:
     job_id: int
     owner: str
-    spec: dict[str, Any]
+    spec: JobCreate
     cost_objective: str
     higher_is_better: bool | None = None
 
@@ -134,7 +150,7 @@ class Worker:
         try:
             with self.db.session() as session:
                 store.heartbeat(session, self.id, self.current_job)
-        except Exception as exc:  # noqa: BLE001 - a missed beat is logged; the next one retries
+        except Exception as exc:  # a missed beat is logged; the next one retries
             log.warning("worker %s: heartbeat failed: %s", self.id, exc)
 
     def stop(self) -> None:
@@ -147,7 +163,7 @@ class Worker:
         try:
             with self.db.session() as session:
                 store.unregister_worker(session, self.id)
-        except Exception as exc:  # noqa: BLE001 - shutting down; a stale row just ages out
+        except Exception as exc:  # shutting down; a stale row just ages out
             log.warning("worker %s: could not unregister: %s", self.id, exc)
 
     def run_forever(self, max_jobs: int | None = None) -> None:
@@ -166,7 +182,7 @@ class Worker:
             self.close()
 
     # -- picking work ------------------------------------------------------------------------
-    def stale_before(self) -> Any:
+    def stale_before(self) -> datetime:
         return utcnow() - timedelta(seconds=self.settings.stale_after_s)
 
     def next_job(self) -> int | None:
@@ -179,7 +195,7 @@ class Worker:
                 if job_id is not None:
                     store.heartbeat(session, self.id, job_id)
                 return job_id
-        except Exception as exc:  # noqa: BLE001 - DB away: try again after the poll interval
+        except Exception as exc:  # DB away: try again after the poll interval
             log.warning("worker %s: cannot look for work: %s", self.id, exc)
             return None
 
@@ -207,32 +223,30 @@ class Worker:
             if job is None or job.status != JobStatus.RUNNING:
                 return
             session.expunge(job)
-        run = _JobRun(job_id, job.owner, job.spec, str(job.spec.get("cost_objectives", ["bitops"])[0]))
+        spec = job_spec(job.spec)
+        run = _JobRun(job_id, job.owner, spec, str(spec.cost_objectives[0]))
         workload = self.make_workload(self.db, job, self.settings)
         run.higher_is_better = workload.higher_is_better
         self._write(lambda s: store.set_job_info(s, job_id, workload.metric, workload.higher_is_better, None))
-        with tempfile.TemporaryDirectory(prefix="mixq-profile-") as tmp:
-            spec = search_spec(job.spec, job_id, self.db.url, self._profile_path(job, Path(tmp)))
-            result = self.run_search(
-                spec, workload=workload, on_trial=lambda o, p: self._on_trial(run, o, p),
-                should_stop=lambda: self._should_stop(job_id),
-            )
+        result = self.run_search(
+            SearchSpec.of(spec, storage=self.db.url, study_name=study_name(job_id)), workload=workload,
+            profile=self._profile(job.owner, spec.profile), on_trial=lambda o, p: self._on_trial(run, o, p),
+            should_stop=lambda: self._should_stop(job_id),
+        )
         if self.stop_event.is_set() or self._status(job_id) != JobStatus.RUNNING:
             return  # shutting down, cancelled or deleted: the study keeps what was done
         self._finalize(run, result)
 
-    def _profile_path(self, job: Job, tmp: Path) -> str | None:
-        name = job.spec.get("profile", "generic")
+    def _profile(self, owner: str, name: str) -> TargetProfile:
+        """A built-in profile, or the owner's uploaded one (stored as its validated JSON)."""
         if name in builtin_profiles():
-            return None
+            return load_profile(name)
         with self.db.session() as session:
-            row = store.get_profile(session, job.owner, name)
+            row = store.get_profile(session, owner, name)
             if row is None:
                 raise ValueError(f"profile: {name!r} no longer exists")
             text = row.text
-        path = tmp / f"{name}.json"
-        path.write_text(text)
-        return str(path)
+        return parse_profile_text(text, f"profile {name!r}")
 
     def _status(self, job_id: int) -> JobStatus | None:
         with self.db.session() as session:
@@ -243,11 +257,11 @@ class Worker:
             return True
         try:
             return self._status(job_id) != JobStatus.RUNNING
-        except Exception as exc:  # noqa: BLE001 - DB hiccup: keep going, the next check retries
+        except Exception as exc:  # DB hiccup: keep going, the next check retries
             log.warning("worker %s: cannot read job %d status: %s", self.id, job_id, exc)
             return False
 
-    def _write(self, fn: Callable[[Any], Any]) -> Any:
+    def _write(self, fn: Callable[[Session], Any]) -> Any:
         """Run ``fn(session)`` in a transaction, retrying over dropped connections."""
         for attempt in range(WRITE_RETRIES):
             try:
@@ -269,14 +283,14 @@ class Worker:
             number=outcome.number, assignment=dict(outcome.assignment), quality=quality,
             quality_std=std, n_evaluations=outcome.n_evaluations, costs=costs,
             primary_cost=costs.get(run.cost_objective), feasible=bool(outcome.feasible) and quality is not None,
-            duration_s=float(outcome.duration_s), source=outcome.source, qconfig=getattr(outcome, "qconfig", None),
+            duration_s=float(outcome.duration_s), source=outcome.source, qconfig=outcome.qconfig,
         )
 
     def _on_trial(self, run: _JobRun, outcome: TrialOutcome, progress: SearchProgress) -> None:
         record = self._record(run, outcome)
         try:
             self._write(lambda s: store.record_trial(s, run.job_id, record, self.id, run.higher_is_better))
-        except Exception as exc:  # noqa: BLE001 - the study has the trial; _finalize stores it again
+        except Exception as exc:  # the study has the trial; _finalize stores it again
             log.warning("worker %s: could not store trial %d of job %d: %s", self.id, outcome.number, run.job_id, exc)
 
     def _finalize(self, run: _JobRun, result: SearchResult) -> None:
@@ -286,7 +300,7 @@ class Worker:
             for layer in result.layers
         ]
 
-        def finish(session: Any) -> None:
+        def finish(session: Session) -> None:
             # a worker whose search returned while others still run trials leaves the report to the last
             # one, whose result includes those trials (if they all leave at once, a joiner finalizes)
             if store.other_live_workers(session, run.job_id, self.id, self.stale_before()):

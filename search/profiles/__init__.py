@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from search.formats import parse_format
 from search.layers import LayerKind
+from search.spec import first_error_text
 
 BUILTIN_DIR = Path(__file__).parent
 
@@ -102,9 +103,7 @@ def parse_profile(data: Any, origin: str = "profile") -> TargetProfile:
     try:
         return TargetProfile.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "(file)"
-        raise ProfileError(f"{origin}: {loc}: {first['msg']}") from None
+        raise ProfileError(f"{origin}: {first_error_text(err, '(file)')}") from None
 
 
 def parse_profile_text(text: str, origin: str = "profile") -> TargetProfile:

@@ -132,16 +132,6 @@ export function formatRank(name) {
   return i === -1 ? FORMAT_ORDER.length : i;
 }
 
-// "int4 x3, int8 x2": a one-line summary of an assignment {fqn: format}.
-export function assignmentSummary(assignment) {
-  const counts = {};
-  for (const fmt of Object.values(assignment || {})) counts[fmt] = (counts[fmt] || 0) + 1;
-  return Object.keys(counts)
-    .sort((a, b) => formatRank(a) - formatRank(b))
-    .map((fmt) => `${fmt}×${counts[fmt]}`)
-    .join(" ");
-}
-
 export function showMessage(container, text, kind = "error") {
   container.replaceChildren(text ? el("div", { class: `message ${kind}` }, text) : "");
 }

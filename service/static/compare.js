@@ -1,7 +1,7 @@
 // Compare page: two points of a job side by side (?a=<trial>&b=<trial>): totals, and each layer's
 // format in both with the layers that differ highlighted.  Per-layer costs are shown when the
 // Pareto answer carries layers[].costs_by_format ({format: {objective: value}}).
-import { api, assignmentSummary, el, fmtCost, fmtQuality, initTokenBar, showMessage } from "/static/common.js";
+import { api, el, fmtCost, fmtQuality, initTokenBar, showMessage } from "/static/common.js";
 
 const jobId = decodeURIComponent(location.pathname.split("/")[2]);
 const pickA = document.getElementById("pick-a");
@@ -35,7 +35,7 @@ function renderTotals(a, b) {
     }),
     ["feasible", a.feasible ? "yes" : "no", b.feasible ? "yes" : "no", ""],
     ["on the front", a.on_front ? "yes" : "no", b.on_front ? "yes" : "no", ""],
-    ["formats", assignmentSummary(a.assignment), assignmentSummary(b.assignment), ""],
+    ["formats", a.assignment_summary, b.assignment_summary, ""],
   ];
   table.tBodies[0].replaceChildren(...rows.map(([k, ...cells]) => el("tr", {},
     el("th", {}, k), ...cells.map((c) => el("td", {}, c)))));

@@ -1,7 +1,7 @@
 // Job page: live progress over SSE, the Pareto scatter and per-layer heat map (Plotly.js, shipped
 // with the plotly Python package), the front points with their qconfig downloads, and the trials.
 import {
-  TERMINAL, api, assignmentSummary, download, el, eventSource, fmtCost, fmtQuality, fmtTime,
+  TERMINAL, api, download, el, eventSource, fmtCost, fmtQuality, fmtTime,
   formatRank, initTokenBar, progressBar, showMessage, statusBadge,
 } from "/static/common.js";
 
@@ -92,7 +92,7 @@ function renderTrials() {
     el("td", {}, t.state !== "complete" ? "–" : t.feasible ? "yes" : "no"),
     el("td", {}, t.on_front ? "★" : ""),
     el("td", {}, t.duration_s === null || t.duration_s === undefined ? "–" : t.duration_s.toFixed(1)),
-    el("td", { title: layerLines(t.assignment).join("\n") }, assignmentSummary(t.assignment)),
+    el("td", { title: layerLines(t.assignment).join("\n") }, t.assignment_summary),
   ));
   table.tBodies[0].replaceChildren(...rows);
   document.getElementById("trial-count").textContent = `(${state.trials.size})`;
@@ -218,7 +218,7 @@ function renderHeatmap() {
 
 // ---- front points: downloads and compare ----
 
-// file: "qconfig.json" or "model.onnx" (the latter only where the server exported one)
+// file: the name of a per-trial download route ("qconfig.json")
 function downloadButton(t, file, fallbackName) {
   return el("button", {
     class: "small", dataset: { download: t.number, file },
@@ -239,9 +239,8 @@ function renderFront() {
     el("td", {}, fmtQuality(t.quality)),
     el("td", {}, fmtQuality(t.quality_std)),
     ...costs.map((name) => el("td", {}, fmtCost(t.costs[name]))),
-    el("td", { title: layerLines(t.assignment).join("\n") }, assignmentSummary(t.assignment)),
-    el("td", {}, downloadButton(t, "qconfig.json", `mixq-${jobId}-trial${t.number}.json`),
-      t.onnx_exported ? downloadButton(t, "model.onnx", `mixq-${jobId}-trial${t.number}.onnx`) : ""),
+    el("td", { title: layerLines(t.assignment).join("\n") }, t.assignment_summary),
+    el("td", {}, downloadButton(t, "qconfig.json", `mixq-${jobId}-trial${t.number}.json`)),
   )));
   // compare: the front points first, then the other complete trials
   const onFront = new Set(front.map((t) => t.number));

@@ -6,10 +6,6 @@ import {
 } from "/static/common.js";
 
 const POLL_MS = 2000;
-const FALLBACK_DEFAULTS = {
-  profile: "generic", formats: ["int4", "int8", "fp16"], pin_first_last: "int8", cost_objectives: ["bitops"],
-  n_trials: 24, qat_steps: 200, seed: 0, sampler: "tpe", priority: 0,
-};
 const NUMBER_FIELDS = ["n_trials", "timeout_s", "qat_steps", "max_quality_drop", "seed", "priority"];
 const TEXT_FIELDS = ["workload", "profile", "sampler", "model", "dataset"];
 
@@ -18,7 +14,7 @@ const tbody = document.querySelector("#jobs-table tbody");
 const statusFilter = document.getElementById("status-filter");
 let idempotencyKey = newKey();
 
-// ---- meta: fill the selects and defaults ----
+// ---- meta: fill the selects and defaults (the API's request model; the page keeps no copy) ----
 
 const nameOf = (item) => (typeof item === "string" ? item : item.name);
 
@@ -42,7 +38,7 @@ function fillChecks(container, name, items, checked) {
 
 async function loadMeta() {
   const meta = await api("/v1/meta");
-  const defaults = { ...FALLBACK_DEFAULTS, ...(meta.defaults || {}) };
+  const defaults = meta.defaults;
   document.getElementById("workload-list").replaceChildren(
     ...meta.workloads.map((w) => el("option", { value: nameOf(w) })),
   );

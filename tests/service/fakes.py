@@ -13,7 +13,7 @@ import optuna
 import torch
 from torch import nn
 
-from search import SearchProgress, SearchResult, SearchSpec, TrialOutcome, Workload
+from search import SearchProgress, SearchResult, SearchSpec, TargetProfile, TrialOutcome, Workload
 from service.db import Database
 from service.models import Job
 from service.settings import Settings
@@ -45,7 +45,9 @@ def tiny_workload(_db: Database | None = None, _job: Job | None = None, _setting
     )
 
 
-def outcome_of(trial: optuna.trial.FrozenTrial | optuna.Trial, quality: float, bitops: float, dur: float) -> TrialOutcome:
+def outcome_of(
+    trial: optuna.trial.FrozenTrial | optuna.Trial, quality: float, bitops: float, dur: float
+) -> TrialOutcome:
     assignment = {fqn: trial.params[fqn] for fqn in LAYERS}
     return TrialOutcome(
         number=trial.number, assignment=assignment, quality=quality, quality_std=0.0, n_evaluations=1,
@@ -59,7 +61,7 @@ GRACE_S = 2  # a RUNNING trial silent this long is failed and retried with the s
 
 def make_fake_run_search(trial_s: float = 0.0) -> Callable[..., SearchResult]:
     def fake_run_search(
-        spec: SearchSpec, *, workload: Workload | None = None,
+        spec: SearchSpec, *, workload: Workload | None = None, profile: TargetProfile | None = None,
         on_trial: Callable[[TrialOutcome, SearchProgress], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> SearchResult:
