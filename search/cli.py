@@ -242,15 +242,15 @@ def search_command(
         if any(not m or not sep for m, sep, _ in matches):
             _fail("pin: expected MATCH=FORMAT, e.g. --pin 'features.0=int8'")
         spec = SearchSpec.model_validate({
-                "workload": workload, "workload_options": _parse_kv(workload_option, "workload-option"),
-                "profile": profile, "formats": [f.strip() for f in formats.split(",") if f.strip()],
-                "pin_first_last": None if pin_first_last == "free" else pin_first_last,
-                "pins": [{"match": m, "format": None if f == "free" else f} for m, _, f in matches],
-                "cost_objectives": cost, "max_quality_drop": max_quality_drop, "n_trials": trials,
-                "timeout_s": timeout_s, "qat_steps": qat_steps, "seed": seed, "sampler": sampler,
-                "reevaluate_front": reevaluate, "storage": storage, "study_name": study_name, "device": device,
-                "weights_dir": str(out / "weights") if save_weights else None,
-            })
+            "workload": workload, "workload_options": _parse_kv(workload_option, "workload-option"),
+            "profile": profile, "formats": [f.strip() for f in formats.split(",") if f.strip()],
+            "pin_first_last": None if pin_first_last == "free" else pin_first_last,
+            "pins": [{"match": m, "format": None if f == "free" else f} for m, _, f in matches],
+            "cost_objectives": cost, "max_quality_drop": max_quality_drop, "n_trials": trials,
+            "timeout_s": timeout_s, "qat_steps": qat_steps, "seed": seed, "sampler": sampler,
+            "reevaluate_front": reevaluate, "storage": storage, "study_name": study_name, "device": device,
+            "weights_dir": str(out / "weights") if save_weights else None,
+        })
         console.print(set_torch_threads(processes=1, override=torch_threads))
         wl = load_workload(spec.workload, spec.workload_options)
         unused = discover_layers(wl.model, wl.example_inputs).unused
