@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from scipy import stats
+from scipy import stats  # type: ignore[import-untyped]
 
 from bench.report import RESULTS_DIR, markdown_table, write_report
 from search import discover_layers, fp32_quality, load_workload, run_trial
@@ -74,7 +74,7 @@ def main() -> None:
     n = len(fqns)
 
     def quality(label: str, assignment: dict[str, str], steps: int) -> float:
-        key = f"{label}|qat{steps}|seed{args.seed}"
+        key = f"{label}|qat{steps}|seed{args.seed}|calibration batches {len(workload.calibration_batches)}"
         return cached_quality(
             RUNS_FILE, key, lambda: run_trial(workload, assignment, qat_steps=steps, seed=args.seed).quality
         )
