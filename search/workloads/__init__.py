@@ -13,14 +13,16 @@ import pydantic
 
 from search.workloads.base import Workload, WorkloadError, call_user_code
 
-BUILTIN_WORKLOADS = ("digits", "denoise")
+BUILTIN_WORKLOADS = ("digits", "denoise", "denoise-deep")
 _ENTRY_POINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 def resolve_factory(name: str) -> Callable[..., Any]:
     """The factory behind a built-in name or an entry point ``package.module:factory``."""
     if name in BUILTIN_WORKLOADS:
-        return importlib.import_module(f"search.workloads.{name}").make_workload  # type: ignore[no-any-return]
+        # module names cannot hold "-": denoise-deep lives in denoise_deep.py
+        module = importlib.import_module(f"search.workloads.{name.replace('-', '_')}")
+        return module.make_workload  # type: ignore[no-any-return]
     if _ENTRY_POINT.match(name):
         module_name, _, attr = name.partition(":")
         try:

@@ -1,4 +1,5 @@
 import dataclasses
+import inspect
 from pathlib import Path
 
 import pytest
@@ -8,12 +9,14 @@ from torch import nn
 from search.layers import discover_layers
 from search.train import fp32_quality, run_trial
 from search.workloads import BUILTIN_WORKLOADS, Workload, WorkloadError, load_workload
+from search.workloads import denoise_deep as denoise_deep_module
 from search.workloads import digits as digits_module
 from search.workloads.cache import cache_dir
-from search.workloads.denoise import noisy_input_psnr
+from search.workloads.denoise import DnCNN, noisy_input_psnr
 
 DIGITS_OPTIONS = {"pretrain_steps": 40}
 DENOISE_OPTIONS = {"depth": 3, "width": 16, "pretrain_steps": 150, "eval_size": 64}
+DENOISE_DEEP_TINY = {"depth": 3, "width": 8, "pretrain_steps": 300, "eval_size": 48}
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +82,55 @@ def test_denoise_beats_the_noisy_input():
     assert fp32_quality(workload) > baseline + 0.5
 
 
+def test_denoise_deep_has_dncnn_depth_at_its_defaults():
+    defaults = inspect.signature(denoise_deep_module.make_workload).parameters
+    depth, width = defaults["depth"].default, defaults["width"].default
+    graph = discover_layers(DnCNN(depth, width), (torch.rand(1, 1, 40, 40),))  # untrained: no pretraining
+    assert len(graph.fqns) >= 17
+    assert graph.first.input_shape == (1, 1, 40, 40) and graph.last.output_shape == (1, 1, 40, 40)
+
+
+def test_denoise_deep_holds_photos_out_for_evaluation():
+    train, held_out = denoise_deep_module.TRAIN_PHOTOS, denoise_deep_module.EVAL_PHOTOS
+    assert len(held_out) >= 2 and len(train) >= 10
+    assert not set(train) & set(held_out)
+    assert "cat" not in train + held_out  # chelsea under another name
+    noisy, clean = denoise_deep_module.held_out_pair(32)
+    assert noisy.shape == clean.shape == (len(held_out), 1, 32, 32)
+    assert torch.equal(noisy * 255, (noisy * 255).round()) and torch.equal(clean * 255, (clean * 255).round())
+    with pytest.raises(ValueError, match=r"eval_size: at most 303 px \('coins' is 303x384\), got 400"):
+        denoise_deep_module.held_out_pair(400)
+
+
+def test_denoise_deep_tiny_config_trains_and_quantizes(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIXQ_CACHE_DIR", str(tmp_path))
+    workload = load_workload("denoise-deep", DENOISE_DEEP_TINY)
+    assert workload.name == "denoise-deep" and workload.metric == "psnr_db" and workload.higher_is_better
+    (x,) = workload.example_inputs
+    assert x.shape == (1, 1, 40, 40) and torch.equal(x * 255, (x * 255).round())
+    baseline = denoise_deep_module.noisy_input_psnr(DENOISE_DEEP_TINY["eval_size"])
+    assert 15.0 < baseline < 25.0  # sigma 25/255 noise
+    fp32 = fp32_quality(workload)
+    assert fp32 > baseline + 0.5
+    graph = discover_layers(workload.model, workload.example_inputs)
+    assert len(graph.fqns) == 3
+    run = run_trial(workload, {fqn: "int8" for fqn in graph.fqns}, qat_steps=2, seed=0)
+    assert abs(run.quality - fp32) < 1.0
+    files = sorted(tmp_path.glob("denoise-deep-*.pt"))
+    assert len(files) == 1
+
+    def no_retraining(*args, **kwargs):
+        raise AssertionError("the cached weights should have been used")
+
+    monkeypatch.setattr(denoise_deep_module, "_pretrain", no_retraining)
+    again = load_workload("denoise-deep", DENOISE_DEEP_TINY)
+    a, b = workload.model.state_dict(), again.model.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert sorted(tmp_path.glob("denoise-deep-*.pt")) == files
+    with pytest.raises(ValueError, match="depth: at least 3 convolutions"):
+        load_workload("denoise-deep", {**DENOISE_DEEP_TINY, "depth": 2})
+
+
 def test_user_entry_point_loads_with_options():
     workload = load_workload("tests.search.user_workload:make_workload", {"width": 4, "pretrain_steps": 20})
     assert isinstance(workload, Workload)
@@ -88,8 +140,10 @@ def test_user_entry_point_loads_with_options():
 
 
 def test_unknown_workload_lists_builtins():
-    assert BUILTIN_WORKLOADS == ("digits", "denoise")
-    with pytest.raises(WorkloadError, match=r"unknown workload 'mnist'; built-in: digits, denoise, or an entry point"):
+    assert BUILTIN_WORKLOADS == ("digits", "denoise", "denoise-deep")
+    with pytest.raises(
+        WorkloadError, match=r"unknown workload 'mnist'; built-in: digits, denoise, denoise-deep, or an entry point"
+    ):
         load_workload("mnist")
 
 

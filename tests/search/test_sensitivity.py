@@ -1,0 +1,145 @@
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from search.sensitivity import LayerSensitivity, fisher_sensitivity, ptq_sensitivity
+from search.workloads.base import Batch, Workload
+
+
+class ThreeConvNet(nn.Module):
+    """conv1 -> relu -> conv2 -> relu -> conv3; input (N, 1, 8, 8)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.conv3 = nn.Conv2d(4, 1, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv3(torch.relu(self.conv2(torch.relu(self.conv1(x)))))
+
+    @staticmethod
+    def example_inputs() -> tuple[Tensor, ...]:
+        return (torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)),)
+
+
+def teacher_workload(model: nn.Module) -> Workload:
+    """Regression onto the fp32 model's own outputs (so fp32 is perfect), metric MSE (lower is
+    better, to exercise the sign of the drop)."""
+    model = model.eval()
+    eval_inputs = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        eval_target = model(eval_inputs)
+
+    def batches(gen: torch.Generator) -> Iterator[Batch]:
+        while True:
+            x = torch.rand(8, 1, 8, 8, generator=gen)
+            # a target off the model's own output, so the loss has a gradient at the fp32 weights
+            yield x, model(x).detach() + 0.1 * torch.randn(8, 1, 8, 8, generator=gen)
+
+    def evaluate(m: nn.Module) -> float:
+        with torch.no_grad():
+            return float(F.mse_loss(m(eval_inputs), eval_target))
+
+    return Workload(
+        name="teacher", model=model, example_inputs=ThreeConvNet.example_inputs(),
+        train_batches=batches, calibration_batches=[(torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(2)), eval_target[:8])],
+        loss_fn=F.mse_loss, evaluate=evaluate, metric="mse", higher_is_better=False,
+    )  # fmt: skip
+
+
+def seeded_net() -> ThreeConvNet:
+    torch.manual_seed(0)
+    return ThreeConvNet()
+
+
+def with_outlier_weights(net: ThreeConvNet) -> ThreeConvNet:
+    """conv2 gets a 1000x outlier weight in every output channel, on an input channel conv1 keeps at
+    zero (the fp32 function does not change): per-channel int4 (step max/7) then rounds all of
+    conv2's real weights to zero, so conv2 is by far the most sensitive layer."""
+    with torch.no_grad():
+        net.conv1.weight[0] = 0.0
+        net.conv1.bias[0] = -1.0  # relu(-1) = 0: a dead channel
+        net.conv2.weight[:, 0] = 1000.0 * net.conv2.weight.abs().amax()
+    return net
+
+
+def scores(records: list[LayerSensitivity], fmt: str) -> dict[str, float]:
+    return {r.fqn: r.score for r in records if r.format == fmt}
+
+
+@pytest.mark.parametrize("proxy", [ptq_sensitivity, fisher_sensitivity], ids=["ptq", "fisher"])
+def test_a_layer_with_outlier_weights_ranks_first(proxy):
+    workload = teacher_workload(with_outlier_weights(seeded_net()))
+    int4 = scores(proxy(workload, formats=["int4"]), "int4")
+    assert max(int4, key=int4.__getitem__) == "conv2"
+    assert int4["conv2"] > 3 * max(int4["conv1"], int4["conv3"])
+
+
+@pytest.mark.parametrize("proxy", [ptq_sensitivity, fisher_sensitivity], ids=["ptq", "fisher"])
+def test_int8_costs_no_more_than_int4(proxy):
+    records = proxy(teacher_workload(seeded_net()))
+    assert [(r.fqn, r.format) for r in records] == [
+        (fqn, fmt) for fqn in ("conv1", "conv2", "conv3") for fmt in ("int8", "int4")
+    ]
+    int8, int4 = scores(records, "int8"), scores(records, "int4")
+    for fqn in int8:
+        assert 0.0 <= int8[fqn] <= int4[fqn], fqn
+    assert all(v > 0.0 for v in int4.values())
+
+
+@pytest.mark.parametrize("proxy", [ptq_sensitivity, fisher_sensitivity], ids=["ptq", "fisher"])
+def test_deterministic_and_leaves_the_workload_model_alone(proxy):
+    workload = teacher_workload(seeded_net())
+    before = {k: v.clone() for k, v in workload.model.state_dict().items()}
+    first = proxy(workload, ["conv3", "conv1"], ["int4"])
+    assert [r.fqn for r in first] == ["conv3", "conv1"]
+    assert proxy(workload, ["conv3", "conv1"], ["int4"]) == first
+    after = workload.model.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
+    assert all(isinstance(m, (nn.Conv2d, ThreeConvNet)) and type(m).__name__ in ("Conv2d", "ThreeConvNet")
+               for m in workload.model.modules())  # fmt: skip
+
+
+def test_fisher_is_zero_where_quantization_is_exact():
+    net = seeded_net()
+    with torch.no_grad():  # integers in -7..7 with a 7 in every output channel: int4 scale 1, exact
+        w = torch.randint(-7, 8, net.conv2.weight.shape, generator=torch.Generator().manual_seed(3)).float()
+        w[:, 0, 0, 0] = 7.0
+        net.conv2.weight.copy_(w)
+    workload = teacher_workload(net)
+    weight_only = scores(fisher_sensitivity(workload, formats=["w4a32"]), "w4a32")  # inputs left fp32
+    assert weight_only["conv2"] == 0.0
+    assert weight_only["conv1"] > 0.0 and weight_only["conv3"] > 0.0
+    assert scores(ptq_sensitivity(workload, formats=["w4a32"]), "w4a32")["conv2"] == 0.0
+
+
+def test_fp32_costs_nothing():
+    records = fisher_sensitivity(teacher_workload(seeded_net()), formats=["fp32"]) + ptq_sensitivity(
+        teacher_workload(seeded_net()), formats=["fp32"]
+    )
+    assert [r.score for r in records] == [0.0] * 6
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param({"layers": ["conv9"]}, "layers: 'conv9' is not a quantizable layer of this model; known layers: conv1, conv2, conv3", id="unknown-layer"),
+        pytest.param({"layers": "conv1"}, "layers: a list of layer fqns", id="layers-string"),
+        pytest.param({"formats": ["int3"]}, "formats: format: unknown format 'int3'", id="unknown-format"),
+        pytest.param({"formats": []}, "formats: a non-empty list", id="no-formats"),
+        pytest.param({"formats": "int4"}, "formats: a non-empty list", id="formats-string"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("proxy", [ptq_sensitivity, fisher_sensitivity], ids=["ptq", "fisher"])
+def test_bad_arguments_name_the_field(proxy, kwargs, message):
+    with pytest.raises(ValueError, match="^" + message.replace("(", r"\(")):
+        proxy(teacher_workload(seeded_net()), **kwargs)
+
+
+def test_fisher_needs_a_batch():
+    with pytest.raises(ValueError, match="num_batches: at least 1, got 0"):
+        fisher_sensitivity(teacher_workload(seeded_net()), num_batches=0)
