@@ -102,14 +102,15 @@ def test_api_restart_mid_job_loses_nothing(
     base = f"http://127.0.0.1:{port}"
     api = start_api(url, port, tmp_path)
     processes.append(api)
-    job_id = httpx.post(f"{base}/v1/jobs", json={**FAST_JOB, "n_trials": 10}, headers={"Idempotency-Key": "once"}).json()["id"]
+    job_id = httpx.post(f"{base}/v1/jobs", json={**FAST_JOB, "n_trials": 10}, headers={"Idempotency-Key": "once"},
+                        timeout=30).json()["id"]
     processes.append(start_fake_worker(url, trial_s=0.3))
     wait_for(lambda: trial_count(db, job_id) >= 2, what="two trials")
     api.send_signal(signal.SIGKILL)
     api.wait(timeout=10)
     api = start_api(url, port, tmp_path)
     processes.append(api)
-    again = httpx.post(f"{base}/v1/jobs", json={**FAST_JOB, "n_trials": 10}, headers={"Idempotency-Key": "once"})
+    again = httpx.post(f"{base}/v1/jobs", json={**FAST_JOB, "n_trials": 10}, headers={"Idempotency-Key": "once"}, timeout=30)
     assert again.status_code == 200 and again.json()["id"] == job_id  # the key survives the restart too
     wait_for(lambda: httpx.get(f"{base}/v1/jobs/{job_id}").json()["status"] == "succeeded", what="job to finish")
     trials = httpx.get(f"{base}/v1/jobs/{job_id}/trials", params={"limit": 50}).json()
