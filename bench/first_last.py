@@ -27,15 +27,9 @@ from pathlib import Path
 import torch
 
 from bench.report import RESULTS_DIR, markdown_table, mean_std, write_report
-from search import (
-    CostObjective,
-    discover_layers,
-    fp32_quality,
-    load_profile,
-    load_workload,
-    model_costs,
-    run_trial,
-)
+from search import CostObjective, discover_layers, load_profile, load_workload, run_trial
+from search.cost import model_costs
+from search.train import fp32_quality
 from search.workloads.base import Workload
 from search.workloads.denoise import noisy_input_psnr
 

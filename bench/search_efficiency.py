@@ -49,15 +49,16 @@ from search import (
     CostObjective,
     Pin,
     SearchSpec,
-    build_space,
     discover_layers,
-    fp32_quality,
     load_profile,
     load_workload,
-    model_costs,
     run_search,
     run_trial,
 )
+from search.cost import model_costs
+from search.pareto import hypervolume_2d, non_dominated
+from search.space import build_space
+from search.train import fp32_quality
 from search.workloads.base import Workload
 
 WORKLOAD = "denoise"
@@ -86,17 +87,15 @@ Point = tuple[float, float]  # (quality, bitops)
 
 
 # ---------------------------------------------------------------------------------------------
-# Pareto fronts and hypervolume (pure maths)
+# Pareto fronts and hypervolume on the (quality, bitops) plane (the maths is search.pareto's)
 # ---------------------------------------------------------------------------------------------
 
 
 def pareto_points(points: Sequence[Point]) -> list[Point]:
     """Non-dominated (quality up, bitops down) points, sorted by bitops; duplicates once."""
-    front = []
-    for q, b in sorted(set(points), key=lambda p: (p[1], -p[0])):
-        if not front or q > front[-1][0]:
-            front.append((q, b))
-    return front
+    unique = sorted(set(points))
+    front = [unique[i] for i in non_dominated([(-q, b) for q, b in unique])]
+    return sorted(front, key=lambda p: (p[1], -p[0]))
 
 
 @dataclass(frozen=True)
@@ -116,21 +115,6 @@ class Normalisation:
     def __call__(self, point: Point) -> Point:
         q, b = point
         return (self.q_ideal - q) / (self.q_ideal - self.q_nadir), (b - self.b_ideal) / (self.b_nadir - self.b_ideal)
-
-
-def hypervolume_2d(points: Sequence[Point], reference: Point) -> float:
-    """Area dominated by ``points`` (both coordinates minimised) and bounded by ``reference``:
-    a staircase sweep in x, adding the strip each point lowers.
-
-    >>> hypervolume_2d([(0.0, 1.0), (1.0, 0.0)], (2.0, 2.0))
-    3.0
-    """
-    area, best_y = 0.0, reference[1]
-    for x, y in sorted(p for p in points if p[0] < reference[0] and p[1] < reference[1]):
-        if y < best_y:
-            area += (reference[0] - x) * (best_y - y)
-            best_y = y
-    return area
 
 
 # ---------------------------------------------------------------------------------------------

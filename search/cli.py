@@ -75,8 +75,8 @@ def write_outputs(result: SearchResult, out_dir: Path) -> dict[str, Path]:
     paths["html"] = plot_front_html(result, out_dir / "pareto.html")
     summary = {
         "workload": result.workload, "metric": result.metric_name, "higher_is_better": result.higher_is_better,
-        "fp32_quality": result.fp32_quality, "study_name": result.study_name, "layers": result.layers,
-        "pinned": result.pinned,
+        "fp32_quality": result.fp32_quality, "study_name": result.study_name,
+        "layers": [layer.as_dict() for layer in result.layers], "pinned": result.pinned,
         "front": [_outcome_json(o) for o in result.front],
         "trials": [_outcome_json(o) for o in result.trials],
     }
@@ -132,7 +132,8 @@ def search_command(
     save_weights: Annotated[bool, typer.Option(help="keep each trial's trained weights in OUT/weights (for mixq export)")] = True,
 ) -> None:
     """Search per-layer int4/int8/fp16 maps; write the Pareto front, plots and qconfig JSON files."""
-    from search.runner import SearchError, run_search
+    from search.runner import run_search
+    from search.spec import SearchError
     from search.workloads import WorkloadError, load_workload
 
     try:

@@ -19,6 +19,7 @@ import json
 import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Literal
 
@@ -176,8 +177,6 @@ def build_qconfig(
 ) -> QConfigFile:
     """Describe ``assignment`` (fqn -> format name).  With a trained fake-quant ``model`` the
     file carries its scales and zero points."""
-    from search import __version__
-
     pinned = pinned or {}
     layers: dict[str, LayerQConfig] = {}
     for info in graph.layers:
@@ -197,7 +196,7 @@ def build_qconfig(
         output=None if last_act.is_identity else _activation_qconfig(last_act, out_quant),
         quality=quality, costs=dict(costs or {}),
         provenance=Provenance(
-            mixq_version=__version__, model_fingerprint=model_fingerprint(graph), workload=workload,
+            mixq_version=version("mixq"), model_fingerprint=model_fingerprint(graph), workload=workload,
             study_name=study_name, trial_number=trial_number,
         ),
     )

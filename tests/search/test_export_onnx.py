@@ -30,9 +30,17 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 
-from search import calibrate, load_workload, parse_format, quantize_model, run_trial
+from search import load_workload, parse_format, run_trial
 from search.export_onnx import ExportError, export_onnx, onnxruntime_session, verify_onnx
-from search.qat import OUTPUT_QUANT_ATTR, FakeQuantMixin, activation_quantizers, fake_quant_layers, quantize
+from search.qat import (
+    OUTPUT_QUANT_ATTR,
+    FakeQuantMixin,
+    activation_quantizers,
+    calibrate,
+    fake_quant_layers,
+    quantize,
+    quantize_model,
+)
 
 torch.set_num_threads(1)
 
