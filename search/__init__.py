@@ -17,7 +17,7 @@ Errors: every bad input raises a ``ValueError`` subclass whose message names the
 It imports nothing from ``service`` (enforced by import-linter, see pyproject.toml).
 """
 
-from importlib.metadata import version
+from importlib import metadata as _metadata
 
 from search.formats import LayerFormat, parse_format
 from search.layers import LayerInfo, LayerKind, discover_layers
@@ -40,7 +40,7 @@ from search.storage import StorageError
 from search.train import run_trial
 from search.workloads import BUILTIN_WORKLOADS, Workload, check_workload_options, load_workload
 
-__version__ = version("mixq")
+__version__ = _metadata.version("mixq")
 
 __all__ = [
     "BUILTIN_WORKLOADS",

@@ -35,11 +35,6 @@ class NumberKind(StrEnum):
     FLOAT = "float"
 
 
-class Granularity(StrEnum):
-    PER_CHANNEL = "per_channel"
-    PER_TENSOR = "per_tensor"
-
-
 @dataclass(frozen=True)
 class TensorFormat:
     """One tensor's number format. ``bits`` is 4 or 8 for integers, 16 or 32 for floats."""

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from search.formats import FP32, LayerFormat, TensorFormat
-from search.layers import QUANTIZABLE_TYPES, LayerGraph, discover_layers
+from search.layers import LayerGraph, discover_layers
 
 INT32_RANGE = (-(2**31), 2**31 - 1)
 
@@ -54,15 +54,11 @@ def quantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int)
     return torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
 
 
-def dequantize(q: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
-    return (q - zero_point) * scale
-
-
 class _FakeQuantSTE(torch.autograd.Function):
     """Fake quant with the straight-through gradient, zero outside the clamp range.
 
     Written as few in-place ops on one temporary (dispatch overhead dominates on small layers):
-    the same float operations in the same order as :func:`quantize` / :func:`dequantize`."""
+    the same float operations in the same order as :func:`quantize` then ``(q - zero_point) * scale``."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, scale: Tensor, zero_point: Tensor | float, qmin: int, qmax: int) -> Tensor:
@@ -578,6 +574,3 @@ def dequantize_model(model: nn.Module) -> nn.Module:
             del model._forward_hooks[key]
     return model
 
-
-def is_quantizable(module: nn.Module) -> bool:
-    return isinstance(module, QUANTIZABLE_TYPES)

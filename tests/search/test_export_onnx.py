@@ -493,7 +493,7 @@ def test_digits_with_power_of_two_scales_is_exact_end_to_end(digits: tuple[objec
 
 @pytest.mark.parametrize(("quant_min", "quant_max"), [(0, 15), (-7, 7), (-127, 127)])
 def test_torch_onnx_exporter_refuses_mixq_ranges(quant_min: int, quant_max: int) -> None:
-    """Why export_onnx goes through markers (and why search/export_torchao.py is prose): torch's
+    """Why export_onnx goes through markers (and why docs/export-torchao.md says no torch.ao route): torch's
     own exporter only takes 8-bit fake-quant ranges, not 4-bit ones nor narrow-range weights."""
 
     class FakeQuant(nn.Module):
