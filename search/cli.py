@@ -115,21 +115,33 @@ def search_command(
     profile: Annotated[str, typer.Option(help="built-in profile (generic, npu-int4) or a YAML/JSON file")] = "generic",
     trials: Annotated[int, typer.Option(help="budget: trials (QAT runs) for the whole study")] = 24,
     formats: Annotated[str, typer.Option(help="comma-separated formats to search")] = "int4,int8,fp16",
-    pin: Annotated[list[str], typer.Option(help="MATCH=FORMAT (fqn glob, kind:KIND, @first, @last); FORMAT 'free' unpins")] = [],  # noqa: B006
-    pin_first_last: Annotated[str, typer.Option(help="format for the first/last executed layers; 'free' to search them")] = "int8",
-    cost: Annotated[list[str], typer.Option(help="cost objective(s): bitops, weight_bytes, activation_bytes, latency_ms")] = ["bitops"],  # noqa: B006
-    max_quality_drop: Annotated[float | None, typer.Option(help="trials losing more than this vs fp32 are infeasible")] = None,
+    pin: Annotated[
+        list[str], typer.Option(help="MATCH=FORMAT (fqn glob, kind:KIND, @first, @last); FORMAT 'free' unpins")
+    ] = [],  # noqa: B006 - Typer reads the default, never mutates it
+    pin_first_last: Annotated[
+        str, typer.Option(help="format for the first/last executed layers; 'free' to search them")
+    ] = "int8",
+    cost: Annotated[
+        list[str], typer.Option(help="cost objective(s): bitops, weight_bytes, activation_bytes, latency_ms")
+    ] = ["bitops"],  # noqa: B006 - Typer reads the default, never mutates it
+    max_quality_drop: Annotated[
+        float | None, typer.Option(help="trials losing more than this vs fp32 are infeasible")
+    ] = None,
     qat_steps: Annotated[int, typer.Option(help="QAT steps per trial")] = 200,
     sampler: Annotated[str, typer.Option(help="tpe, nsga2 or random")] = "tpe",
     seed: Annotated[int, typer.Option()] = 0,
     timeout_s: Annotated[float | None, typer.Option(help="wall-time budget in seconds")] = None,
     reevaluate: Annotated[int, typer.Option(help="extra seeds per front point before reporting")] = 2,
-    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (sqlite:///f.db, postgresql+psycopg://...); resumes")] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL (sqlite:///f.db, postgresql+psycopg://...); resumes")
+    ] = None,
     study_name: Annotated[str, typer.Option(help="study name in the storage")] = "mixq",
     workload_option: Annotated[list[str], typer.Option(help="KEY=VALUE passed to the workload factory")] = [],  # noqa: B006
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "cpu",
     out: Annotated[Path, typer.Option(help="output folder")] = Path("mixq-out"),
-    save_weights: Annotated[bool, typer.Option(help="keep each trial's trained weights in OUT/weights (for mixq export)")] = True,
+    save_weights: Annotated[
+        bool, typer.Option(help="keep each trial's trained weights in OUT/weights (for mixq export)")
+    ] = True,
 ) -> None:
     """Search per-layer int4/int8/fp16 maps; write the Pareto front, plots and qconfig JSON files."""
     from search.runner import run_search
@@ -234,4 +246,4 @@ def main() -> None:  # ``python -m search.cli`` without the service installed
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

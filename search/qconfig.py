@@ -82,7 +82,9 @@ class LayerQConfig(_Strict):
         for part, expected in (("weight", fmt.weight.name), ("activation", fmt.activation.name)):
             got = getattr(self, part).format
             if got != expected:
-                raise ValueError(f"{part}.format: {got!r} does not match the layer format {self.format!r} ({expected!r})")
+                raise ValueError(
+                    f"{part}.format: {got!r} does not match the layer format {self.format!r} ({expected!r})"
+                )
         return self
 
 
@@ -124,7 +126,9 @@ class QConfigFile(_Strict):
 def model_fingerprint(graph: LayerGraph) -> str:
     """sha256 of the layer structure (fqn, kind, shapes) in execution order: identifies the
     architecture, not the weights."""
-    text = json.dumps([[lay.fqn, lay.kind, lay.input_shape[1:], lay.output_shape[1:], lay.num_params] for lay in graph.layers])
+    text = json.dumps(
+        [[lay.fqn, lay.kind, lay.input_shape[1:], lay.output_shape[1:], lay.num_params] for lay in graph.layers]
+    )
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -215,7 +219,8 @@ def load_qconfig(source: str | Path | Mapping[str, Any]) -> QConfigFile:
         data: Any = dict(source)
     else:
         try:
-            text = Path(source).read_text() if isinstance(source, Path) or not str(source).lstrip().startswith("{") else str(source)
+            is_path = isinstance(source, Path) or not str(source).lstrip().startswith("{")
+            text = Path(source).read_text() if is_path else str(source)
         except OSError as exc:
             raise QConfigError(f"qconfig: cannot read {str(source)!r}: {exc.strerror or exc}") from None
         try:

@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from search.cost import cost_model, model_costs
@@ -64,8 +65,9 @@ def make_sampler(name: SamplerName, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=6)
 
 
-def _directions(spec: SearchSpec, higher_is_better: bool) -> list[str]:
-    return ["maximize" if higher_is_better else "minimize"] + ["minimize"] * len(spec.cost_objectives)
+def _directions(spec: SearchSpec, higher_is_better: bool) -> list[StudyDirection]:
+    quality = StudyDirection.MAXIMIZE if higher_is_better else StudyDirection.MINIMIZE
+    return [quality] + [StudyDirection.MINIMIZE] * len(spec.cost_objectives)
 
 
 class _Search:
@@ -230,7 +232,8 @@ class _Search:
                 return
             for i, point in enumerate(todo):
                 if self.on_progress is not None:
-                    self.on_progress(self.progress(f"re-evaluating front point {i + 1}/{len(todo)} (trial {point.number})"))
+                    message = f"re-evaluating front point {i + 1}/{len(todo)} (trial {point.number})"
+                    self.on_progress(self.progress(message))
                 self._reevaluate(point)
 
     def _reevaluate(self, point: TrialOutcome) -> None:

@@ -59,10 +59,14 @@ class SearchSpec(BaseModel):
     workload_options: dict[str, Any] = Field(default_factory=dict)
     profile: str = Field(default="generic", description="built-in profile name or a path to a YAML/JSON file")
     formats: tuple[str, ...] = Field(default=("int4", "int8", "fp16"), min_length=1)
-    pin_first_last: str | None = Field(default="int8", description="format for the first and last executed layer; null: free")
+    pin_first_last: str | None = Field(
+        default="int8", description="format for the first and last executed layer; null: free"
+    )
     pins: tuple[Pin, ...] = ()
     cost_objectives: tuple[CostObjective, ...] = Field(default=(CostObjective.BITOPS,), min_length=1, max_length=2)
-    max_quality_drop: float | None = Field(default=None, ge=0, description="feasible only if fp32 metric - metric <= this")
+    max_quality_drop: float | None = Field(
+        default=None, ge=0, description="feasible only if fp32 metric - metric <= this"
+    )
     n_trials: int = Field(default=24, ge=1, le=100_000)
     timeout_s: float | None = Field(default=None, gt=0)
     qat_steps: int = Field(default=200, ge=0, le=1_000_000)

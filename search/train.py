@@ -68,7 +68,9 @@ def train_steps(
             inputs, target = inputs.to(device), target.to(device)
         loss = loss_fn(model(inputs), target)
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"loss: {float(loss.detach())} at step {step}; lower the workload's lr or check the data")
+            raise NonFiniteLossError(
+                f"loss: {float(loss.detach())} at step {step}; lower the workload's lr or check the data"
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -10,6 +10,10 @@ from typing import Any
 
 from search.workloads.base import Workload
 
+__all__ = [
+    "BUILTIN_WORKLOADS", "Workload", "WorkloadError", "check_workload_options", "load_workload", "resolve_factory",
+]
+
 BUILTIN_WORKLOADS = ("digits", "denoise")
 _ENTRY_POINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -21,7 +25,7 @@ class WorkloadError(ValueError):
 def resolve_factory(name: str) -> Callable[..., Any]:
     """The factory behind a built-in name or an entry point ``package.module:factory``."""
     if name in BUILTIN_WORKLOADS:
-        return importlib.import_module(f"search.workloads.{name}").make_workload  # type: ignore[no-any-return]
+        return importlib.import_module(f"search.workloads.{name}").make_workload
     if _ENTRY_POINT.match(name):
         module_name, _, attr = name.partition(":")
         try:
@@ -31,7 +35,7 @@ def resolve_factory(name: str) -> Callable[..., Any]:
         factory = getattr(module, attr, None)
         if not callable(factory):
             raise WorkloadError(f"workload: {module_name!r} has no callable {attr!r}")
-        return factory  # type: ignore[no-any-return]
+        return factory
     raise WorkloadError(
         f"workload: unknown workload {name!r}; built-in: {', '.join(BUILTIN_WORKLOADS)}, "
         "or an entry point 'package.module:factory'"
