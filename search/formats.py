@@ -26,6 +26,7 @@ Integer ranges (a device's integer math; the ONNX export uses the same numbers):
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -129,6 +130,14 @@ def parse_format(name: str) -> LayerFormat:
         f"format: unknown format {name!r}; allowed: int4, int8, fp16, fp32 or w<bits>a<bits> "
         "with bits in 4, 8, 16, 32 (e.g. w4a8)"
     )
+
+
+FormatMap = Mapping[str, LayerFormat | str]  # fqn -> format, parsed or by name
+
+
+def as_formats(assignment: FormatMap) -> dict[str, LayerFormat]:
+    """fqn -> :class:`LayerFormat`, parsing only the names (a map parsed once passes through)."""
+    return {fqn: fmt if isinstance(fmt, LayerFormat) else parse_format(fmt) for fqn, fmt in assignment.items()}
 
 
 def format_bits(fmt: LayerFormat) -> tuple[int, int]:

@@ -20,6 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.cost import model_costs
+from search.formats import as_formats
 from search.layers import LayerGraph
 from search.pareto import assignment_key
 from search.profiles import TargetProfile
@@ -101,7 +102,8 @@ class Objective:
         setup, spec = self.setup, self.setup.spec
         free = {fqn: trial.suggest_categorical(fqn, list(options)) for fqn, options in setup.space.choices.items()}
         assignment = setup.full_assignment(free)
-        costs = model_costs(spec.cost_objectives, setup.profile, setup.graph, assignment)
+        formats = as_formats(assignment)  # parsed once; the engine takes the format type
+        costs = model_costs(spec.cost_objectives, setup.profile, setup.graph, formats)
         trial.set_user_attr("source", trial.user_attrs.get("source", "sampler"))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         previous = self._claim(trial, free)
@@ -117,9 +119,9 @@ class Objective:
             quality = float(setup.evaluator(assignment, spec.seed))
             self._constrain(trial, quality)
             return (quality, *costs.values())
-        run = run_trial(setup.workload, assignment, qat_steps=spec.qat_steps, seed=spec.seed, device=spec.device)
+        run = run_trial(setup.workload, formats, qat_steps=spec.qat_steps, seed=spec.seed, device=spec.device)
         qconfig = build_qconfig(
-            run.model, setup.graph, assignment, pinned=setup.space.pin_reasons, profile=setup.profile.name,
+            run.model, setup.graph, formats, pinned=setup.space.pin_reasons, profile=setup.profile.name,
             quality=QualityReport(metric=setup.workload.metric, value=run.quality, fp32_value=self.fp32,
                                   higher_is_better=setup.workload.higher_is_better),
             costs=costs, workload=spec.workload, study_name=spec.study_name, trial_number=trial.number,

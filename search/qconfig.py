@@ -27,7 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
-from search.formats import LayerFormat, TensorFormat, parse_format
+from search.formats import FormatMap, LayerFormat, TensorFormat, as_formats, parse_format
 from search.layers import LayerGraph, LayerKind, discover_layers
 from search.qat import OUTPUT_QUANT_ATTR, ActivationQuantizer, FakeQuantMixin, RangeMethod, quantize_model
 
@@ -168,7 +168,7 @@ def _activation_qconfig(fmt: TensorFormat, quant: ActivationQuantizer | None) ->
 def build_qconfig(
     model: nn.Module | None,
     graph: LayerGraph,
-    assignment: Mapping[str, str],
+    assignment: FormatMap,
     *,
     pinned: Mapping[str, str] | None = None,
     profile: str = "generic",
@@ -179,12 +179,13 @@ def build_qconfig(
     study_name: str | None = None,
     trial_number: int | None = None,
 ) -> QConfigFile:
-    """Describe ``assignment`` (fqn -> format name).  With a trained fake-quant ``model`` the
+    """Describe ``assignment`` (fqn -> format).  With a trained fake-quant ``model`` the
     file carries its scales and zero points."""
+    formats = as_formats(assignment)
     pinned = pinned or {}
     layers: dict[str, LayerQConfig] = {}
     for info in graph.layers:
-        fmt = parse_format(assignment[info.fqn])
+        fmt = formats[info.fqn]
         module = model.get_submodule(info.fqn) if model is not None else None
         qlayer = module if isinstance(module, FakeQuantMixin) else None
         layers[info.fqn] = LayerQConfig(
@@ -193,7 +194,7 @@ def build_qconfig(
             activation=_activation_qconfig(fmt.activation, qlayer.input_quant if qlayer else None),
             pinned=info.fqn in pinned, pin_reason=pinned.get(info.fqn),
         )
-    last_act = parse_format(assignment[graph.last.fqn]).activation
+    last_act = formats[graph.last.fqn].activation
     out_quant = getattr(model, OUTPUT_QUANT_ATTR, None) if model is not None else None
     return QConfigFile(
         range_method=RangeMethod(range_method), profile=profile, layers=layers,

@@ -253,9 +253,11 @@ class _Search:
         """What this layer costs in each format it may take ({format: {objective: value}}); summed
         over the layers of an assignment these are the trial's costs."""
         space = self.setup.space
-        formats = space.choices.get(layer.fqn) or (space.pinned[layer.fqn],)
+        names = space.choices.get(layer.fqn) or (space.pinned[layer.fqn],)
         models = [cost_model(o, self.setup.profile) for o in self.spec.cost_objectives]
-        return {f: {m.name: m.layer_cost(layer, parse_format(f)) for m in models} for f in formats}
+        # keyed by the names the assignments use (a pin's format is kept as the user spelled it)
+        formats = {name: parse_format(name) for name in names}
+        return {name: {m.name: m.layer_cost(layer, f) for m in models} for name, f in formats.items()}
 
     def result(self, fp32: float) -> SearchResult:
         setup = self.setup

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from search.formats import parse_format
+from search.formats import FormatMap, as_formats
 from search.qat import RangeMethod, calibrate, quantize_model
 from search.workloads.base import Batch, Workload
 
@@ -89,19 +89,19 @@ def qat_train(model: nn.Module, workload: Workload, steps: int, seed: int, devic
 
 def run_trial(
     workload: Workload,
-    assignment: Mapping[str, str],
+    assignment: FormatMap,
     *,
     qat_steps: int,
     seed: int,
     range_method: RangeMethod | str = RangeMethod.MINMAX,
     device: str = "cpu",
 ) -> TrialRun:
-    """Train and score one precision map (fqn -> format name) from the pretrained fp32 weights."""
+    """Train and score one precision map (fqn -> format) from the pretrained fp32 weights."""
     start = time.perf_counter()
     seed_everything(seed)
     dev = resolve_device(device)
     model = copy.deepcopy(workload.model).to(dev)
-    qmap = {fqn: parse_format(name) for fqn, name in assignment.items()}
+    qmap = as_formats(assignment)
     example = tuple(t.to(dev) if isinstance(t, torch.Tensor) else t for t in workload.example_inputs)
     quantize_model(model, qmap, example, range_method=range_method)
     calibrate(model, [(x.to(dev), y) for x, y in workload.calibration_batches])
