@@ -53,10 +53,11 @@ def train_steps(
     lr: float,
     device: torch.device | None = None,
     cosine_lr: bool = False,
+    phase: str = "QAT",
 ) -> list[float]:
     """``steps`` Adam steps on ``batches`` (the pretraining of a workload, and QAT); returns the
     losses and leaves the model in eval mode.  ``cosine_lr`` anneals the rate to 0 over ``steps``.
-    Raises :class:`NonFiniteLossError` on a NaN or infinite loss."""
+    Raises :class:`NonFiniteLossError` on a NaN or infinite loss (``phase`` names the training in it)."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cosine_lr else None
@@ -69,7 +70,7 @@ def train_steps(
         loss = loss_fn(model(inputs), target)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
-                f"loss: {float(loss.detach())} at step {step}; lower the workload's lr or check the data"
+                f"loss: {float(loss.detach())} at {phase} step {step}; lower the workload's lr or check the data"
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -79,7 +79,7 @@ def _pretrain(depth: int, width: int, steps: int, train_image: Tensor) -> nn.Mod
     torch.manual_seed(0)
     model = DnCNN(depth, width)
     batches = _patches(train_image, 40, 16, torch.Generator().manual_seed(0))
-    train_steps(model, batches, F.mse_loss, steps=steps, lr=1e-3, cosine_lr=True)
+    train_steps(model, batches, F.mse_loss, steps=steps, lr=1e-3, cosine_lr=True, phase="pretraining")
     return model
 
 

@@ -60,7 +60,7 @@ def _pretrain(width: int, steps: int) -> nn.Module:
     torch.manual_seed(0)
     model = DigitsCNN(width)
     batches = random_batches(x_tr, y_tr, 64, torch.Generator().manual_seed(0))
-    train_steps(model, batches, F.cross_entropy, steps=steps, lr=3e-3)
+    train_steps(model, batches, F.cross_entropy, steps=steps, lr=3e-3, phase="pretraining")
     return model
 
 

@@ -50,7 +50,7 @@ def make_workload(width: int = 8, pretrain_steps: int = 150, lr: float = 1e-3, b
         torch.manual_seed(0)
         model = TinyNet(width)
         batches = random_batches(x_train, y_train, 64, torch.Generator().manual_seed(0))
-        train_steps(model, batches, F.cross_entropy, steps=pretrain_steps, lr=1e-2)
+        train_steps(model, batches, F.cross_entropy, steps=pretrain_steps, lr=1e-2, phase="pretraining")
     return Workload(
         name="tiny",
         model=model,
