@@ -27,15 +27,9 @@ from pathlib import Path
 import torch
 
 from bench.report import RESULTS_DIR, markdown_table, mean_std, write_report
-from search import (
-    CostObjective,
-    discover_layers,
-    fp32_quality,
-    load_profile,
-    load_workload,
-    model_costs,
-    run_trial,
-)
+from search import CostObjective, discover_layers, load_profile, load_workload, run_trial
+from search.cost import model_costs
+from search.train import fp32_quality
 from search.workloads.base import Workload
 from search.workloads.denoise import noisy_input_psnr
 
@@ -99,7 +93,9 @@ def measure(
     rows = [[workload_name, "fp32 (pretrained)", fmt(fp32, 0.0), "-", "0.00", "-", "-"]]
     if workload_name == "denoise":
         noisy = noisy_input_psnr()
-        baseline = [workload_name, "noisy input (trivial baseline)", fmt(noisy, 0.0), "-", f"{fp32 - noisy:.2f}", "-", "-"]
+        baseline = [
+            workload_name, "noisy input (trivial baseline)", fmt(noisy, 0.0), "-", f"{fp32 - noisy:.2f}", "-", "-",
+        ]
         rows.insert(0, baseline)
     assignments = {label: {fqn: rule(i, 0, n - 1) for i, fqn in enumerate(graph.fqns)} for label, rule in MAPS.items()}
     # seeds outermost: a run cut short still has every row, with fewer seeds
@@ -146,7 +142,8 @@ def main() -> None:
         f"minmax ranges); mean ± sample std over seeds 0..{args.seeds - 1}.  Built-in workloads with default "
         "options (digits: `DigitsCNN` width 16, test split of 597 images; denoise: `DnCNN` depth 6 width 32, "
         "sigma 25/255 on a 160x160 crop of `flower.jpg`).  drop = fp32 (pretrained) - mean; "
-        "bitops relative to all-int8 (MACs x weight bits x activation bits).  Maps list the layers in execution order.  "
+        "bitops relative to all-int8 (MACs x weight bits x activation bits).  "
+        "Maps list the layers in execution order.  "
         "The workload column names the QAT batch shape and learning rate; rows marked \"earlier default\" were "
         "trained before the workload's default QAT batches changed (kept for comparison)."),
         "",
@@ -154,7 +151,9 @@ def main() -> None:
          f"`{RUNS_FILE.relative_to(RESULTS_DIR.parent.parent)}` (earlier invocations of this script, e.g. "
          f"`--train-seeds` processes run in parallel): {len(cached & set(runs))}."),
         "",
-        markdown_table(["workload", "precision map", "quality", "seeds", "drop vs fp32", "bitops (x int8)", "map"], rows),
+        markdown_table(
+            ["workload", "precision map", "quality", "seeds", "drop vs fp32", "bitops (x int8)", "map"], rows
+        ),
     ])
     write_report("first_last", "First/last-layer precision table", body)
 

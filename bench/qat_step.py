@@ -303,7 +303,9 @@ def render(timings: list[StepTiming], trial_wall_s: list[float], trial_cpu_s: li
             ratio = t.median_cpu_ms[pair[0]] / t.median_cpu_ms[pair[1]]
             lo, hi = _quartiles(t.round_ratios[pair])
             wall = t.median_ms[pair[0]] / t.median_ms[pair[1]]
-            ratio_rows.append([t.workload, label, f"{ratio:.2f}", f"{lo:.2f}-{hi:.2f}", f"{wall:.2f}", targets.get(pair, "")])
+            ratio_rows.append(
+                [t.workload, label, f"{ratio:.2f}", f"{lo:.2f}-{hi:.2f}", f"{wall:.2f}", targets.get(pair, "")]
+            )
     n_steps = {t.workload: t.steps_per_variant for t in timings}
     trial_row = [len(trial_wall_s)]
     for values in (trial_cpu_s, trial_wall_s):

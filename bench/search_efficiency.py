@@ -49,15 +49,16 @@ from search import (
     CostObjective,
     Pin,
     SearchSpec,
-    build_space,
     discover_layers,
-    fp32_quality,
     load_profile,
     load_workload,
-    model_costs,
     run_search,
     run_trial,
 )
+from search.cost import model_costs
+from search.pareto import hypervolume_2d, non_dominated
+from search.space import build_space
+from search.train import fp32_quality
 from search.workloads.base import Workload
 
 WORKLOAD = "denoise"
@@ -72,7 +73,9 @@ SEEDS = 5
 # plus the first three inner convs free, the last two inner convs pinned int8: unequal layer costs.
 SPACES: dict[str, dict[str, Any]] = {
     "inner": {},
-    "ends": {"pin_first_last": None, "pins": (Pin(match="body.11", format="int8"), Pin(match="body.14", format="int8"))},
+    "ends": {
+        "pin_first_last": None, "pins": (Pin(match="body.11", format="int8"), Pin(match="body.14", format="int8")),
+    },
 }
 SPACE_WORDS = {
     "inner": "first and last conv pinned int8, the 5 inner convs free",
@@ -86,17 +89,15 @@ Point = tuple[float, float]  # (quality, bitops)
 
 
 # ---------------------------------------------------------------------------------------------
-# Pareto fronts and hypervolume (pure maths)
+# Pareto fronts and hypervolume on the (quality, bitops) plane (the maths is search.pareto's)
 # ---------------------------------------------------------------------------------------------
 
 
 def pareto_points(points: Sequence[Point]) -> list[Point]:
     """Non-dominated (quality up, bitops down) points, sorted by bitops; duplicates once."""
-    front = []
-    for q, b in sorted(set(points), key=lambda p: (p[1], -p[0])):
-        if not front or q > front[-1][0]:
-            front.append((q, b))
-    return front
+    unique = sorted(set(points))
+    front = [unique[i] for i in non_dominated([(-q, b) for q, b in unique])]
+    return sorted(front, key=lambda p: (p[1], -p[0]))
 
 
 @dataclass(frozen=True)
@@ -116,21 +117,6 @@ class Normalisation:
     def __call__(self, point: Point) -> Point:
         q, b = point
         return (self.q_ideal - q) / (self.q_ideal - self.q_nadir), (b - self.b_ideal) / (self.b_nadir - self.b_ideal)
-
-
-def hypervolume_2d(points: Sequence[Point], reference: Point) -> float:
-    """Area dominated by ``points`` (both coordinates minimised) and bounded by ``reference``:
-    a staircase sweep in x, adding the strip each point lowers.
-
-    >>> hypervolume_2d([(0.0, 1.0), (1.0, 0.0)], (2.0, 2.0))
-    3.0
-    """
-    area, best_y = 0.0, reference[1]
-    for x, y in sorted(p for p in points if p[0] < reference[0] and p[1] < reference[1]):
-        if y < best_y:
-            area += (reference[0] - x) * (best_y - y)
-            best_y = y
-    return area
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +160,7 @@ def all_assignments(
     free = list(space.choices)
     out = []
     for combo in itertools.product(*(space.choices[f] for f in free)):
-        merged = {**space.pinned, **dict(zip(free, combo))}
+        merged = {**space.pinned, **dict(zip(free, combo, strict=True))}
         out.append({f: merged[f] for f in graph.fqns})
     return graph.fqns, dict(space.pinned), out
 
@@ -188,7 +174,7 @@ def exhaustive_table(workload: Workload, qat_steps: int, space_options: Mapping[
     fp32 = stored.get("fp32_quality") or fp32_quality(workload)
     profile = load_profile("generic")
     started = time.perf_counter()
-    for i, assignment in enumerate(assignments):
+    for assignment in assignments:
         name = " ".join(assignment[f] for f in fqns)
         if name in rows:
             continue
@@ -198,7 +184,8 @@ def exhaustive_table(workload: Workload, qat_steps: int, space_options: Mapping[
         path.write_text(json.dumps({
             "workload": WORKLOAD, "workload_options": WORKLOAD_OPTIONS, "qat_steps": qat_steps, "seed": 0,
             "fqns": fqns, "pinned": pinned, "fp32_quality": fp32, "rows": rows,
-            "trained_at": stored.get("trained_at") or f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, mixq {code_version()}",
+            "trained_at": stored.get("trained_at")
+            or f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, mixq {code_version()}",
         }, indent=1))
         elapsed = time.perf_counter() - started
         print(f"[{len(rows)}/{len(assignments)}] {name}: {run.quality:.3f} dB ({run.duration_s:.1f} s, "
@@ -215,7 +202,9 @@ def exhaustive_table(workload: Workload, qat_steps: int, space_options: Mapping[
 # ---------------------------------------------------------------------------------------------
 
 
-def mixq_front(table: Table, workload: Workload, budget: int, seed: int, qat_steps: int, **overrides: Any) -> list[Point]:
+def mixq_front(
+    table: Table, workload: Workload, budget: int, seed: int, qat_steps: int, **overrides: Any
+) -> list[Point]:
     result = run_search(spec_for(budget, seed, qat_steps, **overrides), workload=workload, evaluator=table.lookup)
     evaluated = [t for t in result.trials if not t.cached]
     if len(evaluated) > budget:
@@ -273,7 +262,8 @@ def plot(
     ax.scatter([b / int8_bitops for b in table.bitops.values()], list(table.quality.values()), s=10, c="0.75",
                label=f"all {len(table.quality)} assignments")
     styles = {"exhaustive front": ("k", "-", "o")}
-    styles.update({name: (c, "--", m) for name, c, m in zip(fronts, ("tab:blue", "tab:orange", "tab:green"), "s^D")})
+    colours = zip(fronts, ("tab:blue", "tab:orange", "tab:green"), "s^D", strict=False)
+    styles.update({name: (c, "--", m) for name, c, m in colours})
     for name, front in {"exhaustive front": exhaustive, **fronts}.items():
         color, line, marker = styles[name]
         xs, ys = [p[1] / int8_bitops for p in front], [p[0] for p in front]
@@ -305,7 +295,7 @@ def main() -> None:
     table_path = RESULTS_DIR / f"exhaustive_{WORKLOAD}_{options}_qat{args.qat_steps}{suffix}.json"
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     table = exhaustive_table(workload, args.qat_steps, space, table_path)
-    exhaustive = pareto_points(list(zip(table.quality.values(), table.bitops.values())))
+    exhaustive = pareto_points(list(zip(table.quality.values(), table.bitops.values(), strict=True)))
     norm = Normalisation.of_front(exhaustive)
     hv_max = hypervolume_2d([norm(p) for p in exhaustive], REFERENCE)
 
@@ -353,7 +343,7 @@ def main() -> None:
         for name in methods
     ]
     wins = [
-        [str(b), f"{sum(m > r for m, r in zip(results[(MIXQ, b)], results[('random', b)]))}/{args.seeds}",
+        [str(b), f"{sum(m > r for m, r in zip(results[(MIXQ, b)], results[('random', b)], strict=True))}/{args.seeds}",
          f"{100 * (statistics.fmean(results[(MIXQ, b)]) - statistics.fmean(results[('random', b)])):+.1f}"]
         for b in args.budgets
     ]
@@ -368,7 +358,8 @@ def main() -> None:
     front_rows = [[f"{q:.2f}", f"{b / int8_bitops:.3f}"] for q, b in exhaustive]
     body = "\n".join([
         (f"Benchmark model: `load_workload({WORKLOAD!r}, {WORKLOAD_OPTIONS})`: 7 convs; {SPACE_WORDS[args.space]} "
-        f"(`--space {args.space}`): 5 free x (int4, int8, fp16) = {len(table.quality)} assignments, each trained once with "
+        f"(`--space {args.space}`): 5 free x (int4, int8, fp16) = {len(table.quality)} assignments, "
+        "each trained once with "
         f"{args.qat_steps} QAT steps (seed 0; median {trial_s:.1f} s per trial on this machine).  fp32 PSNR "
         f"{table.fp32_quality:.2f} dB.  Table: `{table_path.relative_to(RESULTS_DIR.parent.parent)}`, trained "
         f"{stored.get('trained_at', '(time not recorded)')}."),

@@ -32,7 +32,8 @@ import torch
 from scipy import stats  # type: ignore[import-untyped]
 
 from bench.report import RESULTS_DIR, markdown_table, write_report
-from search import discover_layers, fp32_quality, load_workload, run_trial
+from search import discover_layers, load_workload, run_trial
+from search.train import fp32_quality
 from search.sensitivity import LayerSensitivity, fisher_sensitivity, ptq_sensitivity
 from search.workloads.base import Workload
 from search.workloads.denoise_deep import EVAL_PHOTOS, noisy_input_psnr

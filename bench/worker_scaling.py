@@ -34,7 +34,8 @@ def run(url: str, n_workers: int, trials: int, qat_steps: int, cache: Path) -> d
         # 5 formats on 5 free layers: 3125 assignments, so few proposals repeat (repeats are served from the
         # study's cache and would flatter whichever run has more of them)
         "workload": "digits", "workload_options": {}, "profile": "generic",
-        "formats": ["int4", "int8", "fp16", "w4a8", "w8a16"], "pin_first_last": None, "pins": [], "cost_objectives": ["bitops"], "max_quality_drop": None,
+        "formats": ["int4", "int8", "fp16", "w4a8", "w8a16"], "pin_first_last": None, "pins": [],
+        "cost_objectives": ["bitops"], "max_quality_drop": None,
         "n_trials": trials, "timeout_s": None, "qat_steps": qat_steps, "seed": n_workers, "sampler": "tpe",
         "priority": 0, "model": None, "dataset": None, "seed_with_baselines": True,
         "seed_with_sensitivity": False, "reevaluate_front": 0,

@@ -160,8 +160,8 @@ def write_outputs(result: SearchResult, out_dir: Path) -> dict[str, Path]:
     paths["html"] = plot_front_html(result, out_dir / "pareto.html")
     summary = {
         "workload": result.workload, "metric": result.metric_name, "higher_is_better": result.higher_is_better,
-        "fp32_quality": result.fp32_quality, "study_name": result.study_name, "layers": result.layers,
-        "pinned": result.pinned,
+        "fp32_quality": result.fp32_quality, "study_name": result.study_name,
+        "layers": [layer.as_dict() for layer in result.layers], "pinned": result.pinned,
         "front": [_outcome_json(o) for o in result.front],
         "trials": [_outcome_json(o) for o in result.trials],
     }

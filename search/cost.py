@@ -14,10 +14,9 @@ int4 <= int8 <= fp16 for the same layer.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Protocol
 
-from search.formats import LayerFormat, parse_format
+from search.formats import FormatMap, LayerFormat, as_formats
 from search.layers import LayerGraph, LayerInfo
 from search.profiles import TargetProfile
 from search.spec import CostObjective
@@ -74,15 +73,16 @@ def cost_model(objective: CostObjective | str, profile: TargetProfile) -> CostMo
     return ProfileLatency(profile)
 
 
-def model_cost(model: CostModel, graph: LayerGraph, assignment: Mapping[str, str | LayerFormat]) -> float:
-    total = 0.0
+def model_cost(model: CostModel, graph: LayerGraph, assignment: FormatMap) -> float:
+    formats = as_formats(assignment)
+    total = 0.0  # a running sum in layer order (sum() of floats compensates from Python 3.12 on)
     for layer in graph.layers:
-        fmt = assignment[layer.fqn]
-        total += model.layer_cost(layer, fmt if isinstance(fmt, LayerFormat) else parse_format(fmt))
+        total += model.layer_cost(layer, formats[layer.fqn])
     return total
 
 
 def model_costs(
-    objectives: tuple[CostObjective, ...], profile: TargetProfile, graph: LayerGraph, assignment: Mapping[str, str]
+    objectives: tuple[CostObjective, ...], profile: TargetProfile, graph: LayerGraph, assignment: FormatMap
 ) -> dict[str, float]:
-    return {str(o): model_cost(cost_model(o, profile), graph, assignment) for o in objectives}
+    formats = as_formats(assignment)
+    return {str(o): model_cost(cost_model(o, profile), graph, formats) for o in objectives}

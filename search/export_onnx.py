@@ -245,11 +245,11 @@ def _collect_points(model: nn.Module) -> tuple[dict[str, _Point | None], dict[st
 def _markers_installed(model: nn.Module, points: dict[str, _Point | None]) -> Iterator[None]:
     """Replace every quantizer by a marker for the duration of the export (instance attributes,
     removed afterwards, so the model is left exactly as it was)."""
-    patched: list[tuple[nn.Module, str]] = []
+    patched: list[tuple[object, str]] = []
     try:
         for fqn, module in model.named_modules():
             if isinstance(module, FakeQuantMixin):
-                module.quantized_operands = _marked_operands(module, points, fqn)  # type: ignore[method-assign]
+                module.quantized_operands = _marked_operands(module, points, fqn)  # type: ignore[method-assign,assignment]
                 patched.append((module, "quantized_operands"))
         out_quant = getattr(model, OUTPUT_QUANT_ATTR, None)
         if isinstance(out_quant, ActivationQuantizer):
@@ -316,7 +316,8 @@ def _torch_export(model: nn.Module, inputs: tuple[Any, ...], opset: int, axes: _
         # the TorchScript exporter is deprecated but is the one that accepts custom symbolics
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, inputs, buffer, dynamo=False, opset_version=opset,
+            model, inputs, buffer,  # type: ignore[arg-type]  # the TorchScript exporter writes to file objects too
+            dynamo=False, opset_version=opset,
             input_names=in_names, output_names=out_names, dynamic_axes=axes.by_name or None,
             custom_opsets={MARKER_DOMAIN: 1}, do_constant_folding=True,
         )

@@ -37,11 +37,6 @@ class NumberKind(StrEnum):
     FLOAT = "float"
 
 
-class Granularity(StrEnum):
-    PER_CHANNEL = "per_channel"
-    PER_TENSOR = "per_tensor"
-
-
 @dataclass(frozen=True)
 class TensorFormat:
     """One tensor's number format. ``bits`` is 4 or 8 for integers, 16 or 32 for floats."""
@@ -136,6 +131,14 @@ def parse_format(name: str) -> LayerFormat:
         f"format: unknown format {name!r}; allowed: int4, int8, fp16, fp32 or w<bits>a<bits> "
         "with bits in 4, 8, 16, 32 (e.g. w4a8)"
     )
+
+
+FormatMap = Mapping[str, LayerFormat | str]  # fqn -> format, parsed or by name
+
+
+def as_formats(assignment: FormatMap) -> dict[str, LayerFormat]:
+    """fqn -> :class:`LayerFormat`, parsing only the names (a map parsed once passes through)."""
+    return {fqn: fmt if isinstance(fmt, LayerFormat) else parse_format(fmt) for fqn, fmt in assignment.items()}
 
 
 def format_bits(fmt: LayerFormat) -> tuple[int, int]:

@@ -15,6 +15,7 @@ Rules (documented, never silent):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -138,7 +139,7 @@ def discover_layers(model: nn.Module, example_inputs: Any) -> LayerGraph:
     candidates = [(fqn, m) for fqn, m in model.named_modules() if isinstance(m, QUANTIZABLE_TYPES)]
     handles = []
 
-    def hook_for(fqn: str):  # noqa: ANN202 - a forward hook
+    def hook_for(fqn: str) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:  # a forward hook
         def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
             seen[fqn] = seen.get(fqn, 0) + 1
             inp = args[0]

@@ -19,18 +19,19 @@ point 0, as integer accelerators add it to the int32 accumulator.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from search.formats import FP32, LayerFormat, TensorFormat
-from search.layers import QUANTIZABLE_TYPES, LayerGraph, discover_layers
+from search.layers import LayerGraph, discover_layers
 
 INT32_RANGE = (-(2**31), 2**31 - 1)
 
@@ -54,15 +55,11 @@ def quantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int)
     return torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
 
 
-def dequantize(q: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
-    return (q - zero_point) * scale
-
-
 class _FakeQuantSTE(torch.autograd.Function):
     """Fake quant with the straight-through gradient, zero outside the clamp range.
 
     Written as few in-place ops on one temporary (dispatch overhead dominates on small layers):
-    the same float operations in the same order as :func:`quantize` / :func:`dequantize`."""
+    the same float operations in the same order as :func:`quantize` then ``(q - zero_point) * scale``."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, scale: Tensor, zero_point: Tensor | float, qmin: int, qmax: int) -> Tensor:
@@ -328,20 +325,22 @@ class FakeQuantConv2d(FakeQuantMixin, nn.Conv2d):
         return self._conv_forward(*self.quantized_operands(x))
 
 
-class FakeQuantLinear(FakeQuantMixin, nn.Linear):
+# nn.Linear types ``bias`` as a Parameter although it may be None; the mixin says so
+class FakeQuantLinear(FakeQuantMixin, nn.Linear):  # type: ignore[misc]
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(*self.quantized_operands(x))
 
 
 class FakeQuantConvTranspose2d(FakeQuantMixin, nn.ConvTranspose2d):
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        padding = cast(tuple[int, ...], self.padding)  # transposed convs take no "same"/"valid" padding
         output_padding = self._output_padding(
-            x, output_size, list(self.stride), list(self.padding), list(self.kernel_size), 2,
+            x, output_size, list(self.stride), list(padding), list(self.kernel_size), 2,
             list(self.dilation),
         )
         xq, wq, bias = self.quantized_operands(x)
         return F.conv_transpose2d(
-            xq, wq, bias, self.stride, self.padding, output_padding, self.groups, self.dilation
+            xq, wq, bias, self.stride, padding, output_padding, self.groups, self.dilation
         )
 
 
@@ -383,8 +382,8 @@ def to_fake_quant(module: nn.Module, fmt: LayerFormat, method: RangeMethod) -> n
     new._parameters = module._parameters
     new._buffers = module._buffers
     new.training = module.training
-    new._init_quant(fmt, method, _out_channel_axis(module))  # type: ignore[attr-defined]
-    new.to(module.weight.device)
+    cast(FakeQuantMixin, new)._init_quant(fmt, method, _out_channel_axis(module))
+    new.to(cast(Tensor, module.weight).device)
     return new
 
 
@@ -442,7 +441,7 @@ def _conv_bn_pairs_sequential(model: nn.Module) -> list[tuple[str, str]]:
         if not isinstance(module, nn.Sequential):
             continue
         children = list(module.named_children())
-        for (a_name, a), (b_name, b) in zip(children, children[1:], strict=False):
+        for (a_name, a), (b_name, b) in itertools.pairwise(children):
             if isinstance(a, (nn.Conv1d, nn.Conv2d, nn.Linear)) and isinstance(b, nn.modules.batchnorm._BatchNorm):
                 prefix = f"{name}." if name else ""
                 pairs.append((prefix + a_name, prefix + b_name))
@@ -459,11 +458,12 @@ def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
         pairs = _conv_bn_pairs_sequential(model)
     for layer_fqn, bn_fqn in pairs:
         layer = model.get_submodule(layer_fqn)
-        bn = model.get_submodule(bn_fqn)
+        bn = cast(nn.modules.batchnorm._BatchNorm, model.get_submodule(bn_fqn))  # the pair finders match BN only
+        fused: nn.Module
         if isinstance(layer, nn.Linear):
             fused = torch.nn.utils.fusion.fuse_linear_bn_eval(layer.eval(), bn.eval())
         else:
-            fused = torch.nn.utils.fusion.fuse_conv_bn_eval(layer.eval(), bn.eval())
+            fused = torch.nn.utils.fusion.fuse_conv_bn_eval(cast(nn.modules.conv._ConvNd, layer).eval(), bn.eval())
         fused.train(model.training)
         _set_submodule(model, layer_fqn, fused)
         _set_submodule(model, bn_fqn, nn.Identity())
@@ -578,6 +578,3 @@ def dequantize_model(model: nn.Module) -> nn.Module:
             del model._forward_hooks[key]
     return model
 
-
-def is_quantizable(module: nn.Module) -> bool:
-    return isinstance(module, QUANTIZABLE_TYPES)

@@ -19,6 +19,7 @@ import json
 import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
-from search.formats import LayerFormat, TensorFormat, parse_format
+from search.formats import FormatMap, LayerFormat, TensorFormat, as_formats, parse_format
 from search.layers import LayerGraph, LayerKind, discover_layers
 from search.qat import OUTPUT_QUANT_ATTR, ActivationQuantizer, FakeQuantMixin, RangeMethod, quantize_model
 
@@ -81,7 +82,9 @@ class LayerQConfig(_Strict):
         for part, expected in (("weight", fmt.weight.name), ("activation", fmt.activation.name)):
             got = getattr(self, part).format
             if got != expected:
-                raise ValueError(f"{part}.format: {got!r} does not match the layer format {self.format!r} ({expected!r})")
+                raise ValueError(
+                    f"{part}.format: {got!r} does not match the layer format {self.format!r} ({expected!r})"
+                )
         return self
 
 
@@ -123,7 +126,9 @@ class QConfigFile(_Strict):
 def model_fingerprint(graph: LayerGraph) -> str:
     """sha256 of the layer structure (fqn, kind, shapes) in execution order: identifies the
     architecture, not the weights."""
-    text = json.dumps([[lay.fqn, lay.kind, lay.input_shape[1:], lay.output_shape[1:], lay.num_params] for lay in graph.layers])
+    text = json.dumps(
+        [[lay.fqn, lay.kind, lay.input_shape[1:], lay.output_shape[1:], lay.num_params] for lay in graph.layers]
+    )
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -163,7 +168,7 @@ def _activation_qconfig(fmt: TensorFormat, quant: ActivationQuantizer | None) ->
 def build_qconfig(
     model: nn.Module | None,
     graph: LayerGraph,
-    assignment: Mapping[str, str],
+    assignment: FormatMap,
     *,
     pinned: Mapping[str, str] | None = None,
     profile: str = "generic",
@@ -174,14 +179,13 @@ def build_qconfig(
     study_name: str | None = None,
     trial_number: int | None = None,
 ) -> QConfigFile:
-    """Describe ``assignment`` (fqn -> format name).  With a trained fake-quant ``model`` the
+    """Describe ``assignment`` (fqn -> format).  With a trained fake-quant ``model`` the
     file carries its scales and zero points."""
-    from search import __version__
-
+    formats = as_formats(assignment)
     pinned = pinned or {}
     layers: dict[str, LayerQConfig] = {}
     for info in graph.layers:
-        fmt = parse_format(assignment[info.fqn])
+        fmt = formats[info.fqn]
         module = model.get_submodule(info.fqn) if model is not None else None
         qlayer = module if isinstance(module, FakeQuantMixin) else None
         layers[info.fqn] = LayerQConfig(
@@ -190,14 +194,14 @@ def build_qconfig(
             activation=_activation_qconfig(fmt.activation, qlayer.input_quant if qlayer else None),
             pinned=info.fqn in pinned, pin_reason=pinned.get(info.fqn),
         )
-    last_act = parse_format(assignment[graph.last.fqn]).activation
+    last_act = formats[graph.last.fqn].activation
     out_quant = getattr(model, OUTPUT_QUANT_ATTR, None) if model is not None else None
     return QConfigFile(
         range_method=RangeMethod(range_method), profile=profile, layers=layers,
         output=None if last_act.is_identity else _activation_qconfig(last_act, out_quant),
         quality=quality, costs=dict(costs or {}),
         provenance=Provenance(
-            mixq_version=__version__, model_fingerprint=model_fingerprint(graph), workload=workload,
+            mixq_version=version("mixq"), model_fingerprint=model_fingerprint(graph), workload=workload,
             study_name=study_name, trial_number=trial_number,
         ),
     )
@@ -216,7 +220,8 @@ def load_qconfig(source: str | Path | Mapping[str, Any]) -> QConfigFile:
         data: Any = dict(source)
     else:
         try:
-            text = Path(source).read_text() if isinstance(source, Path) or not str(source).lstrip().startswith("{") else str(source)
+            is_path = isinstance(source, Path) or not str(source).lstrip().startswith("{")
+            text = Path(source).read_text() if is_path else str(source)
         except OSError as exc:
             raise QConfigError(f"qconfig: cannot read {str(source)!r}: {exc.strerror or exc}") from None
         try:

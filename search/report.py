@@ -15,7 +15,7 @@ def _first_cost(o: TrialOutcome) -> tuple[str, float]:
 
 def front_markdown(result: SearchResult) -> str:
     costs = list(result.front[0].costs) if result.front else []
-    fqns = [layer["fqn"] for layer in result.layers]
+    fqns = [layer.fqn for layer in result.layers]
     head = ["trial", result.metric_name, "std", "n", *costs, *fqns]
     lines = [
         f"# Pareto front: {result.workload} ({result.metric_name}, fp32 = {result.fp32_quality:.4f})",

@@ -13,6 +13,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from search.formats import parse_format
+from search.layers import LayerInfo
+
+
+class SearchError(ValueError):
+    """The search cannot start (bad spec, unreachable storage...); the message names the field."""
 
 
 class CostObjective(StrEnum):
@@ -175,13 +180,35 @@ class SearchProgress:
     message: str = ""
 
 
+@dataclass(frozen=True)
+class SearchLayer:
+    """One layer as the search saw it: what it is, what it could take, and what each choice costs."""
+
+    info: LayerInfo
+    choices: tuple[str, ...]  # format names the search could give it; () when pinned
+    pinned: str | None  # the format it was pinned to, or None when free
+    costs_by_format: Mapping[str, Mapping[str, float]]  # format name -> cost objective -> value
+
+    @property
+    def fqn(self) -> str:
+        return self.info.fqn
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form (the CLI's result file, the service's job row)."""
+        return {
+            "fqn": self.info.fqn, "kind": str(self.info.kind), "index": self.info.index, "macs": self.info.macs,
+            "num_params": self.info.num_params, "choices": list(self.choices), "pinned": self.pinned,
+            "costs_by_format": {f: dict(c) for f, c in self.costs_by_format.items()},
+        }
+
+
 @dataclass
 class SearchResult:
     workload: str
     metric_name: str
     higher_is_better: bool
     fp32_quality: float
-    layers: list[dict[str, Any]]  # LayerInfo as dicts, execution order
+    layers: list[SearchLayer]  # execution order
     pinned: dict[str, str]  # fqn -> reason
     trials: list[TrialOutcome] = field(default_factory=list)
     front: list[TrialOutcome] = field(default_factory=list)

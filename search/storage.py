@@ -20,9 +20,12 @@ from typing import Any
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
+from search.spec import SearchError
 
-class StorageError(ValueError):
-    """The storage URL cannot be opened."""
+
+class StorageError(SearchError):
+    """The storage URL cannot be opened (the database is unreachable, or refuses us).  Callers that
+    retry on a lost database catch this type rather than reading the message."""
 
 
 def _serialize_sqlite_transactions(storage: RDBStorage) -> None:

@@ -296,7 +296,7 @@ class Worker:
     def _finalize(self, run: _JobRun, result: SearchResult) -> None:
         pinned = dict(result.pinned)
         layers = [
-            {**layer, "pinned": layer.get("fqn") in pinned, "pin_reason": pinned.get(layer.get("fqn", ""))}
+            {**layer.as_dict(), "pinned": layer.fqn in pinned, "pin_reason": pinned.get(layer.fqn)}
             for layer in result.layers
         ]
 

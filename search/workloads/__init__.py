@@ -11,6 +11,10 @@ from typing import Any
 
 import pydantic
 
+__all__ = [
+    "BUILTIN_WORKLOADS", "Workload", "WorkloadError", "check_workload_options", "load_workload", "resolve_factory",
+]
+
 from search.workloads.base import Workload, WorkloadError, call_user_code
 
 BUILTIN_WORKLOADS = ("digits", "denoise", "denoise-deep")
@@ -22,7 +26,7 @@ def resolve_factory(name: str) -> Callable[..., Any]:
     if name in BUILTIN_WORKLOADS:
         # module names cannot hold "-": denoise-deep lives in denoise_deep.py
         module = importlib.import_module(f"search.workloads.{name.replace('-', '_')}")
-        return module.make_workload  # type: ignore[no-any-return]
+        return module.make_workload
     if _ENTRY_POINT.match(name):
         module_name, _, attr = name.partition(":")
         try:
@@ -32,7 +36,7 @@ def resolve_factory(name: str) -> Callable[..., Any]:
         factory = getattr(module, attr, None)
         if not callable(factory):
             raise WorkloadError(f"workload: {module_name!r} has no callable {attr!r}")
-        return factory  # type: ignore[no-any-return]
+        return factory
     raise WorkloadError(
         f"workload: unknown workload {name!r}; built-in: {', '.join(BUILTIN_WORKLOADS)}, "
         "or an entry point 'package.module:factory'"

@@ -51,6 +51,14 @@ def call_user_code(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -
         raise WorkloadError(f"{what}: raised {_first_line(exc)}") from exc
 
 
+def random_batches(inputs: Tensor, targets: Tensor, batch_size: int, gen: torch.Generator) -> Iterator[Batch]:
+    """An endless stream of ``batch_size`` examples drawn uniformly with replacement (reproducible
+    for a generator's seed): a workload's ``train_batches`` over an in-memory dataset."""
+    while True:
+        idx = torch.randint(0, len(targets), (batch_size,), generator=gen)
+        yield inputs[idx], targets[idx]
+
+
 @dataclass
 class Workload:
     name: str

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_sample_image
 from torch import Tensor, nn
 
+from search.train import train_steps
 from search.workloads.base import Batch, Workload
 from search.workloads.cache import cached_pretrained
 
@@ -77,18 +78,9 @@ def _evaluate(model: nn.Module, noisy: Tensor, clean: Tensor) -> float:
 def _pretrain(depth: int, width: int, steps: int, train_image: Tensor) -> nn.Module:
     torch.manual_seed(0)
     model = DnCNN(depth, width)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     batches = _patches(train_image, 40, 16, torch.Generator().manual_seed(0))
-    model.train()
-    for _ in range(steps):
-        noisy, clean = next(batches)
-        loss = F.mse_loss(model(noisy), clean)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    return model.eval()
+    train_steps(model, batches, F.mse_loss, steps=steps, lr=1e-3, cosine_lr=True, phase="pretraining")
+    return model
 
 
 def make_workload(

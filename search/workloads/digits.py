@@ -6,15 +6,14 @@ speed measurements, not a benchmark of precision choices.  Pixel values are inte
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import Tensor, nn
 
-from search.workloads.base import Batch, Workload
+from search.train import train_steps
+from search.workloads.base import Workload, random_batches
 from search.workloads.cache import cached_pretrained
 
 N_TRAIN = 1200  # of 1797 images; the rest is the test split
@@ -49,12 +48,6 @@ def digits_arrays() -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:], y[N_TRAIN:]
 
 
-def _batches(x: Tensor, y: Tensor, batch_size: int, gen: torch.Generator) -> Iterator[Batch]:
-    while True:
-        idx = torch.randint(0, len(y), (batch_size,), generator=gen)
-        yield x[idx], y[idx]
-
-
 def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     device = next(model.parameters()).device
     with torch.no_grad():
@@ -66,17 +59,9 @@ def _pretrain(width: int, steps: int) -> nn.Module:
     x_tr, y_tr, _, _ = digits_arrays()
     torch.manual_seed(0)
     model = DigitsCNN(width)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    batches = _batches(x_tr, y_tr, 64, gen)
-    model.train()
-    for _ in range(steps):
-        xb, yb = next(batches)
-        loss = F.cross_entropy(model(xb), yb)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    batches = random_batches(x_tr, y_tr, 64, torch.Generator().manual_seed(0))
+    train_steps(model, batches, F.cross_entropy, steps=steps, lr=3e-3, phase="pretraining")
+    return model
 
 
 def make_workload(width: int = 16, pretrain_steps: int = 600, batch_size: int = 64) -> Workload:
@@ -89,7 +74,7 @@ def make_workload(width: int = 16, pretrain_steps: int = 600, batch_size: int = 
         name="digits",
         model=model,
         example_inputs=(x_te[:1],),
-        train_batches=lambda gen: _batches(x_tr, y_tr, batch_size, gen),
+        train_batches=lambda gen: random_batches(x_tr, y_tr, batch_size, gen),
         calibration_batches=[(x_tr[i : i + 256], y_tr[i : i + 256]) for i in range(0, 512, 256)],
         loss_fn=F.cross_entropy,
         evaluate=lambda m: _accuracy(m, x_te, y_te),

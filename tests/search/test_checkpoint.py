@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from search import apply_qconfig, build_qconfig, discover_layers, load_workload, run_trial, save_qconfig
+from search import apply_qconfig, discover_layers, load_workload, run_trial, save_qconfig
 from search.checkpoint import (
     CheckpointError,
     check_belongs,
@@ -21,6 +21,7 @@ from search.checkpoint import (
     weights_fingerprint,
 )
 from search.export_onnx import export_onnx, onnxruntime_session, verify_onnx
+from search.qconfig import build_qconfig
 from search.workloads.base import Workload
 
 ALL_INT8 = {"body.0": "int8", "body.2": "int8", "body.5": "int8"}

@@ -31,9 +31,17 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 
-from search import calibrate, load_workload, parse_format, quantize_model, run_trial
+from search import load_workload, parse_format, run_trial
 from search.export_onnx import ExportError, StaticShapesWarning, export_onnx, onnxruntime_session, verify_onnx
-from search.qat import OUTPUT_QUANT_ATTR, FakeQuantMixin, activation_quantizers, fake_quant_layers, quantize
+from search.qat import (
+    OUTPUT_QUANT_ATTR,
+    FakeQuantMixin,
+    activation_quantizers,
+    calibrate,
+    fake_quant_layers,
+    quantize,
+    quantize_model,
+)
 
 torch.set_num_threads(1)
 
@@ -486,7 +494,7 @@ def test_digits_with_power_of_two_scales_is_exact_end_to_end(digits: tuple[objec
 
 @pytest.mark.parametrize(("quant_min", "quant_max"), [(0, 15), (-7, 7), (-127, 127)])
 def test_torch_onnx_exporter_refuses_mixq_ranges(quant_min: int, quant_max: int) -> None:
-    """Why export_onnx goes through markers (and why search/export_torchao.py is prose): torch's
+    """Why export_onnx goes through markers (and why docs/export-torchao.md says no torch.ao route): torch's
     own exporter only takes 8-bit fake-quant ranges, not 4-bit ones nor narrow-range weights."""
 
     class FakeQuant(nn.Module):

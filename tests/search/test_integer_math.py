@@ -18,9 +18,17 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from search import calibrate, parse_format, quantize_model
+from search import parse_format
 from search.formats import FP16, INT4
-from search.qat import ActivationQuantizer, FakeQuantMixin, RangeMethod, WeightQuantizer, quantize
+from search.qat import (
+    ActivationQuantizer,
+    FakeQuantMixin,
+    RangeMethod,
+    WeightQuantizer,
+    calibrate,
+    quantize,
+    quantize_model,
+)
 
 torch.set_num_threads(1)
 

@@ -15,18 +15,11 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 
-from search import (
-    SearchSpec,
-    Workload,
-    build_qconfig,
-    calibrate,
-    discover_layers,
-    parse_format,
-    quantize_model,
-    run_search,
-)
+from search import SearchSpec, Workload, discover_layers, parse_format, run_search
 from search.export_onnx import export_onnx, onnxruntime_session
 from search.onnx_import import OnnxImportError, OnnxModule, load_onnx_model
+from search.qat import calibrate, quantize_model
+from search.qconfig import build_qconfig
 
 torch.set_num_threads(1)
 

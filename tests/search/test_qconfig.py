@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from search import json_schema
 from search.formats import parse_format
 from search.layers import discover_layers
 from search.qat import (
@@ -24,6 +23,7 @@ from search.qconfig import (
     QualityReport,
     apply_qconfig,
     build_qconfig,
+    json_schema,
     load_qconfig,
     model_fingerprint,
     save_qconfig,

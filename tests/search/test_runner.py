@@ -16,7 +16,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from search import SearchError, SearchSpec, TrialOutcome, load_workload, pareto_front, run_search
-from search.runner import baseline_assignments, greedy_assignments, sensitivity_assignments
+from search.seeds import baseline_assignments, greedy_assignments, sensitivity_assignments
 from search.space import SearchSpace
 
 TINY = {"pretrain_steps": 30}
@@ -91,15 +91,15 @@ def test_search_seeds_baselines_and_reports_front() -> None:
     seen: list[TrialOutcome] = []
     result = run_search(tiny_spec(n_trials=4), on_trial=lambda o, p: seen.append(o))
     assert [o.source for o in seen[:2]] == ["baseline", "baseline"]  # all-int8, int4 inside (fp16 third)
-    assert seen[0].assignment == {layer["fqn"]: "int8" for layer in result.layers}
+    assert seen[0].assignment == {layer.fqn: "int8" for layer in result.layers}
     inner = list(seen[1].assignment.values())
     assert inner[0] == "int8" and inner[-1] == "int8" and set(inner[1:-1]) == {"int4"}
     assert len([t for t in result.trials if not t.cached]) == 4
     assert result.front and all(p.qconfig is not None for p in result.front)
-    assert result.pinned.keys() == {result.layers[0]["fqn"], result.layers[-1]["fqn"]}
+    assert result.pinned.keys() == {result.layers[0].fqn, result.layers[-1].fqn}
     # per-layer costs per format add up to each trial's cost
     for t in result.trials:
-        total = sum(layer["costs_by_format"][t.assignment[layer["fqn"]]]["bitops"] for layer in result.layers)
+        total = sum(layer.costs_by_format[t.assignment[layer.fqn]]["bitops"] for layer in result.layers)
         assert total == pytest.approx(t.costs["bitops"])
     # every front point dominates or equals each baseline it was seeded with, in at least one objective
     baselines = [t for t in result.trials if t.source == "baseline"]

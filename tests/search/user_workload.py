@@ -8,13 +8,13 @@ of random 1x4x4 "images" labelled by a fixed random teacher.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from search import Workload
+from search.train import train_steps
+from search.workloads.base import random_batches
 
 N_CLASSES = 3
 
@@ -38,12 +38,6 @@ def _data(n: int, seed: int) -> tuple[Tensor, Tensor]:
     return x, y
 
 
-def _stream(x: Tensor, y: Tensor, batch_size: int, gen: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
-    while True:
-        idx = torch.randint(0, len(y), (batch_size,), generator=gen)
-        yield x[idx], y[idx]
-
-
 def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     with torch.no_grad():
         return float((model(x).argmax(dim=1) == y).float().mean())
@@ -55,21 +49,13 @@ def make_workload(width: int = 8, pretrain_steps: int = 150, lr: float = 1e-3, b
     with torch.random.fork_rng():  # do not disturb the caller's global RNG
         torch.manual_seed(0)
         model = TinyNet(width)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        batches = _stream(x_train, y_train, 64, torch.Generator().manual_seed(0))
-        model.train()
-        for _ in range(pretrain_steps):
-            xb, yb = next(batches)
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
+        batches = random_batches(x_train, y_train, 64, torch.Generator().manual_seed(0))
+        train_steps(model, batches, F.cross_entropy, steps=pretrain_steps, lr=1e-2, phase="pretraining")
     return Workload(
         name="tiny",
         model=model,
         example_inputs=(x_test[:1],),
-        train_batches=lambda gen: _stream(x_train, y_train, batch_size, gen),
+        train_batches=lambda gen: random_batches(x_train, y_train, batch_size, gen),
         calibration_batches=[(x_train[:128], y_train[:128])],
         loss_fn=F.cross_entropy,
         evaluate=lambda m: _accuracy(m, x_test, y_test),

@@ -13,7 +13,17 @@ import optuna
 import torch
 from torch import nn
 
-from search import SearchProgress, SearchResult, SearchSpec, TargetProfile, TrialOutcome, Workload
+from search import (
+    LayerInfo,
+    LayerKind,
+    SearchLayer,
+    SearchProgress,
+    SearchResult,
+    SearchSpec,
+    TargetProfile,
+    TrialOutcome,
+    Workload,
+)
 from service.db import Database
 from service.models import Job
 from service.settings import Settings
@@ -107,7 +117,10 @@ def make_fake_run_search(trial_s: float = 0.0) -> Callable[..., SearchResult]:
             and (p.quality, p.costs["bitops"]) != (o.quality, o.costs["bitops"]) for p in outcomes)]
         return SearchResult(
             workload=spec.workload, metric_name="accuracy", higher_is_better=True, fp32_quality=1.0,
-            layers=[{"fqn": f, "kind": "linear", "index": i} for i, f in enumerate(LAYERS)],
+            layers=[
+                SearchLayer(LayerInfo(f, LayerKind.LINEAR, i, (1,), (1,), 0, 0), (), None, {})
+                for i, f in enumerate(LAYERS)
+            ],
             pinned={"features.0": "first executed layer"}, trials=outcomes, front=front,
         )
 

@@ -1,0 +1,270 @@
+"""Fidelity: does the ranking a search reports survive the user's full QAT?
+
+For the maps of a search (its front, the next non-dominated layer, and the uniform baselines) this
+retrains each map from the pretrained weights at the search's fidelity (``--short-steps``, >= 2 seeds)
+and at a long fidelity (``--long-factor`` x the steps, >= 3 seeds: the long run is noisier), then
+reports
+
+* Kendall's tau and Spearman's rho between the short and the long mean quality over the maps;
+* the seed-to-seed tau of each fidelity (short vs short, long vs long: the long one is the ceiling any
+  short recipe can reach);
+* front agreement: the hypervolume of the short-fidelity front re-measured at the long fidelity,
+  divided by the hypervolume of the long-fidelity front over the same maps (1.0: the short run picks
+  the maps the long run would).
+
+Run from the repository root (any workload: built-in or ``package.module:factory``)::
+
+    python -m bench.fidelity --workload denoise                       # search, then retrain its maps
+    python -m bench.fidelity --workload denoise --summary mixq-out/summary.json   # a finished CLI search
+    python -m bench.fidelity --workload denoise --report-only
+
+Runs are cached per (workload setting, map, steps, seed, recipe) in ``bench/results/fidelity_runs.json``,
+so an interrupted run resumes and a second recipe reuses nothing it should not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from scipy import stats
+
+from bench.report import RESULTS_DIR, markdown_table, mean_std, write_report
+from search import CostObjective, SearchSpec, discover_layers, load_profile, load_workload, run_search, run_trial
+from search.cost import model_costs
+from search.pareto import hypervolume_2d, non_dominated
+from search.train import fp32_quality
+from search.workloads.base import Workload
+
+RUNS_FILE = RESULTS_DIR / "fidelity_runs.json"
+
+
+def map_key(assignment: Mapping[str, str]) -> str:
+    return ",".join(f"{fqn}={fmt}" for fqn, fmt in assignment.items())
+
+
+def uniform_baselines(fqns: Sequence[str]) -> dict[str, dict[str, str]]:
+    """The maps a user would try by hand: all int8, int4 inside int8 first/last, all int4, one end in int4."""
+    first, last = fqns[0], fqns[-1]
+    return {
+        "all int8": dict.fromkeys(fqns, "int8"),
+        "int8 first+last, int4 inside": {f: "int8" if f in (first, last) else "int4" for f in fqns},
+        "all int4": dict.fromkeys(fqns, "int4"),
+        "int4 first layer only": {f: "int4" if f == first else "int8" for f in fqns},
+        "int4 last layer only": {f: "int4" if f == last else "int8" for f in fqns},
+    }
+
+
+def label(assignment: Mapping[str, str]) -> str:
+    """Which layers are below int8, by execution index (``#0 #3 int4``); ``all int8`` otherwise."""
+    parts: dict[str, list[str]] = {}
+    for i, fmt in enumerate(assignment.values()):
+        if fmt != "int8":
+            parts.setdefault(fmt, []).append(f"#{i}")
+    return "; ".join(f"{fmt} at {' '.join(ix)}" for fmt, ix in parts.items()) or "all int8"
+
+
+def search_maps(summary: Mapping[str, Any], near_front_layers: int) -> list[dict[str, str]]:
+    """Front and near-front maps of a search summary (``mixq search``'s summary.json or our own)."""
+    trials = [t for t in summary["trials"] if t.get("feasible", True)] or list(summary["trials"])
+    sign = 1.0 if summary.get("higher_is_better", True) else -1.0
+    pool = {map_key(t["assignment"]): t for t in trials}
+    chosen: list[dict[str, str]] = []
+    for _ in range(near_front_layers):
+        items = list(pool.values())
+        if not items:
+            break
+        points = [(-sign * t["quality"], *t["costs"].values()) for t in items]
+        for i in non_dominated(points):
+            chosen.append(dict(items[i]["assignment"]))
+            pool.pop(map_key(items[i]["assignment"]))
+    return chosen
+
+
+def run_search_summary(workload_name: str, options: Mapping[str, Any], trials: int, qat_steps: int, seed: int) -> dict[str, Any]:
+    spec = SearchSpec(workload=workload_name, workload_options=dict(options), n_trials=trials, qat_steps=qat_steps, seed=seed)
+    result = run_search(spec)
+    return {
+        "higher_is_better": result.higher_is_better,
+        "trials": [
+            {"assignment": dict(t.assignment), "quality": t.quality, "costs": dict(t.costs), "feasible": t.feasible}
+            for t in result.trials
+        ],
+    }
+
+
+def train(workload: Workload, assignment: Mapping[str, str], steps: int, seed: int) -> float:
+    return run_trial(workload, assignment, qat_steps=steps, seed=seed).quality
+
+
+def kendall(a: Sequence[float], b: Sequence[float]) -> float:
+    return float(stats.kendalltau(a, b).statistic)
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    return float(stats.spearmanr(a, b).statistic)
+
+
+def seed_to_seed_tau(per_seed: Sequence[Sequence[float]]) -> float:
+    """Mean Kendall tau over pairs of seeds (rows: seeds, columns: maps)."""
+    taus = [kendall(a, b) for a, b in itertools.combinations(per_seed, 2)]
+    return sum(taus) / len(taus) if taus else float("nan")
+
+
+def front_agreement(short: Sequence[float], long: Sequence[float], cost: Sequence[float], higher_is_better: bool) -> float:
+    """HV(short front, measured long) / HV(long front), both over the same maps, 2-D (quality, cost).
+
+    Points are normalised to the maps' long-quality and cost ranges; the reference point is the worst
+    corner plus 10%, so every map contributes."""
+    sign = 1.0 if higher_is_better else -1.0
+    q_lo, q_hi = min(long), max(long)
+    c_lo, c_hi = min(cost), max(cost)
+
+    def norm(q: float, c: float) -> tuple[float, float]:
+        return ((sign * (q_hi - q) if sign > 0 else (q - q_lo)) / ((q_hi - q_lo) or 1.0), (c - c_lo) / ((c_hi - c_lo) or 1.0))
+
+    reference = (1.1, 1.1)
+    short_front = non_dominated([(-sign * q, c) for q, c in zip(short, cost, strict=True)])
+    long_front = non_dominated([(-sign * q, c) for q, c in zip(long, cost, strict=True)])
+    hv_short = hypervolume_2d([norm(long[i], cost[i]) for i in short_front], reference)
+    hv_long = hypervolume_2d([norm(long[i], cost[i]) for i in long_front], reference)
+    return hv_short / hv_long if hv_long > 0 else float("nan")
+
+
+def plot(rows: Sequence[dict[str, Any]], path: Path, metric: str, short_steps: int, long_steps: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    xs = [r["short_mean"] for r in rows]
+    ys = [r["long_mean"] for r in rows]
+    ax.errorbar(xs, ys, xerr=[r["short_std"] for r in rows], yerr=[r["long_std"] for r in rows], fmt="o", capsize=3)
+    for r in rows:
+        ax.annotate(r["label"], (r["short_mean"], r["long_mean"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    lo, hi = min(xs + ys), max(xs + ys)
+    ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--", label="long = short")
+    ax.set_xlabel(f"{metric} after {short_steps} QAT steps (search fidelity)")
+    ax.set_ylabel(f"{metric} after {long_steps} QAT steps (long fidelity)")
+    ax.set_title("Short vs long QAT quality per precision map")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workload", default="denoise")
+    parser.add_argument("--workload-options", default="{}", help="JSON object")
+    parser.add_argument("--summary", type=Path, help="a finished search's summary.json (else a search is run)")
+    parser.add_argument("--search-trials", type=int, default=24)
+    parser.add_argument("--short-steps", type=int, default=200)
+    parser.add_argument("--long-factor", type=int, default=10)
+    parser.add_argument("--short-seeds", type=int, default=2)
+    parser.add_argument("--long-seeds", type=int, default=3)
+    parser.add_argument("--near-front", type=int, default=2, help="non-dominated layers of the search taken (1: front only)")
+    parser.add_argument("--max-maps", type=int, default=14)
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    if args.short_seeds < 2 or args.long_seeds < 3:
+        parser.error("--short-seeds must be >= 2 and --long-seeds >= 3 (the long fidelity is the noisier one)")
+    torch.set_num_threads(int(os.environ.get("MIXQ_TORCH_THREADS", "1")))
+
+    options = json.loads(args.workload_options)
+    workload = load_workload(args.workload, options)
+    fqns = [layer.fqn for layer in discover_layers(workload.model, workload.example_inputs).layers]
+    setting = f"{args.workload}:{json.dumps(options, sort_keys=True)}"
+    long_steps = args.short_steps * args.long_factor
+
+    runs: dict[str, Any] = json.loads(RUNS_FILE.read_text()) if RUNS_FILE.exists() else {}
+    maps_key = f"maps|{setting}|{args.short_steps}|{args.search_trials}"
+    if maps_key not in runs:
+        if args.report_only:
+            raise SystemExit(f"no cached maps for {maps_key}; run without --report-only first")
+        summary = json.loads(args.summary.read_text()) if args.summary else run_search_summary(
+            args.workload, options, args.search_trials, args.short_steps, seed=0)
+        found = search_maps(summary, args.near_front)
+        runs[maps_key] = {"search": found}
+        RUNS_FILE.write_text(json.dumps(runs, indent=1))
+    maps: dict[str, dict[str, str]] = dict(uniform_baselines(fqns))
+    for assignment in runs[maps_key]["search"]:
+        if map_key(assignment) not in {map_key(m) for m in maps.values()}:
+            maps[label(assignment)] = assignment
+    maps = dict(list(maps.items())[: args.max_maps])
+
+    def quality(assignment: Mapping[str, str], steps: int, seed: int) -> float:
+        key = f"run|{setting}|{map_key(assignment)}|{steps}|{seed}"
+        if key not in runs:
+            if args.report_only:
+                raise SystemExit(f"missing cached run {key}")
+            runs[key] = train(workload, assignment, steps, seed)
+            RUNS_FILE.write_text(json.dumps(runs, indent=1))
+            print(f"{label(assignment):40s} steps={steps:5d} seed={seed}: {runs[key]:.4f}", flush=True)
+        return float(runs[key])
+
+    profile = load_profile("generic")
+    graph = discover_layers(workload.model, workload.example_inputs)
+    rows: list[dict[str, Any]] = []
+    for name, assignment in maps.items():
+        short = [quality(assignment, args.short_steps, s) for s in range(args.short_seeds)]
+        long = [quality(assignment, long_steps, s) for s in range(args.long_seeds)]
+        bitops = model_costs((CostObjective.BITOPS,), profile, graph, assignment)[str(CostObjective.BITOPS)]
+        s_mean, s_std = mean_std(short)
+        l_mean, l_std = mean_std(long)
+        rows.append({"label": name, "assignment": assignment, "bitops": bitops, "short": short, "long": long,
+                     "short_mean": s_mean, "short_std": s_std, "long_mean": l_mean, "long_std": l_std})
+
+    short_means = [r["short_mean"] for r in rows]
+    long_means = [r["long_mean"] for r in rows]
+    costs = [r["bitops"] for r in rows]
+    tau = kendall(short_means, long_means)
+    rho = spearman(short_means, long_means)
+    tau_short_seeds = seed_to_seed_tau([[r["short"][s] for r in rows] for s in range(args.short_seeds)])
+    tau_long_seeds = seed_to_seed_tau([[r["long"][s] for r in rows] for s in range(args.long_seeds)])
+    agreement = front_agreement(short_means, long_means, costs, workload.higher_is_better)
+    fp32 = fp32_quality(workload)
+
+    name = f"fidelity_{args.workload}"
+    png = RESULTS_DIR / f"{name}.png"
+    plot(rows, png, workload.metric, args.short_steps, long_steps)
+    rel = max(costs)
+    table = markdown_table(
+        ["map", "BitOPs (rel. all-int8)", f"{args.short_steps} steps ({args.short_seeds} seeds)",
+         f"{long_steps} steps ({args.long_seeds} seeds)"],
+        [[r["label"], f"{r['bitops'] / rel:.3f}", f"{r['short_mean']:.3f} ± {r['short_std']:.3f}",
+          f"{r['long_mean']:.3f} ± {r['long_std']:.3f}"] for r in rows],
+    )
+    body = "\n".join([
+        f"Workload `{args.workload}` (options {json.dumps(options)}), metric {workload.metric}, "
+        f"fp32 {fp32:.3f}. {len(rows)} maps: the uniform baselines plus the search's front and next "
+        f"{args.near_front - 1} non-dominated layer(s) ({args.search_trials} trials at {args.short_steps} steps).",
+        "",
+        markdown_table(["measure", "value"], [
+            ["Kendall tau, short mean vs long mean", f"{tau:.3f}"],
+            ["Spearman rho, short mean vs long mean", f"{rho:.3f}"],
+            ["seed-to-seed tau, short (precision of the short run)", f"{tau_short_seeds:.3f}"],
+            ["seed-to-seed tau, long (the ceiling)", f"{tau_long_seeds:.3f}"],
+            ["front agreement (HV of short front at long / HV of long front)", f"{agreement:.3f}"],
+        ]),
+        "",
+        table,
+        "",
+        f"![short vs long]({png.name})",
+    ])
+    (RESULTS_DIR / f"{name}.json").write_text(json.dumps({
+        "tau": tau, "rho": rho, "tau_short_seeds": tau_short_seeds, "tau_long_seeds": tau_long_seeds,
+        "front_agreement": agreement, "short_steps": args.short_steps, "long_steps": long_steps, "rows": rows,
+    }, indent=1))
+    write_report(name, f"Fidelity: {args.short_steps}-step vs {long_steps}-step QAT on {args.workload}", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""One trial of the search: the Optuna objective, and a finished trial read back as an outcome.
+
+The objective suggests a format per free layer, prices the assignment, makes sure no other trial
+(in any process sharing the study) trains the same assignment, then trains and scores it with a short
+QAT run (or asks the benchmark ``evaluator``) and records the qconfig JSON as a trial attribute.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.checkpoint import save_state_dict
+from search.cost import model_costs
+from search.formats import as_formats
+from search.layers import LayerGraph
+from search.pareto import assignment_key
+from search.profiles import TargetProfile
+from search.qconfig import QualityReport, build_qconfig
+from search.space import SearchSpace
+from search.spec import SearchSpec, TrialOutcome
+from search.train import run_trial
+from search.workloads import Workload
+
+log = logging.getLogger("mixq.search")
+
+# A seam for benchmarks over a precomputed table: (assignment, seed) -> quality, no QAT run.
+Evaluator = Callable[[Mapping[str, str], int], float]
+
+
+@dataclass(frozen=True)
+class SearchSetup:
+    """What every trial of one search shares: the request and what was built from it."""
+
+    spec: SearchSpec
+    workload: Workload
+    profile: TargetProfile
+    graph: LayerGraph
+    space: SearchSpace
+    evaluator: Evaluator | None = None
+
+    def full_assignment(self, free: Mapping[str, str]) -> dict[str, str]:
+        """Every layer's format (pins included), in execution order."""
+        merged = {**self.space.pinned, **free}
+        return {fqn: merged[fqn] for fqn in self.graph.fqns}
+
+    def quality_drop(self, quality: float, fp32: float) -> float:
+        """How much worse than fp32 ``quality`` is, in the metric's units (>= 0 when worse)."""
+        return (fp32 - quality) if self.workload.higher_is_better else (quality - fp32)
+
+
+def outcome_of(trial: FrozenTrial, setup: SearchSetup, reevals: Sequence[float] = ()) -> TrialOutcome:
+    """A completed trial as the search reports it; ``reevals`` are the qualities of extra seeds."""
+    assert trial.values is not None
+    qualities = [trial.values[0], *reevals]
+    costs = {str(o): float(v) for o, v in zip(setup.spec.cost_objectives, trial.values[1:], strict=True)}
+    feasible = all(c <= 0.0 for c in trial.constraints.values())
+    qconfig = trial.user_attrs.get("qconfig")
+    return TrialOutcome(
+        number=trial.number,
+        assignment=setup.full_assignment({k: str(v) for k, v in trial.params.items()}),
+        quality=statistics.fmean(qualities),
+        quality_std=statistics.pstdev(qualities) if len(qualities) > 1 else 0.0,
+        n_evaluations=len(qualities),
+        costs=costs,
+        feasible=feasible,
+        duration_s=float(trial.user_attrs.get("duration_s", 0.0)),
+        source=str(trial.user_attrs.get("source", "sampler")),
+        cached=bool(trial.user_attrs.get("cached", False)),
+        qconfig=json.loads(qconfig) if isinstance(qconfig, str) else None,
+    )
+
+
+class Objective:
+    """``objective(trial) -> (quality, *costs)`` for ``study.optimize``; ``fp32`` is the reference
+    quality of the pretrained model (for the quality constraint and the qconfig report)."""
+
+    def __init__(self, setup: SearchSetup, study: optuna.Study, fp32: float) -> None:
+        self.setup = setup
+        self.study = study
+        self.fp32 = fp32
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
+        try:
+            return self._evaluate(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:  # study.optimize records the FAIL; the reason is ours to keep
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:2000])
+            log.warning("trial %d failed: %s", trial.number, exc)
+            raise
+
+    def _evaluate(self, trial: optuna.Trial) -> tuple[float, ...]:
+        setup, spec = self.setup, self.setup.spec
+        free = {fqn: trial.suggest_categorical(fqn, list(options)) for fqn, options in setup.space.choices.items()}
+        assignment = setup.full_assignment(free)
+        formats = as_formats(assignment)  # parsed once; the engine takes the format type
+        costs = model_costs(spec.cost_objectives, setup.profile, setup.graph, formats)
+        trial.set_user_attr("source", trial.user_attrs.get("source", "sampler"))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        previous = self._claim(trial, free)
+        if previous is not None:
+            assert previous.values is not None
+            trial.set_user_attr("cached", True)
+            trial.set_user_attr("duration_s", 0.0)
+            if "qconfig" in previous.user_attrs:
+                trial.set_user_attr("qconfig", previous.user_attrs["qconfig"])
+            self._constrain(trial, previous.values[0])
+            return tuple(previous.values)
+        if setup.evaluator is not None:
+            quality = float(setup.evaluator(assignment, spec.seed))
+            self._constrain(trial, quality)
+            return (quality, *costs.values())
+        run = run_trial(setup.workload, formats, qat_steps=spec.qat_steps, seed=spec.seed, device=spec.device)
+        qconfig = build_qconfig(
+            run.model, setup.graph, formats, pinned=setup.space.pin_reasons, profile=setup.profile.name,
+            quality=QualityReport(metric=setup.workload.metric, value=run.quality, fp32_value=self.fp32,
+                                  higher_is_better=setup.workload.higher_is_better),
+            costs=costs, workload=spec.workload, study_name=spec.study_name, trial_number=trial.number,
+        )
+        trial.set_user_attr("qconfig", qconfig.model_dump_json())
+        if spec.weights_dir is not None:
+            save_state_dict(run.model, Path(spec.weights_dir) / f"trial-{trial.number}.pt")
+        trial.set_user_attr("duration_s", run.duration_s)
+        self._constrain(trial, run.quality)
+        return (run.quality, *costs.values())
+
+    def _claim(self, trial: optuna.Trial, free: Mapping[str, str]) -> FrozenTrial | None:
+        """Make sure no two trials train the same assignment, across processes.
+
+        Returns the completed trial to reuse, or None once this trial holds the claim.  A RUNNING
+        twin that already claimed it, or has a lower number (both suggested before either checked),
+        wins: this trial is pruned as a duplicate.  The claim is a user attribute set right after
+        the check, so the remaining race window is that gap (milliseconds), not a whole trial.
+        """
+        key = assignment_key(free)
+        twins = [
+            t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+            if t.number != trial.number and assignment_key(t.params) == key and not t.user_attrs.get("cached")
+        ]
+        done = next((t for t in twins if t.state is TrialState.COMPLETE), None)
+        if done is not None:
+            return done
+        if any(t.user_attrs.get("claimed") or t.number < trial.number for t in twins):
+            trial.set_user_attr("duplicate_of", min(t.number for t in twins))
+            raise optuna.TrialPruned("the same assignment is being trained by another trial")
+        trial.set_user_attr("claimed", True)
+        return None
+
+    def _constrain(self, trial: optuna.Trial, quality: float) -> None:
+        max_drop = self.setup.spec.max_quality_drop
+        if max_drop is not None:
+            trial.set_constraint("quality_drop", self.setup.quality_drop(quality, self.fp32) - max_drop)

@@ -1,0 +1,85 @@
+"""The assignments a search tries before its sampler: numbers in, assignments out (no study).
+
+1. The uniform baselines the space allows (all-int8, int4 inside the pinned first/last, all-fp16).
+2. A one-layer-at-a-time sensitivity sweep: all-int8 with one free layer in int4.
+3. Once the sweep is scored, a greedy front over it: flip layers to int4 in order of least quality
+   lost per unit of cost saved, as AIMET AMP's greedy phase.
+
+Each assignment here is a *free* one (fqn -> format name for the free layers only): what a study
+enqueues as a trial's parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from search.pareto import assignment_key
+from search.space import SearchSpace
+
+Assignment = dict[str, str]  # fqn -> format name
+
+
+def baseline_assignments(space: SearchSpace) -> list[Assignment]:
+    """Uniform baselines the space allows: all-int8, all-int4 (inside the pins), all-fp16."""
+    out = []
+    for fmt in ("int8", "int4", "fp16"):
+        if all(fmt in c for c in space.choices.values()):
+            out.append({fqn: fmt for fqn in space.choices})
+    return out
+
+
+def sensitivity_assignments(space: SearchSpace, base: str = "int8", probe: str = "int4") -> list[Assignment]:
+    """All layers at ``base`` except one at ``probe``, for every free layer that allows both."""
+    if not all(base in c for c in space.choices.values()):
+        return []
+    out = []
+    for fqn, options in space.choices.items():
+        if probe in options:
+            free = {f: base for f in space.choices}
+            free[fqn] = probe
+            out.append(free)
+    return out
+
+
+def greedy_assignments(
+    space: SearchSpace, sensitivity: Mapping[str, float], cost_saving: Mapping[str, float], *, base: str = "int8",
+    probe: str = "int4",
+) -> list[Assignment]:
+    """Flip layers from ``base`` to ``probe`` in order of quality lost per cost saved (least
+    first); one assignment per prefix length 2..n-1 (1 and n are in the sweep/baselines)."""
+    order = sorted(sensitivity, key=lambda f: sensitivity[f] / max(cost_saving.get(f, 0.0), 1e-12))
+    out = []
+    for k in range(2, len(order)):
+        free = {f: base for f in space.choices}
+        for fqn in order[:k]:
+            free[fqn] = probe
+        out.append(free)
+    return out
+
+
+def greedy_after_sweep(
+    space: SearchSpace,
+    quality_of: Mapping[str, float],
+    cost_of: Callable[[Assignment], float],
+    higher_is_better: bool,
+) -> list[Assignment] | None:
+    """The greedy assignments once the all-int8 baseline and the whole sweep are scored; None before
+    (and always for a sweep of fewer than 3 layers: the sweep and baselines cover its greedy points).
+
+    ``quality_of`` maps :func:`~search.pareto.assignment_key` of a free assignment to its quality;
+    ``cost_of`` prices a free assignment (the first cost objective).
+    """
+    sweep = sensitivity_assignments(space)
+    if len(sweep) < 3:
+        return None
+    base = {f: "int8" for f in space.choices}
+    if assignment_key(base) not in quality_of or not all(assignment_key(s) in quality_of for s in sweep):
+        return None
+    sign = 1.0 if higher_is_better else -1.0
+    base_quality, base_cost = quality_of[assignment_key(base)], cost_of(base)
+    sensitivity, saving = {}, {}
+    for s in sweep:
+        fqn = next(f for f, v in s.items() if v == "int4")
+        sensitivity[fqn] = max(sign * (base_quality - quality_of[assignment_key(s)]), 0.0)
+        saving[fqn] = base_cost - cost_of(s)
+    return greedy_assignments(space, sensitivity, saving)
