@@ -87,8 +87,12 @@ def search_maps(summary: Mapping[str, Any], near_front_layers: int) -> list[dict
     return chosen
 
 
-def run_search_summary(workload_name: str, options: Mapping[str, Any], trials: int, qat_steps: int, seed: int) -> dict[str, Any]:
-    spec = SearchSpec(workload=workload_name, workload_options=dict(options), n_trials=trials, qat_steps=qat_steps, seed=seed)
+def run_search_summary(
+    workload_name: str, options: Mapping[str, Any], trials: int, qat_steps: int, seed: int
+) -> dict[str, Any]:
+    spec = SearchSpec(
+        workload=workload_name, workload_options=dict(options), n_trials=trials, qat_steps=qat_steps, seed=seed
+    )
     result = run_search(spec)
     return {
         "higher_is_better": result.higher_is_better,
@@ -117,7 +121,9 @@ def seed_to_seed_tau(per_seed: Sequence[Sequence[float]]) -> float:
     return sum(taus) / len(taus) if taus else float("nan")
 
 
-def front_agreement(short: Sequence[float], long: Sequence[float], cost: Sequence[float], higher_is_better: bool) -> float:
+def front_agreement(
+    short: Sequence[float], long: Sequence[float], cost: Sequence[float], higher_is_better: bool
+) -> float:
     """HV(short front, measured long) / HV(long front), both over the same maps, 2-D (quality, cost).
 
     Points are normalised to the maps' long-quality and cost ranges; the reference point is the worst
@@ -127,7 +133,8 @@ def front_agreement(short: Sequence[float], long: Sequence[float], cost: Sequenc
     c_lo, c_hi = min(cost), max(cost)
 
     def norm(q: float, c: float) -> tuple[float, float]:
-        return ((sign * (q_hi - q) if sign > 0 else (q - q_lo)) / ((q_hi - q_lo) or 1.0), (c - c_lo) / ((c_hi - c_lo) or 1.0))
+        loss = (q_hi - q) if sign > 0 else (q - q_lo)  # 0 at the best quality seen
+        return loss / ((q_hi - q_lo) or 1.0), (c - c_lo) / ((c_hi - c_lo) or 1.0)
 
     reference = (1.1, 1.1)
     short_front = non_dominated([(-sign * q, c) for q, c in zip(short, cost, strict=True)])
@@ -148,7 +155,8 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, metric: str, short_steps: i
     ys = [r["long_mean"] for r in rows]
     ax.errorbar(xs, ys, xerr=[r["short_std"] for r in rows], yerr=[r["long_std"] for r in rows], fmt="o", capsize=3)
     for r in rows:
-        ax.annotate(r["label"], (r["short_mean"], r["long_mean"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.annotate(r["label"], (r["short_mean"], r["long_mean"]), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
     lo, hi = min(xs + ys), max(xs + ys)
     ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--", label="long = short")
     ax.set_xlabel(f"{metric} after {short_steps} QAT steps (search fidelity)")
@@ -170,7 +178,8 @@ def main() -> None:
     parser.add_argument("--long-factor", type=int, default=10)
     parser.add_argument("--short-seeds", type=int, default=2)
     parser.add_argument("--long-seeds", type=int, default=3)
-    parser.add_argument("--near-front", type=int, default=2, help="non-dominated layers of the search taken (1: front only)")
+    parser.add_argument("--near-front", type=int, default=2,
+                        help="non-dominated layers of the search taken (1: front only)")
     parser.add_argument("--max-maps", type=int, default=14)
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()

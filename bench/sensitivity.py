@@ -33,8 +33,8 @@ from scipy import stats  # type: ignore[import-untyped]
 
 from bench.report import RESULTS_DIR, markdown_table, write_report
 from search import discover_layers, load_workload, run_trial
-from search.train import fp32_quality
 from search.sensitivity import LayerSensitivity, fisher_sensitivity, ptq_sensitivity
+from search.train import fp32_quality
 from search.workloads.base import Workload
 from search.workloads.denoise_deep import EVAL_PHOTOS, noisy_input_psnr
 
@@ -122,7 +122,8 @@ def main() -> None:
         "",
         markdown_table(
             ["proxy", "wall time (s)", "Kendall tau vs QAT int4 drop"],
-            [["PTQ per-layer drop", f"{ptq_s:.1f}", tau(ptq)], ["Fisher (output space)", f"{fisher_s:.1f}", tau(fisher)]],
+            [["PTQ per-layer drop", f"{ptq_s:.1f}", tau(ptq)],
+             ["Fisher (output space)", f"{fisher_s:.1f}", tau(fisher)]],
         ),
         "",
         (f"## Per layer (QAT: only that layer int4, {args.qat_steps} steps, seed {args.seed}; "

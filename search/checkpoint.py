@@ -100,7 +100,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         data = torch.load(path, weights_only=True, map_location="cpu")
     except FileNotFoundError:
         raise CheckpointError(f"weights: no such file {str(path)!r}") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:  # what torch raises for a bad file
+    # what torch raises for a bad file
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"weights: {str(path)!r} is not a torch state dict ({first_line})") from None
     if not isinstance(data, dict):

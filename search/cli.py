@@ -227,8 +227,12 @@ def search_command(
     workload_option: Annotated[list[str], typer.Option(help="KEY=VALUE passed to the workload factory")] = [],  # noqa: B006
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = _DEFAULT["device"],
     out: Annotated[Path, typer.Option(help="output folder")] = Path("mixq-out"),
-    save_weights: Annotated[bool, typer.Option(help="keep each trial's trained weights in OUT/weights (for mixq export)")] = True,
-    torch_threads: Annotated[int | None, typer.Option(help="torch threads (default: $MIXQ_TORCH_THREADS, else all usable cores)")] = None,
+    save_weights: Annotated[
+        bool, typer.Option(help="keep each trial's trained weights in OUT/weights (for mixq export)")
+    ] = True,
+    torch_threads: Annotated[
+        int | None, typer.Option(help="torch threads (default: $MIXQ_TORCH_THREADS, else all usable cores)")
+    ] = None,
     debug: Annotated[bool, typer.Option(help="print the traceback of an error")] = False,
 ) -> None:
     """Search per-layer int4/int8/fp16 maps; write the Pareto front, plots and qconfig JSON files."""
@@ -255,7 +259,8 @@ def search_command(
         wl = load_workload(spec.workload, spec.workload_options)
         unused = discover_layers(wl.model, wl.example_inputs).unused
         if unused:
-            shown = ", ".join(repr(f) for f in unused[:5]) + (f" ... and {len(unused) - 5} more" if len(unused) > 5 else "")
+            more = f" ... and {len(unused) - 5} more" if len(unused) > 5 else ""
+            shown = ", ".join(repr(f) for f in unused[:5]) + more
             _warn(f"{len(unused)} quantizable layer(s) never run on the example inputs and are left out of the "
                   f"search (they stay fp32): {shown}")
 
@@ -296,7 +301,9 @@ def export_command(
     workload: Annotated[str, typer.Option(help="the workload whose model the weights belong to")],
     out: Annotated[Path, typer.Option(help="ONNX file to write")] = Path("model.onnx"),
     workload_option: Annotated[list[str], typer.Option(help="KEY=VALUE passed to the workload factory")] = [],  # noqa: B006
-    static_shapes: Annotated[bool, typer.Option(help="fix the spatial input sizes to the example inputs' (default: free where the model allows)")] = False,
+    static_shapes: Annotated[bool, typer.Option(
+        help="fix the spatial input sizes to the example inputs' (default: free where the model allows)"
+    )] = False,
     debug: Annotated[bool, typer.Option(help="print the traceback of an error")] = False,
 ) -> None:
     """Turn a qconfig JSON plus trained weights into an ONNX QDQ model (opset 21), verified in onnxruntime.

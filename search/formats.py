@@ -119,7 +119,7 @@ def parse_format(name: str) -> LayerFormat:
     'w4a8'
     """
     if not isinstance(name, str):  # a ValueError, not a TypeError: pydantic reports it against the field
-        raise ValueError(f"format: expected a format name (str), got {type(name).__name__}")
+        raise ValueError(f"format: expected a format name (str), got {type(name).__name__}")  # noqa: TRY004 - see above
     key = name.strip().lower()
     if key in _TENSOR_FORMATS:
         tensor = _TENSOR_FORMATS[key]

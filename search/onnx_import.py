@@ -109,7 +109,9 @@ def _check_model(model: onnx.ModelProto) -> None:
     ]
     for tensor in tensors:
         if tensor.data_location == TensorProto.EXTERNAL or tensor.external_data:
-            raise OnnxImportError(f"file: tensor {tensor.name!r} refers to external data; embed all weights in the file")
+            raise OnnxImportError(
+                f"file: tensor {tensor.name!r} refers to external data; embed all weights in the file"
+            )
     if graph.sparse_initializer or model.functions:
         raise OnnxImportError("file: sparse initializers and model-local functions are not supported")
     if len(graph.node) > MAX_NODES:
@@ -254,9 +256,9 @@ def _conv(node: _Node) -> tuple[nn.Module, Runner]:
         conv = nn.Conv1d if rank == 1 else nn.Conv2d
         layer = conv(int(weight.shape[1]) * groups, int(weight.shape[0]), kernel, **common)  # type: ignore[arg-type]
     with torch.no_grad():
-        layer.weight.copy_(weight)  # type: ignore[operator]
-        if bias is not None:
-            layer.bias.copy_(bias)  # type: ignore[operator, union-attr]
+        layer.weight.copy_(weight)
+        if bias is not None and layer.bias is not None:
+            layer.bias.copy_(bias)
     return layer, _call_module
 
 
@@ -271,7 +273,8 @@ def _gemm(node: _Node) -> tuple[nn.Module, Runner]:
     with torch.no_grad():
         layer.weight.copy_(weight)
         if node.input(2):
-            layer.bias.copy_(torch.broadcast_to(_weight(node, 2, "C") * float(node.attr("beta", 1.0)), (weight.shape[0],)))
+            beta = float(node.attr("beta", 1.0))
+            layer.bias.copy_(torch.broadcast_to(_weight(node, 2, "C") * beta, (weight.shape[0],)))
     return layer, _call_module
 
 
@@ -297,8 +300,9 @@ def _batchnorm(node: _Node) -> tuple[nn.Module, Runner]:
     with torch.no_grad():
         layer.weight.copy_(scale)
         layer.bias.copy_(shift)
-        layer.running_mean.copy_(mean)  # type: ignore[operator]
-        layer.running_var.copy_(var)  # type: ignore[operator]
+        assert layer.running_mean is not None and layer.running_var is not None  # track_running_stats
+        layer.running_mean.copy_(mean)
+        layer.running_var.copy_(var)
     return layer, _call_module
 
 
@@ -428,7 +432,7 @@ def _function(node: _Node) -> Runner:
         slope = float(node.attr("alpha", 0.01))
         return lambda _m, a: F.leaky_relu(a[0], slope)  # type: ignore[arg-type]
     if op == "PRelu":
-        return lambda _m, a: torch.where(a[0] >= 0, a[0], a[0] * a[1])  # type: ignore[operator]
+        return lambda _m, a: torch.where(a[0] >= 0, a[0], a[0] * a[1])  # type: ignore[operator, arg-type]
     if op == "Softmax":
         axis = int(node.attr("axis", -1))
         return lambda _m, a: torch.softmax(a[0], axis)  # type: ignore[arg-type]

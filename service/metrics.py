@@ -19,7 +19,7 @@ class _JobsByStatus(Collector):
         family = GaugeMetricFamily("mixq_jobs", "Jobs by status", labels=["status"])
         try:
             counts = self.counts()
-        except Exception:  # a scrape while the DB is away reports no job gauge
+        except Exception:  # noqa: BLE001 - a scrape while the DB is away reports no job gauge
             counts = {}
         for status, n in sorted(counts.items()):
             family.add_metric([status], n)

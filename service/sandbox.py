@@ -111,7 +111,8 @@ def _probe() -> dict[str, Any]:
     except OSError:
         reachable = False
     return {
-        "rlimit_as": resource.getrlimit(resource.RLIMIT_AS)[0], "rlimit_cpu": resource.getrlimit(resource.RLIMIT_CPU)[0],
+        "rlimit_as": resource.getrlimit(resource.RLIMIT_AS)[0],
+        "rlimit_cpu": resource.getrlimit(resource.RLIMIT_CPU)[0],
         "rlimit_fsize": resource.getrlimit(resource.RLIMIT_FSIZE)[0], "tcp_5432_reachable": reachable,
     }
 

@@ -15,7 +15,7 @@ import io
 import math
 import zipfile
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -75,7 +75,8 @@ def inspect_model_here(data: bytes) -> dict[str, Any]:
 
     module = load_model(data)
     onnx_names = getattr(module, "onnx_names", {})
-    layers = [n for n, m in module.named_modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.ConvTranspose2d | nn.Linear)]
+    quantizable = nn.Conv1d | nn.Conv2d | nn.ConvTranspose2d | nn.Linear
+    layers = [n for n, m in module.named_modules() if isinstance(m, quantizable)]
     if not layers:
         raise UploadError("file: the model has no Conv, ConvTranspose, Gemm or MatMul layer to quantize")
     return {
@@ -101,13 +102,13 @@ MAX_EXPANSION = 64  # decompressed bytes per upload byte: real data compresses f
 _NPY_HEADER_MAX = 64 * 1024
 
 
-def _read_npy_header(member: zipfile.ZipExtFile, name: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
+def _read_npy_header(member: IO[bytes], name: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
     try:
-        version = npy_format.read_magic(member)  # type: ignore[no-untyped-call]
+        version = npy_format.read_magic(member)
         if version == (1, 0):
-            shape, _, dtype = npy_format.read_array_header_1_0(member, max_header_size=_NPY_HEADER_MAX)  # type: ignore[no-untyped-call]
+            shape, _, dtype = npy_format.read_array_header_1_0(member, max_header_size=_NPY_HEADER_MAX)
         elif version in ((2, 0), (3, 0)):
-            shape, _, dtype = npy_format.read_array_header_2_0(member, max_header_size=_NPY_HEADER_MAX)  # type: ignore[no-untyped-call]
+            shape, _, dtype = npy_format.read_array_header_2_0(member, max_header_size=_NPY_HEADER_MAX)
         else:
             raise ValueError(f"npy version {version}")
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, SyntaxError) as exc:

@@ -150,7 +150,7 @@ class Worker:
         try:
             with self.db.session() as session:
                 store.heartbeat(session, self.id, self.current_job)
-        except Exception as exc:  # a missed beat is logged; the next one retries
+        except Exception as exc:  # noqa: BLE001 - a missed beat is logged; the next one retries
             log.warning("worker %s: heartbeat failed: %s", self.id, exc)
 
     def stop(self) -> None:
@@ -163,7 +163,7 @@ class Worker:
         try:
             with self.db.session() as session:
                 store.unregister_worker(session, self.id)
-        except Exception as exc:  # shutting down; a stale row just ages out
+        except Exception as exc:  # noqa: BLE001 - shutting down; a stale row just ages out
             log.warning("worker %s: could not unregister: %s", self.id, exc)
 
     def run_forever(self, max_jobs: int | None = None) -> None:
@@ -195,7 +195,7 @@ class Worker:
                 if job_id is not None:
                     store.heartbeat(session, self.id, job_id)
                 return job_id
-        except Exception as exc:  # DB away: try again after the poll interval
+        except Exception as exc:  # noqa: BLE001 - DB away: try again after the poll interval
             log.warning("worker %s: cannot look for work: %s", self.id, exc)
             return None
 
@@ -257,7 +257,7 @@ class Worker:
             return True
         try:
             return self._status(job_id) != JobStatus.RUNNING
-        except Exception as exc:  # DB hiccup: keep going, the next check retries
+        except Exception as exc:  # noqa: BLE001 - DB hiccup: keep going, the next check retries
             log.warning("worker %s: cannot read job %d status: %s", self.id, job_id, exc)
             return False
 
@@ -290,7 +290,7 @@ class Worker:
         record = self._record(run, outcome)
         try:
             self._write(lambda s: store.record_trial(s, run.job_id, record, self.id, run.higher_is_better))
-        except Exception as exc:  # the study has the trial; _finalize stores it again
+        except Exception as exc:  # noqa: BLE001 - the study has the trial; _finalize stores it again
             log.warning("worker %s: could not store trial %d of job %d: %s", self.id, outcome.number, run.job_id, exc)
 
     def _finalize(self, run: _JobRun, result: SearchResult) -> None:

@@ -77,7 +77,8 @@ class Workload:
             raise WorkloadTypeError(f"model: expected torch.nn.Module, got {type(self.model).__name__}")
         if not isinstance(self.example_inputs, tuple):
             raise WorkloadTypeError(
-                f"example_inputs: expected a tuple of positional inputs, e.g. (x,), got {type(self.example_inputs).__name__}"
+                "example_inputs: expected a tuple of positional inputs, e.g. (x,), "
+                f"got {type(self.example_inputs).__name__}"
             )
         if not self.calibration_batches:
             raise WorkloadError("calibration_batches: at least one batch is needed")
