@@ -39,7 +39,7 @@ from bench.report import RESULTS_DIR, markdown_table, mean_std, write_report
 from search import CostObjective, SearchSpec, discover_layers, load_profile, load_workload, run_search, run_trial
 from search.cost import model_costs
 from search.pareto import hypervolume_2d, non_dominated
-from search.train import fp32_quality
+from search.train import DEFAULT_RECIPE, QatRecipe, fp32_quality
 from search.workloads.base import Workload
 
 RUNS_FILE = RESULTS_DIR / "fidelity_runs.json"
@@ -103,8 +103,21 @@ def run_search_summary(
     }
 
 
-def train(workload: Workload, assignment: Mapping[str, str], steps: int, seed: int) -> float:
-    return run_trial(workload, assignment, qat_steps=steps, seed=seed).quality
+def train(workload: Workload, assignment: Mapping[str, str], steps: int, seed: int, recipe: QatRecipe) -> float:
+    return run_trial(workload, assignment, qat_steps=steps, seed=seed, recipe=recipe).quality
+
+
+def parse_recipe(text: str) -> QatRecipe:
+    """``SCHEDULE[:LR_SCALE[:WARMUP_FRAC]]``, e.g. ``constant``, ``cosine:3``, ``cosine:3:0.1``."""
+    schedule, *rest = text.split(":")
+    numbers = [float(x) for x in rest]
+    return QatRecipe(schedule=schedule, lr_scale=numbers[0] if numbers else 1.0,  # type: ignore[arg-type]
+                     warmup_frac=numbers[1] if len(numbers) > 1 else 0.0)
+
+
+def recipe_key(recipe: QatRecipe) -> str:
+    """Cache key suffix; empty for the default recipe (runs cached before recipes existed)."""
+    return "" if recipe == DEFAULT_RECIPE else f"|{recipe.schedule}:{recipe.lr_scale:g}:{recipe.warmup_frac:g}"
 
 
 def kendall(a: Sequence[float], b: Sequence[float]) -> float:
@@ -181,10 +194,14 @@ def main() -> None:
     parser.add_argument("--near-front", type=int, default=2,
                         help="non-dominated layers of the search taken (1: front only)")
     parser.add_argument("--max-maps", type=int, default=14)
+    parser.add_argument("--short-recipes", nargs="+", default=["constant"],
+                        help="QAT recipes of the short runs, SCHEDULE[:LR_SCALE[:WARMUP_FRAC]] (the long runs use "
+                             "the workload's recipe: constant lr); the first one is plotted")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     if args.short_seeds < 2 or args.long_seeds < 3:
         parser.error("--short-seeds must be >= 2 and --long-seeds >= 3 (the long fidelity is the noisier one)")
+    recipes = [parse_recipe(r) for r in args.short_recipes]
     torch.set_num_threads(int(os.environ.get("MIXQ_TORCH_THREADS", "1")))
 
     options = json.loads(args.workload_options)
@@ -209,36 +226,42 @@ def main() -> None:
             maps[label(assignment)] = assignment
     maps = dict(list(maps.items())[: args.max_maps])
 
-    def quality(assignment: Mapping[str, str], steps: int, seed: int) -> float:
-        key = f"run|{setting}|{map_key(assignment)}|{steps}|{seed}"
+    def quality(assignment: Mapping[str, str], steps: int, seed: int, recipe: QatRecipe = DEFAULT_RECIPE) -> float:
+        key = f"run|{setting}|{map_key(assignment)}|{steps}|{seed}{recipe_key(recipe)}"
         if key not in runs:
             if args.report_only:
                 raise SystemExit(f"missing cached run {key}")
-            runs[key] = train(workload, assignment, steps, seed)
+            runs[key] = train(workload, assignment, steps, seed, recipe)
             RUNS_FILE.write_text(json.dumps(runs, indent=1))
-            print(f"{label(assignment):40s} steps={steps:5d} seed={seed}: {runs[key]:.4f}", flush=True)
+            print(f"{label(assignment):40s} steps={steps:5d} seed={seed} {recipe.name}: {runs[key]:.4f}", flush=True)
         return float(runs[key])
 
     profile = load_profile("generic")
     graph = discover_layers(workload.model, workload.example_inputs)
-    rows: list[dict[str, Any]] = []
-    for name, assignment in maps.items():
-        short = [quality(assignment, args.short_steps, s) for s in range(args.short_seeds)]
-        long = [quality(assignment, long_steps, s) for s in range(args.long_seeds)]
-        bitops = model_costs((CostObjective.BITOPS,), profile, graph, assignment)[str(CostObjective.BITOPS)]
-        s_mean, s_std = mean_std(short)
-        l_mean, l_std = mean_std(long)
-        rows.append({"label": name, "assignment": assignment, "bitops": bitops, "short": short, "long": long,
-                     "short_mean": s_mean, "short_std": s_std, "long_mean": l_mean, "long_std": l_std})
+    longs = {name: [quality(a, long_steps, s) for s in range(args.long_seeds)] for name, a in maps.items()}
+    costs = [model_costs((CostObjective.BITOPS,), profile, graph, a)[str(CostObjective.BITOPS)] for a in maps.values()]
+    long_means = [mean_std(v)[0] for v in longs.values()]
+    tau_long_seeds = seed_to_seed_tau([[v[s] for v in longs.values()] for s in range(args.long_seeds)])
 
-    short_means = [r["short_mean"] for r in rows]
-    long_means = [r["long_mean"] for r in rows]
-    costs = [r["bitops"] for r in rows]
-    tau = kendall(short_means, long_means)
-    rho = spearman(short_means, long_means)
-    tau_short_seeds = seed_to_seed_tau([[r["short"][s] for r in rows] for s in range(args.short_seeds)])
-    tau_long_seeds = seed_to_seed_tau([[r["long"][s] for r in rows] for s in range(args.long_seeds)])
-    agreement = front_agreement(short_means, long_means, costs, workload.higher_is_better)
+    per_recipe: list[dict[str, Any]] = []
+    for recipe in recipes:
+        shorts = {name: [quality(a, args.short_steps, s, recipe) for s in range(args.short_seeds)]
+                  for name, a in maps.items()}
+        short_means = [mean_std(v)[0] for v in shorts.values()]
+        per_recipe.append({
+            "recipe": recipe.name, "shorts": shorts,
+            "tau": kendall(short_means, long_means), "rho": spearman(short_means, long_means),
+            "tau_short_seeds": seed_to_seed_tau([[v[s] for v in shorts.values()] for s in range(args.short_seeds)]),
+            "front_agreement": front_agreement(short_means, long_means, costs, workload.higher_is_better),
+        })
+    first = per_recipe[0]
+    rows: list[dict[str, Any]] = []
+    for (name, assignment), cost in zip(maps.items(), costs, strict=True):
+        s_mean, s_std = mean_std(first["shorts"][name])
+        l_mean, l_std = mean_std(longs[name])
+        rows.append({"label": name, "assignment": assignment, "bitops": cost, "short": first["shorts"][name],
+                     "long": longs[name], "short_mean": s_mean, "short_std": s_std, "long_mean": l_mean,
+                     "long_std": l_std})
     fp32 = fp32_quality(workload)
 
     name = f"fidelity_{args.workload}"
@@ -246,31 +269,35 @@ def main() -> None:
     plot(rows, png, workload.metric, args.short_steps, long_steps)
     rel = max(costs)
     table = markdown_table(
-        ["map", "BitOPs (rel. all-int8)", f"{args.short_steps} steps ({args.short_seeds} seeds)",
+        ["map", "BitOPs (rel. all-int8)", f"{args.short_steps} steps, {first['recipe']} ({args.short_seeds} seeds)",
          f"{long_steps} steps ({args.long_seeds} seeds)"],
         [[r["label"], f"{r['bitops'] / rel:.3f}", f"{r['short_mean']:.3f} ± {r['short_std']:.3f}",
           f"{r['long_mean']:.3f} ± {r['long_std']:.3f}"] for r in rows],
     )
+    recipe_table = markdown_table(
+        ["short-run recipe", "Kendall tau vs long", "Spearman rho vs long", "seed-to-seed tau (short)",
+         "front agreement"],
+        [[r["recipe"], f"{r['tau']:.3f}", f"{r['rho']:.3f}", f"{r['tau_short_seeds']:.3f}",
+          f"{r['front_agreement']:.3f}"] for r in per_recipe],
+    )
     body = "\n".join([
         f"Workload `{args.workload}` (options {json.dumps(options)}), metric {workload.metric}, "
         f"fp32 {fp32:.3f}. {len(rows)} maps: the uniform baselines plus the search's front and next "
-        f"{args.near_front - 1} non-dominated layer(s) ({args.search_trials} trials at {args.short_steps} steps).",
+        f"{args.near_front - 1} non-dominated layer(s) ({args.search_trials} trials at {args.short_steps} steps). "
+        f"Short runs: {args.short_steps} QAT steps, {args.short_seeds} seeds; long runs: {long_steps} steps at the "
+        f"workload's constant lr, {args.long_seeds} seeds. Every short recipe costs the same compute.",
         "",
-        markdown_table(["measure", "value"], [
-            ["Kendall tau, short mean vs long mean", f"{tau:.3f}"],
-            ["Spearman rho, short mean vs long mean", f"{rho:.3f}"],
-            ["seed-to-seed tau, short (precision of the short run)", f"{tau_short_seeds:.3f}"],
-            ["seed-to-seed tau, long (the ceiling)", f"{tau_long_seeds:.3f}"],
-            ["front agreement (HV of short front at long / HV of long front)", f"{agreement:.3f}"],
-        ]),
+        f"Seed-to-seed Kendall tau of the long runs (the ceiling any short recipe can reach): {tau_long_seeds:.3f}",
+        "",
+        recipe_table,
         "",
         table,
         "",
         f"![short vs long]({png.name})",
     ])
     (RESULTS_DIR / f"{name}.json").write_text(json.dumps({
-        "tau": tau, "rho": rho, "tau_short_seeds": tau_short_seeds, "tau_long_seeds": tau_long_seeds,
-        "front_agreement": agreement, "short_steps": args.short_steps, "long_steps": long_steps, "rows": rows,
+        "tau_long_seeds": tau_long_seeds, "short_steps": args.short_steps, "long_steps": long_steps,
+        "recipes": [{k: v for k, v in r.items() if k != "shorts"} for r in per_recipe], "rows": rows,
     }, indent=1))
     write_report(name, f"Fidelity: {args.short_steps}-step vs {long_steps}-step QAT on {args.workload}", body)
 

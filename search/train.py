@@ -8,6 +8,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -28,6 +29,48 @@ class TrialRun:
     quality: float
     losses: list[float]
     duration_s: float
+
+
+@dataclass(frozen=True)
+class QatRecipe:
+    """How a trial's QAT trains (Adam on every trainable tensor).
+
+    The default is the recipe the search has always used: the workload's ``lr``, constant.  A short
+    run at a constant rate stops before training has recovered what int4 costs in some layers, so
+    its ranking of maps can differ from a long QAT's; ``bench/fidelity.py`` measures which recipe's
+    short run predicts the long one best."""
+
+    lr_scale: float = 1.0  # x the workload's lr
+    schedule: Literal["constant", "cosine"] = "constant"  # cosine: anneal to 0 over the run
+    warmup_frac: float = 0.0  # linear warm-up over this fraction of the steps (then the schedule)
+
+    def __post_init__(self) -> None:
+        if not self.lr_scale > 0:
+            raise ValueError(f"lr_scale: must be > 0, got {self.lr_scale}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule: 'constant' or 'cosine', got {self.schedule!r}")
+        if not 0.0 <= self.warmup_frac < 1.0:
+            raise ValueError(f"warmup_frac: must be in [0, 1), got {self.warmup_frac}")
+
+    @property
+    def name(self) -> str:
+        parts = [self.schedule, f"lr x{self.lr_scale:g}"]
+        if self.warmup_frac:
+            parts.append(f"warm-up {self.warmup_frac:.0%}")
+        return ", ".join(parts)
+
+    def lr_factor(self, step: int, steps: int) -> float:
+        """Multiplier of the base rate at ``step`` of ``steps`` (LambdaLR's contract)."""
+        warmup = int(self.warmup_frac * steps)
+        if step < warmup:
+            return (step + 1) / warmup
+        if self.schedule == "cosine":
+            progress = (step - warmup) / max(1, steps - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+
+DEFAULT_RECIPE = QatRecipe()
 
 
 def seed_everything(seed: int) -> None:
@@ -53,14 +96,20 @@ def train_steps(
     lr: float,
     device: torch.device | None = None,
     cosine_lr: bool = False,
+    recipe: QatRecipe | None = None,
     phase: str = "QAT",
 ) -> list[float]:
     """``steps`` Adam steps on ``batches`` (the pretraining of a workload, and QAT); returns the
-    losses and leaves the model in eval mode.  ``cosine_lr`` anneals the rate to 0 over ``steps``.
+    losses and leaves the model in eval mode.  ``cosine_lr`` anneals the rate to 0 over ``steps``;
+    a ``recipe`` scales and schedules ``lr`` instead.
     Raises :class:`NonFiniteLossError` on a NaN or infinite loss (``phase`` names the training in it)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cosine_lr else None
+    opt = torch.optim.Adam(params, lr=lr * (recipe.lr_scale if recipe else 1.0))
+    sched: torch.optim.lr_scheduler.LRScheduler | None = None
+    if recipe is not None and recipe != DEFAULT_RECIPE:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: recipe.lr_factor(step, steps))
+    elif cosine_lr:
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     losses: list[float] = []
     model.train()
     for step in range(steps):
@@ -82,10 +131,13 @@ def train_steps(
     return losses
 
 
-def qat_train(model: nn.Module, workload: Workload, steps: int, seed: int, device: torch.device) -> list[float]:
+def qat_train(
+    model: nn.Module, workload: Workload, steps: int, seed: int, device: torch.device,
+    recipe: QatRecipe = DEFAULT_RECIPE,
+) -> list[float]:
     """``steps`` QAT steps on the workload's stream; deterministic for a seed."""
     batches = workload.train_batches(torch.Generator().manual_seed(seed))
-    return train_steps(model, batches, workload.loss_fn, steps=steps, lr=workload.lr, device=device)
+    return train_steps(model, batches, workload.loss_fn, steps=steps, lr=workload.lr, device=device, recipe=recipe)
 
 
 def run_trial(
@@ -96,6 +148,7 @@ def run_trial(
     seed: int,
     range_method: RangeMethod | str = RangeMethod.MINMAX,
     device: str = "cpu",
+    recipe: QatRecipe = DEFAULT_RECIPE,
 ) -> TrialRun:
     """Train and score one precision map (fqn -> format) from the pretrained fp32 weights."""
     start = time.perf_counter()
@@ -106,7 +159,7 @@ def run_trial(
     example = tuple(t.to(dev) if isinstance(t, torch.Tensor) else t for t in workload.example_inputs)
     quantize_model(model, qmap, example, range_method=range_method)
     calibrate(model, [(x.to(dev), y) for x, y in workload.calibration_batches])
-    losses = qat_train(model, workload, qat_steps, seed, dev)
+    losses = qat_train(model, workload, qat_steps, seed, dev, recipe)
     quality = float(workload.evaluate(model))
     if quality != quality:
         raise NonFiniteLossError("metric: evaluation returned NaN")

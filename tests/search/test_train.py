@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from search.layers import discover_layers
 from search.qat import OUTPUT_QUANT_ATTR, FakeQuantConv2d, FakeQuantLinear
-from search.train import NonFiniteLossError, fp32_quality, resolve_device, run_trial
+from search.train import NonFiniteLossError, QatRecipe, fp32_quality, resolve_device, run_trial
 from tests.search.user_workload import make_workload
 
 ASSIGNMENT = {"conv": "int8", "fc": "int4"}
@@ -88,3 +88,35 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="device: 'cuda' asked for but CUDA is not available"):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize(
+    ("recipe", "steps", "factors"),
+    [
+        pytest.param(QatRecipe(), 4, [1.0, 1.0, 1.0, 1.0], id="constant"),
+        # 0.5 * (1 + cos(pi * step / 4))
+        pytest.param(QatRecipe(schedule="cosine"), 4, [1.0, 0.853553, 0.5, 0.146447], id="cosine"),
+        # 2 warm-up steps (1/2, 2/2), then cosine over the other 2
+        pytest.param(QatRecipe(schedule="cosine", warmup_frac=0.5), 4, [0.5, 1.0, 1.0, 0.5], id="warmup-cosine"),
+    ],
+)
+def test_recipe_lr_factor(recipe, steps, factors):
+    assert [recipe.lr_factor(step, steps) for step in range(steps)] == pytest.approx(factors, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"lr_scale": 0}, "lr_scale"), ({"schedule": "step"}, "schedule"), ({"warmup_frac": 1.0}, "warmup_frac")],
+)
+def test_bad_recipe_names_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        QatRecipe(**kwargs)
+
+
+def test_recipe_changes_training_and_default_is_the_old_behaviour(tiny):
+    plain = run_trial(tiny, ASSIGNMENT, qat_steps=6, seed=0)
+    default = run_trial(tiny, ASSIGNMENT, qat_steps=6, seed=0, recipe=QatRecipe())
+    cosine = run_trial(tiny, ASSIGNMENT, qat_steps=6, seed=0, recipe=QatRecipe(schedule="cosine", lr_scale=3))
+    assert default.losses == plain.losses
+    assert cosine.losses[0] == plain.losses[0]  # same data and start; the rate acts from the first update
+    assert cosine.losses[1:] != plain.losses[1:]
