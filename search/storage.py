@@ -72,9 +72,11 @@ def open_storage(
             return storage
         except Exception as exc:  # noqa: BLE001 - any driver error means "cannot open it"
             # two processes creating the schema of a fresh database at once: one loses the race on
-            # Optuna's version row; the next attempt finds the tables made
+            # Optuna's version row or on CREATE TABLE (SQLite: "already exists", PostgreSQL:
+            # DuplicateTable); the next attempt finds the tables made
             last_error = exc
-            if not any(s in f"{type(exc).__name__} {exc}" for s in ("IntegrityError", "UNIQUE", "duplicate", "locked")):
+            races = ("IntegrityError", "UNIQUE", "duplicate", "Duplicate", "already exists", "locked")
+            if not any(s in f"{type(exc).__name__} {exc}" for s in races):
                 break
             time.sleep(0.3 * (attempt + 1))
     raise StorageError(f"storage: cannot open {url!r}: {type(last_error).__name__}: {last_error}")

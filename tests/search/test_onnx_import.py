@@ -144,7 +144,7 @@ def test_search_qconfig_and_qdq_export_keep_the_onnx_layer_names(tmp_path: Path)
     spec = SearchSpec(workload="onnx-upload", n_trials=2, qat_steps=2, reevaluate_front=0, seed_with_sensitivity=False,
                       formats=("int4", "int8"), pin_first_last=None)
     result = run_search(spec, workload=workload)
-    assert [layer["fqn"] for layer in result.layers] == ["stem_conv", "head_fc"]
+    assert [layer.fqn for layer in result.layers] == ["stem_conv", "head_fc"]
     assignment = dict(result.front[0].assignment)
 
     model = load_onnx_model(data)

@@ -13,6 +13,7 @@ PUBLIC_API = [
     "pareto_front", "non_dominated", "objective_vector",
     # workloads and one trial
     "Workload", "BUILTIN_WORKLOADS", "load_workload", "check_workload_options", "run_trial",
+    "set_torch_threads",
     # target profiles
     "TargetProfile", "ProfileError", "builtin_profiles", "load_profile", "parse_profile_text",
     # formats and layers
