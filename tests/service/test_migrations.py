@@ -74,3 +74,28 @@ def test_cli_finds_migrations_from_any_directory(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert "mixq_jobs" in tables(url)
+
+
+# Run in a child process that SIGKILLs itself right after the migration created ``mixq_tokens`` (the
+# third of its tables): what a Ctrl-C'd container or an OOM kill leaves behind.
+_KILLED_UPGRADE = """
+import os, signal, sys
+from sqlalchemy import Engine, event
+from service.db import upgrade
+
+@event.listens_for(Engine, "after_cursor_execute")
+def _die(conn, cursor, statement, parameters, context, executemany):
+    if statement.lstrip().upper().startswith("CREATE TABLE MIXQ_TOKENS"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+upgrade(sys.argv[1])
+"""
+
+
+def test_upgrade_killed_midway_leaves_no_half_schema(empty_url: str, tmp_path: Path) -> None:
+    killed = subprocess.run([sys.executable, "-c", _KILLED_UPGRADE, empty_url], cwd=Path(__file__).parents[2],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert killed.returncode == -9, killed.stderr  # it really died mid-upgrade
+    assert not (tables(empty_url) & set(Base.metadata.tables))
+    upgrade(empty_url)  # the next start migrates from scratch
+    assert set(Base.metadata.tables) <= tables(empty_url)
