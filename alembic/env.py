@@ -4,7 +4,6 @@ collides with the ``alembic_version`` that Optuna's RDB storage keeps in the sam
 from __future__ import annotations
 
 from logging.config import fileConfig
-
 from typing import Any
 
 from sqlalchemy import Connection, Engine, engine_from_config, event, pool

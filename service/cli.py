@@ -24,7 +24,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType, ModuleType
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -47,6 +47,31 @@ def _settings(database_url: str | None) -> Settings:
     return settings
 
 
+def _exit_on_database_error(url: str, exc: Exception) -> NoReturn:
+    """One line naming the database (password masked) and the driver's reason, exit status 2: a
+    wrong URL or a stopped server is an operator's mistake, not a crash worth 465 lines."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown by its scheme only
+        shown = url.split(":", 1)[0] + ":..."
+    cause = getattr(exc, "orig", None) or exc
+    reason = " ".join(str(cause).split()) or type(cause).__name__
+    typer.echo(f"error: database {shown} unreachable: {reason}", err=True)
+    raise typer.Exit(2)
+
+
+@contextlib.contextmanager
+def _database_errors(url: str) -> Iterator[None]:
+    from sqlalchemy.exc import ArgumentError, DBAPIError
+
+    try:
+        yield
+    except (DBAPIError, ArgumentError) as exc:
+        _exit_on_database_error(url, exc)
+
+
 DatabaseUrl = Annotated[str | None, typer.Option("--database-url", help="overrides MIXQ_DATABASE_URL")]
 
 
@@ -55,7 +80,9 @@ def db_upgrade(revision: str = "head", database_url: DatabaseUrl = None) -> None
     """Apply migrations (creates everything on an empty database)."""
     from service.db import upgrade
 
-    upgrade(_settings(database_url).resolved_database_url, revision)
+    url = _settings(database_url).resolved_database_url
+    with _database_errors(url):
+        upgrade(url, revision)
     typer.echo(f"database at {revision}")
 
 
@@ -64,7 +91,9 @@ def db_downgrade(revision: str = "base", database_url: DatabaseUrl = None) -> No
     """Revert migrations (``base`` drops mixq's tables; Optuna's are left alone)."""
     from service.db import downgrade
 
-    downgrade(_settings(database_url).resolved_database_url, revision)
+    url = _settings(database_url).resolved_database_url
+    with _database_errors(url):
+        downgrade(url, revision)
     typer.echo(f"database at {revision}")
 
 
@@ -175,7 +204,8 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     url = settings.resolved_database_url
-    upgrade(url)
+    with _database_errors(url):
+        upgrade(url)
     env = {**os.environ, "MIXQ_DATABASE_URL": url, _PARENT_ENV: str(os.getpid())}
     procs = [
         subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env)
