@@ -101,21 +101,76 @@ def db_downgrade(revision: str = "base", database_url: DatabaseUrl = None) -> No
 def token_create(
     owner: Annotated[str, typer.Option(help="who the token acts as; jobs are visible to their owner only")],
     name: Annotated[str, typer.Option(help="a note, e.g. the machine or person")] = "",
+    expires_in: Annotated[str | None, typer.Option(help="lifetime: 90d, 12h, 30m or seconds; default: until revoked")] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create an API token; it is printed once and stored only as a hash."""
-    from service.auth import create_token
+    from service.auth import create_token, parse_duration
     from service.db import Database
 
-    db = Database(_settings(database_url).resolved_database_url)
     try:
-        with db.session() as session:
-            token = create_token(session, owner, name)
+        lifetime = parse_duration(expires_in) if expires_in is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--expires-in") from None
+    url = _settings(database_url).resolved_database_url
+    db = Database(url)
+    try:
+        with _database_errors(url), db.session() as session:
+            token = create_token(session, owner, name, lifetime)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     finally:
         db.dispose()
     typer.echo(token)
+
+
+@token_app.command("list")
+def token_list(
+    owner: Annotated[str | None, typer.Option(help="only this owner's tokens")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Tokens by id, owner, name, creation, expiry and state (never the secret: only its hash is kept)."""
+    from service import store
+    from service.db import Database
+    from service.models import utcnow
+
+    url = _settings(database_url).resolved_database_url
+    db = Database(url)
+    try:
+        with _database_errors(url), db.session() as session:
+            rows = store.list_tokens(session, owner)
+            now = utcnow()
+            typer.echo("id\towner\tname\tcreated_utc\texpires_utc\tstate")
+            for row in rows:
+                expired = row.expires_at is not None and row.expires_at <= now
+                state = "revoked" if row.revoked else "expired" if expired else "active"
+                expires = row.expires_at.isoformat(timespec="seconds") if row.expires_at else "never"
+                typer.echo(f"{row.id}\t{row.owner}\t{row.name}\t{row.created_at.isoformat(timespec='seconds')}"
+                           f"\t{expires}\t{state}")
+    finally:
+        db.dispose()
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[int, typer.Argument(help="the id `mixq token list` shows")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Revoke a token: requests with it get 401, and its open event streams end."""
+    from service import store
+    from service.db import Database
+
+    url = _settings(database_url).resolved_database_url
+    db = Database(url)
+    try:
+        with _database_errors(url), db.session() as session:
+            row = store.revoke_token(session, token_id)
+    finally:
+        db.dispose()
+    if row is None:
+        typer.echo(f"error: token_id: no token {token_id} (see `mixq token list`)", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"token {token_id} of {row.owner} revoked")
 
 
 _PARENT_ENV = "MIXQ_SERVE_PID"

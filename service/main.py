@@ -24,7 +24,7 @@ from service.metrics import Metrics
 from service.pareto_view import ParetoViews
 from service.routes import MULTIPART_OVERHEAD_BYTES, router
 from service.schemas import Health
-from service.security import HostPolicy, RequestGuard
+from service.security import HostPolicy, RequestGuard, keep_tokens_out_of_logs
 from service.settings import Settings
 
 log = logging.getLogger("mixq.api")
@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.state.settings = settings
     app.state.db = db
     app.state.pareto_views = ParetoViews()
+    keep_tokens_out_of_logs()
 
     def job_counts() -> dict[str, int]:
         with db.session() as session:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
+import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -40,6 +42,38 @@ SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
 }
+
+
+# A bearer token in a query string (EventSource cannot send headers: ``/v1/jobs/1/events?token=...``)
+# or anywhere else in a log line.  Access logs are read by more people than the API's owners.
+TOKEN_IN_QUERY_RE = re.compile(r"(?i)((?:^|[?&])token=)[^&\s\"]*")
+TOKEN_RE = re.compile(r"mixq_[A-Za-z0-9_-]{16,}")
+REDACTED = "[redacted]"
+
+
+def redact_tokens(text: str) -> str:
+    return TOKEN_RE.sub(REDACTED, TOKEN_IN_QUERY_RE.sub(r"\1" + REDACTED, text))
+
+
+class RedactTokens(logging.Filter):
+    """Blanks tokens in a record's message and arguments (uvicorn's access log passes the full path,
+    query string included, as an argument)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact_tokens(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_tokens(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def keep_tokens_out_of_logs(logger_names: Iterable[str] = ("uvicorn.access", "uvicorn.error")) -> None:
+    """Install :class:`RedactTokens` on uvicorn's loggers (once; uvicorn's own logging set-up keeps
+    filters that are already there)."""
+    for name in logger_names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
 
 
 def split_host_port(value: str) -> tuple[str, str]:
