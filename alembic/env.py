@@ -4,8 +4,9 @@ collides with the ``alembic_version`` that Optuna's RDB storage keeps in the sam
 from __future__ import annotations
 
 from logging.config import fileConfig
+from typing import Any
 
-from sqlalchemy import engine_from_config, pool
+from sqlalchemy import Connection, Engine, engine_from_config, event, pool
 
 from alembic import context
 from service.db import VERSION_TABLE
@@ -40,12 +41,30 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def _transactional_sqlite_ddl(engine: Engine) -> None:
+    """Make pysqlite run DDL inside the migration's transaction.  By default it commits before every
+    CREATE/ALTER, so a migration killed half-way left some tables behind and no version row, and every
+    later start failed with "table mixq_jobs already exists".  With the driver's own transaction
+    handling off and an explicit BEGIN, a killed upgrade leaves the database as it was.  IMMEDIATE
+    takes the write lock at once: two `mixq serve` starting together migrate one after the other."""
+
+    @event.listens_for(engine, "connect")
+    def _driver_autocommit(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def run_migrations_online() -> None:
     connectable = config.attributes.get("connection")
     if connectable is None:
         connectable = engine_from_config(
             config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.", poolclass=pool.NullPool
         )
+        if connectable.dialect.name == "sqlite":
+            _transactional_sqlite_ddl(connectable)
     with connectable.connect() as connection:
         context.configure(
             connection=connection,

@@ -6,27 +6,43 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
 from service import store
+from service.models import utcnow
 
 LOCAL_OWNER = "local"  # who every request is on loopback without auth
 TOKEN_PREFIX = "mixq_"
 OWNER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$")
+DURATION_RE = re.compile(r"^(?P<amount>\d{1,9})(?P<unit>[smhd]?)$")
+DURATION_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(session: Session, owner: str, name: str = "") -> str:
-    """A new token for ``owner``; the plaintext is returned once and never stored."""
+def create_token(session: Session, owner: str, name: str = "", expires_in: timedelta | None = None) -> str:
+    """A new token for ``owner``, valid for ``expires_in`` (``None``: until revoked); the plaintext is
+    returned once and never stored."""
     if not OWNER_RE.match(owner):
         raise ValueError(f"owner: {owner!r} must be 1-100 characters of letters, digits, '_', '.', '@', '-'")
+    if expires_in is not None and expires_in <= timedelta(0):
+        raise ValueError(f"expires_in: {expires_in} must be positive")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    store.add_token(session, owner, name[:100], hash_token(token))
+    expires_at = utcnow() + expires_in if expires_in is not None else None
+    store.add_token(session, owner, name[:100], hash_token(token), expires_at)
     return token
+
+
+def parse_duration(text: str) -> timedelta:
+    """``'90d'``, ``'12h'``, ``'30m'``, ``'45s'`` (or plain seconds) as a timedelta."""
+    match = DURATION_RE.match(text.strip())
+    if match is None or int(match["amount"]) == 0:
+        raise ValueError(f"expires_in: {text!r} is not a positive duration like 90d, 12h, 30m or 3600")
+    return timedelta(seconds=int(match["amount"]) * DURATION_UNIT_S[match["unit"] or "s"])
 
 
 def owner_of(session: Session, token: str) -> str | None:

@@ -24,7 +24,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType, ModuleType
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -47,6 +47,31 @@ def _settings(database_url: str | None) -> Settings:
     return settings
 
 
+def _exit_on_database_error(url: str, exc: Exception) -> NoReturn:
+    """One line naming the database (password masked) and the driver's reason, exit status 2: a
+    wrong URL or a stopped server is an operator's mistake, not a crash worth 465 lines."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown by its scheme only
+        shown = url.split(":", 1)[0] + ":..."
+    cause = getattr(exc, "orig", None) or exc
+    reason = " ".join(str(cause).split()) or type(cause).__name__
+    typer.echo(f"error: database {shown} unreachable: {reason}", err=True)
+    raise typer.Exit(2)
+
+
+@contextlib.contextmanager
+def _database_errors(url: str) -> Iterator[None]:
+    from sqlalchemy.exc import ArgumentError, DBAPIError
+
+    try:
+        yield
+    except (DBAPIError, ArgumentError) as exc:
+        _exit_on_database_error(url, exc)
+
+
 DatabaseUrl = Annotated[str | None, typer.Option("--database-url", help="overrides MIXQ_DATABASE_URL")]
 
 
@@ -55,7 +80,9 @@ def db_upgrade(revision: str = "head", database_url: DatabaseUrl = None) -> None
     """Apply migrations (creates everything on an empty database)."""
     from service.db import upgrade
 
-    upgrade(_settings(database_url).resolved_database_url, revision)
+    url = _settings(database_url).resolved_database_url
+    with _database_errors(url):
+        upgrade(url, revision)
     typer.echo(f"database at {revision}")
 
 
@@ -64,7 +91,9 @@ def db_downgrade(revision: str = "base", database_url: DatabaseUrl = None) -> No
     """Revert migrations (``base`` drops mixq's tables; Optuna's are left alone)."""
     from service.db import downgrade
 
-    downgrade(_settings(database_url).resolved_database_url, revision)
+    url = _settings(database_url).resolved_database_url
+    with _database_errors(url):
+        downgrade(url, revision)
     typer.echo(f"database at {revision}")
 
 
@@ -72,21 +101,76 @@ def db_downgrade(revision: str = "base", database_url: DatabaseUrl = None) -> No
 def token_create(
     owner: Annotated[str, typer.Option(help="who the token acts as; jobs are visible to their owner only")],
     name: Annotated[str, typer.Option(help="a note, e.g. the machine or person")] = "",
+    expires_in: Annotated[str | None, typer.Option(help="lifetime: 90d, 12h, 30m or seconds; default: until revoked")] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create an API token; it is printed once and stored only as a hash."""
-    from service.auth import create_token
+    from service.auth import create_token, parse_duration
     from service.db import Database
 
-    db = Database(_settings(database_url).resolved_database_url)
     try:
-        with db.session() as session:
-            token = create_token(session, owner, name)
+        lifetime = parse_duration(expires_in) if expires_in is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--expires-in") from None
+    url = _settings(database_url).resolved_database_url
+    db = Database(url)
+    try:
+        with _database_errors(url), db.session() as session:
+            token = create_token(session, owner, name, lifetime)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     finally:
         db.dispose()
     typer.echo(token)
+
+
+@token_app.command("list")
+def token_list(
+    owner: Annotated[str | None, typer.Option(help="only this owner's tokens")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Tokens by id, owner, name, creation, expiry and state (never the secret: only its hash is kept)."""
+    from service import store
+    from service.db import Database
+    from service.models import utcnow
+
+    url = _settings(database_url).resolved_database_url
+    db = Database(url)
+    try:
+        with _database_errors(url), db.session() as session:
+            rows = store.list_tokens(session, owner)
+            now = utcnow()
+            typer.echo("id\towner\tname\tcreated_utc\texpires_utc\tstate")
+            for row in rows:
+                expired = row.expires_at is not None and row.expires_at <= now
+                state = "revoked" if row.revoked else "expired" if expired else "active"
+                expires = row.expires_at.isoformat(timespec="seconds") if row.expires_at else "never"
+                typer.echo(f"{row.id}\t{row.owner}\t{row.name}\t{row.created_at.isoformat(timespec='seconds')}"
+                           f"\t{expires}\t{state}")
+    finally:
+        db.dispose()
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[int, typer.Argument(help="the id `mixq token list` shows")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Revoke a token: requests with it get 401, and its open event streams end."""
+    from service import store
+    from service.db import Database
+
+    url = _settings(database_url).resolved_database_url
+    db = Database(url)
+    try:
+        with _database_errors(url), db.session() as session:
+            row = store.revoke_token(session, token_id)
+    finally:
+        db.dispose()
+    if row is None:
+        typer.echo(f"error: token_id: no token {token_id} (see `mixq token list`)", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"token {token_id} of {row.owner} revoked")
 
 
 _PARENT_ENV = "MIXQ_SERVE_PID"
@@ -178,7 +262,8 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     url = settings.resolved_database_url
-    upgrade(url)
+    with _database_errors(url):
+        upgrade(url)
     env = {**os.environ, "MIXQ_DATABASE_URL": url, _PARENT_ENV: str(os.getpid()),
            "MIXQ_LOCAL_WORKERS": str(settings.local_workers)}
     procs = [

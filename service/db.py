@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +69,16 @@ class Database:
 
 
 def _migrations_dir() -> Path:
-    """``alembic/`` at the repository root (editable install or checkout), else a packaged copy."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "alembic", here / "migrations"):
-        if (candidate / "env.py").is_file():
-            return candidate
-    raise FileNotFoundError(f"migrations: no alembic/env.py next to {here}")
+    """The copy the wheel ships as ``service/migrations`` (``pip install .``, the Docker image), else
+    ``alembic/`` at the root of the checkout (editable install: it is the source of that copy).  The
+    packaged copy comes first: beside an installed package, ``../alembic`` is the alembic library."""
+    packaged = files("service").joinpath("migrations")
+    if packaged.joinpath("env.py").is_file():
+        return Path(str(packaged))  # a wheel installs into a folder; alembic reads its scripts from disk
+    checkout = Path(__file__).resolve().parent.parent / "alembic"
+    if (checkout / "env.py").is_file() and (checkout / "versions").is_dir():
+        return checkout
+    raise FileNotFoundError(f"migrations: neither service/migrations/env.py nor {checkout}/env.py exists")
 
 
 def alembic_config(url: str) -> Any:

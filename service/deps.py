@@ -49,6 +49,7 @@ def current_owner(
 
 
 def stream_owner(
+    request: Request,
     db: DbDep,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -57,8 +58,12 @@ def stream_owner(
     ] = None,
 ) -> str:
     """As :func:`current_owner`, but also takes ``?token=``: the browser's EventSource cannot set an
-    Authorization header.  The header wins when both are given."""
-    return _owner(db, settings, credentials.credentials if credentials else token)
+    Authorization header.  The header wins when both are given.  The token is kept on
+    ``request.state.stream_token``: a long stream re-checks it, so revoking it ends the stream."""
+    given = credentials.credentials if credentials else token
+    owner = _owner(db, settings, given)
+    request.state.stream_token = given
+    return owner
 
 
 OwnerDep = Annotated[str, Depends(current_owner)]

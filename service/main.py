@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import OperationalError
 from starlette.middleware.body_limit import RequestBodyLimitResponder
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from search import __version__
 from service import dashboard, store
 from service.db import Database
+from service.deps import current_owner
 from service.metrics import Metrics
 from service.pareto_view import ParetoViews
 from service.routes import MULTIPART_OVERHEAD_BYTES, router
 from service.schemas import Health
+from service.security import HostPolicy, RequestGuard, keep_tokens_out_of_logs
 from service.settings import Settings
 
 log = logging.getLogger("mixq.api")
@@ -42,7 +45,25 @@ class BodyLimitByPath:
             await self.app(scope, receive, send)
             return
         limit = self.limits.get(scope["path"].rstrip("/"), self.default)
-        await RequestBodyLimitResponder(self.app, limit)(scope, receive, send)
+        replacing_413 = False
+
+        async def send_json_413(message: Message) -> None:
+            # Starlette's limiter answers in plain text; every other error of this API is JSON
+            nonlocal replacing_413
+            if message["type"] == "http.response.start" and message["status"] == 413:
+                content_type = dict(message.get("headers", [])).get(b"content-type", b"")
+                if content_type.startswith(b"text/plain"):
+                    replacing_413 = True
+                    body = json.dumps({"detail": f"body: larger than the limit of {limit} bytes"}).encode()
+                    await send({"type": "http.response.start", "status": 413, "headers": [
+                        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                    await send({"type": "http.response.body", "body": body})
+                    return
+            if replacing_413:
+                return
+            await send(message)
+
+        await RequestBodyLimitResponder(self.app, limit)(scope, receive, send_json_413)
 
 
 def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
@@ -55,6 +76,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.state.settings = settings
     app.state.db = db
     app.state.pareto_views = ParetoViews()
+    keep_tokens_out_of_logs()
 
     def job_counts() -> dict[str, int]:
         with db.session() as session:
@@ -79,7 +101,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             return JSONResponse({"status": "database unreachable"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/metrics", tags=["health"], response_class=Response)
+    # behind the token when auth is on: request paths and job counts say what others are doing
+    @app.get("/metrics", tags=["health"], response_class=Response, dependencies=[Depends(current_owner)])
     async def prometheus_metrics() -> Response:
         body = await run_in_threadpool(generate_latest, metrics.registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
@@ -112,4 +135,6 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         "/v1/profiles": settings.max_profile_bytes + MULTIPART_OVERHEAD_BYTES,
     }
     app.add_middleware(BodyLimitByPath, limits=upload_limits, default=settings.max_json_bytes)
+    # outermost: a request for a host we don't serve, or a cross-site write, touches nothing else
+    app.add_middleware(RequestGuard, hosts=HostPolicy(settings.allowed_hosts, settings.host))
     return app

@@ -20,7 +20,7 @@ from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from search import BUILTIN_WORKLOADS, CostObjective, ProfileError, SamplerName, builtin_profiles, parse_profile_text
 from search.formats import summarize_assignment
-from service import store
+from service import auth, store
 from service.db import Database
 from service.deps import DbDep, OwnerDep, SettingsDep, StreamOwnerDep
 from service.models import TERMINAL, Base, Job, JobStatus, Trial, UploadKind, utcnow
@@ -289,10 +289,18 @@ async def job_events(
     first, _ = await run_in_threadpool(snapshot, 2**62)
     if first is None:
         raise _not_found(f"job {job_id}")
+    token: str | None = request.state.stream_token
+
+    def token_revoked() -> bool:
+        with db.session() as session:
+            return auth.owner_of(session, token) is None if token is not None else False
 
     async def stream() -> AsyncIterator[bytes]:
         after_id, last = 0, ""
         while True:
+            if await run_in_threadpool(token_revoked):
+                yield _sse("error", json.dumps({"detail": "Authorization: the token was revoked or has expired"}))
+                return
             job, trials = await run_in_threadpool(snapshot, after_id)
             if job is None:
                 yield _sse("done", json.dumps({"id": job_id, "status": "deleted"}))

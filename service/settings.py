@@ -24,6 +24,11 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     local_workers: int = Field(default=1, ge=0, le=64, description="worker processes started by `mixq serve`")
     auth_required: bool = Field(default=False, description="every request needs a Bearer token")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="host names served besides loopback names and the bind address (the Host header is checked "
+        "against them: DNS rebinding); '.example.org' serves its subdomains, '*' any host; comma-separated or JSON",
+    )
 
     max_model_bytes: int = Field(default=64 * MIB, gt=0)
     max_dataset_bytes: int = Field(default=64 * MIB, gt=0)
@@ -42,9 +47,9 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(default=1.0, gt=0, description="idle worker: seconds between looks for work")
     events_poll_s: float = Field(default=0.5, gt=0, description="SSE: seconds between looks at the job")
 
-    @field_validator("allowed_workloads", mode="before")
+    @field_validator("allowed_workloads", "allowed_hosts", mode="before")
     @classmethod
-    def _split_workloads(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             text = value.strip()
             return json.loads(text) if text.startswith("[") else [p.strip() for p in text.split(",") if p.strip()]

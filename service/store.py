@@ -31,17 +31,37 @@ from service.models import (
 # ---------------------------------------------------------------------------------------------
 
 
-def add_token(session: Session, owner: str, name: str, token_sha256: str) -> ApiToken:
-    row = ApiToken(owner=owner, name=name, token_sha256=token_sha256)
+def add_token(
+    session: Session, owner: str, name: str, token_sha256: str, expires_at: datetime | None = None
+) -> ApiToken:
+    row = ApiToken(owner=owner, name=name, token_sha256=token_sha256, expires_at=expires_at)
     session.add(row)
     session.flush()
     return row
 
 
 def owner_of_token(session: Session, token_sha256: str) -> str | None:
+    """The owner of a token that is neither revoked nor expired."""
     return session.scalar(
-        select(ApiToken.owner).where(ApiToken.token_sha256 == token_sha256, ApiToken.revoked.is_(False))
+        select(ApiToken.owner).where(
+            ApiToken.token_sha256 == token_sha256, ApiToken.revoked.is_(False),
+            (ApiToken.expires_at.is_(None)) | (ApiToken.expires_at > utcnow()),
+        )
     )
+
+
+def list_tokens(session: Session, owner: str | None = None) -> Sequence[ApiToken]:
+    query = select(ApiToken).order_by(ApiToken.id)
+    if owner is not None:
+        query = query.where(ApiToken.owner == owner)
+    return session.scalars(query).all()
+
+
+def revoke_token(session: Session, token_id: int) -> ApiToken | None:
+    row = session.get(ApiToken, token_id)
+    if row is not None:
+        row.revoked = True
+    return row
 
 
 # ---------------------------------------------------------------------------------------------

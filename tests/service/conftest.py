@@ -21,6 +21,9 @@ from service.db import Database, upgrade
 from service.main import create_app
 from service.settings import Settings
 
+# Starlette's TestClient sends ``Host: testserver``; the server serves only the hosts it is told to
+os.environ.setdefault("MIXQ_ALLOWED_HOSTS", "testserver")
+
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 

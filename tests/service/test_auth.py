@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import socket
+import threading
+import time
 from collections.abc import Iterator
+from typing import Any
 
+import httpx
 import pytest
+import uvicorn
 from conftest import FAST_JOB
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from service import store
 from service.auth import create_token, hash_token
 from service.cli import app as cli_app
 from service.db import Database
@@ -89,3 +97,95 @@ def test_serve_refuses_non_loopback_without_auth(tmp_path) -> None:  # type: ign
         cli_app, ["serve", "--host", "0.0.0.0", "--database-url", f"sqlite:///{tmp_path}/x.db"]
     )
     assert result.exit_code == 2 and "refusing to serve" in result.output
+
+
+def cli(*args: str) -> Any:
+    return CliRunner().invoke(cli_app, list(args))
+
+
+def test_token_list_revoke_and_expiry_cli(secured: TestClient, settings: Settings) -> None:
+    url = ["--database-url", settings.resolved_database_url]
+    keep = cli("token", "create", "--owner", "dave", "--name", "laptop", *url).output.strip()
+    short = cli("token", "create", "--owner", "erin", "--expires-in", "2s", *url).output.strip()
+    assert secured.get("/v1/jobs", headers=bearer(keep)).status_code == 200
+    assert secured.get("/v1/jobs", headers=bearer(short)).status_code == 200
+    listed = cli("token", "list", *url)
+    assert listed.exit_code == 0, listed.output
+    rows = [line.split("\t") for line in listed.output.strip().splitlines()[1:]]
+    assert [(r[1], r[2], r[5]) for r in rows] == [("dave", "laptop", "active"), ("erin", "", "active")]
+    assert rows[0][4] == "never" and rows[1][4] != "never"
+    assert keep not in listed.output and short not in listed.output  # only hashes are kept
+    revoked = cli("token", "revoke", rows[0][0], *url)
+    assert revoked.exit_code == 0 and "revoked" in revoked.output
+    assert secured.get("/v1/jobs", headers=bearer(keep)).status_code == 401
+    time.sleep(2.5)
+    assert secured.get("/v1/jobs", headers=bearer(short)).status_code == 401
+    states = [line.split("\t")[5] for line in cli("token", "list", *url).output.strip().splitlines()[1:]]
+    assert states == ["revoked", "expired"]
+    missing = cli("token", "revoke", "9999", *url)
+    assert missing.exit_code == 2 and "token_id" in missing.output
+    bad = cli("token", "create", "--owner", "x", "--expires-in", "soon", *url)
+    assert bad.exit_code != 0 and "--expires-in" in bad.output
+
+
+def test_metrics_need_a_token_when_auth_is_on(secured: TestClient, client: TestClient, db: Database) -> None:
+    with db.session() as session:
+        token = create_token(session, "alice")
+    assert secured.get("/metrics").status_code == 401
+    assert secured.get("/metrics", headers=bearer(token)).status_code == 200
+    assert client.get("/metrics").status_code == 200  # loopback without auth
+
+
+@pytest.fixture
+def live_secured(settings: Settings, db: Database) -> Iterator[str]:
+    """The app under real uvicorn (access log on) in a thread, auth required: the base URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app = create_app(settings.model_copy(update={"auth_required": True}), db)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="info"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_revoking_a_token_ends_its_event_stream_and_tokens_stay_out_of_the_access_log(
+    live_secured: str, db: Database
+) -> None:
+    records = _Records()
+    logging.getLogger("uvicorn.access").addHandler(records)
+    try:
+        with db.session() as session:
+            token = create_token(session, "alice")
+        job_id = httpx.post(live_secured + "/v1/jobs", json=FAST_JOB, headers=bearer(token)).json()["id"]
+        events: list[str] = []
+        with httpx.stream("GET", f"{live_secured}/v1/jobs/{job_id}/events", params={"token": token},
+                          timeout=httpx.Timeout(10, read=15)) as stream:
+            for line in stream.iter_lines():
+                events.append(line)
+                if line.startswith("event: progress"):
+                    with db.session() as session:
+                        (row,) = store.list_tokens(session, "alice")
+                        store.revoke_token(session, row.id)
+        assert "event: error" in events and "revoked" in "".join(events)
+        assert httpx.get(f"{live_secured}/v1/jobs/{job_id}/events", params={"token": token}).status_code == 401
+    finally:
+        logging.getLogger("uvicorn.access").removeHandler(records)
+    access = [line for line in records.lines if "/events" in line]
+    assert len(access) == 2 and all("token=[redacted]" in line for line in access), access
+    assert not any(token in line for line in records.lines)

@@ -69,8 +69,56 @@ def test_migrations_match_the_models(empty_url: str) -> None:
 
 def test_cli_finds_migrations_from_any_directory(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
-    env = {**os.environ, "MIXQ_DATABASE_URL": url}
+    env = {**os.environ, "MIXQ_DATABASE_URL": url, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     done = subprocess.run([sys.executable, "-m", "service.cli", "db", "upgrade"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert "mixq_jobs" in tables(url)
+
+
+# Run in a child process that SIGKILLs itself right after the migration created ``mixq_tokens`` (the
+# third of its tables): what a Ctrl-C'd container or an OOM kill leaves behind.
+_KILLED_UPGRADE = """
+import os, signal, sys
+from sqlalchemy import Engine, event
+from service.db import upgrade
+
+@event.listens_for(Engine, "after_cursor_execute")
+def _die(conn, cursor, statement, parameters, context, executemany):
+    if statement.lstrip().upper().startswith("CREATE TABLE MIXQ_TOKENS"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+upgrade(sys.argv[1])
+"""
+
+
+def test_upgrade_killed_midway_leaves_no_half_schema(empty_url: str, tmp_path: Path) -> None:
+    killed = subprocess.run([sys.executable, "-c", _KILLED_UPGRADE, empty_url], cwd=Path(__file__).parents[2],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert killed.returncode == -9, killed.stderr  # it really died mid-upgrade
+    assert not (tables(empty_url) & set(Base.metadata.tables))
+    upgrade(empty_url)  # the next start migrates from scratch
+    assert set(Base.metadata.tables) <= tables(empty_url)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+UNREACHABLE = [
+    pytest.param(["serve", "--workers", "0"], "postgresql+psycopg://mixq:s3cret-pw@127.0.0.1:1/mixq", id="serve-postgres"),
+    pytest.param(["serve", "--workers", "0"], "sqlite:///{tmp}/a-file/mixq.db", id="serve-sqlite"),
+    pytest.param(["db", "upgrade"], "postgresql+psycopg://mixq:s3cret-pw@127.0.0.1:1/mixq", id="db-upgrade-postgres"),
+]
+
+
+@pytest.mark.parametrize(("command", "url"), UNREACHABLE)
+def test_unreachable_database_is_one_line_and_exit_2(tmp_path: Path, command: list[str], url: str) -> None:
+    (tmp_path / "a-file").write_text("a file where the database's folder should be")
+    url = url.format(tmp=tmp_path)
+    # this checkout's code, from a directory outside it
+    env = {**os.environ, "MIXQ_DATABASE_URL": url, "MIXQ_PORT": "1", "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([sys.executable, "-m", "service.cli", *command], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: database "), done.stderr
+    assert "s3cret-pw" not in done.stderr + done.stdout
+    assert ("mixq:***@127.0.0.1:1" in lines[0] and "Connection refused" in lines[0]) or "mixq.db" in lines[0]

@@ -344,14 +344,14 @@ def raw_request(addr: tuple[str, int], head: str, body: bytes = b"", close_early
 
 
 def test_oversized_upload_is_413_before_the_body_is_read(live_server: tuple[str, int]) -> None:
-    head = ("POST /v1/models HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    head = ("POST /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
             f"Content-Length: {500 * 1024 * 1024}\r\n\r\n")
     answer = raw_request(live_server, head)  # not one byte of the 500 MB body is sent
     assert answer.startswith(b"HTTP/1.1 413")
 
 
 def test_oversized_chunked_upload_is_413(live_server: tuple[str, int]) -> None:
-    head = ("POST /v1/datasets HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    head = ("POST /v1/datasets HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
             "Transfer-Encoding: chunked\r\n\r\n")
     chunk = b'--b\r\nContent-Disposition: form-data; name="file"; filename="d.npz"\r\n\r\n' + b"x" * 200_000
     answer = raw_request(live_server, head, f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
@@ -359,9 +359,9 @@ def test_oversized_chunked_upload_is_413(live_server: tuple[str, int]) -> None:
 
 
 def test_truncated_upload_body_leaves_the_server_healthy(live_server: tuple[str, int]) -> None:
-    head = ("POST /v1/models HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    head = ("POST /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
             "Content-Length: 40000\r\n\r\n")
     raw_request(live_server, head, b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"m.pt2\"\r\n\r\nPK",
                 close_early=True)
-    answer = raw_request(live_server, "GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    answer = raw_request(live_server, "GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 200")
