@@ -101,7 +101,9 @@ def db_downgrade(revision: str = "base", database_url: DatabaseUrl = None) -> No
 def token_create(
     owner: Annotated[str, typer.Option(help="who the token acts as; jobs are visible to their owner only")],
     name: Annotated[str, typer.Option(help="a note, e.g. the machine or person")] = "",
-    expires_in: Annotated[str | None, typer.Option(help="lifetime: 90d, 12h, 30m or seconds; default: until revoked")] = None,
+    expires_in: Annotated[
+        str | None, typer.Option(help="lifetime: 90d, 12h, 30m or seconds; default: until revoked")
+    ] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create an API token; it is printed once and stored only as a hash."""
