@@ -30,7 +30,7 @@ class JobCreate(SearchRequest):
     (422 naming the field).  Stored as its JSON in ``Job.spec`` and read back with :func:`job_spec`."""
 
     priority: int = Field(default=0, ge=-1000, le=1000)
-    model: str | None = Field(default=None, pattern=NAME_PATTERN, description="name of an uploaded .pt2")
+    model: str | None = Field(default=None, pattern=NAME_PATTERN, description="name of an uploaded ONNX model")
     dataset: str | None = Field(default=None, pattern=NAME_PATTERN, description="name of an uploaded .npz")
 
     @model_validator(mode="after")
