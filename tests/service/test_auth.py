@@ -172,7 +172,7 @@ def test_revoking_a_token_ends_its_event_stream_and_tokens_stay_out_of_the_acces
     try:
         with db.session() as session:
             token = create_token(session, "alice")
-        job_id = httpx.post(live_secured + "/v1/jobs", json=FAST_JOB, headers=bearer(token)).json()["id"]
+        job_id = httpx.post(live_secured + "/v1/jobs", json=FAST_JOB, headers=bearer(token), timeout=30).json()["id"]
         events: list[str] = []
         with httpx.stream("GET", f"{live_secured}/v1/jobs/{job_id}/events", params={"token": token},
                           timeout=httpx.Timeout(10, read=15)) as stream:

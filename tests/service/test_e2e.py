@@ -50,7 +50,7 @@ def test_serve_restarted_mid_job_finishes_it(tmp_path: Path, processes: list[sub
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     processes.append(serve := start_serve(url, port, tmp_path))
-    job_id = httpx.post(f"{base}/v1/jobs", json=REAL_JOB).json()["id"]
+    job_id = httpx.post(f"{base}/v1/jobs", json=REAL_JOB, timeout=30).json()["id"]
     db = Database(url)
     wait_for(lambda: trial_count(db, job_id) >= 3, timeout_s=120, what="three real trials")
     serve.send_signal(signal.SIGTERM)  # API stops; its worker finishes the trial in hand and exits
