@@ -21,7 +21,7 @@ from importlib import metadata as _metadata
 
 from search.formats import LayerFormat, parse_format
 from search.layers import LayerInfo, LayerKind, discover_layers
-from search.pareto import non_dominated, objective_vector, pareto_front
+from search.pareto import non_dominated, objective_vector, pareto_front, pareto_numbers
 from search.profiles import ProfileError, TargetProfile, builtin_profiles, load_profile, parse_profile_text
 from search.qconfig import QConfigError, QConfigFile, apply_qconfig, load_qconfig, save_qconfig
 from search.runner import run_search
@@ -74,6 +74,7 @@ __all__ = [
     "non_dominated",
     "objective_vector",
     "pareto_front",
+    "pareto_numbers",
     "parse_format",
     "parse_profile_text",
     "run_search",

@@ -53,6 +53,13 @@ def non_dominated(vectors: Sequence[Vector], *, keep_duplicates: bool = True) ->
     return sorted(front)
 
 
+def pareto_numbers(points: Sequence[tuple[int, Vector]]) -> set[int]:
+    """Trial numbers of the non-dominated ``(number, vector)`` points; of identical vectors, the
+    lowest number (the service's live front over its stored trials)."""
+    ordered = sorted(points, key=lambda p: p[0])
+    return {ordered[i][0] for i in non_dominated([v for _, v in ordered], keep_duplicates=False)}
+
+
 def hypervolume_2d(points: Sequence[Vector], reference: Vector) -> float:
     """Area dominated by ``points`` (both coordinates minimised) and bounded by ``reference``: a
     staircase sweep in x, adding the strip each point lowers.  Points beyond the reference add nothing.

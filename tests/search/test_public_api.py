@@ -10,7 +10,7 @@ PUBLIC_API = [
     "SearchSpec", "Pin", "CostObjective", "SamplerName", "run_search", "SearchProgress", "SearchResult",
     "SearchLayer", "TrialOutcome", "SearchError", "StorageError",
     # Pareto fronts
-    "pareto_front", "non_dominated", "objective_vector",
+    "pareto_front", "pareto_numbers", "non_dominated", "objective_vector",
     # workloads and one trial
     "Workload", "BUILTIN_WORKLOADS", "load_workload", "check_workload_options", "run_trial",
     "set_torch_threads",

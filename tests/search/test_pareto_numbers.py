@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from service.front import objective_vector, pareto_numbers
+from search import objective_vector, pareto_numbers
 
 
 def brute_force(points: list[tuple[int, tuple[float, ...]]]) -> set[int]:
