@@ -197,6 +197,10 @@ def main() -> None:
     parser.add_argument("--short-recipes", nargs="+", default=["constant"],
                         help="QAT recipes of the short runs, SCHEDULE[:LR_SCALE[:WARMUP_FRAC]] (the long runs use "
                              "the workload's recipe: constant lr); the first one is plotted")
+    parser.add_argument("--runs-file", type=Path, default=RUNS_FILE,
+                        help="cache of trained runs (JSON); several processes may each fill their own, then --merge")
+    parser.add_argument("--merge", type=Path, nargs="*", default=[], help="runs files to merge into --runs-file first")
+    parser.add_argument("--reverse", action="store_true", help="train the maps in reverse order (a second process)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     if args.short_seeds < 2 or args.long_seeds < 3:
@@ -210,7 +214,11 @@ def main() -> None:
     setting = f"{args.workload}:{json.dumps(options, sort_keys=True)}"
     long_steps = args.short_steps * args.long_factor
 
-    runs: dict[str, Any] = json.loads(RUNS_FILE.read_text()) if RUNS_FILE.exists() else {}
+    runs_file: Path = args.runs_file
+    runs: dict[str, Any] = json.loads(runs_file.read_text()) if runs_file.exists() else {}
+    for other in args.merge:
+        runs.update(json.loads(other.read_text()))
+    runs_file.write_text(json.dumps(runs, indent=1))
     maps_key = f"maps|{setting}|{args.short_steps}|{args.search_trials}"
     if maps_key not in runs:
         if args.report_only:
@@ -219,7 +227,7 @@ def main() -> None:
             args.workload, options, args.search_trials, args.short_steps, seed=0)
         found = search_maps(summary, args.near_front)
         runs[maps_key] = {"search": found}
-        RUNS_FILE.write_text(json.dumps(runs, indent=1))
+        runs_file.write_text(json.dumps(runs, indent=1))
     maps: dict[str, dict[str, str]] = dict(uniform_baselines(fqns))
     for assignment in runs[maps_key]["search"]:
         if map_key(assignment) not in {map_key(m) for m in maps.values()}:
@@ -232,12 +240,19 @@ def main() -> None:
             if args.report_only:
                 raise SystemExit(f"missing cached run {key}")
             runs[key] = train(workload, assignment, steps, seed, recipe)
-            RUNS_FILE.write_text(json.dumps(runs, indent=1))
+            runs_file.write_text(json.dumps(runs, indent=1))
             print(f"{label(assignment):40s} steps={steps:5d} seed={seed} {recipe.name}: {runs[key]:.4f}", flush=True)
         return float(runs[key])
 
     profile = load_profile("generic")
     graph = discover_layers(workload.model, workload.example_inputs)
+    order = list(maps.items())[::-1] if args.reverse else list(maps.items())
+    for _, a in order:  # train map by map (short, then long), so an interrupted run leaves whole maps
+        for recipe in recipes:
+            for s in range(args.short_seeds):
+                quality(a, args.short_steps, s, recipe)
+        for s in range(args.long_seeds):
+            quality(a, long_steps, s)
     longs = {name: [quality(a, long_steps, s) for s in range(args.long_seeds)] for name, a in maps.items()}
     costs = [model_costs((CostObjective.BITOPS,), profile, graph, a)[str(CostObjective.BITOPS)] for a in maps.values()]
     long_means = [mean_std(v)[0] for v in longs.values()]
