@@ -312,7 +312,9 @@ class _Search:
         hard_cap = 4 * limit + 10  # repeats and failures cannot loop forever
         if len(seen) >= self.setup.space.size:
             return ("wait",) if running else ("done", "every map in the space was tried")
-        if done >= limit or len(ledger.trials) >= hard_cap:
+        if len(ledger.trials) >= hard_cap:
+            return ("done", "too many repeated or failed trials")
+        if done >= limit:
             return ("wait",) if running and spec.budget_qat_steps is not None else ("done", "budget")
         if spec.budget_qat_steps is None:
             return ("trial",) if done + running < limit else ("wait",)
