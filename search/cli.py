@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -164,6 +165,9 @@ def write_outputs(result: SearchResult, out_dir: Path) -> dict[str, Path]:
         "layers": [layer.as_dict() for layer in result.layers], "pinned": result.pinned,
         "front": [_outcome_json(o) for o in result.front],
         "trials": [_outcome_json(o) for o in result.trials],
+        "qat_steps_used": result.qat_steps_used, "stop_reason": result.stop_reason,
+        "merged_within_noise": result.merged_within_noise,
+        "fidelity": None if result.fidelity is None else dataclasses.asdict(result.fidelity),
     }
     paths["summary"] = out_dir / "summary.json"
     paths["summary"].write_text(_strict_json(summary))
@@ -174,7 +178,8 @@ def _outcome_json(o: TrialOutcome) -> dict[str, Any]:
     return {
         "number": o.number, "assignment": dict(o.assignment), "quality": o.quality, "quality_std": o.quality_std,
         "n_evaluations": o.n_evaluations, "costs": dict(o.costs), "feasible": o.feasible, "source": o.source,
-        "cached": o.cached, "duration_s": o.duration_s,
+        "cached": o.cached, "duration_s": o.duration_s, "rung": o.rung, "qat_steps": o.qat_steps,
+        "short_quality": o.short_quality,
     }
 
 
@@ -193,6 +198,22 @@ def print_front(result: SearchResult) -> None:
             " ".join(p.assignment.values()) + ("" if p.feasible else "  [infeasible]"),
         )
     console.print(table)
+    check = result.fidelity
+    if check is not None:
+        tau = "n/a (fewer than 2 front points reached a longer rung)" if check.kendall_tau is None \
+            else f"{check.kendall_tau:.2f}"
+        console.print(f"fidelity check: {len(check.points)} front point(s) at {check.short_qat_steps} vs "
+                      f"{', '.join(sorted({str(fp.long_qat_steps) for fp in check.points})) or '-'} QAT steps; "
+                      f"Kendall tau {tau}")
+        for fp in check.points:
+            console.print(f"  trial {fp.number}: {fp.short_quality:.4f} -> {fp.long_quality:.4f}")
+        if check.warning:
+            console.print(f"[yellow]warning:[/] {check.warning}")
+    if result.merged_within_noise:
+        console.print(f"left off the front (gain over a cheaper point within noise): trials "
+                      f"{', '.join(map(str, result.merged_within_noise))}")
+    console.print(f"QAT steps used: {result.qat_steps_used}" + (f"; stopped: {result.stop_reason}"
+                                                              if result.stop_reason else ""))
 
 
 def search_command(

@@ -58,13 +58,56 @@ class SearchSetup:
         return (fp32 - quality) if self.workload.higher_is_better else (quality - fp32)
 
 
-def outcome_of(trial: FrozenTrial, setup: SearchSetup, reevals: Sequence[float] = ()) -> TrialOutcome:
-    """A completed trial as the search reports it; ``reevals`` are the qualities of extra seeds."""
+@dataclass(frozen=True)
+class RungResult:
+    """A trial's map trained again, longer, after promotion to a higher fidelity rung."""
+
+    rung: int
+    quality: float
+    qat_steps: int
+    qconfig: str | None  # the qconfig JSON of that run (None with a benchmark evaluator)
+
+
+@dataclass(frozen=True)
+class Scored:
+    quality: float
+    qconfig: str | None
+    duration_s: float
+
+
+def score_assignment(
+    setup: SearchSetup, fp32: float, assignment: Mapping[str, str], *, qat_steps: int, seed: int, trial_number: int,
+) -> Scored:
+    """Train ``assignment`` (every layer) for ``qat_steps`` and score it, or ask the evaluator;
+    with a trained model, build its qconfig JSON and save its weights where the spec asks."""
+    spec = setup.spec
+    if setup.evaluator is not None:
+        return Scored(float(setup.evaluator(assignment, seed)), None, 0.0)
+    formats = as_formats(assignment)  # parsed once; the engine takes the format type
+    costs = model_costs(spec.cost_objectives, setup.profile, setup.graph, formats)
+    run = run_trial(setup.workload, formats, qat_steps=qat_steps, seed=seed, device=spec.device)
+    qconfig = build_qconfig(
+        run.model, setup.graph, formats, pinned=setup.space.pin_reasons, profile=setup.profile.name,
+        quality=QualityReport(metric=setup.workload.metric, value=run.quality, fp32_value=fp32,
+                              higher_is_better=setup.workload.higher_is_better),
+        costs=costs, workload=spec.workload, study_name=spec.study_name, trial_number=trial_number,
+    )
+    if spec.weights_dir is not None:  # a promoted map's longer run replaces its first-rung weights
+        save_state_dict(run.model, Path(spec.weights_dir) / f"trial-{trial_number}.pt")
+    return Scored(run.quality, qconfig.model_dump_json(), run.duration_s)
+
+
+def outcome_of(
+    trial: FrozenTrial, setup: SearchSetup, reevals: Sequence[float] = (), top: RungResult | None = None,
+) -> TrialOutcome:
+    """A completed trial as the search reports it: at ``top``, its highest rung above the first,
+    when it was promoted; ``reevals`` are the qualities of extra seeds at that rung."""
     assert trial.values is not None
-    qualities = [trial.values[0], *reevals]
+    first = trial.values[0]
+    qualities = [first if top is None else top.quality, *reevals]
     costs = {str(o): float(v) for o, v in zip(setup.spec.cost_objectives, trial.values[1:], strict=True)}
     feasible = all(c <= 0.0 for c in trial.constraints.values())
-    qconfig = trial.user_attrs.get("qconfig")
+    qconfig = trial.user_attrs.get("qconfig") if top is None or top.qconfig is None else top.qconfig
     return TrialOutcome(
         number=trial.number,
         assignment=setup.full_assignment({k: str(v) for k, v in trial.params.items()}),
@@ -77,6 +120,9 @@ def outcome_of(trial: FrozenTrial, setup: SearchSetup, reevals: Sequence[float] 
         source=str(trial.user_attrs.get("source", "sampler")),
         cached=bool(trial.user_attrs.get("cached", False)),
         qconfig=json.loads(qconfig) if isinstance(qconfig, str) else None,
+        rung=0 if top is None else top.rung,
+        qat_steps=setup.spec.qat_steps if top is None else top.qat_steps,
+        short_quality=None if top is None else first,
     )
 
 
@@ -103,8 +149,7 @@ class Objective:
         setup, spec = self.setup, self.setup.spec
         free = {fqn: trial.suggest_categorical(fqn, list(options)) for fqn, options in setup.space.choices.items()}
         assignment = setup.full_assignment(free)
-        formats = as_formats(assignment)  # parsed once; the engine takes the format type
-        costs = model_costs(spec.cost_objectives, setup.profile, setup.graph, formats)
+        costs = model_costs(spec.cost_objectives, setup.profile, setup.graph, as_formats(assignment))
         trial.set_user_attr("source", trial.user_attrs.get("source", "sampler"))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         previous = self._claim(trial, free)
@@ -116,23 +161,16 @@ class Objective:
                 trial.set_user_attr("qconfig", previous.user_attrs["qconfig"])
             self._constrain(trial, previous.values[0])
             return tuple(previous.values)
-        if setup.evaluator is not None:
-            quality = float(setup.evaluator(assignment, spec.seed))
-            self._constrain(trial, quality)
-            return (quality, *costs.values())
-        run = run_trial(setup.workload, formats, qat_steps=spec.qat_steps, seed=spec.seed, device=spec.device)
-        qconfig = build_qconfig(
-            run.model, setup.graph, formats, pinned=setup.space.pin_reasons, profile=setup.profile.name,
-            quality=QualityReport(metric=setup.workload.metric, value=run.quality, fp32_value=self.fp32,
-                                  higher_is_better=setup.workload.higher_is_better),
-            costs=costs, workload=spec.workload, study_name=spec.study_name, trial_number=trial.number,
-        )
-        trial.set_user_attr("qconfig", qconfig.model_dump_json())
-        if spec.weights_dir is not None:
-            save_state_dict(run.model, Path(spec.weights_dir) / f"trial-{trial.number}.pt")
-        trial.set_user_attr("duration_s", run.duration_s)
-        self._constrain(trial, run.quality)
-        return (run.quality, *costs.values())
+        # the first rung's QAT steps, counted against a budget in steps (the evaluator stands for
+        # a run of that length)
+        trial.set_user_attr("qat_steps", spec.qat_steps * spec.fidelity_rungs[0])
+        scored = score_assignment(setup, self.fp32, assignment, qat_steps=spec.qat_steps * spec.fidelity_rungs[0],
+                                  seed=spec.seed, trial_number=trial.number)
+        if scored.qconfig is not None:
+            trial.set_user_attr("qconfig", scored.qconfig)
+        trial.set_user_attr("duration_s", scored.duration_s)
+        self._constrain(trial, scored.quality)
+        return (scored.quality, *costs.values())
 
     def _claim(self, trial: optuna.Trial, free: Mapping[str, str]) -> FrozenTrial | None:
         """Make sure no two trials train the same assignment, across processes.

@@ -8,8 +8,19 @@ It evaluates per-layer precision maps with short QAT runs and returns the Pareto
 2. A seeded multi-objective sampler (TPE by default; NSGA-II, random).
 3. A cache (``search/objective.py``): an assignment already evaluated is never trained again (its
    values are reused and the repeat does not count against the budget).
-4. Noise-aware reporting: front candidates are re-evaluated with extra seeds; each front point
-   reports mean and spread, and the front is recomputed on the means.
+4. Noise-aware reporting: front neighbours within noise of each other are re-evaluated with extra
+   seeds; each front point reports mean and spread, the front is recomputed on the means, and a
+   point whose gain over a cheaper one is within noise is left off it.
+5. Multi-fidelity (``spec.fidelity_rungs``): every map is screened at the first rung; the top
+   1/eta of a rung by non-dominated rank are trained again, longer, at the next
+   (``search/multifidelity.py``); a map is reported at the highest rung it reached.  A budget in
+   QAT steps (``spec.budget_qat_steps``) counts every rung and every re-evaluation.
+6. No wasted trials: the cheapest allowed map is seeded; formats that cost more for a layer and
+   measured no better in the seed trials are sampled rarely; the search stops once the cheapest
+   map scores the metric's best value, or every map has been tried.
+
+Rung results, re-evaluations and the dominated formats are study user attributes, so every process
+sharing the study sees them.
 
 Several processes can share one study through an Optuna RDB storage (SQLite on one machine,
 PostgreSQL beyond): the budget is the study's, not the process's.  Heartbeats mark a dead process's
@@ -18,13 +29,19 @@ trial FAIL and re-enqueue the same parameters (bounded retries).
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
+import socket
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
@@ -32,12 +49,22 @@ from optuna.trial import FrozenTrial, TrialState
 from search.cost import cost_model, model_costs
 from search.formats import parse_format
 from search.layers import LayerInfo, discover_layers
-from search.objective import Evaluator, Objective, SearchSetup, outcome_of
-from search.pareto import assignment_key, pareto_front
+from search.multifidelity import TAU_WARNING_BELOW, promotable, rank_agreement, within_noise_of_cheaper
+from search.objective import Evaluator, Objective, RungResult, SearchSetup, outcome_of, score_assignment
+from search.pareto import assignment_key, objective_vector, pareto_front
 from search.profiles import TargetProfile, load_profile
-from search.seeds import Assignment, baseline_assignments, greedy_after_sweep, sensitivity_assignments
+from search.seeds import (
+    Assignment,
+    baseline_assignments,
+    cheapest_assignment,
+    dominated_formats,
+    greedy_after_sweep,
+    sensitivity_assignments,
+)
 from search.space import build_space
 from search.spec import (
+    FidelityCheck,
+    FidelityPoint,
     SamplerName,
     SearchError,
     SearchLayer,
@@ -52,7 +79,10 @@ from search.workloads import Workload, load_workload
 
 _ATTR_FP32 = "mixq:fp32_quality"
 _ATTR_GREEDY = "mixq:greedy_enqueued"
-_ATTR_REEVAL = "mixq:reeval:"  # + trial number -> list of extra qualities
+_ATTR_REEVAL = "mixq:reeval:"  # + trial number -> {"rung", "qat_steps", "qualities" (None while running)}
+_ATTR_RUNG = "mixq:rung:"  # + "<rung>:<trial number>" -> {"qat_steps", "worker", "quality", "qconfig"}
+_ATTR_DOMINATED = "mixq:dominated"  # {fqn: {format: cheaper format}} from the seed trials
+KEEP_DOMINATED = 0.1  # probability that a sampled dominated format is kept (so a wrong call can be undone)
 
 OnTrial = Callable[[TrialOutcome, SearchProgress], None]
 
@@ -63,6 +93,78 @@ def make_sampler(name: SamplerName, seed: int) -> optuna.samplers.BaseSampler:
     if name is SamplerName.RANDOM:
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=6)
+
+
+class DominatedFormatsSampler(optuna.samplers.BaseSampler):
+    """``base``, except that a format marked dominated for a layer (study attribute
+    ``mixq:dominated``) is replaced by its cheaper equal with probability ``1 - keep``.
+
+    A categorical parameter's choices cannot change within an Optuna study, so the dominated formats
+    stay in the space and are thinned here instead; the trial's params record what was trained.
+    Enqueued (fixed) parameters never reach the sampler."""
+
+    def __init__(self, base: optuna.samplers.BaseSampler, seed: int, keep: float = KEEP_DOMINATED) -> None:
+        self.base = base
+        self.keep = keep
+        self._rng = random.Random(seed)
+        self._dominated: tuple[int, dict[str, dict[str, str]]] = (-1, {})
+
+    def _thin(self, study: optuna.Study, trial: FrozenTrial, params: dict[str, Any]) -> dict[str, Any]:
+        if self._dominated[0] != trial.number:
+            self._dominated = (trial.number, dict(study.user_attrs.get(_ATTR_DOMINATED, {})))
+        dominated = self._dominated[1]
+        out = dict(params)
+        for name, value in params.items():
+            cheaper = dominated.get(name, {}).get(value) if isinstance(value, str) else None
+            if cheaper is not None and self._rng.random() >= self.keep:
+                out[name] = cheaper
+        return out
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self.base.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return self._thin(study, trial, self.base.sample_relative(study, trial, search_space))
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        value = self.base.sample_independent(study, trial, param_name, param_distribution)
+        return self._thin(study, trial, {param_name: value})[param_name]
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.base.before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        self.base.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.base.reseed_rng()
+        self._rng = random.Random()
+
+
+@dataclass
+class _Ledger:
+    """One read of the study: trials, rung results, re-evaluations and the QAT steps spent."""
+
+    trials: list[FrozenTrial]
+    attrs: dict[str, Any]
+    rungs: dict[tuple[int, int], dict[str, Any]]  # (rung, trial number) -> record
+    reevals: dict[int, dict[str, Any]]  # trial number -> record
+    qat_steps_used: int
+
+    def completed(self) -> list[FrozenTrial]:
+        """First-rung trials that trained (repeats served from the cache are not evaluations)."""
+        return [t for t in self.trials if t.state is TrialState.COMPLETE and not t.user_attrs.get("cached")]
+
+    def top(self, number: int) -> RungResult | None:
+        """The highest rung above the first with a finished result for trial ``number``."""
+        done = [(r, rec) for (r, n), rec in self.rungs.items() if n == number and rec.get("quality") is not None]
+        if not done:
+            return None
+        rung, rec = max(done, key=lambda item: item[0])
+        return RungResult(rung, float(rec["quality"]), int(rec["qat_steps"]), rec.get("qconfig"))
 
 
 def _directions(spec: SearchSpec, higher_is_better: bool) -> list[StudyDirection]:
@@ -88,33 +190,47 @@ class _Search:
             self.study = optuna.create_study(
                 storage=self.storage, study_name=spec.study_name, load_if_exists=True,
                 directions=_directions(spec, setup.workload.higher_is_better),
-                sampler=make_sampler(spec.sampler, seed),
+                sampler=DominatedFormatsSampler(make_sampler(spec.sampler, seed), seed),
             )
         except ValueError as exc:  # e.g. directions differ from an existing study of that name
             raise SearchError(f"study_name: {exc}") from None
         self.started = time.monotonic()
+        self.stop_reason = ""
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> SearchResult:
         fp32 = self.fp32_quality()
         objective = Objective(self.setup, self.study, fp32)
-        if self.spec.seed_with_baselines:
-            self.enqueue(baseline_assignments(self.setup.space), "baseline")
-        if self.spec.seed_with_sensitivity:
-            self.enqueue(sensitivity_assignments(self.setup.space), "sensitivity")
+        self.seed_study()
         while not self.should_stop():
-            state = self.budget_state()
-            if state == "done":
+            ledger = self.ledger()
+            work = self.next_work(ledger)
+            if work[0] == "done":
+                self.stop_reason = work[1]
                 break
-            if state == "wait":
+            if work[0] == "wait":
                 time.sleep(min(1.0, self.spec.heartbeat_interval_s))
                 self.fail_stale_trials()
                 continue
-            self.step(objective)
-            self.maybe_enqueue_greedy()
-        if not self.should_stop():
+            if work[0] == "promote":
+                self.promote(int(work[1]), int(work[2]), fp32)
+            else:
+                self.step(objective)
+            self.maybe_learn_from_seeds()
+        if self.should_stop():
+            self.stop_reason = "stopped"
+        else:
             self.reevaluate_front()
         return self.result(fp32)
+
+    def seed_study(self) -> None:
+        space = self.setup.space
+        if self.spec.seed_with_baselines:
+            self.enqueue(baseline_assignments(space), "baseline")
+            # after the baselines, so where all-int4 exists it keeps its place (skip_if_exists)
+            self.enqueue([cheapest_assignment(space, self.layer_cost)], "cheapest")
+        if self.spec.seed_with_sensitivity:
+            self.enqueue(sensitivity_assignments(space), "sensitivity")
 
     def fp32_quality(self) -> float:
         value = self.study.user_attrs.get(_ATTR_FP32)
@@ -126,45 +242,204 @@ class _Search:
     def completed(self) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
-    def progress(self, message: str = "") -> SearchProgress:
-        unique = sum(1 for t in self.completed() if not t.user_attrs.get("cached"))
-        values = [t.values[0] for t in self.completed() if t.values]
-        best = None if not values else max(values) if self.setup.workload.higher_is_better else min(values)
-        return SearchProgress(unique, self.spec.n_trials, best, message)
+    def steps_at(self, rung: int) -> int:
+        """QAT steps of one run at ``rung``."""
+        return self.spec.qat_steps * self.spec.fidelity_rungs[rung]
 
-    def budget_state(self) -> str:
-        """``run`` another trial, ``wait`` (the budget is taken by trials running elsewhere, which
-        may finish or turn out stale), or ``done``."""
-        if self.spec.timeout_s is not None and time.monotonic() - self.started >= self.spec.timeout_s:
-            return "done"
+    def ledger(self) -> _Ledger:
         trials = self.study.get_trials(deepcopy=False)
-        done = sum(1 for t in trials if t.state is TrialState.COMPLETE and not t.user_attrs.get("cached"))
-        running = sum(1 for t in trials if t.state is TrialState.RUNNING)
-        seen = {assignment_key(t.params) for t in trials if t.state is TrialState.COMPLETE}
-        hard_cap = 4 * self.spec.n_trials + 10  # repeats and failures cannot loop forever
-        if done >= self.spec.n_trials or len(trials) >= hard_cap or len(seen) >= self.setup.space.size:
-            return "done"
-        return "run" if done + running < self.spec.n_trials else "wait"
+        attrs = dict(self.study.user_attrs)
+        rungs: dict[tuple[int, int], dict[str, Any]] = {}
+        reevals: dict[int, dict[str, Any]] = {}
+        for key, value in attrs.items():
+            if key.startswith(_ATTR_RUNG):
+                rung, number = key.removeprefix(_ATTR_RUNG).split(":")
+                rungs[(int(rung), int(number))] = value
+            elif key.startswith(_ATTR_REEVAL):
+                # an older study stored the bare list of qualities
+                rec = value if isinstance(value, dict) else {"rung": 0, "qat_steps": 0, "qualities": value}
+                reevals[int(key.removeprefix(_ATTR_REEVAL))] = rec
+        used = 0
+        for t in trials:
+            if t.user_attrs.get("cached"):
+                continue
+            if t.state is TrialState.RUNNING and "qat_steps" not in t.user_attrs:
+                used += self.steps_at(0)  # reserved: it may be about to train
+            else:
+                used += int(t.user_attrs.get("qat_steps", 0))
+        used += sum(int(rec.get("qat_steps", 0)) for rec in rungs.values())
+        used += sum(int(rec.get("qat_steps", 0)) for rec in reevals.values())
+        return _Ledger(trials, attrs, rungs, reevals, used)
+
+    def progress(self, message: str = "", ledger: _Ledger | None = None) -> SearchProgress:
+        ledger = ledger or self.ledger()
+        completed = ledger.completed()
+        values = [t.values[0] for t in completed if t.values]
+        best = None if not values else max(values) if self.setup.workload.higher_is_better else min(values)
+        budget = self.spec.budget_qat_steps
+        total = self.spec.n_trials if budget is None else max(1, budget // self.steps_at(0))
+        return SearchProgress(len(completed), total, best, message, ledger.qat_steps_used, budget)
+
+    def reevaluation_reserve(self) -> int:
+        """QAT steps a budgeted search keeps for re-evaluating the front: the extra seeds of two
+        neighbours at the highest rung (the usual adaptive case), at most a quarter of the budget."""
+        budget = self.spec.budget_qat_steps
+        if budget is None or self.spec.reevaluate_front == 0:
+            return 0
+        return min(2 * self.spec.reevaluate_front * self.steps_at(len(self.spec.fidelity_rungs) - 1), budget // 4)
+
+    def fits(self, ledger: _Ledger, qat_steps: int, reserve: int = 0) -> bool:
+        budget = self.spec.budget_qat_steps
+        return budget is None or ledger.qat_steps_used + qat_steps <= budget - reserve
+
+    def next_work(self, ledger: _Ledger) -> tuple[str, ...]:
+        """``("promote", number, rung)``, ``("trial",)`` (a new map at the first rung), ``("wait",)``
+        (the budget is taken by trials running elsewhere, which may finish or turn out stale), or
+        ``("done", reason)``."""
+        spec = self.spec
+        if spec.timeout_s is not None and time.monotonic() - self.started >= spec.timeout_s:
+            return ("done", "timeout")
+        if self.metric_at_best(ledger):
+            return ("done", "the cheapest map scores the metric's best value")
+        reserve = self.reevaluation_reserve()
+        promotion = self.next_promotion(ledger)
+        if promotion is not None and self.fits(ledger, self.steps_at(promotion[1]), reserve):
+            return ("promote", str(promotion[0]), str(promotion[1]))
+        done = len(ledger.completed())
+        running = sum(1 for t in ledger.trials if t.state is TrialState.RUNNING)
+        seen = {assignment_key(t.params) for t in ledger.trials if t.state is TrialState.COMPLETE}
+        limit = spec.n_trials if spec.budget_qat_steps is None else spec.budget_qat_steps // self.steps_at(0)
+        hard_cap = 4 * limit + 10  # repeats and failures cannot loop forever
+        if len(seen) >= self.setup.space.size:
+            return ("wait",) if running else ("done", "every map in the space was tried")
+        if len(ledger.trials) >= hard_cap:
+            return ("done", "too many repeated or failed trials")
+        if done >= limit:
+            return ("wait",) if running and spec.budget_qat_steps is not None else ("done", "budget")
+        if spec.budget_qat_steps is None:
+            return ("trial",) if done + running < limit else ("wait",)
+        if self.fits(ledger, self.steps_at(0), reserve):
+            return ("trial",)
+        return ("wait",) if running else ("done", "budget")
+
+    def metric_at_best(self, ledger: _Ledger) -> bool:
+        """Has a map costing the least possible in every objective scored the metric's best value?
+        Then every other map costs more for no better quality: the front cannot change."""
+        best = self.setup.workload.metric_best
+        if best is None:
+            return False
+        sign = 1.0 if self.setup.workload.higher_is_better else -1.0
+        floor = self.min_costs()
+        for t in ledger.completed():
+            assert t.values is not None
+            top = ledger.top(t.number)
+            quality = t.values[0] if top is None else top.quality
+            at_floor = all(v <= c + 1e-9 * max(1.0, abs(c)) for v, c in zip(t.values[1:], floor, strict=True))
+            if at_floor and sign * (quality - best) >= 0:
+                return True
+        return False
+
+    def min_costs(self) -> list[float]:
+        """Each cost objective's least possible value: every layer at its cheapest allowed format."""
+        per_layer = [self.layer_costs(layer) for layer in self.setup.graph.layers]
+        return [sum(min(costs[o] for costs in layer.values()) for layer in per_layer)
+                for o in map(str, self.spec.cost_objectives)]
+
+    def next_promotion(self, ledger: _Ledger) -> tuple[int, int] | None:
+        """(trial number, rung) of a map that belongs to the next rung and is not there yet, from the
+        highest rung down (finishing a map's climb before screening more at the bottom)."""
+        higher_is_better = self.setup.workload.higher_is_better
+        completed = {t.number: t for t in ledger.completed()}
+        for rung in range(len(self.spec.fidelity_rungs) - 2, -1, -1):
+            members: dict[int, tuple[float, ...]] = {}
+            feasible: set[int] = set()
+            for number, t in completed.items():
+                assert t.values is not None
+                if rung == 0:
+                    quality = t.values[0]
+                else:
+                    rec = ledger.rungs.get((rung, number))
+                    if rec is None or rec.get("quality") is None:
+                        continue
+                    quality = float(rec["quality"])
+                members[number] = objective_vector(quality, list(t.values[1:]), higher_is_better)
+                if all(c <= 0.0 for c in t.constraints.values()):
+                    feasible.add(number)
+            if feasible:  # an infeasible map is not promoted while a feasible one could be
+                members = {n: v for n, v in members.items() if n in feasible}
+            for number in promotable(members, self.spec.promotion_eta):
+                if (rung + 1, number) not in ledger.rungs:
+                    return number, rung + 1
+        return None
+
+    def promote(self, number: int, rung: int, fp32: float) -> None:
+        """Train trial ``number``'s map again at ``rung``; the claim (a study attribute) comes first,
+        so other processes skip it and count its steps."""
+        key = f"{_ATTR_RUNG}{rung}:{number}"
+        worker = f"{socket.gethostname()}:{os.getpid()}"
+        steps = self.steps_at(rung)
+        self.study.set_user_attr(key, {"qat_steps": steps, "worker": worker, "quality": None, "qconfig": None})
+        trial = self.study.get_trials(deepcopy=False)[number]
+        if self.on_progress is not None:
+            message = f"rung {rung + 1}/{len(self.spec.fidelity_rungs)}: trial {number} at {steps} QAT steps"
+            self.on_progress(self.progress(message))
+        free = {k: str(v) for k, v in trial.params.items()}
+        try:
+            scored = score_assignment(self.setup, fp32, self.setup.full_assignment(free), qat_steps=steps,
+                                      seed=self.spec.seed, trial_number=number)
+        except Exception as exc:  # noqa: BLE001  (one unit of work: record why, keep searching)
+            self.study.set_user_attr(key, {"qat_steps": steps, "worker": worker, "quality": None, "qconfig": None,
+                                           "fail_reason": f"{type(exc).__name__}: {exc}"[:2000]})
+            return
+        self.study.set_user_attr(key, {"qat_steps": steps, "worker": worker, "quality": scored.quality,
+                                       "qconfig": scored.qconfig})
 
     def enqueue(self, free_assignments: list[Assignment], source: str) -> None:
         for free in free_assignments:
             self.study.enqueue_trial(free, user_attrs={"source": source}, skip_if_exists=True)
 
-    def maybe_enqueue_greedy(self) -> None:
-        if not self.spec.seed_with_sensitivity or self.study.user_attrs.get(_ATTR_GREEDY):
+    def layer_cost(self, fqn: str, fmt: str) -> float:
+        """One layer's first cost objective in one format."""
+        layer = next(layer for layer in self.setup.graph.layers if layer.fqn == fqn)
+        model = cost_model(self.spec.cost_objectives[0], self.setup.profile)
+        return model.layer_cost(layer, parse_format(fmt))
+
+    def seed_assignments(self) -> list[Assignment]:
+        space, spec = self.setup.space, self.spec
+        out = []
+        if spec.seed_with_baselines:
+            out += [*baseline_assignments(space), cheapest_assignment(space, self.layer_cost)]
+        if spec.seed_with_sensitivity:
+            out += sensitivity_assignments(space)
+        return out
+
+    def maybe_learn_from_seeds(self) -> None:
+        """Once every seed map is scored: queue the greedy maps, and mark the formats the seeds show
+        to cost more for no better quality (the sampler then rarely picks them)."""
+        attrs = self.study.user_attrs
+        if attrs.get(_ATTR_GREEDY) and _ATTR_DOMINATED in attrs:
             return
         setup = self.setup
-        quality_of = {assignment_key(t.params): t.values[0] for t in self.completed() if t.values}
-
-        def first_cost(free: Assignment) -> float:
-            costs = model_costs(self.spec.cost_objectives, setup.profile, setup.graph, {**setup.space.pinned, **free})
-            return next(iter(costs.values()))
-
-        greedy = greedy_after_sweep(setup.space, quality_of, first_cost, setup.workload.higher_is_better)
-        if greedy is None:
+        quality_of = {assignment_key(t.params): t.values[0] for t in self.completed()
+                      if t.values and not t.user_attrs.get("cached")}
+        seeds = self.seed_assignments()
+        if not seeds or not all(assignment_key(s) in quality_of for s in seeds):
             return
-        self.study.set_user_attr(_ATTR_GREEDY, True)
-        self.enqueue(greedy, "greedy")
+        if _ATTR_DOMINATED not in attrs:
+            scored = [(s, quality_of[assignment_key(s)]) for s in seeds]
+            dominated = dominated_formats(scored, self.layer_cost, setup.workload.higher_is_better,
+                                          self.spec.min_gain or 0.0)
+            self.study.set_user_attr(_ATTR_DOMINATED, dominated)
+        if self.spec.seed_with_sensitivity and not attrs.get(_ATTR_GREEDY):
+            def first_cost(free: Assignment) -> float:
+                costs = model_costs(self.spec.cost_objectives, setup.profile, setup.graph,
+                                    {**setup.space.pinned, **free})
+                return next(iter(costs.values()))
+
+            greedy = greedy_after_sweep(setup.space, quality_of, first_cost, setup.workload.higher_is_better)
+            self.study.set_user_attr(_ATTR_GREEDY, True)
+            if greedy is not None:
+                self.enqueue(greedy, "greedy")
 
     # -- one trial ---------------------------------------------------------------------------
     def step(self, objective: Objective) -> None:
@@ -180,7 +455,8 @@ class _Search:
 
     def _after_optimize_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state is TrialState.COMPLETE and self.on_trial is not None and not trial.user_attrs.get("cached"):
-            self.on_trial(outcome_of(trial, self.setup), self.progress())
+            ledger = self.ledger()
+            self.on_trial(outcome_of(trial, self.setup), self.progress(ledger=ledger))
 
     def fail_stale_trials(self) -> None:
         """Mark trials of dead processes FAIL; the storage's callback re-enqueues their params."""
@@ -208,46 +484,84 @@ class _Search:
                 continue
 
     # -- the front and the result ------------------------------------------------------------
-    def outcomes(self) -> list[TrialOutcome]:
-        """One outcome per trained trial; repeats served from the cache are not evaluations."""
-        attrs = self.study.user_attrs
-        return [
-            outcome_of(t, self.setup, attrs.get(f"{_ATTR_REEVAL}{t.number}", ()))
-            for t in self.completed()
-            if not t.user_attrs.get("cached")
-        ]
+    def outcomes(self, ledger: _Ledger | None = None) -> list[TrialOutcome]:
+        """One outcome per trained trial, at its highest rung; repeats served from the cache are
+        not evaluations.  Extra seeds count only when run at that same rung."""
+        ledger = ledger or self.ledger()
+        out = []
+        for t in ledger.completed():
+            top = ledger.top(t.number)
+            rec = ledger.reevals.get(t.number)
+            same_rung = rec is not None and rec.get("qualities") and rec.get("rung", 0) == (top.rung if top else 0)
+            reevals = [float(q) for q in rec["qualities"]] if rec is not None and same_rung else []
+            out.append(outcome_of(t, self.setup, reevals, top))
+        return out
+
+    def noise(self, outcomes: list[TrialOutcome]) -> float | None:
+        """The largest seed spread measured so far (None before any re-evaluation), at least min_gain."""
+        spreads = [o.quality_std for o in outcomes if o.n_evaluations > 1]
+        if not spreads:
+            return None
+        return max(*spreads, self.spec.min_gain or 0.0)
+
+    def reevaluation_todo(self, front: list[TrialOutcome], noise: float | None) -> list[TrialOutcome]:
+        """Front points to give extra seeds: those with a neighbour (in cost order) within noise,
+        i.e. within twice the largest seed spread seen (the difference of two noisy scores); before
+        any spread is known, the closest pair in quality, which measures it."""
+        pairs = list(itertools.pairwise(front))
+        if not pairs:
+            return []
+        if noise is None:
+            close = [min(pairs, key=lambda ab: abs(ab[0].quality - ab[1].quality))]
+        else:
+            close = [(a, b) for a, b in pairs if abs(a.quality - b.quality) <= 2 * noise]
+        todo: dict[int, TrialOutcome] = {}
+        for a, b in close:
+            for p in (a, b):
+                if p.n_evaluations == 1:
+                    todo[p.number] = p
+        return list(todo.values())
 
     def reevaluate_front(self) -> None:
-        """Extra seeds for the current front candidates (noise-aware reporting)."""
+        """Extra seeds where front neighbours are within noise of each other (noise-aware reporting);
+        they count in the budget and the progress."""
         if self.spec.reevaluate_front == 0:
             return
-        # a point's mean can fall below one that was dominated before; later rounds give the new
-        # front members their extra seeds too (usually one or two points; bounded at 4 rounds)
+        # a point's mean can fall below one that was dominated before, and a measured spread can
+        # bring more neighbours within noise: later rounds handle them (bounded at 4 rounds)
         for _ in range(4):
-            todo = [
-                p for p in pareto_front(self.outcomes(), self.setup.workload.higher_is_better)
-                if f"{_ATTR_REEVAL}{p.number}" not in self.study.user_attrs
-            ]
+            ledger = self.ledger()
+            outcomes = self.outcomes(ledger)
+            front = pareto_front(outcomes, self.setup.workload.higher_is_better)
+            todo = [p for p in self.reevaluation_todo(front, self.noise(outcomes))
+                    if p.number not in ledger.reevals]
             if not todo or self.should_stop():
                 return
             for i, point in enumerate(todo):
+                ledger = self.ledger()
+                if not self.fits(ledger, self.spec.reevaluate_front * point.qat_steps):
+                    self.stop_reason = "budget (re-evaluation cut short)"
+                    return
                 if self.on_progress is not None:
                     message = f"re-evaluating front point {i + 1}/{len(todo)} (trial {point.number})"
-                    self.on_progress(self.progress(message))
+                    self.on_progress(self.progress(message, ledger))
                 self._reevaluate(point)
 
     def _reevaluate(self, point: TrialOutcome) -> None:
         setup = self.setup
+        key = f"{_ATTR_REEVAL}{point.number}"
+        steps = self.spec.reevaluate_front * point.qat_steps
+        self.study.set_user_attr(key, {"rung": point.rung, "qat_steps": steps, "qualities": None})
         qualities = []
         for k in range(1, self.spec.reevaluate_front + 1):
             seed = self.spec.seed + 1000 * k
             if setup.evaluator is not None:
                 qualities.append(float(setup.evaluator(point.assignment, seed)))
                 continue
-            run = run_trial(setup.workload, point.assignment, qat_steps=self.spec.qat_steps, seed=seed,
+            run = run_trial(setup.workload, point.assignment, qat_steps=point.qat_steps, seed=seed,
                             device=self.spec.device)
             qualities.append(run.quality)
-        self.study.set_user_attr(f"{_ATTR_REEVAL}{point.number}", qualities)
+        self.study.set_user_attr(key, {"rung": point.rung, "qat_steps": steps, "qualities": qualities})
 
     def layer_costs(self, layer: LayerInfo) -> dict[str, dict[str, float]]:
         """What this layer costs in each format it may take ({format: {objective: value}}); summed
@@ -259,9 +573,28 @@ class _Search:
         formats = {name: parse_format(name) for name in names}
         return {name: {m.name: m.layer_cost(layer, f) for m in models} for name, f in formats.items()}
 
+    def fidelity_check(self, front: list[TrialOutcome]) -> FidelityCheck | None:
+        if len(self.spec.fidelity_rungs) == 1:
+            return None
+        points = [FidelityPoint(p.number, p.short_quality, p.quality, p.qat_steps)
+                  for p in front if p.short_quality is not None]
+        tau = rank_agreement([p.short_quality for p in points], [p.long_quality for p in points])
+        warning = None
+        if tau is not None and tau < TAU_WARNING_BELOW:
+            warning = (f"the first rung ({self.steps_at(0)} QAT steps) ranks the front differently from the longest "
+                       f"runs (Kendall tau {tau:.2f} < {TAU_WARNING_BELOW}): trust the long-run qualities")
+        return FidelityCheck(self.steps_at(0), points, tau, warning)
+
     def result(self, fp32: float) -> SearchResult:
         setup = self.setup
-        outcomes = self.outcomes()
+        ledger = self.ledger()
+        outcomes = self.outcomes(ledger)
+        front = pareto_front(outcomes, setup.workload.higher_is_better)
+        merged = within_noise_of_cheaper(
+            [p.quality for p in front], [p.quality_std for p in front], [list(p.costs.values()) for p in front],
+            setup.workload.higher_is_better, self.spec.min_gain,
+        )
+        kept = [p for p, m in zip(front, merged, strict=True) if not m]
         return SearchResult(
             workload=self.spec.workload,
             metric_name=setup.workload.metric,
@@ -274,8 +607,12 @@ class _Search:
             ],
             pinned=dict(setup.space.pin_reasons),
             trials=sorted(outcomes, key=lambda o: o.number),
-            front=pareto_front(outcomes, setup.workload.higher_is_better),
+            front=kept,
             study_name=self.spec.study_name,
+            fidelity=self.fidelity_check(kept),
+            qat_steps_used=ledger.qat_steps_used,
+            stop_reason=self.stop_reason,
+            merged_within_noise=[p.number for p, m in zip(front, merged, strict=True) if m],
         )
 
 
@@ -294,7 +631,8 @@ def run_search(
     ``workload`` and ``profile``, when given, are used as they are instead of loading
     ``spec.workload`` and ``spec.profile`` (a caller that already holds them, such as the service
     with a profile from its database, passes them ready).  Several processes may call this with the
-    same ``spec.storage`` and ``spec.study_name``; they share the budget ``spec.n_trials``.
+    same ``spec.storage`` and ``spec.study_name``; they share the budget (``spec.n_trials``, or
+    ``spec.budget_qat_steps``).
     ``on_trial`` is called in the process that ran each trial; ``should_stop`` is checked between
     trials.  Bad input raises before any training starts (:class:`~search.spec.SearchError`, and its
     subclass :class:`~search.storage.StorageError` when the storage cannot be opened).

@@ -11,12 +11,13 @@ enqueues as a trial's parameters.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from search.pareto import assignment_key
 from search.space import SearchSpace
 
 Assignment = dict[str, str]  # fqn -> format name
+LayerCost = Callable[[str, str], float]  # (fqn, format name) -> the layer's first cost objective
 
 
 def baseline_assignments(space: SearchSpace) -> list[Assignment]:
@@ -83,3 +84,45 @@ def greedy_after_sweep(
         sensitivity[fqn] = max(sign * (base_quality - quality_of[assignment_key(s)]), 0.0)
         saving[fqn] = base_cost - cost_of(s)
     return greedy_assignments(space, sensitivity, saving)
+
+
+def cheapest_assignment(space: SearchSpace, layer_cost: LayerCost) -> Assignment:
+    """Every free layer at its cheapest allowed format (ties: the first in the space's order).
+
+    Not always a uniform baseline: where a profile forbids int4 on some kinds (depthwise convs on
+    the NPU profile) the all-int4 baseline does not exist, yet int4 elsewhere and int8 there is the
+    cheapest map the space holds, one end of every front."""
+    return {fqn: min(options, key=lambda name: layer_cost(fqn, name)) for fqn, options in space.choices.items()}
+
+
+def dominated_formats(
+    scored: Sequence[tuple[Assignment, float]], layer_cost: LayerCost, higher_is_better: bool, noise: float = 0.0,
+) -> dict[str, dict[str, str]]:
+    """Formats that cost more for a layer and measured no better: ``{fqn: {format: cheaper format}}``.
+
+    The evidence is a pair of scored free assignments that differ only by one swap ``f -> g`` on a
+    set of layers (the all-int8 and all-fp16 baselines; the all-int8 baseline and one sweep point),
+    where ``f`` costs more than ``g`` in each of those layers and the map with ``f`` scores no better
+    than the one with ``g`` (within ``noise``, in metric units).  Then ``f`` is dominated by ``g`` in
+    each of those layers.  The first evidence found for a (layer, format) wins."""
+    sign = 1.0 if higher_is_better else -1.0
+    out: dict[str, dict[str, str]] = {}
+    for i, (a, quality_a) in enumerate(scored):
+        for b, quality_b in scored[i + 1 :]:
+            if a.keys() != b.keys():
+                continue
+            changed = [fqn for fqn in a if a[fqn] != b[fqn]]
+            swaps = {(a[fqn], b[fqn]) for fqn in changed}
+            if len(swaps) != 1:
+                continue
+            fmt_a, fmt_b = next(iter(swaps))
+            if all(layer_cost(fqn, fmt_a) > layer_cost(fqn, fmt_b) for fqn in changed):
+                costly, cheap, gain = fmt_a, fmt_b, sign * (quality_a - quality_b)
+            elif all(layer_cost(fqn, fmt_b) > layer_cost(fqn, fmt_a) for fqn in changed):
+                costly, cheap, gain = fmt_b, fmt_a, sign * (quality_b - quality_a)
+            else:
+                continue
+            if gain <= noise:
+                for fqn in changed:
+                    out.setdefault(fqn, {}).setdefault(costly, cheap)
+    return out

@@ -1,6 +1,7 @@
 """The search space: which layers are free, which formats each may take, and which are pinned.
 
-Formats per layer = the spec's formats that the target profile allows for the layer's kind.  Pins
+Formats per layer = the spec's formats (by default every format the profile runs, fp32 aside: the
+reference is not a quantization choice) that the target profile allows for the layer's kind.  Pins
 apply in order (later pins win): the first/last-layer anchor (``spec.pin_first_last``, int8 by
 default), then ``spec.pins``; a pin with ``format=None`` unpins.
 """
@@ -43,8 +44,14 @@ def _matches(pin: Pin, layer: LayerInfo, graph: LayerGraph) -> bool:
     return fnmatch.fnmatchcase(layer.fqn, pin.match)
 
 
+def searched_formats(spec: SearchSpec, profile: TargetProfile) -> tuple[str, ...]:
+    """The spec's formats, or when it names none, the profile's (split formats such as w4a8 included)."""
+    return spec.formats or tuple(name for name in profile.formats if name != "fp32")
+
+
 def build_space(spec: SearchSpec, graph: LayerGraph, profile: TargetProfile) -> SearchSpace:
-    for name in spec.formats:
+    formats = searched_formats(spec, profile)
+    for name in formats:
         if name not in profile.formats:
             raise SearchSpaceError(
                 f"formats: {name!r} is not supported by profile {profile.name!r}; allowed: {', '.join(profile.formats)}"
@@ -81,10 +88,10 @@ def build_space(spec: SearchSpec, graph: LayerGraph, profile: TargetProfile) -> 
                     f"{profile.name!r} forbids for {layer.kind}; allowed: {', '.join(allowed)}"
                 )
             continue
-        options = tuple(f for f in spec.formats if f in allowed)
+        options = tuple(f for f in formats if f in allowed)
         if not options:
             raise SearchSpaceError(
-                f"formats: none of {', '.join(spec.formats)} is allowed for layer {layer.fqn!r} ({layer.kind}) "
+                f"formats: none of {', '.join(formats)} is allowed for layer {layer.fqn!r} ({layer.kind}) "
                 f"by profile {profile.name!r}; allowed there: {', '.join(allowed)}"
             )
         choices[layer.fqn] = options

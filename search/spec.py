@@ -4,13 +4,14 @@ service extends the request for its job body, keeps its own DB rows and API sche
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from search.formats import parse_format
 from search.layers import LayerInfo
@@ -99,7 +100,10 @@ class SearchRequest(BaseModel):
     workload_options: dict[str, Any] = Field(default_factory=dict)
     profile: str = Field(default="generic", min_length=1, max_length=1000, pattern=_NO_NUL,
                          description="built-in profile name or a path to a YAML/JSON file")
-    formats: tuple[str, ...] = Field(default=("int4", "int8", "fp16"), min_length=1, max_length=16)
+    formats: tuple[str, ...] = Field(
+        default=(), max_length=16,
+        description="formats to search; empty: every format the profile runs except fp32 (split ones such as w4a8 too)",
+    )
     pin_first_last: str | None = Field(
         default="int8", max_length=32, description="format for the first and last executed layer; null: free"
     )
@@ -117,6 +121,20 @@ class SearchRequest(BaseModel):
     seed_with_baselines: bool = True
     seed_with_sensitivity: bool = True
     reevaluate_front: int = Field(default=2, ge=0, le=10, description="extra seeds per front point before reporting")
+    # multi-fidelity (search/multifidelity.py); the defaults are one rung: every map at qat_steps
+    fidelity_rungs: tuple[int, ...] = Field(
+        default=(1,), min_length=1, max_length=6,
+        description="QAT length of each rung as a multiple of qat_steps, e.g. [1, 3, 9]; starts at 1, increasing",
+    )
+    promotion_eta: int = Field(default=3, ge=2, le=10, description="the top 1/eta of a rung move up to the next")
+    budget_qat_steps: int | None = Field(
+        default=None, ge=1, le=10**12,
+        description="total QAT steps (every rung, every re-evaluation); null: n_trials maps at the first rung",
+    )
+    min_gain: float | None = Field(
+        default=None, ge=0, le=1e9,
+        description="a front point must beat a cheaper one by more than this (metric units) and their spread",
+    )
 
     @field_validator("workload_options")
     @classmethod
@@ -131,6 +149,21 @@ class SearchRequest(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError("formats: each format may appear once")
         return names
+
+    @field_validator("fidelity_rungs")
+    @classmethod
+    def _increasing_rungs(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if value[0] != 1 or any(b <= a for a, b in itertools.pairwise(value)) or value[-1] > 1000:
+            raise ValueError(
+                f"fidelity_rungs: must start at 1 and increase, at most 1000, e.g. [1, 3, 9]; got {list(value)}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _budget_needs_steps(self) -> SearchRequest:
+        if self.budget_qat_steps is not None and self.qat_steps < 1:
+            raise ValueError("budget_qat_steps: a budget in QAT steps needs qat_steps >= 1")
+        return self
 
     @field_validator("pin_first_last")
     @classmethod
@@ -169,7 +202,28 @@ class TrialOutcome:
     duration_s: float
     source: str  # "baseline", "sensitivity", "sampler", "retry"
     cached: bool = False
-    qconfig: dict[str, Any] | None = None  # the qconfig JSON of the trained trial
+    qconfig: dict[str, Any] | None = None  # the qconfig JSON of the trained trial (at its highest rung)
+    rung: int = 0  # the highest fidelity rung it reached; ``quality`` is measured there
+    qat_steps: int = 0  # QAT steps of one run at that rung
+    short_quality: float | None = None  # its first-rung quality, where it reached a higher rung
+
+
+@dataclass(frozen=True)
+class FidelityPoint:
+    number: int
+    short_quality: float  # at the first rung
+    long_quality: float  # at its highest rung (mean over its evaluations there)
+    long_qat_steps: int
+
+
+@dataclass(frozen=True)
+class FidelityCheck:
+    """Does the short first rung rank the front as the longest rung reached does?"""
+
+    short_qat_steps: int
+    points: list[FidelityPoint]  # the front points measured at a higher rung
+    kendall_tau: float | None  # None with fewer than 2 such points
+    warning: str | None = None  # set when tau < 0.8
 
 
 @dataclass
@@ -178,6 +232,8 @@ class SearchProgress:
     total: int
     best_quality: float | None
     message: str = ""
+    qat_steps_used: int = 0  # every rung and re-evaluation, all processes of the study
+    qat_steps_budget: int | None = None
 
 
 @dataclass(frozen=True)
@@ -213,3 +269,7 @@ class SearchResult:
     trials: list[TrialOutcome] = field(default_factory=list)
     front: list[TrialOutcome] = field(default_factory=list)
     study_name: str = ""
+    fidelity: FidelityCheck | None = None  # None for a one-rung search
+    qat_steps_used: int = 0
+    stop_reason: str = ""  # why the search stopped: budget, space exhausted, metric at its best, stopped
+    merged_within_noise: list[int] = field(default_factory=list)  # trial numbers left off the front as noise

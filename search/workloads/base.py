@@ -71,6 +71,9 @@ class Workload:
     metric: str  # "accuracy", "psnr_db", ...
     higher_is_better: bool = True
     lr: float = 1e-4  # QAT learning rate (Adam)
+    # the best value the metric can take (1.0 for accuracy), if bounded: once the cheapest map
+    # scores it, no other map can join the front and the search stops
+    metric_best: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):
