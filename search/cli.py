@@ -120,6 +120,14 @@ def _strict_json(data: Any) -> str:
     return json.dumps(finite(data), indent=2, allow_nan=False) + "\n"
 
 
+def _parse_ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        _fail(f"{what}: expected comma-separated integers, e.g. 1,3,9; got {text!r}")
+        raise  # unreachable: _fail exits
+
+
 def _parse_kv(items: list[str], what: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
@@ -241,6 +249,17 @@ def search_command(
     timeout_s: Annotated[float | None, typer.Option(help="wall-time budget in seconds")] = None,
     reevaluate: Annotated[int, typer.Option(help="extra seeds per front point before reporting")] = _DEFAULT[
         "reevaluate_front"],
+    fidelity_rungs: Annotated[str, typer.Option(
+        help="multi-fidelity: QAT length of each rung in multiples of --qat-steps, e.g. 1,3,9 (1: single fidelity)"
+    )] = ",".join(map(str, _DEFAULT["fidelity_rungs"])),
+    promotion_eta: Annotated[int, typer.Option(help="the top 1/eta of a rung is retrained at the next")] = _DEFAULT[
+        "promotion_eta"],
+    budget_qat_steps: Annotated[int | None, typer.Option(
+        help="budget in QAT steps (every rung and re-evaluation counts); default: --trials maps at the first rung"
+    )] = None,
+    min_gain: Annotated[float | None, typer.Option(
+        help="a front point must beat a cheaper one by more than this (metric units) and their spread"
+    )] = None,
     storage: Annotated[
         str | None, typer.Option(help="Optuna storage URL (sqlite:///f.db, postgresql+psycopg://...); resumes")
     ] = None,
@@ -275,6 +294,8 @@ def search_command(
             "timeout_s": timeout_s, "qat_steps": qat_steps, "seed": seed, "sampler": sampler,
             "reevaluate_front": reevaluate, "storage": storage, "study_name": study_name, "device": device,
             "weights_dir": str(out / "weights") if save_weights else None,
+            "fidelity_rungs": _parse_ints(fidelity_rungs, "fidelity-rungs"), "promotion_eta": promotion_eta,
+            "budget_qat_steps": budget_qat_steps, "min_gain": min_gain,
         })
         console.print(set_torch_threads(processes=1, override=torch_threads))
         wl = load_workload(spec.workload, spec.workload_options)
