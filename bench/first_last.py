@@ -1,10 +1,11 @@
 """The first/last-layer table: how much the first and last layer's precision matters, on both
-built-in workloads, mean and standard deviation over seeds.
+built-in workloads (digits, denoise, denoise-deep), mean and standard deviation over seeds.
 
 Run from the repository root::
 
     python -m bench.first_last                  # both workloads, 3 seeds (denoise: minutes per trial)
     python -m bench.first_last --workloads digits
+    python -m bench.first_last --workloads denoise-deep   # 17 layers, 100 QAT steps a run
     python -m bench.first_last --report-only    # tabulate the cached runs
 
 Each row is one precision map, trained by ``search.run_trial`` (copy the pretrained fp32 model,
@@ -30,10 +31,12 @@ from bench.report import RESULTS_DIR, markdown_table, mean_std, write_report
 from search import CostObjective, discover_layers, load_profile, load_workload, run_trial
 from search.cost import model_costs
 from search.train import fp32_quality
+from search.workloads import denoise, denoise_deep
 from search.workloads.base import Workload
-from search.workloads.denoise import noisy_input_psnr
 
-QAT_STEPS = {"digits": 200, "denoise": 300}
+# denoise-deep: 100 steps, the long fidelity bench/baselines.py measures fronts at (0.2 s a step on
+# one shared core at width 16: 15 runs fit in minutes)
+QAT_STEPS = {"digits": 200, "denoise": 300, "denoise-deep": 100}
 RUNS_FILE = RESULTS_DIR / "first_last_runs.json"
 
 # row label -> (index, first index, last index) -> format name
@@ -91,8 +94,8 @@ def measure(
         return f"{scale * mean:.2f} ± {scale * std:.2f}"
 
     rows = [[workload_name, "fp32 (pretrained)", fmt(fp32, 0.0), "-", "0.00", "-", "-"]]
-    if workload_name == "denoise":
-        noisy = noisy_input_psnr()
+    if workload_name in ("denoise", "denoise-deep"):
+        noisy = denoise.noisy_input_psnr() if workload_name == "denoise" else denoise_deep.noisy_input_psnr()
         baseline = [
             workload_name, "noisy input (trivial baseline)", fmt(noisy, 0.0), "-", f"{fp32 - noisy:.2f}", "-", "-",
         ]
@@ -125,37 +128,44 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workloads", nargs="+", default=["digits", "denoise"], choices=["digits", "denoise"])
+    parser.add_argument("--workloads", nargs="+", default=["digits", "denoise"], choices=sorted(QAT_STEPS))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--report-only", action="store_true", help="tabulate the cached runs, train nothing new")
     parser.add_argument("--train-seeds", type=int, nargs="+", help="train only these seeds (parallel processes)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    runs = load_runs(RUNS_FILE)
+    # the shallow workloads keep their original table; denoise-deep gets its own (and its own runs file)
+    shallow = set(args.workloads) <= {"digits", "denoise"}
+    report_name = "first_last" if shallow else "first_last_" + "_".join(args.workloads)
+    runs_file = RUNS_FILE if report_name == "first_last" else RESULTS_DIR / f"{report_name}_runs.json"
+    runs = load_runs(runs_file)
     cached = set(runs)
     train_seeds = [] if args.report_only else (args.train_seeds or list(range(args.seeds)))
     rows: list[list[str]] = []
     for name in args.workloads:
-        rows += measure(name, args.seeds, runs, RUNS_FILE, train_seeds)[0]
+        rows += measure(name, args.seeds, runs, runs_file, train_seeds)[0]
     body = "\n".join([
-        (f"QAT steps: digits {QAT_STEPS['digits']}, denoise {QAT_STEPS['denoise']} (Adam, the workload's lr, "
+        (f"QAT steps: digits {QAT_STEPS['digits']}, denoise {QAT_STEPS['denoise']}, denoise-deep "
+        f"{QAT_STEPS['denoise-deep']} (Adam, the workload's lr, "
         f"minmax ranges); mean ± sample std over seeds 0..{args.seeds - 1}.  Built-in workloads with default "
         "options (digits: `DigitsCNN` width 16, test split of 597 images; denoise: `DnCNN` depth 6 width 32, "
-        "sigma 25/255 on a 160x160 crop of `flower.jpg`).  drop = fp32 (pretrained) - mean; "
+        "sigma 25/255 on a 160x160 crop of `flower.jpg`; denoise-deep: `DnCNN` depth 17 width 16, 17 quantizable "
+        "layers, PSNR over 128x128 crops of the held-out photos camera, coins, astronaut).  "
+        "drop = fp32 (pretrained) - mean; "
         "bitops relative to all-int8 (MACs x weight bits x activation bits).  "
         "Maps list the layers in execution order.  "
         "The workload column names the QAT batch shape and learning rate; rows marked \"earlier default\" were "
         "trained before the workload's default QAT batches changed (kept for comparison)."),
         "",
         (f"Runs trained by this invocation: {len(set(runs) - cached)}; taken from "
-         f"`{RUNS_FILE.relative_to(RESULTS_DIR.parent.parent)}` (earlier invocations of this script, e.g. "
+         f"`{runs_file.relative_to(RESULTS_DIR.parent.parent)}` (earlier invocations of this script, e.g. "
          f"`--train-seeds` processes run in parallel): {len(cached & set(runs))}."),
         "",
         markdown_table(
             ["workload", "precision map", "quality", "seeds", "drop vs fp32", "bitops (x int8)", "map"], rows
         ),
     ])
-    write_report("first_last", "First/last-layer precision table", body)
+    write_report(report_name, "First/last-layer precision table", body)
 
 
 if __name__ == "__main__":

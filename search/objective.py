@@ -50,7 +50,7 @@ class SearchSetup:
 
     def full_assignment(self, free: Mapping[str, str]) -> dict[str, str]:
         """Every layer's format (pins included), in execution order."""
-        merged = {**self.space.pinned, **free}
+        merged = {**self.space.pinned, **self.space.expand(free)}
         return {fqn: merged[fqn] for fqn in self.graph.fqns}
 
     def quality_drop(self, quality: float, fp32: float) -> float:

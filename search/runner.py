@@ -433,7 +433,7 @@ class _Search:
         if self.spec.seed_with_sensitivity and not attrs.get(_ATTR_GREEDY):
             def first_cost(free: Assignment) -> float:
                 costs = model_costs(self.spec.cost_objectives, setup.profile, setup.graph,
-                                    {**setup.space.pinned, **free})
+                                    {**setup.space.pinned, **setup.space.expand(free)})
                 return next(iter(costs.values()))
 
             greedy = greedy_after_sweep(setup.space, quality_of, first_cost, setup.workload.higher_is_better)
@@ -567,7 +567,7 @@ class _Search:
         """What this layer costs in each format it may take ({format: {objective: value}}); summed
         over the layers of an assignment these are the trial's costs."""
         space = self.setup.space
-        names = space.choices.get(layer.fqn) or (space.pinned[layer.fqn],)
+        names = space.options(layer.fqn) or (space.pinned[layer.fqn],)
         models = [cost_model(o, self.setup.profile) for o in self.spec.cost_objectives]
         # keyed by the names the assignments use (a pin's format is kept as the user spelled it)
         formats = {name: parse_format(name) for name in names}
@@ -601,7 +601,7 @@ class _Search:
             higher_is_better=setup.workload.higher_is_better,
             fp32_quality=fp32,
             layers=[
-                SearchLayer(info=layer, choices=setup.space.choices.get(layer.fqn, ()),
+                SearchLayer(info=layer, choices=setup.space.options(layer.fqn),
                             pinned=setup.space.pinned.get(layer.fqn), costs_by_format=self.layer_costs(layer))
                 for layer in setup.graph.layers
             ],

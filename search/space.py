@@ -1,15 +1,25 @@
-"""The search space: which layers are free, which formats each may take, and which are pinned.
+"""The search space: which layers are free, which formats each may take, which are pinned, and
+which must share a format.
 
 Formats per layer = the spec's formats (by default every format the profile runs, fp32 aside: the
 reference is not a quantization choice) that the target profile allows for the layer's kind.  Pins
 apply in order (later pins win): the first/last-layer anchor (``spec.pin_first_last``, int8 by
 default), then ``spec.pins``; a pin with ``format=None`` unpins.
+
+Layer groups (``spec.groups`` and the profile's ``layer_groups``) tie layers to one format, as
+hardware that needs equal scales on both inputs of a residual add does.  Each group is a list of
+patterns (an fqn glob, ``kind:<layer kind>``, ``@first``, ``@last``: the pins' syntax); every layer
+any of them matches is in the group, and groups that share a layer merge.  A group takes the formats
+all its members allow; a pin on one member pins the whole group.  The sampler then suggests one
+format per group: only the group's first layer (execution order) is in :attr:`SearchSpace.choices`,
+the others follow it (:attr:`SearchSpace.tied`, :meth:`SearchSpace.expand`).
 """
 
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from search.layers import LayerGraph, LayerInfo
 from search.profiles import ProfileError, TargetProfile
@@ -22,9 +32,10 @@ class SearchSpaceError(ValueError):
 
 @dataclass(frozen=True)
 class SearchSpace:
-    choices: dict[str, tuple[str, ...]]  # free fqn -> allowed format names (execution order)
+    choices: dict[str, tuple[str, ...]]  # free fqn -> allowed format names (execution order); one per group
     pinned: dict[str, str]  # fqn -> format name
     pin_reasons: dict[str, str]  # fqn -> why
+    tied: dict[str, str] = field(default_factory=dict)  # free fqn -> the fqn in ``choices`` whose format it takes
 
     @property
     def size(self) -> int:
@@ -33,15 +44,78 @@ class SearchSpace:
             n *= len(c)
         return n
 
+    def expand(self, free: Mapping[str, str]) -> dict[str, str]:
+        """A free assignment (fqn in :attr:`choices` -> format) with every tied layer filled in."""
+        return {**free, **{fqn: free[leader] for fqn, leader in self.tied.items() if leader in free}}
 
-def _matches(pin: Pin, layer: LayerInfo, graph: LayerGraph) -> bool:
-    if pin.match == "@first":
+    def options(self, fqn: str) -> tuple[str, ...]:
+        """The formats a free layer may take (its group's when tied); () for a pinned layer."""
+        return self.choices.get(self.tied.get(fqn, fqn), ())
+
+
+def _matches(pattern: str, layer: LayerInfo, graph: LayerGraph) -> bool:
+    if pattern == "@first":
         return layer.fqn == graph.first.fqn
-    if pin.match == "@last":
+    if pattern == "@last":
         return layer.fqn == graph.last.fqn
-    if pin.match.startswith("kind:"):
-        return layer.kind.value == pin.match.removeprefix("kind:")
-    return fnmatch.fnmatchcase(layer.fqn, pin.match)
+    if pattern.startswith("kind:"):
+        return layer.kind.value == pattern.removeprefix("kind:")
+    return fnmatch.fnmatchcase(layer.fqn, pattern)
+
+
+def _layer_list(graph: LayerGraph) -> str:
+    return ", ".join(graph.fqns[:12]) + (" ..." if len(graph.fqns) > 12 else "")
+
+
+def resolve_groups(
+    groups: Sequence[tuple[str, Sequence[str]]], graph: LayerGraph
+) -> list[tuple[str, ...]]:
+    """Layer groups as fqn tuples in execution order, overlapping groups merged.
+
+    ``groups``: (where the group was given, for errors; its patterns).  A pattern that matches no
+    layer is an error naming it; a group of one layer constrains nothing and is dropped."""
+    parent = {fqn: fqn for fqn in graph.fqns}  # union-find over layers
+
+    def root(fqn: str) -> str:
+        while parent[fqn] != fqn:
+            parent[fqn] = parent[parent[fqn]]
+            fqn = parent[fqn]
+        return fqn
+
+    for where, patterns in groups:
+        if isinstance(patterns, str) or not patterns:
+            raise SearchSpaceError(f"{where}: a list of layer patterns, e.g. ['block1.conv1', 'block1.conv2']")
+        members: list[str] = []
+        for pattern in patterns:
+            matched = [layer.fqn for layer in graph.layers if _matches(pattern, layer, graph)]
+            if not matched:
+                raise SearchSpaceError(f"{where}: {pattern!r} matches no layer; layers: {_layer_list(graph)}")
+            members += matched
+        for fqn in members[1:]:
+            parent[root(fqn)] = root(members[0])
+    by_root: dict[str, list[str]] = {}
+    for fqn in graph.fqns:
+        by_root.setdefault(root(fqn), []).append(fqn)
+    return [tuple(members) for members in by_root.values() if len(members) > 1]
+
+
+def _pin_groups(
+    layer_groups: Sequence[tuple[str, ...]], pinned: dict[str, str], reasons: dict[str, str]
+) -> None:
+    """A pin on one member pins its whole group (in place); two different pins in a group are an error."""
+    for members in layer_groups:
+        pins = {pinned[fqn] for fqn in members if fqn in pinned}
+        if len(pins) > 1:
+            detail = ", ".join(f"{fqn}={pinned[fqn]}" for fqn in members if fqn in pinned)
+            raise SearchSpaceError(
+                f"groups: layers {', '.join(members)} must share a format but are pinned to different ones ({detail})"
+            )
+        if pins:
+            source = next(fqn for fqn in members if fqn in pinned)
+            for fqn in members:
+                if fqn not in pinned:
+                    pinned[fqn] = pinned[source]
+                    reasons[fqn] = f"in a layer group with {source!r} ({reasons[source]})"
 
 
 def searched_formats(spec: SearchSpec, profile: TargetProfile) -> tuple[str, ...]:
@@ -64,21 +138,27 @@ def build_space(spec: SearchSpec, graph: LayerGraph, profile: TargetProfile) -> 
         ]
     pins += [(p, f"pinned by {p.match!r}") for p in spec.pins]
     for pin, _ in pins[2 if spec.pin_first_last else 0 :]:
-        if not any(_matches(pin, layer, graph) for layer in graph.layers):
-            raise SearchSpaceError(f"pins: {pin.match!r} matches no layer; layers: {', '.join(graph.fqns[:12])}")
+        if not any(_matches(pin.match, layer, graph) for layer in graph.layers):
+            raise SearchSpaceError(f"pins: {pin.match!r} matches no layer; layers: {_layer_list(graph)}")
+    layer_groups = resolve_groups(
+        [(f"groups[{i}]", g) for i, g in enumerate(spec.groups)]
+        + [(f"profile {profile.name!r}: layer_groups[{i}]", g) for i, g in enumerate(profile.layer_groups)],
+        graph,
+    )
 
     pinned: dict[str, str] = {}
     reasons: dict[str, str] = {}
     for layer in graph.layers:
         for pin, reason in pins:
-            if _matches(pin, layer, graph):
+            if _matches(pin.match, layer, graph):
                 if pin.format is None:
                     pinned.pop(layer.fqn, None)
                     reasons.pop(layer.fqn, None)
                 else:
                     pinned[layer.fqn] = pin.format
                     reasons[layer.fqn] = reason
-    choices: dict[str, tuple[str, ...]] = {}
+    _pin_groups(layer_groups, pinned, reasons)
+    options_of: dict[str, tuple[str, ...]] = {}
     for layer in graph.layers:
         allowed = profile.allowed_formats(layer.kind)
         if layer.fqn in pinned:
@@ -94,10 +174,24 @@ def build_space(spec: SearchSpec, graph: LayerGraph, profile: TargetProfile) -> 
                 f"formats: none of {', '.join(formats)} is allowed for layer {layer.fqn!r} ({layer.kind}) "
                 f"by profile {profile.name!r}; allowed there: {', '.join(allowed)}"
             )
-        choices[layer.fqn] = options
-    if not any(len(c) > 1 for c in choices.values()):
+        options_of[layer.fqn] = options
+    tied: dict[str, str] = {}
+    for members in layer_groups:
+        if members[0] in pinned:
+            continue
+        common = tuple(f for f in options_of[members[0]] if all(f in options_of[m] for m in members))
+        if not common:
+            detail = "; ".join(f"{m}: {', '.join(options_of[m])}" for m in members)
+            raise SearchSpaceError(
+                f"groups: layers {', '.join(members)} must share a format but have none in common ({detail})"
+            )
+        options_of[members[0]] = common
+        for fqn in members[1:]:
+            tied[fqn] = members[0]
+            del options_of[fqn]
+    if not any(len(c) > 1 for c in options_of.values()):
         raise SearchSpaceError(
-            "pins: the pins and formats leave nothing to search (every layer has one possible format); "
-            "unpin layers or allow more formats"
+            "pins: the pins, groups and formats leave nothing to search (every layer has one possible format); "
+            "unpin layers, drop groups or allow more formats"
         )
-    return SearchSpace(choices=choices, pinned=pinned, pin_reasons=reasons)
+    return SearchSpace(choices=options_of, pinned=pinned, pin_reasons=reasons, tied=tied)

@@ -9,9 +9,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from search.formats import parse_format
 from search.layers import LayerInfo
@@ -67,6 +67,8 @@ def first_error_text(err: ValidationError, where: str = "(input)") -> str:
 
 
 _NO_NUL = r"^[^\x00]*$"  # strings end up in JSON columns and file names
+LayerPattern = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_NO_NUL)]
+LayerGroup = Annotated[tuple[LayerPattern, ...], Field(min_length=1, max_length=100)]
 
 
 class Pin(BaseModel):
@@ -108,6 +110,10 @@ class SearchRequest(BaseModel):
         default="int8", max_length=32, description="format for the first and last executed layer; null: free"
     )
     pins: tuple[Pin, ...] = Field(default=(), max_length=100)
+    groups: tuple[LayerGroup, ...] = Field(
+        default=(), max_length=100,
+        description="layers that must share a format: lists of fqn globs, kind:<kind>, @first or @last",
+    )
     cost_objectives: tuple[CostObjective, ...] = Field(default=(CostObjective.BITOPS,), min_length=1, max_length=2)
     max_quality_drop: float | None = Field(
         default=None, ge=0, le=1e9, description="feasible only if fp32 metric - metric <= this"

@@ -2,7 +2,8 @@
 
 A profile (YAML or JSON) lists the formats the device runs with their relative MAC throughput
 (fp16 = 1.0), the peak fp16 MAC rate, per-layer-kind restrictions, and optionally a measured latency
-table (milliseconds per layer fqn and format) that overrides the throughput model.  The search space
+table (milliseconds per layer fqn and format) that overrides the throughput model, and optionally
+layer groups that must share a format (a model-specific profile's: they name layers).  The search space
 comes from the profile: a layer may only take formats its kind allows.
 """
 
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from search.formats import parse_format
 from search.layers import LayerKind
-from search.spec import first_error_text
+from search.spec import LayerGroup, first_error_text
 
 BUILTIN_DIR = Path(__file__).parent
 
@@ -46,6 +47,11 @@ class TargetProfile(BaseModel):
     formats: dict[str, FormatSpec] = Field(min_length=1)
     layer_kinds: dict[LayerKind, LayerKindSpec] = Field(default_factory=dict)
     latency_table: dict[str, dict[str, float]] = Field(default_factory=dict, description="ms per fqn and format")
+    layer_groups: list[LayerGroup] = Field(
+        default_factory=list, max_length=100,
+        description="layers that must share a format (e.g. both inputs of a residual add): lists of fqn globs, "
+        "kind:<kind>, @first or @last",
+    )
 
     @field_validator("formats")
     @classmethod

@@ -1,0 +1,349 @@
+"""mixq's search against the methods users would otherwise pick, in one harness, on ``denoise-deep``.
+
+Every method searches the same space (first and last layer int8, every other layer int8 or int4,
+BitOPs as the cost) with the same wall-clock budget on the same machine, then names one map per
+BitOPs budget (its best under that budget by its own estimate).  Every named map is then measured
+the same way: ``search.run_trial`` at the long fidelity with several seeds.  Methods:
+
+* ``amp`` -- AIMET AMP style: PTQ per-layer int4 drop (:func:`search.sensitivity.ptq_sensitivity`),
+  then a greedy path flipping layers to int4, least drop per BitOPs saved first.
+* ``hawq`` -- HAWQ-V3 style: Hutchinson estimate of each layer's Hessian trace (per weight) times the
+  weight quantization perturbation ``||Q(W) - W||^2``, then an integer program per budget
+  (``scipy.optimize.milp``).
+* ``autoquantize`` -- ModelOpt AutoQuantize style: output-space Fisher score
+  (:func:`search.sensitivity.fisher_sensitivity`), then a linear program per budget (relaxed, then
+  rounded within the budget).
+* ``random`` / ``tpe`` -- ``run_search`` with no seeding, sampler random / TPE, short QAT.
+* ``mixq`` -- ``run_search`` as shipped (seeded with baselines and the sensitivity sweep), short QAT.
+
+Run from the repository root (the full configuration; hours on 2 cores)::
+
+    python -m bench.baselines --budget-s 1800 --search-qat-steps 60 --long-qat-steps 300 --seeds 3
+
+The small-budget run recorded in ``bench/results/baselines.md`` used the defaults below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from bench.report import RESULTS_DIR, code_version, markdown_table, mean_std, write_report
+from search import CostObjective, SearchSpec, discover_layers, load_profile, load_workload, run_search, run_trial
+from search.cost import model_costs
+from search.formats import parse_format
+from search.layers import LayerGraph
+from search.pareto import assignment_key, hypervolume_2d, objective_vector
+from search.qat import FakeQuantMixin, RangeMethod, fold_batchnorm, to_fake_quant
+from search.sensitivity import fisher_sensitivity, ptq_sensitivity
+from search.workloads import Workload
+from search.workloads.denoise_deep import noisy_input_psnr
+
+FORMATS = ("int8", "int4")
+Assignment = dict[str, str]  # fqn -> format name, every layer
+
+
+# -- the selection programs: numbers in, numbers out ----------------------------------------------
+def select_formats(
+    scores: Mapping[str, Mapping[str, float]], costs: Mapping[str, Mapping[str, float]], budget: float,
+    *, integer: bool = True,
+) -> dict[str, str] | None:
+    """One format per layer minimising the summed score with the summed cost <= ``budget``.
+
+    ``scores[fqn][fmt]`` (lower = better) and ``costs[fqn][fmt]`` over the same formats.  With
+    ``integer`` an exact integer program (HAWQ-V3); without, the linear relaxation (AutoQuantize),
+    each layer then taking its largest share and a split layer its cheapest used format, which
+    keeps the budget.  None when even the cheapest formats exceed the budget."""
+    pairs = [(fqn, fmt) for fqn in scores for fmt in scores[fqn]]
+    index = {p: i for i, p in enumerate(pairs)}
+    c = np.array([scores[f][m] for f, m in pairs])
+    one_each = np.zeros((len(scores), len(pairs)))
+    for row, fqn in enumerate(scores):
+        for fmt in scores[fqn]:
+            one_each[row, index[(fqn, fmt)]] = 1.0
+    cost_row = np.array([[costs[f][m] for f, m in pairs]])
+    constraints = [LinearConstraint(one_each, 1.0, 1.0), LinearConstraint(cost_row, -np.inf, budget)]
+    result = milp(c, constraints=constraints, integrality=np.full(len(pairs), 1 if integer else 0),
+                  bounds=Bounds(0.0, 1.0))
+    if result.x is None:
+        return None
+    chosen = {}
+    for fqn in scores:
+        shares = {fmt: result.x[index[(fqn, fmt)]] for fmt in scores[fqn]}
+        used = [fmt for fmt, x in shares.items() if x > 1e-6]
+        best = max(shares, key=lambda fmt: shares[fmt])
+        chosen[fqn] = best if len(used) == 1 else min(used, key=lambda fmt: costs[fqn][fmt])
+    return chosen
+
+
+def greedy_path(drop: Mapping[str, float], saving: Mapping[str, float]) -> list[list[str]]:
+    """AMP's greedy phase: prefixes of the layers in order of quality drop per cost saved (least first)."""
+    order = sorted(drop, key=lambda f: max(drop[f], 0.0) / max(saving[f], 1e-12))
+    return [order[:k] for k in range(len(order) + 1)]
+
+
+# -- the harness ---------------------------------------------------------------------------------
+@dataclass
+class Setup:
+    workload: Workload
+    graph: LayerGraph
+    free: tuple[str, ...]  # layers a method may set (first and last are int8)
+    int8_bitops: float
+    budgets: tuple[float, ...]  # BitOPs ratios to all-int8
+    options: dict[str, object]
+
+    def full(self, int4_layers: Sequence[str]) -> Assignment:
+        return {f: "int4" if f in int4_layers else "int8" for f in self.graph.fqns}
+
+    def ratio(self, assignment: Mapping[str, str]) -> float:
+        bitops = model_costs((CostObjective.BITOPS,), load_profile("generic"), self.graph, assignment)["bitops"]
+        return bitops / self.int8_bitops
+
+
+@dataclass
+class MethodResult:
+    name: str
+    wall_s: float
+    picks: dict[float, Assignment] = field(default_factory=dict)  # budget -> map
+    note: str = ""
+
+
+def layer_bitops(setup: Setup) -> dict[str, dict[str, float]]:
+    profile = load_profile("generic")
+    out: dict[str, dict[str, float]] = {}
+    for fqn in setup.free:
+        out[fqn] = {}
+        for fmt in FORMATS:
+            base = setup.full([])
+            base[fqn] = fmt
+            out[fqn][fmt] = model_costs((CostObjective.BITOPS,), profile, setup.graph, base)["bitops"]
+    return out
+
+
+def picks_from_program(
+    setup: Setup, scores: Mapping[str, Mapping[str, float]], integer: bool
+) -> dict[float, Assignment]:
+    costs = layer_bitops(setup)
+    fixed = setup.int8_bitops - sum(costs[f]["int8"] for f in setup.free)  # first and last layer
+    picks = {}
+    for budget in setup.budgets:
+        chosen = select_formats(scores, costs, budget * setup.int8_bitops - fixed, integer=integer)
+        if chosen is not None:
+            picks[budget] = {f: chosen.get(f, "int8") for f in setup.graph.fqns}
+    return picks
+
+
+def run_amp(setup: Setup) -> MethodResult:
+    started = time.monotonic()
+    records = ptq_sensitivity(setup.workload, setup.free, ("int4",))
+    drop = {r.fqn: r.score for r in records}
+    costs = layer_bitops(setup)
+    saving = {f: costs[f]["int8"] - costs[f]["int4"] for f in setup.free}
+    path = [setup.full(prefix) for prefix in greedy_path(drop, saving)]
+    picks = {}
+    for budget in setup.budgets:  # the fewest flips that meet the budget
+        fitting = [a for a in path if setup.ratio(a) <= budget]
+        if fitting:
+            picks[budget] = fitting[0]
+    return MethodResult("amp", time.monotonic() - started, picks)
+
+
+def folded_model(workload: Workload) -> torch.nn.Module:
+    """The pretrained model with BatchNorm folded: the weights QAT quantizes."""
+    model = copy.deepcopy(workload.model).eval()
+    fold_batchnorm(model)
+    return model
+
+
+def hessian_traces(model: torch.nn.Module, workload: Workload, fqns: Sequence[str], samples: int,
+                   seed: int = 0) -> dict[str, float]:
+    """Hutchinson estimate of each layer's weight Hessian trace: mean over ``samples`` batches of
+    ``v^T H v`` with Rademacher ``v`` (cross-layer terms vanish in expectation)."""
+    weights = [model.get_parameter(f"{f}.weight") for f in fqns]
+    gen = torch.Generator().manual_seed(seed)
+    batches = workload.train_batches(gen)
+    totals = dict.fromkeys(fqns, 0.0)
+    for _ in range(samples):
+        inputs, target = next(batches)
+        loss = workload.loss_fn(model(inputs), target)
+        grads = torch.autograd.grad(loss, weights, create_graph=True)
+        vs = [torch.randint(0, 2, w.shape, generator=gen).float() * 2 - 1 for w in weights]
+        hvs = torch.autograd.grad(grads, weights, grad_outputs=vs)
+        for fqn, v, hv in zip(fqns, vs, hvs, strict=True):
+            totals[fqn] += float((v * hv).sum()) / samples
+    return totals
+
+
+def run_hawq(setup: Setup, samples: int) -> MethodResult:
+    started = time.monotonic()
+    model = folded_model(setup.workload)
+    traces = hessian_traces(model, setup.workload, setup.free, samples)
+    scores: dict[str, dict[str, float]] = {}
+    for fqn in setup.free:
+        layer = model.get_submodule(fqn)
+        weight = model.get_parameter(f"{fqn}.weight").detach()
+        scores[fqn] = {}
+        for fmt in FORMATS:
+            twin = to_fake_quant(copy.deepcopy(layer), parse_format(fmt), RangeMethod.MINMAX)
+            assert isinstance(twin, FakeQuantMixin)
+            with torch.no_grad():
+                perturbation = float((twin.weight_quant(weight) - weight).square().sum())
+            scores[fqn][fmt] = traces[fqn] / weight.numel() * perturbation  # HAWQ-V3: mean trace x ||dW||^2
+    picks = picks_from_program(setup, scores, integer=True)
+    return MethodResult("hawq", time.monotonic() - started, picks)
+
+
+def run_autoquantize(setup: Setup) -> MethodResult:
+    started = time.monotonic()
+    records = fisher_sensitivity(setup.workload, setup.free, FORMATS)
+    scores: dict[str, dict[str, float]] = {}
+    for r in records:
+        scores.setdefault(r.fqn, {})[r.format] = r.score
+    picks = picks_from_program(setup, scores, integer=False)
+    return MethodResult("autoquantize", time.monotonic() - started, picks)
+
+
+def run_sampler(setup: Setup, name: str, budget_s: float, qat_steps: int) -> MethodResult:
+    seeded = name == "mixq"
+    spec = SearchSpec(
+        workload="denoise-deep", workload_options=setup.options, formats=FORMATS, n_trials=10_000,
+        timeout_s=budget_s, qat_steps=qat_steps, sampler="tpe" if name != "random" else "random",
+        seed_with_baselines=seeded, seed_with_sensitivity=seeded, reevaluate_front=0,
+    )
+    started = time.monotonic()
+    result = run_search(spec, workload=setup.workload)
+    wall_s = time.monotonic() - started
+    picks = {}
+    for budget in setup.budgets:  # its best short-fidelity trial under the budget
+        fitting = [t for t in result.trials if t.costs["bitops"] / setup.int8_bitops <= budget + 1e-9]
+        if fitting:
+            picks[budget] = dict(max(fitting, key=lambda t: t.quality).assignment)
+    return MethodResult(name, wall_s, picks, f"{len(result.trials)} trials")
+
+
+def measure(setup: Setup, assignment: Assignment, seeds: int, qat_steps: int, cache: dict[str, list[float]],
+            ) -> list[float]:
+    key = assignment_key(assignment)
+    if key not in cache:
+        cache[key] = [run_trial(setup.workload, assignment, qat_steps=qat_steps, seed=s).quality for s in range(seeds)]
+        print(f"measured {setup.ratio(assignment):.3f} x int8: {cache[key]}", flush=True)
+    return cache[key]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--width", type=int, default=16, help="denoise-deep width (channels)")
+    parser.add_argument("--budget-s", type=float, default=60.0, help="wall-clock budget of each search method")
+    parser.add_argument("--search-qat-steps", type=int, default=15, help="QAT steps of a search trial")
+    parser.add_argument("--long-qat-steps", type=int, default=60, help="QAT steps of the long-fidelity measurement")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds of the long-fidelity measurement")
+    parser.add_argument("--hutchinson-samples", type=int, default=8)
+    parser.add_argument("--budgets", type=float, nargs=3, default=[0.4, 0.6, 0.8], help="BitOPs ratios to all-int8")
+    parser.add_argument("--methods", nargs="+", default=["amp", "hawq", "autoquantize", "random", "tpe", "mixq"])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    options: dict[str, object] = {"width": args.width}
+    workload = load_workload("denoise-deep", options)
+    graph = discover_layers(workload.model, workload.example_inputs)
+    free = graph.fqns[1:-1]
+    int8 = {f: "int8" for f in graph.fqns}
+    int8_bitops = model_costs((CostObjective.BITOPS,), load_profile("generic"), graph, int8)["bitops"]
+    setup = Setup(workload, graph, free, int8_bitops, tuple(args.budgets), options)
+    runners: dict[str, Callable[[], MethodResult]] = {
+        "amp": lambda: run_amp(setup),
+        "hawq": lambda: run_hawq(setup, args.hutchinson_samples),
+        "autoquantize": lambda: run_autoquantize(setup),
+        "random": lambda: run_sampler(setup, "random", args.budget_s, args.search_qat_steps),
+        "tpe": lambda: run_sampler(setup, "tpe", args.budget_s, args.search_qat_steps),
+        "mixq": lambda: run_sampler(setup, "mixq", args.budget_s, args.search_qat_steps),
+    }
+    methods = []
+    for name in args.methods:
+        methods.append(runners[name]())
+        print(f"{name}: {methods[-1].wall_s:.1f} s, {len(methods[-1].picks)} picks", flush=True)
+    cache: dict[str, list[float]] = {}
+    int8_quality = mean_std(measure(setup, int8, args.seeds, args.long_qat_steps, cache))[0]
+    reference_quality = noisy_input_psnr()  # hypervolume reference: the noisy input's PSNR
+    points: dict[str, list[tuple[float, float, float]]] = {}  # method -> (bitops ratio, mean, std)
+    for m in methods:
+        points[m.name] = []
+        for assignment in m.picks.values():
+            mean, std = mean_std(measure(setup, assignment, args.seeds, args.long_qat_steps, cache))
+            points[m.name].append((setup.ratio(assignment), mean, std))
+    hv: dict[str, dict[float, float]] = {}
+    for m in methods:
+        hv[m.name] = {}
+        for budget in setup.budgets:
+            vecs = [objective_vector(q, [r], True) for r, q, _ in points[m.name] if r <= budget + 1e-9]
+            hv[m.name][budget] = hypervolume_2d(vecs, (-reference_quality, budget))
+    write_outputs(args, setup, methods, points, hv, int8_quality, reference_quality)
+
+
+def write_outputs(args: argparse.Namespace, setup: Setup, methods: Sequence[MethodResult],
+                  points: Mapping[str, Sequence[tuple[float, float, float]]], hv: Mapping[str, Mapping[float, float]],
+                  int8_quality: float, reference_quality: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m in methods:
+        pts = sorted(points[m.name])
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
+                    label=m.name, alpha=0.8)
+    ax.axhline(int8_quality, color="grey", linestyle="--", label="all int8")
+    ax.set_xlabel("BitOPs (x all-int8)")
+    ax.set_ylabel(f"PSNR (dB), {args.long_qat_steps} QAT steps, {args.seeds} seeds")
+    ax.set_title("denoise-deep: each method's picks at 3 BitOPs budgets")
+    ax.legend()
+    fig.tight_layout()
+    png = RESULTS_DIR / "baselines.png"
+    fig.savefig(png, dpi=110)
+    budgets = setup.budgets
+    rows = [[m.name, f"{m.wall_s:.1f}", *(f"{hv[m.name][b]:.4f}" for b in budgets),
+             "; ".join(f"{r:.3f}: {q:.2f} ± {s:.2f}" for r, q, s in sorted(points[m.name])), m.note]
+            for m in methods]
+    summary = {
+        "commit": code_version(), "args": vars(args), "int8_quality_db": int8_quality,
+        "reference_quality_db": reference_quality,
+        "methods": {
+            m.name: {
+                "wall_s": m.wall_s, "note": m.note, "hypervolume": {str(b): hv[m.name][b] for b in budgets},
+                "points": [{"bitops_ratio": r, "psnr_db_mean": q, "psnr_db_std": s} for r, q, s in points[m.name]],
+                "picks": {str(b): a for b, a in m.picks.items()},
+            }
+            for m in methods
+        },
+    }
+    Path(RESULTS_DIR / "baselines.json").write_text(json.dumps(summary, indent=1) + "\n")
+    body = "\n".join([
+        (f"**A small-budget run**, sized to finish in about half an hour on 2 shared cores: `denoise-deep` "
+         f"(DnCNN depth 17, width {args.width}, 17 quantizable layers; first and last pinned int8, 15 free, "
+         f"int8/int4), {args.budget_s:.0f} s per search method with {args.search_qat_steps} QAT steps a trial; "
+         f"every pick measured with {args.long_qat_steps} QAT steps x {args.seeds} seeds (`search.run_trial`).  "
+         "The full configuration is the command in the module docstring of `bench/baselines.py`."),
+        "",
+        (f"Hypervolume at budget B: area dominated by the method's measured picks with BitOPs <= B, "
+         f"reference (PSNR of the noisy input {reference_quality:.2f} dB, B).  All-int8 measured "
+         f"{int8_quality:.2f} dB.  Wall time: the method's own search or proxy time (the common measurement "
+         "is not counted).  The plot is `bench/results/baselines.png`, the numbers `bench/results/baselines.json`."),
+        "",
+        markdown_table(
+            ["method", "wall (s)", *(f"HV @ {b:g}" for b in budgets), "picks: BitOPs ratio: PSNR dB", "note"], rows
+        ),
+    ])
+    write_report("baselines", "mixq vs AMP, HAWQ-V3, AutoQuantize, random and TPE on denoise-deep", body)
+
+
+if __name__ == "__main__":
+    main()
