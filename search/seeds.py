@@ -4,6 +4,9 @@
 2. A one-layer-at-a-time sensitivity sweep: all-int8 with one free layer in int4.
 3. Once the sweep is scored, a greedy front over it: flip layers to int4 in order of least quality
    lost per unit of cost saved, as AIMET AMP's greedy phase.
+4. Where the sweep does not fit the budget (a deep model: one QAT run per layer would spend most of
+   it before the sampler starts), the greedy path is ordered by a proxy sensitivity that costs
+   seconds instead (:func:`proxy_greedy_assignments`, with :mod:`search.sensitivity`'s scores).
 
 Each assignment here is a *free* one (fqn -> format name for the free layers only): what a study
 enqueues as a trial's parameters.
@@ -56,6 +59,37 @@ def greedy_assignments(
             free[fqn] = probe
         out.append(free)
     return out
+
+
+def sweep_fits(n_sweep: int, n_trials: int) -> bool:
+    """A one-layer QAT sweep is worth its cost when it takes at most a third of the trial budget
+    (the rest: baselines, the greedy path and the sampler)."""
+    return n_sweep <= max(3, n_trials // 3)
+
+
+def proxy_greedy_assignments(
+    space: SearchSpace,
+    sensitivity: Mapping[str, float],
+    cost_of: Callable[[Assignment], float],
+    max_points: int,
+    *,
+    base: str = "int8",
+    probe: str = "int4",
+) -> list[Assignment]:
+    """The greedy path ordered by a proxy ``sensitivity`` (fqn -> score, higher = more sensitive),
+    thinned to at most ``max_points`` maps spread evenly along it (cheapest end included)."""
+    flippable = [f for f, options in space.choices.items() if base in options and probe in options]
+    if len(flippable) < 3 or max_points < 1 or not all(base in o for o in space.choices.values()):
+        return []
+    all_base = {f: base for f in space.choices}
+    saving = {f: cost_of(all_base) - cost_of({**all_base, f: probe}) for f in flippable}
+    path = greedy_assignments(space, {f: sensitivity.get(f, 0.0) for f in flippable}, saving,
+                              base=base, probe=probe)
+    if len(path) <= max_points:
+        return path
+    step = (len(path) - 1) / max(1, max_points - 1)
+    picks = sorted({round(i * step) for i in range(max_points)})
+    return [path[i] for i in picks]
 
 
 def greedy_after_sweep(

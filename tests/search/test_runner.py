@@ -259,3 +259,38 @@ def test_killed_process_trial_is_retried_with_same_params(storage_url: str) -> N
     assert retries and retries[0].params == killed.params
     assert retries[0].state is TrialState.COMPLETE
     assert not study.get_trials(states=(TrialState.RUNNING,))
+
+
+# -- proxy seeding where a one-layer QAT sweep does not fit the budget ----------------------------
+
+
+def test_proxy_greedy_orders_by_score_per_cost_and_thins_evenly() -> None:
+    from search.seeds import proxy_greedy_assignments
+
+    space = SearchSpace(choices={f: ("int4", "int8") for f in "abcdef"}, pinned={}, pin_reasons={})
+    cost = {"int8": 2.0, "int4": 1.0}
+
+    def cost_of(free: dict[str, str]) -> float:
+        return sum(cost[v] for v in free.values())  # every layer saves 1 by going to int4
+
+    sensitivity = {"a": 5.0, "b": 0.1, "c": 3.0, "d": 0.2, "e": 4.0, "f": 1.0}  # order: b d f c e a
+    path = proxy_greedy_assignments(space, sensitivity, cost_of, max_points=10)
+    flipped = [sorted(f for f, v in p.items() if v == "int4") for p in path]
+    assert flipped == [["b", "d"], ["b", "d", "f"], ["b", "c", "d", "f"], ["b", "c", "d", "e", "f"]]
+    thinned = proxy_greedy_assignments(space, sensitivity, cost_of, max_points=2)
+    assert thinned == [path[0], path[-1]]  # both ends of the path
+
+
+@pytest.mark.parametrize(("n_trials", "expected"), [(6, "proxy"), (16, "sensitivity")])
+def test_seeding_uses_the_proxy_only_when_the_sweep_does_not_fit(n_trials: int, expected: str) -> None:
+    """digits with first/last free has 5 free layers: a 5-run sweep fits 16 trials (<= a third, or 3),
+    not 6; then the greedy path comes from the Fisher proxy, with no one-layer sweep trials."""
+    spec = tiny_spec(n_trials=n_trials, seed_with_sensitivity=True, formats=("int4", "int8"), qat_steps=1,
+                     pin_first_last=None)
+    result = run_search(spec)
+    sources = [t.source for t in result.trials]
+    other = {"proxy": "sensitivity", "sensitivity": "proxy"}[expected]
+    assert expected in sources and other not in sources, sources
+    if expected == "proxy":
+        flipped = [sum(v == "int4" for v in t.assignment.values()) for t in result.trials if t.source == "proxy"]
+        assert all(2 <= n <= 4 for n in flipped)  # greedy prefixes between the uniform baselines
