@@ -234,3 +234,22 @@ def test_job_whose_worker_died_after_the_last_trial_is_finished_by_another(
     assert second.next_job() == job_id
     second.run_job(job_id)
     assert status_of(db, job_id) == "succeeded"
+
+
+@pytest.mark.parametrize("n_workers", [6])
+def test_many_workers_never_exceed_the_job_budget(db: Database, settings: Settings, n_workers: int) -> None:
+    """Stress the budget claim: short trials, more workers than cores, a small budget.  A check of
+    "done + running < budget" followed by Optuna's ask lets two workers take the last slot."""
+    job_id = submit(db, n_trials=10)[0]
+    workers = [fake_worker(db, settings, 0.02) for _ in range(n_workers)]
+    threads = [threading.Thread(target=w.run_forever) for w in workers]
+    for t in threads:
+        t.start()
+    wait_for(lambda: status_of(db, job_id) == "succeeded", what="job to succeed")
+    for w in workers:
+        w.stop()
+    for t in threads:
+        t.join(timeout=20)
+    with db.session() as session:
+        trials = session.scalars(select(Trial).where(Trial.job_id == job_id)).all()
+    assert len(trials) == 10 and len({t.number for t in trials}) == 10
