@@ -127,3 +127,28 @@ def make_fake_run_search(trial_s: float = 0.0) -> Callable[..., SearchResult]:
         )
 
     return fake_run_search
+
+
+class ThreeLinearNet(nn.Module):
+    """Three linear layers: with the first and last pinned, one is left to search."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def diverging_workload(
+    _db: Database | None = None, _job: Job | None = None, _settings: Settings | None = None
+) -> Workload:
+    """A workload whose training loss is NaN at every step (as a learning rate that blows up)."""
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(8, dtype=torch.long)
+    return Workload(
+        name="diverging", model=ThreeLinearNet(), example_inputs=(x[:1],),
+        train_batches=lambda g: iter([(x, y)] * 1000), calibration_batches=[(x, y)],
+        loss_fn=lambda out, target: nn.functional.cross_entropy(out, target) * float("nan"),
+        evaluate=lambda m: 0.5, metric="accuracy", higher_is_better=True,
+    )
