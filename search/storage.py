@@ -82,8 +82,8 @@ def open_storage(
     raise StorageError(f"storage: cannot open {url!r}: {type(last_error).__name__}: {last_error}")
 
 
-BUDGET_SLOT_ATTR = "mixq:budget_slot"
-_BUDGET_LOCK_SPACE = 0x6D69_7871  # "mixq": first key of the PostgreSQL advisory lock (study_id is the second)  # user attr of a trial that holds one of the study's budget slots
+BUDGET_SLOT_ATTR = "mixq:budget_slot"  # user attr of a trial that holds one of the study's budget slots
+_BUDGET_LOCK_SPACE = 0x6D69_7871  # "mixq": first key of the PostgreSQL advisory lock (study_id is the second)
 
 # One statement: mark the trial as a slot holder only if fewer than :n_trials trials hold a slot
 # that still counts (running, or complete and trained: a repeat served from the cache gives its
