@@ -123,5 +123,10 @@ def claim_budget_slot(storage: RDBStorage, study_name: str, trial_number: int, n
     with storage.engine.begin() as conn:
         if conn.dialect.name != "sqlite":
             conn.execute(text("SELECT pg_advisory_xact_lock(:lock_space, :study_id)"), params)
+        # a retry inherits its failed original's user attrs, this mark included: it is not a claim
+        conn.execute(
+            text(f"DELETE FROM trial_user_attributes WHERE trial_id = :trial_id AND key = '{BUDGET_SLOT_ATTR}'"),
+            params,
+        )
         claimed = conn.execute(text(_CLAIM_SLOT_SQL), params).rowcount
     return bool(claimed)
