@@ -4,7 +4,8 @@ It evaluates per-layer precision maps with short QAT runs and returns the Pareto
 (quality, cost...).  Sample efficiency comes from:
 
 1. Seeding (``search/seeds.py``): the uniform baselines, the one-layer sensitivity sweep, then a
-   greedy front over the sweep.  All of it counts in the budget: they are real trials.
+   greedy front over the sweep.  All of it counts in the budget: they are real trials.  Seeds are
+   queued one at a time, when the study's queue is empty, so a retry always runs before them.
 2. A seeded multi-objective sampler (TPE by default; NSGA-II, random).
 3. A cache (``search/objective.py``): an assignment already evaluated is never trained again (its
    values are reused and the repeat does not count against the budget).
@@ -23,8 +24,10 @@ Rung results, re-evaluations and the dominated formats are study user attributes
 sharing the study sees them.
 
 Several processes can share one study through an Optuna RDB storage (SQLite on one machine,
-PostgreSQL beyond): the budget is the study's, not the process's.  Heartbeats mark a dead process's
-trial FAIL and re-enqueue the same parameters (bounded retries).
+PostgreSQL beyond): the budget is the study's, not the process's; each trial takes a budget slot
+atomically before it trains (``search.storage.claim_budget_slot``).  Heartbeats mark a dead
+process's trial FAIL and re-enqueue the same parameters (bounded retries).  A search whose trials
+keep failing on their own (``spec.max_consecutive_failures`` in a row) stops with the cause.
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ from search.spec import (
     SearchSpec,
     TrialOutcome,
 )
-from search.storage import open_storage
+from search.storage import claim_budget_slot, open_storage
 from search.train import fp32_quality, run_trial
 from search.workloads import Workload, load_workload
 
@@ -198,6 +201,7 @@ class _Search:
             raise SearchError(f"study_name: {exc}") from None
         self.started = time.monotonic()
         self.stop_reason = ""
+        self.seed_queue: list[tuple[Assignment, str]] = []  # (free assignment, source), not yet enqueued
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> SearchResult:
@@ -217,7 +221,9 @@ class _Search:
             if work[0] == "promote":
                 self.promote(int(work[1]), int(work[2]), fp32)
             else:
+                self.enqueue_next_seed()
                 self.step(objective)
+                self.stop_if_failing()
             self.maybe_learn_from_seeds()
         if self.should_stop():
             self.stop_reason = "stopped"
@@ -427,8 +433,37 @@ class _Search:
                                        "qconfig": scored.qconfig})
 
     def enqueue(self, free_assignments: list[Assignment], source: str) -> None:
-        for free in free_assignments:
-            self.study.enqueue_trial(free, user_attrs={"source": source}, skip_if_exists=True)
+        """Add seeds to this process's queue; :meth:`enqueue_next_seed` hands them to the study one at
+        a time, so a retry of a dead process's trial (queued in the study) always runs first."""
+        self.seed_queue += [(free, source) for free in free_assignments]
+
+    def enqueue_next_seed(self) -> None:
+        """Queue the next seed not tried yet, only when the study's queue is empty: a queued trial is
+        a retry of a dead process's trial (or a seed another process queued), and runs first."""
+        trials = self.study.get_trials(deepcopy=False)
+        if any(t.state is TrialState.WAITING for t in trials):
+            return
+        tried = {assignment_key(t.system_attrs.get("fixed_params", t.params)) for t in trials}
+        while self.seed_queue:
+            free, source = self.seed_queue.pop(0)
+            if assignment_key(free) not in tried:
+                self.study.enqueue_trial(free, user_attrs={"source": source}, skip_if_exists=True)
+                return
+
+    def stop_if_failing(self) -> None:
+        """Raise :class:`SearchError` once the last ``max_consecutive_failures`` finished trials all
+        failed with an error of their own (a dead process's trial is retried, not counted)."""
+        limit = self.spec.max_consecutive_failures
+        finished = [
+            t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+            if t.state is TrialState.COMPLETE or "fail_reason" in t.user_attrs
+        ]
+        last = sorted(finished, key=lambda t: t.number)[-limit:]
+        if len(last) == limit and all(t.state is TrialState.FAIL for t in last):
+            raise SearchError(
+                f"search stopped: {limit} trials in a row failed (max_consecutive_failures={limit}); "
+                f"last: trial {last[-1].number}: {last[-1].user_attrs['fail_reason']}"
+            )
 
     def layer_cost(self, fqn: str, fmt: str) -> float:
         """One layer's first cost objective in one format."""
@@ -471,7 +506,7 @@ class _Search:
             greedy = greedy_after_sweep(setup.space, quality_of, first_cost, setup.workload.higher_is_better)
             self.study.set_user_attr(_ATTR_GREEDY, True)
             if greedy is not None:
-                self.enqueue(greedy, "greedy")
+                self.seed_queue += [(free, "greedy") for free in greedy]
 
     # -- one trial ---------------------------------------------------------------------------
     def step(self, objective: Objective) -> None:
@@ -483,7 +518,28 @@ class _Search:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 self._fail_trials_without_heartbeat()
-        self.study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[self._after_optimize_trial])
+        self.study.optimize(
+            self._within_budget(objective), n_trials=1, catch=(Exception,), callbacks=[self._after_optimize_trial]
+        )
+
+    def _within_budget(self, objective: Objective) -> Callable[[optuna.Trial], tuple[float, ...]]:
+        """``objective`` behind an atomic claim of a budget slot (shared studies).  A trial that loses
+        the race is pruned (it never trained) and its queued parameters are queued again."""
+
+        def run(trial: optuna.Trial) -> tuple[float, ...]:
+            # a budget in trials is claimed slot by slot; a budget in QAT steps is the ledger's (next_work)
+            if self.storage is not None and self.spec.budget_qat_steps is None and not claim_budget_slot(
+                self.storage, self.study.study_name, trial.number, self.spec.n_trials
+            ):
+                frozen = next(t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number)
+                fixed = frozen.system_attrs.get("fixed_params")
+                if fixed:
+                    source = frozen.user_attrs.get("source", "sampler")
+                    self.study.enqueue_trial(fixed, user_attrs={"source": source}, skip_if_exists=False)
+                raise optuna.TrialPruned("budget: every slot is taken by trials running elsewhere")
+            return objective(trial)
+
+        return run
 
     def _after_optimize_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state is TrialState.COMPLETE and self.on_trial is not None and not trial.user_attrs.get("cached"):

@@ -183,6 +183,10 @@ class SearchSpec(SearchRequest):
     storage: str | None = Field(default=None, description="Optuna storage URL; null: in memory")
     study_name: str = Field(default="mixq", min_length=1, max_length=200)
     max_retries: int = Field(default=2, ge=0, le=10, description="retries of a trial whose process died")
+    max_consecutive_failures: int = Field(
+        default=3, ge=1, le=1000,
+        description="stop the search after this many trials in a row failed with an error of their own (NaN loss...)",
+    )
     heartbeat_interval_s: int = Field(default=5, ge=1, le=600, description="RDB storage: trial heartbeat period")
     grace_period_s: int = Field(default=20, ge=2, le=3600, description="RDB storage: a trial silent this long is stale")
     weights_dir: str | None = Field(default=None, description="save each trained trial's state dict here (trial-N.pt)")

@@ -80,3 +80,53 @@ def open_storage(
                 break
             time.sleep(0.3 * (attempt + 1))
     raise StorageError(f"storage: cannot open {url!r}: {type(last_error).__name__}: {last_error}")
+
+
+BUDGET_SLOT_ATTR = "mixq:budget_slot"  # user attr of a trial that holds one of the study's budget slots
+_BUDGET_LOCK_SPACE = 0x6D69_7871  # "mixq": first key of the PostgreSQL advisory lock (study_id is the second)
+
+# One statement: mark the trial as a slot holder only if fewer than :n_trials trials hold a slot
+# that still counts (running, or complete and trained: a repeat served from the cache gives its
+# slot back, as does a failed or pruned trial).  Optuna stores states by enum name and attrs as JSON.
+_CLAIM_SLOT_SQL = f"""
+INSERT INTO trial_user_attributes (trial_id, key, value_json)
+SELECT :trial_id, '{BUDGET_SLOT_ATTR}', 'true'
+WHERE (
+    SELECT count(*) FROM trials t
+    JOIN trial_user_attributes s ON s.trial_id = t.trial_id AND s.key = '{BUDGET_SLOT_ATTR}'
+    WHERE t.study_id = :study_id AND (
+        t.state = 'RUNNING' OR (t.state = 'COMPLETE' AND NOT EXISTS (
+            SELECT 1 FROM trial_user_attributes c
+            WHERE c.trial_id = t.trial_id AND c.key = 'cached' AND c.value_json = 'true'
+        ))
+    )
+) < :n_trials
+"""
+
+
+def claim_budget_slot(storage: RDBStorage, study_name: str, trial_number: int, n_trials: int) -> bool:
+    """Take one of the study's ``n_trials`` budget slots for a RUNNING trial; False when all are
+    taken.  Atomic across processes: a check of "done + running < budget" followed by Optuna's
+    ``ask`` is not (two processes both see 15 of 16 and both start a trial).
+
+    The count and the mark are one transaction that holds the study's write lock: on SQLite the
+    ``BEGIN IMMEDIATE`` every transaction starts with (above), on PostgreSQL a transaction-scoped
+    advisory lock on the study (a row lock on ``studies`` would also block Optuna's own inserts,
+    whose foreign-key checks lock that row in KEY SHARE mode).
+    """
+    from sqlalchemy import text
+
+    study_id = storage.get_study_id_from_name(study_name)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial_number)
+    params = {"trial_id": trial_id, "study_id": study_id, "n_trials": n_trials,
+              "lock_space": _BUDGET_LOCK_SPACE}
+    with storage.engine.begin() as conn:
+        if conn.dialect.name != "sqlite":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:lock_space, :study_id)"), params)
+        # a retry inherits its failed original's user attrs, this mark included: it is not a claim
+        conn.execute(
+            text(f"DELETE FROM trial_user_attributes WHERE trial_id = :trial_id AND key = '{BUDGET_SLOT_ATTR}'"),
+            params,
+        )
+        claimed = conn.execute(text(_CLAIM_SLOT_SQL), params).rowcount
+    return bool(claimed)

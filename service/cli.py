@@ -104,6 +104,9 @@ def token_create(
     expires_in: Annotated[
         str | None, typer.Option(help="lifetime: 90d, 12h, 30m or seconds; default: until revoked")
     ] = None,
+    role: Annotated[
+        str, typer.Option(help="user, or operator (may also submit jobs above the default priority)")
+    ] = "user",
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create an API token; it is printed once and stored only as a hash."""
@@ -114,11 +117,16 @@ def token_create(
         lifetime = parse_duration(expires_in) if expires_in is not None else None
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--expires-in") from None
+    from service.models import TokenRole
+
+    if role not in {r.value for r in TokenRole}:
+        raise typer.BadParameter(f"{role!r}: expected one of {', '.join(r.value for r in TokenRole)}",
+                                 param_hint="--role")
     url = _settings(database_url).resolved_database_url
     db = Database(url)
     try:
         with _database_errors(url), db.session() as session:
-            token = create_token(session, owner, name, lifetime)
+            token = create_token(session, owner, name, lifetime, TokenRole(role))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     finally:
@@ -142,13 +150,13 @@ def token_list(
         with _database_errors(url), db.session() as session:
             rows = store.list_tokens(session, owner)
             now = utcnow()
-            typer.echo("id\towner\tname\tcreated_utc\texpires_utc\tstate")
+            typer.echo("id\towner\tname\tcreated_utc\texpires_utc\tstate\trole")
             for row in rows:
                 expired = row.expires_at is not None and row.expires_at <= now
                 state = "revoked" if row.revoked else "expired" if expired else "active"
                 expires = row.expires_at.isoformat(timespec="seconds") if row.expires_at else "never"
                 typer.echo(f"{row.id}\t{row.owner}\t{row.name}\t{row.created_at.isoformat(timespec='seconds')}"
-                           f"\t{expires}\t{state}")
+                           f"\t{expires}\t{state}\t{row.role}")
     finally:
         db.dispose()
 

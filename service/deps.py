@@ -9,6 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service import auth
 from service.db import Database
+from service.models import TokenRole
 from service.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="a token from `mixq token create`")
@@ -66,5 +67,18 @@ def stream_owner(
     return owner
 
 
+def current_role(
+    db: DbDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> TokenRole:
+    """The token's role (use next to :data:`OwnerDep`, which refuses a missing or dead token); without a
+    token (loopback, auth off) the caller is the machine's operator."""
+    if credentials is None:
+        return auth.LOCAL_ROLE
+    with db.session() as session:
+        found = auth.caller_of(session, credentials.credentials)
+    return TokenRole.USER if found is None else found[1]
+
+
 OwnerDep = Annotated[str, Depends(current_owner)]
+RoleDep = Annotated[TokenRole, Depends(current_role)]
 StreamOwnerDep = Annotated[str, Depends(stream_owner)]

@@ -77,6 +77,13 @@ class TrialState(StrEnum):
     RUNNING = "running"
 
 
+class TokenRole(StrEnum):
+    """What a token may do beyond its owner's own jobs: an operator may also raise job priority."""
+
+    USER = "user"
+    OPERATOR = "operator"
+
+
 class UploadKind(StrEnum):
     MODEL = "model"
     DATASET = "dataset"
@@ -92,6 +99,7 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)  # None: never
+    role: Mapped[str] = mapped_column(String(16), default=TokenRole.USER, server_default=TokenRole.USER.value)
 
 
 class Job(Base):

@@ -22,8 +22,8 @@ from search import BUILTIN_WORKLOADS, CostObjective, ProfileError, SamplerName, 
 from search.formats import summarize_assignment
 from service import auth, store
 from service.db import Database
-from service.deps import DbDep, OwnerDep, SettingsDep, StreamOwnerDep
-from service.models import TERMINAL, Base, Job, JobStatus, Trial, UploadKind, utcnow
+from service.deps import DbDep, OwnerDep, RoleDep, SettingsDep, StreamOwnerDep
+from service.models import TERMINAL, Base, Job, JobStatus, TokenRole, Trial, UploadKind, utcnow
 from service.pareto_view import ParetoViews
 from service.schemas import (
     INT32_MAX,
@@ -132,6 +132,29 @@ def meta(db: DbDep, owner: OwnerDep, settings: SettingsDep) -> Meta:
 # ---------------------------------------------------------------------------------------------
 
 
+def _check_job_limits(session: Session, body: JobCreate, owner: str, role: TokenRole, settings: Settings) -> None:
+    """Per-owner limits: 403 (priority needs the operator role), 422 (training work of one job), 429
+    (too many active jobs); each names the field and the operator's setting."""
+    if body.priority > settings.max_priority_without_operator and role is not TokenRole.OPERATOR:
+        raise HTTPException(
+            403, f"priority: {body.priority} is above {settings.max_priority_without_operator}, which needs an "
+            "operator token (`mixq token create --role operator`; MIXQ_MAX_PRIORITY_WITHOUT_OPERATOR)",
+        )
+    steps = body.n_trials * body.qat_steps
+    if steps > settings.max_qat_steps_per_job:
+        raise _unprocessable(
+            "qat_steps", f"n_trials x qat_steps = {body.n_trials} x {body.qat_steps} = {steps} is above the limit of "
+            f"{settings.max_qat_steps_per_job} QAT steps per job (MIXQ_MAX_QAT_STEPS_PER_JOB)", body.qat_steps,
+        )
+    active = store.active_job_count(session, owner)
+    if active >= settings.max_active_jobs_per_owner:
+        raise HTTPException(
+            429, f"jobs: {owner!r} already has {active} queued or running jobs, the limit "
+            f"(MIXQ_MAX_ACTIVE_JOBS_PER_OWNER={settings.max_active_jobs_per_owner}); wait for one to finish or "
+            "cancel one",
+        )
+
+
 def _validate_job(session: Session, body: JobCreate, owner: str, settings: Settings) -> None:
     """Checks that need the database or the search library; raise 422 naming the field."""
     if body.model is not None or body.dataset is not None:
@@ -154,8 +177,8 @@ def _validate_job(session: Session, body: JobCreate, owner: str, settings: Setti
 
 @router.post("/jobs", response_model=JobOut, status_code=201, responses={200: {"model": JobOut}})
 def create_job(
-    body: JobCreate, response: Response, db: DbDep, owner: OwnerDep, settings: SettingsDep, request: Request,
-    idempotency_key: IdempotencyKey = None,
+    body: JobCreate, response: Response, db: DbDep, owner: OwnerDep, role: RoleDep, settings: SettingsDep,
+    request: Request, idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
     """Submit a job.  The same ``Idempotency-Key`` returns the same job (200)."""
     spec = body.model_dump(mode="json")
@@ -165,6 +188,7 @@ def create_job(
             if existing is not None:
                 return _repeat(existing, spec, response, session, settings)
         _validate_job(session, body, owner, settings)
+        _check_job_limits(session, body, owner, role, settings)
     try:
         with db.session() as session:
             job = store.add_job(session, owner, spec, body.n_trials, body.priority, idempotency_key)
@@ -343,10 +367,16 @@ async def _read_upload(file: StarletteUploadFile, limit: int) -> bytes:
 
 
 def _store_upload(
-    db: Database, owner: str, kind: UploadKind, name: str, data: bytes, info: dict[str, Any]
+    db: Database, owner: str, kind: UploadKind, name: str, data: bytes, info: dict[str, Any], settings: Settings
 ) -> UploadOut:
     try:
         with db.session() as session:
+            held = store.upload_bytes_of_owner(session, owner)
+            if held + len(data) > settings.max_upload_bytes_per_owner:
+                raise HTTPException(
+                    429, f"file: {owner!r} holds {held} bytes of uploads; {len(data)} more would pass the limit of "
+                    f"{settings.max_upload_bytes_per_owner} bytes per owner (MIXQ_MAX_UPLOAD_BYTES_PER_OWNER)",
+                )
             row = store.add_upload(session, owner, kind, name, data, hashlib.sha256(data).hexdigest(), info)
             return UploadOut.model_validate(row)
     except IntegrityError:
@@ -366,7 +396,7 @@ async def upload_model(
         sanitized, info = await run_in_threadpool(inspect_model, data)
     except UploadError as exc:
         raise _unprocessable("file", str(exc)) from None
-    return await run_in_threadpool(_store_upload, db, owner, UploadKind.MODEL, name, sanitized, info)
+    return await run_in_threadpool(_store_upload, db, owner, UploadKind.MODEL, name, sanitized, info, settings)
 
 
 @router.post("/datasets", response_model=UploadOut, status_code=201)
@@ -380,7 +410,7 @@ async def upload_dataset(
         info = await run_in_threadpool(inspect_dataset, data)
     except UploadError as exc:
         raise _unprocessable("file", str(exc)) from None
-    return await run_in_threadpool(_store_upload, db, owner, UploadKind.DATASET, name, data, info)
+    return await run_in_threadpool(_store_upload, db, owner, UploadKind.DATASET, name, data, info, settings)
 
 
 @router.post(

@@ -39,6 +39,18 @@ class Settings(BaseSettings):
         description="entry points 'pkg.module:factory' jobs may name (operator allow-list); comma-separated or JSON",
     )
 
+    # per-owner limits (tenancy): a clear 429/422/403 at submission or upload names the limit
+    max_active_jobs_per_owner: int = Field(
+        default=8, ge=1, description="queued plus running jobs one owner may have at a time"
+    )
+    max_qat_steps_per_job: int = Field(
+        default=2_000_000, ge=1, description="n_trials x qat_steps of one job (its training work)"
+    )
+    max_upload_bytes_per_owner: int = Field(default=1024 * MIB, gt=0, description="all of one owner's uploads")
+    max_priority_without_operator: int = Field(
+        default=0, ge=-1000, le=1000, description="highest job priority a non-operator token may ask for"
+    )
+
     worker_nice: int = Field(
         default=10, ge=0, le=19, description="CPU niceness of `mixq worker`: trials yield to the API on a shared box"
     )

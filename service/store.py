@@ -17,6 +17,7 @@ from service.models import (
     Job,
     JobStatus,
     ProfileRow,
+    TokenRole,
     Trial,
     TrialState,
     Upload,
@@ -32,9 +33,10 @@ from service.models import (
 
 
 def add_token(
-    session: Session, owner: str, name: str, token_sha256: str, expires_at: datetime | None = None
+    session: Session, owner: str, name: str, token_sha256: str, expires_at: datetime | None = None,
+    role: TokenRole = TokenRole.USER,
 ) -> ApiToken:
-    row = ApiToken(owner=owner, name=name, token_sha256=token_sha256, expires_at=expires_at)
+    row = ApiToken(owner=owner, name=name, token_sha256=token_sha256, expires_at=expires_at, role=role)
     session.add(row)
     session.flush()
     return row
@@ -42,12 +44,19 @@ def add_token(
 
 def owner_of_token(session: Session, token_sha256: str) -> str | None:
     """The owner of a token that is neither revoked nor expired."""
-    return session.scalar(
-        select(ApiToken.owner).where(
+    found = caller_of_token(session, token_sha256)
+    return None if found is None else found[0]
+
+
+def caller_of_token(session: Session, token_sha256: str) -> tuple[str, TokenRole] | None:
+    """(owner, role) of a token that is neither revoked nor expired."""
+    row = session.execute(
+        select(ApiToken.owner, ApiToken.role).where(
             ApiToken.token_sha256 == token_sha256, ApiToken.revoked.is_(False),
             (ApiToken.expires_at.is_(None)) | (ApiToken.expires_at > utcnow()),
         )
-    )
+    ).first()
+    return None if row is None else (row[0], TokenRole(row[1]))
 
 
 def list_tokens(session: Session, owner: str | None = None) -> Sequence[ApiToken]:
@@ -98,6 +107,15 @@ def list_jobs(
     total = session.scalar(select(func.count()).select_from(Job).where(*where)) or 0
     rows = session.scalars(select(Job).where(*where).order_by(Job.id.desc()).limit(limit).offset(offset)).all()
     return rows, total
+
+
+def active_job_count(session: Session, owner: str) -> int:
+    """The owner's queued and running jobs."""
+    return session.scalar(
+        select(func.count()).select_from(Job).where(
+            Job.owner == owner, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])
+        )
+    ) or 0
 
 
 def delete_job(session: Session, job_id: int) -> None:
@@ -395,6 +413,11 @@ def add_upload(
     session.add(UploadBlob(upload_id=row.id, data=data))
     session.flush()
     return row
+
+
+def upload_bytes_of_owner(session: Session, owner: str) -> int:
+    """What the owner's uploads hold, in bytes."""
+    return int(session.scalar(select(func.coalesce(func.sum(Upload.size_bytes), 0)).where(Upload.owner == owner)) or 0)
 
 
 def get_upload(session: Session, owner: str, kind: str, name: str) -> Upload | None:

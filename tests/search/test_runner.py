@@ -248,9 +248,9 @@ def test_killed_process_trial_is_retried_with_same_params(storage_url: str) -> N
     victim.wait(timeout=30)
     killed = running[0]
 
-    # the retry is queued behind the seeded trials: give the survivor a budget that reaches it
-    survivor = _spawn(storage_url, "crash", 8, 5)
-    _, err = survivor.communicate(timeout=300)
+    # retries run before the seeds still to come: a budget of two more trials reaches it
+    survivor = _spawn(storage_url, "crash", 3, 5)
+    out, err = survivor.communicate(timeout=300)
     assert survivor.returncode == 0, err[-2000:]
     study = optuna.load_study(study_name="crash", storage=storage_url)
     trials = {t.number: t for t in study.trials}

@@ -24,6 +24,7 @@ from search import (
     TrialOutcome,
     Workload,
 )
+from search.storage import claim_budget_slot, open_storage
 from service.db import Database
 from service.models import Job
 from service.settings import Settings
@@ -76,10 +77,8 @@ def make_fake_run_search(trial_s: float = 0.0) -> Callable[..., SearchResult]:
         should_stop: Callable[[], bool] | None = None,
     ) -> SearchResult:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = optuna.storages.RDBStorage(
-            spec.storage, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retries),
-        )
+        storage = open_storage(spec.storage, spec.max_retries, HEARTBEAT_S, GRACE_S)
+        assert storage is not None, "the service always runs a job on its database"
         study = optuna.create_study(
             storage=storage, study_name=spec.study_name, load_if_exists=True,
             directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(),
@@ -90,6 +89,9 @@ def make_fake_run_search(trial_s: float = 0.0) -> Callable[..., SearchResult]:
             return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
 
         def objective(trial: optuna.Trial) -> tuple[float, float]:
+            # the budget check in the loop below is a fast path; this claim is what makes it exact
+            if not claim_budget_slot(storage, study.study_name, trial.number, spec.n_trials):
+                raise optuna.TrialPruned("budget taken")
             for fqn in LAYERS:
                 trial.suggest_categorical(fqn, list(spec.formats or ("int4", "int8", "fp16")))  # () = the profile's
             time.sleep(trial_s)
@@ -125,3 +127,28 @@ def make_fake_run_search(trial_s: float = 0.0) -> Callable[..., SearchResult]:
         )
 
     return fake_run_search
+
+
+class ThreeLinearNet(nn.Module):
+    """Three linear layers: with the first and last pinned, one is left to search."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def diverging_workload(
+    _db: Database | None = None, _job: Job | None = None, _settings: Settings | None = None
+) -> Workload:
+    """A workload whose training loss is NaN at every step (as a learning rate that blows up)."""
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(8, dtype=torch.long)
+    return Workload(
+        name="diverging", model=ThreeLinearNet(), example_inputs=(x[:1],),
+        train_batches=lambda g: iter([(x, y)] * 1000), calibration_batches=[(x, y)],
+        loss_fn=lambda out, target: nn.functional.cross_entropy(out, target) * float("nan"),
+        evaluate=lambda m: 0.5, metric="accuracy", higher_is_better=True,
+    )

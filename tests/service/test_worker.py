@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import optuna
 import pytest
 from conftest import FAST_JOB, pg_admin
 from fakes import make_fake_run_search, tiny_workload
@@ -19,7 +20,7 @@ from service.db import Database
 from service.main import create_app
 from service.models import Job, Trial
 from service.settings import Settings
-from service.worker import Worker, is_transient
+from service.worker import Worker, is_transient, study_name
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float = 60.0, what: str = "condition") -> None:
@@ -234,3 +235,41 @@ def test_job_whose_worker_died_after_the_last_trial_is_finished_by_another(
     assert second.next_job() == job_id
     second.run_job(job_id)
     assert status_of(db, job_id) == "succeeded"
+
+
+@pytest.mark.parametrize("n_workers", [6])
+def test_many_workers_never_exceed_the_job_budget(db: Database, settings: Settings, n_workers: int) -> None:
+    """Stress the budget claim: short trials, more workers than cores, a small budget.  A check of
+    "done + running < budget" followed by Optuna's ask lets two workers take the last slot."""
+    job_id = submit(db, n_trials=10)[0]
+    workers = [fake_worker(db, settings, 0.02) for _ in range(n_workers)]
+    threads = [threading.Thread(target=w.run_forever) for w in workers]
+    for t in threads:
+        t.start()
+    wait_for(lambda: status_of(db, job_id) == "succeeded", what="job to succeed")
+    for w in workers:
+        w.stop()
+    for t in threads:
+        t.join(timeout=20)
+    with db.session() as session:
+        trials = session.scalars(select(Trial).where(Trial.job_id == job_id)).all()
+    assert len(trials) == 10 and len({t.number for t in trials}) == 10
+
+
+def test_a_search_whose_trials_keep_failing_stops_with_the_cause(db: Database, settings: Settings) -> None:
+    """Real search, NaN loss in every trial: the job fails after 3 failed trials in a row (not after
+    the whole budget), and its error says why."""
+    from fakes import diverging_workload
+
+    job_id = submit(db, n_trials=20)[0]
+    worker = Worker(db, settings, make_workload=diverging_workload)
+    assert worker.next_job() == job_id
+    worker.run_job(job_id)
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        assert job.status == "failed"
+        assert job.error is not None and "3 trials in a row failed" in job.error, job.error
+        assert "NonFiniteLossError: loss: nan" in job.error, job.error
+    study = optuna.load_study(study_name=study_name(job_id), storage=settings.resolved_database_url)
+    assert len(study.trials) == 3
