@@ -43,7 +43,7 @@ from search.layers import LayerGraph, LayerInfo, discover_layers
 from search.profiles import TargetProfile, load_profile
 from search.qconfig import QualityReport, build_qconfig
 from search.space import SearchSpace, build_space
-from search.spec import SamplerName, SearchProgress, SearchResult, SearchSpec, TrialOutcome
+from search.spec import SamplerName, SearchPhase, SearchProgress, SearchResult, SearchSpec, TrialOutcome
 from search.storage import StorageError, open_storage
 from search.train import fp32_quality, run_trial
 from search.workloads import Workload, load_workload
@@ -145,19 +145,24 @@ def _outcome(
     qualities = [trial.values[0], *reevals]
     costs = {str(o): float(v) for o, v in zip(spec.cost_objectives, trial.values[1:], strict=True)}
     feasible = all(c <= 0.0 for c in trial.constraints.values())
-    qconfig = trial.user_attrs.get("qconfig")
+    quality = statistics.fmean(qualities)
+    quality_std = statistics.pstdev(qualities) if len(qualities) > 1 else 0.0
+    qconfig = json.loads(trial.user_attrs["qconfig"]) if isinstance(trial.user_attrs.get("qconfig"), str) else None
+    if qconfig is not None and isinstance(qconfig.get("quality"), dict):
+        # the file reports what the front and the API report: the mean over every evaluation, not the first run
+        qconfig["quality"].update(value=quality, std=quality_std, n_evaluations=len(qualities))
     return TrialOutcome(
         number=trial.number,
         assignment=_assignment_of(trial, space, graph),
-        quality=statistics.fmean(qualities),
-        quality_std=statistics.pstdev(qualities) if len(qualities) > 1 else 0.0,
+        quality=quality,
+        quality_std=quality_std,
         n_evaluations=len(qualities),
         costs=costs,
         feasible=feasible,
         duration_s=float(trial.user_attrs.get("duration_s", 0.0)),
         source=str(trial.user_attrs.get("source", "sampler")),
         cached=bool(trial.user_attrs.get("cached", False)),
-        qconfig=json.loads(qconfig) if isinstance(qconfig, str) else None,
+        qconfig=qconfig,
     )
 
 
@@ -193,9 +198,13 @@ class _Search:
     def __init__(self, spec: SearchSpec, workload: Workload, on_trial: OnTrial | None,
                  should_stop: Callable[[], bool] | None, evaluator: Evaluator | None = None,
                  on_progress: Callable[[SearchProgress], None] | None = None,
-                 profile: TargetProfile | None = None) -> None:
+                 profile: TargetProfile | None = None, on_start: Callable[[SearchResult], None] | None = None) -> None:
         self.spec = spec
         self.on_progress = on_progress
+        self.on_start = on_start
+        self.phase = SearchPhase.FP32
+        self.runs = 0  # trainings this process ran (trials and re-evaluations), for the time estimate
+        self.runs_s = 0.0
         self.evaluator = evaluator
         self.workload = workload
         self.on_trial = on_trial
@@ -237,8 +246,36 @@ class _Search:
             return None
         return max(values) if self.workload.higher_is_better else min(values)
 
-    def progress(self, message: str = "") -> SearchProgress:
-        return SearchProgress(self.unique_completed(), self.spec.n_trials, self.best_quality(), message)
+    def progress(self, message: str = "", reevaluations_left: int | None = None) -> SearchProgress:
+        """Where the search stands; the time left is this process's mean training time times the trainings
+        left: the trials of the budget, then ``reevaluate_front`` extra runs per front point (the current
+        front's size until the re-evaluation knows its list)."""
+        finished = self.unique_completed()
+        if self.phase is SearchPhase.DONE:
+            reevaluations_left = 0
+        elif reevaluations_left is None:
+            trials_left = max(self.spec.n_trials - finished, 0)
+            reevaluations_left = trials_left + self.spec.reevaluate_front * self.front_size_estimate()
+        eta_s = self.runs_s / self.runs * reevaluations_left if self.runs else None
+        return SearchProgress(finished, self.spec.n_trials, self.best_quality(), message, self.phase,
+                              time.monotonic() - self.started, eta_s)
+
+    def front_size_estimate(self) -> int:
+        """Points on the (quality, first cost) front of the completed trials, O(n log n): best quality
+        first, a point is on it if it costs less than every better one."""
+        sign = -1.0 if self.workload.higher_is_better else 1.0
+        vectors = sorted((sign * t.values[0], t.values[1]) for t in self.completed() if t.values and len(t.values) > 1)
+        size, cheapest = 0, float("inf")
+        for _, cost in vectors:
+            if cost < cheapest:
+                size, cheapest = size + 1, cost
+        return size
+
+    def set_phase(self, phase: SearchPhase, message: str = "") -> None:
+        if phase is not self.phase:
+            self.phase = phase
+            if self.on_progress is not None:
+                self.on_progress(self.progress(message))
 
     def budget_state(self) -> str:
         """``run`` another trial, ``wait`` (the budget is taken by trials running elsewhere, which
@@ -386,9 +423,13 @@ class _Search:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 self._fail_trials_without_heartbeat()
+        seeded = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        self.set_phase(SearchPhase.SEEDING if seeded else SearchPhase.SAMPLING)
+        started = time.monotonic()
         self.study.optimize(
             lambda t: self.objective(t, fp32), n_trials=1, catch=(Exception,), callbacks=[self._after_optimize_trial]
         )
+        self.runs, self.runs_s = self.runs + 1, self.runs_s + time.monotonic() - started
 
     def _after_optimize_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state is TrialState.COMPLETE and self.on_trial is not None and not trial.user_attrs.get("cached"):
@@ -396,7 +437,11 @@ class _Search:
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> SearchResult:
+        if self.on_progress is not None:
+            self.on_progress(self.progress("fp32 reference"))
         fp32 = self.fp32_quality()
+        if self.on_start is not None:
+            self.on_start(self.result(fp32))
         if self.spec.seed_with_baselines:
             self.enqueue(baseline_assignments(self.space), "baseline")
         if self.spec.seed_with_sensitivity:
@@ -413,6 +458,7 @@ class _Search:
             self.maybe_enqueue_greedy()
         if not self.should_stop():
             self.reevaluate_front(fp32)
+        self.set_phase(SearchPhase.DONE)
         return self.result(fp32)
 
     def outcomes(self) -> list[TrialOutcome]:
@@ -437,9 +483,13 @@ class _Search:
             ]
             if not todo or self.should_stop():
                 return
+            self.phase = SearchPhase.REEVALUATING
             for i, point in enumerate(todo):
                 if self.on_progress is not None:
-                    self.on_progress(self.progress(f"re-evaluating front point {i + 1}/{len(todo)} (trial {point.number})"))
+                    self.on_progress(self.progress(
+                        f"re-evaluating front point {i + 1}/{len(todo)} (trial {point.number})",
+                        reevaluations_left=(len(todo) - i) * self.spec.reevaluate_front,
+                    ))
                 self._reevaluate(point)
 
     def _reevaluate(self, point: TrialOutcome) -> None:
@@ -449,8 +499,10 @@ class _Search:
             if self.evaluator is not None:
                 qualities.append(float(self.evaluator(point.assignment, seed)))
                 continue
+            started = time.monotonic()
             run = run_trial(self.workload, point.assignment, qat_steps=self.spec.qat_steps, seed=seed,
                             device=self.spec.device)
+            self.runs, self.runs_s = self.runs + 1, self.runs_s + time.monotonic() - started
             qualities.append(run.quality)
         self.study.set_user_attr(f"{_ATTR_REEVAL}{point.number}", qualities)
 
@@ -490,6 +542,7 @@ def run_search(
     evaluator: Evaluator | None = None,
     on_progress: Callable[[SearchProgress], None] | None = None,
     profile: TargetProfile | None = None,
+    on_start: Callable[[SearchResult], None] | None = None,
 ) -> SearchResult:
     """Search per-layer precision maps for ``spec``; return the Pareto front and all trials.
 
@@ -499,7 +552,9 @@ def run_search(
     ``evaluator`` replaces the QAT run (benchmarks over a precomputed table use it).
     ``on_progress`` hears about work that is not a trial (re-evaluating the front).
     ``profile`` is a ready target profile (else ``spec.profile`` is loaded by name or path).
+    ``on_start`` gets the result before any trial (layers, pins, fp32 quality; no trials), so a
+    caller can show them while the search runs.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     workload = workload or load_workload(spec.workload, spec.workload_options)
-    return _Search(spec, workload, on_trial, should_stop, evaluator, on_progress, profile).run()
+    return _Search(spec, workload, on_trial, should_stop, evaluator, on_progress, profile, on_start).run()
