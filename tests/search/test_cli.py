@@ -289,7 +289,7 @@ def test_export_refuses_weights_of_another_trial_or_model(search_run: tuple[Path
 def test_progress_lines_name_the_phase_elapsed_and_time_left(search_run: tuple[Path, str]) -> None:
     out, _ = search_run
     lines = (out / "output.txt").read_text().splitlines()
-    trial_lines = [line for line in lines if re.match(r"\[(seeding|sampling)\] trial \d/3", line)]
+    trial_lines = [line for line in lines if re.match(r"\[(seeding|sampling)\] trial [1-3]/3 .*last: #", line)]
     assert len(trial_lines) == 3, lines
     assert all("elapsed " in line and re.search(r"~\d+s left", line) for line in trial_lines), trial_lines
     assert any(line.startswith("[fp32]") for line in lines) and any(line.startswith("[done]") for line in lines)
