@@ -205,6 +205,7 @@ class _Search:
         self.phase = SearchPhase.FP32
         self.runs = 0  # trainings this process ran (trials and re-evaluations), for the time estimate
         self.runs_s = 0.0
+        self.step_started = time.monotonic()
         self.evaluator = evaluator
         self.workload = workload
         self.on_trial = on_trial
@@ -425,13 +426,13 @@ class _Search:
                 self._fail_trials_without_heartbeat()
         seeded = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         self.set_phase(SearchPhase.SEEDING if seeded else SearchPhase.SAMPLING)
-        started = time.monotonic()
+        self.step_started = time.monotonic()
         self.study.optimize(
             lambda t: self.objective(t, fp32), n_trials=1, catch=(Exception,), callbacks=[self._after_optimize_trial]
         )
-        self.runs, self.runs_s = self.runs + 1, self.runs_s + time.monotonic() - started
 
     def _after_optimize_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.runs, self.runs_s = self.runs + 1, self.runs_s + time.monotonic() - self.step_started
         if trial.state is TrialState.COMPLETE and self.on_trial is not None and not trial.user_attrs.get("cached"):
             self.on_trial(_outcome(trial, self.space, self.graph, self.spec), self.progress())
 
