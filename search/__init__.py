@@ -20,7 +20,16 @@ from search.qconfig import (
 )
 from search.runner import SearchError, pareto_front, run_search
 from search.space import SearchSpace, SearchSpaceError, build_space
-from search.spec import CostObjective, Pin, SamplerName, SearchPhase, SearchProgress, SearchResult, SearchSpec, TrialOutcome
+from search.spec import (
+    CostObjective,
+    Pin,
+    SamplerName,
+    SearchPhase,
+    SearchProgress,
+    SearchResult,
+    SearchSpec,
+    TrialOutcome,
+)
 from search.threads import set_torch_threads
 from search.train import NonFiniteLossError, TrialRun, fp32_quality, run_trial
 from search.workloads import BUILTIN_WORKLOADS, Workload, WorkloadError, check_workload_options, load_workload
@@ -43,9 +52,9 @@ __all__ = [
     "QuantizationError",
     "RangeMethod",
     "SamplerName",
+    "SearchError",
     "SearchPhase",
     "SearchProgress",
-    "SearchError",
     "SearchResult",
     "SearchSpace",
     "SearchSpaceError",

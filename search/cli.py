@@ -180,7 +180,7 @@ def _outcome_json(o: TrialOutcome) -> dict[str, Any]:
 
 def format_duration(seconds: float) -> str:
     """``42s``, ``3m05s``, ``1h02m``: a progress line's elapsed time and estimate."""
-    whole = max(int(round(seconds)), 0)
+    whole = max(round(seconds), 0)
     if whole < 60:
         return f"{whole}s"
     if whole < 3600:
