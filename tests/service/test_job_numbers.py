@@ -20,9 +20,10 @@ def test_front_numbers_agree_and_progress_is_live(client: TestClient, db: Databa
     job_id = client.post("/v1/jobs", json={**FAST_JOB, "reevaluate_front": 2}).json()["id"]
     seen_during_run: list[dict[str, Any]] = []
 
-    def run_and_look(spec: SearchSpec, *, on_trial: Callable[[TrialOutcome, SearchProgress], None],
+    def run_and_look(spec: SearchSpec, *, on_trial: Callable[[TrialOutcome, SearchProgress], None] | None = None,
                      **kwargs: Any) -> SearchResult:
         def on_trial_then_look(outcome: TrialOutcome, progress: SearchProgress) -> None:
+            assert on_trial is not None, "the worker records every trial"
             on_trial(outcome, progress)
             seen_during_run.append({"job": client.get(f"/v1/jobs/{job_id}").json(),
                                     "pareto": client.get(f"/v1/jobs/{job_id}/pareto").json()})
