@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from search.formats import summarize_assignment
-from search.spec import SearchProgress, SearchResult, SearchSpec, TrialOutcome, first_error_text
+from search.spec import SearchPhase, SearchProgress, SearchResult, SearchSpec, TrialOutcome, first_error_text
 
 console = Console(stderr=False, width=None if sys.stdout.isatty() else 140)
 
@@ -191,6 +191,16 @@ def _outcome_json(o: TrialOutcome) -> dict[str, Any]:
     }
 
 
+def format_duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``1h02m``: a progress line's elapsed time and estimate."""
+    whole = max(round(seconds), 0)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
 def print_front(result: SearchResult) -> None:
     table = Table(title=f"Pareto front ({result.metric_name}; fp32 = {result.fp32_quality:.4f})")
     table.add_column("trial", justify="right")
@@ -307,25 +317,31 @@ def search_command(
                   f"search (they stay fp32): {shown}")
 
         with _trial_failures_reported(debug) as failures, Progress(
-            TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[best]}"),
-            TimeElapsedColumn(), console=console, transient=False,
+            TextColumn("[bold]{task.fields[phase]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[best]}"),
+            TimeElapsedColumn(), TextColumn("{task.fields[eta]}"), console=console, transient=False,
         ) as bar:
-            task = bar.add_task("search", total=spec.n_trials, best="starting (fp32 reference, first trial)...")
+            task = bar.add_task("search", total=spec.n_trials, phase=SearchPhase.FP32.value, eta="",
+                                best="starting (fp32 reference, first trial)...")
+
+            def show(progress: SearchProgress, text: str) -> None:
+                eta = f"~{format_duration(progress.eta_s)} left" if progress.eta_s is not None else ""
+                bar.update(task, completed=min(progress.finished, progress.total), phase=progress.phase.value,
+                           best=text, eta=eta)
+                if not console.is_terminal:  # a log file gets one line per event instead of a live bar
+                    console.print(escape(
+                        f"[{progress.phase.value}] trial {progress.finished}/{progress.total}  {text}  "
+                        f"elapsed {format_duration(progress.elapsed_s)}  {eta}"))
 
             def on_trial(outcome: TrialOutcome, progress: SearchProgress) -> None:
                 best = f"best {wl.metric} {progress.best_quality:.4f}" if progress.best_quality is not None else ""
-                last = f"last: #{outcome.number} {outcome.quality:.4f} ({outcome.source})"
-                bar.update(task, completed=min(progress.finished, progress.total), best=f"{best}  {last}")
-                if not console.is_terminal:  # a log file gets one line per trial instead of a live bar
-                    console.print(f"trial {progress.finished}/{progress.total}  {best}  {last}")
+                show(progress, f"{best}  last: #{outcome.number} {outcome.quality:.4f} ({outcome.source})")
 
             def on_progress(progress: SearchProgress) -> None:
-                bar.update(task, best=progress.message)
-                if not console.is_terminal:
-                    console.print(progress.message)
+                show(progress, progress.message)
 
             result = run_search(spec, workload=wl, on_trial=on_trial, on_progress=on_progress)
-            bar.update(task, completed=spec.n_trials)
+            bar.update(task, completed=spec.n_trials, eta="")
         if not result.front:
             cause = f"; the last failure: {failures.last}" if failures.last else ""
             _fail(f"no trial completed, so there is no Pareto front{cause}", code=1)

@@ -73,6 +73,7 @@ from search.spec import (
     SamplerName,
     SearchError,
     SearchLayer,
+    SearchPhase,
     SearchProgress,
     SearchResult,
     SearchSpec,
@@ -182,11 +183,18 @@ class _Search:
     spent, re-evaluate the front, assemble the result."""
 
     def __init__(self, setup: SearchSetup, on_trial: OnTrial | None, should_stop: Callable[[], bool] | None,
-                 on_progress: Callable[[SearchProgress], None] | None) -> None:
+                 on_progress: Callable[[SearchProgress], None] | None,
+                 on_start: Callable[[SearchResult], None] | None = None) -> None:
         self.setup = setup
         self.spec = setup.spec
         self.on_trial = on_trial
         self.on_progress = on_progress
+        self.on_start = on_start
+        self.phase = SearchPhase.FP32
+        # this process's trainings (trials, promotions, re-evaluations): seconds per QAT step, for the ETA
+        self.trained_s = 0.0
+        self.trained_steps = 0
+        self.step_started = time.monotonic()
         self.should_stop = should_stop or (lambda: False)
         spec = setup.spec
         self.storage = open_storage(spec.storage, spec.max_retries, spec.heartbeat_interval_s, spec.grace_period_s)
@@ -205,7 +213,11 @@ class _Search:
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> SearchResult:
+        if self.on_progress is not None:
+            self.on_progress(self.progress("fp32 reference"))
         fp32 = self.fp32_quality()
+        if self.on_start is not None:
+            self.on_start(self.result(fp32))
         objective = Objective(self.setup, self.study, fp32)
         self.seed_study()
         while not self.should_stop():
@@ -229,6 +241,7 @@ class _Search:
             self.stop_reason = "stopped"
         else:
             self.reevaluate_front()
+        self.set_phase(SearchPhase.DONE)
         return self.result(fp32)
 
     def seed_study(self) -> None:
@@ -316,7 +329,35 @@ class _Search:
         best = None if not values else max(values) if self.setup.workload.higher_is_better else min(values)
         budget = self.spec.budget_qat_steps
         total = self.spec.n_trials if budget is None else max(1, budget // self.steps_at(0))
-        return SearchProgress(len(completed), total, best, message, ledger.qat_steps_used, budget)
+        return SearchProgress(len(completed), total, best, message, ledger.qat_steps_used, budget, self.phase,
+                              time.monotonic() - self.started, self.eta_s(ledger, total))
+
+    def eta_s(self, ledger: _Ledger, total: int) -> float | None:
+        """Time left: this process's seconds per QAT step times the steps still to train: the budget
+        left (in QAT steps), or the trials left plus ``reevaluate_front`` extra runs per point of the
+        current front.  None until this process has trained something."""
+        if self.phase is SearchPhase.DONE:
+            return 0.0
+        if not self.trained_steps:
+            return None
+        budget = self.spec.budget_qat_steps
+        if budget is not None:
+            steps_left = max(budget - ledger.qat_steps_used, 0)
+        else:
+            trials_left = max(total - len(ledger.completed()), 0)
+            front = pareto_front(self.outcomes(ledger), self.setup.workload.higher_is_better)
+            steps_left = (trials_left + self.spec.reevaluate_front * len(front)) * self.steps_at(0)
+        return self.trained_s / self.trained_steps * steps_left
+
+    def set_phase(self, phase: SearchPhase, message: str = "") -> None:
+        if phase is not self.phase:
+            self.phase = phase
+            if self.on_progress is not None:
+                self.on_progress(self.progress(message))
+
+    def count_training(self, started: float, qat_steps: int) -> None:
+        self.trained_s += time.monotonic() - started
+        self.trained_steps += max(qat_steps, 1)
 
     def reevaluation_reserve(self) -> int:
         """QAT steps a budgeted search keeps for re-evaluating the front: the extra seeds of two
@@ -418,9 +459,11 @@ class _Search:
         steps = self.steps_at(rung)
         self.study.set_user_attr(key, {"qat_steps": steps, "worker": worker, "quality": None, "qconfig": None})
         trial = self.study.get_trials(deepcopy=False)[number]
+        message = f"rung {rung + 1}/{len(self.spec.fidelity_rungs)}: trial {number} at {steps} QAT steps"
+        self.set_phase(SearchPhase.PROMOTING, message)
         if self.on_progress is not None:
-            message = f"rung {rung + 1}/{len(self.spec.fidelity_rungs)}: trial {number} at {steps} QAT steps"
             self.on_progress(self.progress(message))
+        started = time.monotonic()
         free = {k: str(v) for k, v in trial.params.items()}
         try:
             scored = score_assignment(self.setup, fp32, self.setup.full_assignment(free), qat_steps=steps,
@@ -429,6 +472,7 @@ class _Search:
             self.study.set_user_attr(key, {"qat_steps": steps, "worker": worker, "quality": None, "qconfig": None,
                                            "fail_reason": f"{type(exc).__name__}: {exc}"[:2000]})
             return
+        self.count_training(started, steps)
         self.study.set_user_attr(key, {"qat_steps": steps, "worker": worker, "quality": scored.quality,
                                        "qconfig": scored.qconfig})
 
@@ -518,6 +562,9 @@ class _Search:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 self._fail_trials_without_heartbeat()
+        waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        self.set_phase(SearchPhase.SEEDING if waiting or self.seed_queue else SearchPhase.SAMPLING)
+        self.step_started = time.monotonic()
         self.study.optimize(
             self._within_budget(objective), n_trials=1, catch=(Exception,), callbacks=[self._after_optimize_trial]
         )
@@ -542,6 +589,8 @@ class _Search:
         return run
 
     def _after_optimize_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state is TrialState.COMPLETE and not trial.user_attrs.get("cached"):
+            self.count_training(self.step_started, int(trial.user_attrs.get("qat_steps", self.steps_at(0))))
         if trial.state is TrialState.COMPLETE and self.on_trial is not None and not trial.user_attrs.get("cached"):
             ledger = self.ledger()
             self.on_trial(outcome_of(trial, self.setup), self.progress(ledger=ledger))
@@ -625,6 +674,7 @@ class _Search:
                     if p.number not in ledger.reevals]
             if not todo or self.should_stop():
                 return
+            self.set_phase(SearchPhase.REEVALUATING)
             for i, point in enumerate(todo):
                 ledger = self.ledger()
                 if not self.fits(ledger, self.spec.reevaluate_front * point.qat_steps):
@@ -646,8 +696,10 @@ class _Search:
             if setup.evaluator is not None:
                 qualities.append(float(setup.evaluator(point.assignment, seed)))
                 continue
+            started = time.monotonic()
             run = run_trial(setup.workload, point.assignment, qat_steps=point.qat_steps, seed=seed,
                             device=self.spec.device)
+            self.count_training(started, point.qat_steps)
             qualities.append(run.quality)
         self.study.set_user_attr(key, {"rung": point.rung, "qat_steps": steps, "qualities": qualities})
 
@@ -713,6 +765,7 @@ def run_search(
     should_stop: Callable[[], bool] | None = None,
     evaluator: Evaluator | None = None,
     on_progress: Callable[[SearchProgress], None] | None = None,
+    on_start: Callable[[SearchResult], None] | None = None,
 ) -> SearchResult:
     """Search per-layer precision maps for ``spec``; return the Pareto front and all trials.
 
@@ -727,6 +780,8 @@ def run_search(
     ``evaluator`` replaces the QAT run (benchmarks over a precomputed table use it).
     ``on_progress`` hears about work that is not a trial (re-evaluating the front).
     ``profile`` is a ready target profile (else ``spec.profile`` is loaded by name or path).
+    ``on_start`` gets the result before any trial (layers, pins, fp32 quality; no trials), so a
+    caller can show them while the search runs.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     workload = workload or load_workload(spec.workload, spec.workload_options)
@@ -734,4 +789,4 @@ def run_search(
     graph = discover_layers(workload.model, workload.example_inputs)
     space = build_space(spec, graph, profile)
     setup = SearchSetup(spec=spec, workload=workload, profile=profile, graph=graph, space=space, evaluator=evaluator)
-    return _Search(setup, on_trial, should_stop, on_progress).run()
+    return _Search(setup, on_trial, should_stop, on_progress, on_start).run()

@@ -236,14 +236,28 @@ class FidelityCheck:
     warning: str | None = None  # set when tau < 0.8
 
 
+class SearchPhase(StrEnum):
+    """What a search is doing; each phase can take a large share of the wall time."""
+
+    FP32 = "fp32"  # measuring the fp32 reference
+    SEEDING = "seeding"  # baselines, the sensitivity sweep, the greedy front (enqueued trials)
+    SAMPLING = "sampling"  # trials the sampler suggests
+    REEVALUATING = "reevaluating"  # extra seeds for the front points, after the trial budget
+    PROMOTING = "promoting"  # multi-fidelity: longer QAT for the promising trials
+    DONE = "done"
+
+
 @dataclass
 class SearchProgress:
-    finished: int
-    total: int
+    finished: int  # trials trained (study-wide, cached repeats excluded)
+    total: int  # the trial budget
     best_quality: float | None
     message: str = ""
     qat_steps_used: int = 0  # every rung and re-evaluation, all processes of the study
     qat_steps_budget: int | None = None
+    phase: SearchPhase = SearchPhase.SAMPLING
+    elapsed_s: float = 0.0  # since this process started the search
+    eta_s: float | None = None  # estimated time left, all phases; None until a rate is known
 
 
 @dataclass(frozen=True)

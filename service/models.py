@@ -133,6 +133,8 @@ class Job(Base):
     front_final: Mapped[bool] = mapped_column(Boolean, default=False)  # on_front comes from the search result
     best_quality: Mapped[float | None] = mapped_column(Float)  # best feasible trial so far
     best_trial: Mapped[int | None] = mapped_column(Integer)
+    # the search's last progress report (phase, message, elapsed_s, eta_s, reported_at), for the live page
+    search_progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Trial(Base):

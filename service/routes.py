@@ -4,6 +4,7 @@ mapping lives here and nowhere else."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 from collections.abc import AsyncIterator, Sequence
@@ -81,7 +82,13 @@ def job_out(job: Job, counts: store.TrialCounts) -> JobOut:
     best = None
     if job.best_quality is not None and job.best_trial is not None:
         best = Best(quality=job.best_quality, trial_number=job.best_trial)
-    progress = Progress(finished=finished, total=job.n_trials, fraction=min(1.0, finished / job.n_trials))
+    reported = job.search_progress or {}
+    progress = Progress(
+        finished=finished, total=job.n_trials, fraction=min(1.0, finished / job.n_trials), **reported
+    )
+    if job.status in TERMINAL:
+        # a cancelled job's worker may still finish its trial; it works for nobody now
+        counts = dataclasses.replace(counts, running=0)
     return JobOut.model_validate(
         {**_columns(job), "progress": progress, "counts": Counts.model_validate(counts), "best": best}
     )

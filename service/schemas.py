@@ -50,6 +50,11 @@ class Progress(BaseModel):
     finished: int
     total: int
     fraction: float
+    phase: str | None = Field(default=None, description="fp32, seeding, sampling, reevaluating, promoting, done")
+    message: str = ""
+    elapsed_s: float | None = Field(default=None, description="the search's wall time at its last report")
+    eta_s: float | None = Field(default=None, description="estimated time left at the last report")
+    reported_at: UtcDatetime | None = None
 
 
 class Counts(BaseModel):

@@ -229,6 +229,11 @@ def set_job_info(
     session.execute(update(Job).where(Job.id == job_id).values(**values))
 
 
+def set_search_progress(session: Session, job_id: int, progress: dict[str, Any]) -> None:
+    """The search's latest progress report; ``updated_at`` stays (it versions the job's trials and front)."""
+    session.execute(update(Job).where(Job.id == job_id).values(search_progress=progress))
+
+
 def touch_job(session: Session, job_id: int) -> None:
     session.execute(update(Job).where(Job.id == job_id).values(updated_at=utcnow()))
 

@@ -59,6 +59,8 @@ class RunSearch(Protocol):
         self, spec: SearchSpec, *, workload: Workload | None = None, profile: TargetProfile | None = None,
         on_trial: Callable[[TrialOutcome, SearchProgress], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        on_progress: Callable[[SearchProgress], None] | None = None,
+        on_start: Callable[[SearchResult], None] | None = None,
     ) -> SearchResult: ...
 
 
@@ -231,7 +233,8 @@ class Worker:
         result = self.run_search(
             SearchSpec.of(spec, storage=self.db.url, study_name=study_name(job_id)), workload=workload,
             profile=self._profile(job.owner, spec.profile), on_trial=lambda o, p: self._on_trial(run, o, p),
-            should_stop=lambda: self._should_stop(job_id),
+            should_stop=lambda: self._should_stop(job_id), on_progress=lambda p: self._on_progress(run, p),
+            on_start=lambda r: self._on_start(run, r),
         )
         if self.stop_event.is_set() or self._status(job_id) != JobStatus.RUNNING:
             return  # shutting down, cancelled or deleted: the study keeps what was done
@@ -287,18 +290,36 @@ class Worker:
         )
 
     def _on_trial(self, run: _JobRun, outcome: TrialOutcome, progress: SearchProgress) -> None:
+        self._on_progress(run, progress)
         record = self._record(run, outcome)
         try:
             self._write(lambda s: store.record_trial(s, run.job_id, record, self.id, run.higher_is_better))
         except Exception as exc:  # noqa: BLE001 - the study has the trial; _finalize stores it again
             log.warning("worker %s: could not store trial %d of job %d: %s", self.id, outcome.number, run.job_id, exc)
 
+    def _on_progress(self, run: _JobRun, progress: SearchProgress) -> None:
+        report = {
+            "phase": progress.phase.value, "message": progress.message[:500],
+            "elapsed_s": progress.elapsed_s if math.isfinite(progress.elapsed_s) else None,
+            "eta_s": progress.eta_s if progress.eta_s is not None and math.isfinite(progress.eta_s) else None,
+            "reported_at": utcnow().isoformat(),
+        }
+        try:
+            self._write(lambda s: store.set_search_progress(s, run.job_id, report))
+        except Exception as exc:  # noqa: BLE001 - progress is advisory; the next report retries
+            log.warning("worker %s: could not store progress of job %d: %s", self.id, run.job_id, exc)
+
+    def _on_start(self, run: _JobRun, result: SearchResult) -> None:
+        """Layers, pins and the fp32 reference as soon as the search knows them: the heat map, the fp32
+        line and the compare page work while the job runs (and after a cancel)."""
+        layers, pinned = _layers_with_pins(result)
+        self._write(lambda s: store.set_job_info(
+            s, run.job_id, result.metric_name, result.higher_is_better,
+            result.fp32_quality if math.isfinite(result.fp32_quality) else None, layers, pinned,
+        ))
+
     def _finalize(self, run: _JobRun, result: SearchResult) -> None:
-        pinned = dict(result.pinned)
-        layers = [
-            {**layer.as_dict(), "pinned": layer.fqn in pinned, "pin_reason": pinned.get(layer.fqn)}
-            for layer in result.layers
-        ]
+        layers, pinned = _layers_with_pins(result)
 
         def finish(session: Session) -> None:
             # a worker whose search returned while others still run trials leaves the report to the last
@@ -314,3 +335,12 @@ class Worker:
             store.transition(session, run.job_id, JobStatus.SUCCEEDED)
 
         self._write(finish)
+
+
+def _layers_with_pins(result: SearchResult) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    pinned = dict(result.pinned)
+    layers = [
+        {**layer.as_dict(), "pinned": layer.fqn in pinned, "pin_reason": pinned.get(layer.fqn)}
+        for layer in result.layers
+    ]
+    return layers, pinned

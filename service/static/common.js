@@ -112,9 +112,19 @@ export function statusBadge(status) {
   return el("span", { class: `badge status-${status}` }, status);
 }
 
+// 42 -> "42s", 185 -> "3m05s", 3720 -> "1h02m" (as the CLI's progress line)
+export function fmtDuration(seconds) {
+  const whole = Math.max(Math.round(seconds), 0);
+  if (whole < 60) return `${whole}s`;
+  if (whole < 3600) return `${Math.floor(whole / 60)}m${String(whole % 60).padStart(2, "0")}s`;
+  return `${Math.floor(whole / 3600)}h${String(Math.floor((whole % 3600) / 60)).padStart(2, "0")}m`;
+}
+
+// "sampling · 8/8" while trials run, "reevaluating · 8/8" after them: the bar alone stops at 8/8
 export function progressBar(progress) {
   const fraction = progress ? progress.fraction : 0;
-  const label = progress ? `${progress.finished}/${progress.total}` : "–";
+  const phase = progress?.phase && progress.phase !== "done" ? `${progress.phase} · ` : "";
+  const label = progress ? `${phase}${progress.finished}/${progress.total}` : "–";
   return el(
     "div",
     { class: "progress", title: `${Math.round(fraction * 100)} %` },
@@ -124,6 +134,12 @@ export function progressBar(progress) {
 }
 
 export const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+
+// Weight bits of a format name: int4 -> 4, w4a8 -> 4, int8 -> 8, fp16 -> 16 (null if unknown).
+export function weightBits(name) {
+  const match = /^(?:int|fp|w)(\d+)/.exec(name || "");
+  return match ? Number(match[1]) : null;
+}
 
 // Formats from cheapest to dearest; the heat map's colour order.  Unknown names sort last.
 const FORMAT_ORDER = ["int4", "w4a8", "int8", "w8a16", "fp16", "fp32"];

@@ -96,8 +96,17 @@ async function start() {
   pickA.replaceChildren(...choices.map(option));
   pickB.replaceChildren(...choices.map(option));
   const query = new URLSearchParams(location.search);
-  pickA.value = query.get("a") ?? choices[0]?.number;
-  pickB.value = query.get("b") ?? choices[1]?.number ?? choices[0]?.number;
+  const asked = [["a", query.get("a") ?? choices[0]?.number], ["b", query.get("b") ?? choices[1]?.number ?? choices[0]?.number]];
+  // a trial number that is not among the complete trials is an error, not silently trial #0
+  const missing = asked.filter(([, value]) => !trialByNumber(Number(value)) || !/^\d+$/.test(String(value)));
+  if (missing.length) {
+    const known = choices.map((t) => t.number).join(", ") || "none yet";
+    showMessage(message, missing.map(([key, value]) => `${key}: no complete trial #${value} in job ${jobId}`)
+      .join("; ") + ` (complete trials: ${known})`);
+    return;
+  }
+  pickA.value = asked[0][1];
+  pickB.value = asked[1][1];
   render();
 }
 

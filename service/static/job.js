@@ -1,8 +1,8 @@
 // Job page: live progress over SSE, the Pareto scatter and per-layer heat map (Plotly.js, shipped
 // with the plotly Python package), the front points with their qconfig downloads, and the trials.
 import {
-  TERMINAL, api, download, el, eventSource, fmtCost, fmtQuality, fmtTime,
-  formatRank, initTokenBar, progressBar, showMessage, statusBadge,
+  TERMINAL, api, download, el, eventSource, fmtCost, fmtDuration, fmtQuality, fmtTime,
+  formatRank, initTokenBar, progressBar, showMessage, statusBadge, weightBits,
 } from "/static/common.js";
 
 const jobId = decodeURIComponent(location.pathname.split("/")[2]);
@@ -12,7 +12,7 @@ const PLOT_CONFIG = { responsive: true, displaylogo: false };
 // colour per format, cheapest (warm) to dearest (cool); indexed by formatRank
 const FORMAT_COLOURS = ["#d73027", "#fc8d59", "#fee090", "#e0f3f8", "#91bfdb", "#4575b4", "#999999"];
 
-const state = { job: null, pareto: null, trials: new Map() };
+const state = { job: null, pareto: null, trials: new Map(), sort: { key: "number", descending: false } };
 const costAxis = document.getElementById("cost-axis");
 
 document.getElementById("job-id").textContent = jobId;
@@ -50,7 +50,21 @@ function renderJob(job) {
     ...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v ?? "–")]),
   );
   showMessage(document.getElementById("job-error"), job.error ? `error: ${job.error}` : "");
+  document.getElementById("job-phase").textContent = phaseText(job);
+  document.getElementById("job-spec").textContent = JSON.stringify(spec, null, 2);
   document.getElementById("cancel-job").hidden = TERMINAL.has(job.status);
+}
+
+// "re-evaluating front point 2/3 · elapsed 1m05s · about 40s left": the counter alone stops at n/n
+function phaseText(job) {
+  const p = job.progress || {};
+  if (!p.phase || TERMINAL.has(job.status)) return "";
+  const parts = [p.message ? `${p.phase}: ${p.message}` : p.phase];
+  // the report is as old as reported_at: count the time since then
+  const since = p.reported_at ? Math.max(0, (Date.now() - new Date(p.reported_at).getTime()) / 1000) : 0;
+  if (p.elapsed_s !== null && p.elapsed_s !== undefined) parts.push(`elapsed ${fmtDuration(p.elapsed_s + since)}`);
+  if (p.eta_s !== null && p.eta_s !== undefined) parts.push(`about ${fmtDuration(Math.max(p.eta_s - since, 0))} left`);
+  return parts.join(" · ");
 }
 
 document.getElementById("cancel-job").addEventListener("click", async () => {
@@ -73,14 +87,81 @@ function costNames() {
   return state.pareto?.cost_objectives || state.job?.spec?.cost_objectives || [];
 }
 
+// the front as /pareto reports it: the star and the front table change together
+function onFront(t) {
+  return state.pareto ? state.pareto.points.some((p) => p.number === t.number) : t.on_front;
+}
+
+function belowInt8(t) {
+  return Object.entries(t.assignment || {}).filter(([, fmt]) => (weightBits(fmt) ?? 8) < 8).map(([fqn]) => fqn);
+}
+
+// column key -> [header, value for sorting and CSV]
+function trialColumns() {
+  return [
+    ["number", "#", (t) => t.number],
+    ["state", "state", (t) => t.state],
+    ["source", "source", (t) => t.source ?? ""],
+    ["quality", "quality", (t) => t.quality],
+    ["quality_std", "± std", (t) => t.quality_std],
+    ["n_evaluations", "runs", (t) => t.n_evaluations],
+    ...costNames().map((name) => [`cost:${name}`, name, (t) => t.costs?.[name]]),
+    ["feasible", "feasible", (t) => (t.state !== "complete" ? "" : t.feasible ? "yes" : "no")],
+    ["on_front", "front", (t) => (onFront(t) ? "yes" : "")],
+    ["duration_s", "time (s)", (t) => t.duration_s],
+    ["formats", "formats", (t) => t.assignment_summary],
+    ["below_int8", "layers below int8", (t) => belowInt8(t).join(" ")],
+  ];
+}
+
+function sortedTrials() {
+  const column = trialColumns().find(([key]) => key === state.sort.key) || trialColumns()[0];
+  const value = column[2];
+  const sign = state.sort.descending ? -1 : 1;
+  return [...state.trials.values()].sort((a, b) => {
+    const [x, y] = [value(a), value(b)];
+    if (x === y) return a.number - b.number;
+    if (x === null || x === undefined) return 1;  // missing values last either way
+    if (y === null || y === undefined) return -1;
+    return sign * (typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y)));
+  });
+}
+
+function sortBy(key) {
+  state.sort = { key, descending: state.sort.key === key ? !state.sort.descending : false };
+  renderTrials();
+}
+
+function csvCell(value) {
+  const text = value === null || value === undefined ? "" : String(value);
+  return /[",\n]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
+}
+
+document.getElementById("trials-csv").addEventListener("click", () => {
+  const columns = trialColumns();
+  const lines = [columns.map(([, header]) => csvCell(header)).join(","),
+    ...sortedTrials().map((t) => columns.map(([, , value]) => csvCell(value(t))).join(","))];
+  const url = URL.createObjectURL(new Blob([`${lines.join("\n")}\n`], { type: "text/csv" }));
+  const link = el("a", { href: url, download: `mixq-${jobId}-trials.csv` });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+});
+
 function renderTrials() {
   const costs = costNames();
   const table = document.getElementById("trials-table");
-  table.tHead.replaceChildren(el("tr", {},
-    ["#", "state", "source", "quality", "± std", "runs", ...costs, "feasible", "front", "time (s)", "formats"]
-      .map((h) => el("th", {}, h))));
-  const rows = [...state.trials.values()].sort((a, b) => a.number - b.number).map((t) => el("tr",
-    { class: [t.on_front ? "front" : "", t.feasible === false ? "infeasible" : ""].join(" "),
+  table.tHead.replaceChildren(el("tr", {}, ...trialColumns().map(([key, header]) => {
+    const sorted = state.sort.key === key;
+    return el("th", {
+      class: "sortable", tabindex: "0", dataset: { sort: key },
+      "aria-sort": sorted ? (state.sort.descending ? "descending" : "ascending") : "none",
+      onclick: () => sortBy(key), onkeydown: (e) => { if (e.key === "Enter") sortBy(key); },
+    }, header, sorted ? (state.sort.descending ? " ▼" : " ▲") : "");
+  })));
+  const rows = sortedTrials().map((t) => el("tr",
+    { class: [onFront(t) ? "front" : "", t.feasible === false ? "infeasible" : ""].join(" "),
       dataset: { trial: t.number } },
     el("td", {}, String(t.number)),
     el("td", {}, t.state),
@@ -90,9 +171,10 @@ function renderTrials() {
     el("td", {}, String(t.n_evaluations ?? "–")),
     ...costs.map((name) => el("td", {}, fmtCost(t.costs?.[name]))),
     el("td", {}, t.state !== "complete" ? "–" : t.feasible ? "yes" : "no"),
-    el("td", {}, t.on_front ? "★" : ""),
+    el("td", {}, onFront(t) ? "★" : ""),
     el("td", {}, t.duration_s === null || t.duration_s === undefined ? "–" : t.duration_s.toFixed(1)),
     el("td", { title: layerLines(t.assignment).join("\n") }, t.assignment_summary),
+    el("td", { class: "below-int8" }, belowInt8(t).join(", ") || "–"),
   ));
   table.tBodies[0].replaceChildren(...rows);
   document.getElementById("trial-count").textContent = `(${state.trials.size})`;
@@ -154,6 +236,15 @@ function renderPareto() {
       line: { dash: "dot", color: "#555", width: 1 } });
     annotations.push({ xref: "paper", x: 1, y: p.fp32_quality, text: "fp32", showarrow: false,
       xanchor: "right", yanchor: "bottom", font: { color: "#555" } });
+    const drop = state.job?.spec?.max_quality_drop;
+    if (drop !== null && drop !== undefined) {
+      // feasible trials lie on the fp32 side of this line
+      const limit = p.higher_is_better === false ? p.fp32_quality + drop : p.fp32_quality - drop;
+      shapes.push({ type: "line", xref: "paper", x0: 0, x1: 1, y0: limit, y1: limit, name: "quality-drop limit",
+        line: { dash: "dash", color: "#c0392b", width: 1 } });
+      annotations.push({ xref: "paper", x: 0, y: limit, text: `max drop ${drop}`, showarrow: false,
+        xanchor: "left", yanchor: "top", font: { color: "#c0392b" } });
+    }
   }
   const better = p.higher_is_better ? "higher is better" : "lower is better";
   Plotly.react("pareto", traces, {
@@ -216,6 +307,65 @@ function renderHeatmap() {
   }, PLOT_CONFIG);
 }
 
+// ---- sensitivity sweep and history ----
+
+// The sweep's trials (all int8 but one layer in int4) against the all-int8 baseline: quality lost per layer.
+function sensitivityRows() {
+  const trials = state.pareto.trials;
+  const allInt8 = trials.find((t) => Object.values(t.assignment).every((f) => f === "int8"));
+  if (!allInt8) return [];
+  const sign = state.pareto.higher_is_better === false ? -1 : 1;
+  return trials.filter((t) => t.source === "sensitivity").flatMap((t) => {
+    const probed = Object.entries(t.assignment).filter(([, f]) => f !== "int8");
+    if (probed.length !== 1) return [];
+    return [{ fqn: probed[0][0], format: probed[0][1], trial: t.number, lost: sign * (allInt8.quality - t.quality) }];
+  });
+}
+
+function renderSensitivity() {
+  const order = state.pareto.layers.map((l) => l.fqn);
+  const rows = sensitivityRows().sort((a, b) => order.indexOf(a.fqn) - order.indexOf(b.fqn));
+  const table = document.getElementById("sensitivity-table");
+  table.tHead.replaceChildren(el("tr", {}, ...["layer", "probe", "trial", "quality lost vs all-int8"].map((h) => el("th", {}, h))));
+  table.tBodies[0].replaceChildren(...rows.map((r) => el("tr", { dataset: { fqn: r.fqn } },
+    el("td", {}, r.fqn), el("td", {}, r.format), el("td", {}, `#${r.trial}`), el("td", {}, fmtQuality(r.lost)))));
+  if (!rows.length) {
+    table.tBodies[0].append(el("tr", {}, el("td", { colspan: 4, class: "muted" }, "no sensitivity sweep yet")));
+  }
+  Plotly.react("sensitivity", [{
+    type: "bar", x: rows.map((r) => r.fqn), y: rows.map((r) => r.lost), marker: { color: "#e45756" },
+    hovertemplate: "%{x}<br>lost %{y:.4f}<extra></extra>",
+  }], {
+    margin: { t: 10, r: 10, b: 100, l: 70 }, height: 300,
+    xaxis: { tickangle: -35, title: { text: "layer in int4" } },
+    yaxis: { title: { text: `${state.pareto.metric ?? "quality"} lost` } },
+  }, PLOT_CONFIG);
+}
+
+// Quality of each trial in order, and how many trials were on the running front after each.
+function renderHistory() {
+  const p = state.pareto;
+  const trials = [...p.trials].sort((a, b) => a.number - b.number);
+  const cost = p.cost_objectives[0];
+  const sign = p.higher_is_better === false ? -1 : 1;
+  const frontSizes = trials.map((_, i) => {
+    const seen = trials.slice(0, i + 1).filter((t) => t.feasible);
+    return seen.filter((t) => !seen.some((o) => o !== t && sign * o.quality >= sign * t.quality
+      && o.costs[cost] <= t.costs[cost] && (sign * o.quality > sign * t.quality || o.costs[cost] < t.costs[cost]))).length;
+  });
+  Plotly.react("history", [
+    { type: "scatter", mode: "markers", name: "quality", x: trials.map((t) => t.number), y: trials.map((t) => t.quality),
+      marker: { color: "#4c78a8" } },
+    { type: "scatter", mode: "lines", name: `front size (${cost})`, x: trials.map((t) => t.number), y: frontSizes,
+      yaxis: "y2", line: { color: "#e45756", shape: "hv" } },
+  ], {
+    margin: { t: 10, r: 60, b: 50, l: 70 }, height: 300, legend: { orientation: "h", y: 1.12 },
+    xaxis: { title: { text: "trial" } },
+    yaxis: { title: { text: p.metric ?? "quality" } },
+    yaxis2: { title: { text: "front size" }, overlaying: "y", side: "right", rangemode: "tozero" },
+  }, PLOT_CONFIG);
+}
+
 // ---- front points: downloads and compare ----
 
 // file: the name of a per-trial download route ("qconfig.json")
@@ -233,11 +383,16 @@ function renderFront() {
   const front = [...p.points].sort((a, b) => a.costs[costs[0]] - b.costs[costs[0]]);
   const table = document.getElementById("front-table");
   table.tHead.replaceChildren(el("tr", {},
-    ["trial", "quality", "± std", ...costs, "formats", "download"].map((h) => el("th", {}, h))));
+    ["trial", "quality", "± std", "runs", "drop vs fp32", ...costs, "formats", "download"].map((h) => el("th", {}, h))));
+  // the same numbers as the qconfig file's quality report: mean, spread, runs, and the drop
+  const dropOf = (t) => (p.fp32_quality === null || p.fp32_quality === undefined || t.quality === null ? null
+    : (p.higher_is_better === false ? t.quality - p.fp32_quality : p.fp32_quality - t.quality));
   table.tBodies[0].replaceChildren(...front.map((t) => el("tr", { dataset: { trial: t.number } },
     el("td", {}, `#${t.number}`),
     el("td", {}, fmtQuality(t.quality)),
     el("td", {}, fmtQuality(t.quality_std)),
+    el("td", {}, String(t.n_evaluations)),
+    el("td", {}, fmtQuality(dropOf(t))),
     ...costs.map((name) => el("td", {}, fmtCost(t.costs[name]))),
     el("td", { title: layerLines(t.assignment).join("\n") }, t.assignment_summary),
     el("td", {}, downloadButton(t, "qconfig.json", `mixq-${jobId}-trial${t.number}.json`)),
@@ -295,6 +450,8 @@ async function loadPareto() {
   note.textContent = "";
   renderPareto();
   renderHeatmap();
+  renderSensitivity();
+  renderHistory();
   renderFront();
   renderTrials();  // on_front may have changed
 }

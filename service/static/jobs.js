@@ -9,6 +9,30 @@ const POLL_MS = 2000;
 const NUMBER_FIELDS = ["n_trials", "timeout_s", "qat_steps", "max_quality_drop", "seed", "priority"];
 const TEXT_FIELDS = ["workload", "profile", "sampler", "model", "dataset"];
 
+// a line under each field: what it means, the units, the formats' names
+const HINTS = {
+  workload: "The model, data and metric to search: a built-in name (digits, denoise) or an allow-listed "
+    + "package.module:factory.",
+  workload_options: "Passed to the workload's factory, e.g. pretraining steps of the fp32 model.",
+  profile: "The target hardware: which formats it runs and what each costs (latency per MAC, memory).",
+  formats: "Precisions a layer may take. intN: N-bit weights and activations; wXaY: X-bit weights, Y-bit "
+    + "activations (w4a8: int4 weights, int8 activations); fp16/fp32: floating point.",
+  pin_first_last: "The first and last executed layers are the most sensitive; they are fixed to this format.",
+  pins: "Fix layers by fqn glob (features.*), kind:<kind> or @first/@last.",
+  cost_objectives: "What the front trades quality against. bitops: MACs × weight bits × activation bits; "
+    + "weight_bytes / activation_bytes: memory; latency_ms: the profile's latency model.",
+  n_trials: "Trained assignments (each a short QAT run); seeds count, cached repeats do not.",
+  timeout_s: "Wall-clock limit in seconds; blank: none.",
+  qat_steps: "Optimizer steps of quantization-aware training per trial.",
+  max_quality_drop: "In the workload metric's own units (accuracy: 0.01 = one point; PSNR: dB): trials that "
+    + "lose more than this vs fp32 are infeasible.",
+  sampler: "How new assignments are proposed after the seeds (TPE, NSGA-II, random).",
+  seed: "Random seed of the sampler and of each QAT run.",
+  priority: "Higher runs first among queued jobs.",
+  model: "Name of an uploaded ONNX model (with a dataset instead of a workload).",
+  dataset: "Name of an uploaded .npz dataset.",
+};
+
 const form = document.getElementById("job-form");
 const tbody = document.querySelector("#jobs-table tbody");
 const statusFilter = document.getElementById("status-filter");
@@ -35,6 +59,25 @@ function fillChecks(container, name, items, checked) {
     }),
   );
 }
+
+// Hints and error slots are tied to their inputs (aria-describedby), so a screen reader reads both.
+function describeFields() {
+  for (const wrapper of form.querySelectorAll("[data-field]")) {
+    const name = wrapper.dataset.field;
+    const slot = wrapper.querySelector(`[data-error-for="${name}"]`);
+    slot.id = `error-${name}`;
+    const ids = [slot.id];
+    if (HINTS[name]) {
+      const hint = el("div", { class: "hint", id: `hint-${name}` }, HINTS[name]);
+      slot.before(hint);
+      ids.unshift(hint.id);
+    }
+    // a fieldset of checkboxes is described as a group
+    const target = wrapper.tagName === "FIELDSET" ? wrapper : wrapper.querySelector("input, select, textarea");
+    target?.setAttribute("aria-describedby", ids.join(" "));
+  }
+}
+describeFields();
 
 async function loadMeta() {
   const meta = await api("/v1/meta");
@@ -68,8 +111,17 @@ function readForm() {
   }
   if (!body.workload) body.workload = "";  // let the API name the missing field
   for (const name of NUMBER_FIELDS) {
-    const raw = form[name].value.trim();
-    if (raw !== "") body[name] = Number(raw);
+    const input = form[name];
+    // "1e" in a number input reads as "" (badInput): an error, never the default
+    if (input.validity.badInput) {
+      errors.push({ loc: ["body", name], msg: "not a number" });
+      continue;
+    }
+    const raw = input.value.trim();
+    if (raw === "") continue;
+    const value = Number(raw);
+    if (!Number.isFinite(value)) errors.push({ loc: ["body", name], msg: `not a finite number: ${raw}` });
+    else body[name] = value;
   }
   body.formats = [...form.querySelectorAll("input[name=formats]:checked")].map((c) => c.value);
   body.cost_objectives = [...form.querySelectorAll("input[name=cost_objectives]:checked")].map((c) => c.value);
@@ -178,7 +230,10 @@ function jobRow(job) {
   return el("tr", { dataset: { jobId: job.id, status: job.status } },
     el("td", {}, el("a", { href: `/jobs/${job.id}` }, String(job.id).slice(0, 12))),
     el("td", {}, job.spec?.workload ?? "–"),
-    el("td", {}, statusBadge(job.status)),
+    el("td", {}, statusBadge(job.status),
+      job.status === "failed" && job.error
+        ? el("div", { class: "job-error", title: job.error }, job.error.length > 160 ? `${job.error.slice(0, 160)}…` : job.error)
+        : null),
     el("td", {}, progressBar(job.progress)),
     el("td", { title: job.metric ?? "" }, best),
     el("td", {}, fmtTime(job.created_at)),

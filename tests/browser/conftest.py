@@ -57,6 +57,7 @@ def _free_port() -> int:
 class LiveServer:
     base_url: str
     token: str | None  # a Bearer token when the server requires auth
+    database_url: str = ""
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -83,13 +84,15 @@ def _start_server(tmp: Path, *, auth: bool, local_workers: int) -> tuple[subproc
         "MIXQ_POLL_INTERVAL_S": "0.2",
         "MIXQ_EVENTS_POLL_S": "0.2",
         "OMP_NUM_THREADS": "1",  # the machine is shared; the tiny job needs no more
+        # this checkout's packages, whichever checkout the console script was installed from
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
     }
     log = (tmp / "server.log").open("wb")
     # its own session, so teardown can end the server and the worker processes it started
     proc = subprocess.Popen(
         [*_mixq(), "serve"], env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
-    server = LiveServer(f"http://127.0.0.1:{port}", None)
+    server = LiveServer(f"http://127.0.0.1:{port}", None, env["MIXQ_DATABASE_URL"])
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while True:
         if proc.poll() is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 from typer.testing import CliRunner
 
 from search import Workload, load_qconfig
+from search.cli import format_duration
 from search.threads import THREADS_ENV, choose_torch_threads
 from service.cli import app
 from tests.search.user_workload import make_workload
@@ -282,3 +284,17 @@ def test_export_refuses_weights_of_another_trial_or_model(search_run: tuple[Path
     (line,) = _error_lines(output)
     assert "error: weights: they belong to another model" in line and "missing key(s): 'classifier.1.bias'" in line
     assert "unexpected key(s): 'bn.bias'" in line
+
+
+def test_progress_lines_name_the_phase_elapsed_and_time_left(search_run: tuple[Path, str]) -> None:
+    out, _ = search_run
+    lines = (out / "output.txt").read_text().splitlines()
+    trial_lines = [line for line in lines if re.match(r"\[(seeding|sampling)\] trial [1-3]/3 .*last: #", line)]
+    assert len(trial_lines) == 3, lines
+    assert all("elapsed " in line and re.search(r"~\d+s left", line) for line in trial_lines), trial_lines
+    assert any(line.startswith("[fp32]") for line in lines) and any(line.startswith("[done]") for line in lines)
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0.4, "0s"), (59.6, "1m00s"), (185, "3m05s"), (3720, "1h02m")])
+def test_format_duration(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text

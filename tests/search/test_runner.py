@@ -15,7 +15,17 @@ import pytest
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from search import SearchError, SearchSpec, TrialOutcome, load_workload, pareto_front, run_search
+from search import (
+    SearchError,
+    SearchPhase,
+    SearchProgress,
+    SearchResult,
+    SearchSpec,
+    TrialOutcome,
+    load_workload,
+    pareto_front,
+    run_search,
+)
 from search.seeds import baseline_assignments, greedy_assignments, sensitivity_assignments
 from search.space import SearchSpace
 
@@ -129,8 +139,10 @@ def test_front_reevaluation_reports_spread() -> None:
     # qat_steps=5 with pretrain 40: single-run scores are noisy.  Re-evaluation is adaptive (issue 10):
     # the closest front neighbours first, which measures the seed spread, then every pair of front
     # neighbours within twice that spread; the reported front is recomputed on the means
+    reports: list[SearchProgress] = []
     result = run_search(tiny_spec(workload_options={"pretrain_steps": 40}, n_trials=4, qat_steps=5,
-                                  seed_with_sensitivity=True, reevaluate_front=2))
+                                  seed_with_sensitivity=True, reevaluate_front=2),
+                        on_progress=reports.append, on_trial=lambda _o, p: reports.append(p))
     assert result.front
     assert all(t.n_evaluations in (1, 3) for t in result.trials)
     spreads = [t.quality_std for t in result.trials if t.n_evaluations == 3]
@@ -142,6 +154,34 @@ def test_front_reevaluation_reports_spread() -> None:
             assert a.n_evaluations == 3 and b.n_evaluations == 3, (a.number, b.number)
     assert all(p.quality_std >= 0 for p in result.front)
     assert result.qat_steps_used == 5 * len(result.trials) + 2 * 5 * len(spreads)
+
+    # the downloaded file says what the front says: the mean over the 3 runs, not the first run
+    for point in result.front:
+        assert point.qconfig is not None
+        assert point.qconfig["quality"]["value"] == point.quality
+        assert point.qconfig["quality"]["std"] == point.quality_std
+        assert point.qconfig["quality"]["n_evaluations"] == 3
+    assert any(p.quality_std > 0 for p in result.front)
+    # the progress tells the phases in order, and the re-evaluation is not hidden behind "4/4"
+    phases = [r.phase for r in reports]
+    order = [SearchPhase.FP32, SearchPhase.SEEDING, SearchPhase.REEVALUATING, SearchPhase.DONE]
+    assert [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p] == order, phases
+    reevaluating = [r for r in reports if r.phase is SearchPhase.REEVALUATING]
+    assert all(r.finished == 4 and r.eta_s is not None and r.eta_s > 0 for r in reevaluating)
+    assert reports[-1].eta_s is not None and reports[-1].elapsed_s > reports[0].elapsed_s
+
+
+def test_progress_phases_seeding_then_sampling() -> None:
+    reports: list[SearchProgress] = []
+    starts: list[SearchResult] = []
+    run_search(tiny_spec(n_trials=6, qat_steps=0, reevaluate_front=0), on_progress=reports.append,
+               on_trial=lambda _o, p: reports.append(p), on_start=starts.append,
+               evaluator=lambda assignment, seed: sum(f == "int8" for f in assignment.values()) / len(assignment))
+    phases = [r.phase for r in reports]
+    assert SearchPhase.SEEDING in phases and SearchPhase.SAMPLING in phases
+    assert phases.index(SearchPhase.SEEDING) < phases.index(SearchPhase.SAMPLING), phases
+    # the layers and the fp32 reference are known before the first trial
+    assert len(starts) == 1 and starts[0].layers and not starts[0].trials
 
 
 def test_bad_input_fails_before_training() -> None:

@@ -74,7 +74,8 @@ def make_fake_run_search(trial_s: float = 0.0) -> Callable[..., SearchResult]:
     def fake_run_search(
         spec: SearchSpec, *, workload: Workload | None = None, profile: TargetProfile | None = None,
         on_trial: Callable[[TrialOutcome, SearchProgress], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
+        should_stop: Callable[[], bool] | None = None, on_progress: Callable[[SearchProgress], None] | None = None,
+        on_start: Callable[[SearchResult], None] | None = None,
     ) -> SearchResult:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = open_storage(spec.storage, spec.max_retries, HEARTBEAT_S, GRACE_S)
