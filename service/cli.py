@@ -31,6 +31,8 @@ import typer
 from service.settings import Settings
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from service.worker import Worker
 
 app = typer.Typer(help="mixq: mixed-precision quantization search service", no_args_is_help=True)
@@ -75,6 +77,21 @@ def _database_errors(url: str) -> Iterator[None]:
 DatabaseUrl = Annotated[str | None, typer.Option("--database-url", help="overrides MIXQ_DATABASE_URL")]
 
 
+@contextlib.contextmanager
+def _session(database_url: str | None) -> Iterator[Session]:
+    """One transaction on the configured database for a CLI command; an unreachable database is
+    one line and exit 2, and the engine is disposed of either way."""
+    from service.db import Database
+
+    url = _settings(database_url).resolved_database_url
+    db = Database(url)
+    try:
+        with _database_errors(url), db.session() as session:
+            yield session
+    finally:
+        db.dispose()
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: str = "head", database_url: DatabaseUrl = None) -> None:
     """Apply migrations (creates everything on an empty database)."""
@@ -111,7 +128,6 @@ def token_create(
 ) -> None:
     """Create an API token; it is printed once and stored only as a hash."""
     from service.auth import create_token, parse_duration
-    from service.db import Database
 
     try:
         lifetime = parse_duration(expires_in) if expires_in is not None else None
@@ -122,15 +138,11 @@ def token_create(
     if role not in {r.value for r in TokenRole}:
         raise typer.BadParameter(f"{role!r}: expected one of {', '.join(r.value for r in TokenRole)}",
                                  param_hint="--role")
-    url = _settings(database_url).resolved_database_url
-    db = Database(url)
     try:
-        with _database_errors(url), db.session() as session:
+        with _session(database_url) as session:
             token = create_token(session, owner, name, lifetime, TokenRole(role))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    finally:
-        db.dispose()
     typer.echo(token)
 
 
@@ -141,24 +153,18 @@ def token_list(
 ) -> None:
     """Tokens by id, owner, name, creation, expiry and state (never the secret: only its hash is kept)."""
     from service import store
-    from service.db import Database
     from service.models import utcnow
 
-    url = _settings(database_url).resolved_database_url
-    db = Database(url)
-    try:
-        with _database_errors(url), db.session() as session:
-            rows = store.list_tokens(session, owner)
-            now = utcnow()
-            typer.echo("id\towner\tname\tcreated_utc\texpires_utc\tstate\trole")
-            for row in rows:
-                expired = row.expires_at is not None and row.expires_at <= now
-                state = "revoked" if row.revoked else "expired" if expired else "active"
-                expires = row.expires_at.isoformat(timespec="seconds") if row.expires_at else "never"
-                typer.echo(f"{row.id}\t{row.owner}\t{row.name}\t{row.created_at.isoformat(timespec='seconds')}"
-                           f"\t{expires}\t{state}\t{row.role}")
-    finally:
-        db.dispose()
+    with _session(database_url) as session:
+        rows = store.list_tokens(session, owner)
+        now = utcnow()
+        typer.echo("id\towner\tname\tcreated_utc\texpires_utc\tstate\trole")
+        for row in rows:
+            expired = row.expires_at is not None and row.expires_at <= now
+            state = "revoked" if row.revoked else "expired" if expired else "active"
+            expires = row.expires_at.isoformat(timespec="seconds") if row.expires_at else "never"
+            typer.echo(f"{row.id}\t{row.owner}\t{row.name}\t{row.created_at.isoformat(timespec='seconds')}"
+                       f"\t{expires}\t{state}\t{row.role}")
 
 
 @token_app.command("revoke")
@@ -168,15 +174,9 @@ def token_revoke(
 ) -> None:
     """Revoke a token: requests with it get 401, and its open event streams end."""
     from service import store
-    from service.db import Database
 
-    url = _settings(database_url).resolved_database_url
-    db = Database(url)
-    try:
-        with _database_errors(url), db.session() as session:
-            row = store.revoke_token(session, token_id)
-    finally:
-        db.dispose()
+    with _session(database_url) as session:
+        row = store.revoke_token(session, token_id)
     if row is None:
         typer.echo(f"error: token_id: no token {token_id} (see `mixq token list`)", err=True)
         raise typer.Exit(2)
