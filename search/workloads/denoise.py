@@ -11,7 +11,7 @@ Precision matters here: the first layer sees the 8-bit image, and the output is 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -102,14 +102,28 @@ def make_workload(
         build=lambda: DnCNN(depth, width), train=lambda: _pretrain(depth, width, pretrain_steps, train_image),
     )
     calib = list(_patches(train_image, 64, 8, torch.Generator().manual_seed(7)).__next__() for _ in range(1))
+    # QAT batches are smaller than the pretraining ones (16 x 40x40): a trial is ~3x cheaper, and
+    # short QAT from good fp32 weights needs less data per step than training from scratch
+    return denoising_workload("denoise", model, noisy, clean,
+                              lambda gen: _patches(train_image, patch_size, batch_size, gen), calib)
+
+
+def denoising_workload(
+    name: str,
+    model: nn.Module,
+    noisy: Tensor,
+    clean: Tensor,
+    train_batches: Callable[[torch.Generator], Iterator[Batch]],
+    calibration_batches: list[Batch],
+) -> Workload:
+    """A denoiser's workload: MSE loss, PSNR (dB) of its output against ``clean`` on ``noisy`` (N, 1, H,
+    W), a 40x40 example crop; shared by ``denoise`` and ``denoise-deep``."""
     return Workload(
-        name="denoise",
+        name=name,
         model=model,
-        example_inputs=(noisy[:, :, :40, :40].clone(),),
-        # QAT batches are smaller than the pretraining ones (16 x 40x40): a trial is ~3x cheaper, and
-        # short QAT from good fp32 weights needs less data per step than training from scratch
-        train_batches=lambda gen: _patches(train_image, patch_size, batch_size, gen),
-        calibration_batches=calib,
+        example_inputs=(noisy[:1, :, :40, :40].clone(),),
+        train_batches=train_batches,
+        calibration_batches=calibration_batches,
         loss_fn=F.mse_loss,
         evaluate=lambda m: _evaluate(m, noisy, clean),
         metric="psnr_db",

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from search.workloads.base import Batch, Workload
 from search.workloads.cache import cached_pretrained
-from search.workloads.denoise import DnCNN, _evaluate, add_noise, psnr_db
+from search.workloads.denoise import DnCNN, add_noise, denoising_workload, psnr_db
 
 TRAIN_PHOTOS = (
     "brick", "chelsea", "clock", "coffee", "grass", "gravel", "hubble_deep_field",
@@ -116,18 +116,8 @@ def make_workload(
     # 8 batches of 8 patches (64x64 px): deep layers' activations peak on texture and edges, and
     # one batch saw only ~1/10 of their range on the held-out photos (measured at layer 16)
     calib = list(itertools.islice(photo_patches(train_images, 64, 8, torch.Generator().manual_seed(7)), 8))
-    return Workload(
-        name="denoise-deep",
-        model=model,
-        example_inputs=(noisy[:1, :, :40, :40].clone(),),
-        train_batches=lambda gen: photo_patches(train_images, patch_size, batch_size, gen),
-        calibration_batches=calib,
-        loss_fn=F.mse_loss,
-        evaluate=lambda m: _evaluate(m, noisy, clean),
-        metric="psnr_db",
-        higher_is_better=True,
-        lr=1e-4,
-    )
+    return denoising_workload("denoise-deep", model, noisy, clean,
+                              lambda gen: photo_patches(train_images, patch_size, batch_size, gen), calib)
 
 
 def noisy_input_psnr(eval_size: int = 128) -> float:
