@@ -202,6 +202,8 @@ def main() -> None:
     parser.add_argument("--merge", type=Path, nargs="*", default=[], help="runs files to merge into --runs-file first")
     parser.add_argument("--reverse", action="store_true", help="train the maps in reverse order (a second process)")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--complete-only", action="store_true",
+                        help="with --report-only: report the maps whose runs are all cached (an interrupted run)")
     args = parser.parse_args()
     if args.short_seeds < 2 or args.long_seeds < 3:
         parser.error("--short-seeds must be >= 2 and --long-seeds >= 3 (the long fidelity is the noisier one)")
@@ -233,6 +235,17 @@ def main() -> None:
         if map_key(assignment) not in {map_key(m) for m in maps.values()}:
             maps[label(assignment)] = assignment
     maps = dict(list(maps.items())[: args.max_maps])
+    if args.complete_only:
+        def cached(a: Mapping[str, str]) -> bool:
+            keys = [f"run|{setting}|{map_key(a)}|{long_steps}|{s}" for s in range(args.long_seeds)]
+            keys += [f"run|{setting}|{map_key(a)}|{args.short_steps}|{s}{recipe_key(r)}"
+                     for s in range(args.short_seeds) for r in recipes]
+            return all(k in runs for k in keys)
+
+        skipped = [name for name, a in maps.items() if not cached(a)]
+        maps = {name: a for name, a in maps.items() if cached(a)}
+        if skipped:
+            print(f"left out (runs missing): {', '.join(skipped)}")
 
     def quality(assignment: Mapping[str, str], steps: int, seed: int, recipe: QatRecipe = DEFAULT_RECIPE) -> float:
         key = f"run|{setting}|{map_key(assignment)}|{steps}|{seed}{recipe_key(recipe)}"
