@@ -249,6 +249,7 @@ def main() -> None:
     parser.add_argument("--hutchinson-samples", type=int, default=8)
     parser.add_argument("--budgets", type=float, nargs=3, default=[0.4, 0.6, 0.8], help="BitOPs ratios to all-int8")
     parser.add_argument("--methods", nargs="+", default=["amp", "hawq", "autoquantize", "random", "tpe", "mixq"])
+    parser.add_argument("--name", default="baselines", help="results file name in bench/results (no suffix)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     options: dict[str, object] = {"width": args.width}
@@ -307,7 +308,7 @@ def write_outputs(args: argparse.Namespace, setup: Setup, methods: Sequence[Meth
     ax.set_title("denoise-deep: each method's picks at 3 BitOPs budgets")
     ax.legend()
     fig.tight_layout()
-    png = RESULTS_DIR / "baselines.png"
+    png = RESULTS_DIR / f"{args.name}.png"
     fig.savefig(png, dpi=110)
     budgets = setup.budgets
     rows = [[m.name, f"{m.wall_s:.1f}", *(f"{hv[m.name][b]:.4f}" for b in budgets),
@@ -325,7 +326,7 @@ def write_outputs(args: argparse.Namespace, setup: Setup, methods: Sequence[Meth
             for m in methods
         },
     }
-    Path(RESULTS_DIR / "baselines.json").write_text(json.dumps(summary, indent=1) + "\n")
+    Path(RESULTS_DIR / f"{args.name}.json").write_text(json.dumps(summary, indent=1) + "\n")
     body = "\n".join([
         (f"**A small-budget run**, sized to finish in about half an hour on 2 shared cores: `denoise-deep` "
          f"(DnCNN depth 17, width {args.width}, 17 quantizable layers; first and last pinned int8, 15 free, "
@@ -342,7 +343,7 @@ def write_outputs(args: argparse.Namespace, setup: Setup, methods: Sequence[Meth
             ["method", "wall (s)", *(f"HV @ {b:g}" for b in budgets), "picks: BitOPs ratio: PSNR dB", "note"], rows
         ),
     ])
-    write_report("baselines", "mixq vs AMP, HAWQ-V3, AutoQuantize, random and TPE on denoise-deep", body)
+    write_report(args.name, "mixq vs AMP, HAWQ-V3, AutoQuantize, random and TPE on denoise-deep", body)
 
 
 if __name__ == "__main__":
