@@ -107,19 +107,25 @@ def outcome_of(
     qualities = [first if top is None else top.quality, *reevals]
     costs = {str(o): float(v) for o, v in zip(setup.spec.cost_objectives, trial.values[1:], strict=True)}
     feasible = all(c <= 0.0 for c in trial.constraints.values())
-    qconfig = trial.user_attrs.get("qconfig") if top is None or top.qconfig is None else top.qconfig
+    raw = trial.user_attrs.get("qconfig") if top is None or top.qconfig is None else top.qconfig
+    quality = statistics.fmean(qualities)
+    quality_std = statistics.pstdev(qualities) if len(qualities) > 1 else 0.0
+    qconfig = json.loads(raw) if isinstance(raw, str) else None
+    if qconfig is not None and isinstance(qconfig.get("quality"), dict):
+        # the file reports what the front and the API report: the mean over every evaluation, not the first run
+        qconfig["quality"].update(value=quality, std=quality_std, n_evaluations=len(qualities))
     return TrialOutcome(
         number=trial.number,
         assignment=setup.full_assignment({k: str(v) for k, v in trial.params.items()}),
-        quality=statistics.fmean(qualities),
-        quality_std=statistics.pstdev(qualities) if len(qualities) > 1 else 0.0,
+        quality=quality,
+        quality_std=quality_std,
         n_evaluations=len(qualities),
         costs=costs,
         feasible=feasible,
         duration_s=float(trial.user_attrs.get("duration_s", 0.0)),
         source=str(trial.user_attrs.get("source", "sampler")),
         cached=bool(trial.user_attrs.get("cached", False)),
-        qconfig=json.loads(qconfig) if isinstance(qconfig, str) else None,
+        qconfig=qconfig,
         rung=0 if top is None else top.rung,
         qat_steps=setup.spec.qat_steps if top is None else top.qat_steps,
         short_quality=None if top is None else first,

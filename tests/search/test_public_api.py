@@ -7,7 +7,7 @@ import search
 
 PUBLIC_API = [
     # the request, the run, the result
-    "SearchSpec", "Pin", "CostObjective", "SamplerName", "run_search", "SearchProgress", "SearchResult",
+    "SearchSpec", "Pin", "CostObjective", "SamplerName", "run_search", "SearchProgress", "SearchPhase", "SearchResult",
     "SearchLayer", "TrialOutcome", "SearchError", "StorageError",
     # Pareto fronts
     "pareto_front", "pareto_numbers", "non_dominated", "objective_vector",

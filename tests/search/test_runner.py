@@ -155,20 +155,21 @@ def test_front_reevaluation_reports_spread() -> None:
     assert all(p.quality_std >= 0 for p in result.front)
     assert result.qat_steps_used == 5 * len(result.trials) + 2 * 5 * len(spreads)
 
-    # the downloaded file says what the front says: the mean over the 3 runs, not the first run
+    # the downloaded file says what the front says: the mean over every run, not the first run
     for point in result.front:
         assert point.qconfig is not None
         assert point.qconfig["quality"]["value"] == point.quality
         assert point.qconfig["quality"]["std"] == point.quality_std
-        assert point.qconfig["quality"]["n_evaluations"] == 3
-    assert any(p.quality_std > 0 for p in result.front)
+        assert point.qconfig["quality"]["n_evaluations"] == point.n_evaluations
     # the progress tells the phases in order, and the re-evaluation is not hidden behind "4/4"
     phases = [r.phase for r in reports]
-    order = [SearchPhase.FP32, SearchPhase.SEEDING, SearchPhase.REEVALUATING, SearchPhase.DONE]
+    order = [SearchPhase.FP32, SearchPhase.SEEDING]
+    order += [SearchPhase.REEVALUATING] if spreads else []
+    order += [SearchPhase.DONE]
     assert [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p] == order, phases
     reevaluating = [r for r in reports if r.phase is SearchPhase.REEVALUATING]
     assert all(r.finished == 4 and r.eta_s is not None and r.eta_s > 0 for r in reevaluating)
-    assert reports[-1].eta_s is not None and reports[-1].elapsed_s > reports[0].elapsed_s
+    assert reports[-1].eta_s == 0.0 and reports[-1].elapsed_s > reports[0].elapsed_s
 
 
 def test_progress_phases_seeding_then_sampling() -> None:

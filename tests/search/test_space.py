@@ -24,7 +24,7 @@ def residual_graph() -> LayerGraph:
 
 
 def spec(**overrides: object) -> SearchSpec:
-    return SearchSpec(**{"workload": "residual", **overrides})
+    return SearchSpec(**{"workload": "residual", "formats": ("int4", "int8", "fp16"), **overrides})
 
 
 def test_a_group_is_one_choice_and_its_members_follow() -> None:

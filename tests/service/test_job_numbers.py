@@ -44,8 +44,9 @@ def test_front_numbers_agree_and_progress_is_live(client: TestClient, db: Databa
     assert job["progress"]["phase"] == "done"
     pareto = client.get(f"/v1/jobs/{job_id}/pareto").json()
     assert pareto["points"]
+    assert any(point["n_evaluations"] == 3 for point in pareto["points"])  # adaptive: front neighbours re-run
     for point in pareto["points"]:
-        assert point["n_evaluations"] == 3
+        assert point["n_evaluations"] in (1, 3)
         quality = client.get(f"/v1/jobs/{job_id}/pareto/{point['number']}/qconfig.json").json()["quality"]
         assert (quality["value"], quality["std"], quality["n_evaluations"]) == (
             point["quality"], point["quality_std"], point["n_evaluations"]
