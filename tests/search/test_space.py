@@ -129,10 +129,12 @@ def test_search_only_tries_maps_where_the_group_agrees() -> None:
         return -float(sum(f == "int4" for f in assignment.values())) + 0.01 * seed
 
     result = run_search(
-        spec(groups=[list(RESIDUAL_ADD)], n_trials=8, sampler="random", reevaluate_front=0),
+        # 5 trials: the seeds reach 5 distinct maps; beyond them the sampler rarely offers fp16, which the
+        # seeds show costs more than int8 for the same quality (dominated formats are thinned)
+        spec(groups=[list(RESIDUAL_ADD)], n_trials=5, sampler="random", reevaluate_front=0),
         workload=residual_workload(), evaluator=evaluator,
     )
-    assert len(result.trials) == 8
+    assert len(result.trials) == 5
     assert {t.assignment["branch_b"] == t.assignment["skip"] for t in result.trials} == {True}
     assert {t.assignment["branch_b"] for t in result.trials} > {"int8"}  # the group did move
     by_fqn = {layer.fqn: layer for layer in result.layers}
