@@ -88,6 +88,7 @@ _ATTR_GREEDY = "mixq:greedy_enqueued"
 _ATTR_REEVAL = "mixq:reeval:"  # + trial number -> {"rung", "qat_steps", "qualities" (None while running)}
 _ATTR_RUNG = "mixq:rung:"  # + "<rung>:<trial number>" -> {"qat_steps", "worker", "quality", "qconfig"}
 _ATTR_DOMINATED = "mixq:dominated"  # {fqn: {format: cheaper format}} from the seed trials
+_ATTR_SENSITIVITY = "mixq:sensitivity"  # "sweep" (one-layer QAT trials) or "proxy" (Fisher-ordered greedy path)
 KEEP_DOMINATED = 0.1  # probability that a sampled dominated format is kept (so a wrong call can be undone)
 
 OnTrial = Callable[[TrialOutcome, SearchProgress], None]
@@ -223,6 +224,7 @@ class _Search:
         self.started = time.monotonic()
         self.stop_reason = ""
         self.seed_queue: list[tuple[Assignment, str]] = []  # (free assignment, source), not yet enqueued
+        self.sensitivity_pending = False  # the sweep-or-proxy choice waits for the baselines' durations
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> SearchResult:
@@ -263,18 +265,42 @@ class _Search:
             self.enqueue(baseline_assignments(space), "baseline")
             # after the baselines, so where all-int4 exists it keeps its place (skip_if_exists)
             self.enqueue([cheapest_assignment(space, self.layer_cost)], "cheapest")
-        if self.spec.seed_with_sensitivity:
-            if self.sweep_fits():
-                self.enqueue(sensitivity_assignments(space), "sensitivity")
-            else:
-                self.enqueue(self.proxy_greedy(), "proxy")
+        # a time budget says how many trials fit only once some trials ran: decide after the baselines
+        self.sensitivity_pending = self.spec.seed_with_sensitivity
+        if self.sensitivity_pending and not (self.spec.timeout_s is not None and self.seed_queue):
+            self.seed_sensitivity()
 
-    def sweep_fits(self) -> bool:
-        """Whether the one-layer QAT sweep fits the budget; else a proxy orders the greedy path."""
+    def seed_sensitivity(self) -> None:
+        """Queue the one-layer QAT sweep where it fits the budget, else the proxy-ordered greedy path;
+        the first process to decide records the choice in the study, the others follow it."""
+        self.sensitivity_pending = False
+        choice = self.study.user_attrs.get(_ATTR_SENSITIVITY)
+        if choice is None:
+            choice = "sweep" if self.sweep_fits() else "proxy"
+            self.study.set_user_attr(_ATTR_SENSITIVITY, choice)
+        if choice == "sweep":
+            self.enqueue(sensitivity_assignments(self.setup.space), "sensitivity")
+        else:
+            self.enqueue(self.proxy_greedy(), "proxy")
+
+    def trial_budget(self) -> int:
+        """How many first-rung trials the budget affords: ``n_trials``, the QAT-step budget, or what
+        is left of ``timeout_s`` at the mean duration of the trials finished so far."""
         n_trials = self.spec.n_trials
         if self.spec.budget_qat_steps is not None and self.spec.qat_steps > 0:
             n_trials = self.spec.budget_qat_steps // self.spec.qat_steps
-        return sweep_fits(len(sensitivity_assignments(self.setup.space)), n_trials)
+        if self.spec.timeout_s is not None:
+            durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in self.completed()
+                         if t.datetime_start is not None and t.datetime_complete is not None]
+            if durations:
+                per_trial = sum(durations) / len(durations)
+                left_s = self.spec.timeout_s - (time.monotonic() - self.started)
+                n_trials = min(n_trials, len(durations) + int(max(left_s, 0.0) / max(per_trial, 1e-3)))
+        return n_trials
+
+    def sweep_fits(self) -> bool:
+        """Whether the one-layer QAT sweep fits the budget; else a proxy orders the greedy path."""
+        return sweep_fits(len(sensitivity_assignments(self.setup.space)), self.trial_budget())
 
     def proxy_greedy(self) -> list[Assignment]:
         """Greedy maps ordered by the Fisher proxy (a few forward/backward passes): on a 17-layer
@@ -294,7 +320,7 @@ class _Search:
             return next(iter(costs.values()))
 
         # a third of the budget, as the sweep would have had
-        return proxy_greedy_assignments(space, sensitivity, first_cost, max(1, self.spec.n_trials // 3))
+        return proxy_greedy_assignments(space, sensitivity, first_cost, max(1, self.trial_budget() // 3))
 
     def fp32_quality(self) -> float:
         value = self.study.user_attrs.get(_ATTR_FP32)
@@ -502,7 +528,10 @@ class _Search:
         if any(t.state is TrialState.WAITING for t in trials):
             return
         tried = {assignment_key(t.system_attrs.get("fixed_params", t.params)) for t in trials}
-        while self.seed_queue:
+        while self.seed_queue or self.sensitivity_pending:
+            if not self.seed_queue:
+                self.seed_sensitivity()
+                continue
             free, source = self.seed_queue.pop(0)
             if assignment_key(free) not in tried:
                 self.study.enqueue_trial(free, user_attrs={"source": source}, skip_if_exists=True)
@@ -534,7 +563,7 @@ class _Search:
         out = []
         if spec.seed_with_baselines:
             out += [*baseline_assignments(space), cheapest_assignment(space, self.layer_cost)]
-        if spec.seed_with_sensitivity and self.sweep_fits():
+        if spec.seed_with_sensitivity and self.study.user_attrs.get(_ATTR_SENSITIVITY) == "sweep":
             out += sensitivity_assignments(space)
         return out
 
@@ -547,6 +576,8 @@ class _Search:
         setup = self.setup
         quality_of = {assignment_key(t.params): t.values[0] for t in self.completed()
                       if t.values and not t.user_attrs.get("cached")}
+        if self.spec.seed_with_sensitivity and _ATTR_SENSITIVITY not in attrs:
+            return  # the sweep-or-proxy choice is not made yet
         seeds = self.seed_assignments()
         if not seeds or not all(assignment_key(s) in quality_of for s in seeds):
             return

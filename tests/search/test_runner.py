@@ -335,3 +335,29 @@ def test_seeding_uses_the_proxy_only_when_the_sweep_does_not_fit(n_trials: int, 
     if expected == "proxy":
         flipped = [sum(v == "int4" for v in t.assignment.values()) for t in result.trials if t.source == "proxy"]
         assert all(2 <= n <= 4 for n in flipped)  # greedy prefixes between the uniform baselines
+
+
+@pytest.mark.parametrize(("timeout_s", "expected"), [(3.0, "proxy"), (600.0, "sensitivity")])
+def test_a_time_budget_chooses_sweep_or_proxy_from_the_baselines_durations(
+    monkeypatch: pytest.MonkeyPatch, timeout_s: float, expected: str,
+) -> None:
+    """With only ``timeout_s`` binding (``n_trials`` huge), how many trials fit is known once the
+    baselines ran: at 0.25 s a trial, 3 s afford about 12 trials, too few for a 5-run sweep plus the
+    rest (it must fit in a third), so the greedy path comes from the proxy; 600 s afford the sweep."""
+    import search.objective as objective_module
+
+    real = objective_module.run_trial
+
+    def slow_trial(*args: object, **kwargs: object) -> object:
+        time.sleep(0.25)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(objective_module, "run_trial", slow_trial)
+    n_trials = 10_000 if expected == "proxy" else 16
+    spec = tiny_spec(n_trials=n_trials, timeout_s=timeout_s, seed_with_sensitivity=True, formats=("int4", "int8"),
+                     qat_steps=1, pin_first_last=None)
+    result = run_search(spec)
+    sources = [t.source for t in result.trials]
+    other = {"proxy": "sensitivity", "sensitivity": "proxy"}[expected]
+    assert expected in sources and other not in sources, sources
+    assert sources[:2] == ["baseline"] * 2 and sources[2] == expected, sources  # the choice waited for them
