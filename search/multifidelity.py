@@ -11,6 +11,7 @@ Every objective vector here is all-minimised (see :func:`search.pareto.objective
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -118,6 +119,28 @@ def within_noise_of_cheaper(
                 break
         out.append(merged)
     return out
+
+
+def noise_level(stds: Sequence[float], min_gain: float | None) -> float | None:
+    """The largest seed spread measured so far (None before any re-evaluation), at least ``min_gain``."""
+    if not stds:
+        return None
+    return max(*stds, min_gain or 0.0)
+
+
+def reevaluation_todo(qualities: Sequence[float], n_evaluations: Sequence[int], noise: float | None) -> list[int]:
+    """Indices of front points (in cost order) to give extra seeds: those with a neighbour within
+    noise, i.e. within twice the largest seed spread seen (the difference of two noisy scores);
+    before any spread is known, the closest pair in quality, which measures it.  Points already
+    measured more than once are not repeated."""
+    pairs = list(itertools.pairwise(range(len(qualities))))
+    if not pairs:
+        return []
+    if noise is None:
+        close = [min(pairs, key=lambda ij: abs(qualities[ij[0]] - qualities[ij[1]]))]
+    else:
+        close = [(i, j) for i, j in pairs if abs(qualities[i] - qualities[j]) <= 2 * noise]
+    return sorted({k for pair in close for k in pair if n_evaluations[k] == 1})
 
 
 def rank_agreement(short: Sequence[float], long: Sequence[float]) -> float | None:

@@ -32,14 +32,12 @@ keep failing on their own (``spec.max_consecutive_failures`` in a row) stops wit
 
 from __future__ import annotations
 
-import itertools
 import os
 import random
 import socket
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -52,9 +50,16 @@ from optuna.trial import FrozenTrial, TrialState
 from search.cost import cost_model, model_costs
 from search.formats import parse_format
 from search.layers import LayerInfo, discover_layers
-from search.multifidelity import TAU_WARNING_BELOW, promotable, rank_agreement, within_noise_of_cheaper
-from search.objective import Evaluator, Objective, RungResult, SearchSetup, outcome_of, score_assignment
-from search.pareto import assignment_key, objective_vector, pareto_front
+from search.ledger import Ledger, reeval_key, rung_key
+from search.multifidelity import (
+    TAU_WARNING_BELOW,
+    noise_level,
+    rank_agreement,
+    reevaluation_todo,
+    within_noise_of_cheaper,
+)
+from search.objective import Evaluator, Objective, SearchSetup, outcome_of, score_assignment
+from search.pareto import assignment_key, pareto_front
 from search.profiles import TargetProfile, load_profile
 from search.seeds import (
     Assignment,
@@ -85,8 +90,6 @@ from search.workloads import Workload, load_workload
 
 _ATTR_FP32 = "mixq:fp32_quality"
 _ATTR_GREEDY = "mixq:greedy_enqueued"
-_ATTR_REEVAL = "mixq:reeval:"  # + trial number -> {"rung", "qat_steps", "qualities" (None while running)}
-_ATTR_RUNG = "mixq:rung:"  # + "<rung>:<trial number>" -> {"qat_steps", "worker", "quality", "qconfig"}
 _ATTR_DOMINATED = "mixq:dominated"  # {fqn: {format: cheaper format}} from the seed trials
 _ATTR_SENSITIVITY = "mixq:sensitivity"  # "sweep" (one-layer QAT trials) or "proxy" (Fisher-ordered greedy path)
 KEEP_DOMINATED = 0.1  # probability that a sampled dominated format is kept (so a wrong call can be undone)
@@ -162,29 +165,6 @@ class DominatedFormatsSampler(optuna.samplers.BaseSampler):
     def reseed_rng(self) -> None:
         self.base.reseed_rng()
         self._rng = random.Random()
-
-
-@dataclass
-class _Ledger:
-    """One read of the study: trials, rung results, re-evaluations and the QAT steps spent."""
-
-    trials: list[FrozenTrial]
-    attrs: dict[str, Any]
-    rungs: dict[tuple[int, int], dict[str, Any]]  # (rung, trial number) -> record
-    reevals: dict[int, dict[str, Any]]  # trial number -> record
-    qat_steps_used: int
-
-    def completed(self) -> list[FrozenTrial]:
-        """First-rung trials that trained (repeats served from the cache are not evaluations)."""
-        return [t for t in self.trials if t.state is TrialState.COMPLETE and not t.user_attrs.get("cached")]
-
-    def top(self, number: int) -> RungResult | None:
-        """The highest rung above the first with a finished result for trial ``number``."""
-        done = [(r, rec) for (r, n), rec in self.rungs.items() if n == number and rec.get("quality") is not None]
-        if not done:
-            return None
-        rung, rec = max(done, key=lambda item: item[0])
-        return RungResult(rung, float(rec["quality"]), int(rec["qat_steps"]), rec.get("qconfig"))
 
 
 def _directions(spec: SearchSpec, higher_is_better: bool) -> list[StudyDirection]:
@@ -336,32 +316,10 @@ class _Search:
         """QAT steps of one run at ``rung``."""
         return self.spec.qat_steps * self.spec.fidelity_rungs[rung]
 
-    def ledger(self) -> _Ledger:
-        trials = self.study.get_trials(deepcopy=False)
-        attrs = dict(self.study.user_attrs)
-        rungs: dict[tuple[int, int], dict[str, Any]] = {}
-        reevals: dict[int, dict[str, Any]] = {}
-        for key, value in attrs.items():
-            if key.startswith(_ATTR_RUNG):
-                rung, number = key.removeprefix(_ATTR_RUNG).split(":")
-                rungs[(int(rung), int(number))] = value
-            elif key.startswith(_ATTR_REEVAL):
-                # an older study stored the bare list of qualities
-                rec = value if isinstance(value, dict) else {"rung": 0, "qat_steps": 0, "qualities": value}
-                reevals[int(key.removeprefix(_ATTR_REEVAL))] = rec
-        used = 0
-        for t in trials:
-            if t.user_attrs.get("cached"):
-                continue
-            if t.state is TrialState.RUNNING and "qat_steps" not in t.user_attrs:
-                used += self.steps_at(0)  # reserved: it may be about to train
-            else:
-                used += int(t.user_attrs.get("qat_steps", 0))
-        used += sum(int(rec.get("qat_steps", 0)) for rec in rungs.values())
-        used += sum(int(rec.get("qat_steps", 0)) for rec in reevals.values())
-        return _Ledger(trials, attrs, rungs, reevals, used)
+    def ledger(self) -> Ledger:
+        return Ledger.read(self.study, self.steps_at(0))
 
-    def progress(self, message: str = "", ledger: _Ledger | None = None) -> SearchProgress:
+    def progress(self, message: str = "", ledger: Ledger | None = None) -> SearchProgress:
         ledger = ledger or self.ledger()
         completed = ledger.completed()
         values = [t.values[0] for t in completed if t.values]
@@ -371,7 +329,7 @@ class _Search:
         return SearchProgress(len(completed), total, best, message, ledger.qat_steps_used, budget, self.phase,
                               time.monotonic() - self.started, self.eta_s(ledger, total))
 
-    def eta_s(self, ledger: _Ledger, total: int) -> float | None:
+    def eta_s(self, ledger: Ledger, total: int) -> float | None:
         """Time left: this process's seconds per QAT step times the steps still to train: the budget
         left (in QAT steps), or the trials left plus ``reevaluate_front`` extra runs per point of the
         current front.  None until this process has trained something."""
@@ -407,11 +365,11 @@ class _Search:
             return 0
         return min(2 * self.spec.reevaluate_front * self.steps_at(len(self.spec.fidelity_rungs) - 1), budget // 4)
 
-    def fits(self, ledger: _Ledger, qat_steps: int, reserve: int = 0) -> bool:
+    def fits(self, ledger: Ledger, qat_steps: int, reserve: int = 0) -> bool:
         budget = self.spec.budget_qat_steps
         return budget is None or ledger.qat_steps_used + qat_steps <= budget - reserve
 
-    def next_work(self, ledger: _Ledger) -> tuple[str, ...]:
+    def next_work(self, ledger: Ledger) -> tuple[str, ...]:
         """``("promote", number, rung)``, ``("trial",)`` (a new map at the first rung), ``("wait",)``
         (the budget is taken by trials running elsewhere, which may finish or turn out stale), or
         ``("done", reason)``."""
@@ -421,7 +379,8 @@ class _Search:
         if self.metric_at_best(ledger):
             return ("done", "the cheapest map scores the metric's best value")
         reserve = self.reevaluation_reserve()
-        promotion = self.next_promotion(ledger)
+        promotion = ledger.next_promotion(len(spec.fidelity_rungs), spec.promotion_eta,
+                                           self.setup.workload.higher_is_better)
         if promotion is not None and self.fits(ledger, self.steps_at(promotion[1]), reserve):
             return ("promote", str(promotion[0]), str(promotion[1]))
         done = len(ledger.completed())
@@ -441,7 +400,7 @@ class _Search:
             return ("trial",)
         return ("wait",) if running else ("done", "budget")
 
-    def metric_at_best(self, ledger: _Ledger) -> bool:
+    def metric_at_best(self, ledger: Ledger) -> bool:
         """Has a map costing the least possible in every objective scored the metric's best value?
         Then every other map costs more for no better quality: the front cannot change."""
         best = self.setup.workload.metric_best
@@ -464,37 +423,10 @@ class _Search:
         return [sum(min(costs[o] for costs in layer.values()) for layer in per_layer)
                 for o in map(str, self.spec.cost_objectives)]
 
-    def next_promotion(self, ledger: _Ledger) -> tuple[int, int] | None:
-        """(trial number, rung) of a map that belongs to the next rung and is not there yet, from the
-        highest rung down (finishing a map's climb before screening more at the bottom)."""
-        higher_is_better = self.setup.workload.higher_is_better
-        completed = {t.number: t for t in ledger.completed()}
-        for rung in range(len(self.spec.fidelity_rungs) - 2, -1, -1):
-            members: dict[int, tuple[float, ...]] = {}
-            feasible: set[int] = set()
-            for number, t in completed.items():
-                assert t.values is not None
-                if rung == 0:
-                    quality = t.values[0]
-                else:
-                    rec = ledger.rungs.get((rung, number))
-                    if rec is None or rec.get("quality") is None:
-                        continue
-                    quality = float(rec["quality"])
-                members[number] = objective_vector(quality, list(t.values[1:]), higher_is_better)
-                if all(c <= 0.0 for c in t.constraints.values()):
-                    feasible.add(number)
-            if feasible:  # an infeasible map is not promoted while a feasible one could be
-                members = {n: v for n, v in members.items() if n in feasible}
-            for number in promotable(members, self.spec.promotion_eta):
-                if (rung + 1, number) not in ledger.rungs:
-                    return number, rung + 1
-        return None
-
     def promote(self, number: int, rung: int, fp32: float) -> None:
         """Train trial ``number``'s map again at ``rung``; the claim (a study attribute) comes first,
         so other processes skip it and count its steps."""
-        key = f"{_ATTR_RUNG}{rung}:{number}"
+        key = rung_key(rung, number)
         worker = f"{socket.gethostname()}:{os.getpid()}"
         steps = self.steps_at(rung)
         self.study.set_user_attr(key, {"qat_steps": steps, "worker": worker, "quality": None, "qconfig": None})
@@ -666,43 +598,15 @@ class _Search:
                 continue
 
     # -- the front and the result ------------------------------------------------------------
-    def outcomes(self, ledger: _Ledger | None = None) -> list[TrialOutcome]:
+    def outcomes(self, ledger: Ledger | None = None) -> list[TrialOutcome]:
         """One outcome per trained trial, at its highest rung; repeats served from the cache are
         not evaluations.  Extra seeds count only when run at that same rung."""
         ledger = ledger or self.ledger()
         out = []
         for t in ledger.completed():
             top = ledger.top(t.number)
-            rec = ledger.reevals.get(t.number)
-            same_rung = rec is not None and rec.get("qualities") and rec.get("rung", 0) == (top.rung if top else 0)
-            reevals = [float(q) for q in rec["qualities"]] if rec is not None and same_rung else []
-            out.append(outcome_of(t, self.setup, reevals, top))
+            out.append(outcome_of(t, self.setup, ledger.reevaluations(t.number, top.rung if top else 0), top))
         return out
-
-    def noise(self, outcomes: list[TrialOutcome]) -> float | None:
-        """The largest seed spread measured so far (None before any re-evaluation), at least min_gain."""
-        spreads = [o.quality_std for o in outcomes if o.n_evaluations > 1]
-        if not spreads:
-            return None
-        return max(*spreads, self.spec.min_gain or 0.0)
-
-    def reevaluation_todo(self, front: list[TrialOutcome], noise: float | None) -> list[TrialOutcome]:
-        """Front points to give extra seeds: those with a neighbour (in cost order) within noise,
-        i.e. within twice the largest seed spread seen (the difference of two noisy scores); before
-        any spread is known, the closest pair in quality, which measures it."""
-        pairs = list(itertools.pairwise(front))
-        if not pairs:
-            return []
-        if noise is None:
-            close = [min(pairs, key=lambda ab: abs(ab[0].quality - ab[1].quality))]
-        else:
-            close = [(a, b) for a, b in pairs if abs(a.quality - b.quality) <= 2 * noise]
-        todo: dict[int, TrialOutcome] = {}
-        for a, b in close:
-            for p in (a, b):
-                if p.n_evaluations == 1:
-                    todo[p.number] = p
-        return list(todo.values())
 
     def reevaluate_front(self) -> None:
         """Extra seeds where front neighbours are within noise of each other (noise-aware reporting);
@@ -715,8 +619,10 @@ class _Search:
             ledger = self.ledger()
             outcomes = self.outcomes(ledger)
             front = pareto_front(outcomes, self.setup.workload.higher_is_better)
-            todo = [p for p in self.reevaluation_todo(front, self.noise(outcomes))
-                    if p.number not in ledger.reevals]
+            noise = noise_level([o.quality_std for o in outcomes if o.n_evaluations > 1], self.spec.min_gain)
+            todo = [front[i] for i in reevaluation_todo([p.quality for p in front],
+                                                        [p.n_evaluations for p in front], noise)
+                    if front[i].number not in ledger.reevals]
             if not todo or self.should_stop():
                 return
             self.set_phase(SearchPhase.REEVALUATING)
@@ -732,7 +638,7 @@ class _Search:
 
     def _reevaluate(self, point: TrialOutcome) -> None:
         setup = self.setup
-        key = f"{_ATTR_REEVAL}{point.number}"
+        key = reeval_key(point.number)
         steps = self.spec.reevaluate_front * point.qat_steps
         self.study.set_user_attr(key, {"rung": point.rung, "qat_steps": steps, "qualities": None})
         qualities = []

@@ -17,12 +17,15 @@ from torch import nn
 from search import SearchSpec, TrialOutcome, Workload, load_workload, run_search
 from search.multifidelity import (
     crowding_distances,
+    noise_level,
     non_dominated_ranks,
     promotable,
     promotion_order,
     rank_agreement,
+    reevaluation_todo,
     within_noise_of_cheaper,
 )
+from search.ledger import Ledger, rung_key
 from search.pareto import objective_vector
 from search.seeds import cheapest_assignment, dominated_formats
 from search.space import SearchSpace
@@ -32,6 +35,37 @@ from tests.search.models import DepthwiseNet
 TINY = {"pretrain_steps": 30}
 
 # -- pure parts ----------------------------------------------------------------------------------
+
+
+def test_noise_level_is_the_largest_spread_at_least_min_gain() -> None:
+    assert noise_level([], 0.5) is None
+    assert noise_level([0.02, 0.07], None) == 0.07
+    assert noise_level([0.02, 0.07], 0.1) == 0.1
+
+
+def test_reevaluation_todo_closest_pair_first_then_neighbours_within_twice_the_noise() -> None:
+    qualities = [20.0, 22.0, 22.05, 25.0, 25.15]  # front in cost order
+    once = [1, 1, 1, 1, 1]
+    assert reevaluation_todo(qualities, once, None) == [1, 2]  # the closest pair measures the noise
+    assert reevaluation_todo(qualities, once, 0.1) == [1, 2, 3, 4]  # 0.15 <= 2 x 0.1
+    assert reevaluation_todo(qualities, [1, 3, 1, 1, 1], 0.05) == [2]  # point 1 already has seeds
+    assert reevaluation_todo([20.0], [1], None) == []
+
+
+def test_ledger_promotes_the_top_third_and_finishes_a_climb_first() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for quality, cost in [(20.0, 1.0), (21.0, 2.0), (22.0, 3.0), (19.0, 3.0), (18.0, 4.0), (17.0, 5.0)]:
+        study.add_trial(optuna.trial.create_trial(values=[quality, cost], user_attrs={"qat_steps": 10}))
+    ledger = Ledger.read(study, first_rung_steps=10)
+    assert ledger.qat_steps_used == 60
+    first = ledger.next_promotion(n_rungs=3, eta=3, higher_is_better=True)
+    assert first is not None and first[1] == 1 and first[0] in {0, 1, 2}  # two of the front of three
+    study.set_user_attr(rung_key(1, first[0]), {"qat_steps": 30, "quality": 23.0, "qconfig": None})
+    ledger = Ledger.read(study, first_rung_steps=10)
+    assert ledger.qat_steps_used == 90 and ledger.top(first[0]) is not None
+    # rung 1 holds one finished map: 1 // 3 = 0 promotable there, so rung 1 fills up first
+    second = ledger.next_promotion(n_rungs=3, eta=3, higher_is_better=True)
+    assert second is not None and second[1] == 1 and second[0] != first[0]
 
 
 def test_non_dominated_ranks_peel_fronts() -> None:
