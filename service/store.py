@@ -12,6 +12,7 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from search import TargetProfile, builtin_profiles, load_profile, parse_profile_text
 from service.models import (
     ApiToken,
     Job,
@@ -442,6 +443,14 @@ def add_profile(session: Session, owner: str, name: str, text: str) -> ProfileRo
 
 def get_profile(session: Session, owner: str, name: str) -> ProfileRow | None:
     return session.scalar(select(ProfileRow).where(ProfileRow.owner == owner, ProfileRow.name == name))
+
+
+def target_profile(session: Session, owner: str, name: str) -> TargetProfile | None:
+    """A built-in profile, or the owner's uploaded one (stored as its validated JSON); None if neither."""
+    if name in builtin_profiles():
+        return load_profile(name)
+    row = get_profile(session, owner, name)
+    return None if row is None else parse_profile_text(row.text, f"profile {name!r}")
 
 
 def profile_names(session: Session, owner: str) -> list[str]:
