@@ -228,9 +228,14 @@ def create_job(
             if existing is not None:
                 return _repeat(existing, spec, response, session, settings)
         _validate_job(session, body, owner, settings)
-        _check_job_limits(session, body, owner, role, settings)
     try:
         with db.session() as session:
+            store.lock_owner(session, owner)  # the limits' counts hold until the insert commits
+            if idempotency_key is not None:
+                existing = store.job_by_idempotency_key(session, owner, idempotency_key)
+                if existing is not None:
+                    return _repeat(existing, spec, response, session, settings)
+            _check_job_limits(session, body, owner, role, settings)
             job = store.add_job(session, owner, spec, body.n_trials, body.priority, idempotency_key)
             out = _jobs_out(session, [job], settings)[0]
     except IntegrityError:  # a concurrent request with the same key won the insert
@@ -411,6 +416,7 @@ def _store_upload(
 ) -> UploadOut:
     try:
         with db.session() as session:
+            store.lock_owner(session, owner)  # the quota's sum holds until the insert commits
             held = store.upload_bytes_of_owner(session, owner)
             if held + len(data) > settings.max_upload_bytes_per_owner:
                 raise HTTPException(
