@@ -64,6 +64,13 @@ class LayerInfo:
             n *= d
         return n
 
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form (:meth:`LayerGraph.from_dicts` reads it back)."""
+        return {
+            "fqn": self.fqn, "kind": self.kind.value, "index": self.index, "input_shape": list(self.input_shape),
+            "output_shape": list(self.output_shape), "num_params": self.num_params, "macs": self.macs,
+        }
+
 
 @dataclass(frozen=True)
 class LayerGraph:
@@ -81,6 +88,31 @@ class LayerGraph:
     @property
     def fqns(self) -> tuple[str, ...]:
         return tuple(layer.fqn for layer in self.layers)
+
+    def as_dicts(self) -> list[dict[str, Any]]:
+        """The layers' JSON form, execution order (the unused modules are not kept)."""
+        return [layer.as_dict() for layer in self.layers]
+
+    @classmethod
+    def from_dicts(cls, rows: Any) -> LayerGraph:
+        """The graph :meth:`as_dicts` wrote (stored JSON, so checked: a :class:`LayerDiscoveryError` names
+        what is malformed)."""
+        if not isinstance(rows, list) or not rows:
+            raise LayerDiscoveryError("layers: a non-empty list of layers")
+        layers = []
+        for i, row in enumerate(rows):
+            try:
+                layers.append(LayerInfo(
+                    fqn=str(row["fqn"]), kind=LayerKind(row["kind"]), index=i,
+                    input_shape=tuple(int(d) for d in row["input_shape"]),
+                    output_shape=tuple(int(d) for d in row["output_shape"]),
+                    num_params=int(row["num_params"]), macs=int(row["macs"]),
+                ))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise LayerDiscoveryError(f"layers[{i}]: malformed ({type(exc).__name__}: {exc})") from None
+        if len({layer.fqn for layer in layers}) != len(layers):
+            raise LayerDiscoveryError("layers: each fqn may appear once")
+        return cls(layers=tuple(layers))
 
     def by_fqn(self, fqn: str) -> LayerInfo:
         for layer in self.layers:

@@ -22,12 +22,29 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from search.layers import LayerGraph, LayerInfo
-from search.profiles import ProfileError, TargetProfile
-from search.spec import Pin, SearchSpec
+from search.profiles import TargetProfile
+from search.spec import Pin, SearchRequest
+
+Loc = tuple[str | int, ...]
 
 
 class SearchSpaceError(ValueError):
-    """The spec, profile and model leave nothing valid to search."""
+    """The spec, profile and model leave nothing valid to search.
+
+    ``loc`` is the request field at fault as a path (``("pins", 2)``, ``("groups", 0)``, ``("formats",)``,
+    ``("profile",)``), for a service's error location; the message begins with it (``pins[2]: ...``)."""
+
+    def __init__(self, loc: Loc, msg: str) -> None:
+        self.loc = loc
+        super().__init__(f"{loc_text(loc)}: {msg}")
+
+
+def loc_text(loc: Loc) -> str:
+    """``("pins", 2, "match")`` -> ``pins[2].match``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
 
 
 @dataclass(frozen=True)
@@ -63,17 +80,22 @@ def _matches(pattern: str, layer: LayerInfo, graph: LayerGraph) -> bool:
     return fnmatch.fnmatchcase(layer.fqn, pattern)
 
 
+def _field(where: Loc, name: str) -> Loc:
+    """A pin's field: ``pins[i].<name>``; the first/last anchor is one field, ``pin_first_last``."""
+    return (*where, name) if where[0] == "pins" else where
+
+
 def _layer_list(graph: LayerGraph) -> str:
     return ", ".join(graph.fqns[:12]) + (" ..." if len(graph.fqns) > 12 else "")
 
 
 def resolve_groups(
-    groups: Sequence[tuple[str, Sequence[str]]], graph: LayerGraph
+    groups: Sequence[tuple[Loc, str, Sequence[str]]], graph: LayerGraph
 ) -> list[tuple[str, ...]]:
     """Layer groups as fqn tuples in execution order, overlapping groups merged.
 
-    ``groups``: (where the group was given, for errors; its patterns).  A pattern that matches no
-    layer is an error naming it; a group of one layer constrains nothing and is dropped."""
+    ``groups``: (the request field it came from and a note on where in it, for errors; its patterns).  A
+    pattern that matches no layer is an error naming it; a group of one layer constrains nothing and is dropped."""
     parent = {fqn: fqn for fqn in graph.fqns}  # union-find over layers
 
     def root(fqn: str) -> str:
@@ -82,14 +104,14 @@ def resolve_groups(
             fqn = parent[fqn]
         return fqn
 
-    for where, patterns in groups:
+    for where, note, patterns in groups:
         if isinstance(patterns, str) or not patterns:
-            raise SearchSpaceError(f"{where}: a list of layer patterns, e.g. ['block1.conv1', 'block1.conv2']")
+            raise SearchSpaceError(where, f"{note}a list of layer patterns, e.g. ['block1.conv1', 'block1.conv2']")
         members: list[str] = []
         for pattern in patterns:
             matched = [layer.fqn for layer in graph.layers if _matches(pattern, layer, graph)]
             if not matched:
-                raise SearchSpaceError(f"{where}: {pattern!r} matches no layer; layers: {_layer_list(graph)}")
+                raise SearchSpaceError(where, f"{note}{pattern!r} matches no layer; layers: {_layer_list(graph)}")
             members += matched
         for fqn in members[1:]:
             parent[root(fqn)] = root(members[0])
@@ -108,7 +130,8 @@ def _pin_groups(
         if len(pins) > 1:
             detail = ", ".join(f"{fqn}={pinned[fqn]}" for fqn in members if fqn in pinned)
             raise SearchSpaceError(
-                f"groups: layers {', '.join(members)} must share a format but are pinned to different ones ({detail})"
+                ("groups",),
+                f"layers {', '.join(members)} must share a format but are pinned to different ones ({detail})",
             )
         if pins:
             source = next(fqn for fqn in members if fqn in pinned)
@@ -118,38 +141,59 @@ def _pin_groups(
                     reasons[fqn] = f"in a layer group with {source!r} ({reasons[source]})"
 
 
-def searched_formats(spec: SearchSpec, profile: TargetProfile) -> tuple[str, ...]:
+def searched_formats(spec: SearchRequest, profile: TargetProfile) -> tuple[str, ...]:
     """The spec's formats, or when it names none, the profile's (split formats such as w4a8 included)."""
     return spec.formats or tuple(name for name in profile.formats if name != "fp32")
 
 
-def build_space(spec: SearchSpec, graph: LayerGraph, profile: TargetProfile) -> SearchSpace:
+def _emptied_by(spec: SearchRequest, formats: tuple[str, ...]) -> Loc:
+    """The field to blame for a space with nothing to search: the first of these the request sets."""
+    if len(formats) < 2:
+        return ("formats",)
+    if spec.pins:
+        return ("pins",)
+    if spec.pin_first_last is not None:
+        return ("pin_first_last",)
+    return ("groups",) if spec.groups else ("profile",)
+
+
+def build_space(spec: SearchRequest, graph: LayerGraph, profile: TargetProfile) -> SearchSpace:
+    """The search space of ``spec`` over ``graph`` on ``profile``; a :class:`SearchSpaceError` naming the
+    request field (:attr:`SearchSpaceError.loc`) when a pin or group matches no layer, a format or pin is
+    not allowed, or nothing is left to search.  The one home of these rules: the runner builds the space
+    with it, and a service can check a request against a model's layers before queueing it."""
     formats = searched_formats(spec, profile)
-    for name in formats:
+    for i, name in enumerate(formats):
         if name not in profile.formats:
             raise SearchSpaceError(
-                f"formats: {name!r} is not supported by profile {profile.name!r}; allowed: {', '.join(profile.formats)}"
+                ("formats", i) if spec.formats else ("profile",),
+                f"{name!r} is not supported by profile {profile.name!r}; allowed: {', '.join(profile.formats)}",
             )
-    pins: list[tuple[Pin, str]] = []
+    # (pin, why, its place in the request)
+    pins: list[tuple[Pin, str, Loc]] = []
     if spec.pin_first_last is not None:
         pins += [
-            (Pin(match="@first", format=spec.pin_first_last), "first executed layer (sees the raw input data)"),
-            (Pin(match="@last", format=spec.pin_first_last), "last executed layer (produces the output)"),
+            (Pin(match="@first", format=spec.pin_first_last), "first executed layer (sees the raw input data)",
+             ("pin_first_last",)),
+            (Pin(match="@last", format=spec.pin_first_last), "last executed layer (produces the output)",
+             ("pin_first_last",)),
         ]
-    pins += [(p, f"pinned by {p.match!r}") for p in spec.pins]
-    for pin, _ in pins[2 if spec.pin_first_last else 0 :]:
+    pins += [(p, f"pinned by {p.match!r}", ("pins", i)) for i, p in enumerate(spec.pins)]
+    for pin, _, where in pins[2 if spec.pin_first_last else 0 :]:
         if not any(_matches(pin.match, layer, graph) for layer in graph.layers):
-            raise SearchSpaceError(f"pins: {pin.match!r} matches no layer; layers: {_layer_list(graph)}")
+            raise SearchSpaceError((*where, "match"), f"{pin.match!r} matches no layer; layers: {_layer_list(graph)}")
     layer_groups = resolve_groups(
-        [(f"groups[{i}]", g) for i, g in enumerate(spec.groups)]
-        + [(f"profile {profile.name!r}: layer_groups[{i}]", g) for i, g in enumerate(profile.layer_groups)],
+        [(("groups", i), "", g) for i, g in enumerate(spec.groups)]
+        + [(("profile",), f"layer_groups[{i}] of profile {profile.name!r}: ", g)
+           for i, g in enumerate(profile.layer_groups)],
         graph,
     )
 
     pinned: dict[str, str] = {}
     reasons: dict[str, str] = {}
+    pin_locs: dict[str, Loc] = {}
     for layer in graph.layers:
-        for pin, reason in pins:
+        for pin, reason, where in pins:
             if _matches(pin.match, layer, graph):
                 if pin.format is None:
                     pinned.pop(layer.fqn, None)
@@ -157,22 +201,25 @@ def build_space(spec: SearchSpec, graph: LayerGraph, profile: TargetProfile) -> 
                 else:
                     pinned[layer.fqn] = pin.format
                     reasons[layer.fqn] = reason
+                    pin_locs[layer.fqn] = where
     _pin_groups(layer_groups, pinned, reasons)
     options_of: dict[str, tuple[str, ...]] = {}
     for layer in graph.layers:
         allowed = profile.allowed_formats(layer.kind)
         if layer.fqn in pinned:
             if pinned[layer.fqn] not in allowed:
-                raise ProfileError(
-                    f"pins: layer {layer.fqn!r} ({layer.kind}) is pinned to {pinned[layer.fqn]!r}, which profile "
-                    f"{profile.name!r} forbids for {layer.kind}; allowed: {', '.join(allowed)}"
+                raise SearchSpaceError(
+                    _field(pin_locs.get(layer.fqn, ("groups",)), "format"),  # a group member: pinned by its group
+                    f"layer {layer.fqn!r} ({layer.kind}) is pinned to {pinned[layer.fqn]!r}, which profile "
+                    f"{profile.name!r} forbids for {layer.kind}; allowed: {', '.join(allowed)}",
                 )
             continue
         options = tuple(f for f in formats if f in allowed)
         if not options:
             raise SearchSpaceError(
-                f"formats: none of {', '.join(formats)} is allowed for layer {layer.fqn!r} ({layer.kind}) "
-                f"by profile {profile.name!r}; allowed there: {', '.join(allowed)}"
+                ("formats",) if spec.formats else ("profile",),
+                f"none of {', '.join(formats)} is allowed for layer {layer.fqn!r} ({layer.kind}) "
+                f"by profile {profile.name!r}; allowed there: {', '.join(allowed)}",
             )
         options_of[layer.fqn] = options
     tied: dict[str, str] = {}
@@ -183,7 +230,7 @@ def build_space(spec: SearchSpec, graph: LayerGraph, profile: TargetProfile) -> 
         if not common:
             detail = "; ".join(f"{m}: {', '.join(options_of[m])}" for m in members)
             raise SearchSpaceError(
-                f"groups: layers {', '.join(members)} must share a format but have none in common ({detail})"
+                ("groups",), f"layers {', '.join(members)} must share a format but have none in common ({detail})"
             )
         options_of[members[0]] = common
         for fqn in members[1:]:
@@ -191,7 +238,8 @@ def build_space(spec: SearchSpec, graph: LayerGraph, profile: TargetProfile) -> 
             del options_of[fqn]
     if not any(len(c) > 1 for c in options_of.values()):
         raise SearchSpaceError(
-            "pins: the pins, groups and formats leave nothing to search (every layer has one possible format); "
-            "unpin layers, drop groups or allow more formats"
+            _emptied_by(spec, formats),
+            "the pins, groups and formats leave nothing to search (every layer has one possible format); "
+            "unpin layers, drop groups or allow more formats",
         )
     return SearchSpace(choices=options_of, pinned=pinned, pin_reasons=reasons, tied=tied)

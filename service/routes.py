@@ -21,6 +21,9 @@ from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from search import BUILTIN_WORKLOADS, CostObjective, ProfileError, SamplerName, builtin_profiles, parse_profile_text
 from search.formats import summarize_assignment
+from search.layers import LayerGraph
+from search.space import SearchSpaceError, build_space
+from search.workloads import WorkloadError, builtin_layer_graph
 from service import auth, store
 from service.db import Database
 from service.deps import DbDep, OwnerDep, RoleDep, SettingsDep, StreamOwnerDep
@@ -43,7 +46,7 @@ from service.schemas import (
     UploadOut,
 )
 from service.settings import Settings
-from service.uploads import UploadError, inspect_dataset, inspect_model
+from service.uploads import UploadError, inspect_dataset, inspect_model, layer_graph_of
 
 router = APIRouter(prefix="/v1")
 
@@ -63,8 +66,21 @@ def _not_found(what: str) -> HTTPException:
     return HTTPException(404, f"{what} not found")
 
 
-def _unprocessable(field: str, msg: str, value: Any = None) -> HTTPException:
-    return HTTPException(422, [{"loc": ["body", field], "msg": msg, "type": "value_error", "input": value}])
+def _unprocessable(field: str | tuple[str | int, ...], msg: str, value: Any = None) -> HTTPException:
+    """A 422 like pydantic's; ``field`` is a body field or a path into the body (``("pins", 2, "match")``)."""
+    loc = [field] if isinstance(field, str) else list(field)
+    return HTTPException(422, [{"loc": ["body", *loc], "msg": msg, "type": "value_error", "input": value}])
+
+
+def _value_at(body: dict[str, Any], loc: tuple[str | int, ...]) -> Any:
+    """What the request held at ``loc`` (None where the path leaves it)."""
+    value: Any = body
+    for part in loc:
+        try:
+            value = value[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,23 +179,40 @@ def _check_job_limits(session: Session, body: JobCreate, owner: str, role: Token
 
 
 def _validate_job(session: Session, body: JobCreate, owner: str, settings: Settings) -> None:
-    """Checks that need the database or the search library; raise 422 naming the field."""
+    """Checks that need the database or the search library; raise 422 naming the field.  What can be known
+    before a worker starts is refused here rather than becoming a failed job: pins and groups that match no
+    layer, formats or pins the profile forbids, a space with nothing left to search."""
+    graph: LayerGraph | None = None
     if body.model is not None or body.dataset is not None:
         if body.model is None or body.dataset is None:
             raise _unprocessable("model" if body.model is None else "dataset", "model and dataset go together")
-        if store.get_upload(session, owner, UploadKind.MODEL, body.model) is None:
+        model = store.get_upload(session, owner, UploadKind.MODEL, body.model)
+        if model is None:
             raise _unprocessable("model", f"no uploaded model named {body.model!r}", body.model)
         if store.get_upload(session, owner, UploadKind.DATASET, body.dataset) is None:
             raise _unprocessable("dataset", f"no uploaded dataset named {body.dataset!r}", body.dataset)
-    elif body.workload not in BUILTIN_WORKLOADS and body.workload not in settings.allowed_workloads:
+        graph = layer_graph_of(model.info)  # None for an upload inspected before graphs were stored
+    elif body.workload in BUILTIN_WORKLOADS:
+        try:  # the architecture on the meta device: no weights, no data, no training
+            graph = builtin_layer_graph(body.workload, body.workload_options)
+        except WorkloadError as exc:
+            raise _unprocessable("workload_options", str(exc), body.workload_options) from None
+    elif body.workload not in settings.allowed_workloads:
         raise _unprocessable(
             "workload",
             f"unknown workload {body.workload!r}; built-in: {', '.join(BUILTIN_WORKLOADS)}; entry points must be "
             "allow-listed by the operator (MIXQ_ALLOWED_WORKLOADS); or upload a model and dataset",
             body.workload,
         )
-    if body.profile not in builtin_profiles() and store.get_profile(session, owner, body.profile) is None:
+    # an allow-listed entry point is not imported in the API process: its worker checks the space
+    profile = store.target_profile(session, owner, body.profile)
+    if profile is None:
         raise _unprocessable("profile", f"unknown profile {body.profile!r}", body.profile)
+    if graph is not None:
+        try:
+            build_space(body, graph, profile)  # the worker's own rules (search.space), so the same messages
+        except SearchSpaceError as exc:
+            raise _unprocessable(exc.loc, str(exc), _value_at(body.model_dump(mode="json"), exc.loc)) from None
 
 
 @router.post("/jobs", response_model=JobOut, status_code=201, responses={200: {"model": JobOut}})
@@ -195,9 +228,14 @@ def create_job(
             if existing is not None:
                 return _repeat(existing, spec, response, session, settings)
         _validate_job(session, body, owner, settings)
-        _check_job_limits(session, body, owner, role, settings)
     try:
         with db.session() as session:
+            store.lock_owner(session, owner)  # the limits' counts hold until the insert commits
+            if idempotency_key is not None:
+                existing = store.job_by_idempotency_key(session, owner, idempotency_key)
+                if existing is not None:
+                    return _repeat(existing, spec, response, session, settings)
+            _check_job_limits(session, body, owner, role, settings)
             job = store.add_job(session, owner, spec, body.n_trials, body.priority, idempotency_key)
             out = _jobs_out(session, [job], settings)[0]
     except IntegrityError:  # a concurrent request with the same key won the insert
@@ -378,6 +416,7 @@ def _store_upload(
 ) -> UploadOut:
     try:
         with db.session() as session:
+            store.lock_owner(session, owner)  # the quota's sum holds until the insert commits
             held = store.upload_bytes_of_owner(session, owner)
             if held + len(data) > settings.max_upload_bytes_per_owner:
                 raise HTTPException(

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from search import TargetProfile, builtin_profiles, load_profile, parse_profile_text
 from service.models import (
     ApiToken,
     Job,
@@ -26,6 +27,33 @@ from service.models import (
     sources_of,
     utcnow,
 )
+
+# ---------------------------------------------------------------------------------------------
+# Per-owner serialization
+# ---------------------------------------------------------------------------------------------
+
+_OWNER_LOCK_SPACE = 0x6D69_786F  # "mixo": first key of the owner's advisory lock (the search's budget lock is "mixq")
+
+
+def lock_owner(session: Session, owner: str) -> None:
+    """Serialize ``owner``'s check-then-write transactions (quota and limit checks, then the insert) until
+    this transaction ends: call it first in the transaction, then read, check and write.
+
+    PostgreSQL: a transaction-scoped advisory lock keyed on the owner (other owners do not wait; a row lock
+    would need a row per owner).  SQLite has one writer at a time: the transaction takes the write lock up
+    front (``BEGIN IMMEDIATE``, as ``search.storage`` does for Optuna's claims) instead of at its first write,
+    so no other writer can slip in between the read and the insert; others wait up to the busy timeout."""
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:space, hashtext(:owner))"),
+                     {"space": _OWNER_LOCK_SPACE, "owner": owner})
+        return
+    dbapi = conn.connection.dbapi_connection
+    if getattr(dbapi, "in_transaction", False):
+        # the driver opened a transaction at an earlier write: the lock would come too late
+        raise RuntimeError("lock_owner: must be the first write of its transaction")
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
 
 # ---------------------------------------------------------------------------------------------
 # Tokens
@@ -442,6 +470,14 @@ def add_profile(session: Session, owner: str, name: str, text: str) -> ProfileRo
 
 def get_profile(session: Session, owner: str, name: str) -> ProfileRow | None:
     return session.scalar(select(ProfileRow).where(ProfileRow.owner == owner, ProfileRow.name == name))
+
+
+def target_profile(session: Session, owner: str, name: str) -> TargetProfile | None:
+    """A built-in profile, or the owner's uploaded one (stored as its validated JSON); None if neither."""
+    if name in builtin_profiles():
+        return load_profile(name)
+    row = get_profile(session, owner, name)
+    return None if row is None else parse_profile_text(row.text, f"profile {name!r}")
 
 
 def profile_names(session: Session, owner: str) -> list[str]:

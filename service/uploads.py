@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from torch import nn
 
     from search import Workload
+    from search.layers import LayerGraph
+    from search.onnx_import import OnnxModule
 
 # torch and search are imported where they are used: the sandboxed dataset check then starts in about a
 # second instead of waiting for torch's import.
@@ -57,7 +59,7 @@ def _sandboxed(task: str, data: bytes, limits: SandboxLimits | None) -> dict[str
 # ---------------------------------------------------------------------------------------------
 
 
-def load_model(data: bytes) -> nn.Module:
+def load_model(data: bytes) -> OnnxModule:
     """The uploaded ONNX model as a module (safe to run in-process: see search.onnx_import); raises UploadError."""
     from search.onnx_import import OnnxImportError, load_onnx_model
 
@@ -69,20 +71,46 @@ def load_model(data: bytes) -> nn.Module:
         raise UploadError(str(exc)) from None
 
 
+MAX_LISTED_LAYERS = 1000  # layers kept in an upload's info; a larger model's requests are checked by the worker
+
+
 def inspect_model_here(data: bytes) -> dict[str, Any]:
-    """Layer names of an uploaded model; what the sandboxed child runs."""
+    """Layer names of an uploaded model and its layer graph (execution order, kinds, shapes: what a job's pins
+    and groups are checked against at submission); what the sandboxed child runs."""
     from torch import nn
 
+    from search.layers import LayerDiscoveryError, discover_layers
+
     module = load_model(data)
-    onnx_names = getattr(module, "onnx_names", {})
+    onnx_names = module.onnx_names
     quantizable = nn.Conv1d | nn.Conv2d | nn.ConvTranspose2d | nn.Linear
     layers = [n for n, m in module.named_modules() if isinstance(m, quantizable)]
     if not layers:
         raise UploadError("file: the model has no Conv, ConvTranspose, Gemm or MatMul layer to quantize")
-    return {
-        "format": "onnx", "layers": layers[:1000], "n_layers": len(layers),
-        "onnx_names": {fqn: onnx_names.get(fqn, fqn) for fqn in layers[:1000]},
+    try:
+        graph = discover_layers(module, module.example_inputs())
+    except LayerDiscoveryError as exc:
+        raise UploadError(f"file: {exc}") from None
+    info: dict[str, Any] = {
+        "format": "onnx", "layers": layers[:MAX_LISTED_LAYERS], "n_layers": len(layers),
+        "onnx_names": {fqn: onnx_names.get(fqn, fqn) for fqn in layers[:MAX_LISTED_LAYERS]},
     }
+    if len(graph.layers) <= MAX_LISTED_LAYERS:
+        info["graph"] = graph.as_dicts()
+    return info
+
+
+def layer_graph_of(info: dict[str, Any]) -> LayerGraph | None:
+    """The layer graph an uploaded model's inspection stored (:func:`inspect_model_here`); None for an upload
+    inspected before graphs were stored, or a model too large to list."""
+    from search.layers import LayerDiscoveryError, LayerGraph
+
+    if "graph" not in info:
+        return None
+    try:
+        return LayerGraph.from_dicts(info["graph"])
+    except LayerDiscoveryError:
+        return None
 
 
 _ONNX_FIRST_BYTE = b"\x08"

@@ -34,10 +34,7 @@ from search import (
     TargetProfile,
     TrialOutcome,
     Workload,
-    builtin_profiles,
-    load_profile,
     load_workload,
-    parse_profile_text,
 )
 from search.storage import StorageError
 from service import store
@@ -241,15 +238,12 @@ class Worker:
         self._finalize(run, result)
 
     def _profile(self, owner: str, name: str) -> TargetProfile:
-        """A built-in profile, or the owner's uploaded one (stored as its validated JSON)."""
-        if name in builtin_profiles():
-            return load_profile(name)
+        """A built-in profile, or the owner's uploaded one."""
         with self.db.session() as session:
-            row = store.get_profile(session, owner, name)
-            if row is None:
-                raise ValueError(f"profile: {name!r} no longer exists")
-            text = row.text
-        return parse_profile_text(text, f"profile {name!r}")
+            profile = store.target_profile(session, owner, name)
+        if profile is None:
+            raise ValueError(f"profile: {name!r} no longer exists")
+        return profile
 
     def _status(self, job_id: int) -> JobStatus | None:
         with self.db.session() as session:

@@ -12,21 +12,28 @@ from typing import Any
 import pydantic
 
 __all__ = [
-    "BUILTIN_WORKLOADS", "Workload", "WorkloadError", "check_workload_options", "load_workload", "resolve_factory",
+    "BUILTIN_WORKLOADS", "Architecture", "Workload", "WorkloadError", "builtin_layer_graph", "check_workload_options",
+    "load_workload", "resolve_factory",
 ]
 
-from search.workloads.base import Workload, WorkloadError, call_user_code
+import torch
+
+from search.layers import LayerDiscoveryError, LayerGraph, discover_layers
+from search.workloads.base import Architecture, Workload, WorkloadError, call_user_code
 
 BUILTIN_WORKLOADS = ("digits", "denoise", "denoise-deep")
 _ENTRY_POINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
+def _builtin_module(name: str) -> Any:
+    # module names cannot hold "-": denoise-deep lives in denoise_deep.py
+    return importlib.import_module(f"search.workloads.{name.replace('-', '_')}")
+
+
 def resolve_factory(name: str) -> Callable[..., Any]:
     """The factory behind a built-in name or an entry point ``package.module:factory``."""
     if name in BUILTIN_WORKLOADS:
-        # module names cannot hold "-": denoise-deep lives in denoise_deep.py
-        module = importlib.import_module(f"search.workloads.{name.replace('-', '_')}")
-        return module.make_workload
+        return _builtin_module(name).make_workload
     if _ENTRY_POINT.match(name):
         module_name, _, attr = name.partition(":")
         try:
@@ -75,6 +82,28 @@ def _check_option_types(factory: Callable[..., Any], options: dict[str, Any]) ->
             ) from None
         except pydantic.PydanticSchemaGenerationError:  # an annotation pydantic cannot check
             continue
+
+
+def builtin_layer_graph(name: str, options: dict[str, Any] | None = None) -> LayerGraph:
+    """The layers a search of built-in workload ``name`` with ``options`` would see (execution order, kinds,
+    shapes), from its architecture alone: built and run once on the meta device, so no weight is allocated
+    or initialised, nothing is trained and no data is read (milliseconds).  Raises :class:`WorkloadError`
+    naming ``workload_options`` for options the workload refuses.
+
+    Only built-ins: an entry point's layers are known by importing and calling its code, which a caller
+    that validates untrusted requests must not do."""
+    if name not in BUILTIN_WORKLOADS:
+        raise WorkloadError(f"workload: {name!r} is not built-in ({', '.join(BUILTIN_WORKLOADS)})")
+    options = dict(options or {})
+    check_workload_options(name, options)
+    build = _builtin_module(name).make_architecture
+    accepted = inspect.signature(build).parameters
+    with torch.device("meta"):  # shapes flow through the forward; no memory is allocated for tensors
+        architecture = build(**{k: v for k, v in options.items() if k in accepted})
+        try:
+            return discover_layers(architecture.model, architecture.example_inputs)
+        except LayerDiscoveryError as exc:
+            raise WorkloadError(f"workload_options: {exc}") from None
 
 
 def load_workload(name: str, options: dict[str, Any] | None = None) -> Workload:

@@ -59,6 +59,15 @@ def random_batches(inputs: Tensor, targets: Tensor, batch_size: int, gen: torch.
         yield inputs[idx], targets[idx]
 
 
+@dataclass(frozen=True)
+class Architecture:
+    """A built-in workload's fp32 network, untrained, and example inputs of the shape its workload uses:
+    enough for layer discovery (the layers, their order and kinds) with no data and no training."""
+
+    model: nn.Module
+    example_inputs: tuple[Any, ...]
+
+
 @dataclass
 class Workload:
     name: str

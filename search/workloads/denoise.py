@@ -20,10 +20,13 @@ from sklearn.datasets import load_sample_image
 from torch import Tensor, nn
 
 from search.train import train_steps
-from search.workloads.base import Batch, Workload
+from search.workloads.base import Architecture, Batch, Workload, WorkloadError
 from search.workloads.cache import cached_pretrained
 
 SIGMA = 25.0 / 255.0
+EXAMPLE_SIDE = 40  # px: the example input is a 40x40 crop of one grey image
+MAX_DEPTH = 200  # convolutions; bounds what an option can make us build (DnCNN's published depth is 17-20)
+MAX_WIDTH = 1024  # channels
 
 
 class DnCNN(nn.Module):
@@ -40,6 +43,27 @@ class DnCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x - self.body(x)
+
+
+def check_dncnn_options(depth: int, width: int, min_depth: int) -> None:
+    """``depth`` convolutions (``min_depth``..:data:`MAX_DEPTH`) of ``width`` channels (1..:data:`MAX_WIDTH`)."""
+    if not min_depth <= depth <= MAX_DEPTH:
+        raise WorkloadError(
+            f"workload_options.depth: {min_depth}..{MAX_DEPTH} convolutions"
+            + (" (first, one inner, last)" if min_depth == 3 else "") + f", got {depth}"
+        )
+    if not 1 <= width <= MAX_WIDTH:
+        raise WorkloadError(f"workload_options.width: 1..{MAX_WIDTH} channels, got {width}")
+
+
+def dncnn_architecture(depth: int, width: int, min_depth: int) -> Architecture:
+    check_dncnn_options(depth, width, min_depth)
+    return Architecture(DnCNN(depth, width), (torch.zeros(1, 1, EXAMPLE_SIDE, EXAMPLE_SIDE),))
+
+
+def make_architecture(depth: int = 6, width: int = 32) -> Architecture:
+    """The untrained network (the workload's architecture options; the others are training's)."""
+    return dncnn_architecture(depth, width, min_depth=2)
 
 
 def luma(name: str) -> Tensor:
@@ -91,6 +115,7 @@ def make_workload(
     batch_size: int = 8,
     patch_size: int = 32,
 ) -> Workload:
+    check_dncnn_options(depth, width, min_depth=2)
     train_image = luma("china.jpg")
     test_image = luma("flower.jpg")
     h, w = test_image.shape
@@ -99,7 +124,8 @@ def make_workload(
     noisy = add_noise(clean, torch.Generator().manual_seed(1234))
     model = cached_pretrained(
         "denoise", {"depth": depth, "width": width, "pretrain_steps": pretrain_steps},
-        build=lambda: DnCNN(depth, width), train=lambda: _pretrain(depth, width, pretrain_steps, train_image),
+        build=lambda: make_architecture(depth, width).model,
+        train=lambda: _pretrain(depth, width, pretrain_steps, train_image),
     )
     calib = list(_patches(train_image, 64, 8, torch.Generator().manual_seed(7)).__next__() for _ in range(1))
     # QAT batches are smaller than the pretraining ones (16 x 40x40): a trial is ~3x cheaper, and
@@ -121,7 +147,7 @@ def denoising_workload(
     return Workload(
         name=name,
         model=model,
-        example_inputs=(noisy[:1, :, :40, :40].clone(),),
+        example_inputs=(noisy[:1, :, :EXAMPLE_SIDE, :EXAMPLE_SIDE].clone(),),
         train_batches=train_batches,
         calibration_batches=calibration_batches,
         loss_fn=F.mse_loss,

@@ -23,9 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from search.workloads.base import Batch, Workload
+from search.workloads.base import Architecture, Batch, Workload
 from search.workloads.cache import cached_pretrained
-from search.workloads.denoise import DnCNN, add_noise, denoising_workload, psnr_db
+from search.workloads.denoise import (
+    DnCNN,
+    add_noise,
+    check_dncnn_options,
+    denoising_workload,
+    dncnn_architecture,
+    psnr_db,
+)
 
 TRAIN_PHOTOS = (
     "brick", "chelsea", "clock", "coffee", "grass", "gravel", "hubble_deep_field",
@@ -92,6 +99,11 @@ def _pretrain(depth: int, width: int, steps: int, images: Sequence[Tensor]) -> n
     return model.eval()
 
 
+def make_architecture(depth: int = 17, width: int = 16) -> Architecture:
+    """The untrained network (the workload's architecture options; the others are training's)."""
+    return dncnn_architecture(depth, width, min_depth=3)
+
+
 def make_workload(
     depth: int = 17,
     width: int = 16,
@@ -100,17 +112,14 @@ def make_workload(
     batch_size: int = 8,
     patch_size: int = 32,
 ) -> Workload:
-    if depth < 3:
-        raise ValueError(f"depth: at least 3 convolutions (first, one inner, last), got {depth}")
-    if width < 1:
-        raise ValueError(f"width: at least 1 channel, got {width}")
+    check_dncnn_options(depth, width, min_depth=3)
     train_images = [photo_luma(name) for name in TRAIN_PHOTOS]
     noisy, clean = held_out_pair(eval_size)
     options = {"depth": depth, "width": width, "pretrain_steps": pretrain_steps, "photos": list(TRAIN_PHOTOS)}
     model = cached_pretrained(
         "denoise-deep",
         options,
-        build=lambda: DnCNN(depth, width),
+        build=lambda: make_architecture(depth, width).model,
         train=lambda: _pretrain(depth, width, pretrain_steps, train_images),
     )
     # 8 batches of 8 patches (64x64 px): deep layers' activations peak on texture and edges, and

@@ -13,10 +13,12 @@ from sklearn.datasets import load_digits
 from torch import Tensor, nn
 
 from search.train import train_steps
-from search.workloads.base import Workload, random_batches
+from search.workloads.base import Architecture, Workload, WorkloadError, random_batches
 from search.workloads.cache import cached_pretrained
 
 N_TRAIN = 1200  # of 1797 images; the rest is the test split
+INPUT_SHAPE = (1, 1, 8, 8)  # one 8x8 grey image
+MAX_WIDTH = 1024  # channels; far past what 8x8 digits need, and it bounds what an option can make us build
 
 
 class DigitsCNN(nn.Module):
@@ -36,6 +38,17 @@ class DigitsCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
+
+
+def _check_width(width: int) -> None:
+    if not 1 <= width <= MAX_WIDTH:
+        raise WorkloadError(f"workload_options.width: 1..{MAX_WIDTH} channels, got {width}")
+
+
+def make_architecture(width: int = 16) -> Architecture:
+    """The untrained network for ``width`` (the workload's architecture options; the others are training's)."""
+    _check_width(width)
+    return Architecture(DigitsCNN(width), (torch.zeros(INPUT_SHAPE),))
 
 
 def digits_arrays() -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -65,15 +78,16 @@ def _pretrain(width: int, steps: int) -> nn.Module:
 
 
 def make_workload(width: int = 16, pretrain_steps: int = 600, batch_size: int = 64) -> Workload:
+    _check_width(width)
     x_tr, y_tr, x_te, y_te = digits_arrays()
     model = cached_pretrained(
         "digits", {"width": width, "pretrain_steps": pretrain_steps},
-        build=lambda: DigitsCNN(width), train=lambda: _pretrain(width, pretrain_steps),
+        build=lambda: make_architecture(width).model, train=lambda: _pretrain(width, pretrain_steps),
     )
     return Workload(
         name="digits",
         model=model,
-        example_inputs=(x_te[:1],),
+        example_inputs=(x_te[:1],),  # INPUT_SHAPE
         train_batches=lambda gen: random_batches(x_tr, y_tr, batch_size, gen),
         calibration_batches=[(x_tr[i : i + 256], y_tr[i : i + 256]) for i in range(0, 512, 256)],
         loss_fn=F.cross_entropy,

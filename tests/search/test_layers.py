@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from search.formats import parse_format
-from search.layers import LayerDiscoveryError, LayerKind, discover_layers, layer_kind
+from search.layers import LayerDiscoveryError, LayerGraph, LayerKind, discover_layers, layer_kind
 from search.qat import QuantizationError, quantize_model
 from tests.search.models import (
     Conv1dNet,
@@ -146,3 +146,15 @@ def test_tuple_and_bare_tensor_inputs_agree():
     model = Conv1dNet()
     (x,) = Conv1dNet.example_inputs()
     assert discover_layers(model, x) == discover_layers(model, (x,))
+
+
+def test_graph_json_round_trip_and_malformed_rows():
+    graph = discover_layers(ResidualNet(), ResidualNet.example_inputs())
+    assert LayerGraph.from_dicts(graph.as_dicts()) == graph
+    rows = graph.as_dicts()
+    with pytest.raises(LayerDiscoveryError, match=r"layers\[1\]: malformed"):
+        LayerGraph.from_dicts([rows[0], {**rows[1], "kind": "lstm"}])
+    with pytest.raises(LayerDiscoveryError, match="each fqn may appear once"):
+        LayerGraph.from_dicts([rows[0], rows[0]])
+    with pytest.raises(LayerDiscoveryError, match="a non-empty list"):
+        LayerGraph.from_dicts({"fqn": "x"})

@@ -139,3 +139,38 @@ def test_search_only_tries_maps_where_the_group_agrees() -> None:
     assert {t.assignment["branch_b"] for t in result.trials} > {"int8"}  # the group did move
     by_fqn = {layer.fqn: layer for layer in result.layers}
     assert by_fqn["skip"].choices == by_fqn["branch_b"].choices == ("int4", "int8", "fp16")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "loc", "text"),
+    [
+        pytest.param({"pins": [{"match": "skip", "format": "int4"}, {"match": "nope*", "format": "int8"}]},
+                     ("pins", 1, "match"), "pins[1].match: 'nope*' matches no layer", id="pin"),
+        pytest.param({"groups": [list(RESIDUAL_ADD), ["nope"]]}, ("groups", 1), "groups[1]: 'nope'", id="group"),
+        pytest.param({"pins": [{"match": "*", "format": "int8"}]}, ("pins",), "pins: the pins, groups and formats",
+                     id="all-pinned"),
+        pytest.param({"formats": ("int8",)}, ("formats",), "formats: the pins", id="one-format"),
+        pytest.param({"formats": ("int4", "fp32")}, ("formats", 1), "formats[1]: 'fp32' is not supported",
+                     id="format"),
+    ],
+)
+def test_errors_carry_the_request_field(overrides: dict[str, object], loc: tuple[object, ...], text: str) -> None:
+    profile = parse_profile_text("name: no-fp32\npeak_macs_per_ms: 1000\nformats: {int4: {throughput: 4}, "
+                                 "int8: {throughput: 2}, fp16: {throughput: 1}}\n")
+    with pytest.raises(SearchSpaceError) as err:
+        build_space(spec(**overrides), residual_graph(), profile)
+    assert err.value.loc == loc
+    assert str(err.value).startswith(text)
+
+
+def test_a_profile_forbidden_pin_names_the_pin() -> None:
+    profile = parse_profile_text(
+        "name: int8-conv\npeak_macs_per_ms: 1000\nformats: {int4: {throughput: 4}, int8: {throughput: 2}}\n"
+        "layer_kinds: {conv2d: {formats: [int8]}}\n"
+    )
+    graph = residual_graph()
+    conv = next(layer.fqn for layer in graph.layers if layer.kind.value == "conv2d")
+    with pytest.raises(SearchSpaceError) as err:
+        build_space(spec(formats=("int4", "int8"), pin_first_last=None, pins=[{"match": conv, "format": "int4"}]),
+                    graph, profile)
+    assert err.value.loc == ("pins", 0, "format")

@@ -8,7 +8,7 @@ from torch import nn
 
 from search.layers import discover_layers
 from search.train import fp32_quality, run_trial
-from search.workloads import BUILTIN_WORKLOADS, Workload, WorkloadError, load_workload
+from search.workloads import BUILTIN_WORKLOADS, Workload, WorkloadError, builtin_layer_graph, load_workload
 from search.workloads import denoise_deep as denoise_deep_module
 from search.workloads import digits as digits_module
 from search.workloads.cache import cache_dir
@@ -127,7 +127,7 @@ def test_denoise_deep_tiny_config_trains_and_quantizes(tmp_path, monkeypatch):
     a, b = workload.model.state_dict(), again.model.state_dict()
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
     assert sorted(tmp_path.glob("denoise-deep-*.pt")) == files
-    with pytest.raises(ValueError, match="depth: at least 3 convolutions"):
+    with pytest.raises(WorkloadError, match=r"workload_options.depth: 3..200 convolutions \(first, one inner, last\)"):
         load_workload("denoise-deep", {**DENOISE_DEEP_TINY, "depth": 2})
 
 
@@ -193,3 +193,25 @@ def test_pretraining_leaves_the_callers_rng_alone(tmp_path, monkeypatch):
     torch.manual_seed(123)
     load_workload("digits", {"pretrain_steps": 3})  # a cache hit
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize(("name", "options"), [
+    pytest.param("digits", DIGITS_OPTIONS, id="digits"),
+    pytest.param("denoise", DENOISE_OPTIONS, id="denoise"),
+])
+def test_builtin_layer_graph_is_the_loaded_workloads(name, options):
+    """The architecture alone (meta device, untrained) gives the layers a search of the loaded workload sees."""
+    workload = load_workload(name, options)  # cached weights where an earlier test trained them
+    assert builtin_layer_graph(name, options) == discover_layers(workload.model, workload.example_inputs)
+
+
+def test_builtin_layer_graph_of_a_large_net_and_bad_options():
+    graph = builtin_layer_graph("denoise-deep", {"depth": 200, "width": 1024})  # ~190M weights if allocated
+    assert len(graph.fqns) == 200 and graph.first.input_shape == (1, 1, 40, 40)
+    assert graph.by_fqn("body.5").num_params == 1024 * 1024 * 9
+    with pytest.raises(WorkloadError, match=r"workload_options.width: 1..1024 channels, got 0"):
+        builtin_layer_graph("digits", {"width": 0})
+    with pytest.raises(WorkloadError, match=r"workload_options.width: expected int"):
+        builtin_layer_graph("denoise", {"width": "abc"})
+    with pytest.raises(WorkloadError, match="is not built-in"):
+        builtin_layer_graph("tests.search.user_workload:make_workload", {})

@@ -3,18 +3,25 @@ above the default only for operator tokens.  Real SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from conftest import FAST_JOB
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 from test_uploads import npz_bytes
 
+from service import routes, store
 from service.auth import create_token
 from service.db import Database
 from service.main import create_app
-from service.models import TokenRole
+from service.models import Job, TokenRole, Upload
 from service.settings import Settings
+from service.uploads import inspect_dataset_here
 
 
 def _client(settings: Settings, db: Database, **limits: object) -> TestClient:
@@ -77,3 +84,58 @@ def test_priority_above_default_needs_an_operator_token(settings: Settings, db: 
         assert submit(user, 5) == 403
         assert submit(user, 0) == 201 and submit(user, -5) == 201
         assert submit(operator, 5) == 201
+
+
+N_CONCURRENT = 6
+
+
+def _slow_read(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Widen the gap between a limit's read and the insert (0.3 s): requests that are not serialized all
+    read the same count before any of them writes, so a race shows every run rather than now and then."""
+    original: Callable[..., Any] = getattr(store, name)
+
+    def read_then_wait(*args: Any) -> Any:
+        value = original(*args)
+        time.sleep(0.3)
+        return value
+
+    monkeypatch.setattr(store, name, read_then_wait)
+
+
+def _at_once(n: int, request: Callable[[int], int]) -> list[int]:
+    start = threading.Barrier(n)
+
+    def go(i: int) -> int:
+        start.wait()
+        return request(i)
+
+    with ThreadPoolExecutor(n) as pool:
+        return sorted(pool.map(go, range(n)))
+
+
+def test_upload_quota_holds_under_concurrent_uploads(
+    settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = npz_bytes()
+    quota = len(data) * 2 + 10  # exactly two files
+    # inspected in-process: six sandbox children at once would spread the requests over seconds
+    monkeypatch.setattr(routes, "inspect_dataset", inspect_dataset_here)
+    _slow_read(monkeypatch, "upload_bytes_of_owner")
+    with _client(settings, db, max_upload_bytes_per_owner=quota) as client:
+        codes = _at_once(N_CONCURRENT, lambda i: client.post(
+            "/v1/datasets", files={"file": ("d.npz", data)}, data={"name": f"d{i}"}).status_code)
+    assert codes == [201, 201] + [429] * (N_CONCURRENT - 2)
+    with db.session() as session:
+        stored = session.scalar(select(func.sum(Upload.size_bytes)))
+    assert stored == 2 * len(data) <= quota
+
+
+def test_active_job_limit_holds_under_concurrent_submissions(
+    settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _slow_read(monkeypatch, "active_job_count")
+    with _client(settings, db, max_active_jobs_per_owner=2) as client:
+        codes = _at_once(N_CONCURRENT, lambda i: client.post("/v1/jobs", json={**FAST_JOB, "seed": i}).status_code)
+    assert codes == [201, 201] + [429] * (N_CONCURRENT - 2)
+    with db.session() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 2

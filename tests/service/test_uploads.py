@@ -204,7 +204,8 @@ def test_upload_onnx_and_dataset_then_submit(client: TestClient, good_onnx: byte
     assert code == 201, body
     assert body["info"]["x_train"]["shape"] == [40, 1, 8, 8]
     assert upload(client, "/v1/models", "tiny-cnn", good_onnx)[0] == 409
-    job = client.post("/v1/jobs", json={**FAST_JOB, "workload": "mine", "workload_options": {},
+    # two layers: left free (pin_first_last would anchor both, leaving nothing to search: a 422)
+    job = client.post("/v1/jobs", json={**FAST_JOB, "workload": "mine", "workload_options": {}, "pin_first_last": None,
                                          "model": "tiny-cnn", "dataset": "tiny-data"})
     assert job.status_code == 201, job.text
     code, body = upload(client, "/v1/models", "old", good_pt2, "m.pt2")
