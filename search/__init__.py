@@ -35,6 +35,7 @@ from search.spec import (
     SearchProgress,
     SearchResult,
     SearchSpec,
+    TrialFailure,
     TrialOutcome,
 )
 from search.storage import StorageError
@@ -63,6 +64,7 @@ __all__ = [
     "SearchSpec",
     "StorageError",
     "TargetProfile",
+    "TrialFailure",
     "TrialOutcome",
     "Workload",
     "__version__",

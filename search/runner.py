@@ -43,7 +43,6 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -82,6 +81,7 @@ from search.spec import (
     SearchProgress,
     SearchResult,
     SearchSpec,
+    TrialFailure,
     TrialOutcome,
 )
 from search.storage import claim_budget_slot, open_storage
@@ -95,6 +95,7 @@ _ATTR_SENSITIVITY = "mixq:sensitivity"  # "sweep" (one-layer QAT trials) or "pro
 KEEP_DOMINATED = 0.1  # probability that a sampled dominated format is kept (so a wrong call can be undone)
 
 OnTrial = Callable[[TrialOutcome, SearchProgress], None]
+OnFailedTrial = Callable[[TrialFailure], None]
 
 
 def make_sampler(name: SamplerName, seed: int) -> optuna.samplers.BaseSampler:
@@ -178,10 +179,12 @@ class _Search:
 
     def __init__(self, setup: SearchSetup, on_trial: OnTrial | None, should_stop: Callable[[], bool] | None,
                  on_progress: Callable[[SearchProgress], None] | None,
-                 on_start: Callable[[SearchResult], None] | None = None) -> None:
+                 on_start: Callable[[SearchResult], None] | None = None,
+                 on_failed_trial: OnFailedTrial | None = None) -> None:
         self.setup = setup
         self.spec = setup.spec
         self.on_trial = on_trial
+        self.on_failed_trial = on_failed_trial
         self.on_progress = on_progress
         self.on_start = on_start
         self.phase = SearchPhase.FP32
@@ -191,7 +194,8 @@ class _Search:
         self.step_started = time.monotonic()
         self.should_stop = should_stop or (lambda: False)
         spec = setup.spec
-        self.storage = open_storage(spec.storage, spec.max_retries, spec.heartbeat_interval_s, spec.grace_period_s)
+        self.storage = open_storage(spec.storage, spec.max_retries, spec.heartbeat_interval_s, spec.grace_period_s,
+                                    on_stale=self._report_stale_trial)
         seed = spec.seed if spec.storage is None else spec.seed + os.getpid()  # processes explore differently
         try:
             self.study = optuna.create_study(
@@ -571,6 +575,25 @@ class _Search:
         if trial.state is TrialState.COMPLETE and self.on_trial is not None and not trial.user_attrs.get("cached"):
             ledger = self.ledger()
             self.on_trial(outcome_of(trial, self.setup), self.progress(ledger=ledger))
+        if trial.state is TrialState.FAIL and self.on_failed_trial is not None:
+            # its own error (the objective's ``fail_reason``), or a NaN/missing value Optuna refused
+            error = trial.user_attrs.get("fail_reason") or "the objective returned no finite value (NaN or None)"
+            self.on_failed_trial(self._failure_of(trial, str(error), retried=False))
+
+    def _report_stale_trial(self, study: optuna.Study, trial: FrozenTrial, retried: bool) -> None:
+        """The storage's stale-trial callback failed ``trial`` here, though another process ran it."""
+        if self.on_failed_trial is not None:
+            error = (f"no heartbeat for over {self.spec.grace_period_s} s: the process running it died "
+                     f"(killed, out of memory) or lost the database")
+            self.on_failed_trial(self._failure_of(trial, error, retried))
+
+    def _failure_of(self, trial: FrozenTrial, error: str, retried: bool) -> TrialFailure:
+        # a trial that died before suggesting every layer has fewer params; a queued one has its fixed_params
+        free = {k: str(v) for k, v in (trial.params or trial.system_attrs.get("fixed_params", {})).items()}
+        space = self.setup.space
+        merged = {**space.pinned, **space.expand(free)}
+        assignment = {fqn: merged[fqn] for fqn in self.setup.graph.fqns if fqn in merged}
+        return TrialFailure(trial.number, assignment, error, retried)
 
     def fail_stale_trials(self) -> None:
         """Mark trials of dead processes FAIL; the storage's callback re-enqueues their params."""
@@ -588,12 +611,13 @@ class _Search:
             return
         now = datetime.now()
         grace = timedelta(seconds=self.spec.grace_period_s)
+        stale_trial_callback = self.storage.get_heartbeat_stale_trial_callback()  # retry and report, as Optuna's
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if "worker" in t.user_attrs or t.datetime_start is None or now - t.datetime_start <= grace:
                 continue
             try:
-                if self.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
-                    RetryHeartbeatStaleTrialCallback(max_retry=self.spec.max_retries)(self.study, t)
+                if self.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL) and stale_trial_callback:
+                    stale_trial_callback(self.study, t)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
 
@@ -717,6 +741,7 @@ def run_search(
     evaluator: Evaluator | None = None,
     on_progress: Callable[[SearchProgress], None] | None = None,
     on_start: Callable[[SearchResult], None] | None = None,
+    on_failed_trial: OnFailedTrial | None = None,
 ) -> SearchResult:
     """Search per-layer precision maps for ``spec``; return the Pareto front and all trials.
 
@@ -733,6 +758,9 @@ def run_search(
     ``profile`` is a ready target profile (else ``spec.profile`` is loaded by name or path).
     ``on_start`` gets the result before any trial (layers, pins, fp32 quality; no trials), so a
     caller can show them while the search runs.
+    ``on_failed_trial`` hears about each failed trial once: one that failed by its own error, in the
+    process that ran it; one whose process died mid-trial, in the process that found it stale (and
+    queued its parameters again, ``retried``).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     workload = workload or load_workload(spec.workload, spec.workload_options)
@@ -740,4 +768,4 @@ def run_search(
     graph = discover_layers(workload.model, workload.example_inputs)
     space = build_space(spec, graph, profile)
     setup = SearchSetup(spec=spec, workload=workload, profile=profile, graph=graph, space=space, evaluator=evaluator)
-    return _Search(setup, on_trial, should_stop, on_progress, on_start).run()
+    return _Search(setup, on_trial, should_stop, on_progress, on_start, on_failed_trial).run()

@@ -219,6 +219,18 @@ class TrialOutcome:
 
 
 @dataclass(frozen=True)
+class TrialFailure:
+    """A trial that failed: by its own error (a NaN loss, the workload's code raising), reported by the
+    process that ran it; or because that process died mid-trial (killed, out of memory), reported by
+    the process that found its heartbeat stale."""
+
+    number: int
+    assignment: Mapping[str, str]  # fqn -> format name, execution order; layers it never got a format for are absent
+    error: str  # "NonFiniteLossError: loss: nan at QAT step 3 ...", or why the trial was declared dead
+    retried: bool  # its parameters were queued again (a dead process's trial, within ``max_retries``)
+
+
+@dataclass(frozen=True)
 class FidelityPoint:
     number: int
     short_quality: float  # at the first rung

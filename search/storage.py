@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial
 
 from search.spec import SearchError
 
@@ -44,11 +46,36 @@ def _serialize_sqlite_transactions(storage: RDBStorage) -> None:
     engine.dispose()  # connections made before the listeners existed are dropped
 
 
+# (study, the stale trial as it was when failed, whether its parameters were queued again)
+OnStaleTrial = Callable[[optuna.Study, FrozenTrial, bool], None]
+
+
+class RetryStaleTrial:
+    """The storage's callback for a trial whose heartbeat went stale: Optuna's retry (its parameters
+    queued again, at most ``max_retry`` times in a chain), then ``on_stale(study, trial, retried)``.
+
+    Optuna calls it in the one process that moved the trial to FAIL (the others lose that update),
+    so each dead trial is reported once, wherever it is noticed."""
+
+    def __init__(self, max_retry: int, on_stale: OnStaleTrial | None = None) -> None:
+        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        self.on_stale = on_stale
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.retry(study, trial)
+        if self.on_stale is not None:
+            # a retry's history ends with the trial it retries (Optuna's retry_history system attr)
+            retried = any(t.system_attrs.get("retry_history", [])[-1:] == [trial.number]
+                          for t in study.get_trials(deepcopy=False))
+            self.on_stale(study, trial, retried)
+
+
 def open_storage(
-    url: str | None, max_retries: int, heartbeat_interval_s: int = 5, grace_period_s: int = 20
+    url: str | None, max_retries: int, heartbeat_interval_s: int = 5, grace_period_s: int = 20,
+    on_stale: OnStaleTrial | None = None,
 ) -> RDBStorage | None:
-    """An RDB storage with heartbeats and stale-trial retry, or None (in memory) for ``url=None``.
-    Fails fast with :class:`StorageError` if the database cannot be reached."""
+    """An RDB storage with heartbeats and stale-trial retry (:class:`RetryStaleTrial`), or None (in
+    memory) for ``url=None``.  Fails fast with :class:`StorageError` if the database cannot be reached."""
     if url is None:
         return None
     is_sqlite = url.startswith("sqlite")
@@ -65,7 +92,7 @@ def open_storage(
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=heartbeat_interval_s,
                     grace_period=grace_period_s,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retries),
+                    heartbeat_stale_trial_callback=RetryStaleTrial(max_retries, on_stale),
                 )
             if is_sqlite:
                 _serialize_sqlite_transactions(storage)

@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -135,6 +136,8 @@ class Job(Base):
     best_trial: Mapped[int | None] = mapped_column(Integer)
     # the search's last progress report (phase, message, elapsed_s, eta_s, reported_at), for the live page
     search_progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # the search's fidelity check (short_qat_steps, points, kendall_tau, warning); NULL for a one-rung search
+    fidelity: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Trial(Base):
@@ -162,6 +165,8 @@ class Trial(Base):
     qconfig: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     worker_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    error: Mapped[str | None] = mapped_column(Text)  # why a failed trial failed
+    retried: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # params queued again
 
 
 class WorkerRow(Base):

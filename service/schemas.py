@@ -60,9 +60,27 @@ class Progress(BaseModel):
 class Counts(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     complete: int
-    failed: int
+    failed: int = Field(description="trials that failed: their own error, or their worker died mid-trial")
+    retried: int = Field(description="failed trials whose parameters were queued again (their worker died)")
     running: int
     infeasible: int
+
+
+class FidelityPointOut(BaseModel):
+    number: int = Field(description="trial number")
+    short_quality: float = Field(description="quality at the first rung (short_qat_steps)")
+    long_quality: float = Field(description="quality at the highest rung it reached (mean over its runs there)")
+    long_qat_steps: int
+
+
+class FidelityOut(BaseModel):
+    """Does the short first rung rank the front as the longest runs do?  Only a search with several
+    ``fidelity_rungs`` has one."""
+
+    short_qat_steps: int
+    points: list[FidelityPointOut] = Field(description="the front points trained at a higher rung")
+    kendall_tau: float | None = Field(description="rank agreement of short and long qualities; None under 2 points")
+    warning: str | None = Field(default=None, description="set when kendall_tau < 0.8")
 
 
 class Best(BaseModel):
@@ -85,6 +103,7 @@ class JobOut(BaseModel):
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
     error: str | None
+    fidelity: FidelityOut | None = Field(description="the search's fidelity check, once it ends; null for one rung")
 
 
 class JobPage(BaseModel):
@@ -107,6 +126,8 @@ class TrialOut(BaseModel):
     duration_s: float
     source: str
     on_front: bool
+    error: str | None = Field(default=None, description="why a failed trial failed")
+    retried: bool = Field(default=False, description="a failed trial whose parameters were queued again")
 
     @computed_field  # type: ignore[prop-decorator]
     @property

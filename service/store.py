@@ -262,6 +262,11 @@ def set_search_progress(session: Session, job_id: int, progress: dict[str, Any])
     session.execute(update(Job).where(Job.id == job_id).values(search_progress=progress))
 
 
+def set_job_fidelity(session: Session, job_id: int, fidelity: dict[str, Any]) -> None:
+    """The search's fidelity check, at its end (``updated_at`` stays, as for the progress report)."""
+    session.execute(update(Job).where(Job.id == job_id).values(fidelity=fidelity))
+
+
 def touch_job(session: Session, job_id: int) -> None:
     session.execute(update(Job).where(Job.id == job_id).values(updated_at=utcnow()))
 
@@ -329,6 +334,23 @@ def record_trial(
     return True
 
 
+def record_failed_trial(
+    session: Session, job_id: int, number: int, assignment: dict[str, str], error: str, retried: bool
+) -> bool:
+    """Insert a failed trial once: a repeated report of (job, number) changes nothing.  False if the
+    job no longer exists or the trial is already recorded."""
+    if session.scalar(select(Job.id).where(Job.id == job_id)) is None:
+        return False
+    stmt = _insert_for(session)(Trial).values(
+        job_id=job_id, number=number, state=TrialState.FAILED, assignment=assignment, quality=None,
+        quality_std=None, n_evaluations=0, costs={}, primary_cost=None, feasible=False, duration_s=0.0,
+        source="", on_front=False, qconfig=None, worker_id=None, created_at=utcnow(), error=error[:4000],
+        retried=retried,
+    )
+    result = session.execute(stmt.on_conflict_do_nothing(index_elements=["job_id", "number"]))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
 def mark_front(session: Session, job_id: int, numbers: Sequence[int]) -> None:
     """The search's own front is final: flag exactly these trials."""
     session.execute(update(Trial).where(Trial.job_id == job_id).values(on_front=Trial.number.in_(list(numbers))))
@@ -383,6 +405,7 @@ def trial_numbers_after(session: Session, job_id: int, after_id: int) -> Sequenc
 class TrialCounts:
     complete: int = 0
     failed: int = 0
+    retried: int = 0  # failed trials whose parameters were queued again (their process died mid-trial)
     infeasible: int = 0
     running: int = 0  # live workers on the job, each runs one trial at a time
 
@@ -390,19 +413,23 @@ class TrialCounts:
 def trial_counts(session: Session, job_ids: Sequence[int], stale_before: datetime) -> dict[int, TrialCounts]:
     if not job_ids:
         return {}
-    acc: dict[int, dict[str, int]] = {j: {"complete": 0, "failed": 0, "infeasible": 0, "running": 0} for j in job_ids}
+    acc: dict[int, dict[str, int]] = {
+        j: {"complete": 0, "failed": 0, "retried": 0, "infeasible": 0, "running": 0} for j in job_ids
+    }
     rows = session.execute(
-        select(Trial.job_id, Trial.state, Trial.feasible, func.count())
+        select(Trial.job_id, Trial.state, Trial.feasible, Trial.retried, func.count())
         .where(Trial.job_id.in_(job_ids))
-        .group_by(Trial.job_id, Trial.state, Trial.feasible)
+        .group_by(Trial.job_id, Trial.state, Trial.feasible, Trial.retried)
     ).all()
-    for job_id, state, feasible, n in rows:
+    for job_id, state, feasible, retried, n in rows:
         if state == TrialState.COMPLETE:
             acc[job_id]["complete"] += n
             if not feasible:
                 acc[job_id]["infeasible"] += n
         elif state == TrialState.FAILED:
             acc[job_id]["failed"] += n
+            if retried:
+                acc[job_id]["retried"] += n
     live = session.execute(
         select(WorkerRow.job_id, func.count())
         .where(WorkerRow.job_id.in_(job_ids), WorkerRow.heartbeat_at >= stale_before)

@@ -32,6 +32,7 @@ from search import (
     SearchResult,
     SearchSpec,
     TargetProfile,
+    TrialFailure,
     TrialOutcome,
     Workload,
     load_workload,
@@ -58,6 +59,7 @@ class RunSearch(Protocol):
         should_stop: Callable[[], bool] | None = None,
         on_progress: Callable[[SearchProgress], None] | None = None,
         on_start: Callable[[SearchResult], None] | None = None,
+        on_failed_trial: Callable[[TrialFailure], None] | None = None,
     ) -> SearchResult: ...
 
 
@@ -231,7 +233,7 @@ class Worker:
             SearchSpec.of(spec, storage=self.db.url, study_name=study_name(job_id)), workload=workload,
             profile=self._profile(job.owner, spec.profile), on_trial=lambda o, p: self._on_trial(run, o, p),
             should_stop=lambda: self._should_stop(job_id), on_progress=lambda p: self._on_progress(run, p),
-            on_start=lambda r: self._on_start(run, r),
+            on_start=lambda r: self._on_start(run, r), on_failed_trial=lambda f: self._on_failed_trial(run, f),
         )
         if self.stop_event.is_set() or self._status(job_id) != JobStatus.RUNNING:
             return  # shutting down, cancelled or deleted: the study keeps what was done
@@ -291,6 +293,17 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - the study has the trial; _finalize stores it again
             log.warning("worker %s: could not store trial %d of job %d: %s", self.id, outcome.number, run.job_id, exc)
 
+    def _on_failed_trial(self, run: _JobRun, failure: TrialFailure) -> None:
+        """Recorded once per (job, trial number), by whichever worker's search saw it fail: the one that
+        ran it (its own error), or the one that found its dead worker's heartbeat stale."""
+        try:
+            self._write(lambda s: store.record_failed_trial(
+                s, run.job_id, failure.number, dict(failure.assignment), failure.error, failure.retried,
+            ))
+        except Exception as exc:  # noqa: BLE001 - the study keeps the FAIL; the count misses it
+            log.warning("worker %s: could not store failed trial %d of job %d: %s",
+                        self.id, failure.number, run.job_id, exc)
+
     def _on_progress(self, run: _JobRun, progress: SearchProgress) -> None:
         report = {
             "phase": progress.phase.value, "message": progress.message[:500],
@@ -326,9 +339,32 @@ class Worker:
             for outcome in [*result.trials, *result.front]:  # the front carries re-evaluated qualities + qconfigs
                 store.record_trial(session, run.job_id, self._record(run, outcome), None, result.higher_is_better)
             store.mark_front(session, run.job_id, [o.number for o in result.front])
+            fidelity = _fidelity_json(result)
+            if fidelity is not None:
+                store.set_job_fidelity(session, run.job_id, fidelity)
             store.transition(session, run.job_id, JobStatus.SUCCEEDED)
 
         self._write(finish)
+
+
+def _finite(value: float | None) -> float | None:
+    """JSON columns cannot hold NaN/inf (PostgreSQL rejects them)."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _fidelity_json(result: SearchResult) -> dict[str, Any] | None:
+    """``Job.fidelity`` (read back by ``schemas.FidelityOut``), None for a one-rung search; a point
+    without finite qualities is left out."""
+    check = result.fidelity
+    if check is None:
+        return None
+    points = [
+        {"number": p.number, "short_quality": p.short_quality, "long_quality": p.long_quality,
+         "long_qat_steps": p.long_qat_steps}
+        for p in check.points if _finite(p.short_quality) is not None and _finite(p.long_quality) is not None
+    ]
+    return {"short_qat_steps": check.short_qat_steps, "points": points, "kendall_tau": _finite(check.kendall_tau),
+            "warning": check.warning}
 
 
 def _layers_with_pins(result: SearchResult) -> tuple[list[dict[str, Any]], dict[str, str]]:

@@ -41,7 +41,8 @@ function renderJob(job) {
     ["metric", job.metric ? `${job.metric} (${job.higher_is_better ? "higher" : "lower"} is better)` : "–"],
     ["fp32 quality", fmtQuality(job.fp32_quality)],
     ["best so far", job.best ? `${fmtQuality(job.best.quality)} (trial #${job.best.trial_number})` : "–"],
-    ["trials", `${c.complete ?? 0} complete, ${c.infeasible ?? 0} infeasible, ${c.failed ?? 0} failed, ${c.running ?? 0} running`],
+    ["trials", `${c.complete ?? 0} complete, ${c.infeasible ?? 0} infeasible, ${c.failed ?? 0} failed `
+      + `(${c.retried ?? 0} retried), ${c.running ?? 0} running`],
     ["created", fmtTime(job.created_at)],
     ["started", fmtTime(job.started_at)],
     ["finished", fmtTime(job.finished_at)],
@@ -53,6 +54,46 @@ function renderJob(job) {
   document.getElementById("job-phase").textContent = phaseText(job);
   document.getElementById("job-spec").textContent = JSON.stringify(spec, null, 2);
   document.getElementById("cancel-job").hidden = TERMINAL.has(job.status);
+  renderFidelity(job);
+}
+
+// ---- the fidelity check: do the short first-rung runs rank the front as the long runs do? ----
+
+function renderFidelity(job) {
+  const box = document.getElementById("fidelity");
+  const f = job.fidelity;
+  const rungs = job.spec?.fidelity_rungs || [1];
+  if (!f) {
+    const text = rungs.length > 1
+      ? `The search trains maps at ${rungs.length} lengths (fidelity_rungs [${rungs.join(", ")}]); `
+        + "the check of the short runs against the long ones comes when it ends."
+      : "No fidelity check: every map was trained at one length (qat_steps). To check that short runs rank "
+        + "maps as long ones do, submit with fidelity_rungs, e.g. [1, 3]: the best maps are trained again "
+        + "3× longer and the two rankings compared.";
+    box.replaceChildren(el("p", { class: "muted", id: "fidelity-none" }, text));
+    return;
+  }
+  const longSteps = [...new Set(f.points.map((p) => p.long_qat_steps))];
+  const longHeader = longSteps.length === 1 ? `long quality @ ${longSteps[0]} steps` : "long quality (steps)";
+  const table = el("table", { class: "grid", id: "fidelity-table" },
+    el("thead", {}, el("tr", {}, ...["trial", `short quality @ ${f.short_qat_steps} steps`, longHeader]
+      .map((h) => el("th", {}, h)))),
+    el("tbody", {}, ...f.points.map((p) => el("tr", { dataset: { trial: p.number } },
+      el("td", {}, `#${p.number}`),
+      el("td", {}, fmtQuality(p.short_quality)),
+      el("td", {}, longSteps.length === 1 ? fmtQuality(p.long_quality)
+        : `${fmtQuality(p.long_quality)} (${p.long_qat_steps})`),
+    ))),
+  );
+  const tau = f.kendall_tau === null || f.kendall_tau === undefined
+    ? "Kendall tau: – (needs two or more front points trained at a higher rung)"
+    : `Kendall tau between the short and long rankings: ${f.kendall_tau.toFixed(3)} (1 = same order)`;
+  box.replaceChildren(
+    f.warning ? el("div", { class: "message warn", role: "alert", id: "fidelity-warning" }, `warning: ${f.warning}`) : "",
+    el("p", { id: "fidelity-tau" }, tau),
+    f.points.length ? el("div", { class: "table-scroll" }, table)
+      : el("p", { class: "muted" }, "no front point reached a higher rung"),
+  );
 }
 
 // "re-evaluating front point 2/3 · elapsed 1m05s · about 40s left": the counter alone stops at n/n
@@ -178,6 +219,22 @@ function renderTrials() {
   ));
   table.tBodies[0].replaceChildren(...rows);
   document.getElementById("trial-count").textContent = `(${state.trials.size})`;
+  renderFailed();
+}
+
+// failed trials and why: the error text is the search's (or the workload's) own words, shown as text
+function renderFailed() {
+  const failed = [...state.trials.values()].filter((t) => t.state === "failed").sort((a, b) => a.number - b.number);
+  document.getElementById("failed-panel").hidden = !failed.length;
+  document.getElementById("failed-count").textContent = `(${failed.length})`;
+  const table = document.getElementById("failed-table");
+  table.tHead.replaceChildren(el("tr", {}, ...["#", "retried", "formats", "error"].map((h) => el("th", {}, h))));
+  table.tBodies[0].replaceChildren(...failed.map((t) => el("tr", { dataset: { trial: t.number } },
+    el("td", {}, String(t.number)),
+    el("td", {}, t.retried ? "yes" : "no"),
+    el("td", { title: layerLines(t.assignment).join("\n") }, t.assignment_summary || "–"),
+    el("td", { class: "trial-error" }, t.error ?? "–"),
+  )));
 }
 
 // ---- Pareto scatter ----

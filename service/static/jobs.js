@@ -234,7 +234,9 @@ function jobRow(job) {
       job.status === "failed" && job.error
         ? el("div", { class: "job-error", title: job.error }, job.error.length > 160 ? `${job.error.slice(0, 160)}…` : job.error)
         : null),
-    el("td", {}, progressBar(job.progress)),
+    el("td", {}, progressBar(job.progress),
+      job.counts?.failed ? el("div", { class: "hint failed-count" },
+        `${job.counts.failed} failed (${job.counts.retried} retried)`) : null),
     el("td", { title: job.metric ?? "" }, best),
     el("td", {}, fmtTime(job.created_at)),
     el("td", {}, cancel),

@@ -17,6 +17,7 @@ from service import store
 from service.auth import LOCAL_OWNER
 from service.db import Database
 from service.models import JobStatus
+from service.schemas import JobCreate
 from tests.browser.conftest import LiveServer
 
 pytestmark = pytest.mark.browser
@@ -130,6 +131,68 @@ def test_a_failed_job_shows_its_reason_in_the_list(page: Any, live_server: LiveS
     assert "pretrain_steps must be > 0" in row.inner_text()
 
 
+HOSTILE_ERROR = 'WorkloadError: evaluate: raised <img src=x onerror="document.body.dataset.pwned=1">'
+
+
+def _job_with_failures_and_a_fidelity_check(server: LiveServer) -> int:
+    """A finished two-rung job written straight into the database (one transaction: the worker never
+    sees it queued): one complete trial, two failed ones (one retried, one with markup in its error),
+    and a fidelity check whose tau is low enough to warn."""
+    db = Database(server.database_url)
+    spec = JobCreate.model_validate({**FINISHED_JOB, "fidelity_rungs": [1, 3]}).model_dump(mode="json")
+    with db.session() as session:
+        job_id = store.add_job(session, LOCAL_OWNER, spec, 8, 0, None).id
+        store.transition(session, job_id, JobStatus.RUNNING)
+        layers = [{"fqn": "fc", "kind": "linear", "index": 0, "pinned": False, "pin_reason": None}]
+        store.set_job_info(session, job_id, "accuracy", True, 0.9, layers, {})
+        for number, fmt, quality in [(0, "int8", 0.88), (3, "int4", 0.8)]:
+            store.record_trial(session, job_id, store.TrialRecord(
+                number=number, assignment={"fc": fmt}, quality=quality, quality_std=0.0, n_evaluations=1,
+                costs={"bitops": 8.0 if fmt == "int8" else 4.0}, primary_cost=8.0 if fmt == "int8" else 4.0,
+                feasible=True, duration_s=1.0, source="baseline", qconfig=None), None, True)
+        store.record_failed_trial(session, job_id, 1, {"fc": "int4"}, "no heartbeat for over 20 s", True)
+        store.record_failed_trial(session, job_id, 2, {"fc": "fp16"}, HOSTILE_ERROR, False)
+        store.mark_front(session, job_id, [0, 3])
+        store.set_job_fidelity(session, job_id, {
+            "short_qat_steps": 5, "kendall_tau": -1.0, "warning": "the first rung ranks the front differently",
+            "points": [{"number": 0, "short_quality": 0.85, "long_quality": 0.88, "long_qat_steps": 15},
+                       {"number": 3, "short_quality": 0.86, "long_quality": 0.8, "long_qat_steps": 15}],
+        })
+        store.transition(session, job_id, JobStatus.SUCCEEDED)
+    db.dispose()
+    return job_id
+
+
+def test_failed_and_retried_trials_and_the_fidelity_check_are_shown(
+    page: Any, live_server: LiveServer, screenshot: Any
+) -> None:
+    job_id = _job_with_failures_and_a_fidelity_check(live_server)
+    job = live_server.api("GET", f"/v1/jobs/{job_id}").json()
+    assert (job["counts"]["failed"], job["counts"]["retried"]) == (2, 1)
+    page.goto(f"{live_server.base_url}/jobs/{job_id}")
+    page.wait_for_selector("body[data-job-done=true]")
+    assert "2 failed (1 retried)" in page.inner_text("#job-facts")
+    # the failed trials and why, the error as text (its markup is not run)
+    page.wait_for_selector("#failed-table tbody tr")
+    rows = page.eval_on_selector_all("#failed-table tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
+    assert rows == [["1", "yes", "int4x1", "no heartbeat for over 20 s"], ["2", "no", "fp16x1", HOSTILE_ERROR]]
+    assert page.locator("#failed-table img").count() == 0 and page.get_attribute("body", "data-pwned") is None
+    # the fidelity check: the table, tau, and the warning in the warning style
+    headers = page.eval_on_selector_all("#fidelity-table th", "cells => cells.map(c => c.textContent)")
+    assert headers == ["trial", "short quality @ 5 steps", "long quality @ 15 steps"]
+    cells = page.eval_on_selector_all("#fidelity-table tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
+    assert cells == [["#0", "0.8500", "0.8800"], ["#3", "0.8600", "0.8000"]]
+    assert "-1.000" in page.inner_text("#fidelity-tau")
+    warning = page.locator("#fidelity-warning")
+    assert warning.is_visible() and "ranks the front differently" in warning.inner_text()
+    assert "warn" in (warning.get_attribute("class") or "")
+    screenshot("job-failed-and-fidelity")
+    # the jobs list says so too
+    page.goto(live_server.base_url + "/")
+    row = page.wait_for_selector(f'#jobs-table tr[data-job-id="{job_id}"]')
+    assert "2 failed (1 retried)" in row.inner_text()
+
+
 def test_finished_job_page_has_spec_sortable_trials_csv_and_charts(
     page: Any, live_server: LiveServer, finished_job: int, tmp_path: Path, screenshot: Any
 ) -> None:
@@ -137,6 +200,10 @@ def test_finished_job_page_has_spec_sortable_trials_csv_and_charts(
     page.goto(f"{live_server.base_url}/jobs/{job_id}")
     page.wait_for_selector("body[data-job-done=true]")
     page.wait_for_selector("#trials-table tbody tr")
+    # a one-rung search: no fidelity check, and how to get one; no failed trials
+    assert "fidelity_rungs, e.g. [1, 3]" in page.inner_text("#fidelity-none")
+    assert page.locator("#failed-panel").is_hidden()
+    assert "0 failed (0 retried)" in page.inner_text("#job-facts")
     # the whole spec
     spec_text = page.text_content("#job-spec")
     for key in ("max_quality_drop", "reevaluate_front", "seed_with_sensitivity", "sampler"):

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import optuna
@@ -21,6 +22,7 @@ from search import (
     SearchProgress,
     SearchResult,
     SearchSpec,
+    TrialFailure,
     TrialOutcome,
     load_workload,
     pareto_front,
@@ -126,6 +128,27 @@ def test_same_assignment_is_never_trained_twice() -> None:
     assert len(keys) == len(set(keys))
 
 
+def test_a_trial_failing_by_its_own_error_is_reported_once_and_not_retried() -> None:
+    """The evaluator seam raises for the second map: the search goes on, and ``on_failed_trial`` hears
+    of that trial once, with its error and its whole map."""
+    calls: list[dict[str, str]] = []
+
+    def evaluate(assignment: Mapping[str, str], seed: int) -> float:
+        calls.append(dict(assignment))
+        if len(calls) == 2:
+            raise RuntimeError("workload blew up on this map")
+        return 0.5
+
+    failures: list[TrialFailure] = []
+    result = run_search(tiny_spec(n_trials=3), evaluator=evaluate, on_failed_trial=failures.append)
+    (failure,) = failures
+    assert failure.error == "RuntimeError: workload blew up on this map"
+    assert failure.assignment == calls[1] and list(failure.assignment) == [layer.fqn for layer in result.layers]
+    assert not failure.retried  # only a dead process's trial is queued again
+    assert failure.number not in {t.number for t in result.trials}
+    assert len(result.trials) == 3  # the failed trial did not use up the budget
+
+
 def test_quality_constraint_marks_trials_infeasible() -> None:
     for max_drop in (0.0, 1.0):
         result = run_search(tiny_spec(n_trials=3, max_quality_drop=max_drop, qat_steps=0))
@@ -216,7 +239,8 @@ from search import SearchSpec, run_search
 storage, study, n, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 spec = SearchSpec(workload="digits", workload_options={"pretrain_steps": 30}, n_trials=n, qat_steps=steps,
                   reevaluate_front=0, storage=storage, study_name=study, heartbeat_interval_s=1, grace_period_s=4)
-run_search(spec, on_trial=lambda o, p: print("trial", o.number, flush=True))
+run_search(spec, on_trial=lambda o, p: print("trial", o.number, flush=True),
+           on_failed_trial=lambda f: print("failed", f.number, f.retried, len(f.assignment), flush=True))
 """
 
 
@@ -300,6 +324,8 @@ def test_killed_process_trial_is_retried_with_same_params(storage_url: str) -> N
     assert retries and retries[0].params == killed.params
     assert retries[0].state is TrialState.COMPLETE
     assert not study.get_trials(states=(TrialState.RUNNING,))
+    # the survivor, which found it stale, reported it once: retried, with its whole map (5 digits layers)
+    assert [line for line in out.splitlines() if line.startswith("failed")] == [f"failed {killed.number} True 5"]
 
 
 # -- proxy seeding where a one-layer QAT sweep does not fit the budget ----------------------------

@@ -21,6 +21,7 @@ from search import (
     SearchResult,
     SearchSpec,
     TargetProfile,
+    TrialFailure,
     TrialOutcome,
     Workload,
 )
@@ -76,9 +77,18 @@ def make_fake_run_search(trial_s: float = 0.0) -> Callable[..., SearchResult]:
         on_trial: Callable[[TrialOutcome, SearchProgress], None] | None = None,
         should_stop: Callable[[], bool] | None = None, on_progress: Callable[[SearchProgress], None] | None = None,
         on_start: Callable[[SearchResult], None] | None = None,
+        on_failed_trial: Callable[[TrialFailure], None] | None = None,
     ) -> SearchResult:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = open_storage(spec.storage, spec.max_retries, HEARTBEAT_S, GRACE_S)
+
+        def failed(frozen: optuna.trial.FrozenTrial, error: str, retried: bool) -> None:
+            if on_failed_trial is not None:
+                assignment = {fqn: str(frozen.params[fqn]) for fqn in LAYERS if fqn in frozen.params}
+                on_failed_trial(TrialFailure(frozen.number, assignment, error, retried))
+
+        # as search.run_search: a stale trial is reported by the process that fails it
+        storage = open_storage(spec.storage, spec.max_retries, HEARTBEAT_S, GRACE_S,
+                               on_stale=lambda _study, frozen, retried: failed(frozen, "no heartbeat", retried))
         assert storage is not None, "the service always runs a job on its database"
         study = optuna.create_study(
             storage=storage, study_name=spec.study_name, load_if_exists=True,
@@ -100,6 +110,8 @@ def make_fake_run_search(trial_s: float = 0.0) -> Callable[..., SearchResult]:
             return 1.0 - 1.0 / bits, float(bits)
 
         def report(_study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+            if frozen.state is optuna.trial.TrialState.FAIL:
+                failed(frozen, "the fake objective failed", False)
             if frozen.state is optuna.trial.TrialState.COMPLETE and on_trial is not None:
                 assert frozen.values is not None
                 outcome = outcome_of(frozen, frozen.values[0], frozen.values[1], trial_s)
@@ -139,6 +151,48 @@ class ThreeLinearNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
+
+
+def _three_linear_workload(name: str, evaluate: Callable[[nn.Module], float]) -> Workload:
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(8, dtype=torch.long)
+    with torch.random.fork_rng():  # the same "pretrained" weights every time, the global RNG untouched
+        torch.manual_seed(0)
+        model = ThreeLinearNet()
+    return Workload(
+        name=name, model=model, example_inputs=(x[:1],), train_batches=lambda g: iter([(x, y)] * 1000),
+        calibration_batches=[(x, y)], loss_fn=nn.functional.cross_entropy, evaluate=evaluate, metric="minus_loss",
+        higher_is_better=True,
+    )
+
+
+def nan_once_workload(
+    _db: Database | None = None, _job: Job | None = None, _settings: Settings | None = None
+) -> Workload:
+    """Scores 0.5, except NaN the second time it is asked (the first is the fp32 reference): exactly one
+    trial fails by its own error (``NonFiniteLossError``), as a map that diverges would."""
+    calls = [0]
+
+    def evaluate(_model: nn.Module) -> float:
+        calls[0] += 1
+        return float("nan") if calls[0] == 2 else 0.5
+
+    return _three_linear_workload("nan-once", evaluate)
+
+
+def minus_loss_workload(
+    _db: Database | None = None, _job: Job | None = None, _settings: Settings | None = None
+) -> Workload:
+    """The metric is minus the loss on fixed data: each precision map scores a little differently,
+    so a multi-fidelity search has a front to rank at two rungs."""
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(8) % 2
+
+    def evaluate(model: nn.Module) -> float:
+        with torch.no_grad():
+            return -float(nn.functional.cross_entropy(model(x), y))
+
+    return _three_linear_workload("minus-loss", evaluate)
 
 
 def diverging_workload(

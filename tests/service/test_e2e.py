@@ -23,7 +23,7 @@ from test_worker import status_of, trial_count, wait_for
 
 from service import store
 from service.db import Database, upgrade
-from service.models import Trial
+from service.models import Trial, utcnow
 from service.settings import Settings
 from service.worker import Worker
 
@@ -163,6 +163,11 @@ def test_real_worker_sigkilled_mid_trial_is_retried_with_same_parameters(
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == failed[0].number]
     assert retried and retried[0].params == failed[0].params
     assert trial_count(db, job_id) >= 4
+    with db.session() as session:  # the job counts it: the second worker's search found it stale
+        counts = store.trial_counts(session, [job_id], utcnow())[job_id]
+        row = store.get_trial(session, job_id, failed[0].number)
+        assert row is not None and row.state == "failed" and row.retried and row.error
+    assert (counts.failed, counts.retried) == (1, 1), counts
     db.dispose()
 
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import optuna
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 from service.db import VERSION_TABLE, downgrade, upgrade
 from service.models import Base
@@ -65,6 +66,37 @@ def test_migrations_match_the_models(empty_url: str) -> None:
     finally:
         engine.dispose()
     assert diffs == []
+
+
+_JOB_0004 = """INSERT INTO mixq_jobs (id, owner, status, priority, spec, n_trials, created_at, updated_at, front_final)
+VALUES (1, 'local', 'succeeded', 0, '{"workload": "digits"}', 3, :now, :now, :no)"""
+_TRIAL_0004 = """INSERT INTO mixq_trials (id, job_id, number, state, assignment, n_evaluations, costs, feasible,
+duration_s, source, on_front, created_at) VALUES (1, 1, 0, 'complete', '{"fc": "int8"}', 1, '{}', :yes, 0.5,
+'baseline', :no, :now)"""
+
+
+def test_0005_keeps_the_rows_of_0004(empty_url: str) -> None:
+    """Revision 0005 (a failed trial's error and retry, the job's fidelity check) on a database that
+    holds a job and a trial: they read back as not retried, no error, no fidelity check; down again
+    keeps them."""
+    upgrade(empty_url, "0004")
+    engine = create_engine(empty_url)
+    try:
+        with engine.begin() as conn:
+            values = {"now": datetime(2025, 1, 1), "yes": True, "no": False}
+            conn.execute(text(_JOB_0004), values)
+            conn.execute(text(_TRIAL_0004), values)
+        upgrade(empty_url)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT error, retried FROM mixq_trials")).all() == [(None, False)]
+            assert conn.execute(text("SELECT fidelity FROM mixq_jobs")).all() == [(None,)]
+        downgrade(empty_url, "0004")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT number, source FROM mixq_trials")).all() == [(0, "baseline")]
+            assert "retried" not in {c["name"] for c in inspect(conn).get_columns("mixq_trials")}
+            assert "fidelity" not in {c["name"] for c in inspect(conn).get_columns("mixq_jobs")}
+    finally:
+        engine.dispose()
 
 
 def test_cli_finds_migrations_from_any_directory(tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def test_sigkilled_worker_loses_only_its_trial(
-    db: Database, settings, processes: list[subprocess.Popen[bytes]]  # type: ignore[no-untyped-def]
+    db: Database, settings, client, processes: list[subprocess.Popen[bytes]]  # type: ignore[no-untyped-def]
 ) -> None:
     from test_worker import submit
 
@@ -60,7 +60,8 @@ def test_sigkilled_worker_loses_only_its_trial(
     wait_for(lambda: status_of(db, job_id) == "succeeded", timeout_s=90, what="job to finish after the kill")
 
     with db.session() as session:
-        numbers = sorted(session.scalars(select(Trial.number).where(Trial.job_id == job_id)))
+        complete = select(Trial.number).where(Trial.job_id == job_id, Trial.state == "complete")
+        numbers = sorted(session.scalars(complete))
     assert len(numbers) == 6 == len(set(numbers))
     study = optuna.load_study(study_name=f"mixq-job-{job_id}", storage=url)
     states = [t.state for t in study.get_trials(deepcopy=False)]
@@ -69,6 +70,13 @@ def test_sigkilled_worker_loses_only_its_trial(
     retried = [t for t in study.get_trials(deepcopy=False) if t.system_attrs.get("failed_trial") == killed.number]
     assert retried and retried[0].params == killed.params  # retried with the same parameters
     assert retried[0].number in numbers
+    # the job reports it: the survivor, which found the killed trial stale, recorded it once
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert (job["counts"]["failed"], job["counts"]["retried"]) == (1, 1), job["counts"]
+    trials = client.get(f"/v1/jobs/{job_id}/trials", params={"limit": 50}).json()["items"]
+    (failed,) = [t for t in trials if t["state"] == "failed"]
+    assert failed["number"] == killed.number and failed["retried"] and failed["error"] == "no heartbeat"
+    assert failed["assignment"] == killed.params
 
 
 def free_port() -> int:
