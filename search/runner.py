@@ -3,7 +3,8 @@
 It evaluates per-layer precision maps with short QAT runs and returns the Pareto front of
 (quality, cost...).  Sample efficiency comes from:
 
-1. Seeding (``search/seeds.py``): the uniform baselines, the one-layer sensitivity sweep, then a
+1. Seeding (``search/seeding.py``; the maps from ``search/seeds.py``): the uniform baselines, the
+   one-layer sensitivity sweep (or a Fisher-proxy greedy path where it does not fit), then a
    greedy front over the sweep.  All of it counts in the budget: they are real trials.  Seeds are
    queued one at a time, when the study's queue is empty, so a retry always runs before them.
 2. A seeded multi-objective sampler (TPE by default; NSGA-II, random).
@@ -33,20 +34,17 @@ keep failing on their own (``spec.max_consecutive_failures`` in a row) stops wit
 from __future__ import annotations
 
 import os
-import random
 import socket
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from search.cost import cost_model, model_costs
+from search.cost import cost_model
 from search.formats import parse_format
 from search.layers import LayerInfo, discover_layers
 from search.ledger import Ledger, reeval_key, rung_key
@@ -60,16 +58,7 @@ from search.multifidelity import (
 from search.objective import Evaluator, Objective, SearchSetup, outcome_of, score_assignment
 from search.pareto import assignment_key, pareto_front
 from search.profiles import TargetProfile, load_profile
-from search.seeds import (
-    Assignment,
-    baseline_assignments,
-    cheapest_assignment,
-    dominated_formats,
-    greedy_after_sweep,
-    proxy_greedy_assignments,
-    sensitivity_assignments,
-    sweep_fits,
-)
+from search.seeding import DominatedFormatsSampler, SeedPlan
 from search.space import build_space
 from search.spec import (
     FidelityCheck,
@@ -89,10 +78,6 @@ from search.train import fp32_quality, run_trial
 from search.workloads import Workload, load_workload
 
 _ATTR_FP32 = "mixq:fp32_quality"
-_ATTR_GREEDY = "mixq:greedy_enqueued"
-_ATTR_DOMINATED = "mixq:dominated"  # {fqn: {format: cheaper format}} from the seed trials
-_ATTR_SENSITIVITY = "mixq:sensitivity"  # "sweep" (one-layer QAT trials) or "proxy" (Fisher-ordered greedy path)
-KEEP_DOMINATED = 0.1  # probability that a sampled dominated format is kept (so a wrong call can be undone)
 
 OnTrial = Callable[[TrialOutcome, SearchProgress], None]
 OnFailedTrial = Callable[[TrialFailure], None]
@@ -117,55 +102,6 @@ def _front_size_estimate(completed: Sequence[FrozenTrial], higher_is_better: boo
         if cost < cheapest:
             size, cheapest = size + 1, cost
     return size
-
-
-class DominatedFormatsSampler(optuna.samplers.BaseSampler):
-    """``base``, except that a format marked dominated for a layer (study attribute
-    ``mixq:dominated``) is replaced by its cheaper equal with probability ``1 - keep``.
-
-    A categorical parameter's choices cannot change within an Optuna study, so the dominated formats
-    stay in the space and are thinned here instead; the trial's params record what was trained.
-    Enqueued (fixed) parameters never reach the sampler."""
-
-    def __init__(self, base: optuna.samplers.BaseSampler, seed: int, keep: float = KEEP_DOMINATED) -> None:
-        self.base = base
-        self.keep = keep
-        self._rng = random.Random(seed)
-        self._dominated: tuple[int, dict[str, dict[str, str]]] = (-1, {})
-
-    def _thin(self, study: optuna.Study, trial: FrozenTrial, params: dict[str, Any]) -> dict[str, Any]:
-        if self._dominated[0] != trial.number:
-            self._dominated = (trial.number, dict(study.user_attrs.get(_ATTR_DOMINATED, {})))
-        dominated = self._dominated[1]
-        out = dict(params)
-        for name, value in params.items():
-            cheaper = dominated.get(name, {}).get(value) if isinstance(value, str) else None
-            if cheaper is not None and self._rng.random() >= self.keep:
-                out[name] = cheaper
-        return out
-
-    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return self.base.infer_relative_search_space(study, trial)
-
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
-                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        return self._thin(study, trial, self.base.sample_relative(study, trial, search_space))
-
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: BaseDistribution) -> Any:
-        value = self.base.sample_independent(study, trial, param_name, param_distribution)
-        return self._thin(study, trial, {param_name: value})[param_name]
-
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.base.before_trial(study, trial)
-
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
-                    values: Sequence[float] | None) -> None:
-        self.base.after_trial(study, trial, state, values)
-
-    def reseed_rng(self) -> None:
-        self.base.reseed_rng()
-        self._rng = random.Random()
 
 
 def _directions(spec: SearchSpec, higher_is_better: bool) -> list[StudyDirection]:
@@ -207,8 +143,7 @@ class _Search:
             raise SearchError(f"study_name: {exc}") from None
         self.started = time.monotonic()
         self.stop_reason = ""
-        self.seed_queue: list[tuple[Assignment, str]] = []  # (free assignment, source), not yet enqueued
-        self.sensitivity_pending = False  # the sweep-or-proxy choice waits for the baselines' durations
+        self.seeds = SeedPlan(self.study, setup, self.trial_budget, self.completed)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> SearchResult:
@@ -218,7 +153,7 @@ class _Search:
         if self.on_start is not None:
             self.on_start(self.result(fp32))
         objective = Objective(self.setup, self.study, fp32)
-        self.seed_study()
+        self.seeds.start()
         while not self.should_stop():
             ledger = self.ledger()
             work = self.next_work(ledger)
@@ -232,40 +167,16 @@ class _Search:
             if work[0] == "promote":
                 self.promote(int(work[1]), int(work[2]), fp32)
             else:
-                self.enqueue_next_seed()
+                self.seeds.enqueue_next()
                 self.step(objective)
                 self.stop_if_failing()
-            self.maybe_learn_from_seeds()
+            self.seeds.learn()
         if self.should_stop():
             self.stop_reason = "stopped"
         else:
             self.reevaluate_front()
         self.set_phase(SearchPhase.DONE)
         return self.result(fp32)
-
-    def seed_study(self) -> None:
-        space = self.setup.space
-        if self.spec.seed_with_baselines:
-            self.enqueue(baseline_assignments(space), "baseline")
-            # after the baselines, so where all-int4 exists it keeps its place (skip_if_exists)
-            self.enqueue([cheapest_assignment(space, self.layer_cost)], "cheapest")
-        # a time budget says how many trials fit only once some trials ran: decide after the baselines
-        self.sensitivity_pending = self.spec.seed_with_sensitivity
-        if self.sensitivity_pending and not (self.spec.timeout_s is not None and self.seed_queue):
-            self.seed_sensitivity()
-
-    def seed_sensitivity(self) -> None:
-        """Queue the one-layer QAT sweep where it fits the budget, else the proxy-ordered greedy path;
-        the first process to decide records the choice in the study, the others follow it."""
-        self.sensitivity_pending = False
-        choice = self.study.user_attrs.get(_ATTR_SENSITIVITY)
-        if choice is None:
-            choice = "sweep" if self.sweep_fits() else "proxy"
-            self.study.set_user_attr(_ATTR_SENSITIVITY, choice)
-        if choice == "sweep":
-            self.enqueue(sensitivity_assignments(self.setup.space), "sensitivity")
-        else:
-            self.enqueue(self.proxy_greedy(), "proxy")
 
     def trial_budget(self) -> int:
         """How many first-rung trials the budget affords: ``n_trials``, the QAT-step budget, or what
@@ -281,30 +192,6 @@ class _Search:
                 left_s = self.spec.timeout_s - (time.monotonic() - self.started)
                 n_trials = min(n_trials, len(durations) + int(max(left_s, 0.0) / max(per_trial, 1e-3)))
         return n_trials
-
-    def sweep_fits(self) -> bool:
-        """Whether the one-layer QAT sweep fits the budget; else a proxy orders the greedy path."""
-        return sweep_fits(len(sensitivity_assignments(self.setup.space)), self.trial_budget())
-
-    def proxy_greedy(self) -> list[Assignment]:
-        """Greedy maps ordered by the Fisher proxy (a few forward/backward passes): on a 17-layer
-        denoiser it ranked layers like one-layer int4 QAT with Kendall tau 0.85, the PTQ drop 0.77
-        (bench/results/sensitivity_denoise-deep.md), in seconds instead of 17 QAT runs."""
-        from search.sensitivity import fisher_sensitivity
-
-        setup = self.setup
-        space = setup.space
-        scores = fisher_sensitivity(setup.workload, layers=list(space.choices), formats=("int4",),
-                                    device=self.spec.device)
-        sensitivity = {r.fqn: r.score for r in scores}
-
-        def first_cost(free: Assignment) -> float:
-            costs = model_costs(self.spec.cost_objectives, setup.profile, setup.graph,
-                                {**space.pinned, **space.expand(free)})
-            return next(iter(costs.values()))
-
-        # a third of the budget, as the sweep would have had
-        return proxy_greedy_assignments(space, sensitivity, first_cost, max(1, self.trial_budget() // 3))
 
     def fp32_quality(self) -> float:
         value = self.study.user_attrs.get(_ATTR_FP32)
@@ -452,27 +339,6 @@ class _Search:
         self.study.set_user_attr(key, {"qat_steps": steps, "worker": worker, "quality": scored.quality,
                                        "qconfig": scored.qconfig})
 
-    def enqueue(self, free_assignments: list[Assignment], source: str) -> None:
-        """Add seeds to this process's queue; :meth:`enqueue_next_seed` hands them to the study one at
-        a time, so a retry of a dead process's trial (queued in the study) always runs first."""
-        self.seed_queue += [(free, source) for free in free_assignments]
-
-    def enqueue_next_seed(self) -> None:
-        """Queue the next seed not tried yet, only when the study's queue is empty: a queued trial is
-        a retry of a dead process's trial (or a seed another process queued), and runs first."""
-        trials = self.study.get_trials(deepcopy=False)
-        if any(t.state is TrialState.WAITING for t in trials):
-            return
-        tried = {assignment_key(t.system_attrs.get("fixed_params", t.params)) for t in trials}
-        while self.seed_queue or self.sensitivity_pending:
-            if not self.seed_queue:
-                self.seed_sensitivity()
-                continue
-            free, source = self.seed_queue.pop(0)
-            if assignment_key(free) not in tried:
-                self.study.enqueue_trial(free, user_attrs={"source": source}, skip_if_exists=True)
-                return
-
     def stop_if_failing(self) -> None:
         """Raise :class:`SearchError` once the last ``max_consecutive_failures`` finished trials all
         failed with an error of their own (a dead process's trial is retried, not counted)."""
@@ -488,51 +354,6 @@ class _Search:
                 f"last: trial {last[-1].number}: {last[-1].user_attrs['fail_reason']}"
             )
 
-    def layer_cost(self, fqn: str, fmt: str) -> float:
-        """One layer's first cost objective in one format."""
-        layer = next(layer for layer in self.setup.graph.layers if layer.fqn == fqn)
-        model = cost_model(self.spec.cost_objectives[0], self.setup.profile)
-        return model.layer_cost(layer, parse_format(fmt))
-
-    def seed_assignments(self) -> list[Assignment]:
-        space, spec = self.setup.space, self.spec
-        out = []
-        if spec.seed_with_baselines:
-            out += [*baseline_assignments(space), cheapest_assignment(space, self.layer_cost)]
-        if spec.seed_with_sensitivity and self.study.user_attrs.get(_ATTR_SENSITIVITY) == "sweep":
-            out += sensitivity_assignments(space)
-        return out
-
-    def maybe_learn_from_seeds(self) -> None:
-        """Once every seed map is scored: queue the greedy maps, and mark the formats the seeds show
-        to cost more for no better quality (the sampler then rarely picks them)."""
-        attrs = self.study.user_attrs
-        if attrs.get(_ATTR_GREEDY) and _ATTR_DOMINATED in attrs:
-            return
-        setup = self.setup
-        quality_of = {assignment_key(t.params): t.values[0] for t in self.completed()
-                      if t.values and not t.user_attrs.get("cached")}
-        if self.spec.seed_with_sensitivity and _ATTR_SENSITIVITY not in attrs:
-            return  # the sweep-or-proxy choice is not made yet
-        seeds = self.seed_assignments()
-        if not seeds or not all(assignment_key(s) in quality_of for s in seeds):
-            return
-        if _ATTR_DOMINATED not in attrs:
-            scored = [(s, quality_of[assignment_key(s)]) for s in seeds]
-            dominated = dominated_formats(scored, self.layer_cost, setup.workload.higher_is_better,
-                                          self.spec.min_gain or 0.0)
-            self.study.set_user_attr(_ATTR_DOMINATED, dominated)
-        if self.spec.seed_with_sensitivity and not attrs.get(_ATTR_GREEDY):
-            def first_cost(free: Assignment) -> float:
-                costs = model_costs(self.spec.cost_objectives, setup.profile, setup.graph,
-                                    {**setup.space.pinned, **setup.space.expand(free)})
-                return next(iter(costs.values()))
-
-            greedy = greedy_after_sweep(setup.space, quality_of, first_cost, setup.workload.higher_is_better)
-            self.study.set_user_attr(_ATTR_GREEDY, True)
-            if greedy is not None:
-                self.seed_queue += [(free, "greedy") for free in greedy]
-
     # -- one trial ---------------------------------------------------------------------------
     def step(self, objective: Objective) -> None:
         """Run one trial.  ``study.optimize(n_trials=1)`` rather than ask/tell: it brings the
@@ -544,7 +365,7 @@ class _Search:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 self._fail_trials_without_heartbeat()
         waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        self.set_phase(SearchPhase.SEEDING if waiting or self.seed_queue else SearchPhase.SAMPLING)
+        self.set_phase(SearchPhase.SEEDING if waiting or self.seeds.queue else SearchPhase.SAMPLING)
         self.step_started = time.monotonic()
         self.study.optimize(
             self._within_budget(objective), n_trials=1, catch=(Exception,), callbacks=[self._after_optimize_trial]

@@ -1,0 +1,216 @@
+"""Seeding a study: which maps are tried first, in what order, and what the seed trials teach.
+
+``SeedPlan`` queues the uniform baselines and the cheapest allowed map, then either the one-layer QAT
+sweep (where it fits a third of the budget) or the greedy path ordered by the Fisher proxy, and once
+the seeds are scored, the greedy path over the sweep and the formats the seeds show dominated (which
+``DominatedFormatsSampler`` then rarely samples).  Seeds go to the study one at a time, only when its
+queue is empty, so a retry of a dead process's trial (queued in the study) always runs first.  The
+maps themselves come from :mod:`search.seeds` (numbers in, numbers out).
+
+What every process sharing the study must agree on is a study user attribute: the sweep-or-proxy
+choice, the dominated formats, whether the greedy path was queued.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from search.cost import cost_model, model_costs
+from search.formats import parse_format
+from search.objective import SearchSetup
+from search.pareto import assignment_key
+from search.seeds import (
+    Assignment,
+    baseline_assignments,
+    cheapest_assignment,
+    dominated_formats,
+    greedy_after_sweep,
+    proxy_greedy_assignments,
+    sensitivity_assignments,
+    sweep_fits,
+)
+
+ATTR_GREEDY = "mixq:greedy_enqueued"
+ATTR_DOMINATED = "mixq:dominated"  # {fqn: {format: cheaper format}} from the seed trials
+ATTR_SENSITIVITY = "mixq:sensitivity"  # "sweep" (one-layer QAT trials) or "proxy" (Fisher-ordered greedy path)
+KEEP_DOMINATED = 0.1  # probability that a sampled dominated format is kept (so a wrong call can be undone)
+
+
+class DominatedFormatsSampler(optuna.samplers.BaseSampler):
+    """``base``, except that a format marked dominated for a layer (study attribute
+    ``mixq:dominated``) is replaced by its cheaper equal with probability ``1 - keep``.
+
+    A categorical parameter's choices cannot change within an Optuna study, so the dominated formats
+    stay in the space and are thinned here instead; the trial's params record what was trained.
+    Enqueued (fixed) parameters never reach the sampler."""
+
+    def __init__(self, base: optuna.samplers.BaseSampler, seed: int, keep: float = KEEP_DOMINATED) -> None:
+        self.base = base
+        self.keep = keep
+        self._rng = random.Random(seed)
+        self._dominated: tuple[int, dict[str, dict[str, str]]] = (-1, {})
+
+    def _thin(self, study: optuna.Study, trial: FrozenTrial, params: dict[str, Any]) -> dict[str, Any]:
+        if self._dominated[0] != trial.number:
+            self._dominated = (trial.number, dict(study.user_attrs.get(ATTR_DOMINATED, {})))
+        dominated = self._dominated[1]
+        out = dict(params)
+        for name, value in params.items():
+            cheaper = dominated.get(name, {}).get(value) if isinstance(value, str) else None
+            if cheaper is not None and self._rng.random() >= self.keep:
+                out[name] = cheaper
+        return out
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self.base.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return self._thin(study, trial, self.base.sample_relative(study, trial, search_space))
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        value = self.base.sample_independent(study, trial, param_name, param_distribution)
+        return self._thin(study, trial, {param_name: value})[param_name]
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.base.before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        self.base.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.base.reseed_rng()
+        self._rng = random.Random()
+
+
+class SeedPlan:
+    """One process's seed queue for a (possibly shared) study.
+
+    ``trial_budget()`` says how many first-rung trials the budget affords (it may grow wiser as
+    trials finish: a time budget); ``completed()`` lists the study's finished trials."""
+
+    def __init__(self, study: optuna.Study, setup: SearchSetup, trial_budget: Callable[[], int],
+                 completed: Callable[[], list[FrozenTrial]]) -> None:
+        self.study = study
+        self.setup = setup
+        self.spec = setup.spec
+        self.trial_budget = trial_budget
+        self.completed = completed
+        self.queue: list[tuple[Assignment, str]] = []  # (free assignment, source), not yet enqueued
+        self.sensitivity_pending = False  # the sweep-or-proxy choice waits for the baselines' durations
+
+    def start(self) -> None:
+        space = self.setup.space
+        if self.spec.seed_with_baselines:
+            self.enqueue(baseline_assignments(space), "baseline")
+            # after the baselines, so where all-int4 exists it keeps its place (skip_if_exists)
+            self.enqueue([cheapest_assignment(space, self.layer_cost)], "cheapest")
+        # a time budget says how many trials fit only once some trials ran: decide after the baselines
+        self.sensitivity_pending = self.spec.seed_with_sensitivity
+        if self.sensitivity_pending and not (self.spec.timeout_s is not None and self.queue):
+            self.seed_sensitivity()
+
+    def seed_sensitivity(self) -> None:
+        """Queue the one-layer QAT sweep where it fits the budget, else the proxy-ordered greedy path;
+        the first process to decide records the choice in the study, the others follow it."""
+        self.sensitivity_pending = False
+        choice = self.study.user_attrs.get(ATTR_SENSITIVITY)
+        if choice is None:
+            choice = "sweep" if self.sweep_fits() else "proxy"
+            self.study.set_user_attr(ATTR_SENSITIVITY, choice)
+        if choice == "sweep":
+            self.enqueue(sensitivity_assignments(self.setup.space), "sensitivity")
+        else:
+            self.enqueue(self.proxy_greedy(), "proxy")
+
+    def sweep_fits(self) -> bool:
+        """Whether the one-layer QAT sweep fits the budget; else a proxy orders the greedy path."""
+        return sweep_fits(len(sensitivity_assignments(self.setup.space)), self.trial_budget())
+
+    def proxy_greedy(self) -> list[Assignment]:
+        """Greedy maps ordered by the Fisher proxy (a few forward/backward passes): on a 17-layer
+        denoiser it ranked layers like one-layer int4 QAT with Kendall tau 0.85, the PTQ drop 0.77
+        (bench/results/sensitivity_denoise-deep.md), in seconds instead of 17 QAT runs."""
+        from search.sensitivity import fisher_sensitivity
+
+        space = self.setup.space
+        scores = fisher_sensitivity(self.setup.workload, layers=list(space.choices), formats=("int4",),
+                                    device=self.spec.device)
+        sensitivity = {r.fqn: r.score for r in scores}
+        # a third of the budget, as the sweep would have had
+        return proxy_greedy_assignments(space, sensitivity, self.first_cost, max(1, self.trial_budget() // 3))
+
+    def enqueue(self, free_assignments: list[Assignment], source: str) -> None:
+        """Add seeds to this process's queue; :meth:`enqueue_next` hands them to the study one at a time."""
+        self.queue += [(free, source) for free in free_assignments]
+
+    def enqueue_next(self) -> None:
+        """Queue the next seed not tried yet, only when the study's queue is empty: a queued trial is
+        a retry of a dead process's trial (or a seed another process queued), and runs first."""
+        trials = self.study.get_trials(deepcopy=False)
+        if any(t.state is TrialState.WAITING for t in trials):
+            return
+        tried = {assignment_key(t.system_attrs.get("fixed_params", t.params)) for t in trials}
+        while self.queue or self.sensitivity_pending:
+            if not self.queue:
+                self.seed_sensitivity()
+                continue
+            free, source = self.queue.pop(0)
+            if assignment_key(free) not in tried:
+                self.study.enqueue_trial(free, user_attrs={"source": source}, skip_if_exists=True)
+                return
+
+    def layer_cost(self, fqn: str, fmt: str) -> float:
+        """One layer's first cost objective in one format."""
+        layer = next(layer for layer in self.setup.graph.layers if layer.fqn == fqn)
+        model = cost_model(self.spec.cost_objectives[0], self.setup.profile)
+        return model.layer_cost(layer, parse_format(fmt))
+
+    def first_cost(self, free: Assignment) -> float:
+        """A whole map's first cost objective (pins included)."""
+        setup = self.setup
+        costs = model_costs(self.spec.cost_objectives, setup.profile, setup.graph,
+                            {**setup.space.pinned, **setup.space.expand(free)})
+        return next(iter(costs.values()))
+
+    def seed_assignments(self) -> list[Assignment]:
+        space, spec = self.setup.space, self.spec
+        out = []
+        if spec.seed_with_baselines:
+            out += [*baseline_assignments(space), cheapest_assignment(space, self.layer_cost)]
+        if spec.seed_with_sensitivity and self.study.user_attrs.get(ATTR_SENSITIVITY) == "sweep":
+            out += sensitivity_assignments(space)
+        return out
+
+    def learn(self) -> None:
+        """Once every seed map is scored: queue the greedy maps, and mark the formats the seeds show
+        to cost more for no better quality (the sampler then rarely picks them)."""
+        attrs = self.study.user_attrs
+        if attrs.get(ATTR_GREEDY) and ATTR_DOMINATED in attrs:
+            return
+        if self.spec.seed_with_sensitivity and ATTR_SENSITIVITY not in attrs:
+            return  # the sweep-or-proxy choice is not made yet
+        setup = self.setup
+        quality_of = {assignment_key(t.params): t.values[0] for t in self.completed()
+                      if t.values and not t.user_attrs.get("cached")}
+        seeds = self.seed_assignments()
+        if not seeds or not all(assignment_key(s) in quality_of for s in seeds):
+            return
+        if ATTR_DOMINATED not in attrs:
+            scored = [(s, quality_of[assignment_key(s)]) for s in seeds]
+            dominated = dominated_formats(scored, self.layer_cost, setup.workload.higher_is_better,
+                                          self.spec.min_gain or 0.0)
+            self.study.set_user_attr(ATTR_DOMINATED, dominated)
+        if self.spec.seed_with_sensitivity and not attrs.get(ATTR_GREEDY):
+            greedy = greedy_after_sweep(setup.space, quality_of, self.first_cost, setup.workload.higher_is_better)
+            self.study.set_user_attr(ATTR_GREEDY, True)
+            if greedy is not None:
+                self.queue += [(free, "greedy") for free in greedy]
