@@ -299,6 +299,7 @@ def main() -> None:
     parser.add_argument("--merge", type=Path, nargs="*", default=[], help="runs files to merge into --runs-file first")
     parser.add_argument("--reverse", action="store_true", help="train the maps in reverse order (a second process)")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--out-name", help="results file name in bench/results (default fidelity_WORKLOAD)")
     parser.add_argument("--legacy-maps", action="store_true",
                         help="the maps and runs cached before 88a4d93 (fidelity_denoise.md at 5f0a012; their "
                              "pretrained weights were another machine's), not a new search")
@@ -382,7 +383,7 @@ def main() -> None:
                      "long_std": l_std})
     fp32 = fp32_quality(workload)
 
-    name = f"fidelity_{args.workload}"
+    name = args.out_name or f"fidelity_{args.workload}"
     png = RESULTS_DIR / f"{name}.png"
     plot(rows, png, workload.metric, args.short_steps, long_steps)
     rel = max(costs)

@@ -3,7 +3,7 @@
 Runs today's default search (one rung: ``--trials`` maps at ``--qat-steps``), reads the QAT steps it
 used (trials and front re-evaluations), then runs the multi-fidelity search (``--rungs``, e.g.
 ``1,3,9``, promotion by non-dominated rank with ``--eta``) with exactly that budget in QAT steps.  Every
-map either search reports on its front, plus the uniform baselines, is then retrained at the long
+map a search reports on its front, plus the uniform baselines the searches tried, is then retrained at the long
 fidelity (``--long-factor`` x the steps, constant lr, ``--long-seeds`` seeds: the runs
 ``bench/fidelity.py`` trains, from the same cache) and each search gets
 
@@ -118,8 +118,12 @@ def main() -> None:
 
     fqns = [layer.fqn for layer in discover_layers(workload.model, workload.example_inputs).layers]
     maps: dict[str, dict[str, Any]] = {}  # map key -> row
+    # the baselines the searches could report (with first/last pinned to int8, all-int4 is not one: a
+    # map no search can return would lower every search's ratio alike and say nothing about them)
+    tried = {map_key(t["assignment"]) for s in searches for t in s["summary"]["trials"]}
     for name, assignment in uniform_baselines(fqns).items():
-        maps[map_key(assignment)] = {"label": name, "assignment": assignment, "reported": {}}
+        if map_key(assignment) in tried:
+            maps[map_key(assignment)] = {"label": name, "assignment": assignment, "reported": {}}
     for s in searches:
         for point in s["summary"]["front"]:
             row = maps.setdefault(map_key(point["assignment"]),
@@ -190,7 +194,7 @@ def main() -> None:
         f"Workload `{args.workload}` (options {json.dumps(options)}), metric {workload.metric}. The single-fidelity "
         f"search is today's default ({args.trials} trials at {args.qat_steps} QAT steps, front re-evaluation "
         f"included); each multi-fidelity search gets the QAT steps it used as its budget ({budget}). "
-        f"{len(rows)} maps: the uniform baselines and every map on a reported front, each trained "
+        f"{len(rows)} maps: every map on a reported front and the uniform baselines the searches tried, each trained "
         f"{args.long_seeds} times at {long_steps} steps (constant lr) from the pretrained weights. HV: "
         "2-D (quality loss, BitOPs) normalised to the ranges of all these maps at the long fidelity, "
         "reference at the worst corner + 10% (as bench/fidelity.py's front agreement).",
