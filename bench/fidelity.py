@@ -301,7 +301,7 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--out-name", help="results file name in bench/results (default fidelity_WORKLOAD)")
     parser.add_argument("--legacy-maps", action="store_true",
-                        help="the maps and runs cached before 88a4d93 (fidelity_denoise.md at 5f0a012; their "
+                        help="the maps and runs of fidelity_denoise_previous.md (measured at 5f0a012; their "
                              "pretrained weights were another machine's), not a new search")
     parser.add_argument("--complete-only", action="store_true",
                         help="with --report-only: report the maps whose runs are all cached (an interrupted run)")
@@ -318,7 +318,7 @@ def main() -> None:
     long_steps = args.short_steps * args.long_factor
 
     runs = RunCache(args.runs_file, merge=args.merge, report_only=args.report_only)
-    if args.legacy_maps:  # the maps and runs before 88a4d93 (fidelity_denoise.md at 5f0a012), so it reproduces
+    if args.legacy_maps:  # the maps and runs of fidelity_denoise_previous.md (measured at 5f0a012), so it reproduces
         legacy_key = f"maps|{setting}|{args.short_steps}|{args.search_trials}"
         if legacy_key not in runs:
             raise SystemExit(f"no cached maps for {legacy_key}")
