@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--long-seeds", type=int, default=3)
     parser.add_argument("--runs-file", type=Path, default=RUNS_FILE)
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--out-name", help="results file name in bench/results (default multifidelity_WORKLOAD)")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("MIXQ_TORCH_THREADS", "1")))
 
@@ -194,7 +195,7 @@ def main() -> None:
           f"{r['long_mean']:.3f} ± {r['long_std']:.3f}", "yes" if i in union_front else ""]
          for i, r in sorted(enumerate(rows), key=lambda ir: ir[1]["bitops"])],
     )
-    name = f"multifidelity_{args.workload}"
+    name = args.out_name or f"multifidelity_{args.workload}"
     png = RESULTS_DIR / f"{name}.png"
     plot(searches, rows, union_front, png, workload.metric, long_steps)
     specs = "\n".join(f"- {s['name']}: `{s['spec'].model_dump_json(exclude_defaults=True)}`" for s in searches)
