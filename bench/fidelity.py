@@ -25,9 +25,11 @@ so an interrupted run resumes and a second recipe reuses nothing it should not.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,8 +37,18 @@ from typing import Any
 import torch
 from scipy import stats
 
-from bench.report import RESULTS_DIR, markdown_table, mean_std, write_report
-from search import CostObjective, SearchSpec, discover_layers, load_profile, load_workload, run_search, run_trial
+from bench.report import RESULTS_DIR, code_version, markdown_table, mean_std, write_report
+from search import (
+    CostObjective,
+    SearchResult,
+    SearchSpec,
+    TrialOutcome,
+    discover_layers,
+    load_profile,
+    load_workload,
+    run_search,
+    run_trial,
+)
 from search.cost import model_costs
 from search.pareto import hypervolume_2d, non_dominated
 from search.train import DEFAULT_RECIPE, QatRecipe, fp32_quality
@@ -87,24 +99,97 @@ def search_maps(summary: Mapping[str, Any], near_front_layers: int) -> list[dict
     return chosen
 
 
-def run_search_summary(
-    workload_name: str, options: Mapping[str, Any], trials: int, qat_steps: int, seed: int
-) -> dict[str, Any]:
-    spec = SearchSpec(
-        workload=workload_name, workload_options=dict(options), n_trials=trials, qat_steps=qat_steps, seed=seed
-    )
-    result = run_search(spec)
+def summarise(result: SearchResult, wall_s: float) -> dict[str, Any]:
+    """The JSON a search leaves in the runs cache: every trial and the reported front (as outcomes)."""
+
+    def outcome(t: TrialOutcome) -> dict[str, Any]:
+        return {"number": t.number, "assignment": dict(t.assignment), "quality": t.quality,
+                "quality_std": t.quality_std, "n_evaluations": t.n_evaluations, "costs": dict(t.costs),
+                "feasible": t.feasible, "rung": t.rung, "qat_steps": t.qat_steps, "short_quality": t.short_quality}
+
     return {
         "higher_is_better": result.higher_is_better,
-        "trials": [
-            {"assignment": dict(t.assignment), "quality": t.quality, "costs": dict(t.costs), "feasible": t.feasible}
-            for t in result.trials
-        ],
+        "trials": [outcome(t) for t in result.trials],
+        "front": [outcome(t) for t in result.front],
+        "qat_steps_used": result.qat_steps_used,
+        "stop_reason": result.stop_reason,
+        "wall_s": wall_s,
+        "code": code_version(),
     }
+
+
+def search_key(spec: SearchSpec) -> str:
+    """Runs-cache key of a search: its whole spec, so a different search (or knob) never reuses it."""
+    return f"search|{spec.model_dump_json()}"
 
 
 def train(workload: Workload, assignment: Mapping[str, str], steps: int, seed: int, recipe: QatRecipe) -> float:
     return run_trial(workload, assignment, qat_steps=steps, seed=seed, recipe=recipe).quality
+
+
+class RunCache:
+    """Trained runs and finished searches, cached in a JSON file (written after each new entry, so an
+    interrupted benchmark resumes).  Keys: ``run|SETTING|MAP|STEPS|SEED[|RECIPE]`` and
+    ``search|SPEC``; ``SETTING`` is the workload and its options."""
+
+    def __init__(self, path: Path, *, merge: Sequence[Path] = (), report_only: bool = False) -> None:
+        self.path = path
+        self.report_only = report_only
+        self.entries: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        for other in merge:
+            self.entries.update(json.loads(other.read_text()))
+        if merge:
+            self.save()
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps(self.entries, indent=1))
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.entries
+
+    def quality(self, workload: Workload, setting: str, assignment: Mapping[str, str], steps: int, seed: int,
+                recipe: QatRecipe = DEFAULT_RECIPE) -> float:
+        """The workload's metric after ``steps`` QAT steps of ``assignment`` from the pretrained weights."""
+        key = f"run|{setting}|{map_key(assignment)}|{steps}|{seed}{recipe_key(recipe)}"
+        if key not in self.entries:
+            if self.report_only:
+                raise SystemExit(f"missing cached run {key}")
+            self.entries[key] = train(workload, assignment, steps, seed, recipe)
+            self.save()
+            print(f"{label(assignment):40s} steps={steps:5d} seed={seed} {recipe.name}: {self.entries[key]:.4f}",
+                  flush=True)
+        return float(self.entries[key])
+
+    def search(self, spec: SearchSpec, workload: Workload) -> dict[str, Any]:
+        """The summary of ``spec``'s search (run now unless cached), see :func:`summarise`."""
+        key = search_key(spec)
+        if key not in self.entries:
+            if self.report_only:
+                raise SystemExit(f"no cached search for {key}; run without --report-only first")
+            print(f"searching: {spec.model_dump_json()}", flush=True)
+            started = time.perf_counter()
+            result = run_search(spec, workload=workload)
+            self.entries[key] = summarise(result, time.perf_counter() - started)
+            self.save()
+        return dict(self.entries[key])
+
+
+def weights_digest(workload: Workload) -> str:
+    """12 hex digits of the pretrained weights: a workload pretrained on another machine (another CPU's
+    float rounding) starts QAT elsewhere, so its runs are not comparable (a 200-step all-int8 denoise
+    trial: 25.5691 dB with the weights the first cached runs used, 25.5743 dB with this machine's)."""
+    digest = hashlib.sha256()
+    for name, tensor in workload.model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def workload_setting(workload_name: str, options: Mapping[str, Any], workload: Workload | None = None) -> str:
+    """Runs-cache key of a workload: its name and options, and with ``workload`` its weights' digest
+    (runs cached before the digest was part of the key have none: ``--legacy-maps``)."""
+    setting = f"{workload_name}:{json.dumps(options, sort_keys=True)}"
+    return setting if workload is None else f"{setting}#w{weights_digest(workload)}"
 
 
 def parse_recipe(text: str) -> QatRecipe:
@@ -134,13 +219,14 @@ def seed_to_seed_tau(per_seed: Sequence[Sequence[float]]) -> float:
     return sum(taus) / len(taus) if taus else float("nan")
 
 
-def front_agreement(
-    short: Sequence[float], long: Sequence[float], cost: Sequence[float], higher_is_better: bool
+def normalised_hypervolume(
+    indices: Sequence[int], long: Sequence[float], cost: Sequence[float], higher_is_better: bool
 ) -> float:
-    """HV(short front, measured long) / HV(long front), both over the same maps, 2-D (quality, cost).
+    """Hypervolume of the maps ``indices`` at their long quality, 2-D (quality loss, cost).
 
-    Points are normalised to the maps' long-quality and cost ranges; the reference point is the worst
-    corner plus 10%, so every map contributes."""
+    Points are normalised to the long-quality and cost ranges of ALL the maps given (``long``,
+    ``cost``); the reference point is the worst corner plus 10%, so every map contributes.  Maps
+    dominated at the long fidelity add nothing."""
     sign = 1.0 if higher_is_better else -1.0
     q_lo, q_hi = min(long), max(long)
     c_lo, c_hi = min(cost), max(cost)
@@ -149,11 +235,22 @@ def front_agreement(
         loss = (q_hi - q) if sign > 0 else (q - q_lo)  # 0 at the best quality seen
         return loss / ((q_hi - q_lo) or 1.0), (c - c_lo) / ((c_hi - c_lo) or 1.0)
 
-    reference = (1.1, 1.1)
-    short_front = non_dominated([(-sign * q, c) for q, c in zip(short, cost, strict=True)])
-    long_front = non_dominated([(-sign * q, c) for q, c in zip(long, cost, strict=True)])
-    hv_short = hypervolume_2d([norm(long[i], cost[i]) for i in short_front], reference)
-    hv_long = hypervolume_2d([norm(long[i], cost[i]) for i in long_front], reference)
+    return hypervolume_2d([norm(long[i], cost[i]) for i in indices], (1.1, 1.1))
+
+
+def front_indices(quality: Sequence[float], cost: Sequence[float], higher_is_better: bool) -> list[int]:
+    """Indices of the maps non-dominated in (``quality``, cost)."""
+    sign = 1.0 if higher_is_better else -1.0
+    return non_dominated([(-sign * q, c) for q, c in zip(quality, cost, strict=True)])
+
+
+def front_agreement(
+    short: Sequence[float], long: Sequence[float], cost: Sequence[float], higher_is_better: bool
+) -> float:
+    """HV(short front, measured long) / HV(long front), both over the same maps (see
+    :func:`normalised_hypervolume`); 1.0: the short run picks the maps the long run would."""
+    hv_short = normalised_hypervolume(front_indices(short, cost, higher_is_better), long, cost, higher_is_better)
+    hv_long = normalised_hypervolume(front_indices(long, cost, higher_is_better), long, cost, higher_is_better)
     return hv_short / hv_long if hv_long > 0 else float("nan")
 
 
@@ -202,6 +299,10 @@ def main() -> None:
     parser.add_argument("--merge", type=Path, nargs="*", default=[], help="runs files to merge into --runs-file first")
     parser.add_argument("--reverse", action="store_true", help="train the maps in reverse order (a second process)")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--out-name", help="results file name in bench/results (default fidelity_WORKLOAD)")
+    parser.add_argument("--legacy-maps", action="store_true",
+                        help="the maps and runs of fidelity_denoise_previous.md (measured at 5f0a012; their "
+                             "pretrained weights were another machine's), not a new search")
     parser.add_argument("--complete-only", action="store_true",
                         help="with --report-only: report the maps whose runs are all cached (an interrupted run)")
     args = parser.parse_args()
@@ -213,25 +314,22 @@ def main() -> None:
     options = json.loads(args.workload_options)
     workload = load_workload(args.workload, options)
     fqns = [layer.fqn for layer in discover_layers(workload.model, workload.example_inputs).layers]
-    setting = f"{args.workload}:{json.dumps(options, sort_keys=True)}"
+    setting = workload_setting(args.workload, options, None if args.legacy_maps else workload)
     long_steps = args.short_steps * args.long_factor
 
-    runs_file: Path = args.runs_file
-    runs: dict[str, Any] = json.loads(runs_file.read_text()) if runs_file.exists() else {}
-    for other in args.merge:
-        runs.update(json.loads(other.read_text()))
-    runs_file.write_text(json.dumps(runs, indent=1))
-    maps_key = f"maps|{setting}|{args.short_steps}|{args.search_trials}"
-    if maps_key not in runs:
-        if args.report_only:
-            raise SystemExit(f"no cached maps for {maps_key}; run without --report-only first")
-        summary = json.loads(args.summary.read_text()) if args.summary else run_search_summary(
-            args.workload, options, args.search_trials, args.short_steps, seed=0)
+    runs = RunCache(args.runs_file, merge=args.merge, report_only=args.report_only)
+    if args.legacy_maps:  # the maps and runs of fidelity_denoise_previous.md (measured at 5f0a012), so it reproduces
+        legacy_key = f"maps|{setting}|{args.short_steps}|{args.search_trials}"
+        if legacy_key not in runs:
+            raise SystemExit(f"no cached maps for {legacy_key}")
+        found = runs.entries[legacy_key]["search"]
+    else:
+        summary = json.loads(args.summary.read_text()) if args.summary else runs.search(SearchSpec(
+            workload=args.workload, workload_options=options, n_trials=args.search_trials,
+            qat_steps=args.short_steps, seed=0), workload)
         found = search_maps(summary, args.near_front)
-        runs[maps_key] = {"search": found}
-        runs_file.write_text(json.dumps(runs, indent=1))
     maps: dict[str, dict[str, str]] = dict(uniform_baselines(fqns))
-    for assignment in runs[maps_key]["search"]:
+    for assignment in found:
         if map_key(assignment) not in {map_key(m) for m in maps.values()}:
             maps[label(assignment)] = assignment
     maps = dict(list(maps.items())[: args.max_maps])
@@ -248,14 +346,7 @@ def main() -> None:
             print(f"left out (runs missing): {', '.join(skipped)}")
 
     def quality(assignment: Mapping[str, str], steps: int, seed: int, recipe: QatRecipe = DEFAULT_RECIPE) -> float:
-        key = f"run|{setting}|{map_key(assignment)}|{steps}|{seed}{recipe_key(recipe)}"
-        if key not in runs:
-            if args.report_only:
-                raise SystemExit(f"missing cached run {key}")
-            runs[key] = train(workload, assignment, steps, seed, recipe)
-            runs_file.write_text(json.dumps(runs, indent=1))
-            print(f"{label(assignment):40s} steps={steps:5d} seed={seed} {recipe.name}: {runs[key]:.4f}", flush=True)
-        return float(runs[key])
+        return runs.quality(workload, setting, assignment, steps, seed, recipe)
 
     profile = load_profile("generic")
     graph = discover_layers(workload.model, workload.example_inputs)
@@ -292,7 +383,7 @@ def main() -> None:
                      "long_std": l_std})
     fp32 = fp32_quality(workload)
 
-    name = f"fidelity_{args.workload}"
+    name = args.out_name or f"fidelity_{args.workload}"
     png = RESULTS_DIR / f"{name}.png"
     plot(rows, png, workload.metric, args.short_steps, long_steps)
     rel = max(costs)
