@@ -14,13 +14,25 @@ the same way: ``search.run_trial`` at the long fidelity with several seeds.  Met
   (:func:`search.sensitivity.fisher_sensitivity`), then a linear program per budget (relaxed, then
   rounded within the budget).
 * ``random`` / ``tpe`` -- ``run_search`` with no seeding, sampler random / TPE, short QAT.
-* ``mixq`` -- ``run_search`` as shipped (seeded with baselines and the sensitivity sweep), short QAT.
+* ``mixq`` -- ``run_search`` as shipped (seeded with baselines and the sensitivity sweep, or the
+  Fisher-proxy greedy path where the sweep does not fit the budget), short QAT.
+* ``mixq-mf`` / ``mixq-mf-eta2`` -- the same with ``fidelity_rungs`` (``--mixq-rungs``): the top
+  third / half of the first rung retrained longer within the same wall budget.
+
+A method's picks are its best trial under each budget by its own estimate (a search: the trial's
+score at the highest rung it reached).  The report also scores every pick at the search fidelity
+and measures mixq's runners-up at the long one, to say why a pick won or lost.
 
 Run from the repository root (the full configuration; hours on 2 cores)::
 
     python -m bench.baselines --budget-s 1800 --search-qat-steps 60 --long-qat-steps 300 --seeds 3
 
-The small-budget run recorded in ``bench/results/baselines.md`` used the defaults below.
+The medium run recorded in ``bench/results/baselines.md`` (about 30 minutes on one core)::
+
+    python -m bench.baselines --budget-s 240 --search-qat-steps 40 --long-qat-steps 200 --seeds 3
+
+Long-fidelity runs are kept in ``bench/results/<name>_runs.json`` (deterministic on CPU with one
+thread); ``--methods X --keep`` adds or reruns method X and keeps the others from ``<name>.json``.
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,6 +128,7 @@ class MethodResult:
     wall_s: float
     picks: dict[float, Assignment] = field(default_factory=dict)  # budget -> map
     note: str = ""
+    trials: list[dict[str, Any]] = field(default_factory=list)  # a search's trials, in order
 
 
 def layer_bitops(setup: Setup) -> dict[str, dict[str, float]]:
@@ -212,31 +226,65 @@ def run_autoquantize(setup: Setup) -> MethodResult:
     return MethodResult("autoquantize", time.monotonic() - started, picks)
 
 
-def run_sampler(setup: Setup, name: str, budget_s: float, qat_steps: int) -> MethodResult:
-    seeded = name == "mixq"
+def run_sampler(setup: Setup, name: str, budget_s: float, qat_steps: int, rungs: Sequence[int] = (1,),
+                eta: int = 3) -> MethodResult:
+    seeded = name.startswith("mixq")
     spec = SearchSpec(
         workload="denoise-deep", workload_options=setup.options, formats=FORMATS, n_trials=10_000,
         timeout_s=budget_s, qat_steps=qat_steps, sampler="tpe" if name != "random" else "random",
         seed_with_baselines=seeded, seed_with_sensitivity=seeded, reevaluate_front=0,
+        fidelity_rungs=tuple(rungs), promotion_eta=eta,
     )
     started = time.monotonic()
     result = run_search(spec, workload=setup.workload)
     wall_s = time.monotonic() - started
     picks = {}
-    for budget in setup.budgets:  # its best short-fidelity trial under the budget
+    for budget in setup.budgets:  # its best trial under the budget (at the highest rung it reached)
         fitting = [t for t in result.trials if t.costs["bitops"] / setup.int8_bitops <= budget + 1e-9]
         if fitting:
             picks[budget] = dict(max(fitting, key=lambda t: t.quality).assignment)
-    return MethodResult(name, wall_s, picks, f"{len(result.trials)} trials")
+    trials: list[dict[str, Any]] = [
+        {"number": t.number, "source": t.source, "bitops_ratio": t.costs["bitops"] / setup.int8_bitops,
+         "psnr_db": t.quality, "duration_s": t.duration_s, "qat_steps": t.qat_steps,
+         "short_psnr_db": t.short_quality,
+         "int4": [f for f in setup.free if t.assignment[f] == "int4"]}
+        for t in result.trials
+    ]
+    for t in trials:
+        print(f"  {name} trial {t['number']} {t['source']}: {t['bitops_ratio']:.3f} x int8, "
+              f"{t['psnr_db']:.2f} dB at {t['qat_steps']} steps, {t['duration_s']:.1f} s", flush=True)
+    sources: dict[str, int] = {}
+    for outcome in result.trials:
+        sources[outcome.source] = sources.get(outcome.source, 0) + 1
+    note = f"{len(result.trials)} trials (" + ", ".join(f"{k} {v}" for k, v in sources.items()) + ")"
+    promoted = sum(1 for outcome in result.trials if outcome.rung > 0)
+    if promoted:
+        note += f", {promoted} promoted to {qat_steps * rungs[-1]} steps (top 1/{eta} of a rung)"
+    return MethodResult(name, wall_s, picks, note, trials)
 
 
 def measure(setup: Setup, assignment: Assignment, seeds: int, qat_steps: int, cache: dict[str, list[float]],
             ) -> list[float]:
-    key = assignment_key(assignment)
-    if key not in cache:
-        cache[key] = [run_trial(setup.workload, assignment, qat_steps=qat_steps, seed=s).quality for s in range(seeds)]
+    """Long-fidelity PSNR of ``assignment`` for seeds 0..seeds-1 (``run_trial`` is deterministic on
+    CPU with one thread, so ``cache`` -- also kept on disk -- holds each (map, steps, seed) once)."""
+    key = f"{assignment_key(assignment)}|{qat_steps}"
+    if len(cache.get(key, [])) < seeds:
+        done = cache.get(key, [])
+        cache[key] = done + [run_trial(setup.workload, assignment, qat_steps=qat_steps, seed=s).quality
+                             for s in range(len(done), seeds)]
         print(f"measured {setup.ratio(assignment):.3f} x int8: {cache[key]}", flush=True)
-    return cache[key]
+    return cache[key][:seeds]
+
+
+def load_previous(name: str) -> list[MethodResult]:
+    """The methods of an earlier run of the same ``--name`` (to add a method without rerunning all)."""
+    path = RESULTS_DIR / f"{name}.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    return [MethodResult(m, float(v["wall_s"]), {float(b): a for b, a in v["picks"].items()}, v.get("note", ""),
+                         v.get("trials", []))
+            for m, v in data["methods"].items()]
 
 
 def main() -> None:
@@ -248,8 +296,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2, help="seeds of the long-fidelity measurement")
     parser.add_argument("--hutchinson-samples", type=int, default=8)
     parser.add_argument("--budgets", type=float, nargs=3, default=[0.4, 0.6, 0.8], help="BitOPs ratios to all-int8")
-    parser.add_argument("--methods", nargs="+", default=["amp", "hawq", "autoquantize", "random", "tpe", "mixq"])
+    parser.add_argument("--methods", nargs="*",
+                        default=["amp", "hawq", "autoquantize", "random", "tpe", "mixq", "mixq-mf", "mixq-mf-eta2"])
     parser.add_argument("--name", default="baselines", help="results file name in bench/results (no suffix)")
+    parser.add_argument("--mixq-rungs", type=int, nargs="+", default=[1, 3],
+                        help="fidelity_rungs of the mixq-mf method (multiples of --search-qat-steps)")
+    parser.add_argument("--runners-up", type=int, default=2,
+                        help="mixq trials after its pick, at the pick's cost, to measure long")
+    parser.add_argument("--notes", type=Path, default=None, help="markdown appended to the report")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the methods of the previous run of --name that --methods does not run")
     args = parser.parse_args()
     torch.set_num_threads(1)
     options: dict[str, object] = {"width": args.width}
@@ -266,13 +322,27 @@ def main() -> None:
         "random": lambda: run_sampler(setup, "random", args.budget_s, args.search_qat_steps),
         "tpe": lambda: run_sampler(setup, "tpe", args.budget_s, args.search_qat_steps),
         "mixq": lambda: run_sampler(setup, "mixq", args.budget_s, args.search_qat_steps),
+        "mixq-mf": lambda: run_sampler(setup, "mixq-mf", args.budget_s, args.search_qat_steps, args.mixq_rungs),
+        "mixq-mf-eta2": lambda: run_sampler(setup, "mixq-mf-eta2", args.budget_s, args.search_qat_steps,
+                                            args.mixq_rungs, eta=2),
     }
-    methods = []
+    kept = [m for m in load_previous(args.name) if m.name not in args.methods] if args.keep else []
+    methods = list(kept)
     for name in args.methods:
         methods.append(runners[name]())
         print(f"{name}: {methods[-1].wall_s:.1f} s, {len(methods[-1].picks)} picks", flush=True)
-    cache: dict[str, list[float]] = {}
-    int8_quality = mean_std(measure(setup, int8, args.seeds, args.long_qat_steps, cache))[0]
+    cache_path = RESULTS_DIR / f"{args.name}_runs.json"
+    cache: dict[str, list[float]] = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    try:
+        measure_all(args, setup, methods, cache)
+    finally:
+        cache_path.write_text(json.dumps(cache, indent=0) + "\n")
+
+
+def measure_all(args: argparse.Namespace, setup: Setup, methods: Sequence[MethodResult],
+                cache: dict[str, list[float]]) -> None:
+    int8 = setup.full([])
+    int8_quality, int8_std = mean_std(measure(setup, int8, args.seeds, args.long_qat_steps, cache))
     reference_quality = noisy_input_psnr()  # hypervolume reference: the noisy input's PSNR
     points: dict[str, list[tuple[float, float, float]]] = {}  # method -> (bitops ratio, mean, std)
     for m in methods:
@@ -286,27 +356,59 @@ def main() -> None:
         for budget in setup.budgets:
             vecs = [objective_vector(q, [r], True) for r, q, _ in points[m.name] if r <= budget + 1e-9]
             hv[m.name][budget] = hypervolume_2d(vecs, (-reference_quality, budget))
-    write_outputs(args, setup, methods, points, hv, int8_quality, reference_quality)
+    diagnosis = diagnose(args, setup, methods, cache)
+    write_outputs(args, setup, methods, points, hv, (int8_quality, int8_std), reference_quality, diagnosis)
+
+
+@dataclass
+class Diagnosis:
+    """Why a search picked what it picked: each pick's score at the search's own fidelity (seed 0,
+    the search's seed: what a search would have seen had it tried that map), and the long-fidelity
+    score of mixq's runners-up (its next-best short-fidelity trials at the cost of each pick)."""
+
+    short: dict[str, dict[float, float]]  # method -> budget -> its pick at --search-qat-steps, seed 0
+    runners_up: list[dict[str, Any]]  # budget, number, source, bitops_ratio, short, long mean/std, int4
+
+
+def diagnose(args: argparse.Namespace, setup: Setup, methods: Sequence[MethodResult],
+             cache: dict[str, list[float]]) -> Diagnosis:
+    short = {m.name: {b: measure(setup, a, 1, args.search_qat_steps, cache)[0] for b, a in m.picks.items()}
+             for m in methods}
+    runners_up: list[dict[str, Any]] = []
+    mixq = next((m for m in methods if m.name == "mixq" and m.trials), None)
+    for budget, pick in (mixq.picks.items() if mixq is not None else []):
+        ratio = setup.ratio(pick)
+        same_cost = sorted((t for t in mixq.trials if abs(t["bitops_ratio"] - ratio) < 1e-6),  # type: ignore[union-attr]
+                           key=lambda t: -t["psnr_db"])
+        for t in same_cost[: 1 + args.runners_up]:
+            mean, std = mean_std(measure(setup, setup.full(t["int4"]), args.seeds, args.long_qat_steps, cache))
+            runners_up.append({"budget": budget, "number": t["number"], "source": t["source"],
+                               "bitops_ratio": ratio, "short_psnr_db": t["psnr_db"], "long_psnr_db_mean": mean,
+                               "long_psnr_db_std": std, "int4": t["int4"]})
+    return Diagnosis(short, runners_up)
 
 
 def write_outputs(args: argparse.Namespace, setup: Setup, methods: Sequence[MethodResult],
                   points: Mapping[str, Sequence[tuple[float, float, float]]], hv: Mapping[str, Mapping[float, float]],
-                  int8_quality: float, reference_quality: float) -> None:
+                  int8: tuple[float, float], reference_quality: float, diagnosis: Diagnosis) -> None:
+    int8_quality, int8_std = int8
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in methods:
+    fig, ax = plt.subplots(figsize=(8, 5))
+    markers = "osD^vP*Xh"
+    for i, m in enumerate(methods):
         pts = sorted(points[m.name])
-        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
-                    label=m.name, alpha=0.8)
+        shift = (i - (len(methods) - 1) / 2) * 0.003  # methods with the same picks stay visible
+        ax.errorbar([p[0] + shift for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
+                    marker=markers[i % len(markers)], capsize=3, label=m.name, alpha=0.8)
     ax.axhline(int8_quality, color="grey", linestyle="--", label="all int8")
     ax.set_xlabel("BitOPs (x all-int8)")
     ax.set_ylabel(f"PSNR (dB), {args.long_qat_steps} QAT steps, {args.seeds} seeds")
-    ax.set_title("denoise-deep: each method's picks at 3 BitOPs budgets")
-    ax.legend()
+    ax.set_title("denoise-deep: each method's picks at 3 BitOPs budgets (x shifted per method)")
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     png = RESULTS_DIR / f"{args.name}.png"
     fig.savefig(png, dpi=110)
@@ -322,26 +424,82 @@ def write_outputs(args: argparse.Namespace, setup: Setup, methods: Sequence[Meth
                 "wall_s": m.wall_s, "note": m.note, "hypervolume": {str(b): hv[m.name][b] for b in budgets},
                 "points": [{"bitops_ratio": r, "psnr_db_mean": q, "psnr_db_std": s} for r, q, s in points[m.name]],
                 "picks": {str(b): a for b, a in m.picks.items()},
+                "trials": m.trials,
             }
             for m in methods
         },
     }
-    Path(RESULTS_DIR / f"{args.name}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    summary["diagnosis"] = {"pick_at_search_fidelity_seed0": {m: {str(b): q for b, q in v.items()}
+                                                              for m, v in diagnosis.short.items()},
+                            "mixq_runners_up": diagnosis.runners_up}
+    # target 1: mixq's HV >= every baseline's at every budget
+    others = [m.name for m in methods if not m.name.startswith("mixq")]
+    target1_rows = []
+    for b in budgets:
+        best = max(others, key=lambda n: hv[n][b])
+        target1_rows.append([f"{b:g}", f"{hv['mixq'][b]:.4f}" if "mixq" in hv else "-", f"{best} {hv[best][b]:.4f}",
+                             ("met" if hv["mixq"][b] >= hv[best][b] else
+                              f"not met ({100 * (hv['mixq'][b] / hv[best][b] - 1):+.1f}%)") if "mixq" in hv else "-"])
+    # target 2: a measured map within 0.1 dB of all-int8 at <= 60% of its BitOPs, and the best near miss
+    measured = sorted({(r, q, s) for pts in points.values() for r, q, s in pts if r <= 0.6 + 1e-9},
+                      key=lambda p: -p[1])
+    near = [p for p in measured if p[1] >= int8_quality - 0.1]
+    best_low = measured[0] if measured else None
+    summary["target_int8_within_0.1db_at_0.6"] = {"met": bool(near), "best_at_or_below_0.6": best_low}
+    Path(RESULTS_DIR / f"{args.name}.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    short_rows = [[m.name, *(f"{diagnosis.short[m.name][b]:.2f}" if b in diagnosis.short[m.name] else "-"
+                             for b in budgets)] for m in methods]
+    runner_rows = [[f"{r['budget']:g}", f"{r['bitops_ratio']:.3f}", f"#{r['number']} {r['source']}",
+                    f"{r['short_psnr_db']:.2f}", f"{r['long_psnr_db_mean']:.2f} ± {r['long_psnr_db_std']:.2f}",
+                    " ".join(f.removeprefix("body.") for f in r["int4"])] for r in diagnosis.runners_up]
+    target2 = (f"met: {near[0][0]:.3f} x int8 at {near[0][1]:.2f} dB" if near else
+               "not met: no measured map at <= 0.6 x all-int8 BitOPs is within 0.1 dB of all-int8 "
+               f"({int8_quality:.2f} dB); the best is {best_low[0]:.3f} x int8 at {best_low[1]:.2f} ± "
+               f"{best_low[2]:.2f} dB ({int8_quality - best_low[1]:.2f} dB below)" if best_low else "no map measured")
     body = "\n".join([
-        (f"**A small-budget run**, sized to finish in about half an hour on 2 shared cores: `denoise-deep` "
+        (f"**Configuration**: `denoise-deep` "
          f"(DnCNN depth 17, width {args.width}, 17 quantizable layers; first and last pinned int8, 15 free, "
-         f"int8/int4), {args.budget_s:.0f} s per search method with {args.search_qat_steps} QAT steps a trial; "
-         f"every pick measured with {args.long_qat_steps} QAT steps x {args.seeds} seeds (`search.run_trial`).  "
-         "The full configuration is the command in the module docstring of `bench/baselines.py`."),
+         f"int8/int4), {args.budget_s:.0f} s per search method with {args.search_qat_steps} QAT steps a trial "
+         f"(`mixq-mf` / `mixq-mf-eta2`: `fidelity_rungs` {list(args.mixq_rungs)}, the top third / half "
+         f"promoted, in the same {args.budget_s:.0f} s); every pick measured with {args.long_qat_steps} QAT "
+         f"steps x {args.seeds} seeds (`search.run_trial`).  The full configuration is the command in the "
+         "module docstring of `bench/baselines.py`."),
         "",
         (f"Hypervolume at budget B: area dominated by the method's measured picks with BitOPs <= B, "
          f"reference (PSNR of the noisy input {reference_quality:.2f} dB, B).  All-int8 measured "
-         f"{int8_quality:.2f} dB.  Wall time: the method's own search or proxy time (the common measurement "
-         "is not counted).  The plot is `bench/results/baselines.png`, the numbers `bench/results/baselines.json`."),
+         f"{int8_quality:.2f} ± {int8_std:.2f} dB.  "
+         "Wall time: the method's own search or proxy time (the common measurement is not counted).  "
+         f"The plot is `bench/results/{args.name}.png`, the numbers `bench/results/{args.name}.json` "
+         f"(every search trial, with its source), the long runs `bench/results/{args.name}_runs.json`."),
         "",
         markdown_table(
             ["method", "wall (s)", *(f"HV @ {b:g}" for b in budgets), "picks: BitOPs ratio: PSNR dB", "note"], rows
         ),
+        "",
+        f"![fronts]({args.name}.png)",
+        "",
+        "## Targets",
+        "",
+        "1. mixq's hypervolume >= the best baseline's at every budget:",
+        "",
+        markdown_table(["budget", "mixq HV", "best baseline HV", "target"], target1_rows),
+        "",
+        f"2. A map within 0.1 dB of all-int8 at <= 60% of its BitOPs: {target2}.",
+        "",
+        "## Why: each pick at the search's fidelity, and mixq's runners-up at the long one",
+        "",
+        (f"PSNR (dB) of every method's pick after {args.search_qat_steps} QAT steps, seed 0: the score a "
+         "search trial of that map gets (a search ranks its maps by it)."),
+        "",
+        markdown_table(["method", *(f"pick @ {b:g}" for b in budgets)], short_rows),
+        "",
+        (f"mixq's pick and its next {args.runners_up} trials at the same BitOPs (by search-fidelity score), "
+         f"each measured like the picks ({args.long_qat_steps} steps x {args.seeds} seeds).  int4 layers "
+         "are `body.N`."),
+        "",
+        markdown_table(["budget", "BitOPs", "trial", f"{args.search_qat_steps} steps", f"{args.long_qat_steps} steps",
+                        "int4 layers"], runner_rows),
+        *(["", args.notes.read_text().strip()] if args.notes is not None else []),
     ])
     write_report(args.name, "mixq vs AMP, HAWQ-V3, AutoQuantize, random and TPE on denoise-deep", body)
 
