@@ -1,12 +1,14 @@
 // Jobs page: the jobs list (polled) and the submit form.  The form does no validation of its own
-// beyond reading JSON and pin lines: it sends the values and places the API's 422 messages next to
+// beyond reading numbers, JSON, pin lines and rung lists: it sends the values and places the API's 422 messages next to
 // the field each one names (detail[].loc), so the page says exactly what the API says.
 import {
   ApiError, TERMINAL, api, el, fmtQuality, fmtTime, initTokenBar, postJson, progressBar, showMessage, statusBadge,
 } from "/static/common.js";
 
 const POLL_MS = 2000;
-const NUMBER_FIELDS = ["n_trials", "timeout_s", "qat_steps", "max_quality_drop", "seed", "priority"];
+const NUMBER_FIELDS = [
+  "n_trials", "timeout_s", "qat_steps", "max_quality_drop", "seed", "priority", "promotion_eta", "budget_qat_steps",
+];
 const TEXT_FIELDS = ["workload", "profile", "sampler", "model", "dataset"];
 
 // a line under each field: what it means, the units, the formats' names
@@ -31,6 +33,11 @@ const HINTS = {
   priority: "Higher runs first among queued jobs.",
   model: "Name of an uploaded ONNX model (with a dataset instead of a workload).",
   dataset: "Name of an uploaded .npz dataset.",
+  fidelity_rungs: "QAT length of each rung as a multiple of the QAT steps, comma-separated: starts at 1, increasing, "
+    + "at most 6. 1,3: the best maps are trained again 3× longer and the job reports whether the short runs rank "
+    + "them as the long ones do; 1: one rung, no check.",
+  promotion_eta: "The top 1/eta of a rung's maps move up to the next rung (2 to 10).",
+  budget_qat_steps: "Total QAT steps over every rung and re-evaluation; blank: none (n_trials maps at the first rung).",
 };
 
 const form = document.getElementById("job-form");
@@ -92,7 +99,10 @@ async function loadMeta() {
   fillChecks(document.getElementById("f-formats"), "formats", meta.formats, defaults.formats);
   fillChecks(document.getElementById("f-cost_objectives"), "cost_objectives", meta.cost_objectives,
     defaults.cost_objectives);
-  for (const name of ["n_trials", "qat_steps", "seed", "priority"]) form[name].value = defaults[name] ?? "";
+  for (const name of ["n_trials", "qat_steps", "seed", "priority", "promotion_eta", "budget_qat_steps"]) {
+    form[name].value = defaults[name] ?? "";
+  }
+  form.fidelity_rungs.value = (defaults.fidelity_rungs ?? []).join(",");
 }
 
 // ---- the form ----
@@ -133,6 +143,17 @@ function readForm() {
       body.workload_options = JSON.parse(options);
     } catch (exc) {
       errors.push({ loc: ["body", "workload_options"], msg: `not valid JSON: ${exc.message}` });
+    }
+  }
+  // "1,3,9": whole numbers only; their order and bounds are the API's to check
+  const rungs = form.fidelity_rungs.value.trim();
+  if (rungs) {
+    const parts = rungs.split(",").map((part) => part.trim());
+    const bad = parts.find((part) => !/^[+-]?\d+$/.test(part));
+    if (bad !== undefined) {
+      errors.push({ loc: ["body", "fidelity_rungs"], msg: `not a whole number: "${bad}" (write the rungs as 1,3,9)` });
+    } else {
+      body.fidelity_rungs = parts.map(Number);
     }
   }
   const pins = [];

@@ -22,7 +22,10 @@ from tests.browser.conftest import LiveServer
 pytestmark = pytest.mark.browser
 
 JOB_DONE_TIMEOUT_MS = 120_000
-TINY_JOB = {"workload": "digits", "workload_options": '{"pretrain_steps": 40}', "n_trials": "4", "qat_steps": "5"}
+TINY_JOB = {
+    "workload": "digits", "workload_options": '{"pretrain_steps": 40}', "n_trials": "4", "qat_steps": "5",
+    "fidelity_rungs": "1,2",  # the best maps trained again at 10 steps: the job reports a fidelity check
+}
 
 
 def _plot(page: Any, element_id: str) -> list[dict[str, Any]]:
@@ -33,6 +36,8 @@ def _plot(page: Any, element_id: str) -> list[dict[str, Any]]:
 def _fill_form(page: Any, values: dict[str, str]) -> None:
     page.wait_for_selector("#f-profile option", state="attached")  # /v1/meta has filled the selects
     for name, value in values.items():
+        if not page.is_visible(f"#f-{name}"):  # in the closed "more options"
+            page.click("#job-form details > summary")
         page.fill(f"#f-{name}", value)
 
 
@@ -49,6 +54,7 @@ def test_submit_tiny_job_and_inspect_its_front(
     spec = live_server.api("GET", f"/v1/jobs/{job_id}").json()["spec"]
     assert (spec["workload"], spec["n_trials"], spec["qat_steps"]) == ("digits", 4, 5)
     assert spec["workload_options"] == {"pretrain_steps": 40}
+    assert (spec["fidelity_rungs"], spec["promotion_eta"], spec["budget_qat_steps"]) == ([1, 2], 3, None)
 
     # live progress to the end
     link.click()
@@ -58,6 +64,9 @@ def test_submit_tiny_job_and_inspect_its_front(
     job = live_server.api("GET", f"/v1/jobs/{job_id}").json()
     assert job["status"] == "succeeded", job.get("error")
     assert page.inner_text("#job-status") == "succeeded"
+    # two rungs: the job page shows the fidelity check of 5-step runs against 10-step ones
+    assert job["fidelity"] is not None and job["fidelity"]["short_qat_steps"] == 5
+    page.wait_for_selector("#fidelity-tau")
     assert (
         page.inner_text("#job-progress .progress-label") == f"{job['progress']['finished']}/{job['progress']['total']}"
     )
@@ -128,6 +137,8 @@ def test_submit_tiny_job_and_inspect_its_front(
     [
         pytest.param("n_trials", "0", {"n_trials": 0}, id="n_trials-zero"),
         pytest.param("qat_steps", "-1", {"qat_steps": -1}, id="qat_steps-negative"),
+        pytest.param("fidelity_rungs", "3,1", {"fidelity_rungs": [3, 1]}, id="fidelity_rungs-decreasing"),
+        pytest.param("promotion_eta", "1", {"promotion_eta": 1}, id="promotion_eta-below-2"),
         pytest.param(
             "pins", "features.* = int3", {"pins": [{"match": "features.*", "format": "int3"}]}, id="pin-format"
         ),

@@ -100,21 +100,33 @@ def test_running_job_shows_phase_layers_fp32_and_star_then_cancels(
     assert page.locator("#layers tbody tr").count() == 0
 
 
-@pytest.mark.parametrize("typed", [pytest.param("1e", id="1e"), pytest.param("--3", id="double-minus")])
-def test_an_invalid_number_is_a_form_error(page: Any, live_server: LiveServer, typed: str) -> None:
+@pytest.mark.parametrize(
+    ("field", "typed", "message"),
+    [
+        pytest.param("n_trials", "1e", "not a number", id="1e"),
+        pytest.param("n_trials", "--3", "not a number", id="double-minus"),
+        pytest.param("fidelity_rungs", "1,--3", 'not a whole number: "--3"', id="rungs-double-minus"),
+        pytest.param("fidelity_rungs", "1,3e", 'not a whole number: "3e"', id="rungs-3e"),
+    ],
+)
+def test_an_invalid_number_is_a_form_error(
+    page: Any, live_server: LiveServer, field: str, typed: str, message: str
+) -> None:
     before = live_server.api("GET", "/v1/jobs").json()["total"]
     page.goto(live_server.base_url + "/")
     page.wait_for_selector("#f-profile option", state="attached")
-    page.fill("#f-n_trials", "")
-    page.click("#f-n_trials")
+    if not page.is_visible(f"#f-{field}"):  # in the closed "more options"
+        page.click("#job-form details > summary")
+    page.fill(f"#f-{field}", "")
+    page.click(f"#f-{field}")
     page.keyboard.type(typed)  # fill() refuses text in a number input; a person's keys do not
     page.click("#submit-job")
-    error = page.locator('[data-error-for="n_trials"]')
+    error = page.locator(f'[data-error-for="{field}"]')
     error.wait_for()
-    assert "not a number" in error.inner_text()
-    assert page.get_attribute("#f-n_trials", "aria-invalid") == "true"
-    described = page.get_attribute("#f-n_trials", "aria-describedby").split()
-    assert "error-n_trials" in described
+    assert message in error.inner_text()
+    assert page.get_attribute(f"#f-{field}", "aria-invalid") == "true"
+    described = page.get_attribute(f"#f-{field}", "aria-describedby").split()
+    assert f"error-{field}" in described and f"hint-{field}" in described
     assert live_server.api("GET", "/v1/jobs").json()["total"] == before
 
 
