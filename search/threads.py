@@ -3,7 +3,9 @@
 torch's default (one thread per core) is wrong when several processes share the cores: on a busy
 2-core machine 50 QAT steps took 25.4 s with torch's default and 3.8 s with one thread (issue 12).
 So each process takes its share: usable cores / processes on this machine, at least 1, unless
-``MIXQ_TORCH_THREADS`` (or a command-line option) says otherwise.
+``MIXQ_TORCH_THREADS`` (or a command-line option) says otherwise.  Cores other work keeps busy (the
+1-minute load average when the process starts) are not counted: a 200-step denoise trial with 2 threads
+on 2 cores took about 150 s while a benchmark held one core, and 3-6 s once it had stopped.
 """
 
 from __future__ import annotations
@@ -22,8 +24,17 @@ def usable_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+def busy_cores() -> int:
+    """Cores other work keeps busy: the 1-minute load average, rounded (0 where the OS has none)."""
+    try:
+        return max(0, round(os.getloadavg()[0]))
+    except (AttributeError, OSError):
+        return 0
+
+
 def choose_torch_threads(processes: int = 1, override: int | None = None) -> tuple[int, str]:
-    """(threads, why): ``override``, else ``$MIXQ_TORCH_THREADS``, else usable cores / ``processes``."""
+    """(threads, why): ``override``, else ``$MIXQ_TORCH_THREADS``, else usable cores / ``processes``,
+    but no more than the cores other work leaves idle."""
     if override is not None:
         if override < 1:
             raise ValueError(f"torch_threads: must be >= 1, got {override}")
@@ -35,7 +46,12 @@ def choose_torch_threads(processes: int = 1, override: int | None = None) -> tup
         return int(text), f"from {THREADS_ENV}"
     cores = usable_cores()
     processes = max(1, processes)
-    return max(1, cores // processes), f"{cores} usable core(s) / {processes} process(es) on this machine"
+    share = max(1, cores // processes)
+    why = f"{cores} usable core(s) / {processes} process(es) on this machine"
+    idle = max(1, cores - busy_cores())
+    if idle < share:
+        return idle, f"{why}, {cores - idle} kept busy by other work"
+    return share, why
 
 
 def set_torch_threads(processes: int = 1, override: int | None = None) -> str:
@@ -46,4 +62,4 @@ def set_torch_threads(processes: int = 1, override: int | None = None) -> str:
     return f"torch threads: {threads} ({why}; set {THREADS_ENV} to change)"
 
 
-__all__ = ["THREADS_ENV", "choose_torch_threads", "set_torch_threads", "usable_cores"]
+__all__ = ["THREADS_ENV", "busy_cores", "choose_torch_threads", "set_torch_threads", "usable_cores"]

@@ -298,3 +298,19 @@ def test_progress_lines_name_the_phase_elapsed_and_time_left(search_run: tuple[P
 @pytest.mark.parametrize(("seconds", "text"), [(0.4, "0s"), (59.6, "1m00s"), (185, "3m05s"), (3720, "1h02m")])
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+@pytest.mark.parametrize(("load", "expected"), [((0.1, 0.0, 0.0), 4), ((1.2, 0.0, 0.0), 3), ((7.9, 0.0, 0.0), 1)])
+def test_torch_threads_leave_out_the_cores_other_work_keeps_busy(
+    monkeypatch: pytest.MonkeyPatch, load: tuple[float, float, float], expected: int,
+) -> None:
+    """4 usable cores; other work holding about one core leaves 3 threads, a loaded machine 1."""
+    import search.threads as threads_module
+
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    monkeypatch.setattr(threads_module, "usable_cores", lambda: 4)
+    monkeypatch.setattr(threads_module.os, "getloadavg", lambda: load)
+    threads, why = choose_torch_threads(processes=1)
+    assert threads == expected, why
+    assert ("kept busy by other work" in why) == (expected < 4)
+    assert choose_torch_threads(processes=4)[0] == 1  # the share is never raised by an idle machine
