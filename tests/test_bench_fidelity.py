@@ -1,13 +1,64 @@
-"""The fidelity benchmark's numbers (numbers in, numbers out): the taus and front agreement the
-README quotes are computed by these functions."""
+"""bench/fidelity.py's maths and its runs cache: numbers in, numbers out, no QAT."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bench.fidelity import front_agreement, front_indices, kendall, normalised_hypervolume, seed_to_seed_tau
+import bench.fidelity as fidelity
+from bench.fidelity import (
+    RunCache,
+    front_agreement,
+    front_indices,
+    kendall,
+    normalised_hypervolume,
+    seed_to_seed_tau,
+)
+
+# three maps: quality (higher is better) and cost; map 1 is dominated by map 0 at the long fidelity
+LONG = [25.0, 24.0, 23.0]
+COST = [2.0, 3.0, 1.0]
+
+
+def test_normalised_hypervolume_on_a_literal_case() -> None:
+    # normalised (loss, cost): map 0 (0, 0.5), map 1 (0.5, 1), map 2 (1, 0); reference (1.1, 1.1)
+    assert normalised_hypervolume([0], LONG, COST, True) == pytest.approx(1.1 * 0.6)
+    assert normalised_hypervolume([0, 2], LONG, COST, True) == pytest.approx(1.1 * 0.6 + 0.1 * 0.5)
+    assert normalised_hypervolume([0, 1, 2], LONG, COST, True) == pytest.approx(1.1 * 0.6 + 0.1 * 0.5)
+
+
+def test_front_indices_and_agreement() -> None:
+    assert sorted(front_indices(LONG, COST, True)) == [0, 2]
+    assert front_agreement(LONG, LONG, COST, True) == pytest.approx(1.0)
+    # a short run where map 2 dominates map 0 and map 1 is best reports maps 1 and 2, not map 0:
+    # at the long fidelity that is (0.5, 1) and (1, 0) against (0, 0.5) and (1, 0)
+    short = [23.5, 26.0, 24.0]
+    assert sorted(front_indices(short, COST, True)) == [1, 2]
+    expected = (0.6 * 0.1 + 0.1 * 1.0) / (1.1 * 0.6 + 0.1 * 0.5)
+    assert front_agreement(short, LONG, COST, True) == pytest.approx(expected)
+
+
+def test_run_cache_trains_once_and_persists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[Any, ...]] = []
+
+    def fake_train(workload: Any, assignment: Any, steps: int, seed: int, recipe: Any) -> float:
+        calls.append((steps, seed))
+        return 20.0 + seed
+
+    monkeypatch.setattr(fidelity, "train", fake_train)
+    path = tmp_path / "runs.json"
+    cache = RunCache(path)
+    assignment = {"conv1": "int8", "fc": "int4"}
+    assert cache.quality(None, "w:{}", assignment, 10, 1) == 21.0  # type: ignore[arg-type]
+    assert cache.quality(None, "w:{}", assignment, 10, 1) == 21.0  # type: ignore[arg-type]
+    assert calls == [(10, 1)]
+    again = RunCache(path, report_only=True)
+    assert again.quality(None, "w:{}", assignment, 10, 1) == 21.0  # type: ignore[arg-type]
+    with pytest.raises(SystemExit, match="missing cached run"):
+        again.quality(None, "w:{}", assignment, 10, 2)  # type: ignore[arg-type]
 
 
 def test_kendall_and_seed_to_seed_tau() -> None:
