@@ -205,7 +205,10 @@ def _validate_job(session: Session, body: JobCreate, owner: str, settings: Setti
             body.workload,
         )
     # an allow-listed entry point is not imported in the API process: its worker checks the space
-    profile = store.target_profile(session, owner, body.profile)
+    try:
+        profile = store.target_profile(session, owner, body.profile)
+    except ProfileError as exc:  # stored under an older, looser schema
+        raise _unprocessable("profile", f"profile {body.profile!r} no longer validates: {exc}", body.profile) from None
     if profile is None:
         raise _unprocessable("profile", f"unknown profile {body.profile!r}", body.profile)
     if graph is not None:

@@ -372,10 +372,11 @@ def mark_front(session: Session, job_id: int, numbers: Sequence[int]) -> None:
 _TRIAL_ORDER = {
     "number": (Trial.number,),
     "-number": (Trial.number.desc(),),
-    "quality": (Trial.quality, Trial.number),
-    "-quality": (Trial.quality.desc(), Trial.number),
-    "cost": (Trial.primary_cost, Trial.number),
-    "-cost": (Trial.primary_cost.desc(), Trial.number),
+    # failed trials have no quality or cost: last in either direction, on SQLite and PostgreSQL alike
+    "quality": (Trial.quality.asc().nulls_last(), Trial.number),
+    "-quality": (Trial.quality.desc().nulls_last(), Trial.number),
+    "cost": (Trial.primary_cost.asc().nulls_last(), Trial.number),
+    "-cost": (Trial.primary_cost.desc().nulls_last(), Trial.number),
 }
 
 

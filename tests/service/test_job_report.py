@@ -42,6 +42,9 @@ def test_a_trial_failing_by_its_own_error_is_counted_with_its_error(
     assert len(failed["assignment"]) == 3  # the map it was given, every layer
     assert all(t["error"] is None for t in trials if t["state"] == "complete")
     assert job["fidelity"] is None  # one rung: no fidelity check
+    for sort in ("quality", "-quality", "cost", "-cost"):  # failed trials (no quality, no cost) come last
+        states = [t["state"] for t in client.get(f"/v1/jobs/{job['id']}/trials", params={"sort": sort}).json()["items"]]
+        assert states[-1] == "failed" and "failed" not in states[:-1], (sort, states)
 
 
 def test_a_multi_fidelity_job_keeps_its_fidelity_check(client: TestClient, db: Database, settings: Settings) -> None:

@@ -97,3 +97,15 @@ def test_entry_point_workloads_are_not_imported_to_check(settings: Settings, db:
         r = c.post("/v1/jobs", json={**FAST_JOB, "workload": entry_point, "workload_options": {},
                                      "pins": [{"match": "no-such-layer", "format": "int8"}]})
     assert r.status_code == 201, r.text  # its worker checks the space (and fails the job) as before
+
+
+def test_a_stored_profile_that_no_longer_validates_is_a_422(client: TestClient, db: Database) -> None:
+    """A profile row written under an older, looser schema: submission parses it now, so it must be
+    refused on ``profile``, not a 500."""
+    from service import store
+    from service.auth import LOCAL_OWNER
+
+    with db.session() as session:
+        store.add_profile(session, LOCAL_OWNER, "legacy", '{"name": "legacy", "layers_per_second": "fast"}')
+    detail = refused(client, profile="legacy")
+    assert detail["loc"][-1] == "profile" and "'legacy' no longer validates" in detail["msg"], detail
