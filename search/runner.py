@@ -186,7 +186,8 @@ class _Search:
             n_trials = self.spec.budget_qat_steps // self.spec.qat_steps
         if self.spec.timeout_s is not None:
             durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in self.completed()
-                         if t.datetime_start is not None and t.datetime_complete is not None]
+                         if t.datetime_start is not None and t.datetime_complete is not None
+                         and not t.user_attrs.get("cached")]  # a repeat served from the cache took ~0 s
             if durations:
                 per_trial = sum(durations) / len(durations)
                 left_s = self.spec.timeout_s - (time.monotonic() - self.started)

@@ -32,9 +32,11 @@ def busy_cores() -> int:
         return 0
 
 
-def choose_torch_threads(processes: int = 1, override: int | None = None) -> tuple[int, str]:
+def choose_torch_threads(processes: int = 1, override: int | None = None, *,
+                         leave_busy_cores: bool = True) -> tuple[int, str]:
     """(threads, why): ``override``, else ``$MIXQ_TORCH_THREADS``, else usable cores / ``processes``,
-    but no more than the cores other work leaves idle."""
+    but no more than the cores other work leaves idle (``leave_busy_cores``: a one-off search; a
+    long-lived worker keeps its count for its life, so a passing load at its start must not shrink it)."""
     if override is not None:
         if override < 1:
             raise ValueError(f"torch_threads: must be >= 1, got {override}")
@@ -48,16 +50,16 @@ def choose_torch_threads(processes: int = 1, override: int | None = None) -> tup
     processes = max(1, processes)
     share = max(1, cores // processes)
     why = f"{cores} usable core(s) / {processes} process(es) on this machine"
-    idle = max(1, cores - busy_cores())
+    idle = max(1, cores - busy_cores()) if leave_busy_cores else share
     if idle < share:
         return idle, f"{why}, {cores - idle} kept busy by other work"
     return share, why
 
 
-def set_torch_threads(processes: int = 1, override: int | None = None) -> str:
+def set_torch_threads(processes: int = 1, override: int | None = None, *, leave_busy_cores: bool = True) -> str:
     """Set torch's intra-op thread count as :func:`choose_torch_threads` decides; returns the one
     line that says what was chosen and why."""
-    threads, why = choose_torch_threads(processes, override)
+    threads, why = choose_torch_threads(processes, override, leave_busy_cores=leave_busy_cores)
     torch.set_num_threads(threads)
     return f"torch threads: {threads} ({why}; set {THREADS_ENV} to change)"
 

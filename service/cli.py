@@ -207,7 +207,9 @@ def worker(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = _settings(database_url)
     # `mixq serve` starts local_workers of these on one machine: each takes its share of the cores
-    logging.getLogger("mixq.worker").info(set_torch_threads(processes=max(1, settings.local_workers)))
+    # (for its whole life: a passing load at its start must not shrink it)
+    threads = set_torch_threads(processes=max(1, settings.local_workers), leave_busy_cores=False)
+    logging.getLogger("mixq.worker").info(threads)
     if settings.worker_nice:
         os.nice(settings.worker_nice)
     db = Database(settings.resolved_database_url)

@@ -314,3 +314,4 @@ def test_torch_threads_leave_out_the_cores_other_work_keeps_busy(
     assert threads == expected, why
     assert ("kept busy by other work" in why) == (expected < 4)
     assert choose_torch_threads(processes=4)[0] == 1  # the share is never raised by an idle machine
+    assert choose_torch_threads(processes=1, leave_busy_cores=False)[0] == 4  # a worker keeps its share
