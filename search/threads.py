@@ -34,7 +34,8 @@ def busy_cores() -> int:
 
 def choose_torch_threads(processes: int = 1, override: int | None = None, *,
                          leave_busy_cores: bool = True) -> tuple[int, str]:
-    """(threads, why): ``override``, else ``$MIXQ_TORCH_THREADS``, else usable cores / ``processes``,
+    """(threads, why): ``override``, else ``$MIXQ_TORCH_THREADS``, else ``$OMP_NUM_THREADS``, else usable
+    cores / ``processes``,
     but no more than the cores other work leaves idle (``leave_busy_cores``: a one-off search; a
     long-lived worker keeps its count for its life, so a passing load at its start must not shrink it)."""
     if override is not None:
@@ -46,6 +47,9 @@ def choose_torch_threads(processes: int = 1, override: int | None = None, *,
         if not text.isdigit() or int(text) < 1:
             raise ValueError(f"{THREADS_ENV}: must be a whole number >= 1, got {text!r}")
         return int(text), f"from {THREADS_ENV}"
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) >= 1:  # the usual way to say it for any torch program: respected
+        return int(omp), "from OMP_NUM_THREADS"
     cores = usable_cores()
     processes = max(1, processes)
     share = max(1, cores // processes)

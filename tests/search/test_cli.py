@@ -244,6 +244,7 @@ def test_non_finite_values_are_written_as_null(tmp_path: Path) -> None:
 
 def test_torch_threads_are_chosen_and_said(monkeypatch: pytest.MonkeyPatch, search_run: tuple[Path, str]) -> None:
     monkeypatch.delenv(THREADS_ENV, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     threads, why = choose_torch_threads(processes=64)
     assert threads == 1 and "/ 64 process(es)" in why
     monkeypatch.setenv(THREADS_ENV, "3")
@@ -308,6 +309,7 @@ def test_torch_threads_leave_out_the_cores_other_work_keeps_busy(
     import search.threads as threads_module
 
     monkeypatch.delenv(THREADS_ENV, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads_module, "usable_cores", lambda: 4)
     monkeypatch.setattr(threads_module.os, "getloadavg", lambda: load)
     threads, why = choose_torch_threads(processes=1)
@@ -315,3 +317,5 @@ def test_torch_threads_leave_out_the_cores_other_work_keeps_busy(
     assert ("kept busy by other work" in why) == (expected < 4)
     assert choose_torch_threads(processes=4)[0] == 1  # the share is never raised by an idle machine
     assert choose_torch_threads(processes=1, leave_busy_cores=False)[0] == 4  # a worker keeps its share
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the usual way to ask, for a worker too
+    assert choose_torch_threads(processes=1, leave_busy_cores=False) == (1, "from OMP_NUM_THREADS")
