@@ -38,7 +38,6 @@ thread); ``--methods X --keep`` adds or reruns method X and keeps the others fro
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -46,18 +45,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from scipy.optimize import Bounds, LinearConstraint, milp
 
 from bench.report import RESULTS_DIR, code_version, markdown_table, mean_std, write_report
 from search import CostObjective, SearchSpec, discover_layers, load_profile, load_workload, run_search, run_trial
 from search.cost import model_costs
-from search.formats import parse_format
 from search.layers import LayerGraph
 from search.pareto import assignment_key, hypervolume_2d, objective_vector
-from search.qat import FakeQuantMixin, RangeMethod, fold_batchnorm, to_fake_quant
-from search.sensitivity import fisher_sensitivity, ptq_sensitivity
+from search.seeds import select_formats
+from search.sensitivity import fisher_sensitivity, hessian_sensitivity, ptq_sensitivity
 from search.workloads import Workload
 from search.workloads.denoise_deep import noisy_input_psnr
 
@@ -65,39 +61,7 @@ FORMATS = ("int8", "int4")
 Assignment = dict[str, str]  # fqn -> format name, every layer
 
 
-# -- the selection programs: numbers in, numbers out ----------------------------------------------
-def select_formats(
-    scores: Mapping[str, Mapping[str, float]], costs: Mapping[str, Mapping[str, float]], budget: float,
-    *, integer: bool = True,
-) -> dict[str, str] | None:
-    """One format per layer minimising the summed score with the summed cost <= ``budget``.
-
-    ``scores[fqn][fmt]`` (lower = better) and ``costs[fqn][fmt]`` over the same formats.  With
-    ``integer`` an exact integer program (HAWQ-V3); without, the linear relaxation (AutoQuantize),
-    each layer then taking its largest share and a split layer its cheapest used format, which
-    keeps the budget.  None when even the cheapest formats exceed the budget."""
-    pairs = [(fqn, fmt) for fqn in scores for fmt in scores[fqn]]
-    index = {p: i for i, p in enumerate(pairs)}
-    c = np.array([scores[f][m] for f, m in pairs])
-    one_each = np.zeros((len(scores), len(pairs)))
-    for row, fqn in enumerate(scores):
-        for fmt in scores[fqn]:
-            one_each[row, index[(fqn, fmt)]] = 1.0
-    cost_row = np.array([[costs[f][m] for f, m in pairs]])
-    constraints = [LinearConstraint(one_each, 1.0, 1.0), LinearConstraint(cost_row, -np.inf, budget)]
-    result = milp(c, constraints=constraints, integrality=np.full(len(pairs), 1 if integer else 0),
-                  bounds=Bounds(0.0, 1.0))
-    if result.x is None:
-        return None
-    chosen = {}
-    for fqn in scores:
-        shares = {fmt: result.x[index[(fqn, fmt)]] for fmt in scores[fqn]}
-        used = [fmt for fmt, x in shares.items() if x > 1e-6]
-        best = max(shares, key=lambda fmt: shares[fmt])
-        chosen[fqn] = best if len(used) == 1 else min(used, key=lambda fmt: costs[fqn][fmt])
-    return chosen
-
-
+# -- AMP's greedy phase: numbers in, numbers out ---------------------------------------------------
 def greedy_path(drop: Mapping[str, float], saving: Mapping[str, float]) -> list[list[str]]:
     """AMP's greedy phase: prefixes of the layers in order of quality drop per cost saved (least first)."""
     order = sorted(drop, key=lambda f: max(drop[f], 0.0) / max(saving[f], 1e-12))
@@ -171,47 +135,12 @@ def run_amp(setup: Setup) -> MethodResult:
     return MethodResult("amp", time.monotonic() - started, picks)
 
 
-def folded_model(workload: Workload) -> torch.nn.Module:
-    """The pretrained model with BatchNorm folded: the weights QAT quantizes."""
-    model = copy.deepcopy(workload.model).eval()
-    fold_batchnorm(model)
-    return model
-
-
-def hessian_traces(model: torch.nn.Module, workload: Workload, fqns: Sequence[str], samples: int,
-                   seed: int = 0) -> dict[str, float]:
-    """Hutchinson estimate of each layer's weight Hessian trace: mean over ``samples`` batches of
-    ``v^T H v`` with Rademacher ``v`` (cross-layer terms vanish in expectation)."""
-    weights = [model.get_parameter(f"{f}.weight") for f in fqns]
-    gen = torch.Generator().manual_seed(seed)
-    batches = workload.train_batches(gen)
-    totals = dict.fromkeys(fqns, 0.0)
-    for _ in range(samples):
-        inputs, target = next(batches)
-        loss = workload.loss_fn(model(inputs), target)
-        grads = torch.autograd.grad(loss, weights, create_graph=True)
-        vs = [torch.randint(0, 2, w.shape, generator=gen).float() * 2 - 1 for w in weights]
-        hvs = torch.autograd.grad(grads, weights, grad_outputs=vs)
-        for fqn, v, hv in zip(fqns, vs, hvs, strict=True):
-            totals[fqn] += float((v * hv).sum()) / samples
-    return totals
-
-
 def run_hawq(setup: Setup, samples: int) -> MethodResult:
     started = time.monotonic()
-    model = folded_model(setup.workload)
-    traces = hessian_traces(model, setup.workload, setup.free, samples)
+    records = hessian_sensitivity(setup.workload, setup.free, FORMATS, samples=samples)
     scores: dict[str, dict[str, float]] = {}
-    for fqn in setup.free:
-        layer = model.get_submodule(fqn)
-        weight = model.get_parameter(f"{fqn}.weight").detach()
-        scores[fqn] = {}
-        for fmt in FORMATS:
-            twin = to_fake_quant(copy.deepcopy(layer), parse_format(fmt), RangeMethod.MINMAX)
-            assert isinstance(twin, FakeQuantMixin)
-            with torch.no_grad():
-                perturbation = float((twin.weight_quant(weight) - weight).square().sum())
-            scores[fqn][fmt] = traces[fqn] / weight.numel() * perturbation  # HAWQ-V3: mean trace x ||dW||^2
+    for r in records:
+        scores.setdefault(r.fqn, {})[r.format] = r.score
     picks = picks_from_program(setup, scores, integer=True)
     return MethodResult("hawq", time.monotonic() - started, picks)
 

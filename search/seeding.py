@@ -13,6 +13,7 @@ choice, the dominated formats, whether the greedy path was queued.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,14 +32,18 @@ from search.seeds import (
     cheapest_assignment,
     dominated_formats,
     greedy_after_sweep,
+    program_assignments,
     proxy_greedy_assignments,
     sensitivity_assignments,
     sweep_fits,
 )
 
+log = logging.getLogger("mixq.search")
+
 ATTR_GREEDY = "mixq:greedy_enqueued"
 ATTR_DOMINATED = "mixq:dominated"  # {fqn: {format: cheaper format}} from the seed trials
 ATTR_SENSITIVITY = "mixq:sensitivity"  # "sweep" (one-layer QAT trials) or "proxy" (Fisher-ordered greedy path)
+PROGRAM_LEVELS = 6  # cost levels at which the proxy programs pick a map
 KEEP_DOMINATED = 0.1  # probability that a sampled dominated format is kept (so a wrong call can be undone)
 
 
@@ -130,6 +135,7 @@ class SeedPlan:
             self.enqueue(sensitivity_assignments(self.setup.space), "sensitivity")
         else:
             self.enqueue(self.proxy_greedy(), "proxy")
+        self.enqueue(self.program_seeds(), "program")
 
     def sweep_fits(self) -> bool:
         """Whether the one-layer QAT sweep fits the budget; else a proxy orders the greedy path."""
@@ -147,6 +153,32 @@ class SeedPlan:
         sensitivity = {r.fqn: r.score for r in scores}
         # a third of the budget, as the sweep would have had
         return proxy_greedy_assignments(space, sensitivity, self.first_cost, max(1, self.trial_budget() // 3))
+
+    def program_seeds(self) -> list[Assignment]:
+        """The maps HAWQ-V3's and AutoQuantize's programs pick (Hessian-trace and Fisher scores, every
+        allowed format) at :data:`PROGRAM_LEVELS` cost levels, at most a sixth of the trial budget.
+        Seconds of forward/backward passes; a proxy the model cannot run (no second derivative for
+        some op, say) is skipped with a log line: seeds only order the search."""
+        from search.sensitivity import fisher_sensitivity, hessian_sensitivity
+
+        space = self.setup.space
+        max_points = self.trial_budget() // 6
+        if max_points < 1 or len(space.choices) < 3:
+            return []
+        layers = [*space.choices, *space.tied]
+        formats = sorted({fmt for options in space.choices.values() for fmt in options})
+        proxies = []
+        for proxy in (hessian_sensitivity, fisher_sensitivity):
+            try:
+                records = proxy(self.setup.workload, layers=layers, formats=formats, device=self.spec.device)
+            except Exception as exc:  # noqa: BLE001 - any failure of an optional proxy only loses its seeds
+                log.warning("seeds: %s skipped: %s", proxy.__name__, exc)
+                continue
+            scores: dict[str, dict[str, float]] = {}
+            for r in records:
+                scores.setdefault(r.fqn, {})[r.format] = r.score
+            proxies.append(scores)
+        return program_assignments(space, proxies, self.first_cost, PROGRAM_LEVELS, max_points)
 
     def enqueue(self, free_assignments: list[Assignment], source: str) -> None:
         """Add seeds to this process's queue; :meth:`enqueue_next` hands them to the study one at a time."""

@@ -16,6 +16,9 @@ model with BatchNorm folded (as QAT sees it).  Higher score = more sensitive.
   with the Fisher standing in for the Hessian (HAWQ uses the Hessian trace instead).  Cost: one
   forward and backward pass per batch, then one single-layer forward per (layer, format).  It does
   not score the model-output quantizer that the last layer's format also sets (PTQ does).
+* :func:`hessian_sensitivity` -- HAWQ-V3's score: the layer's mean Hessian trace (Hutchinson's
+  estimate, ``v^T H v`` with Rademacher ``v``) times its weight quantization perturbation
+  ``||Q(W) - W||^2``.  Weights only (HAWQ's assumption).  Cost: two backward passes per sample.
 
 Numbers in, numbers out: no study, no database.  The quantization arithmetic is
 :mod:`search.qat`'s, so a score reflects exactly the rounding QAT and export use.
@@ -245,3 +248,48 @@ def fisher_sensitivity(
             handle.remove()
         model.zero_grad(set_to_none=True)
     return [LayerSensitivity(fqn, fmt_name, score) for (fqn, fmt_name), score in scores.items()]
+
+
+def hessian_sensitivity(
+    workload: Workload,
+    layers: Sequence[str] | None = None,
+    formats: Sequence[str] = ("int8", "int4"),
+    *,
+    samples: int = 8,
+    seed: int = 0,
+    range_method: RangeMethod | str = RangeMethod.MINMAX,
+    device: str = "cpu",
+) -> list[LayerSensitivity]:
+    """HAWQ-V3's per-layer score ``mean trace(H_W) * ||Q(W) - W||^2`` (loss units).
+
+    The trace is Hutchinson's estimate over ``samples`` batches of ``workload.train_batches`` (one
+    Rademacher vector each, drawn with ``seed``: deterministic); cross-layer terms vanish in
+    expectation, so all layers share the samples.  Records as :func:`ptq_sensitivity`."""
+    if samples < 1:
+        raise ValueError(f"samples: at least 1, got {samples}")
+    prep = _prepare(workload, layers, formats, device)
+    method = RangeMethod(range_method)
+    model = prep.model
+    weights = [model.get_parameter(f"{fqn}.weight") for fqn in prep.layers]
+    gen = torch.Generator().manual_seed(seed)
+    batches = workload.train_batches(gen)
+    traces = dict.fromkeys(prep.layers, 0.0)
+    for _ in range(samples):
+        inputs, target = next(batches)
+        with torch.enable_grad():
+            loss = workload.loss_fn(model(_to(inputs, prep.device)), _to(target, prep.device))
+            grads = torch.autograd.grad(loss, weights, create_graph=True)
+            vs = [(torch.randint(0, 2, w.shape, generator=gen).float() * 2 - 1).to(w.device) for w in weights]
+            hvs = torch.autograd.grad(grads, weights, grad_outputs=vs)
+        for fqn, v, hv in zip(prep.layers, vs, hvs, strict=True):
+            traces[fqn] += float((v * hv).sum()) / samples
+    records = []
+    for fqn, weight in zip(prep.layers, weights, strict=True):
+        w = weight.detach()
+        for fmt in prep.formats:
+            twin = to_fake_quant(copy.deepcopy(model.get_submodule(fqn)), fmt, method)
+            assert isinstance(twin, FakeQuantMixin)
+            with torch.no_grad():
+                perturbation = float((twin.weight_quant(w) - w).square().sum())
+            records.append(LayerSensitivity(fqn, fmt.name, traces[fqn] / w.numel() * perturbation))
+    return records

@@ -1,53 +1,11 @@
-"""The selection programs of bench/baselines.py: numbers in, numbers out, checked against brute force."""
+"""bench/baselines.py: AMP's greedy path and the long-fidelity cache (the selection programs are
+search.seeds', tested in tests/search/test_seeds.py)."""
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 
-from bench.baselines import greedy_path, select_formats
-
-# three layers, int8 or int4; int4 saves cost and adds score (sensitivity x perturbation)
-SCORES = {"a": {"int8": 0.0, "int4": 5.0}, "b": {"int8": 0.0, "int4": 1.0}, "c": {"int8": 0.0, "int4": 2.5}}
-COSTS = {"a": {"int8": 8.0, "int4": 4.0}, "b": {"int8": 4.0, "int4": 2.0}, "c": {"int8": 6.0, "int4": 3.0}}
-
-
-def brute_force(budget: float) -> tuple[float, dict[str, str]]:
-    best: tuple[float, dict[str, str]] | None = None
-    for combo in itertools.product(("int8", "int4"), repeat=3):
-        chosen = dict(zip("abc", combo, strict=True))
-        if sum(COSTS[f][m] for f, m in chosen.items()) <= budget:
-            score = sum(SCORES[f][m] for f, m in chosen.items())
-            if best is None or score < best[0]:
-                best = (score, chosen)
-    assert best is not None
-    return best
-
-
-@pytest.mark.parametrize("budget", [9.0, 12.0, 13.0, 15.0, 18.0])
-def test_integer_program_meets_the_budget_and_is_optimal(budget: float) -> None:
-    chosen = select_formats(SCORES, COSTS, budget)
-    assert chosen is not None
-    assert sum(COSTS[f][m] for f, m in chosen.items()) <= budget
-    assert sum(SCORES[f][m] for f, m in chosen.items()) == pytest.approx(brute_force(budget)[0])
-
-
-def test_integer_program_on_a_literal_case() -> None:
-    # 18 affords all int8; 15 needs 3 saved: c (2.5 for 3) beats b (1.0 for 2 -- not enough alone)
-    assert select_formats(SCORES, COSTS, 18.0) == {"a": "int8", "b": "int8", "c": "int8"}
-    assert select_formats(SCORES, COSTS, 15.0) == {"a": "int8", "b": "int8", "c": "int4"}
-    assert select_formats(SCORES, COSTS, 8.0) is None  # below all-int4 (9)
-
-
-@pytest.mark.parametrize("budget", [9.0, 12.0, 13.0, 15.0, 16.5, 18.0])
-def test_linear_relaxation_rounds_within_the_budget(budget: float) -> None:
-    chosen = select_formats(SCORES, COSTS, budget, integer=False)
-    assert chosen is not None
-    assert sum(COSTS[f][m] for f, m in chosen.items()) <= budget
-    # never better than the integer optimum, and equal to it where that is the LP's vertex
-    assert sum(SCORES[f][m] for f, m in chosen.items()) >= brute_force(budget)[0] - 1e-9
-
+from bench.baselines import greedy_path
 
 def test_greedy_path_flips_least_drop_per_saving_first() -> None:
     path = greedy_path({"a": 5.0, "b": 1.0, "c": 2.5}, {"a": 4.0, "b": 2.0, "c": 3.0})

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from search.sensitivity import LayerSensitivity, fisher_sensitivity, ptq_sensitivity
+from search.sensitivity import LayerSensitivity, fisher_sensitivity, hessian_sensitivity, ptq_sensitivity
 from search.workloads.base import Batch, Workload
 
 
@@ -51,6 +51,10 @@ def teacher_workload(model: nn.Module) -> Workload:
     )  # fmt: skip
 
 
+PROXIES = [ptq_sensitivity, fisher_sensitivity, hessian_sensitivity]
+PROXY_IDS = ["ptq", "fisher", "hessian"]
+
+
 def seeded_net() -> ThreeConvNet:
     torch.manual_seed(0)
     return ThreeConvNet()
@@ -71,7 +75,7 @@ def scores(records: list[LayerSensitivity], fmt: str) -> dict[str, float]:
     return {r.fqn: r.score for r in records if r.format == fmt}
 
 
-@pytest.mark.parametrize("proxy", [ptq_sensitivity, fisher_sensitivity], ids=["ptq", "fisher"])
+@pytest.mark.parametrize("proxy", PROXIES, ids=PROXY_IDS)
 def test_a_layer_with_outlier_weights_ranks_first(proxy):
     workload = teacher_workload(with_outlier_weights(seeded_net()))
     int4 = scores(proxy(workload, formats=["int4"]), "int4")
@@ -79,7 +83,7 @@ def test_a_layer_with_outlier_weights_ranks_first(proxy):
     assert int4["conv2"] > 3 * max(int4["conv1"], int4["conv3"])
 
 
-@pytest.mark.parametrize("proxy", [ptq_sensitivity, fisher_sensitivity], ids=["ptq", "fisher"])
+@pytest.mark.parametrize("proxy", PROXIES, ids=PROXY_IDS)
 def test_int8_costs_no_more_than_int4(proxy):
     records = proxy(teacher_workload(seeded_net()))
     assert [(r.fqn, r.format) for r in records] == [
@@ -91,7 +95,7 @@ def test_int8_costs_no_more_than_int4(proxy):
     assert all(v > 0.0 for v in int4.values())
 
 
-@pytest.mark.parametrize("proxy", [ptq_sensitivity, fisher_sensitivity], ids=["ptq", "fisher"])
+@pytest.mark.parametrize("proxy", PROXIES, ids=PROXY_IDS)
 def test_deterministic_and_leaves_the_workload_model_alone(proxy):
     workload = teacher_workload(seeded_net())
     before = {k: v.clone() for k, v in workload.model.state_dict().items()}
@@ -115,13 +119,14 @@ def test_fisher_is_zero_where_quantization_is_exact():
     assert weight_only["conv2"] == 0.0
     assert weight_only["conv1"] > 0.0 and weight_only["conv3"] > 0.0
     assert scores(ptq_sensitivity(workload, formats=["w4a32"]), "w4a32")["conv2"] == 0.0
+    hessian = scores(hessian_sensitivity(workload, formats=["int4"]), "int4")  # HAWQ scores weights only
+    assert hessian["conv2"] == 0.0
+    assert hessian["conv1"] > 0.0 and hessian["conv3"] > 0.0
 
 
 def test_fp32_costs_nothing():
-    records = fisher_sensitivity(teacher_workload(seeded_net()), formats=["fp32"]) + ptq_sensitivity(
-        teacher_workload(seeded_net()), formats=["fp32"]
-    )
-    assert [r.score for r in records] == [0.0] * 6
+    records = [r for proxy in PROXIES for r in proxy(teacher_workload(seeded_net()), formats=["fp32"])]
+    assert [r.score for r in records] == [0.0] * 9
 
 
 @pytest.mark.parametrize(
@@ -134,7 +139,7 @@ def test_fp32_costs_nothing():
         pytest.param({"formats": "int4"}, "formats: a non-empty list", id="formats-string"),
     ],
 )  # fmt: skip
-@pytest.mark.parametrize("proxy", [ptq_sensitivity, fisher_sensitivity], ids=["ptq", "fisher"])
+@pytest.mark.parametrize("proxy", PROXIES, ids=PROXY_IDS)
 def test_bad_arguments_name_the_field(proxy, kwargs, message):
     with pytest.raises(ValueError, match="^" + message.replace("(", r"\(")):
         proxy(teacher_workload(seeded_net()), **kwargs)
@@ -143,3 +148,35 @@ def test_bad_arguments_name_the_field(proxy, kwargs, message):
 def test_fisher_needs_a_batch():
     with pytest.raises(ValueError, match="num_batches: at least 1, got 0"):
         fisher_sensitivity(teacher_workload(seeded_net()), num_batches=0)
+
+
+def test_hessian_needs_a_sample():
+    with pytest.raises(ValueError, match="samples: at least 1, got 0"):
+        hessian_sensitivity(teacher_workload(seeded_net()), samples=0)
+
+
+def test_hessian_trace_of_a_quadratic_loss_is_exact():
+    """One linear-in-weights layer with MSE loss: the Hessian of the loss in the weights is
+    constant, so Hutchinson's estimate averages to its trace; conv2's score is then
+    ``trace / numel * ||Q(W) - W||^2`` with the trace computed here independently
+    (the mean of v^T H v over many Rademacher v, H from torch.autograd.functional.hessian)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 1, 1))
+    workload = teacher_workload(net)
+    workload.example_inputs = ThreeConvNet.example_inputs()
+    gen = torch.Generator().manual_seed(0)
+    x, target = next(workload.train_batches(gen))
+    w0 = net[0].weight.detach().clone()
+
+    def loss_of(w: Tensor) -> Tensor:
+        return F.mse_loss(net[1](F.conv2d(x, w, net[0].bias, padding=1)), target)
+
+    exact_trace = float(torch.autograd.functional.hessian(loss_of, w0).reshape(w0.numel(), -1).trace())
+    est = scores(hessian_sensitivity(workload, layers=["0"], formats=["int4"], samples=200), "int4")["0"]
+    from search.formats import parse_format
+    from search.qat import RangeMethod, to_fake_quant
+    twin = to_fake_quant(net[0], parse_format("int4"), RangeMethod.MINMAX)
+    perturbation = float((twin.weight_quant(w0) - w0).square().sum())
+    # each sample draws its own batch and the Hessian depends on the inputs, so the estimate is
+    # compared with one batch's trace (the batches are alike: uniform noise of one size)
+    assert est == pytest.approx(exact_trace / w0.numel() * perturbation, rel=0.05)
