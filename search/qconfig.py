@@ -104,6 +104,10 @@ class Provenance(_Strict):
     study_name: str | None = None
     trial_number: int | None = None
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
+    # what the trial's quality depends on beyond the map: the float summation order of a CPU run
+    # follows torch's version and thread count (a rerun with other threads differs in the last digits)
+    torch_version: str | None = None
+    torch_threads: int | None = None
 
 
 class QConfigFile(_Strict):
@@ -203,6 +207,7 @@ def build_qconfig(
         provenance=Provenance(
             mixq_version=version("mixq"), model_fingerprint=model_fingerprint(graph), workload=workload,
             study_name=study_name, trial_number=trial_number,
+            torch_version=torch.__version__, torch_threads=torch.get_num_threads(),
         ),
     )
 

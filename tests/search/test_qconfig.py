@@ -111,6 +111,8 @@ def test_file_contents_from_a_trained_trial(tiny, graph):
     assert cfg.profile == "npu-int4" and cfg.schema_version == SCHEMA_VERSION
     assert cfg.provenance.model_fingerprint == model_fingerprint(graph)
     assert cfg.provenance.model_fingerprint.startswith("sha256:")
+    assert cfg.provenance.torch_version == torch.__version__
+    assert cfg.provenance.torch_threads == torch.get_num_threads()  # the summation order the quality depends on
 
 
 def test_no_output_entry_when_last_layer_is_fp32(graph):
@@ -156,6 +158,7 @@ def test_minimal_v1_file_without_optional_fields_loads(tiny):
     assert cfg.range_method == "minmax" and cfg.profile == "generic"
     assert cfg.output is None and cfg.quality is None and cfg.costs == {}
     assert cfg.layers["conv"].pinned is False
+    assert cfg.provenance.torch_threads is None  # not recorded: unknown, not this process's count
     model = copy.deepcopy(tiny.model)
     apply_qconfig(model, cfg, tiny.example_inputs)
     assert type(model.conv) is FakeQuantConv2d
