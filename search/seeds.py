@@ -188,6 +188,7 @@ def select_formats(
     pairs = [(fqn, fmt) for fqn in scores for fmt in scores[fqn]]
     index = {p: i for i, p in enumerate(pairs)}
     c = np.array([scores[f][m] for f, m in pairs], dtype=float)
+    c /= float(np.abs(c).max(initial=0.0)) or 1.0  # to order 1: scores in loss units can be 1e-10, below the solver's tolerances
     one_each = np.zeros((len(scores), len(pairs)))
     for row, fqn in enumerate(scores):
         for fmt in scores[fqn]:

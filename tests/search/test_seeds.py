@@ -106,3 +106,12 @@ def test_every_allowed_format_is_weighed() -> None:
     # above int4: int8 costs 1, fp16 3 a layer; top 6; levels at 2, 4
     maps = program_assignments(space, [scores], cost_of, levels=2, max_points=10)
     assert maps == [{"a": "int8", "b": "int8"}, {"a": "fp16", "b": "int8"}]
+
+
+def test_scores_in_tiny_units_still_order_the_layers() -> None:
+    """A Fisher score in loss units can be 1e-10 a layer: below the solver's tolerances every map
+    looks equally good unless the scores are rescaled (the same map came back at every level)."""
+    space = SearchSpace(choices={f: ("int8", "int4") for f in "abcd"}, pinned={}, pin_reasons={})
+    scores = {f: {"int8": 0.0, "int4": 1e-10 * s} for f, s in zip("abcd", (4.0, 1.0, 3.0, 2.0), strict=True)}
+    maps = program_assignments(space, [scores], cost_of, levels=3, max_points=10)
+    assert [int8_layers(m) for m in maps] == [["a"], ["a", "c"], ["a", "c", "d"]]
