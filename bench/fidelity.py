@@ -160,10 +160,11 @@ class RunCache:
                   flush=True)
         return float(self.entries[key])
 
-    def search(self, spec: SearchSpec, workload: Workload) -> dict[str, Any]:
-        """The summary of ``spec``'s search (run now unless cached), see :func:`summarise`."""
+    def search(self, spec: SearchSpec, workload: Workload, rerun: bool = False) -> dict[str, Any]:
+        """The summary of ``spec``'s search (run now unless cached, or with ``rerun``: the search code
+        changed), see :func:`summarise`."""
         key = search_key(spec)
-        if key not in self.entries:
+        if key not in self.entries or (rerun and not self.report_only):
             if self.report_only:
                 raise SystemExit(f"no cached search for {key}; run without --report-only first")
             print(f"searching: {spec.model_dump_json()}", flush=True)
@@ -299,6 +300,8 @@ def main() -> None:
     parser.add_argument("--merge", type=Path, nargs="*", default=[], help="runs files to merge into --runs-file first")
     parser.add_argument("--reverse", action="store_true", help="train the maps in reverse order (a second process)")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--rerun-search", action="store_true",
+                        help="run the search again even if one with this spec is cached (the search changed)")
     parser.add_argument("--out-name", help="results file name in bench/results (default fidelity_WORKLOAD)")
     parser.add_argument("--legacy-maps", action="store_true",
                         help="the maps and runs of fidelity_denoise_previous.md (measured at 5f0a012; their "
@@ -326,7 +329,7 @@ def main() -> None:
     else:
         summary = json.loads(args.summary.read_text()) if args.summary else runs.search(SearchSpec(
             workload=args.workload, workload_options=options, n_trials=args.search_trials,
-            qat_steps=args.short_steps, seed=0), workload)
+            qat_steps=args.short_steps, seed=0), workload, rerun=args.rerun_search)
         found = search_maps(summary, args.near_front)
     maps: dict[str, dict[str, str]] = dict(uniform_baselines(fqns))
     for assignment in found:
