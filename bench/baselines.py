@@ -165,7 +165,15 @@ def run_sampler(setup: Setup, name: str, budget_s: float, qat_steps: int, rungs:
         fidelity_rungs=tuple(rungs), promotion_eta=eta,
     )
     started = time.monotonic()
-    result = run_search(spec, workload=setup.workload)
+    if "-proxy" in name:  # an experiment: the Fisher-ordered greedy path instead of the one-layer QAT sweep
+        from unittest import mock
+
+        from search.seeding import SeedPlan
+
+        with mock.patch.object(SeedPlan, "sweep_fits", return_value=False):
+            result = run_search(spec, workload=setup.workload)
+    else:
+        result = run_search(spec, workload=setup.workload)
     wall_s = time.monotonic() - started
     picks = {}
     for budget in setup.budgets:  # its best trial under the budget (at the highest rung it reached)
@@ -254,6 +262,8 @@ def main() -> None:
         "mixq-mf": lambda: run_sampler(setup, "mixq-mf", args.budget_s, args.search_qat_steps, args.mixq_rungs),
         "mixq-mf-eta2": lambda: run_sampler(setup, "mixq-mf-eta2", args.budget_s, args.search_qat_steps,
                                             args.mixq_rungs, eta=2),
+        "mixq-proxy-mf-eta2": lambda: run_sampler(setup, "mixq-proxy-mf-eta2", args.budget_s,
+                                                  args.search_qat_steps, args.mixq_rungs, eta=2),
     }
     kept = [m for m in load_previous(args.name) if m.name not in args.methods] if args.keep else []
     methods = list(kept)

@@ -188,7 +188,8 @@ def select_formats(
     pairs = [(fqn, fmt) for fqn in scores for fmt in scores[fqn]]
     index = {p: i for i, p in enumerate(pairs)}
     c = np.array([scores[f][m] for f, m in pairs], dtype=float)
-    c /= float(np.abs(c).max(initial=0.0)) or 1.0  # to order 1: scores in loss units can be 1e-10, below the solver's tolerances
+    # to order 1: scores in loss units can be 1e-10, below the solver's tolerances
+    c /= float(np.abs(c).max(initial=0.0)) or 1.0
     one_each = np.zeros((len(scores), len(pairs)))
     for row, fqn in enumerate(scores):
         for fmt in scores[fqn]:
@@ -206,6 +207,25 @@ def select_formats(
         best = max(shares, key=lambda fmt: shares[fmt])
         chosen[fqn] = best if len(used) == 1 else min(used, key=lambda fmt: costs[fqn][fmt])
     return chosen
+
+
+def ensemble_scores(proxies: Sequence[Mapping[str, Mapping[str, float]]]) -> dict[str, dict[str, float]]:
+    """The mean of the proxies' scores, each divided by its largest magnitude first (proxies come in
+    different units: dB, loss units).  Layers and formats: those every proxy scores.
+
+    >>> ensemble_scores([{"a": {"int4": 2.0}, "b": {"int4": 1.0}}, {"a": {"int4": 0.0}, "b": {"int4": 1e-9}}])
+    {'a': {'int4': 0.5}, 'b': {'int4': 0.75}}
+    """
+    if not proxies:
+        return {}
+    scales = [max((abs(v) for by_fmt in p.values() for v in by_fmt.values()), default=0.0) or 1.0 for p in proxies]
+    out: dict[str, dict[str, float]] = {}
+    for fqn, by_fmt in proxies[0].items():
+        for fmt in by_fmt:
+            if all(fmt in p.get(fqn, {}) for p in proxies):
+                total = sum(p[fqn][fmt] / k for p, k in zip(proxies, scales, strict=True))
+                out.setdefault(fqn, {})[fmt] = total / len(proxies)
+    return out
 
 
 def program_assignments(

@@ -391,14 +391,15 @@ def test_a_time_budget_chooses_sweep_or_proxy_from_the_baselines_durations(
 
 def test_the_proxy_programs_maps_are_tried_before_the_sampler() -> None:
     """digits with first/last free (5 layers): 18 trials leave 3 program seeds (a sixth); they are
-    the maps search.seeds.program_assignments picks from the Hessian and Fisher scores, tried
+    the maps search.seeds.program_assignments picks from the proxies' ensemble, Hessian and Fisher
+    scores, tried
     after the uniform baselines and the sweep and before any sampler trial."""
     from search import discover_layers, load_profile, load_workload
     from search.cost import model_costs
     from search.pareto import assignment_key
-    from search.seeds import program_assignments
+    from search.seeds import ensemble_scores, program_assignments
     from search.space import build_space
-    from search.sensitivity import fisher_sensitivity, hessian_sensitivity
+    from search.sensitivity import fisher_sensitivity, hessian_sensitivity, ptq_sensitivity
 
     spec = tiny_spec(n_trials=18, seed_with_sensitivity=True, formats=("int4", "int8"), qat_steps=1,
                      pin_first_last=None)
@@ -414,7 +415,7 @@ def test_the_proxy_programs_maps_are_tried_before_the_sampler() -> None:
     graph = discover_layers(workload.model, workload.example_inputs)
     space = build_space(spec, graph, profile)
     proxies = []
-    for proxy in (hessian_sensitivity, fisher_sensitivity):
+    for proxy in (hessian_sensitivity, fisher_sensitivity, ptq_sensitivity):
         scores: dict[str, dict[str, float]] = {}
         for r in proxy(workload, layers=list(space.choices), formats=["int4", "int8"]):
             scores.setdefault(r.fqn, {})[r.format] = r.score
@@ -424,7 +425,7 @@ def test_the_proxy_programs_maps_are_tried_before_the_sampler() -> None:
         costs = model_costs(spec.cost_objectives, profile, graph, {**space.pinned, **space.expand(free)})
         return next(iter(costs.values()))
 
-    expected = program_assignments(space, proxies, cost_of, 6, 3)
+    expected = program_assignments(space, [ensemble_scores(proxies), *proxies[:2]], cost_of, 6, 3)
     tried = {assignment_key(t.assignment) for t in result.trials}
     # a program map the sweep or the baselines already tried is not tried twice
     assert [m for m in expected if assignment_key(m) not in tried] == []

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from search.seeds import program_assignments, select_formats
+from search.seeds import ensemble_scores, program_assignments, select_formats
 from search.space import SearchSpace
 
 # three layers, int8 or int4; int4 saves cost and adds score (sensitivity x perturbation)
@@ -115,3 +115,13 @@ def test_scores_in_tiny_units_still_order_the_layers() -> None:
     scores = {f: {"int8": 0.0, "int4": 1e-10 * s} for f, s in zip("abcd", (4.0, 1.0, 3.0, 2.0), strict=True)}
     maps = program_assignments(space, [scores], cost_of, levels=3, max_points=10)
     assert [int8_layers(m) for m in maps] == [["a"], ["a", "c"], ["a", "c", "d"]]
+
+
+def test_the_ensemble_averages_proxies_scaled_to_one() -> None:
+    loss_units = {"a": {"int8": 0.0, "int4": 4e-10}, "b": {"int8": 1e-10, "int4": 2e-10}}
+    decibels = {"a": {"int8": 0.0, "int4": 0.5}, "b": {"int8": 0.0, "int4": 2.0}, "c": {"int4": 9.0}}
+    ens = ensemble_scores([loss_units, decibels])
+    assert ens.keys() == {"a", "b"}  # c: scored by one proxy only
+    assert ens["a"] == pytest.approx({"int8": 0.0, "int4": (1.0 + 0.5 / 9.0) / 2})
+    assert ens["b"] == pytest.approx({"int8": 0.125, "int4": (0.5 + 2.0 / 9.0) / 2})
+    assert ensemble_scores([]) == {}
