@@ -156,13 +156,13 @@ def run_autoquantize(setup: Setup) -> MethodResult:
 
 
 def run_sampler(setup: Setup, name: str, budget_s: float, qat_steps: int, rungs: Sequence[int] = (1,),
-                eta: int = 3) -> MethodResult:
+                eta: int = 3, seed: int = 0) -> MethodResult:
     seeded = name.startswith("mixq")
     spec = SearchSpec(
         workload="denoise-deep", workload_options=setup.options, formats=FORMATS, n_trials=10_000,
         timeout_s=budget_s, qat_steps=qat_steps, sampler="tpe" if name != "random" else "random",
         seed_with_baselines=seeded, seed_with_sensitivity=seeded, reevaluate_front=0,
-        fidelity_rungs=tuple(rungs), promotion_eta=eta,
+        fidelity_rungs=tuple(rungs), promotion_eta=eta, seed=seed,
     )
     started = time.monotonic()
     if "-proxy" in name:  # an experiment: the Fisher-ordered greedy path instead of the one-layer QAT sweep
@@ -241,6 +241,7 @@ def main() -> None:
     parser.add_argument("--runners-up", type=int, default=2,
                         help="mixq trials after its pick, at the pick's cost, to measure long")
     parser.add_argument("--notes", type=Path, default=None, help="markdown appended to the report")
+    parser.add_argument("--search-seed", type=int, default=0, help="seed of the searches' samplers")
     parser.add_argument("--keep", action="store_true",
                         help="keep the methods of the previous run of --name that --methods does not run")
     args = parser.parse_args()
@@ -252,18 +253,20 @@ def main() -> None:
     int8 = {f: "int8" for f in graph.fqns}
     int8_bitops = model_costs((CostObjective.BITOPS,), load_profile("generic"), graph, int8)["bitops"]
     setup = Setup(workload, graph, free, int8_bitops, tuple(args.budgets), options)
+    seed = args.search_seed
     runners: dict[str, Callable[[], MethodResult]] = {
         "amp": lambda: run_amp(setup),
         "hawq": lambda: run_hawq(setup, args.hutchinson_samples),
         "autoquantize": lambda: run_autoquantize(setup),
-        "random": lambda: run_sampler(setup, "random", args.budget_s, args.search_qat_steps),
-        "tpe": lambda: run_sampler(setup, "tpe", args.budget_s, args.search_qat_steps),
-        "mixq": lambda: run_sampler(setup, "mixq", args.budget_s, args.search_qat_steps),
-        "mixq-mf": lambda: run_sampler(setup, "mixq-mf", args.budget_s, args.search_qat_steps, args.mixq_rungs),
+        "random": lambda: run_sampler(setup, "random", args.budget_s, args.search_qat_steps, seed=seed),
+        "tpe": lambda: run_sampler(setup, "tpe", args.budget_s, args.search_qat_steps, seed=seed),
+        "mixq": lambda: run_sampler(setup, "mixq", args.budget_s, args.search_qat_steps, seed=seed),
+        "mixq-mf": lambda: run_sampler(setup, "mixq-mf", args.budget_s, args.search_qat_steps, args.mixq_rungs,
+                                       seed=seed),
         "mixq-mf-eta2": lambda: run_sampler(setup, "mixq-mf-eta2", args.budget_s, args.search_qat_steps,
-                                            args.mixq_rungs, eta=2),
+                                            args.mixq_rungs, eta=2, seed=seed),
         "mixq-proxy-mf-eta2": lambda: run_sampler(setup, "mixq-proxy-mf-eta2", args.budget_s,
-                                                  args.search_qat_steps, args.mixq_rungs, eta=2),
+                                                  args.search_qat_steps, args.mixq_rungs, eta=2, seed=seed),
     }
     kept = [m for m in load_previous(args.name) if m.name not in args.methods] if args.keep else []
     methods = list(kept)
