@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from search import Workload, load_qconfig
 from search.cli import format_duration
+from search.spec import SearchSpec
 from search.threads import THREADS_ENV, choose_torch_threads
 from service.cli import app
 from tests.search.user_workload import make_workload
@@ -319,3 +320,16 @@ def test_torch_threads_leave_out_the_cores_other_work_keeps_busy(
     assert choose_torch_threads(processes=1, leave_busy_cores=False)[0] == 4  # a worker keeps its share
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the usual way to ask, for a worker too
     assert choose_torch_threads(processes=1, leave_busy_cores=False) == (1, "from OMP_NUM_THREADS")
+
+
+def test_a_one_rung_search_over_many_free_layers_gets_the_promotion_hint() -> None:
+    from search.cli import deep_model_hint
+    from search.workloads import builtin_layer_graph
+
+    deep = builtin_layer_graph("denoise-deep", {})  # 17 layers, 15 free with first/last pinned
+    hint = deep_model_hint(SearchSpec(workload="denoise-deep"), deep)
+    assert hint is not None and hint.startswith("hint: 15 free layers.") and "--fidelity-rungs 1,3" in hint
+    assert deep_model_hint(SearchSpec(workload="denoise-deep", fidelity_rungs=(1, 3)), deep) is None
+    assert deep_model_hint(SearchSpec(workload="denoise"), builtin_layer_graph("denoise", {})) is None  # 4 free
+    assert deep_model_hint(SearchSpec(workload="denoise-deep", pins=[{"match": "nope*", "format": "int8"}]),
+                           deep) is None  # a pin matching no layer: the search itself reports it
