@@ -377,11 +377,12 @@ def write_outputs(args: argparse.Namespace, setup: Setup, methods: Sequence[Meth
     # target 1: mixq's HV >= every baseline's at every budget
     others = [m.name for m in methods if not m.name.startswith("mixq")]
     target1_rows = []
-    for b in budgets:
-        best = max(others, key=lambda n: hv[n][b])
-        target1_rows.append([f"{b:g}", f"{hv['mixq'][b]:.4f}" if "mixq" in hv else "-", f"{best} {hv[best][b]:.4f}",
-                             ("met" if hv["mixq"][b] >= hv[best][b] else
-                              f"not met ({100 * (hv['mixq'][b] / hv[best][b] - 1):+.1f}%)") if "mixq" in hv else "-"])
+    for name in [m.name for m in methods if m.name.startswith("mixq")]:  # every mixq configuration run
+        for b in budgets:
+            best = max(others, key=lambda n: hv[n][b])
+            gap = 100 * (hv[name][b] / hv[best][b] - 1)
+            verdict = "met" if hv[name][b] >= hv[best][b] else f"not met ({gap:+.1f}%)"
+            target1_rows.append([name, f"{b:g}", f"{hv[name][b]:.4f}", f"{best} {hv[best][b]:.4f}", verdict])
     # target 2: a measured map within 0.1 dB of all-int8 at <= 60% of its BitOPs, and the best near miss
     measured = sorted({(r, q, s) for pts in points.values() for r, q, s in pts if r <= 0.6 + 1e-9},
                       key=lambda p: -p[1])
@@ -424,7 +425,7 @@ def write_outputs(args: argparse.Namespace, setup: Setup, methods: Sequence[Meth
         "",
         "1. mixq's hypervolume >= the best baseline's at every budget:",
         "",
-        markdown_table(["budget", "mixq HV", "best baseline HV", "target"], target1_rows),
+        markdown_table(["mixq configuration", "budget", "its HV", "best baseline HV", "target"], target1_rows),
         "",
         f"2. A map within 0.1 dB of all-int8 at <= 60% of its BitOPs: {target2}.",
         "",
