@@ -95,6 +95,8 @@ def main() -> None:
     parser.add_argument("--long-seeds", type=int, default=3)
     parser.add_argument("--runs-file", type=Path, default=RUNS_FILE)
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--rerun-search", action="store_true",
+                        help="run the searches again even if cached under the same spec (the search changed)")
     parser.add_argument("--out-name", help="results file name in bench/results (default multifidelity_WORKLOAD)")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("MIXQ_TORCH_THREADS", "1")))
@@ -107,7 +109,7 @@ def main() -> None:
 
     single_spec = SearchSpec(workload=args.workload, workload_options=options, n_trials=args.trials,
                              qat_steps=args.qat_steps, seed=args.seed)
-    single = runs.search(single_spec, workload)
+    single = runs.search(single_spec, workload, rerun=args.rerun_search)
     budget = int(single["qat_steps_used"])  # equal compute: trials and re-evaluations, every step counted
     searches: list[dict[str, Any]] = [{"name": "single fidelity (default)", "spec": single_spec, "summary": single}]
     for rungs in args.rungs:
@@ -115,7 +117,7 @@ def main() -> None:
                                               "budget_qat_steps": budget})
         spec = SearchSpec.model_validate(spec.model_dump())  # validated like a user's spec
         searches.append({"name": f"multi-fidelity, rungs {','.join(map(str, rungs))}", "spec": spec,
-                         "summary": runs.search(spec, workload)})
+                         "summary": runs.search(spec, workload, rerun=args.rerun_search)})
 
     fqns = [layer.fqn for layer in discover_layers(workload.model, workload.example_inputs).layers]
     maps: dict[str, dict[str, Any]] = {}  # map key -> row
