@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -45,6 +46,7 @@ ATTR_GREEDY = "mixq:greedy_enqueued"
 ATTR_DOMINATED = "mixq:dominated"  # {fqn: {format: cheaper format}} from the seed trials
 ATTR_SENSITIVITY = "mixq:sensitivity"  # "sweep" (one-layer QAT trials) or "proxy" (Fisher-ordered greedy path)
 PROGRAM_LEVELS = 6  # cost levels at which the proxy programs pick a map
+PTQ_MAX_S = 60.0  # the PTQ proxy (one evaluation per layer and format) is skipped where it would take longer
 KEEP_DOMINATED = 0.1  # probability that a sampled dominated format is kept (so a wrong call can be undone)
 
 
@@ -174,6 +176,8 @@ class SeedPlan:
         formats = sorted({fmt for options in space.choices.values() for fmt in options})
         proxies = []
         for proxy in (hessian_sensitivity, fisher_sensitivity, ptq_sensitivity):
+            if proxy is ptq_sensitivity and not self.ptq_affordable(len(layers) * len(formats)):
+                continue
             try:
                 records = proxy(self.setup.workload, layers=layers, formats=formats, device=self.spec.device)
             except Exception as exc:  # noqa: BLE001 - any failure of an optional proxy only loses its seeds
@@ -185,6 +189,22 @@ class SeedPlan:
             proxies.append(scores)
         programs = [ensemble_scores(proxies), *proxies[:2]] if len(proxies) > 1 else proxies
         return program_assignments(space, programs, self.first_cost, PROGRAM_LEVELS, max_points)
+
+    def ptq_affordable(self, evaluations: int) -> bool:
+        """Whether ``evaluations`` evaluations of the model (the PTQ proxy: one per layer and format) fit
+        :data:`PTQ_MAX_S`, or a twentieth of a time budget, timed by one evaluation of the fp32 model."""
+        import copy
+
+        model = copy.deepcopy(self.setup.workload.model).eval()
+        started = time.perf_counter()
+        self.setup.workload.evaluate(model)
+        predicted = evaluations * (time.perf_counter() - started)
+        limit = PTQ_MAX_S if self.spec.timeout_s is None else min(PTQ_MAX_S, self.spec.timeout_s / 20)
+        if predicted > limit:
+            log.warning("seeds: the PTQ proxy skipped: %d evaluations would take about %.0f s (limit %.0f s)",
+                        evaluations, predicted, limit)
+            return False
+        return True
 
     def enqueue(self, free_assignments: list[Assignment], source: str) -> None:
         """Add seeds to this process's queue; :meth:`enqueue_next` hands them to the study one at a time."""

@@ -430,3 +430,25 @@ def test_the_proxy_programs_maps_are_tried_before_the_sampler() -> None:
     # a program map the sweep or the baselines already tried is not tried twice
     assert [m for m in expected if assignment_key(m) not in tried] == []
     assert all(m in expected for m in programs)
+
+
+def test_the_ptq_proxy_is_skipped_where_its_evaluations_would_take_too_long(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The PTQ proxy evaluates the model once per layer and format: on a large model that is minutes, so
+    it is left out (with a log line) when one timed evaluation says it would pass PTQ_MAX_S; the other
+    programs still seed the search."""
+    import search.seeding as seeding
+    import search.sensitivity as sensitivity
+
+    def never(*args: object, **kwargs: object) -> object:
+        raise AssertionError("the PTQ proxy ran")
+
+    monkeypatch.setattr(seeding, "PTQ_MAX_S", 1e-9)
+    monkeypatch.setattr(sensitivity, "ptq_sensitivity", never)
+    spec = tiny_spec(n_trials=18, seed_with_sensitivity=True, formats=("int4", "int8"), qat_steps=1,
+                     pin_first_last=None)
+    with caplog.at_level("WARNING", logger="mixq.search"):
+        result = run_search(spec)
+    assert any("the PTQ proxy skipped: 10 evaluations" in r.getMessage() for r in caplog.records), caplog.text
+    assert "program" in [t.source for t in result.trials]
