@@ -14,8 +14,11 @@ the same way: ``search.run_trial`` at the long fidelity with several seeds.  Met
   (:func:`search.sensitivity.fisher_sensitivity`), then a linear program per budget (relaxed, then
   rounded within the budget).
 * ``random`` / ``tpe`` -- ``run_search`` with no seeding, sampler random / TPE, short QAT.
-* ``mixq`` -- ``run_search`` as shipped (seeded with baselines and the sensitivity sweep, or the
-  Fisher-proxy greedy path where the sweep does not fit the budget), short QAT.
+* ``mixq`` -- ``run_search`` as shipped (seeded with baselines, the sensitivity sweep or the
+  Fisher-proxy greedy path where the sweep does not fit the budget, and the proxy programs' maps;
+  automatic ``fidelity_rungs``: [1, 3] with eta 2 here, 15 free layers under a time budget).
+* ``mixq-1rung`` -- the same with one rung (every map at the search's QAT steps): ``mixq`` before
+  automatic rungs.
 * ``mixq-mf`` / ``mixq-mf-eta2`` -- the same with ``fidelity_rungs`` (``--mixq-rungs``): the top
   third / half of the first rung retrained longer within the same wall budget.
 
@@ -155,14 +158,14 @@ def run_autoquantize(setup: Setup) -> MethodResult:
     return MethodResult("autoquantize", time.monotonic() - started, picks)
 
 
-def run_sampler(setup: Setup, name: str, budget_s: float, qat_steps: int, rungs: Sequence[int] = (1,),
-                eta: int = 3, seed: int = 0) -> MethodResult:
+def run_sampler(setup: Setup, name: str, budget_s: float, qat_steps: int, rungs: Sequence[int] | None = (1,),
+                eta: int | None = 3, seed: int = 0) -> MethodResult:
     seeded = name.startswith("mixq")
     spec = SearchSpec(
         workload="denoise-deep", workload_options=setup.options, formats=FORMATS, n_trials=10_000,
         timeout_s=budget_s, qat_steps=qat_steps, sampler="tpe" if name != "random" else "random",
         seed_with_baselines=seeded, seed_with_sensitivity=seeded, reevaluate_front=0,
-        fidelity_rungs=tuple(rungs), promotion_eta=eta, seed=seed,
+        fidelity_rungs=None if rungs is None else tuple(rungs), promotion_eta=eta, seed=seed,
     )
     started = time.monotonic()
     if "-proxy" in name:  # an experiment: the Fisher-ordered greedy path instead of the one-layer QAT sweep
@@ -196,7 +199,8 @@ def run_sampler(setup: Setup, name: str, budget_s: float, qat_steps: int, rungs:
     note = f"{len(result.trials)} trials (" + ", ".join(f"{k} {v}" for k, v in sources.items()) + ")"
     promoted = sum(1 for outcome in result.trials if outcome.rung > 0)
     if promoted:
-        note += f", {promoted} promoted to {qat_steps * rungs[-1]} steps (top 1/{eta} of a rung)"
+        note += (f", {promoted} promoted to {qat_steps * result.fidelity_rungs[-1]} steps "
+                 f"(top 1/{result.promotion_eta} of a rung)")
     return MethodResult(name, wall_s, picks, note, trials)
 
 
@@ -260,7 +264,8 @@ def main() -> None:
         "autoquantize": lambda: run_autoquantize(setup),
         "random": lambda: run_sampler(setup, "random", args.budget_s, args.search_qat_steps, seed=seed),
         "tpe": lambda: run_sampler(setup, "tpe", args.budget_s, args.search_qat_steps, seed=seed),
-        "mixq": lambda: run_sampler(setup, "mixq", args.budget_s, args.search_qat_steps, seed=seed),
+        "mixq": lambda: run_sampler(setup, "mixq", args.budget_s, args.search_qat_steps, None, None, seed=seed),
+        "mixq-1rung": lambda: run_sampler(setup, "mixq-1rung", args.budget_s, args.search_qat_steps, seed=seed),
         "mixq-mf": lambda: run_sampler(setup, "mixq-mf", args.budget_s, args.search_qat_steps, args.mixq_rungs,
                                        seed=seed),
         "mixq-mf-eta2": lambda: run_sampler(setup, "mixq-mf-eta2", args.budget_s, args.search_qat_steps,

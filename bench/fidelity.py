@@ -120,6 +120,10 @@ def summarise(result: SearchResult, wall_s: float) -> dict[str, Any]:
 
 def search_key(spec: SearchSpec) -> str:
     """Runs-cache key of a search: its whole spec, so a different search (or knob) never reuses it."""
+    # null fidelity fields resolve to one rung without a time or step budget (as every search here):
+    # keyed as resolved, so searches cached before automatic rungs existed are found
+    if spec.timeout_s is None and spec.budget_qat_steps is None:
+        spec = spec.resolve_fidelity(0)
     return f"search|{spec.model_dump_json()}"
 
 

@@ -25,7 +25,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from search.formats import summarize_assignment
-from search.spec import SearchPhase, SearchProgress, SearchResult, SearchSpec, TrialOutcome, first_error_text
+from search.spec import (
+    AUTO_FIDELITY_FREE_LAYERS,
+    SearchPhase,
+    SearchProgress,
+    SearchResult,
+    SearchSpec,
+    TrialOutcome,
+    first_error_text,
+)
 
 if TYPE_CHECKING:
     from search.layers import LayerGraph
@@ -263,10 +271,11 @@ def search_command(
     reevaluate: Annotated[int, typer.Option(help="extra seeds per front point before reporting")] = _DEFAULT[
         "reevaluate_front"],
     fidelity_rungs: Annotated[str, typer.Option(
-        help="multi-fidelity: QAT length of each rung in multiples of --qat-steps, e.g. 1,3,9 (1: single fidelity)"
-    )] = ",".join(map(str, _DEFAULT["fidelity_rungs"])),
-    promotion_eta: Annotated[int, typer.Option(help="the top 1/eta of a rung is retrained at the next")] = _DEFAULT[
-        "promotion_eta"],
+        help="multi-fidelity: QAT length of each rung in multiples of --qat-steps, e.g. 1,3,9 (1: single fidelity; "
+             "auto: 1,3 for >= 10 free layers under --timeout-s or --budget-qat-steps, else 1)"
+    )] = "auto",
+    promotion_eta: Annotated[int | None, typer.Option(
+        help="the top 1/eta of a rung is retrained at the next (default 3; 2 with automatic rungs)")] = None,
     budget_qat_steps: Annotated[int | None, typer.Option(
         help="budget in QAT steps (every rung and re-evaluation counts); default: --trials maps at the first rung"
     )] = None,
@@ -307,7 +316,9 @@ def search_command(
             "timeout_s": timeout_s, "qat_steps": qat_steps, "seed": seed, "sampler": sampler,
             "reevaluate_front": reevaluate, "storage": storage, "study_name": study_name, "device": device,
             "weights_dir": str(out / "weights") if save_weights else None,
-            "fidelity_rungs": _parse_ints(fidelity_rungs, "fidelity-rungs"), "promotion_eta": promotion_eta,
+            "fidelity_rungs": (None if fidelity_rungs.strip() == "auto"
+                               else _parse_ints(fidelity_rungs, "fidelity-rungs")),
+            "promotion_eta": promotion_eta,
             "budget_qat_steps": budget_qat_steps, "min_gain": min_gain,
         })
         console.print(set_torch_threads(processes=1, override=torch_threads))
@@ -319,7 +330,7 @@ def search_command(
             shown = ", ".join(repr(f) for f in unused[:5]) + more
             _warn(f"{len(unused)} quantizable layer(s) never run on the example inputs and are left out of the "
                   f"search (they stay fp32): {shown}")
-        hint = deep_model_hint(spec, graph)
+        hint = fidelity_line(spec, graph)
         if hint:
             console.print(hint)
 
@@ -360,11 +371,9 @@ def search_command(
         console.print(f"trained weights: {out / 'weights'}/trial-N.pt  (mixq export --qconfig ... --weights ...)")
 
 
-DEEP_FREE_LAYERS = 10  # from here on, a one-rung search's short trials mis-ranked maps of equal cost
-
-
-def deep_model_hint(spec: SearchSpec, graph: LayerGraph) -> str | None:
-    """A line for a one-rung search over many free layers: promotion ranked them better (measured)."""
+def fidelity_line(spec: SearchSpec, graph: LayerGraph) -> str | None:
+    """What automatic ``fidelity_rungs`` chose, where it matters: the rungs, or for a one-rung search over
+    many free layers, a hint (promotion ranked such maps better, measured); None for a small model."""
     from search.profiles import load_profile
     from search.space import build_space
 
@@ -372,11 +381,18 @@ def deep_model_hint(spec: SearchSpec, graph: LayerGraph) -> str | None:
         free = len(build_space(spec, graph, load_profile(spec.profile)).choices)
     except ValueError:  # a bad pin or profile: the search reports it as it starts
         return None
-    if len(spec.fidelity_rungs) > 1 or free < DEEP_FREE_LAYERS:
+    if free < AUTO_FIDELITY_FREE_LAYERS:
         return None
+    resolved = spec.resolve_fidelity(free)
+    if len(resolved.rungs) > 1:
+        if spec.fidelity_rungs is not None:
+            return None  # the user's own rungs
+        return (f"fidelity: automatic, rungs {','.join(map(str, resolved.rungs))} with promotion eta "
+                f"{resolved.eta} ({free} free layers under a budget): the better maps are trained again longer")
     return (f"hint: {free} free layers. On a 15-free-layer denoiser one short QAT run per map mis-ranked maps of "
-            "equal cost; --fidelity-rungs 1,3 --promotion-eta 2 (the better half of the maps retrained 3x longer) "
-            "matched or beat every baseline there (README, Benchmarks)")
+            "equal cost; retraining the better half 3x longer matched or beat every baseline there (README, "
+            "Benchmarks). It is automatic under --timeout-s or --budget-qat-steps; with --trials alone pass "
+            "--fidelity-rungs 1,3 --promotion-eta 2")
 
 
 def export_command(

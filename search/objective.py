@@ -169,8 +169,8 @@ class Objective:
             return tuple(previous.values)
         # the first rung's QAT steps, counted against a budget in steps (the evaluator stands for
         # a run of that length)
-        trial.set_user_attr("qat_steps", spec.qat_steps * spec.fidelity_rungs[0])
-        scored = score_assignment(setup, self.fp32, assignment, qat_steps=spec.qat_steps * spec.fidelity_rungs[0],
+        trial.set_user_attr("qat_steps", spec.qat_steps * spec.rungs[0])
+        scored = score_assignment(setup, self.fp32, assignment, qat_steps=spec.qat_steps * spec.rungs[0],
                                   seed=spec.seed, trial_number=trial.number)
         if scored.qconfig is not None:
             trial.set_user_attr("qconfig", scored.qconfig)

@@ -206,7 +206,7 @@ class _Search:
 
     def steps_at(self, rung: int) -> int:
         """QAT steps of one run at ``rung``."""
-        return self.spec.qat_steps * self.spec.fidelity_rungs[rung]
+        return self.spec.qat_steps * self.spec.rungs[rung]
 
     def ledger(self) -> Ledger:
         return Ledger.read(self.study, self.steps_at(0))
@@ -255,7 +255,7 @@ class _Search:
         budget = self.spec.budget_qat_steps
         if budget is None or self.spec.reevaluate_front == 0:
             return 0
-        return min(2 * self.spec.reevaluate_front * self.steps_at(len(self.spec.fidelity_rungs) - 1), budget // 4)
+        return min(2 * self.spec.reevaluate_front * self.steps_at(len(self.spec.rungs) - 1), budget // 4)
 
     def fits(self, ledger: Ledger, qat_steps: int, reserve: int = 0) -> bool:
         budget = self.spec.budget_qat_steps
@@ -271,7 +271,7 @@ class _Search:
         if self.metric_at_best(ledger):
             return ("done", "the cheapest map scores the metric's best value")
         reserve = self.reevaluation_reserve()
-        promotion = ledger.next_promotion(len(spec.fidelity_rungs), spec.promotion_eta,
+        promotion = ledger.next_promotion(len(spec.rungs), spec.eta,
                                            self.setup.workload.higher_is_better)
         if promotion is not None and self.fits(ledger, self.steps_at(promotion[1]), reserve):
             return ("promote", str(promotion[0]), str(promotion[1]))
@@ -323,7 +323,7 @@ class _Search:
         steps = self.steps_at(rung)
         self.study.set_user_attr(key, {"qat_steps": steps, "worker": worker, "quality": None, "qconfig": None})
         trial = self.study.get_trials(deepcopy=False)[number]
-        message = f"rung {rung + 1}/{len(self.spec.fidelity_rungs)}: trial {number} at {steps} QAT steps"
+        message = f"rung {rung + 1}/{len(self.spec.rungs)}: trial {number} at {steps} QAT steps"
         self.set_phase(SearchPhase.PROMOTING, message)
         if self.on_progress is not None:
             self.on_progress(self.progress(message))
@@ -511,7 +511,7 @@ class _Search:
         return {name: {m.name: m.layer_cost(layer, f) for m in models} for name, f in formats.items()}
 
     def fidelity_check(self, front: list[TrialOutcome]) -> FidelityCheck | None:
-        if len(self.spec.fidelity_rungs) == 1:
+        if len(self.spec.rungs) == 1:
             return None
         points = [FidelityPoint(p.number, p.short_quality, p.quality, p.qat_steps)
                   for p in front if p.short_quality is not None]
@@ -547,6 +547,8 @@ class _Search:
             front=kept,
             study_name=self.spec.study_name,
             fidelity=self.fidelity_check(kept),
+            fidelity_rungs=self.spec.rungs,
+            promotion_eta=self.spec.eta,
             qat_steps_used=ledger.qat_steps_used,
             stop_reason=self.stop_reason,
             merged_within_noise=[p.number for p, m in zip(front, merged, strict=True) if m],
@@ -589,5 +591,6 @@ def run_search(
     profile = profile or load_profile(spec.profile)
     graph = discover_layers(workload.model, workload.example_inputs)
     space = build_space(spec, graph, profile)
+    spec = spec.resolve_fidelity(len(space.choices))
     setup = SearchSetup(spec=spec, workload=workload, profile=profile, graph=graph, space=space, evaluator=evaluator)
     return _Search(setup, on_trial, should_stop, on_progress, on_start, on_failed_trial).run()

@@ -35,6 +35,14 @@ class SamplerName(StrEnum):
 
 
 MAX_JSON_DEPTH = 8
+# From this many free layers on, a one-rung search's short trials mis-ranked maps of equal cost and
+# retraining the better half 3x longer (rungs [1, 3], eta 2) matched or beat every baseline at equal
+# wall time (denoise-deep, 15 free layers: bench/results/baselines_v2.md, baselines_seed1.md); at 4 free
+# layers (denoise) it was not better (multifidelity_denoise_eta2.md).
+AUTO_FIDELITY_FREE_LAYERS = 10
+AUTO_RUNGS = (1, 3)
+AUTO_ETA = 2
+DEFAULT_ETA = 3
 INT32_MAX = 2**31 - 1  # seeds and counts fit a PostgreSQL INTEGER where a service stores them
 
 
@@ -127,12 +135,17 @@ class SearchRequest(BaseModel):
     seed_with_baselines: bool = True
     seed_with_sensitivity: bool = True
     reevaluate_front: int = Field(default=2, ge=0, le=10, description="extra seeds per front point before reporting")
-    # multi-fidelity (search/multifidelity.py); the defaults are one rung: every map at qat_steps
-    fidelity_rungs: tuple[int, ...] = Field(
-        default=(1,), min_length=1, max_length=6,
-        description="QAT length of each rung as a multiple of qat_steps, e.g. [1, 3, 9]; starts at 1, increasing",
+    # multi-fidelity (search/multifidelity.py); null: chosen by resolve_fidelity when the search starts
+    fidelity_rungs: tuple[int, ...] | None = Field(
+        default=None, min_length=1, max_length=6,
+        description="QAT length of each rung as a multiple of qat_steps, e.g. [1, 3, 9]; starts at 1, increasing. "
+                    f"null: [1, 3] with promotion_eta 2 where >= {AUTO_FIDELITY_FREE_LAYERS} layers are free and "
+                    "timeout_s or budget_qat_steps bounds the search, else [1] (every map at qat_steps)",
     )
-    promotion_eta: int = Field(default=3, ge=2, le=10, description="the top 1/eta of a rung move up to the next")
+    promotion_eta: int | None = Field(
+        default=None, ge=2, le=10,
+        description="the top 1/eta of a rung move up to the next; null: 3 (2 with automatic rungs)",
+    )
     budget_qat_steps: int | None = Field(
         default=None, ge=1, le=10**12,
         description="total QAT steps (every rung, every re-evaluation); null: n_trials maps at the first rung",
@@ -158,7 +171,9 @@ class SearchRequest(BaseModel):
 
     @field_validator("fidelity_rungs")
     @classmethod
-    def _increasing_rungs(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+    def _increasing_rungs(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is None:
+            return None
         if value[0] != 1 or any(b <= a for a, b in itertools.pairwise(value)) or value[-1] > 1000:
             raise ValueError(
                 f"fidelity_rungs: must start at 1 and increase, at most 1000, e.g. [1, 3, 9]; got {list(value)}"
@@ -196,6 +211,35 @@ class SearchSpec(SearchRequest):
     def of(cls, request: SearchRequest, **run: Any) -> SearchSpec:
         """``request``'s fields (a subclass's own fields dropped) plus the run-time ones in ``run``."""
         return cls(**request.model_dump(include=set(SearchRequest.model_fields)), **run)
+
+    @property
+    def rungs(self) -> tuple[int, ...]:
+        """The resolved ``fidelity_rungs`` (see :meth:`resolve_fidelity`)."""
+        if self.fidelity_rungs is None:
+            raise RuntimeError("fidelity_rungs is not resolved yet: SearchSpec.resolve_fidelity")
+        return self.fidelity_rungs
+
+    @property
+    def eta(self) -> int:
+        """The resolved ``promotion_eta``."""
+        if self.promotion_eta is None:
+            raise RuntimeError("promotion_eta is not resolved yet: SearchSpec.resolve_fidelity")
+        return self.promotion_eta
+
+    def resolve_fidelity(self, free_layers: int) -> SearchSpec:
+        """This spec with ``fidelity_rungs`` and ``promotion_eta`` filled in where null: rungs [1, 3] with
+        eta 2 for a search over >= AUTO_FIDELITY_FREE_LAYERS free layers whose budget is compute
+        (``timeout_s`` or ``budget_qat_steps``: promotions then replace screening, at equal cost), else
+        one rung; eta 3 where rungs were given.  With only ``n_trials`` the rungs stay one: promotions would
+        add compute the request did not ask for."""
+        rungs, eta = self.fidelity_rungs, self.promotion_eta
+        if rungs is None:
+            bounded = self.timeout_s is not None or self.budget_qat_steps is not None
+            deep = free_layers >= AUTO_FIDELITY_FREE_LAYERS and bounded
+            rungs = AUTO_RUNGS if deep else (1,)
+            eta = eta if eta is not None else (AUTO_ETA if deep else DEFAULT_ETA)
+        return self.model_copy(update={"fidelity_rungs": rungs,
+                                       "promotion_eta": eta if eta is not None else DEFAULT_ETA})
 
 
 @dataclass(frozen=True)
@@ -309,3 +353,5 @@ class SearchResult:
     qat_steps_used: int = 0
     stop_reason: str = ""  # why the search stopped: budget, space exhausted, metric at its best, stopped
     merged_within_noise: list[int] = field(default_factory=list)  # trial numbers left off the front as noise
+    fidelity_rungs: tuple[int, ...] = (1,)  # what the search ran (automatic ones resolved)
+    promotion_eta: int = DEFAULT_ETA

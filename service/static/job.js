@@ -62,14 +62,18 @@ function renderJob(job) {
 function renderFidelity(job) {
   const box = document.getElementById("fidelity");
   const f = job.fidelity;
-  const rungs = job.spec?.fidelity_rungs || [1];
+  const rungs = job.spec?.fidelity_rungs;  // null: chosen when the search starts (search.spec.resolve_fidelity)
   if (!f) {
-    const text = rungs.length > 1
+    const text = rungs && rungs.length > 1
       ? `The search trains maps at ${rungs.length} lengths (fidelity_rungs [${rungs.join(", ")}]); `
         + "the check of the short runs against the long ones comes when it ends."
-      : "No fidelity check: every map was trained at one length (qat_steps). To check that short runs rank "
-        + "maps as long ones do, submit with fidelity_rungs, e.g. [1, 3]: the best maps are trained again "
-        + "3× longer and the two rankings compared.";
+      : !rungs && !TERMINAL.has(job.status)
+        ? "fidelity_rungs automatic: a model with 10 or more free layers under a time or QAT-step budget has "
+          + "its better maps trained again 3× longer, and the check of the short runs against the long ones "
+          + "comes when the search ends; otherwise every map is trained at one length."
+        : "No fidelity check: every map was trained at one length (qat_steps). To check that short runs rank "
+          + "maps as long ones do, submit with fidelity_rungs, e.g. [1, 3]: the best maps are trained again "
+          + "3× longer and the two rankings compared.";
     box.replaceChildren(el("p", { class: "muted", id: "fidelity-none" }, text));
     return;
   }

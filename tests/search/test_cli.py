@@ -322,14 +322,18 @@ def test_torch_threads_leave_out_the_cores_other_work_keeps_busy(
     assert choose_torch_threads(processes=1, leave_busy_cores=False) == (1, "from OMP_NUM_THREADS")
 
 
-def test_a_one_rung_search_over_many_free_layers_gets_the_promotion_hint() -> None:
-    from search.cli import deep_model_hint
+def test_many_free_layers_get_automatic_rungs_under_a_budget_and_a_hint_without() -> None:
+    from search.cli import fidelity_line
     from search.workloads import builtin_layer_graph
 
     deep = builtin_layer_graph("denoise-deep", {})  # 17 layers, 15 free with first/last pinned
-    hint = deep_model_hint(SearchSpec(workload="denoise-deep"), deep)
+    hint = fidelity_line(SearchSpec(workload="denoise-deep"), deep)  # n_trials only: one rung
     assert hint is not None and hint.startswith("hint: 15 free layers.") and "--fidelity-rungs 1,3" in hint
-    assert deep_model_hint(SearchSpec(workload="denoise-deep", fidelity_rungs=(1, 3)), deep) is None
-    assert deep_model_hint(SearchSpec(workload="denoise"), builtin_layer_graph("denoise", {})) is None  # 4 free
-    assert deep_model_hint(SearchSpec(workload="denoise-deep", pins=[{"match": "nope*", "format": "int8"}]),
-                           deep) is None  # a pin matching no layer: the search itself reports it
+    auto = fidelity_line(SearchSpec(workload="denoise-deep", timeout_s=600), deep)
+    assert auto == ("fidelity: automatic, rungs 1,3 with promotion eta 2 (15 free layers under a budget): "
+                    "the better maps are trained again longer")
+    assert fidelity_line(SearchSpec(workload="denoise-deep", fidelity_rungs=(1, 3)), deep) is None
+    assert fidelity_line(SearchSpec(workload="denoise-deep", fidelity_rungs=(1,)), deep) is not None  # one rung asked
+    assert fidelity_line(SearchSpec(workload="denoise", timeout_s=600), builtin_layer_graph("denoise", {})) is None
+    assert fidelity_line(SearchSpec(workload="denoise-deep", pins=[{"match": "nope*", "format": "int8"}]),
+                         deep) is None  # a pin matching no layer: the search itself reports it

@@ -140,6 +140,43 @@ def test_spec_checks_the_fidelity_fields() -> None:
         SearchSpec(workload="digits", promotion_eta=1)
 
 
+@pytest.mark.parametrize(
+    ("fields", "free", "rungs", "eta"),
+    [
+        pytest.param({"timeout_s": 600}, 15, (1, 3), 2, id="deep-time-budget"),
+        pytest.param({"budget_qat_steps": 5000}, 10, (1, 3), 2, id="deep-step-budget"),
+        pytest.param({}, 15, (1,), 3, id="deep-trials-only"),  # promotions would add compute not asked for
+        pytest.param({"timeout_s": 600}, 9, (1,), 3, id="shallow"),
+        pytest.param({"timeout_s": 600, "promotion_eta": 4}, 15, (1, 3), 4, id="users-eta-kept"),
+        pytest.param({"timeout_s": 600, "fidelity_rungs": (1,)}, 15, (1,), 3, id="users-one-rung-kept"),
+        pytest.param({"fidelity_rungs": (1, 3, 9)}, 4, (1, 3, 9), 3, id="users-rungs-default-eta"),
+    ],
+)  # fmt: skip
+def test_automatic_rungs(fields: dict[str, object], free: int, rungs: tuple[int, ...], eta: int) -> None:
+    spec = SearchSpec(workload="digits", **fields)  # type: ignore[arg-type]
+    resolved = spec.resolve_fidelity(free)
+    assert (resolved.rungs, resolved.eta) == (rungs, eta)
+    assert resolved.resolve_fidelity(0) == resolved  # resolved fields stay
+
+
+def test_unresolved_rungs_are_not_read_by_mistake() -> None:
+    with pytest.raises(RuntimeError, match="resolve_fidelity"):
+        _ = SearchSpec(workload="digits").rungs
+
+
+def test_a_search_over_enough_free_layers_under_a_step_budget_promotes_by_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import search.spec as spec_module
+
+    monkeypatch.setattr(spec_module, "AUTO_FIDELITY_FREE_LAYERS", 3)  # tiny digits: 3 free layers
+    spec = mf_spec(tmp_path, fidelity_rungs=None, promotion_eta=None, n_trials=100, budget_qat_steps=60)
+    result = run_search(spec)
+    assert (result.fidelity_rungs, result.promotion_eta) == ((1, 3), 2)
+    assert any(t.rung > 0 for t in result.trials)
+    assert result.fidelity is not None
+
+
 # -- searches on tiny workloads --------------------------------------------------------------------
 
 
