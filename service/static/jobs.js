@@ -35,8 +35,9 @@ const HINTS = {
   dataset: "Name of an uploaded .npz dataset.",
   fidelity_rungs: "QAT length of each rung as a multiple of the QAT steps, comma-separated: starts at 1, increasing, "
     + "at most 6. 1,3: the best maps are trained again 3× longer and the job reports whether the short runs rank "
-    + "them as the long ones do; 1: one rung, no check.",
-  promotion_eta: "The top 1/eta of a rung's maps move up to the next rung (2 to 10).",
+    + "them as the long ones do; 1: one rung, no check. Blank: automatic (1,3 for a model with 10 or more free "
+    + "layers under a time or QAT-step budget, else 1).",
+  promotion_eta: "The top 1/eta of a rung's maps move up to the next rung (2 to 10). Blank: 3 (2 with automatic rungs).",
   budget_qat_steps: "Total QAT steps over every rung and re-evaluation; blank: none (n_trials maps at the first rung).",
 };
 
