@@ -28,6 +28,7 @@ from search.profiles import TargetProfile
 from search.qconfig import QualityReport, build_qconfig
 from search.space import SearchSpace
 from search.spec import SearchSpec, TrialOutcome
+from search.storage import WORKER_ATTR
 from search.train import run_trial
 from search.workloads import Workload
 
@@ -157,7 +158,7 @@ class Objective:
         assignment = setup.full_assignment(free)
         costs = model_costs(spec.cost_objectives, setup.profile, setup.graph, as_formats(assignment))
         trial.set_user_attr("source", trial.user_attrs.get("source", "sampler"))
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
         previous = self._claim(trial, free)
         if previous is not None:
             assert previous.values is not None

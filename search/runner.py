@@ -38,7 +38,6 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
 
 import optuna
 from optuna.study import StudyDirection
@@ -73,7 +72,7 @@ from search.spec import (
     TrialFailure,
     TrialOutcome,
 )
-from search.storage import claim_budget_slot, open_storage
+from search.storage import claim_budget_slot, fail_trials_without_heartbeat, open_storage
 from search.train import fp32_quality, run_trial
 from search.workloads import Workload, load_workload
 
@@ -425,23 +424,8 @@ class _Search:
             self._fail_trials_without_heartbeat()
 
     def _fail_trials_without_heartbeat(self) -> None:
-        """Optuna skips RUNNING trials that never recorded a heartbeat (a process killed between
-        ``ask`` and its heartbeat thread's first beat): they would stay RUNNING forever.  Our
-        objective stamps ``worker`` right after the first beat, so a RUNNING trial without it,
-        older than the grace period, died in that gap: fail it and retry its parameters."""
-        if self.storage is None:
-            return
-        now = datetime.now()
-        grace = timedelta(seconds=self.spec.grace_period_s)
-        stale_trial_callback = self.storage.get_heartbeat_stale_trial_callback()  # retry and report, as Optuna's
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if "worker" in t.user_attrs or t.datetime_start is None or now - t.datetime_start <= grace:
-                continue
-            try:
-                if self.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL) and stale_trial_callback:
-                    stale_trial_callback(self.study, t)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue
+        if self.storage is not None:
+            fail_trials_without_heartbeat(self.study, self.storage, self.spec.grace_period_s)
 
     # -- the front and the result ------------------------------------------------------------
     def outcomes(self, ledger: Ledger | None = None) -> list[TrialOutcome]:

@@ -109,6 +109,32 @@ def open_storage(
     raise StorageError(f"storage: cannot open {url!r}: {type(last_error).__name__}: {last_error}")
 
 
+WORKER_ATTR = "worker"  # user attr the objective stamps once the trial's heartbeat thread runs
+
+
+def fail_trials_without_heartbeat(study: optuna.Study, storage: RDBStorage, grace_period_s: float) -> None:
+    """Optuna's ``fail_stale_trials`` skips RUNNING trials that never recorded a heartbeat (a process
+    killed, or its database connection dropped, between ``ask`` and the first beat): they would stay
+    RUNNING forever and hold the budget.  The objective stamps :data:`WORKER_ATTR` right after the
+    first beat, so a RUNNING trial without it, older than the grace period, died in that gap: fail it
+    and hand it to the storage's stale-trial callback (retry and report), as Optuna does."""
+    from datetime import datetime, timedelta
+
+    from optuna.trial import TrialState
+
+    now = datetime.now()
+    grace = timedelta(seconds=grace_period_s)
+    callback = storage.get_heartbeat_stale_trial_callback()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if WORKER_ATTR in t.user_attrs or t.datetime_start is None or now - t.datetime_start <= grace:
+            continue
+        try:
+            if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL) and callback is not None:
+                callback(study, t)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+
+
 BUDGET_SLOT_ATTR = "mixq:budget_slot"  # user attr of a trial that holds one of the study's budget slots
 _BUDGET_LOCK_SPACE = 0x6D69_7871  # "mixq": first key of the PostgreSQL advisory lock (study_id is the second)
 
