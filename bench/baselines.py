@@ -56,7 +56,7 @@ from search.cost import model_costs
 from search.layers import LayerGraph
 from search.pareto import assignment_key, hypervolume_2d, objective_vector
 from search.seeds import select_formats
-from search.sensitivity import fisher_sensitivity, hessian_sensitivity, ptq_sensitivity
+from search.sensitivity import fisher_sensitivity, hessian_sensitivity, ptq_sensitivity, scores_by_layer
 from search.workloads import Workload
 from search.workloads.denoise_deep import noisy_input_psnr
 
@@ -141,9 +141,7 @@ def run_amp(setup: Setup) -> MethodResult:
 def run_hawq(setup: Setup, samples: int) -> MethodResult:
     started = time.monotonic()
     records = hessian_sensitivity(setup.workload, setup.free, FORMATS, samples=samples)
-    scores: dict[str, dict[str, float]] = {}
-    for r in records:
-        scores.setdefault(r.fqn, {})[r.format] = r.score
+    scores = scores_by_layer(records)
     picks = picks_from_program(setup, scores, integer=True)
     return MethodResult("hawq", time.monotonic() - started, picks)
 
@@ -151,9 +149,7 @@ def run_hawq(setup: Setup, samples: int) -> MethodResult:
 def run_autoquantize(setup: Setup) -> MethodResult:
     started = time.monotonic()
     records = fisher_sensitivity(setup.workload, setup.free, FORMATS)
-    scores: dict[str, dict[str, float]] = {}
-    for r in records:
-        scores.setdefault(r.fqn, {})[r.format] = r.score
+    scores = scores_by_layer(records)
     picks = picks_from_program(setup, scores, integer=False)
     return MethodResult("autoquantize", time.monotonic() - started, picks)
 

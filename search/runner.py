@@ -363,7 +363,7 @@ class _Search:
         if self.storage is not None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                self._fail_trials_without_heartbeat()
+                fail_trials_without_heartbeat(self.study, self.storage, self.spec.grace_period_s)
         waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         self.set_phase(SearchPhase.SEEDING if waiting or self.seeds.queue else SearchPhase.SAMPLING)
         self.step_started = time.monotonic()
@@ -421,11 +421,8 @@ class _Search:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(self.study)
-            self._fail_trials_without_heartbeat()
-
-    def _fail_trials_without_heartbeat(self) -> None:
-        if self.storage is not None:
-            fail_trials_without_heartbeat(self.study, self.storage, self.spec.grace_period_s)
+            if self.storage is not None:
+                fail_trials_without_heartbeat(self.study, self.storage, self.spec.grace_period_s)
 
     # -- the front and the result ------------------------------------------------------------
     def outcomes(self, ledger: Ledger | None = None) -> list[TrialOutcome]:

@@ -163,10 +163,10 @@ class SeedPlan:
         Hessian-trace, Fisher and PTQ scores, each scaled to 1), HAWQ-V3's Hessian trace alone and
         AutoQuantize's Fisher alone.  On denoise-deep at 0.55x BitOPs the ensemble's map measured
         24.41 dB after 200 QAT steps (3 seeds) where HAWQ's gave 24.22 and Fisher's 24.20
-        (bench/results/baselines.md).  Seconds of forward/backward passes; a proxy the model cannot
+        (bench/results/baselines_v2.md).  Seconds of forward/backward passes; a proxy the model cannot
         run (no second derivative for some op, say) is skipped with a log line: seeds only order the
         search."""
-        from search.sensitivity import fisher_sensitivity, hessian_sensitivity, ptq_sensitivity
+        from search.sensitivity import fisher_sensitivity, hessian_sensitivity, ptq_sensitivity, scores_by_layer
 
         space = self.setup.space
         max_points = self.trial_budget() // 6
@@ -183,10 +183,7 @@ class SeedPlan:
             except Exception as exc:  # noqa: BLE001 - any failure of an optional proxy only loses its seeds
                 log.warning("seeds: %s skipped: %s", proxy.__name__, exc)
                 continue
-            scores: dict[str, dict[str, float]] = {}
-            for r in records:
-                scores.setdefault(r.fqn, {})[r.format] = r.score
-            proxies.append(scores)
+            proxies.append(scores_by_layer(records))
         programs = [ensemble_scores(proxies), *proxies[:2]] if len(proxies) > 1 else proxies
         return program_assignments(space, programs, self.first_cost, PROGRAM_LEVELS, max_points)
 

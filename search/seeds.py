@@ -7,11 +7,11 @@
 4. Where the sweep does not fit the budget (a deep model: one QAT run per layer would spend most of
    it before the sampler starts), the greedy path is ordered by a proxy sensitivity that costs
    seconds instead (:func:`proxy_greedy_assignments`, with :mod:`search.sensitivity`'s scores).
-5. The maps the proxy programs pick at a few cost levels (:func:`program_assignments`): HAWQ-V3's
-   integer program over Hessian-trace scores, AutoQuantize's over Fisher scores.  A program weighs
-   every allowed format of every layer at once, where a greedy path only flips int8 to int4 in one
-   order; on denoise-deep HAWQ's map beat every other method's at 0.4x BitOPs
-   (bench/results/baselines.md).
+5. The maps the proxy programs pick at a few cost levels (:func:`program_assignments`): integer
+   programs over the proxies' ensemble (:func:`ensemble_scores`), HAWQ-V3's Hessian-trace scores and
+   AutoQuantize's Fisher scores.  A program weighs every allowed format of every layer at once, where
+   a greedy path only flips int8 to int4 in one order; on denoise-deep HAWQ's map was best at 0.355x
+   BitOPs and the ensemble's at 0.554x (bench/results/baselines_v2.md).
 
 Each assignment here is a *free* one (fqn -> format name for the free layers only): what a study
 enqueues as a trial's parameters.

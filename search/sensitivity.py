@@ -61,6 +61,14 @@ class LayerSensitivity:
     score: float  # higher = more sensitive; unit depends on the proxy (see the module docstring)
 
 
+def scores_by_layer(records: Sequence[LayerSensitivity]) -> dict[str, dict[str, float]]:
+    """``{fqn: {format: score}}``: the shape the selection programs (:mod:`search.seeds`) take."""
+    out: dict[str, dict[str, float]] = {}
+    for r in records:
+        out.setdefault(r.fqn, {})[r.format] = r.score
+    return out
+
+
 @dataclass
 class _Prepared:
     model: nn.Module  # a BN-folded copy of the workload's model, eval mode, on the device

@@ -399,7 +399,7 @@ def test_the_proxy_programs_maps_are_tried_before_the_sampler() -> None:
     from search.pareto import assignment_key
     from search.seeds import ensemble_scores, program_assignments
     from search.space import build_space
-    from search.sensitivity import fisher_sensitivity, hessian_sensitivity, ptq_sensitivity
+    from search.sensitivity import fisher_sensitivity, hessian_sensitivity, ptq_sensitivity, scores_by_layer
 
     spec = tiny_spec(n_trials=18, seed_with_sensitivity=True, formats=("int4", "int8"), qat_steps=1,
                      pin_first_last=None)
@@ -416,10 +416,7 @@ def test_the_proxy_programs_maps_are_tried_before_the_sampler() -> None:
     space = build_space(spec, graph, profile)
     proxies = []
     for proxy in (hessian_sensitivity, fisher_sensitivity, ptq_sensitivity):
-        scores: dict[str, dict[str, float]] = {}
-        for r in proxy(workload, layers=list(space.choices), formats=["int4", "int8"]):
-            scores.setdefault(r.fqn, {})[r.format] = r.score
-        proxies.append(scores)
+        proxies.append(scores_by_layer(proxy(workload, layers=list(space.choices), formats=["int4", "int8"])))
 
     def cost_of(free: dict[str, str]) -> float:
         costs = model_costs(spec.cost_objectives, profile, graph, {**space.pinned, **space.expand(free)})
