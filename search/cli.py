@@ -186,6 +186,8 @@ def write_outputs(result: SearchResult, out_dir: Path) -> dict[str, Path]:
         "trials": [_outcome_json(o) for o in result.trials],
         "qat_steps_used": result.qat_steps_used, "stop_reason": result.stop_reason,
         "merged_within_noise": result.merged_within_noise,
+        "repeats_skipped": result.repeats_skipped, "neighbour_checks": result.neighbour_checks,
+        "neighbours_untried": result.neighbours_untried,
         "fidelity": None if result.fidelity is None else dataclasses.asdict(result.fidelity),
     }
     paths["summary"] = out_dir / "summary.json"
@@ -241,6 +243,10 @@ def print_front(result: SearchResult) -> None:
     if result.merged_within_noise:
         console.print(f"left off the front (gain over a cheaper point within noise): trials "
                       f"{', '.join(map(str, result.merged_within_noise))}")
+    console.print(f"front check: {result.neighbour_checks} one-layer neighbour(s) of front points tried, none "
+                  f"dominates a reported point; {result.neighbours_untried} untried"
+                  + (f"; {result.repeats_skipped} sampler repeat(s) of trained maps skipped (no trial used)"
+                     if result.repeats_skipped else ""))
     console.print(f"QAT steps used: {result.qat_steps_used}" + (f"; stopped: {result.stop_reason}"
                                                               if result.stop_reason else ""))
 

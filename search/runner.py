@@ -57,7 +57,8 @@ from search.multifidelity import (
 from search.objective import Evaluator, Objective, SearchSetup, outcome_of, score_assignment
 from search.pareto import assignment_key, pareto_front
 from search.profiles import TargetProfile, load_profile
-from search.seeding import DominatedFormatsSampler, SeedPlan
+from search.seeding import ATTR_NOISE, DominatedFormatsSampler, SeedPlan
+from search.seeds import front_neighbours
 from search.space import build_space
 from search.spec import (
     FidelityCheck,
@@ -142,7 +143,7 @@ class _Search:
             raise SearchError(f"study_name: {exc}") from None
         self.started = time.monotonic()
         self.stop_reason = ""
-        self.seeds = SeedPlan(self.study, setup, self.trial_budget, self.completed)
+        self.seeds = SeedPlan(self.study, setup, self.trial_budget, self.completed, self.trials_left, self.front_free)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> SearchResult:
@@ -163,7 +164,10 @@ class _Search:
                 time.sleep(min(1.0, self.spec.heartbeat_interval_s))
                 self.fail_stale_trials()
                 continue
-            if work[0] == "promote":
+            probe = self.seeds.noise_probe_due(ledger)
+            if probe is not None:
+                self.probe_noise(probe, ledger)
+            elif work[0] == "promote":
                 self.promote(int(work[1]), int(work[2]), fp32)
             else:
                 self.seeds.enqueue_next()
@@ -192,6 +196,20 @@ class _Search:
                 left_s = self.spec.timeout_s - (time.monotonic() - self.started)
                 n_trials = min(n_trials, len(durations) + int(max(left_s, 0.0) / max(per_trial, 1e-3)))
         return n_trials
+
+    def trials_left(self) -> int:
+        """First-rung trials the budget still affords: of a QAT-step budget, what is left after every
+        rung and the re-evaluation reserve; else of :meth:`trial_budget`, those not trained yet."""
+        ledger = self.ledger()
+        budget = self.spec.budget_qat_steps
+        if budget is not None:
+            return max(0, (budget - self.reevaluation_reserve() - ledger.qat_steps_used) // max(self.steps_at(0), 1))
+        return max(0, self.trial_budget() - len(ledger.completed()))
+
+    def front_free(self) -> list[dict[str, str]]:
+        """The current front's maps as free assignments (the layers the search chooses)."""
+        front = pareto_front(self.outcomes(), self.setup.workload.higher_is_better)
+        return [{fqn: p.assignment[fqn] for fqn in self.setup.space.choices} for p in front]
 
     def fp32_quality(self) -> float:
         value = self.study.user_attrs.get(_ATTR_FP32)
@@ -365,7 +383,10 @@ class _Search:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 fail_trials_without_heartbeat(self.study, self.storage, self.spec.grace_period_s)
         waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        self.set_phase(SearchPhase.SEEDING if waiting or self.seeds.queue else SearchPhase.SAMPLING)
+        # a queued seed (or a retry) is seeding; the sampler's proposals and the search's own follow-ups
+        # (a map next to a repeat, a front point's neighbour) are sampling
+        seeding = waiting[0].user_attrs.get("source") not in ("neighbour", "resample") if waiting else False
+        self.set_phase(SearchPhase.SEEDING if seeding else SearchPhase.SAMPLING)
         self.step_started = time.monotonic()
         self.study.optimize(
             self._within_budget(objective), n_trials=1, catch=(Exception,), callbacks=[self._after_optimize_trial]
@@ -391,6 +412,8 @@ class _Search:
         return run
 
     def _after_optimize_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state is TrialState.COMPLETE:
+            self.seeds.repeated_map(trial)
         if trial.state is TrialState.COMPLETE and not trial.user_attrs.get("cached"):
             self.count_training(self.step_started, int(trial.user_attrs.get("qat_steps", self.steps_at(0))))
         if trial.state is TrialState.COMPLETE and self.on_trial is not None and not trial.user_attrs.get("cached"):
@@ -449,7 +472,7 @@ class _Search:
             noise = noise_level([o.quality_std for o in outcomes if o.n_evaluations > 1], self.spec.min_gain)
             todo = [front[i] for i in reevaluation_todo([p.quality for p in front],
                                                         [p.n_evaluations for p in front], noise)
-                    if front[i].number not in ledger.reevals]
+                    if ledger.reevals.get(front[i].number, {}).get("rung", -1) != front[i].rung]
             if not todo or self.should_stop():
                 return
             self.set_phase(SearchPhase.REEVALUATING)
@@ -463,13 +486,28 @@ class _Search:
                     self.on_progress(self.progress(message, ledger))
                 self._reevaluate(point)
 
-    def _reevaluate(self, point: TrialOutcome) -> None:
+    def probe_noise(self, trial: FrozenTrial, ledger: Ledger) -> None:
+        """Train the all-int8 seed map once more with another seed: the seed spread the seeding needs
+        (:meth:`SeedPlan.noise_probe_due`).  Recorded as its re-evaluation, so the front's re-evaluation
+        later gives it one seed fewer; skipped (recorded as -1) where the step budget has no room."""
+        if not self.fits(ledger, self.steps_at(0), self.reevaluation_reserve()):
+            self.study.set_user_attr(ATTR_NOISE, -1)
+            return
+        self.study.set_user_attr(ATTR_NOISE, trial.number)
+        self.set_phase(SearchPhase.SEEDING)
+        if self.on_progress is not None:
+            self.on_progress(self.progress(f"measuring the seed spread: trial {trial.number} (all-int8), 2nd seed"))
+        self._reevaluate(outcome_of(trial, self.setup), n_seeds=1)
+
+    def _reevaluate(self, point: TrialOutcome, n_seeds: int | None = None) -> None:
         setup = self.setup
         key = reeval_key(point.number)
-        steps = self.spec.reevaluate_front * point.qat_steps
+        n_seeds = self.spec.reevaluate_front if n_seeds is None else n_seeds
+        # a noise probe at a lower rung is replaced by this record: its steps stay counted
+        steps = n_seeds * point.qat_steps + int(self.ledger().reevals.get(point.number, {}).get("qat_steps", 0))
         self.study.set_user_attr(key, {"rung": point.rung, "qat_steps": steps, "qualities": None})
         qualities = []
-        for k in range(1, self.spec.reevaluate_front + 1):
+        for k in range(1, n_seeds + 1):
             seed = self.spec.seed + 1000 * k
             if setup.evaluator is not None:
                 qualities.append(float(setup.evaluator(point.assignment, seed)))
@@ -513,6 +551,9 @@ class _Search:
             setup.workload.higher_is_better, self.spec.min_gain,
         )
         kept = [p for p, m in zip(front, merged, strict=True) if not m]
+        tried = {assignment_key(t.system_attrs.get("fixed_params", t.params)) for t in ledger.trials}
+        untried = front_neighbours(setup.space, [{fqn: p.assignment[fqn] for fqn in setup.space.choices} for p in kept],
+                                   self.seeds.layer_cost, tried)
         return SearchResult(
             workload=self.spec.workload,
             metric_name=setup.workload.metric,
@@ -533,6 +574,10 @@ class _Search:
             qat_steps_used=ledger.qat_steps_used,
             stop_reason=self.stop_reason,
             merged_within_noise=[p.number for p, m in zip(front, merged, strict=True) if m],
+            repeats_skipped=sum(1 for t in ledger.trials
+                                if t.state is TrialState.COMPLETE and t.user_attrs.get("cached")),
+            neighbour_checks=sum(1 for o in outcomes if o.source == "neighbour"),
+            neighbours_untried=len(untried),
         )
 
 

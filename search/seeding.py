@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,6 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.cost import cost_model, model_costs
 from search.formats import parse_format
+from search.ledger import Ledger, reeval_key
 from search.objective import SearchSetup
 from search.pareto import assignment_key
 from search.seeds import (
@@ -33,6 +35,7 @@ from search.seeds import (
     cheapest_assignment,
     dominated_formats,
     ensemble_scores,
+    front_neighbours,
     greedy_after_sweep,
     program_assignments,
     proxy_greedy_assignments,
@@ -45,9 +48,11 @@ log = logging.getLogger("mixq.search")
 ATTR_GREEDY = "mixq:greedy_enqueued"
 ATTR_DOMINATED = "mixq:dominated"  # {fqn: {format: cheaper format}} from the seed trials
 ATTR_SENSITIVITY = "mixq:sensitivity"  # "sweep" (one-layer QAT trials) or "proxy" (Fisher-ordered greedy path)
+ATTR_NOISE = "mixq:noise_probe"  # the all-int8 trial given a second seed to measure the seed spread (-1: none)
 PROGRAM_LEVELS = 6  # cost levels at which the proxy programs pick a map
 PTQ_MAX_S = 60.0  # the PTQ proxy (one evaluation per layer and format) is skipped where it would take longer
 KEEP_DOMINATED = 0.1  # probability that a sampled dominated format is kept (so a wrong call can be undone)
+NEIGHBOUR_SHARE = 0.25  # the last quarter of the trial budget checks the front's one-layer neighbours first
 
 
 class DominatedFormatsSampler(optuna.samplers.BaseSampler):
@@ -106,19 +111,23 @@ class SeedPlan:
     trials finish: a time budget); ``completed()`` lists the study's finished trials."""
 
     def __init__(self, study: optuna.Study, setup: SearchSetup, trial_budget: Callable[[], int],
-                 completed: Callable[[], list[FrozenTrial]]) -> None:
+                 completed: Callable[[], list[FrozenTrial]], trials_left: Callable[[], int] | None = None,
+                 front: Callable[[], list[Assignment]] | None = None) -> None:
         self.study = study
         self.setup = setup
         self.spec = setup.spec
         self.trial_budget = trial_budget
         self.completed = completed
+        self.trials_left = trials_left  # first-rung trials the budget still affords
+        self.front = front  # the current front's free assignments
         self.queue: list[tuple[Assignment, str]] = []  # (free assignment, source), not yet enqueued
         self.sensitivity_pending = False  # the sweep-or-proxy choice waits for the baselines' durations
+        self.repeated: Assignment | None = None  # a sampler proposal served from the cache: try a new map next
 
     def start(self) -> None:
         space = self.setup.space
         if self.spec.seed_with_baselines:
-            self.enqueue(baseline_assignments(space), "baseline")
+            self.enqueue(baseline_assignments(space, self.layer_cost), "baseline")
             # after the baselines, so where all-int4 exists it keeps its place (skip_if_exists)
             self.enqueue([cheapest_assignment(space, self.layer_cost)], "cheapest")
         # a time budget says how many trials fit only once some trials ran: decide after the baselines
@@ -208,12 +217,32 @@ class SeedPlan:
         self.queue += [(free, source) for free in free_assignments]
 
     def enqueue_next(self) -> None:
-        """Queue the next seed not tried yet, only when the study's queue is empty: a queued trial is
-        a retry of a dead process's trial (or a seed another process queued), and runs first."""
+        """Queue the next map to try, only when the study's queue is empty (a queued trial is a retry
+        of a dead process's trial, or a seed another process queued, and runs first): after a sampler
+        proposal that repeated a trained map, an untried map next to it; the uniform maps and the
+        cheapest; in the last :data:`NEIGHBOUR_SHARE` of the budget, the front's untried one-layer
+        neighbours; else the next seed not tried yet (none: the sampler proposes)."""
         trials = self.study.get_trials(deepcopy=False)
         if any(t.state is TrialState.WAITING for t in trials):
             return
         tried = {assignment_key(t.system_attrs.get("fixed_params", t.params)) for t in trials}
+        repeated, self.repeated = self.repeated, None
+        if repeated is not None:
+            fresh = self.untried_near(repeated, tried)
+            if fresh is not None:
+                self.study.enqueue_trial(fresh, user_attrs={"source": "resample"}, skip_if_exists=True)
+                return
+        while self.queue and self.queue[0][1] in ("baseline", "cheapest"):  # never left untried
+            free, source = self.queue.pop(0)
+            if assignment_key(free) not in tried:
+                self.study.enqueue_trial(free, user_attrs={"source": source}, skip_if_exists=True)
+                return
+        if self.polishing():
+            neighbours = front_neighbours(self.setup.space, self.front() if self.front else [], self.layer_cost,
+                                          tried)
+            if neighbours:
+                self.study.enqueue_trial(neighbours[0], user_attrs={"source": "neighbour"}, skip_if_exists=True)
+                return
         while self.queue or self.sensitivity_pending:
             if not self.queue:
                 self.seed_sensitivity()
@@ -222,6 +251,35 @@ class SeedPlan:
             if assignment_key(free) not in tried:
                 self.study.enqueue_trial(free, user_attrs={"source": source}, skip_if_exists=True)
                 return
+
+    def polishing(self) -> bool:
+        """In the last :data:`NEIGHBOUR_SHARE` of the trial budget (at least one trial)?"""
+        if self.trials_left is None or self.front is None or self.sensitivity_pending:
+            return False
+        reserve = max(1, round(NEIGHBOUR_SHARE * self.trial_budget()))
+        return self.trials_left() <= reserve
+
+    def repeated_map(self, trial: FrozenTrial) -> None:
+        """``trial`` was a sampler proposal served from the cache (a map already trained): the next
+        trial is an untried map next to it, so a repeat costs no trial and the search still moves."""
+        if trial.user_attrs.get("cached") and trial.user_attrs.get("source", "sampler") == "sampler":
+            self.repeated = {k: str(v) for k, v in trial.params.items()}
+
+    def untried_near(self, free: Assignment, tried: set[str]) -> Assignment | None:
+        """An untried map one layer away from ``free`` (a random one), else any untried map (up to
+        1,000 random draws); None when none is found."""
+        space = self.setup.space
+        rng = random.Random(f"{self.spec.seed}:{assignment_key(free)}:{len(tried)}")
+        near = [{**free, fqn: fmt} for fqn, options in space.choices.items() for fmt in options if fmt != free[fqn]]
+        rng.shuffle(near)
+        for candidate in near:
+            if assignment_key(candidate) not in tried:
+                return candidate
+        for _ in range(1000):
+            candidate = {fqn: rng.choice(options) for fqn, options in space.choices.items()}
+            if assignment_key(candidate) not in tried:
+                return candidate
+        return None
 
     def layer_cost(self, fqn: str, fmt: str) -> float:
         """One layer's first cost objective in one format."""
@@ -240,14 +298,43 @@ class SeedPlan:
         space, spec = self.setup.space, self.spec
         out = []
         if spec.seed_with_baselines:
-            out += [*baseline_assignments(space), cheapest_assignment(space, self.layer_cost)]
+            out += [*baseline_assignments(space, self.layer_cost), cheapest_assignment(space, self.layer_cost)]
         if spec.seed_with_sensitivity and self.study.user_attrs.get(ATTR_SENSITIVITY) == "sweep":
             out += sensitivity_assignments(space)
         return out
 
+    def noise_probe_due(self, ledger: Ledger) -> FrozenTrial | None:
+        """The trained all-int8 seed trial while the seed spread is not measured yet (and front points
+        get extra seeds at all: ``reevaluate_front``); then it is trained once more with the first
+        re-evaluation seed, a re-evaluation that counts like the front's (QAT steps, not trials).  The
+        spread tells which gains of a costlier format are noise (:meth:`learn`)."""
+        if not (self.spec.seed_with_baselines and self.spec.reevaluate_front > 0) or ATTR_NOISE in ledger.attrs:
+            return None
+        if not all("int8" in options for options in self.setup.space.choices.values()):
+            return None
+        key = assignment_key({fqn: "int8" for fqn in self.setup.space.choices})
+        return next((t for t in ledger.completed() if assignment_key(t.params) == key), None)
+
+    def seed_noise(self, attrs: dict[str, Any]) -> float | None:
+        """What a gain must exceed to count: ``min_gain``, or the seed spread of the all-int8 map (the
+        difference of its two seeds' scores) where larger; None while that probe is still running."""
+        floor = self.spec.min_gain or 0.0
+        number = attrs.get(ATTR_NOISE)
+        if number is None or number < 0:
+            return floor
+        rec = attrs.get(reeval_key(number))
+        if not isinstance(rec, dict) or not rec.get("qualities"):
+            return None if isinstance(rec, dict) and rec.get("qualities") is None else floor
+        trial = next((t for t in self.completed() if t.number == number), None)
+        if trial is None or not trial.values:
+            return floor
+        qualities = [float(trial.values[0]), *(float(q) for q in rec["qualities"])]
+        return max(floor, 2.0 * statistics.pstdev(qualities))
+
     def learn(self) -> None:
         """Once every seed map is scored: queue the greedy maps, and mark the formats the seeds show
-        to cost more for no better quality (the sampler then rarely picks them)."""
+        to cost more for no better quality, within the measured seed spread (the sampler then rarely
+        picks them)."""
         attrs = self.study.user_attrs
         if attrs.get(ATTR_GREEDY) and ATTR_DOMINATED in attrs:
             return
@@ -260,9 +347,13 @@ class SeedPlan:
         if not seeds or not all(assignment_key(s) in quality_of for s in seeds):
             return
         if ATTR_DOMINATED not in attrs:
+            if self.noise_probe_due(Ledger.read(self.study, 0)) is not None:
+                return  # the seed spread is about to be measured
+            noise = self.seed_noise(attrs)
+            if noise is None:
+                return  # being measured
             scored = [(s, quality_of[assignment_key(s)]) for s in seeds]
-            dominated = dominated_formats(scored, self.layer_cost, setup.workload.higher_is_better,
-                                          self.spec.min_gain or 0.0)
+            dominated = dominated_formats(scored, self.layer_cost, setup.workload.higher_is_better, noise)
             self.study.set_user_attr(ATTR_DOMINATED, dominated)
         if self.spec.seed_with_sensitivity and not attrs.get(ATTR_GREEDY):
             greedy = greedy_after_sweep(setup.space, quality_of, self.first_cost, setup.workload.higher_is_better)

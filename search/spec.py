@@ -355,3 +355,6 @@ class SearchResult:
     merged_within_noise: list[int] = field(default_factory=list)  # trial numbers left off the front as noise
     fidelity_rungs: tuple[int, ...] = (1,)  # what the search ran (automatic ones resolved)
     promotion_eta: int = DEFAULT_ETA
+    repeats_skipped: int = 0  # sampler proposals of a map already trained: served from the cache, no trial used
+    neighbour_checks: int = 0  # trials that tried a front point's one-layer neighbour (search.seeds.front_neighbours)
+    neighbours_untried: int = 0  # neighbours of the reported points that could dominate them, left untried

@@ -167,16 +167,19 @@ def test_front_reevaluation_reports_spread() -> None:
                                   seed_with_sensitivity=True, reevaluate_front=2),
                         on_progress=reports.append, on_trial=lambda _o, p: reports.append(p))
     assert result.front
-    assert all(t.n_evaluations in (1, 3) for t in result.trials)
+    # the all-int8 seed gets a second seed right away (the seed spread the seeding needs); the front
+    # two extra seeds, the all-int8 map one more
+    all_int8 = next(t for t in result.trials if set(t.assignment.values()) == {"int8"})
+    assert all(t.n_evaluations in (1, 3) or (t is all_int8 and t.n_evaluations == 2) for t in result.trials)
     spreads = [t.quality_std for t in result.trials if t.n_evaluations == 3]
     if len(result.front) + len(result.merged_within_noise) > 1:
         assert spreads, "a front of several points must have its closest pair re-evaluated"
     noise = max(spreads, default=0.0)
     for a, b in zip(result.front, result.front[1:], strict=False):
         if abs(a.quality - b.quality) <= 2 * noise:
-            assert a.n_evaluations == 3 and b.n_evaluations == 3, (a.number, b.number)
+            assert min(a.n_evaluations, b.n_evaluations) >= 2, (a.number, b.number)
     assert all(p.quality_std >= 0 for p in result.front)
-    assert result.qat_steps_used == 5 * len(result.trials) + 2 * 5 * len(spreads)
+    assert result.qat_steps_used == 5 * sum(t.n_evaluations for t in result.trials)
 
     # the downloaded file says what the front says: the mean over every run, not the first run
     for point in result.front:
