@@ -525,7 +525,7 @@ class _Search:
         space = self.setup.space
         names = space.options(layer.fqn) or (space.pinned[layer.fqn],)
         models = [cost_model(o, self.setup.profile) for o in self.spec.cost_objectives]
-        # keyed by the names the assignments use (a pin's format is kept as the user spelled it)
+        # keyed by the names the assignments use (canonical: the request validators normalise them)
         formats = {name: parse_format(name) for name in names}
         return {name: {m.name: m.layer_cost(layer, f) for m in models} for name, f in formats.items()}
 

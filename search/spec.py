@@ -92,9 +92,9 @@ class Pin(BaseModel):
     @field_validator("format")
     @classmethod
     def _known_format(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_format(value)
-        return value
+        """The canonical name (``INT8`` -> ``int8``), as ``formats`` stores them: the profile's
+        formats and the qconfig files use that spelling."""
+        return None if value is None else parse_format(value).name
 
 
 class SearchRequest(BaseModel):

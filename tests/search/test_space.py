@@ -174,3 +174,14 @@ def test_a_profile_forbidden_pin_names_the_pin() -> None:
         build_space(spec(formats=("int4", "int8"), pin_first_last=None, pins=[{"match": conv, "format": "int4"}]),
                     graph, profile)
     assert err.value.loc == ("pins", 0, "format")
+
+
+def test_a_pin_s_format_is_spelled_as_the_formats_are() -> None:
+    """``--pin conv=INT8`` was refused with "profile forbids" while ``--formats INT8`` worked: the pin's
+    format was checked but kept as written, and the profile knows ``int8``."""
+    graph = residual_graph()
+    conv = next(layer.fqn for layer in graph.layers if layer.kind.value == "conv2d")
+    space = build_space(spec(formats=("INT4", "Int8"), pins=[{"match": conv, "format": " INT8"}]), graph,
+                        load_profile("generic"))
+    assert space.pinned[conv] == "int8"
+    assert all(set(options) <= {"int4", "int8"} for options in space.choices.values())
