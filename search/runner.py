@@ -38,6 +38,8 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import optuna
 from optuna.study import StudyDirection
@@ -81,6 +83,23 @@ _ATTR_FP32 = "mixq:fp32_quality"
 
 OnTrial = Callable[[TrialOutcome, SearchProgress], None]
 OnFailedTrial = Callable[[TrialFailure], None]
+
+
+@dataclass(frozen=True)
+class Work:
+    """One unit of a search process's loop (:meth:`_Search.next_work`)."""
+
+    kind: Literal["trial", "promote", "wait", "done"]
+    number: int = -1  # promote: the trial whose map is trained again
+    rung: int = 0  # promote: the rung it is trained at
+    reason: str = ""  # done: why the search stops
+
+    @classmethod
+    def done(cls, reason: str) -> Work:
+        return cls("done", reason=reason)
+
+
+TRIAL, WAIT = Work("trial"), Work("wait")
 
 
 def make_sampler(name: SamplerName, seed: int) -> optuna.samplers.BaseSampler:
@@ -157,18 +176,18 @@ class _Search:
         while not self.should_stop():
             ledger = self.ledger()
             work = self.next_work(ledger)
-            if work[0] == "done":
-                self.stop_reason = work[1]
+            if work.kind == "done":
+                self.stop_reason = work.reason
                 break
-            if work[0] == "wait":
+            if work.kind == "wait":
                 time.sleep(min(1.0, self.spec.heartbeat_interval_s))
                 self.fail_stale_trials()
                 continue
             probe = self.seeds.noise_probe_due(ledger)
             if probe is not None:
                 self.probe_noise(probe, ledger)
-            elif work[0] == "promote":
-                self.promote(int(work[1]), int(work[2]), fp32)
+            elif work.kind == "promote":
+                self.promote(work.number, work.rung, fp32)
             else:
                 self.seeds.enqueue_next()
                 self.step(objective)
@@ -278,36 +297,36 @@ class _Search:
         budget = self.spec.budget_qat_steps
         return budget is None or ledger.qat_steps_used + qat_steps <= budget - reserve
 
-    def next_work(self, ledger: Ledger) -> tuple[str, ...]:
-        """``("promote", number, rung)``, ``("trial",)`` (a new map at the first rung), ``("wait",)``
-        (the budget is taken by trials running elsewhere, which may finish or turn out stale), or
-        ``("done", reason)``."""
+    def next_work(self, ledger: Ledger) -> Work:
+        """What this process does next: promote a trial to a rung, run a new map at the first rung,
+        wait (the budget is taken by trials running elsewhere, which may finish or turn out stale), or
+        stop with a reason."""
         spec = self.spec
         if spec.timeout_s is not None and time.monotonic() - self.started >= spec.timeout_s:
-            return ("done", "timeout")
+            return Work.done("timeout")
         if self.metric_at_best(ledger):
-            return ("done", "the cheapest map scores the metric's best value")
+            return Work.done("the cheapest map scores the metric's best value")
         reserve = self.reevaluation_reserve()
         promotion = ledger.next_promotion(len(spec.rungs), spec.eta,
                                            self.setup.workload.higher_is_better)
         if promotion is not None and self.fits(ledger, self.steps_at(promotion[1]), reserve):
-            return ("promote", str(promotion[0]), str(promotion[1]))
+            return Work("promote", number=promotion[0], rung=promotion[1])
         done = len(ledger.completed())
         running = sum(1 for t in ledger.trials if t.state is TrialState.RUNNING)
         seen = {assignment_key(t.params) for t in ledger.trials if t.state is TrialState.COMPLETE}
         limit = spec.n_trials if spec.budget_qat_steps is None else spec.budget_qat_steps // self.steps_at(0)
         hard_cap = 4 * limit + 10  # repeats and failures cannot loop forever
         if len(seen) >= self.setup.space.size:
-            return ("wait",) if running else ("done", "every map in the space was tried")
+            return WAIT if running else Work.done("every map in the space was tried")
         if len(ledger.trials) >= hard_cap:
-            return ("done", "too many repeated or failed trials")
+            return Work.done("too many repeated or failed trials")
         if done >= limit:
-            return ("wait",) if running and spec.budget_qat_steps is not None else ("done", "budget")
+            return WAIT if running and spec.budget_qat_steps is not None else Work.done("budget")
         if spec.budget_qat_steps is None:
-            return ("trial",) if done + running < limit else ("wait",)
+            return TRIAL if done + running < limit else WAIT
         if self.fits(ledger, self.steps_at(0), reserve):
-            return ("trial",)
-        return ("wait",) if running else ("done", "budget")
+            return TRIAL
+        return WAIT if running else Work.done("budget")
 
     def metric_at_best(self, ledger: Ledger) -> bool:
         """Has a map costing the least possible in every objective scored the metric's best value?
@@ -469,7 +488,12 @@ class _Search:
             ledger = self.ledger()
             outcomes = self.outcomes(ledger)
             front = pareto_front(outcomes, self.setup.workload.higher_is_better)
-            noise = noise_level([o.quality_std for o in outcomes if o.n_evaluations > 1], self.spec.min_gain)
+            # the seeding's noise probe alone (one map, two seeds) does not stand for the front's spread:
+            # until a front point is re-evaluated, the closest pair is, which measures it
+            measured = [o for o in outcomes if o.n_evaluations > 1]
+            if all(o.number == ledger.attrs.get(ATTR_NOISE) for o in measured):
+                measured = []
+            noise = noise_level([o.quality_std for o in measured], self.spec.min_gain)
             todo = [front[i] for i in reevaluation_todo([p.quality for p in front],
                                                         [p.n_evaluations for p in front], noise)
                     if ledger.reevals.get(front[i].number, {}).get("rung", -1) != front[i].rung]
