@@ -160,7 +160,7 @@ def run_sampler(setup: Setup, name: str, budget_s: float, qat_steps: int, rungs:
     spec = SearchSpec(
         workload="denoise-deep", workload_options=setup.options, formats=FORMATS, n_trials=10_000,
         timeout_s=budget_s, qat_steps=qat_steps, sampler="tpe" if name != "random" else "random",
-        seed_with_baselines=seeded, seed_with_sensitivity=seeded, reevaluate_front=0,
+        seed_with_baselines=seeded, seed_with_sensitivity=seeded, check_front_neighbours=seeded, reevaluate_front=0,
         fidelity_rungs=None if rungs is None else tuple(rungs), promotion_eta=eta, seed=seed,
     )
     started = time.monotonic()

@@ -3,9 +3,10 @@
 It evaluates per-layer precision maps with short QAT runs and returns the Pareto front of
 (quality, cost...).  Sample efficiency comes from:
 
-1. Seeding (``search/seeding.py``; the maps from ``search/seeds.py``): the uniform baselines, the
-   one-layer sensitivity sweep (or a Fisher-proxy greedy path where it does not fit), then a
-   greedy front over the sweep.  All of it counts in the budget: they are real trials.  Seeds are
+1. Seeding (``search/seeding.py``; the maps from ``search/seeds.py``): one uniform map per format,
+   the one-layer sensitivity sweep (or a Fisher-proxy greedy path where it does not fit), the proxy
+   programs' maps, then a greedy front over the sweep.  All of it counts in the budget: they are real
+   trials.  The last quarter of the budget checks the front's one-layer neighbours first.  Seeds are
    queued one at a time, when the study's queue is empty, so a retry always runs before them.
 2. A seeded multi-objective sampler (TPE by default; NSGA-II, random).
 3. A cache (``search/objective.py``): an assignment already evaluated is never trained again (its

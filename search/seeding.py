@@ -1,14 +1,18 @@
 """Seeding a study: which maps are tried first, in what order, and what the seed trials teach.
 
-``SeedPlan`` queues the uniform baselines and the cheapest allowed map, then either the one-layer QAT
-sweep (where it fits a third of the budget) or the greedy path ordered by the Fisher proxy, and once
-the seeds are scored, the greedy path over the sweep and the formats the seeds show dominated (which
-``DominatedFormatsSampler`` then rarely samples).  Seeds go to the study one at a time, only when its
-queue is empty, so a retry of a dead process's trial (queued in the study) always runs first.  The
-maps themselves come from :mod:`search.seeds` (numbers in, numbers out).
+``SeedPlan`` queues one uniform map per format and the cheapest allowed map, then either the one-layer
+QAT sweep (where it fits a third of the budget) or the greedy path ordered by the Fisher proxy, and the
+proxy programs' maps.  Once the all-int8 map is trained it is trained again with another seed (the seed
+spread); once the seeds are scored, the greedy path over the sweep is queued and the formats the seeds
+show to cost more for no gain beyond that spread are marked dominated (``DominatedFormatsSampler`` then
+rarely samples them).  In the last :data:`NEIGHBOUR_SHARE` of the budget the front's untried one-layer
+neighbours go first; after a sampler proposal that repeated a trained map, an untried map next to it.
+Maps go to the study one at a time, only when its queue is empty, so a retry of a dead process's trial
+(queued in the study) always runs first.  The maps themselves come from :mod:`search.seeds` (numbers
+in, numbers out).
 
 What every process sharing the study must agree on is a study user attribute: the sweep-or-proxy
-choice, the dominated formats, whether the greedy path was queued.
+choice, the dominated formats, whether the greedy path was queued, which trial measured the seed spread.
 """
 
 from __future__ import annotations
@@ -254,7 +258,8 @@ class SeedPlan:
 
     def polishing(self) -> bool:
         """In the last :data:`NEIGHBOUR_SHARE` of the trial budget (at least one trial)?"""
-        if self.trials_left is None or self.front is None or self.sensitivity_pending:
+        if (not self.spec.check_front_neighbours or self.trials_left is None or self.front is None
+                or self.sensitivity_pending):
             return False
         reserve = max(1, round(NEIGHBOUR_SHARE * self.trial_budget()))
         return self.trials_left() <= reserve

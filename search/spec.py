@@ -134,6 +134,9 @@ class SearchRequest(BaseModel):
     # search tuning knobs (defaults suit real searches; tests turn them down)
     seed_with_baselines: bool = True
     seed_with_sensitivity: bool = True
+    check_front_neighbours: bool = Field(
+        default=True, description="spend the last quarter of the trial budget on the front's untried one-layer "
+                                  "neighbours that could dominate it (cheaper by one format, or swapped at equal cost)")
     reevaluate_front: int = Field(default=2, ge=0, le=10, description="extra seeds per front point before reporting")
     # multi-fidelity (search/multifidelity.py); null: chosen by resolve_fidelity when the search starts
     fidelity_rungs: tuple[int, ...] | None = Field(
