@@ -6,7 +6,7 @@ It evaluates per-layer precision maps with short QAT runs and returns the Pareto
 1. Seeding (``search/seeding.py``; the maps from ``search/seeds.py``): one uniform map per format,
    the one-layer sensitivity sweep (or a Fisher-proxy greedy path where it does not fit), the proxy
    programs' maps, then a greedy front over the sweep.  All of it counts in the budget: they are real
-   trials.  The last quarter of the budget checks the front's one-layer neighbours first.  Seeds are
+   trials.  The last half of the budget checks the front's one-layer neighbours first (model-ranked).  Seeds are
    queued one at a time, when the study's queue is empty, so a retry always runs before them.
 2. A seeded multi-objective sampler (TPE by default; NSGA-II, random).
 3. A cache (``search/objective.py``): an assignment already evaluated is never trained again (its
@@ -163,7 +163,7 @@ class _Search:
             raise SearchError(f"study_name: {exc}") from None
         self.started = time.monotonic()
         self.stop_reason = ""
-        self.seeds = SeedPlan(self.study, setup, self.trial_budget, self.completed, self.trials_left, self.front_free)
+        self.seeds = SeedPlan(self.study, setup, self.trial_budget, self.completed, self.trials_left, self.front_points)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> SearchResult:
@@ -226,10 +226,11 @@ class _Search:
             return max(0, (budget - self.reevaluation_reserve() - ledger.qat_steps_used) // max(self.steps_at(0), 1))
         return max(0, self.trial_budget() - len(ledger.completed()))
 
-    def front_free(self) -> list[dict[str, str]]:
-        """The current front's maps as free assignments (the layers the search chooses)."""
+    def front_points(self) -> list[tuple[dict[str, str], float, float]]:
+        """The current front: (free assignment, quality, first cost) per point."""
         front = pareto_front(self.outcomes(), self.setup.workload.higher_is_better)
-        return [{fqn: p.assignment[fqn] for fqn in self.setup.space.choices} for p in front]
+        return [({fqn: p.assignment[fqn] for fqn in self.setup.space.choices}, p.quality, next(iter(p.costs.values())))
+                for p in front]
 
     def fp32_quality(self) -> float:
         value = self.study.user_attrs.get(_ATTR_FP32)

@@ -35,6 +35,7 @@ from search.objective import SearchSetup
 from search.pareto import assignment_key
 from search.seeds import (
     Assignment,
+    additive_effects,
     baseline_assignments,
     cheapest_assignment,
     dominated_formats,
@@ -43,6 +44,7 @@ from search.seeds import (
     greedy_after_sweep,
     program_assignments,
     proxy_greedy_assignments,
+    rank_neighbours,
     sensitivity_assignments,
     sweep_fits,
 )
@@ -56,7 +58,7 @@ ATTR_NOISE = "mixq:noise_probe"  # the all-int8 trial given a second seed to mea
 PROGRAM_LEVELS = 6  # cost levels at which the proxy programs pick a map
 PTQ_MAX_S = 60.0  # the PTQ proxy (one evaluation per layer and format) is skipped where it would take longer
 KEEP_DOMINATED = 0.1  # probability that a sampled dominated format is kept (so a wrong call can be undone)
-NEIGHBOUR_SHARE = 0.25  # the last quarter of the trial budget checks the front's one-layer neighbours first
+NEIGHBOUR_SHARE = 0.5  # the last half of the trial budget checks the front's one-layer neighbours first
 
 
 class DominatedFormatsSampler(optuna.samplers.BaseSampler):
@@ -116,14 +118,14 @@ class SeedPlan:
 
     def __init__(self, study: optuna.Study, setup: SearchSetup, trial_budget: Callable[[], int],
                  completed: Callable[[], list[FrozenTrial]], trials_left: Callable[[], int] | None = None,
-                 front: Callable[[], list[Assignment]] | None = None) -> None:
+                 front: Callable[[], list[tuple[Assignment, float, float]]] | None = None) -> None:
         self.study = study
         self.setup = setup
         self.spec = setup.spec
         self.trial_budget = trial_budget
         self.completed = completed
         self.trials_left = trials_left  # first-rung trials the budget still affords
-        self.front = front  # the current front's free assignments
+        self.front = front  # the current front: (free assignment, quality, first cost) per point
         self.queue: list[tuple[Assignment, str]] = []  # (free assignment, source), not yet enqueued
         self.sensitivity_pending = False  # the sweep-or-proxy choice waits for the baselines' durations
         self.repeated: Assignment | None = None  # a sampler proposal served from the cache: try a new map next
@@ -242,10 +244,9 @@ class SeedPlan:
                 self.study.enqueue_trial(free, user_attrs={"source": source}, skip_if_exists=True)
                 return
         if self.polishing():
-            neighbours = front_neighbours(self.setup.space, self.front() if self.front else [], self.layer_cost,
-                                          tried)
-            if neighbours:
-                self.study.enqueue_trial(neighbours[0], user_attrs={"source": "neighbour"}, skip_if_exists=True)
+            neighbour = self.best_neighbour(tried)
+            if neighbour is not None:
+                self.study.enqueue_trial(neighbour, user_attrs={"source": "neighbour"}, skip_if_exists=True)
                 return
         while self.queue or self.sensitivity_pending:
             if not self.queue:
@@ -255,6 +256,22 @@ class SeedPlan:
             if assignment_key(free) not in tried:
                 self.study.enqueue_trial(free, user_attrs={"source": source}, skip_if_exists=True)
                 return
+
+    def best_neighbour(self, tried: set[str]) -> Assignment | None:
+        """The untried one-layer neighbour of a front point that would add the most to the front, as an
+        additive model fitted to every trained map predicts (``search.seeds.rank_neighbours``): the
+        cheaper and equal-cost ones that could dominate a point, and the costlier ones that could fill
+        a gap.  None when every neighbour has been tried."""
+        front = self.front() if self.front else []
+        space = self.setup.space
+        candidates = front_neighbours(space, [free for free, _, _ in front], self.layer_cost, tried, upward=True)
+        if not candidates:
+            return None
+        scored = [({k: str(v) for k, v in t.params.items()}, float(t.values[0])) for t in self.completed()
+                  if t.values and not t.user_attrs.get("cached") and len(t.params) == len(space.choices)]
+        ranked = rank_neighbours(candidates, front, additive_effects(space, scored), self.first_cost,
+                                 self.setup.workload.higher_is_better)
+        return ranked[0]
 
     def polishing(self) -> bool:
         """In the last :data:`NEIGHBOUR_SHARE` of the trial budget (at least one trial)?"""

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from search.pareto import assignment_key
+from search.pareto import assignment_key, hypervolume_2d
 from search.space import SearchSpace
 
 Assignment = dict[str, str]  # fqn -> format name
@@ -284,17 +284,20 @@ def program_assignments(
 
 
 def front_neighbours(
-    space: SearchSpace, front: Sequence[Assignment], layer_cost: LayerCost, tried: set[str],
+    space: SearchSpace, front: Sequence[Assignment], layer_cost: LayerCost, tried: set[str], *,
+    upward: bool = False,
 ) -> list[Assignment]:
-    """The untried one-layer neighbours of front points that could dominate them, best bets first.
+    """The untried one-layer neighbours of front points that could dominate them.
 
     For each front point (a free assignment), in the order given: every free layer moved to its next
     cheaper format (the costliest of its formats that costs less there), then the maps of equal cost:
     one layer in another format that costs the same there, or two layers' formats swapped where that
     keeps the cost.  A cheaper neighbour dominates its point if it scores no worse; an equal-cost one if
-    it scores better.  Within each kind the cheapest neighbours come first; a map in ``tried``
-    (:func:`~search.pareto.assignment_key`) or already listed is left out.  Costs are ``layer_cost``
-    summed over a group's layers (tied layers follow their leader)."""
+    it scores better.  With ``upward`` also every layer one format costlier (the next costlier of its
+    formats): a map that may fill the gap to the next front point (it cannot dominate its own).  Within
+    each kind the cheapest neighbours come first; a map in ``tried`` (:func:`~search.pareto.assignment_key`)
+    or already listed is left out.  Costs are ``layer_cost`` summed over a group's layers (tied layers
+    follow their leader)."""
     members = {fqn: [fqn, *(f for f, lead in space.tied.items() if lead == fqn)] for fqn in space.choices}
 
     def cost(fqn: str, fmt: str) -> float:
@@ -305,6 +308,7 @@ def front_neighbours(
 
     cheaper: list[tuple[float, Assignment]] = []
     equal: list[tuple[float, Assignment]] = []
+    dearer: list[tuple[float, Assignment]] = []
     for point in front:
         base = sum(cost(fqn, fmt) for fqn, fmt in point.items())
         for fqn, fmt in point.items():
@@ -314,6 +318,11 @@ def front_neighbours(
             if lower:
                 c, o = max(lower)
                 cheaper.append((base - here + c, {**point, fqn: o}))
+            higher = [(cost(fqn, o), o) for o in space.choices[fqn]
+                      if cost(fqn, o) > here and not close(cost(fqn, o), here)]
+            if upward and higher:
+                c, o = min(higher)
+                dearer.append((base - here + c, {**point, fqn: o}))
             equal += [(base, {**point, fqn: o}) for o in space.choices[fqn] if o != fmt and close(cost(fqn, o), here)]
         names = list(point)
         for i, a in enumerate(names):
@@ -325,9 +334,82 @@ def front_neighbours(
                     equal.append((base, {**point, a: fb, b: fa}))
     out: list[Assignment] = []
     seen = set(tried)
-    for _, neighbour in [*sorted(cheaper, key=lambda x: x[0]), *sorted(equal, key=lambda x: x[0])]:
+    kinds = [cheaper, equal, dearer]
+    for _, neighbour in [item for kind in kinds for item in sorted(kind, key=lambda x: x[0])]:
         key = assignment_key(neighbour)
         if key not in seen:
             seen.add(key)
             out.append(neighbour)
     return out
+
+
+def additive_effects(
+    space: SearchSpace, scored: Sequence[tuple[Assignment, float]], ridge: float = 1e-2,
+) -> dict[str, dict[str, float]]:
+    """Each (layer, format)'s effect on quality in an additive model, ``quality ~ b + sum of effects``,
+    fitted by ridge-regularised least squares to the scored free assignments: HAWQ's and AMP's
+    assumption that layers lose quality independently, fitted to the QAT runs themselves.  An effect
+    no scored map tells apart from the others stays near 0 (optimistic: a move nothing has measured
+    looks free).
+
+    >>> space = SearchSpace(choices={"a": ("int4", "int8"), "b": ("int4", "int8")}, pinned={}, pin_reasons={})
+    >>> e = additive_effects(space, [({"a": "int8", "b": "int8"}, 10.0), ({"a": "int4", "b": "int8"}, 8.0),
+    ...                              ({"a": "int8", "b": "int4"}, 9.0)])
+    >>> round(e["a"]["int8"] - e["a"]["int4"], 1), round(e["b"]["int8"] - e["b"]["int4"], 1)
+    (2.0, 1.0)
+    """
+    columns = [(fqn, fmt) for fqn, options in space.choices.items() for fmt in options]
+    if not scored:
+        return {fqn: dict.fromkeys(options, 0.0) for fqn, options in space.choices.items()}
+    index = {c: i for i, c in enumerate(columns)}
+    x = np.zeros((len(scored), len(columns)))
+    y = np.array([q for _, q in scored], dtype=float)
+    for row, (free, _) in enumerate(scored):
+        for fqn, fmt in free.items():
+            if (fqn, fmt) in index:
+                x[row, index[(fqn, fmt)]] = 1.0
+    y = y - y.mean()
+    x = x - x.mean(axis=0)  # the intercept, unpenalised, taken out by centring
+    weights = np.linalg.solve(x.T @ x + ridge * np.eye(len(columns)), x.T @ y)
+    out: dict[str, dict[str, float]] = {}
+    for (fqn, fmt), w in zip(columns, weights, strict=True):
+        out.setdefault(fqn, {})[fmt] = float(w)
+    return out
+
+
+def rank_neighbours(
+    candidates: Sequence[Assignment],
+    front: Sequence[tuple[Assignment, float, float]],
+    effects: Mapping[str, Mapping[str, float]],
+    cost_of: Callable[[Assignment], float],
+    higher_is_better: bool,
+) -> list[Assignment]:
+    """``candidates`` (one-layer neighbours of the ``front``'s points: (free assignment, quality, first
+    cost)) in order of the hypervolume each would add to the front, predicted from its nearest front
+    point's measured quality plus the additive model's change (:func:`additive_effects`); equal
+    predictions keep the candidates' order (cheaper neighbours first).  Hypervolume on (quality, cost),
+    each scaled to the front's range, with the reference point 10% beyond its worst corner."""
+    if not front:
+        return list(candidates)
+    sign = 1.0 if higher_is_better else -1.0
+    qualities = [sign * q for _, q, _ in front]
+    costs = [c for _, _, c in front]
+    q_span = (max(qualities) - min(qualities)) or 1.0
+    c_span = (max(costs) - min(costs)) or max(abs(max(costs)), 1.0)
+    reference = (-(min(qualities) - 0.1 * q_span) / q_span, (max(costs) + 0.1 * c_span) / c_span)
+    points = [(-q / q_span, c / c_span) for q, c in zip(qualities, costs, strict=True)]
+    base = hypervolume_2d(points, reference)
+
+    def predicted(candidate: Assignment) -> float:
+        def distance(point: Assignment) -> int:
+            return sum(candidate[f] != point[f] for f in candidate)
+
+        nearest, quality, _ = min(front, key=lambda p: distance(p[0]))
+        change = sum(effects.get(f, {}).get(candidate[f], 0.0) - effects.get(f, {}).get(nearest[f], 0.0)
+                     for f in candidate if candidate[f] != nearest[f])
+        return sign * (quality + change)
+
+    gains = [hypervolume_2d([*points, (-predicted(c) / q_span, cost_of(c) / c_span)], reference) - base
+             for c in candidates]
+    order = sorted(range(len(candidates)), key=lambda i: (-round(gains[i], 12), i))
+    return [candidates[i] for i in order]

@@ -135,7 +135,7 @@ class SearchRequest(BaseModel):
     seed_with_baselines: bool = True
     seed_with_sensitivity: bool = True
     check_front_neighbours: bool = Field(
-        default=True, description="spend the last quarter of the trial budget on the front's untried one-layer "
+        default=True, description="spend the last half of the trial budget on the front's untried one-layer "
                                   "neighbours that could dominate it (cheaper by one format, or swapped at equal cost)")
     reevaluate_front: int = Field(default=2, ge=0, le=10, description="extra seeds per front point before reporting")
     # multi-fidelity (search/multifidelity.py); null: chosen by resolve_fidelity when the search starts
