@@ -1,27 +1,32 @@
 """Search efficiency: hypervolume of the front each method finds with a small budget, relative to
-the exhaustive front of a 243-assignment space.
+the exhaustive front of a space every map of which was trained.
 
 Run from the repository root::
 
-    python -m bench.search_efficiency                 # exhaustive table (cached), then the searches
-    python -m bench.search_efficiency --qat-steps 60  # another QAT length: another cached table
+    python -m bench.search_efficiency --space default         # the README's denoise, default formats
+    python -m bench.search_efficiency --space default --shard 0/2 & \
+        python -m bench.search_efficiency --space default --shard 1/2   # train the table in 2 processes
+    python -m bench.search_efficiency --space inner --qat-steps 60      # another QAT length: another table
 
-The benchmark model is the ``denoise`` workload with 7 convs (``depth=7``), narrowed so one trial
-is cheap; the first and last conv are pinned to int8 (mixq's default), leaving 5 free layers x 3
-formats (int4, int8, fp16) = 243 assignments.  Every assignment is trained once (QAT seed 0) and
-scored: the exhaustive table, cached in ``bench/results/exhaustive_*.json``.  The methods then
-search that table, each "trial" a lookup:
+The spaces (:data:`CONFIGS`): ``default`` is the README's main job, the ``denoise`` workload with its
+default options, first and last conv pinned int8 (mixq's default), 4 inner convs free x the generic
+profile's 5 formats (int4, int8, w4a8, w8a16, fp16) = 625 maps at the search's 200 QAT steps;
+``default-d5`` the same at depth 5 (125 maps); ``inner`` and ``ends`` a narrowed depth-7 denoiser over
+int4/int8/fp16 only (243 maps at 40 steps; the spaces measured before split formats were the default).
+Every map is trained once (QAT seed 0) and scored: the exhaustive table, cached in
+``bench/results/exhaustive_*.json``.  The methods then search that table, each "trial" a lookup:
 
-* mixq: ``run_search`` with its defaults (TPE, seeded with the uniform baselines, the one-layer
-  sensitivity sweep and the greedy front), ``reevaluate_front=0``, ``evaluator=`` the table.
-* random: the same runner with ``sampler="random"`` and no seeding.
+* mixq: ``run_search`` with its defaults (seeded: uniform maps of every format, the one-layer
+  sensitivity sweep, the proxy programs, the greedy front; TPE; the front's neighbours in the last
+  half), ``reevaluate_front=0`` (so no second seed of all-int8 either: the table has one score per
+  map), ``evaluator=`` the table.
+* random: the same runner with ``sampler="random"``, no seeding and no neighbour checks.
 * sensitivity-greedy without QAT: per-layer sensitivities from post-training quantization only
-  (``run_trial(..., qat_steps=0)``: all-fp16 with one layer at int8 or int4, 1 + 10 PTQ runs that
-  do not count against the budget), then the greedy path from all-fp16 to all-int4, one notch at a
-  time, least predicted PSNR loss per bitop saved first (11 points, as AIMET AMP's greedy phase);
-  its points are scored from the table.  The path is deterministic and has 11 points, so its result
-  is the same for every seed and every budget >= 11.
-* TPE without seeding (ablation): mixq's sampler with the baselines and the sweep turned off.
+  (``run_trial(..., qat_steps=0)``: the costliest format everywhere with one layer one notch down;
+  PTQ runs that do not count against the budget), then the greedy path to the cheapest format
+  everywhere, one notch at a time, least predicted loss per bitop saved first (as AIMET AMP's greedy
+  phase); its points are scored from the table.  It is the same for every seed and budget.
+* TPE without seeding (ablation): mixq's sampler with the seeds and the neighbour checks turned off.
 
 Hypervolume (2-D, both objectives minimised after normalisation): quality and bitops are scaled by
 the exhaustive front's ideal and nadir points, ``f_q = (q_ideal - q) / (q_ideal - q_nadir)`` and
