@@ -265,6 +265,12 @@ class SeedPlan:
         front = self.front() if self.front else []
         space = self.setup.space
         candidates = front_neighbours(space, [free for free, _, _ in front], self.layer_cost, tried, upward=True)
+        # a format the seeds showed to cost more for no gain is not a neighbour to try (except where a
+        # front point already has it there)
+        dominated: dict[str, dict[str, str]] = self.study.user_attrs.get(ATTR_DOMINATED, {})
+        on_front = {(fqn, fmt) for free, _, _ in front for fqn, fmt in free.items()}
+        candidates = [c for c in candidates
+                      if all((fqn, fmt) in on_front or fmt not in dominated.get(fqn, {}) for fqn, fmt in c.items())]
         if not candidates:
             return None
         scored = [({k: str(v) for k, v in t.params.items()}, float(t.values[0])) for t in self.completed()
