@@ -337,3 +337,14 @@ def test_many_free_layers_get_automatic_rungs_under_a_budget_and_a_hint_without(
     assert fidelity_line(SearchSpec(workload="denoise", timeout_s=600), builtin_layer_graph("denoise", {})) is None
     assert fidelity_line(SearchSpec(workload="denoise-deep", pins=[{"match": "nope*", "format": "int8"}]),
                          deep) is None  # a pin matching no layer: the search itself reports it
+
+
+def test_the_summary_and_the_output_say_how_the_front_was_checked(search_run: tuple[Path, str]) -> None:
+    out, _ = search_run
+    summary = json.loads((out / "run" / "summary.json").read_text())
+    neighbours = sum(t["source"] == "neighbour" for t in summary["trials"])
+    assert summary["neighbour_checks"] == neighbours
+    assert isinstance(summary["neighbours_untried"], int) and isinstance(summary["repeats_skipped"], int)
+    text = " ".join((out / "output.txt").read_text().split())  # rich wraps long lines
+    assert f"front check: {neighbours} one-layer neighbour(s) of front points tried" in text
+    assert f"{summary['neighbours_untried']} untried" in text
