@@ -225,8 +225,8 @@ class SeedPlan:
     def enqueue_next(self) -> None:
         """Queue the next map to try, only when the study's queue is empty (a queued trial is a retry
         of a dead process's trial, or a seed another process queued, and runs first): after a sampler
-        proposal that repeated a trained map, an untried map next to it; the uniform maps and the
-        cheapest; in the last :data:`NEIGHBOUR_SHARE` of the budget, the front's untried one-layer
+        proposal that repeated a trained map, an untried map next to it; the uniform maps, the
+        cheapest and the one-layer sweep; in the last :data:`NEIGHBOUR_SHARE` of the budget, the front's untried one-layer
         neighbours; else the next seed not tried yet (none: the sampler proposes)."""
         trials = self.study.get_trials(deepcopy=False)
         if any(t.state is TrialState.WAITING for t in trials):
@@ -238,7 +238,9 @@ class SeedPlan:
             if fresh is not None:
                 self.study.enqueue_trial(fresh, user_attrs={"source": "resample"}, skip_if_exists=True)
                 return
-        while self.queue and self.queue[0][1] in ("baseline", "cheapest"):  # never left untried
+        # the uniform maps, the cheapest and the one-layer sweep (the sensitivity users read) are never
+        # left untried for neighbours
+        while self.queue and self.queue[0][1] in ("baseline", "cheapest", "sensitivity"):
             free, source = self.queue.pop(0)
             if assignment_key(free) not in tried:
                 self.study.enqueue_trial(free, user_attrs={"source": source}, skip_if_exists=True)
