@@ -226,8 +226,9 @@ class SeedPlan:
         """Queue the next map to try, only when the study's queue is empty (a queued trial is a retry
         of a dead process's trial, or a seed another process queued, and runs first): after a sampler
         proposal that repeated a trained map, an untried map next to it; the uniform maps, the
-        cheapest and the one-layer sweep; in the last :data:`NEIGHBOUR_SHARE` of the budget, the front's untried one-layer
-        neighbours; else the next seed not tried yet (none: the sampler proposes)."""
+        cheapest and the one-layer sweep; in the last :data:`NEIGHBOUR_SHARE` of the budget, the
+        front's untried one-layer neighbours; else the next seed not tried yet (none: the sampler
+        proposes)."""
         trials = self.study.get_trials(deepcopy=False)
         if any(t.state is TrialState.WAITING for t in trials):
             return
@@ -376,12 +377,9 @@ class SeedPlan:
         seeds = self.seed_assignments()
         if not seeds or not all(assignment_key(s) in quality_of for s in seeds):
             return
-        if ATTR_DOMINATED not in attrs:
-            if self.noise_probe_due(Ledger.read(self.study, 0)) is not None:
-                return  # the seed spread is about to be measured
-            noise = self.seed_noise(attrs)
-            if noise is None:
-                return  # being measured
+        # the seed spread about to be measured, or being measured (None): the marking waits for it
+        noise = None if self.noise_probe_due(Ledger.read(self.study, 0)) is not None else self.seed_noise(attrs)
+        if ATTR_DOMINATED not in attrs and noise is not None:
             scored = [(s, quality_of[assignment_key(s)]) for s in seeds]
             dominated = dominated_formats(scored, self.layer_cost, setup.workload.higher_is_better, noise)
             self.study.set_user_attr(ATTR_DOMINATED, dominated)
