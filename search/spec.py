@@ -257,7 +257,9 @@ class TrialOutcome:
     costs: Mapping[str, float]  # cost objective name -> value
     feasible: bool
     duration_s: float
-    source: str  # "baseline", "sensitivity", "sampler", "retry"
+    # "baseline", "cheapest", "sensitivity", "proxy", "program", "greedy", "sampler", "neighbour", "resample",
+    # "retry"
+    source: str
     cached: bool = False
     qconfig: dict[str, Any] | None = None  # the qconfig JSON of the trained trial (at its highest rung)
     rung: int = 0  # the highest fidelity rung it reached; ``quality`` is measured there
