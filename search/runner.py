@@ -60,7 +60,7 @@ from search.multifidelity import (
 from search.objective import Evaluator, Objective, SearchSetup, outcome_of, score_assignment
 from search.pareto import assignment_key, pareto_front
 from search.profiles import TargetProfile, load_profile
-from search.seeding import ATTR_NOISE, DominatedFormatsSampler, SeedPlan
+from search.seeding import ATTR_NOISE, DominatedFormatsSampler, SeedPlan, tried_maps
 from search.seeds import front_neighbours
 from search.space import build_space
 from search.spec import (
@@ -577,9 +577,8 @@ class _Search:
             setup.workload.higher_is_better, self.spec.min_gain,
         )
         kept = [p for p, m in zip(front, merged, strict=True) if not m]
-        tried = {assignment_key(t.system_attrs.get("fixed_params", t.params)) for t in ledger.trials}
         untried = front_neighbours(setup.space, [{fqn: p.assignment[fqn] for fqn in setup.space.choices} for p in kept],
-                                   self.seeds.layer_cost, tried)
+                                   self.seeds.layer_cost, tried_maps(ledger.trials))
         return SearchResult(
             workload=self.spec.workload,
             metric_name=setup.workload.metric,

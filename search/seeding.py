@@ -61,6 +61,12 @@ KEEP_DOMINATED = 0.1  # probability that a sampled dominated format is kept (so 
 NEIGHBOUR_SHARE = 0.5  # the last half of the trial budget checks the front's one-layer neighbours first
 
 
+def tried_maps(trials: Sequence[FrozenTrial]) -> set[str]:
+    """:func:`~search.pareto.assignment_key` of every map the trials hold, queued ones included (their
+    ``fixed_params``)."""
+    return {assignment_key(t.system_attrs.get("fixed_params", t.params)) for t in trials}
+
+
 class DominatedFormatsSampler(optuna.samplers.BaseSampler):
     """``base``, except that a format marked dominated for a layer (study attribute
     ``mixq:dominated``) is replaced by its cheaper equal with probability ``1 - keep``.
@@ -129,6 +135,7 @@ class SeedPlan:
         self.queue: list[tuple[Assignment, str]] = []  # (free assignment, source), not yet enqueued
         self.sensitivity_pending = False  # the sweep-or-proxy choice waits for the baselines' durations
         self.repeated: Assignment | None = None  # a sampler proposal served from the cache: try a new map next
+        self._layer_costs: dict[tuple[str, str], float] = {}
 
     def start(self) -> None:
         space = self.setup.space
@@ -232,7 +239,7 @@ class SeedPlan:
         trials = self.study.get_trials(deepcopy=False)
         if any(t.state is TrialState.WAITING for t in trials):
             return
-        tried = {assignment_key(t.system_attrs.get("fixed_params", t.params)) for t in trials}
+        tried = tried_maps(trials)
         repeated, self.repeated = self.repeated, None
         if repeated is not None:
             fresh = self.untried_near(repeated, tried)
@@ -313,10 +320,14 @@ class SeedPlan:
         return None
 
     def layer_cost(self, fqn: str, fmt: str) -> float:
-        """One layer's first cost objective in one format."""
-        layer = next(layer for layer in self.setup.graph.layers if layer.fqn == fqn)
-        model = cost_model(self.spec.cost_objectives[0], self.setup.profile)
-        return model.layer_cost(layer, parse_format(fmt))
+        """One layer's first cost objective in one format (computed once per pair: the neighbour
+        phase prices every neighbour of every front point at each trial)."""
+        key = (fqn, fmt)
+        if key not in self._layer_costs:
+            layer = next(layer for layer in self.setup.graph.layers if layer.fqn == fqn)
+            model = cost_model(self.spec.cost_objectives[0], self.setup.profile)
+            self._layer_costs[key] = model.layer_cost(layer, parse_format(fmt))
+        return self._layer_costs[key]
 
     def first_cost(self, free: Assignment) -> float:
         """A whole map's first cost objective (pins included)."""

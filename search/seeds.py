@@ -313,17 +313,16 @@ def front_neighbours(
         base = sum(cost(fqn, fmt) for fqn, fmt in point.items())
         for fqn, fmt in point.items():
             here = cost(fqn, fmt)
-            lower = [(cost(fqn, o), o) for o in space.choices[fqn]
-                     if cost(fqn, o) < here and not close(cost(fqn, o), here)]
+            options = [(cost(fqn, o), o) for o in space.choices[fqn] if o != fmt]
+            lower = [(c, o) for c, o in options if c < here and not close(c, here)]
             if lower:
                 c, o = max(lower)
                 cheaper.append((base - here + c, {**point, fqn: o}))
-            higher = [(cost(fqn, o), o) for o in space.choices[fqn]
-                      if cost(fqn, o) > here and not close(cost(fqn, o), here)]
+            higher = [(c, o) for c, o in options if c > here and not close(c, here)]
             if upward and higher:
                 c, o = min(higher)
                 dearer.append((base - here + c, {**point, fqn: o}))
-            equal += [(base, {**point, fqn: o}) for o in space.choices[fqn] if o != fmt and close(cost(fqn, o), here)]
+            equal += [(base, {**point, fqn: o}) for c, o in options if close(c, here)]
         names = list(point)
         for i, a in enumerate(names):
             for b in names[i + 1 :]:
