@@ -5,13 +5,13 @@ BitOPs as the cost) with the same wall-clock budget on the same machine, then na
 BitOPs budget (its best under that budget by its own estimate).  Every named map is then measured
 the same way: ``search.run_trial`` at the long fidelity with several seeds.  Methods:
 
-* ``amp`` -- AIMET AMP style: PTQ per-layer int4 drop (:func:`search.sensitivity.ptq_sensitivity`),
+* ``amp`` -- AIMET AMP style: PTQ per-layer int4 drop (:func:`search.study.sensitivity.ptq_sensitivity`),
   then a greedy path flipping layers to int4, least drop per BitOPs saved first.
 * ``hawq`` -- HAWQ-V3 style: Hutchinson estimate of each layer's Hessian trace (per weight) times the
   weight quantization perturbation ``||Q(W) - W||^2``, then an integer program per budget
   (``scipy.optimize.milp``).
 * ``autoquantize`` -- ModelOpt AutoQuantize style: output-space Fisher score
-  (:func:`search.sensitivity.fisher_sensitivity`), then a linear program per budget (relaxed, then
+  (:func:`search.study.sensitivity.fisher_sensitivity`), then a linear program per budget (relaxed, then
   rounded within the budget).
 * ``random`` / ``tpe`` -- ``run_search`` with no seeding, sampler random / TPE, short QAT.
 * ``mixq`` -- ``run_search`` as shipped (seeded with baselines, the sensitivity sweep or the
@@ -52,11 +52,11 @@ import torch
 
 from bench.report import RESULTS_DIR, code_version, markdown_table, mean_std, write_report
 from search import CostObjective, SearchSpec, discover_layers, load_profile, load_workload, run_search, run_trial
-from search.cost import model_costs
-from search.layers import LayerGraph
-from search.pareto import assignment_key, hypervolume_2d, objective_vector
-from search.seeds import select_formats
-from search.sensitivity import fisher_sensitivity, hessian_sensitivity, ptq_sensitivity, scores_by_layer
+from search.quant.cost import model_costs
+from search.quant.layers import LayerGraph
+from search.study.pareto import assignment_key, hypervolume_2d, objective_vector
+from search.study.seeds import select_formats
+from search.study.sensitivity import fisher_sensitivity, hessian_sensitivity, ptq_sensitivity, scores_by_layer
 from search.workloads import Workload
 from search.workloads.denoise_deep import noisy_input_psnr
 
@@ -167,7 +167,7 @@ def run_sampler(setup: Setup, name: str, budget_s: float, qat_steps: int, rungs:
     if "-proxy" in name:  # an experiment: the Fisher-ordered greedy path instead of the one-layer QAT sweep
         from unittest import mock
 
-        from search.seeding import SeedPlan
+        from search.study.seeding import SeedPlan
 
         with mock.patch.object(SeedPlan, "sweep_fits", return_value=False):
             result = run_search(spec, workload=setup.workload)

@@ -49,10 +49,11 @@ from search import (
     run_search,
     run_trial,
 )
-from search.cost import model_costs
-from search.pareto import hypervolume_2d, non_dominated
-from search.train import DEFAULT_RECIPE, QatRecipe, fp32_quality
+from search.quant.cost import model_costs
+from search.study.pareto import hypervolume_2d, non_dominated
+from search.train import fp32_quality
 from search.workloads.base import Workload
+from search.workloads.training import DEFAULT_RECIPE, QatRecipe
 
 RUNS_FILE = RESULTS_DIR / "fidelity_runs.json"
 

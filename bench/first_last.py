@@ -29,7 +29,7 @@ import torch
 
 from bench.report import RESULTS_DIR, markdown_table, mean_std, write_report
 from search import CostObjective, discover_layers, load_profile, load_workload, run_trial
-from search.cost import model_costs
+from search.quant.cost import model_costs
 from search.train import fp32_quality
 from search.workloads import denoise, denoise_deep
 from search.workloads.base import Workload

@@ -44,7 +44,7 @@ from bench.fidelity import (
 )
 from bench.report import RESULTS_DIR, markdown_table, mean_std, write_report
 from search import CostObjective, SearchSpec, discover_layers, load_profile, load_workload
-from search.cost import model_costs
+from search.quant.cost import model_costs
 
 
 def parse_rungs(text: str) -> tuple[int, ...]:

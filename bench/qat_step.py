@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from bench.report import markdown_table, write_report
 from search import discover_layers, load_workload, parse_format, run_trial
-from search.qat import calibrate, fold_batchnorm, quantize_model
+from search.quant.qat import calibrate, fold_batchnorm, quantize_model
 from search.workloads.base import Batch, Workload
 
 WORKLOADS = ("digits", "denoise")

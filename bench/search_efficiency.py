@@ -61,9 +61,9 @@ from search import (
     run_search,
     run_trial,
 )
-from search.cost import model_costs
-from search.pareto import hypervolume_2d, non_dominated
-from search.space import build_space
+from search.quant.cost import model_costs
+from search.study.pareto import hypervolume_2d, non_dominated
+from search.study.space import build_space
 from search.train import fp32_quality
 from search.workloads.base import Workload
 
@@ -118,7 +118,7 @@ Point = tuple[float, float]  # (quality, bitops)
 
 
 # ---------------------------------------------------------------------------------------------
-# Pareto fronts and hypervolume on the (quality, bitops) plane (the maths is search.pareto's)
+# Pareto fronts and hypervolume on the (quality, bitops) plane (the maths is search.study.pareto's)
 # ---------------------------------------------------------------------------------------------
 
 

@@ -9,8 +9,8 @@ What it measures (torch on one thread):
 
 * the workload: PSNR of the noisy held-out input, of the pretrained fp32 model, and of three maps
   after ``--spread-steps`` QAT steps (seed 0): all int8, int8 first+last with int4 inside, all int4;
-* the wall time of :func:`search.sensitivity.ptq_sensitivity` and
-  :func:`search.sensitivity.fisher_sensitivity` for every layer, formats int8 and int4;
+* the wall time of :func:`search.study.sensitivity.ptq_sensitivity` and
+  :func:`search.study.sensitivity.fisher_sensitivity` for every layer, formats int8 and int4;
 * the per-layer QAT sensitivity: for each layer, ``search.run_trial`` with only that layer int4
   (the others fp32) for ``--qat-steps`` steps, seed 0; drop = PSNR of the same QAT with no
   quantization minus that run's PSNR;
@@ -33,7 +33,7 @@ from scipy import stats  # type: ignore[import-untyped]
 
 from bench.report import RESULTS_DIR, markdown_table, write_report
 from search import discover_layers, load_workload, run_trial
-from search.sensitivity import LayerSensitivity, fisher_sensitivity, ptq_sensitivity
+from search.study.sensitivity import LayerSensitivity, fisher_sensitivity, ptq_sensitivity
 from search.train import fp32_quality
 from search.workloads.base import Workload
 from search.workloads.denoise_deep import EVAL_PHOTOS, noisy_input_psnr

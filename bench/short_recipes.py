@@ -29,8 +29,8 @@ from scipy.stats import kendalltau
 
 from bench.report import RESULTS_DIR, markdown_table, write_report
 from search import load_workload, run_trial
-from search.pareto import assignment_key
-from search.train import QatRecipe
+from search.study.pareto import assignment_key
+from search.workloads.training import QatRecipe
 
 RECIPES: dict[str, tuple[QatRecipe, int]] = {  # name -> (recipe, QAT steps)
     "constant, lr x1, 40 steps (the search's)": (QatRecipe(), 40),

@@ -2,43 +2,31 @@
 workloads, target profiles, the qconfig JSON and the Pareto maths.
 
 This is the public API (pinned by ``tests/search/test_public_api.py``).  The engine's parts (the
-fake-quant modules in ``search.qat``, the cost models in ``search.cost``, the search space in
-``search.space``, ONNX export in ``search.export_onnx``) are imported from their modules.
+fake-quant modules in ``search.quant.qat``, the cost models in ``search.quant.cost``, the search space in
+``search.study.space``, ONNX export in ``search.quant.export_onnx``) are imported from their modules.
 
-Errors: every bad input raises a ``ValueError`` subclass whose message names the field::
+Layout: ``search.quant`` is the quantization engine (formats, layers, QAT, qconfig, checkpoints, ONNX
+import/export, cost models); ``search.study`` is the search over it (space, seeds, sensitivity,
+objective, ledger, multi-fidelity, Pareto maths, storage, the runner); ``search.workloads`` holds the
+built-in workloads and the training loop; ``search.spec`` the request and result types.
 
-    ValueError
-    ├── SearchError        the search cannot start
-    │   └── StorageError   the Optuna storage cannot be opened
-    ├── ProfileError       a target profile is invalid
-    ├── QConfigError       a qconfig file is invalid or does not fit the model
-    └── WorkloadError      a workload cannot be loaded (in ``search.workloads``)
+Errors: every bad input raises a ``ValueError`` subclass whose message names the field; the whole tree,
+drawn, is in ``search.errors``.
 
 It imports nothing from ``service`` (enforced by import-linter, see pyproject.toml).
 """
 
 from importlib import metadata as _metadata
 
-from search.formats import LayerFormat, parse_format
-from search.layers import LayerInfo, LayerKind, discover_layers
-from search.pareto import non_dominated, objective_vector, pareto_front, pareto_numbers
 from search.profiles import ProfileError, TargetProfile, builtin_profiles, load_profile, parse_profile_text
-from search.qconfig import QConfigError, QConfigFile, apply_qconfig, load_qconfig, save_qconfig
-from search.runner import run_search
-from search.spec import (
-    CostObjective,
-    Pin,
-    SamplerName,
-    SearchError,
-    SearchLayer,
-    SearchPhase,
-    SearchProgress,
-    SearchResult,
-    SearchSpec,
-    TrialFailure,
-    TrialOutcome,
-)
-from search.storage import StorageError
+from search.quant.formats import LayerFormat, parse_format
+from search.quant.layers import LayerInfo, LayerKind, discover_layers
+from search.quant.qconfig import QConfigError, QConfigFile, apply_qconfig, load_qconfig, save_qconfig
+from search.results import SearchLayer, SearchPhase, SearchProgress, SearchResult, TrialFailure, TrialOutcome
+from search.spec import CostObjective, Pin, SamplerName, SearchError, SearchSpec
+from search.study.pareto import non_dominated, objective_vector, pareto_front, pareto_numbers
+from search.study.runner import run_search
+from search.study.storage import StorageError
 from search.threads import set_torch_threads
 from search.train import run_trial
 from search.workloads import BUILTIN_WORKLOADS, Workload, check_workload_options, load_workload

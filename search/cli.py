@@ -24,19 +24,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from search.formats import summarize_assignment
-from search.spec import (
-    AUTO_FIDELITY_FREE_LAYERS,
-    SearchPhase,
-    SearchProgress,
-    SearchResult,
-    SearchSpec,
-    TrialOutcome,
-    first_error_text,
-)
+from search.quant.formats import summarize_assignment
+from search.results import SearchPhase, SearchProgress, SearchResult, TrialOutcome
+from search.spec import AUTO_FIDELITY_FREE_LAYERS, SearchSpec, first_error_text
 
 if TYPE_CHECKING:
-    from search.layers import LayerGraph
+    from search.quant.layers import LayerGraph
 
 console = Console(stderr=False, width=None if sys.stdout.isatty() else 140)
 
@@ -305,8 +298,8 @@ def search_command(
 ) -> None:
     """Search per-layer int4/int8/fp16 maps; write the Pareto front, plots and qconfig JSON files."""
     with _errors_reported(debug):
-        from search.layers import discover_layers
-        from search.runner import run_search
+        from search.quant.layers import discover_layers
+        from search.study.runner import run_search
         from search.threads import set_torch_threads
         from search.workloads import load_workload
 
@@ -381,7 +374,7 @@ def fidelity_line(spec: SearchSpec, graph: LayerGraph) -> str | None:
     """What automatic ``fidelity_rungs`` chose, where it matters: the rungs, or for a one-rung search over
     many free layers, a hint (promotion ranked such maps better, measured); None for a small model."""
     from search.profiles import load_profile
-    from search.space import build_space
+    from search.study.space import build_space
 
     try:
         free = len(build_space(spec, graph, load_profile(spec.profile)).choices)
@@ -420,9 +413,9 @@ def export_command(
 
         import onnx
 
-        from search.checkpoint import load_trained_weights
-        from search.export_onnx import StaticShapesWarning, export_onnx, verify_onnx
-        from search.qconfig import apply_qconfig
+        from search.quant.checkpoint import load_trained_weights
+        from search.quant.export_onnx import StaticShapesWarning, export_onnx, verify_onnx
+        from search.quant.qconfig import apply_qconfig
         from search.workloads import load_workload
 
         wl = load_workload(workload, _parse_kv(workload_option, "workload-option"))

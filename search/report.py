@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from search.spec import SearchResult, TrialOutcome
+from search.results import SearchResult, TrialOutcome
 
 
 def _first_cost(o: TrialOutcome) -> tuple[str, float]:

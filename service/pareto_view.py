@@ -1,7 +1,7 @@
 """The ``/pareto`` response of a job, kept serialized per API process and brought up to date
 incrementally: a running job gains a trial every second or so, and rebuilding the JSON of 10,000
 trials on each would cost hundreds of milliseconds.  New trial rows (by row id) are serialized once and
-appended; the front is recomputed from cached objective vectors (``search.pareto``).  Anything else
+appended; the front is recomputed from cached objective vectors (``search.study.pareto``).  Anything else
 that changes (the job finishes, the search reports its own front, re-evaluated qualities) rebuilds the
 view from the database.
 """

@@ -20,9 +20,9 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from search import BUILTIN_WORKLOADS, CostObjective, ProfileError, SamplerName, builtin_profiles, parse_profile_text
-from search.formats import summarize_assignment
-from search.layers import LayerGraph
-from search.space import SearchSpaceError, build_space
+from search.quant.formats import summarize_assignment
+from search.quant.layers import LayerGraph
+from search.study.space import SearchSpaceError, build_space
 from search.workloads import WorkloadError, builtin_layer_graph
 from service import auth, store
 from service.db import Database
@@ -213,7 +213,7 @@ def _validate_job(session: Session, body: JobCreate, owner: str, settings: Setti
         raise _unprocessable("profile", f"unknown profile {body.profile!r}", body.profile)
     if graph is not None:
         try:
-            build_space(body, graph, profile)  # the worker's own rules (search.space), so the same messages
+            build_space(body, graph, profile)  # the worker's own rules (search.study.space), so the same messages
         except SearchSpaceError as exc:
             raise _unprocessable(exc.loc, str(exc), _value_at(body.model_dump(mode="json"), exc.loc)) from None
 

@@ -5,7 +5,7 @@ what it needs, then drops into limits before it reads a byte of the upload: addr
 a budget above what the imports already mapped), CPU time (RLIMIT_CPU), file writes (RLIMIT_FSIZE 0,
 no core files) and, as root where the kernel allows, a new network namespace with no interface up.
 A crash, a limit hit or a timeout in the child is an :class:`~service.uploads.UploadError` (a 422) in
-the parent.  The parsers themselves never evaluate anything (see ``search.onnx_import`` and
+the parent.  The parsers themselves never evaluate anything (see ``search.quant.onnx_import`` and
 ``service.uploads``); this is the second wall.
 """
 
@@ -121,7 +121,7 @@ def main(task: str) -> dict[str, Any]:
     from service.uploads import UploadError, inspect_dataset_here, inspect_model_here
 
     if task == "model":  # imported before the limits: the imports' own mappings are not the upload's
-        import search.onnx_import  # noqa: F401
+        import search.quant.onnx_import  # noqa: F401
 
     isolated = _isolate_network()
     memory_bytes = int(os.environ.get("MIXQ_SANDBOX_MEMORY_BYTES", SandboxLimits.memory_bytes))

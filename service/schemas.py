@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from search import BUILTIN_WORKLOADS, check_workload_options
-from search.formats import summarize_assignment
+from search.quant.formats import summarize_assignment
 from search.spec import SearchRequest
 
 INT32_MAX = 2**31 - 1  # every integer we store fits a PostgreSQL INTEGER

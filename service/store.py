@@ -41,7 +41,7 @@ def lock_owner(session: Session, owner: str) -> None:
 
     PostgreSQL: a transaction-scoped advisory lock keyed on the owner (other owners do not wait; a row lock
     would need a row per owner).  SQLite has one writer at a time: the transaction takes the write lock up
-    front (``BEGIN IMMEDIATE``, as ``search.storage`` does for Optuna's claims) instead of at its first write,
+    front (``BEGIN IMMEDIATE``, as ``search.study.storage`` does for Optuna's claims) instead of at its first write,
     so no other writer can slip in between the read and the insert; others wait up to the busy timeout."""
     conn = session.connection()
     if conn.dialect.name == "postgresql":

@@ -6,7 +6,7 @@ Why no ``.pt2`` (``torch.export``) any more: ``torch.export.load`` hands the pro
 expressions to ``sympy.sympify`` (``eval``) and writes names from the program into FX-generated Python
 source; a crafted archive ran code while the upload was still being checked, or at the first forward in
 the worker.  No allow-list of members makes that loader safe, so ``.pt2`` is refused with a pointer to
-ONNX, which :mod:`search.onnx_import` turns into a module without evaluating or generating anything.
+ONNX, which :mod:`search.quant.onnx_import` turns into a module without evaluating or generating anything.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from torch import nn
 
     from search import Workload
-    from search.layers import LayerGraph
-    from search.onnx_import import OnnxModule
+    from search.quant.layers import LayerGraph
+    from search.quant.onnx_import import OnnxModule
 
 # torch and search are imported where they are used: the sandboxed dataset check then starts in about a
 # second instead of waiting for torch's import.
@@ -60,8 +60,8 @@ def _sandboxed(task: str, data: bytes, limits: SandboxLimits | None) -> dict[str
 
 
 def load_model(data: bytes) -> OnnxModule:
-    """The uploaded ONNX model as a module (safe to run in-process: see search.onnx_import); raises UploadError."""
-    from search.onnx_import import OnnxImportError, load_onnx_model
+    """The uploaded ONNX model as a module (safe to run in-process: search.quant.onnx_import); raises UploadError."""
+    from search.quant.onnx_import import OnnxImportError, load_onnx_model
 
     if data.startswith(_ZIP_MAGIC):
         raise UploadError(PT2_REFUSED)
@@ -79,7 +79,7 @@ def inspect_model_here(data: bytes) -> dict[str, Any]:
     and groups are checked against at submission); what the sandboxed child runs."""
     from torch import nn
 
-    from search.layers import LayerDiscoveryError, discover_layers
+    from search.quant.layers import LayerDiscoveryError, discover_layers
 
     module = load_model(data)
     onnx_names = module.onnx_names
@@ -103,7 +103,7 @@ def inspect_model_here(data: bytes) -> dict[str, Any]:
 def layer_graph_of(info: dict[str, Any]) -> LayerGraph | None:
     """The layer graph an uploaded model's inspection stored (:func:`inspect_model_here`); None for an upload
     inspected before graphs were stored, or a model too large to list."""
-    from search.layers import LayerDiscoveryError, LayerGraph
+    from search.quant.layers import LayerDiscoveryError, LayerGraph
 
     if "graph" not in info:
         return None

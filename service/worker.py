@@ -37,7 +37,7 @@ from search import (
     Workload,
     load_workload,
 )
-from search.storage import StorageError
+from search.study.storage import StorageError
 from service import store
 from service.db import Database
 from service.models import Job, JobStatus, UploadKind, utcnow

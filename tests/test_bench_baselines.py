@@ -1,11 +1,12 @@
 """bench/baselines.py: AMP's greedy path and the long-fidelity cache (the selection programs are
-search.seeds', tested in tests/search/test_seeds.py)."""
+search.study.seeds', tested in tests/search/test_seeds.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from bench.baselines import greedy_path
+
 
 def test_greedy_path_flips_least_drop_per_saving_first() -> None:
     path = greedy_path({"a": 5.0, "b": 1.0, "c": 2.5}, {"a": 4.0, "b": 2.0, "c": 3.0})

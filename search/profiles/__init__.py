@@ -17,15 +17,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from search.formats import parse_format
-from search.layers import LayerKind
+from search.errors import ProfileError as ProfileError
+from search.quant.formats import parse_format
+from search.quant.layers import LayerKind
 from search.spec import LayerGroup, first_error_text
 
 BUILTIN_DIR = Path(__file__).parent
 
-
-class ProfileError(ValueError):
-    """A target profile is missing, malformed, or forbids what was asked."""
 
 
 class FormatSpec(BaseModel):

@@ -18,7 +18,7 @@ __all__ = [
 
 import torch
 
-from search.layers import LayerDiscoveryError, LayerGraph, discover_layers
+from search.quant.layers import LayerDiscoveryError, LayerGraph, discover_layers
 from search.workloads.base import Architecture, Workload, WorkloadError, call_user_code
 
 BUILTIN_WORKLOADS = ("digits", "denoise", "denoise-deep")

@@ -22,16 +22,13 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from search.errors import WorkloadError as WorkloadError
+from search.errors import WorkloadTypeError as WorkloadTypeError
+
 Batch = tuple[Tensor, Tensor]
 T = TypeVar("T")
 
 
-class WorkloadError(ValueError):
-    """A workload cannot be loaded or used: a bad name, option or field, or its own code fails."""
-
-
-class WorkloadTypeError(WorkloadError, TypeError):
-    """A workload field has the wrong type."""
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,7 +1,7 @@
 """Pretrained fp32 weights of the built-in workloads: trained on first use, then cached.
 
 Cache folder: ``$MIXQ_CACHE_DIR`` or ``~/.cache/mixq``.  Files are
-:mod:`search.checkpoint` files (read with ``weights_only=True``, never a full unpickle; written
+:mod:`search.quant.checkpoint` files (read with ``weights_only=True``, never a full unpickle; written
 atomically, so concurrent workers never read a half-written file).
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from search.checkpoint import load_checkpoint, save_state_dict
+from search.quant.checkpoint import load_checkpoint, save_state_dict
 
 
 def cache_dir() -> Path:

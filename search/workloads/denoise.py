@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from sklearn.datasets import load_sample_image
 from torch import Tensor, nn
 
-from search.train import train_steps
 from search.workloads.base import Architecture, Batch, Workload, WorkloadError
 from search.workloads.cache import cached_pretrained
+from search.workloads.training import train_steps
 
 SIGMA = 25.0 / 255.0
 EXAMPLE_SIDE = 40  # px: the example input is a 40x40 crop of one grey image

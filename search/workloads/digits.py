@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import Tensor, nn
 
-from search.train import train_steps
 from search.workloads.base import Architecture, Workload, WorkloadError, random_batches
 from search.workloads.cache import cached_pretrained
+from search.workloads.training import train_steps
 
 N_TRAIN = 1200  # of 1797 images; the rest is the test split
 INPUT_SHAPE = (1, 1, 8, 8)  # one 8x8 grey image

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from search import load_qconfig
-from search.qconfig import SCHEMA_PATH
+from search.quant.qconfig import SCHEMA_PATH
 from tests.browser.conftest import LiveServer
 
 pytestmark = pytest.mark.browser

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from search import apply_qconfig, discover_layers, load_workload, run_trial, save_qconfig
-from search.checkpoint import (
+from search.quant.checkpoint import (
     CheckpointError,
     check_belongs,
     load_checkpoint,
@@ -20,8 +20,8 @@ from search.checkpoint import (
     save_state_dict,
     weights_fingerprint,
 )
-from search.export_onnx import export_onnx, onnxruntime_session, verify_onnx
-from search.qconfig import build_qconfig
+from search.quant.export_onnx import export_onnx, onnxruntime_session, verify_onnx
+from search.quant.qconfig import build_qconfig
 from search.workloads.base import Workload
 
 ALL_INT8 = {"body.0": "int8", "body.2": "int8", "body.5": "int8"}

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from search.cost import ActivationBytes, BitOps, ProfileLatency, WeightBytes, cost_model, model_cost, model_costs
-from search.formats import BUILTIN_FORMAT_NAMES, parse_format
-from search.layers import discover_layers
 from search.profiles import ProfileError, builtin_profiles, load_profile, parse_profile_text
+from search.quant.cost import ActivationBytes, BitOps, ProfileLatency, WeightBytes, cost_model, model_cost, model_costs
+from search.quant.formats import BUILTIN_FORMAT_NAMES, parse_format
+from search.quant.layers import discover_layers
 from search.spec import CostObjective
 from tests.search.models import Conv1dNet, ConvThenLinearNet, ConvTransposeNet, DepthwiseNet, ResidualNet
 

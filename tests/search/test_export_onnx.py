@@ -32,8 +32,8 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 
 from search import load_workload, parse_format, run_trial
-from search.export_onnx import ExportError, StaticShapesWarning, export_onnx, onnxruntime_session, verify_onnx
-from search.qat import (
+from search.quant.export_onnx import ExportError, StaticShapesWarning, export_onnx, onnxruntime_session, verify_onnx
+from search.quant.qat import (
     OUTPUT_QUANT_ATTR,
     FakeQuantMixin,
     activation_quantizers,

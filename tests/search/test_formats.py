@@ -1,6 +1,6 @@
 import pytest
 
-from search.formats import (
+from search.quant.formats import (
     BUILTIN_FORMAT_NAMES,
     FP16,
     FP32,

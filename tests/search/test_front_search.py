@@ -12,10 +12,10 @@ import pytest
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial
 
-import search.runner
+import search.study.runner
 from search import SearchResult, SearchSpec, run_search
-from search.seeds import additive_effects, baseline_assignments, front_neighbours, rank_neighbours
-from search.space import SearchSpace
+from search.study.seeds import additive_effects, baseline_assignments, front_neighbours, rank_neighbours
+from search.study.space import SearchSpace
 
 DIGITS = {"pretrain_steps": 30}  # 5 layers, 3 free with the first and last pinned
 DEEP = {"depth": 8, "width": 4, "pretrain_steps": 5, "eval_size": 32}  # 8 convs, 6 free
@@ -76,7 +76,7 @@ def test_a_uniform_split_format_map_that_dominates_is_found() -> None:
 
 def cheaper_neighbours(result: SearchResult, free: Mapping[str, str]) -> list[dict[str, str]]:
     """Each free layer one format cheaper (the costliest of its cheaper formats), from the result's
-    own per-layer costs: written here independently of search.seeds."""
+    own per-layer costs: written here independently of search.study.seeds."""
     costs = {layer.fqn: {f: c["bitops"] for f, c in layer.costs_by_format.items()} for layer in result.layers}
     out = []
     for fqn, fmt in free.items():
@@ -142,7 +142,7 @@ class SameMapSampler(optuna.samplers.BaseSampler):
 
 
 def test_a_sampler_repeating_a_map_uses_no_trial_and_the_search_moves_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(search.runner, "make_sampler", lambda name, seed: SameMapSampler())
+    monkeypatch.setattr(search.study.runner, "make_sampler", lambda name, seed: SameMapSampler())
     result = run_search(spec("digits", DIGITS, n_trials=6, seed_with_baselines=False),
                         evaluator=penalty_evaluator({f: 0.1 * i for i, f in enumerate(FIVE)}))
     maps = trained(result)

@@ -3,7 +3,7 @@ against hand-computed literals.
 
 The reference does what an integer accelerator does: integer codes for inputs (unsigned, with a
 zero point), weights (signed, per output channel) and the int32 bias, an int64 multiply-accumulate
-in numpy, then one multiplication by ``s_in * s_w[c]``.  It shares no code with ``search.qat``
+in numpy, then one multiplication by ``s_in * s_w[c]``.  It shares no code with ``search.quant.qat``
 (codes come from numpy's own round-half-even), so a fake-quant layer that rounds, clamps, pads or
 scales differently from integer hardware fails here.
 """
@@ -19,8 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from search import parse_format
-from search.formats import FP16, INT4
-from search.qat import (
+from search.quant.formats import FP16, INT4
+from search.quant.qat import (
     ActivationQuantizer,
     FakeQuantMixin,
     RangeMethod,

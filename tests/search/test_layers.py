@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from search.formats import parse_format
-from search.layers import LayerDiscoveryError, LayerGraph, LayerKind, discover_layers, layer_kind
-from search.qat import QuantizationError, quantize_model
+from search.quant.formats import parse_format
+from search.quant.layers import LayerDiscoveryError, LayerGraph, LayerKind, discover_layers, layer_kind
+from search.quant.qat import QuantizationError, quantize_model
 from tests.search.models import (
     Conv1dNet,
     ConvThenLinearNet,

@@ -15,7 +15,8 @@ from scipy.stats import kendalltau
 from torch import nn
 
 from search import SearchSpec, TrialOutcome, Workload, load_workload, run_search
-from search.multifidelity import (
+from search.study.ledger import Ledger, rung_key
+from search.study.multifidelity import (
     crowding_distances,
     noise_level,
     non_dominated_ranks,
@@ -25,10 +26,9 @@ from search.multifidelity import (
     reevaluation_todo,
     within_noise_of_cheaper,
 )
-from search.ledger import Ledger, rung_key
-from search.pareto import objective_vector
-from search.seeds import cheapest_assignment, dominated_formats
-from search.space import SearchSpace
+from search.study.pareto import objective_vector
+from search.study.seeds import cheapest_assignment, dominated_formats
+from search.study.space import SearchSpace
 from search.workloads.base import random_batches
 from tests.search.models import DepthwiseNet
 

@@ -16,10 +16,10 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 
 from search import SearchSpec, Workload, discover_layers, parse_format, run_search
-from search.export_onnx import export_onnx, onnxruntime_session
-from search.onnx_import import OnnxImportError, OnnxModule, load_onnx_model
-from search.qat import calibrate, quantize_model
-from search.qconfig import build_qconfig
+from search.quant.export_onnx import export_onnx, onnxruntime_session
+from search.quant.onnx_import import OnnxImportError, OnnxModule, load_onnx_model
+from search.quant.qat import calibrate, quantize_model
+from search.quant.qconfig import build_qconfig
 
 torch.set_num_threads(1)
 

@@ -1,8 +1,8 @@
-"""search.pareto: numbers in, numbers out, checked against literals."""
+"""search.study.pareto: numbers in, numbers out, checked against literals."""
 
 import pytest
 
-from search.pareto import dominates, hypervolume_2d, non_dominated, objective_vector
+from search.study.pareto import dominates, hypervolume_2d, non_dominated, objective_vector
 
 
 def test_dominates_needs_strictly_better_somewhere() -> None:

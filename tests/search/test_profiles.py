@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from search.layers import LayerKind
 from search.profiles import ProfileError, builtin_profiles, load_profile, parse_profile_text, profile_to_json
+from search.quant.layers import LayerKind
 
 VALID = """
 name: tiny-npu

@@ -35,7 +35,7 @@ def test_every_exported_name_exists() -> None:
 
 
 def test_no_public_name_outside_all() -> None:
-    """Anything else the package namespace holds is a submodule (``search.qat``...) or private."""
+    """Anything else the package namespace holds is a submodule (``search.quant.qat``...) or private."""
     extra = [
         name for name, value in vars(search).items()
         if not name.startswith("_") and name not in search.__all__ and not isinstance(value, types.ModuleType)

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search.formats import INT4, INT8, parse_format
-from search.layers import discover_layers
-from search.qat import (
+from search.quant.formats import INT4, INT8, parse_format
+from search.quant.layers import discover_layers
+from search.quant.qat import (
     OUTPUT_QUANT_ATTR,
     ActivationQuantizer,
     FakeQuantConv1d,

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from search.formats import parse_format
-from search.layers import discover_layers
-from search.qat import (
+from search.quant.formats import parse_format
+from search.quant.layers import discover_layers
+from search.quant.qat import (
     OUTPUT_QUANT_ATTR,
     ActivationQuantizer,
     FakeQuantConv2d,
@@ -15,7 +15,7 @@ from search.qat import (
     calibrate,
     quantize_model,
 )
-from search.qconfig import (
+from search.quant.qconfig import (
     SCHEMA_PATH,
     SCHEMA_VERSION,
     QConfigError,
@@ -175,7 +175,7 @@ def test_load_from_text_path_and_dict_agree(tmp_path, base):
 def test_committed_json_schema_is_current():
     assert SCHEMA_PATH.name == "qconfig.schema.json"
     committed = json.loads(Path(SCHEMA_PATH).read_text())
-    assert committed == json_schema(), "regenerate with: python -m search.qconfig"
+    assert committed == json_schema(), "regenerate with: python -m search.quant.qconfig"
     assert committed["$id"].endswith(f"qconfig-v{SCHEMA_VERSION}.json")
 
 

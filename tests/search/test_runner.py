@@ -28,8 +28,8 @@ from search import (
     pareto_front,
     run_search,
 )
-from search.seeds import baseline_assignments, greedy_assignments, sensitivity_assignments
-from search.space import SearchSpace
+from search.study.seeds import baseline_assignments, greedy_assignments, sensitivity_assignments
+from search.study.space import SearchSpace
 
 TINY = {"pretrain_steps": 30}
 
@@ -335,7 +335,7 @@ def test_killed_process_trial_is_retried_with_same_params(storage_url: str) -> N
 
 
 def test_proxy_greedy_orders_by_score_per_cost_and_thins_evenly() -> None:
-    from search.seeds import proxy_greedy_assignments
+    from search.study.seeds import proxy_greedy_assignments
 
     space = SearchSpace(choices={f: ("int4", "int8") for f in "abcdef"}, pinned={}, pin_reasons={})
     cost = {"int8": 2.0, "int4": 1.0}
@@ -373,7 +373,7 @@ def test_a_time_budget_chooses_sweep_or_proxy_from_the_baselines_durations(
     """With only ``timeout_s`` binding (``n_trials`` huge), how many trials fit is known once the
     baselines ran: at 0.25 s a trial, 3 s afford about 12 trials, too few for a 5-run sweep plus the
     rest (it must fit in a third), so the greedy path comes from the proxy; 600 s afford the sweep."""
-    import search.objective as objective_module
+    import search.study.objective as objective_module
 
     real = objective_module.run_trial
 
@@ -394,15 +394,15 @@ def test_a_time_budget_chooses_sweep_or_proxy_from_the_baselines_durations(
 
 def test_the_proxy_programs_maps_are_tried_before_the_sampler() -> None:
     """digits with first/last free (5 layers): 18 trials leave 3 program seeds (a sixth); they are
-    the maps search.seeds.program_assignments picks from the proxies' ensemble, Hessian and Fisher
+    the maps search.study.seeds.program_assignments picks from the proxies' ensemble, Hessian and Fisher
     scores, tried
     after the uniform baselines and the sweep and before any sampler trial."""
     from search import discover_layers, load_profile, load_workload
-    from search.cost import model_costs
-    from search.pareto import assignment_key
-    from search.seeds import ensemble_scores, program_assignments
-    from search.space import build_space
-    from search.sensitivity import fisher_sensitivity, hessian_sensitivity, ptq_sensitivity, scores_by_layer
+    from search.quant.cost import model_costs
+    from search.study.pareto import assignment_key
+    from search.study.seeds import ensemble_scores, program_assignments
+    from search.study.sensitivity import fisher_sensitivity, hessian_sensitivity, ptq_sensitivity, scores_by_layer
+    from search.study.space import build_space
 
     spec = tiny_spec(n_trials=18, seed_with_sensitivity=True, formats=("int4", "int8"), qat_steps=1,
                      pin_first_last=None)
@@ -438,8 +438,8 @@ def test_the_ptq_proxy_is_skipped_where_its_evaluations_would_take_too_long(
     """The PTQ proxy evaluates the model once per layer and format: on a large model that is minutes, so
     it is left out (with a log line) when one timed evaluation says it would pass PTQ_MAX_S; the other
     programs still seed the search."""
-    import search.seeding as seeding
-    import search.sensitivity as sensitivity
+    import search.study.seeding as seeding
+    import search.study.sensitivity as sensitivity
 
     def never(*args: object, **kwargs: object) -> object:
         raise AssertionError("the PTQ proxy ran")

@@ -1,4 +1,4 @@
-"""search.seeds' selection programs: numbers in, numbers out, checked against brute force."""
+"""search.study.seeds' selection programs: numbers in, numbers out, checked against brute force."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from search.seeds import ensemble_scores, program_assignments, select_formats
-from search.space import SearchSpace
+from search.study.seeds import ensemble_scores, program_assignments, select_formats
+from search.study.space import SearchSpace
 
 # three layers, int8 or int4; int4 saves cost and adds score (sensitivity x perturbation)
 SCORES = {"a": {"int8": 0.0, "int4": 5.0}, "b": {"int8": 0.0, "int4": 1.0}, "c": {"int8": 0.0, "int4": 2.5}}

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from search.sensitivity import LayerSensitivity, fisher_sensitivity, hessian_sensitivity, ptq_sensitivity
+from search.study.sensitivity import LayerSensitivity, fisher_sensitivity, hessian_sensitivity, ptq_sensitivity
 from search.workloads.base import Batch, Workload
 
 
@@ -173,8 +173,8 @@ def test_hessian_trace_of_a_quadratic_loss_is_exact():
 
     exact_trace = float(torch.autograd.functional.hessian(loss_of, w0).reshape(w0.numel(), -1).trace())
     est = scores(hessian_sensitivity(workload, layers=["0"], formats=["int4"], samples=200), "int4")["0"]
-    from search.formats import parse_format
-    from search.qat import RangeMethod, to_fake_quant
+    from search.quant.formats import parse_format
+    from search.quant.qat import RangeMethod, to_fake_quant
     twin = to_fake_quant(net[0], parse_format("int4"), RangeMethod.MINMAX)
     perturbation = float((twin.weight_quant(w0) - w0).square().sum())
     # each sample draws its own batch and the Hessian depends on the inputs, so the estimate is

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from search import SearchSpec, Workload, discover_layers, load_profile, run_search
-from search.layers import LayerGraph
 from search.profiles import parse_profile_text
-from search.seeds import sensitivity_assignments
-from search.space import SearchSpaceError, build_space
+from search.quant.layers import LayerGraph
+from search.study.seeds import sensitivity_assignments
+from search.study.space import SearchSpaceError, build_space
 from search.workloads.base import random_batches
 from tests.search.models import DepthwiseNet, ResidualNet
 

@@ -5,9 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from search.layers import discover_layers
-from search.qat import OUTPUT_QUANT_ATTR, FakeQuantConv2d, FakeQuantLinear
-from search.train import NonFiniteLossError, QatRecipe, fp32_quality, resolve_device, run_trial
+from search.errors import NonFiniteLossError
+from search.quant.layers import discover_layers
+from search.quant.qat import OUTPUT_QUANT_ATTR, FakeQuantConv2d, FakeQuantLinear
+from search.train import fp32_quality, run_trial
+from search.workloads.training import QatRecipe, resolve_device
 from tests.search.user_workload import make_workload
 
 ASSIGNMENT = {"conv": "int8", "fc": "int4"}

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from search.layers import discover_layers
+from search.quant.layers import discover_layers
 from search.train import fp32_quality, run_trial
 from search.workloads import BUILTIN_WORKLOADS, Workload, WorkloadError, builtin_layer_graph, load_workload
 from search.workloads import denoise_deep as denoise_deep_module
@@ -34,7 +34,7 @@ def test_cache_dir_is_private_to_the_tests(tmp_path, monkeypatch):
 def test_digits_loads_with_sensible_accuracy(digits):
     assert digits.name == "digits" and digits.metric == "accuracy" and digits.higher_is_better
     assert digits.example_inputs[0].shape == (1, 1, 8, 8)
-    assert 0.0 <= float(digits.example_inputs[0].min()) and float(digits.example_inputs[0].max()) <= 1.0
+    assert float(digits.example_inputs[0].min()) >= 0.0 and float(digits.example_inputs[0].max()) <= 1.0
     graph = discover_layers(digits.model, digits.example_inputs)
     assert graph.fqns == ("features.0", "features.3", "features.7", "classifier.1", "classifier.3")
     assert not digits.model.training

@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 
+from search.errors import OnnxImportError as OnnxImportError
+
 MIN_OPSET = 13
 MAX_NODES = 10_000
 SUPPORTED_OPS = frozenset({
@@ -44,9 +46,6 @@ _IDENTIFIER_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 _FLOAT_TYPES = (TensorProto.FLOAT,)
 _CONSTANT_TYPES = (TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32)
 
-
-class OnnxImportError(ValueError):
-    """The ONNX model cannot be imported; the message names the node, operator or field."""
 
 
 Runner = Callable[[nn.Module | None, list[Tensor | None]], Tensor]

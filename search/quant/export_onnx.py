@@ -12,16 +12,16 @@ int input activation ``QuantizeLinear`` -> ``DequantizeLinear`` with ``<fqn>.inp
                      UINT4/UINT8 ``<fqn>.input_zero_point`` as calibrated
 int32 bias           INT32 initializer ``<fqn>.bias_quantized`` and ``DequantizeLinear(axis=0)``
                      with scale ``s_in * s_w[c]`` (the float32 values of
-                     :meth:`~search.qat.FakeQuantMixin.bias_scale`)
+                     :meth:`~search.quant.qat.FakeQuantMixin.bias_scale`)
 fp16 weight/bias     FLOAT16 initializer -> ``Cast(to=FLOAT)``
 fp16 activation      ``Cast(to=FLOAT16)`` -> ``Cast(to=FLOAT)``
 model output         ``QuantizeLinear`` -> ``DequantizeLinear`` (``mixq_output_quant.scale`` ...)
 ==================== ===========================================================================
 
-Why the numbers agree: the fake-quant engine (:mod:`search.qat`) computes ``round_half_even(x /
+Why the numbers agree: the fake-quant engine (:mod:`search.quant.qat`) computes ``round_half_even(x /
 scale)`` with a true division and then clamps, which is the ONNX definition and what
 onnxruntime's CPU kernels do (checked in ``tests/search/test_export_onnx.py``).  Weight and bias
-codes are computed here with the engine's own :func:`search.qat.quantize`, so the initializers
+codes are computed here with the engine's own :func:`search.quant.qat.quantize`, so the initializers
 hold exactly the codes the fake-quant forward pass used, and ``DequantizeLinear`` multiplies them by
 the same float32 scales.  What can differ is only the float summation order inside Conv/Gemm
 (torch vs onnxruntime), i.e. float rounding level; where a sum lands within that distance of a
@@ -59,8 +59,9 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 
-from search.formats import TensorFormat
-from search.qat import (
+from search.errors import ExportError as ExportError
+from search.quant.formats import TensorFormat
+from search.quant.qat import (
     INT32_RANGE,
     OUTPUT_QUANT_ATTR,
     ActivationQuantizer,
@@ -74,9 +75,6 @@ DEFAULT_OPSET = 21
 MIN_OPSET_INT4 = 21  # INT4/UINT4 tensors and their Q/DQ appeared in opset 21
 MIN_OPSET = 13  # per-axis DequantizeLinear
 
-
-class ExportError(ValueError):
-    """The model cannot be exported as it stands (not calibrated, unsupported layout, ...)."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,16 +19,17 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.checkpoint import save_state_dict
-from search.cost import model_costs
-from search.formats import as_formats
-from search.layers import LayerGraph
-from search.pareto import assignment_key
 from search.profiles import TargetProfile
-from search.qconfig import QualityReport, build_qconfig
-from search.space import SearchSpace
-from search.spec import SearchSpec, TrialOutcome
-from search.storage import WORKER_ATTR
+from search.quant.checkpoint import save_state_dict
+from search.quant.cost import model_costs
+from search.quant.formats import as_formats
+from search.quant.layers import LayerGraph
+from search.quant.qconfig import QualityReport, build_qconfig
+from search.results import TrialOutcome
+from search.spec import SearchSpec
+from search.study.pareto import assignment_key
+from search.study.space import SearchSpace
+from search.study.storage import WORKER_ATTR
 from search.train import run_trial
 from search.workloads import Workload
 

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from search.errors import LayerDiscoveryError as LayerDiscoveryError
+
 
 class LayerKind(StrEnum):
     CONV1D = "conv1d"
@@ -35,9 +37,6 @@ class LayerKind(StrEnum):
 
 QUANTIZABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 
-
-class LayerDiscoveryError(ValueError):
-    """The model's layers cannot be listed unambiguously."""
 
 
 @dataclass(frozen=True)

@@ -26,15 +26,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from search.errors import CheckpointError as CheckpointError
+
 CHECKPOINT_VERSION = 1
 _VERSION_KEY = "mixq_checkpoint"
 _FINGERPRINT = "fingerprint"
 _FORMATS = "formats"
 _NAMES_SHOWN = 3  # how many keys an error names before "... and N more"
 
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read, or does not belong to the model it is loaded into."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ class Checkpoint:
 
 def layer_formats(model: nn.Module) -> dict[str, str]:
     """fqn -> layer format name of every fake-quant layer (empty for a float model)."""
-    from search.qat import OUTPUT_QUANT_ATTR, FakeQuantMixin
+    from search.quant.qat import OUTPUT_QUANT_ATTR, FakeQuantMixin
 
     formats = {fqn: m.layer_format.name for fqn, m in model.named_modules() if isinstance(m, FakeQuantMixin)}
     out_quant = getattr(model, OUTPUT_QUANT_ATTR, None)

@@ -21,30 +21,12 @@ import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from search.layers import LayerGraph, LayerInfo
+from search.errors import Loc as Loc
+from search.errors import SearchSpaceError as SearchSpaceError
+from search.errors import loc_text as loc_text
 from search.profiles import TargetProfile
+from search.quant.layers import LayerGraph, LayerInfo
 from search.spec import Pin, SearchRequest
-
-Loc = tuple[str | int, ...]
-
-
-class SearchSpaceError(ValueError):
-    """The spec, profile and model leave nothing valid to search.
-
-    ``loc`` is the request field at fault as a path (``("pins", 2)``, ``("groups", 0)``, ``("formats",)``,
-    ``("profile",)``), for a service's error location; the message begins with it (``pins[2]: ...``)."""
-
-    def __init__(self, loc: Loc, msg: str) -> None:
-        self.loc = loc
-        super().__init__(f"{loc_text(loc)}: {msg}")
-
-
-def loc_text(loc: Loc) -> str:
-    """``("pins", 2, "match")`` -> ``pins[2].match``."""
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
-    return text
 
 
 @dataclass(frozen=True)

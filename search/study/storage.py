@@ -22,12 +22,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
-from search.spec import SearchError
-
-
-class StorageError(SearchError):
-    """The storage URL cannot be opened (the database is unreachable, or refuses us).  Callers that
-    retry on a lost database catch this type rather than reading the message."""
+from search.errors import StorageError as StorageError
 
 
 def _serialize_sqlite_transactions(storage: RDBStorage) -> None:

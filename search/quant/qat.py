@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from search.formats import FP32, LayerFormat, TensorFormat
-from search.layers import LayerGraph, discover_layers
+from search.errors import QuantizationError as QuantizationError
+from search.quant.formats import FP32, LayerFormat, TensorFormat
+from search.quant.layers import LayerGraph, discover_layers
 
 INT32_RANGE = (-(2**31), 2**31 - 1)
 
@@ -40,9 +41,6 @@ class RangeMethod(StrEnum):
     MINMAX = "minmax"  # running min/max (EMA during QAT)
     LSQ = "lsq"  # learned step size, initialised from calibration
 
-
-class QuantizationError(ValueError):
-    """A qconfig map cannot be applied to this model."""
 
 
 # ---------------------------------------------------------------------------------------------

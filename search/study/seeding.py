@@ -8,7 +8,7 @@ show to cost more for no gain beyond that spread are marked dominated (``Dominat
 rarely samples them).  In the last :data:`NEIGHBOUR_SHARE` of the budget the front's untried one-layer
 neighbours go first; after a sampler proposal that repeated a trained map, an untried map next to it.
 Maps go to the study one at a time, only when its queue is empty, so a retry of a dead process's trial
-(queued in the study) always runs first.  The maps themselves come from :mod:`search.seeds` (numbers
+(queued in the study) always runs first.  The maps themselves come from :mod:`search.study.seeds` (numbers
 in, numbers out).
 
 What every process sharing the study must agree on is a study user attribute: the sweep-or-proxy
@@ -28,12 +28,12 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from search.cost import cost_model, model_costs
-from search.formats import parse_format
-from search.ledger import Ledger, reeval_key
-from search.objective import SearchSetup
-from search.pareto import assignment_key
-from search.seeds import (
+from search.quant.cost import cost_model, model_costs
+from search.quant.formats import parse_format
+from search.study.ledger import Ledger, reeval_key
+from search.study.objective import SearchSetup
+from search.study.pareto import assignment_key
+from search.study.seeds import (
     Assignment,
     additive_effects,
     baseline_assignments,
@@ -62,7 +62,7 @@ NEIGHBOUR_SHARE = 0.5  # the last half of the trial budget checks the front's on
 
 
 def tried_maps(trials: Sequence[FrozenTrial]) -> set[str]:
-    """:func:`~search.pareto.assignment_key` of every map the trials hold, queued ones included (their
+    """:func:`~search.study.pareto.assignment_key` of every map the trials hold, queued ones included (their
     ``fixed_params``)."""
     return {assignment_key(t.system_attrs.get("fixed_params", t.params)) for t in trials}
 
@@ -170,7 +170,7 @@ class SeedPlan:
         """Greedy maps ordered by the Fisher proxy (a few forward/backward passes): on a 17-layer
         denoiser it ranked layers like one-layer int4 QAT with Kendall tau 0.85, the PTQ drop 0.77
         (bench/results/sensitivity_denoise-deep.md), in seconds instead of 17 QAT runs."""
-        from search.sensitivity import fisher_sensitivity
+        from search.study.sensitivity import fisher_sensitivity
 
         space = self.setup.space
         scores = fisher_sensitivity(self.setup.workload, layers=list(space.choices), formats=("int4",),
@@ -188,7 +188,7 @@ class SeedPlan:
         (bench/results/baselines_v2.md).  Seconds of forward/backward passes; a proxy the model cannot
         run (no second derivative for some op, say) is skipped with a log line: seeds only order the
         search."""
-        from search.sensitivity import fisher_sensitivity, hessian_sensitivity, ptq_sensitivity, scores_by_layer
+        from search.study.sensitivity import fisher_sensitivity, hessian_sensitivity, ptq_sensitivity, scores_by_layer
 
         space = self.setup.space
         max_points = self.trial_budget() // 6
@@ -269,7 +269,7 @@ class SeedPlan:
 
     def best_neighbour(self, tried: set[str]) -> Assignment | None:
         """The untried one-layer neighbour of a front point that would add the most to the front, as an
-        additive model fitted to every trained map predicts (``search.seeds.rank_neighbours``): the
+        additive model fitted to every trained map predicts (``search.study.seeds.rank_neighbours``): the
         cheaper and equal-cost ones that could dominate a point, and the costlier ones that could fill
         a gap.  None when every neighbour has been tried."""
         front = self.front() if self.front else []

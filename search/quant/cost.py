@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from search.formats import FormatMap, LayerFormat, as_formats
-from search.layers import LayerGraph, LayerInfo
 from search.profiles import TargetProfile
+from search.quant.formats import FormatMap, LayerFormat, as_formats
+from search.quant.layers import LayerGraph, LayerInfo
 from search.spec import CostObjective
 
 

@@ -14,9 +14,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.multifidelity import promotable
-from search.objective import RungResult
-from search.pareto import objective_vector
+from search.study.multifidelity import promotable
+from search.study.objective import RungResult
+from search.study.pareto import objective_vector
 
 ATTR_REEVAL = "mixq:reeval:"  # + trial number -> {"rung", "qat_steps", "qualities" (None while running)}
 ATTR_RUNG = "mixq:rung:"  # + "<rung>:<trial number>" -> {"qat_steps", "worker", "quality", "qconfig"}

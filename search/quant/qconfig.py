@@ -8,8 +8,8 @@ fresh copy of the user's model in one call.
 
 Versioning: ``schema_version`` is an integer.  Fields added later are optional with defaults, so
 older files keep loading; a file from a newer major version is refused with a message saying so.
-The JSON Schema is published at ``search/qconfig.schema.json`` (regenerate with
-``python -m search.qconfig``).
+The JSON Schema is published at ``search/quant/qconfig.schema.json`` (regenerate with
+``python -m search.quant.qconfig``).
 """
 
 from __future__ import annotations
@@ -27,16 +27,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
-from search.formats import FormatMap, LayerFormat, TensorFormat, as_formats, parse_format
-from search.layers import LayerGraph, LayerKind, discover_layers
-from search.qat import OUTPUT_QUANT_ATTR, ActivationQuantizer, FakeQuantMixin, RangeMethod, quantize_model
+from search.errors import QConfigError as QConfigError
+from search.quant.formats import FormatMap, LayerFormat, TensorFormat, as_formats, parse_format
+from search.quant.layers import LayerGraph, LayerKind, discover_layers
+from search.quant.qat import OUTPUT_QUANT_ATTR, ActivationQuantizer, FakeQuantMixin, RangeMethod, quantize_model
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("qconfig.schema.json")
 
-
-class QConfigError(ValueError):
-    """A qconfig file is malformed, from a newer version, or does not fit the model."""
 
 
 class _Strict(BaseModel):
@@ -272,7 +270,7 @@ def apply_qconfig(
     load_scales: bool = True,
 ) -> nn.Module:
     """Make ``model`` (a fresh copy of the user's fp32 model) a fake-quant model as the file says,
-    in place, ready for the user's own QAT loop or for :func:`search.export_onnx`.
+    in place, ready for the user's own QAT loop or for :func:`search.quant.export_onnx`.
 
     With ``load_scales`` the activation ranges come from the file (no calibration needed); weight
     scales always follow the weights.

@@ -6,7 +6,7 @@ Parallel Hyperparameter Tuning") with the single-objective "top 1/eta by score" 
 1/eta by non-dominated rank, ties by crowding distance" (the NSGA-II order, Deb et al. 2002): Optuna's
 pruners compare one intermediate value, so the multi-objective ranking is ours.
 
-Every objective vector here is all-minimised (see :func:`search.pareto.objective_vector`).
+Every objective vector here is all-minimised (see :func:`search.study.pareto.objective_vector`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 from scipy.stats import kendalltau
 
-from search.pareto import dominates
+from search.study.pareto import dominates
 
 Vector = Sequence[float]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 
-from search.spec import TrialOutcome
+from search.results import TrialOutcome
 
 Vector = Sequence[float]
 

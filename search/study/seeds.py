@@ -7,7 +7,7 @@
    lost per unit of cost saved, as AIMET AMP's greedy phase.
 4. Where the sweep does not fit the budget (a deep model: one QAT run per layer would spend most of
    it before the sampler starts), the greedy path is ordered by a proxy sensitivity that costs
-   seconds instead (:func:`proxy_greedy_assignments`, with :mod:`search.sensitivity`'s scores).
+   seconds instead (:func:`proxy_greedy_assignments`, with :mod:`search.study.sensitivity`'s scores).
 5. The maps the proxy programs pick at a few cost levels (:func:`program_assignments`): integer
    programs over the proxies' ensemble (:func:`ensemble_scores`), HAWQ-V3's Hessian-trace scores and
    AutoQuantize's Fisher scores.  A program weighs every allowed format of every layer at once, where
@@ -25,8 +25,8 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from search.pareto import assignment_key, hypervolume_2d
-from search.space import SearchSpace
+from search.study.pareto import assignment_key, hypervolume_2d
+from search.study.space import SearchSpace
 
 Assignment = dict[str, str]  # fqn -> format name
 LayerCost = Callable[[str, str], float]  # (fqn, format name) -> the layer's first cost objective
@@ -121,7 +121,7 @@ def greedy_after_sweep(
     """The greedy assignments once the all-int8 baseline and the whole sweep are scored; None before
     (and always for a sweep of fewer than 3 layers: the sweep and baselines cover its greedy points).
 
-    ``quality_of`` maps :func:`~search.pareto.assignment_key` of a free assignment to its quality;
+    ``quality_of`` maps :func:`~search.study.pareto.assignment_key` of a free assignment to its quality;
     ``cost_of`` prices a free assignment (the first cost objective).
     """
     sweep = sensitivity_assignments(space)
@@ -295,7 +295,7 @@ def front_neighbours(
     keeps the cost.  A cheaper neighbour dominates its point if it scores no worse; an equal-cost one if
     it scores better.  With ``upward`` also every layer one format costlier (the next costlier of its
     formats): a map that may fill the gap to the next front point (it cannot dominate its own).  Within
-    each kind the cheapest neighbours come first; a map in ``tried`` (:func:`~search.pareto.assignment_key`)
+    each kind the cheapest neighbours come first; a map in ``tried`` (:func:`~search.study.pareto.assignment_key`)
     or already listed is left out.  Costs are ``layer_cost`` summed over a group's layers (tied layers
     follow their leader)."""
     members = {fqn: [fqn, *(f for f, lead in space.tied.items() if lead == fqn)] for fqn in space.choices}

@@ -21,7 +21,7 @@ model with BatchNorm folded (as QAT sees it).  Higher score = more sensitive.
   ``||Q(W) - W||^2``.  Weights only (HAWQ's assumption).  Cost: two backward passes per sample.
 
 Numbers in, numbers out: no study, no database.  The quantization arithmetic is
-:mod:`search.qat`'s, so a score reflects exactly the rounding QAT and export use.
+:mod:`search.quant.qat`'s, so a score reflects exactly the rounding QAT and export use.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from search.formats import LayerFormat, parse_format
-from search.layers import LayerGraph, discover_layers
-from search.qat import (
+from search.quant.formats import LayerFormat, parse_format
+from search.quant.layers import LayerGraph, discover_layers
+from search.quant.qat import (
     OUTPUT_QUANT_ATTR,
     ActivationQuantizer,
     FakeQuantMixin,
@@ -47,8 +47,8 @@ from search.qat import (
     quantize_model,
     to_fake_quant,
 )
-from search.train import resolve_device
 from search.workloads.base import Workload
+from search.workloads.training import resolve_device
 
 ForwardHook = Callable[[nn.Module, tuple[Any, ...], Any], None]
 OUTPUT_RANGE_KEY = "<output>"  # key of the model output's range in the recorded ranges
@@ -62,7 +62,7 @@ class LayerSensitivity:
 
 
 def scores_by_layer(records: Sequence[LayerSensitivity]) -> dict[str, dict[str, float]]:
-    """``{fqn: {format: score}}``: the shape the selection programs (:mod:`search.seeds`) take."""
+    """``{fqn: {format: score}}``: the shape the selection programs (:mod:`search.study.seeds`) take."""
     out: dict[str, dict[str, float]] = {}
     for r in records:
         out.setdefault(r.fqn, {})[r.format] = r.score
@@ -134,7 +134,7 @@ def _record_ranges(model: nn.Module, fqns: Sequence[str], batches: Sequence[Any]
 
 
 def _set_range(quantizer: ActivationQuantizer, lo_hi: tuple[float, float]) -> None:
-    """Fix a quantizer's range to a recorded one (what :func:`search.qat.calibrate` would observe)."""
+    """Fix a quantizer's range to a recorded one (what :func:`search.quant.qat.calibrate` would observe)."""
     if not quantizer.fmt.is_int:
         return
     quantizer.min_val.fill_(lo_hi[0])

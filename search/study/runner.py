@@ -3,20 +3,20 @@
 It evaluates per-layer precision maps with short QAT runs and returns the Pareto front of
 (quality, cost...).  Sample efficiency comes from:
 
-1. Seeding (``search/seeding.py``; the maps from ``search/seeds.py``): one uniform map per format,
+1. Seeding (``search/study/seeding.py``; the maps from ``search/study/seeds.py``): one uniform map per format,
    the one-layer sensitivity sweep (or a Fisher-proxy greedy path where it does not fit), the proxy
    programs' maps, then a greedy front over the sweep.  All of it counts in the budget: they are real
    trials.  The last half of the budget checks the front's one-layer neighbours first (model-ranked).  Seeds are
    queued one at a time, when the study's queue is empty, so a retry always runs before them.
 2. A seeded multi-objective sampler (TPE by default; NSGA-II, random).
-3. A cache (``search/objective.py``): an assignment already evaluated is never trained again (its
+3. A cache (``search/study/objective.py``): an assignment already evaluated is never trained again (its
    values are reused and the repeat does not count against the budget).
 4. Noise-aware reporting: front neighbours within noise of each other are re-evaluated with extra
    seeds; each front point reports mean and spread, the front is recomputed on the means, and a
    point whose gain over a cheaper one is within noise is left off it.
 5. Multi-fidelity (``spec.fidelity_rungs``): every map is screened at the first rung; the top
    1/eta of a rung by non-dominated rank are trained again, longer, at the next
-   (``search/multifidelity.py``); a map is reported at the highest rung it reached.  A budget in
+   (``search/study/multifidelity.py``); a map is reported at the highest rung it reached.  A budget in
    QAT steps (``spec.budget_qat_steps``) counts every rung and every re-evaluation.
 6. No wasted trials: the cheapest allowed map is seeded; formats that cost more for a layer and
    measured no better in the seed trials are sampled rarely; the search stops once the cheapest
@@ -27,7 +27,7 @@ sharing the study sees them.
 
 Several processes can share one study through an Optuna RDB storage (SQLite on one machine,
 PostgreSQL beyond): the budget is the study's, not the process's; each trial takes a budget slot
-atomically before it trains (``search.storage.claim_budget_slot``).  Heartbeats mark a dead
+atomically before it trains (``search.study.storage.claim_budget_slot``).  Heartbeats mark a dead
 process's trial FAIL and re-enqueue the same parameters (bounded retries).  A search whose trials
 keep failing on their own (``spec.max_consecutive_failures`` in a row) stops with the cause.
 """
@@ -46,37 +46,35 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from search.cost import cost_model
-from search.formats import parse_format
-from search.layers import LayerInfo, discover_layers
-from search.ledger import Ledger, reeval_key, rung_key
-from search.multifidelity import (
+from search.profiles import TargetProfile, load_profile
+from search.quant.cost import cost_model
+from search.quant.formats import parse_format
+from search.quant.layers import LayerInfo, discover_layers
+from search.results import (
+    FidelityCheck,
+    FidelityPoint,
+    SearchLayer,
+    SearchPhase,
+    SearchProgress,
+    SearchResult,
+    TrialFailure,
+    TrialOutcome,
+)
+from search.spec import SamplerName, SearchError, SearchSpec
+from search.study.ledger import Ledger, reeval_key, rung_key
+from search.study.multifidelity import (
     TAU_WARNING_BELOW,
     noise_level,
     rank_agreement,
     reevaluation_todo,
     within_noise_of_cheaper,
 )
-from search.objective import Evaluator, Objective, SearchSetup, outcome_of, score_assignment
-from search.pareto import assignment_key, pareto_front
-from search.profiles import TargetProfile, load_profile
-from search.seeding import ATTR_NOISE, DominatedFormatsSampler, SeedPlan, tried_maps
-from search.seeds import front_neighbours
-from search.space import build_space
-from search.spec import (
-    FidelityCheck,
-    FidelityPoint,
-    SamplerName,
-    SearchError,
-    SearchLayer,
-    SearchPhase,
-    SearchProgress,
-    SearchResult,
-    SearchSpec,
-    TrialFailure,
-    TrialOutcome,
-)
-from search.storage import claim_budget_slot, fail_trials_without_heartbeat, open_storage
+from search.study.objective import Evaluator, Objective, SearchSetup, outcome_of, score_assignment
+from search.study.pareto import assignment_key, pareto_front
+from search.study.seeding import ATTR_NOISE, DominatedFormatsSampler, SeedPlan, tried_maps
+from search.study.seeds import front_neighbours
+from search.study.space import build_space
+from search.study.storage import claim_budget_slot, fail_trials_without_heartbeat, open_storage
 from search.train import fp32_quality, run_trial
 from search.workloads import Workload, load_workload
 
@@ -627,7 +625,7 @@ def run_search(
     ``spec.budget_qat_steps``).
     ``on_trial`` is called in the process that ran each trial; ``should_stop`` is checked between
     trials.  Bad input raises before any training starts (:class:`~search.spec.SearchError`, and its
-    subclass :class:`~search.storage.StorageError` when the storage cannot be opened).
+    subclass :class:`~search.study.storage.StorageError` when the storage cannot be opened).
     ``evaluator`` replaces the QAT run (benchmarks over a precomputed table use it).
     ``on_progress`` hears about work that is not a trial (re-evaluating the front).
     ``profile`` is a ready target profile (else ``spec.profile`` is loaded by name or path).
