@@ -9,25 +9,15 @@ Rung results and re-evaluations live in study user attributes (``mixq:rung:<rung
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.study.attrs import ReevalRecord, RungRecord, StudyKey, TrialAttrs, is_cached
 from search.study.multifidelity import promotable
 from search.study.objective import RungResult
 from search.study.pareto import objective_vector
-
-ATTR_REEVAL = "mixq:reeval:"  # + trial number -> {"rung", "qat_steps", "qualities" (None while running)}
-ATTR_RUNG = "mixq:rung:"  # + "<rung>:<trial number>" -> {"qat_steps", "worker", "quality", "qconfig"}
-
-
-def rung_key(rung: int, number: int) -> str:
-    return f"{ATTR_RUNG}{rung}:{number}"
-
-
-def reeval_key(number: int) -> str:
-    return f"{ATTR_REEVAL}{number}"
 
 
 @dataclass
@@ -36,8 +26,8 @@ class Ledger:
 
     trials: list[FrozenTrial]
     attrs: dict[str, Any]
-    rungs: dict[tuple[int, int], dict[str, Any]]  # (rung, trial number) -> record
-    reevals: dict[int, dict[str, Any]]  # trial number -> record
+    rungs: dict[tuple[int, int], RungRecord]  # (rung, trial number) -> record
+    reevals: dict[int, ReevalRecord]  # trial number -> record
     qat_steps_used: int
 
     @classmethod
@@ -46,31 +36,33 @@ class Ledger:
         ``first_rung_steps`` (it may be about to train)."""
         trials = study.get_trials(deepcopy=False)
         attrs = dict(study.user_attrs)
-        rungs: dict[tuple[int, int], dict[str, Any]] = {}
-        reevals: dict[int, dict[str, Any]] = {}
+        rungs: dict[tuple[int, int], RungRecord] = {}
+        reevals: dict[int, ReevalRecord] = {}
         for key, value in attrs.items():
-            if key.startswith(ATTR_RUNG):
-                rung, number = key.removeprefix(ATTR_RUNG).split(":")
+            if key.startswith(StudyKey.RUNG):
+                rung, number = key.removeprefix(StudyKey.RUNG).split(":")
                 rungs[(int(rung), int(number))] = value
-            elif key.startswith(ATTR_REEVAL):
+            elif key.startswith(StudyKey.REEVAL):
                 # an older study stored the bare list of qualities
-                rec = value if isinstance(value, dict) else {"rung": 0, "qat_steps": 0, "qualities": value}
-                reevals[int(key.removeprefix(ATTR_REEVAL))] = rec
+                old: ReevalRecord = {"rung": 0, "qat_steps": 0, "qualities": value}
+                rec = cast(ReevalRecord, value) if isinstance(value, dict) else old
+                reevals[int(key.removeprefix(StudyKey.REEVAL))] = rec
         used = 0
         for t in trials:
-            if t.user_attrs.get("cached"):
+            trial_attrs = TrialAttrs.of(t)
+            if trial_attrs.cached:
                 continue
-            if t.state is TrialState.RUNNING and "qat_steps" not in t.user_attrs:
+            if t.state is TrialState.RUNNING and trial_attrs.qat_steps is None:
                 used += first_rung_steps
             else:
-                used += int(t.user_attrs.get("qat_steps", 0))
+                used += trial_attrs.qat_steps or 0
         used += sum(int(rec.get("qat_steps", 0)) for rec in rungs.values())
         used += sum(int(rec.get("qat_steps", 0)) for rec in reevals.values())
         return cls(trials, attrs, rungs, reevals, used)
 
     def completed(self) -> list[FrozenTrial]:
         """First-rung trials that trained (repeats served from the cache are not evaluations)."""
-        return [t for t in self.trials if t.state is TrialState.COMPLETE and not t.user_attrs.get("cached")]
+        return [t for t in self.trials if t.state is TrialState.COMPLETE and not is_cached(t)]
 
     def top(self, number: int) -> RungResult | None:
         """The highest rung above the first with a finished result for trial ``number``."""
@@ -78,14 +70,17 @@ class Ledger:
         if not done:
             return None
         rung, rec = max(done, key=lambda item: item[0])
-        return RungResult(rung, float(rec["quality"]), int(rec["qat_steps"]), rec.get("qconfig"))
+        quality = rec["quality"]
+        assert quality is not None
+        return RungResult(rung, float(quality), int(rec["qat_steps"]), rec.get("qconfig"))
 
     def reevaluations(self, number: int, rung: int) -> list[float]:
         """The extra-seed qualities of trial ``number`` measured at ``rung`` (none at another rung)."""
         rec = self.reevals.get(number)
-        if rec is None or not rec.get("qualities") or rec.get("rung", 0) != rung:
+        qualities = None if rec is None else rec.get("qualities")
+        if rec is None or not qualities or rec.get("rung", 0) != rung:
             return []
-        return [float(q) for q in rec["qualities"]]
+        return [float(q) for q in qualities]
 
     def next_promotion(self, n_rungs: int, eta: int, higher_is_better: bool) -> tuple[int, int] | None:
         """(trial number, rung) of a map that belongs to the next rung and is not there yet, from the
@@ -102,9 +97,10 @@ class Ledger:
                     quality = t.values[0]
                 else:
                     rec = self.rungs.get((rung, number))
-                    if rec is None or rec.get("quality") is None:
+                    rung_quality = None if rec is None else rec.get("quality")
+                    if rung_quality is None:
                         continue
-                    quality = float(rec["quality"])
+                    quality = float(rung_quality)
                 members[number] = objective_vector(quality, list(t.values[1:]), higher_is_better)
                 if all(c <= 0.0 for c in t.constraints.values()):
                     feasible.add(number)

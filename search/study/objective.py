@@ -27,9 +27,9 @@ from search.quant.layers import LayerGraph
 from search.quant.qconfig import QualityReport, build_qconfig
 from search.results import TrialOutcome
 from search.spec import SearchSpec
+from search.study.attrs import TrialAttrs, TrialKey, is_cached, set_trial_attr
 from search.study.pareto import assignment_key
 from search.study.space import SearchSpace
-from search.study.storage import WORKER_ATTR
 from search.train import run_trial
 from search.workloads import Workload
 
@@ -109,7 +109,8 @@ def outcome_of(
     qualities = [first if top is None else top.quality, *reevals]
     costs = {str(o): float(v) for o, v in zip(setup.spec.cost_objectives, trial.values[1:], strict=True)}
     feasible = all(c <= 0.0 for c in trial.constraints.values())
-    raw = trial.user_attrs.get("qconfig") if top is None or top.qconfig is None else top.qconfig
+    attrs = TrialAttrs.of(trial)
+    raw = attrs.qconfig if top is None or top.qconfig is None else top.qconfig
     quality = statistics.fmean(qualities)
     quality_std = statistics.pstdev(qualities) if len(qualities) > 1 else 0.0
     qconfig = json.loads(raw) if isinstance(raw, str) else None
@@ -124,9 +125,9 @@ def outcome_of(
         n_evaluations=len(qualities),
         costs=costs,
         feasible=feasible,
-        duration_s=float(trial.user_attrs.get("duration_s", 0.0)),
-        source=str(trial.user_attrs.get("source", "sampler")),
-        cached=bool(trial.user_attrs.get("cached", False)),
+        duration_s=attrs.duration_s,
+        source=str(attrs.source),
+        cached=attrs.cached,
         qconfig=qconfig,
         rung=0 if top is None else top.rung,
         qat_steps=setup.spec.qat_steps if top is None else top.qat_steps,
@@ -149,7 +150,7 @@ class Objective:
         except optuna.TrialPruned:
             raise
         except Exception as exc:  # study.optimize records the FAIL; the reason is ours to keep
-            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:2000])
+            set_trial_attr(trial, TrialKey.FAIL_REASON, f"{type(exc).__name__}: {exc}"[:2000])
             log.warning("trial %d failed: %s", trial.number, exc)
             raise
 
@@ -158,25 +159,26 @@ class Objective:
         free = {fqn: trial.suggest_categorical(fqn, list(options)) for fqn, options in setup.space.choices.items()}
         assignment = setup.full_assignment(free)
         costs = model_costs(spec.cost_objectives, setup.profile, setup.graph, as_formats(assignment))
-        trial.set_user_attr("source", trial.user_attrs.get("source", "sampler"))
-        trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+        set_trial_attr(trial, TrialKey.SOURCE, str(TrialAttrs.of(trial).source))
+        set_trial_attr(trial, TrialKey.WORKER, f"{socket.gethostname()}:{os.getpid()}")
         previous = self._claim(trial, free)
         if previous is not None:
             assert previous.values is not None
-            trial.set_user_attr("cached", True)
-            trial.set_user_attr("duration_s", 0.0)
-            if "qconfig" in previous.user_attrs:
-                trial.set_user_attr("qconfig", previous.user_attrs["qconfig"])
+            set_trial_attr(trial, TrialKey.CACHED, True)
+            set_trial_attr(trial, TrialKey.DURATION_S, 0.0)
+            qconfig = TrialAttrs.of(previous).qconfig
+            if qconfig is not None:
+                set_trial_attr(trial, TrialKey.QCONFIG, qconfig)
             self._constrain(trial, previous.values[0])
             return tuple(previous.values)
         # the first rung's QAT steps, counted against a budget in steps (the evaluator stands for
         # a run of that length)
-        trial.set_user_attr("qat_steps", spec.qat_steps * spec.rungs[0])
+        set_trial_attr(trial, TrialKey.QAT_STEPS, spec.qat_steps * spec.rungs[0])
         scored = score_assignment(setup, self.fp32, assignment, qat_steps=spec.qat_steps * spec.rungs[0],
                                   seed=spec.seed, trial_number=trial.number)
         if scored.qconfig is not None:
-            trial.set_user_attr("qconfig", scored.qconfig)
-        trial.set_user_attr("duration_s", scored.duration_s)
+            set_trial_attr(trial, TrialKey.QCONFIG, scored.qconfig)
+        set_trial_attr(trial, TrialKey.DURATION_S, scored.duration_s)
         self._constrain(trial, scored.quality)
         return (scored.quality, *costs.values())
 
@@ -191,15 +193,15 @@ class Objective:
         key = assignment_key(free)
         twins = [
             t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-            if t.number != trial.number and assignment_key(t.params) == key and not t.user_attrs.get("cached")
+            if t.number != trial.number and assignment_key(t.params) == key and not is_cached(t)
         ]
         done = next((t for t in twins if t.state is TrialState.COMPLETE), None)
         if done is not None:
             return done
-        if any(t.user_attrs.get("claimed") or t.number < trial.number for t in twins):
-            trial.set_user_attr("duplicate_of", min(t.number for t in twins))
+        if any(TrialAttrs.of(t).claimed or t.number < trial.number for t in twins):
+            set_trial_attr(trial, TrialKey.DUPLICATE_OF, min(t.number for t in twins))
             raise optuna.TrialPruned("the same assignment is being trained by another trial")
-        trial.set_user_attr("claimed", True)
+        set_trial_attr(trial, TrialKey.CLAIMED, True)
         return None
 
     def _constrain(self, trial: optuna.Trial, quality: float) -> None:

@@ -40,7 +40,6 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import optuna
 from optuna.study import StudyDirection
@@ -61,7 +60,19 @@ from search.results import (
     TrialOutcome,
 )
 from search.spec import SamplerName, SearchError, SearchSpec
-from search.study.ledger import Ledger, reeval_key, rung_key
+from search.study.attrs import (
+    FOLLOW_UPS,
+    ReevalRecord,
+    RungRecord,
+    Source,
+    StudyKey,
+    TrialAttrs,
+    TrialKey,
+    is_cached,
+    reeval_key,
+    rung_key,
+)
+from search.study.ledger import Ledger
 from search.study.multifidelity import (
     TAU_WARNING_BELOW,
     noise_level,
@@ -78,27 +89,39 @@ from search.study.storage import claim_budget_slot, fail_trials_without_heartbea
 from search.train import fp32_quality, run_trial
 from search.workloads import Workload, load_workload
 
-_ATTR_FP32 = "mixq:fp32_quality"
+_ATTR_FP32 = StudyKey.FP32
 
 OnTrial = Callable[[TrialOutcome, SearchProgress], None]
 OnFailedTrial = Callable[[TrialFailure], None]
 
 
 @dataclass(frozen=True)
-class Work:
-    """One unit of a search process's loop (:meth:`_Search.next_work`)."""
-
-    kind: Literal["trial", "promote", "wait", "done"]
-    number: int = -1  # promote: the trial whose map is trained again
-    rung: int = 0  # promote: the rung it is trained at
-    reason: str = ""  # done: why the search stops
-
-    @classmethod
-    def done(cls, reason: str) -> Work:
-        return cls("done", reason=reason)
+class NewTrial:
+    """Train a new map at the first rung."""
 
 
-TRIAL, WAIT = Work("trial"), Work("wait")
+@dataclass(frozen=True)
+class Promote:
+    """Train trial ``number``'s map again, longer, at ``rung``."""
+
+    number: int
+    rung: int
+
+
+@dataclass(frozen=True)
+class Wait:
+    """The budget is held by trials running elsewhere (they may finish, or turn out stale)."""
+
+
+@dataclass(frozen=True)
+class Done:
+    """Stop searching, for ``reason``."""
+
+    reason: str
+
+
+Work = NewTrial | Promote | Wait | Done  # one unit of a search process's loop (:meth:`_Search.next_work`)
+TRIAL, WAIT = NewTrial(), Wait()
 
 
 def make_sampler(name: SamplerName, seed: int) -> optuna.samplers.BaseSampler:
@@ -175,17 +198,17 @@ class _Search:
         while not self.should_stop():
             ledger = self.ledger()
             work = self.next_work(ledger)
-            if work.kind == "done":
+            if isinstance(work, Done):
                 self.stop_reason = work.reason
                 break
-            if work.kind == "wait":
+            if isinstance(work, Wait):
                 time.sleep(min(1.0, self.spec.heartbeat_interval_s))
                 self.fail_stale_trials()
                 continue
             probe = self.seeds.noise_probe_due(ledger)
             if probe is not None:
                 self.probe_noise(probe, ledger)
-            elif work.kind == "promote":
+            elif isinstance(work, Promote):
                 self.promote(work.number, work.rung, fp32)
             else:
                 self.seeds.enqueue_next()
@@ -208,7 +231,7 @@ class _Search:
         if self.spec.timeout_s is not None:
             durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in self.completed()
                          if t.datetime_start is not None and t.datetime_complete is not None
-                         and not t.user_attrs.get("cached")]  # a repeat served from the cache took ~0 s
+                         and not is_cached(t)]  # a repeat served from the cache took ~0 s
             if durations:
                 per_trial = sum(durations) / len(durations)
                 left_s = self.spec.timeout_s - (time.monotonic() - self.started)
@@ -303,30 +326,30 @@ class _Search:
         stop with a reason."""
         spec = self.spec
         if spec.timeout_s is not None and time.monotonic() - self.started >= spec.timeout_s:
-            return Work.done("timeout")
+            return Done("timeout")
         if self.metric_at_best(ledger):
-            return Work.done("the cheapest map scores the metric's best value")
+            return Done("the cheapest map scores the metric's best value")
         reserve = self.reevaluation_reserve()
         promotion = ledger.next_promotion(len(spec.rungs), spec.eta,
                                            self.setup.workload.higher_is_better)
         if promotion is not None and self.fits(ledger, self.steps_at(promotion[1]), reserve):
-            return Work("promote", number=promotion[0], rung=promotion[1])
+            return Promote(number=promotion[0], rung=promotion[1])
         done = len(ledger.completed())
         running = sum(1 for t in ledger.trials if t.state is TrialState.RUNNING)
         seen = {assignment_key(t.params) for t in ledger.trials if t.state is TrialState.COMPLETE}
         limit = spec.n_trials if spec.budget_qat_steps is None else spec.budget_qat_steps // self.steps_at(0)
         hard_cap = 4 * limit + 10  # repeats and failures cannot loop forever
         if len(seen) >= self.setup.space.size:
-            return WAIT if running else Work.done("every map in the space was tried")
+            return WAIT if running else Done("every map in the space was tried")
         if len(ledger.trials) >= hard_cap:
-            return Work.done("too many repeated or failed trials")
+            return Done("too many repeated or failed trials")
         if done >= limit:
-            return WAIT if running and spec.budget_qat_steps is not None else Work.done("budget")
+            return WAIT if running and spec.budget_qat_steps is not None else Done("budget")
         if spec.budget_qat_steps is None:
             return TRIAL if done + running < limit else WAIT
         if self.fits(ledger, self.steps_at(0), reserve):
             return TRIAL
-        return WAIT if running else Work.done("budget")
+        return WAIT if running else Done("budget")
 
     def metric_at_best(self, ledger: Ledger) -> bool:
         """Has a map costing the least possible in every objective scored the metric's best value?
@@ -357,7 +380,8 @@ class _Search:
         key = rung_key(rung, number)
         worker = f"{socket.gethostname()}:{os.getpid()}"
         steps = self.steps_at(rung)
-        self.study.set_user_attr(key, {"qat_steps": steps, "worker": worker, "quality": None, "qconfig": None})
+        running: RungRecord = {"qat_steps": steps, "worker": worker, "quality": None, "qconfig": None}
+        self.study.set_user_attr(key, running)
         trial = self.study.get_trials(deepcopy=False)[number]
         message = f"rung {rung + 1}/{len(self.spec.rungs)}: trial {number} at {steps} QAT steps"
         self.set_phase(SearchPhase.PROMOTING, message)
@@ -369,12 +393,12 @@ class _Search:
             scored = score_assignment(self.setup, fp32, self.setup.full_assignment(free), qat_steps=steps,
                                       seed=self.spec.seed, trial_number=number)
         except Exception as exc:  # noqa: BLE001  (one unit of work: record why, keep searching)
-            self.study.set_user_attr(key, {"qat_steps": steps, "worker": worker, "quality": None, "qconfig": None,
-                                           "fail_reason": f"{type(exc).__name__}: {exc}"[:2000]})
+            failed: RungRecord = {**running, "fail_reason": f"{type(exc).__name__}: {exc}"[:2000]}
+            self.study.set_user_attr(key, failed)
             return
         self.count_training(started, steps)
-        self.study.set_user_attr(key, {"qat_steps": steps, "worker": worker, "quality": scored.quality,
-                                       "qconfig": scored.qconfig})
+        done: RungRecord = {**running, "quality": scored.quality, "qconfig": scored.qconfig}
+        self.study.set_user_attr(key, done)
 
     def stop_if_failing(self) -> None:
         """Raise :class:`SearchError` once the last ``max_consecutive_failures`` finished trials all
@@ -382,13 +406,13 @@ class _Search:
         limit = self.spec.max_consecutive_failures
         finished = [
             t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-            if t.state is TrialState.COMPLETE or "fail_reason" in t.user_attrs
+            if t.state is TrialState.COMPLETE or TrialKey.FAIL_REASON in t.user_attrs
         ]
         last = sorted(finished, key=lambda t: t.number)[-limit:]
         if len(last) == limit and all(t.state is TrialState.FAIL for t in last):
             raise SearchError(
                 f"search stopped: {limit} trials in a row failed (max_consecutive_failures={limit}); "
-                f"last: trial {last[-1].number}: {last[-1].user_attrs['fail_reason']}"
+                f"last: trial {last[-1].number}: {TrialAttrs.of(last[-1]).fail_reason}"
             )
 
     # -- one trial ---------------------------------------------------------------------------
@@ -404,7 +428,7 @@ class _Search:
         waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         # a queued seed (or a retry) is seeding; the sampler's proposals and the search's own follow-ups
         # (a map next to a repeat, a front point's neighbour) are sampling
-        seeding = waiting[0].user_attrs.get("source") not in ("neighbour", "resample") if waiting else False
+        seeding = TrialAttrs.of(waiting[0]).source not in FOLLOW_UPS if waiting else False
         self.set_phase(SearchPhase.SEEDING if seeding else SearchPhase.SAMPLING)
         self.step_started = time.monotonic()
         self.study.optimize(
@@ -423,8 +447,8 @@ class _Search:
                 frozen = next(t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number)
                 fixed = frozen.system_attrs.get("fixed_params")
                 if fixed:
-                    source = frozen.user_attrs.get("source", "sampler")
-                    self.study.enqueue_trial(fixed, user_attrs={"source": source}, skip_if_exists=False)
+                    source = TrialAttrs.of(frozen).source
+                    self.study.enqueue_trial(fixed, user_attrs={TrialKey.SOURCE: source}, skip_if_exists=False)
                 raise optuna.TrialPruned("budget: every slot is taken by trials running elsewhere")
             return objective(trial)
 
@@ -433,14 +457,15 @@ class _Search:
     def _after_optimize_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state is TrialState.COMPLETE:
             self.seeds.repeated_map(trial)
-        if trial.state is TrialState.COMPLETE and not trial.user_attrs.get("cached"):
-            self.count_training(self.step_started, int(trial.user_attrs.get("qat_steps", self.steps_at(0))))
-        if trial.state is TrialState.COMPLETE and self.on_trial is not None and not trial.user_attrs.get("cached"):
+        attrs = TrialAttrs.of(trial)
+        if trial.state is TrialState.COMPLETE and not attrs.cached:
+            self.count_training(self.step_started, attrs.qat_steps if attrs.qat_steps is not None else self.steps_at(0))
+        if trial.state is TrialState.COMPLETE and self.on_trial is not None and not attrs.cached:
             ledger = self.ledger()
             self.on_trial(outcome_of(trial, self.setup), self.progress(ledger=ledger))
         if trial.state is TrialState.FAIL and self.on_failed_trial is not None:
             # its own error (the objective's ``fail_reason``), or a NaN/missing value Optuna refused
-            error = trial.user_attrs.get("fail_reason") or "the objective returned no finite value (NaN or None)"
+            error = attrs.fail_reason or "the objective returned no finite value (NaN or None)"
             self.on_failed_trial(self._failure_of(trial, str(error), retried=False))
 
     def _report_stale_trial(self, study: optuna.Study, trial: FrozenTrial, retried: bool) -> None:
@@ -477,6 +502,12 @@ class _Search:
             out.append(outcome_of(t, self.setup, ledger.reevaluations(t.number, top.rung if top else 0), top))
         return out
 
+    @staticmethod
+    def _reeval_rung(ledger: Ledger, number: int) -> int:
+        """The rung trial ``number``'s extra seeds were run at (-1: none)."""
+        rec = ledger.reevals.get(number)
+        return -1 if rec is None else int(rec.get("rung", -1))
+
     def reevaluate_front(self) -> None:
         """Extra seeds where front neighbours are within noise of each other (noise-aware reporting);
         they count in the budget and the progress."""
@@ -496,7 +527,7 @@ class _Search:
             noise = noise_level([o.quality_std for o in measured], self.spec.min_gain)
             todo = [front[i] for i in reevaluation_todo([p.quality for p in front],
                                                         [p.n_evaluations for p in front], noise)
-                    if ledger.reevals.get(front[i].number, {}).get("rung", -1) != front[i].rung]
+                    if self._reeval_rung(ledger, front[i].number) != front[i].rung]
             if not todo or self.should_stop():
                 return
             self.set_phase(SearchPhase.REEVALUATING)
@@ -528,8 +559,10 @@ class _Search:
         key = reeval_key(point.number)
         n_seeds = self.spec.reevaluate_front if n_seeds is None else n_seeds
         # a noise probe at a lower rung is replaced by this record: its steps stay counted
-        steps = n_seeds * point.qat_steps + int(self.ledger().reevals.get(point.number, {}).get("qat_steps", 0))
-        self.study.set_user_attr(key, {"rung": point.rung, "qat_steps": steps, "qualities": None})
+        earlier = self.ledger().reevals.get(point.number)
+        steps = n_seeds * point.qat_steps + (0 if earlier is None else int(earlier["qat_steps"]))
+        record: ReevalRecord = {"rung": point.rung, "qat_steps": steps, "qualities": None}
+        self.study.set_user_attr(key, record)
         qualities = []
         for k in range(1, n_seeds + 1):
             seed = self.spec.seed + 1000 * k
@@ -541,7 +574,7 @@ class _Search:
                             device=self.spec.device)
             self.count_training(started, point.qat_steps)
             qualities.append(run.quality)
-        self.study.set_user_attr(key, {"rung": point.rung, "qat_steps": steps, "qualities": qualities})
+        self.study.set_user_attr(key, {**record, "qualities": qualities})
 
     def layer_costs(self, layer: LayerInfo) -> dict[str, dict[str, float]]:
         """What this layer costs in each format it may take ({format: {objective: value}}); summed
@@ -598,8 +631,8 @@ class _Search:
             stop_reason=self.stop_reason,
             merged_within_noise=[p.number for p, m in zip(front, merged, strict=True) if m],
             repeats_skipped=sum(1 for t in ledger.trials
-                                if t.state is TrialState.COMPLETE and t.user_attrs.get("cached")),
-            neighbour_checks=sum(1 for o in outcomes if o.source == "neighbour"),
+                                if t.state is TrialState.COMPLETE and is_cached(t)),
+            neighbour_checks=sum(1 for o in outcomes if o.source == Source.NEIGHBOUR),
             neighbours_untried=len(untried),
         )
 

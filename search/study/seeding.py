@@ -30,7 +30,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.quant.cost import cost_model, model_costs
 from search.quant.formats import parse_format
-from search.study.ledger import Ledger, reeval_key
+from search.study.attrs import Source, StudyKey, TrialAttrs, TrialKey, is_cached, reeval_key
+from search.study.ledger import Ledger
 from search.study.objective import SearchSetup
 from search.study.pareto import assignment_key
 from search.study.seeds import (
@@ -51,10 +52,10 @@ from search.study.seeds import (
 
 log = logging.getLogger("mixq.search")
 
-ATTR_GREEDY = "mixq:greedy_enqueued"
-ATTR_DOMINATED = "mixq:dominated"  # {fqn: {format: cheaper format}} from the seed trials
-ATTR_SENSITIVITY = "mixq:sensitivity"  # "sweep" (one-layer QAT trials) or "proxy" (Fisher-ordered greedy path)
-ATTR_NOISE = "mixq:noise_probe"  # the all-int8 trial given a second seed to measure the seed spread (-1: none)
+ATTR_GREEDY = StudyKey.GREEDY
+ATTR_DOMINATED = StudyKey.DOMINATED
+ATTR_SENSITIVITY = StudyKey.SENSITIVITY
+ATTR_NOISE = StudyKey.NOISE
 PROGRAM_LEVELS = 6  # cost levels at which the proxy programs pick a map
 PTQ_MAX_S = 60.0  # the PTQ proxy (one evaluation per layer and format) is skipped where it would take longer
 KEEP_DOMINATED = 0.1  # probability that a sampled dominated format is kept (so a wrong call can be undone)
@@ -132,7 +133,7 @@ class SeedPlan:
         self.completed = completed
         self.trials_left = trials_left  # first-rung trials the budget still affords
         self.front = front  # the current front: (free assignment, quality, first cost) per point
-        self.queue: list[tuple[Assignment, str]] = []  # (free assignment, source), not yet enqueued
+        self.queue: list[tuple[Assignment, Source]] = []  # (free assignment, source), not yet enqueued
         self.sensitivity_pending = False  # the sweep-or-proxy choice waits for the baselines' durations
         self.repeated: Assignment | None = None  # a sampler proposal served from the cache: try a new map next
         self._layer_costs: dict[tuple[str, str], float] = {}
@@ -140,9 +141,9 @@ class SeedPlan:
     def start(self) -> None:
         space = self.setup.space
         if self.spec.seed_with_baselines:
-            self.enqueue(baseline_assignments(space, self.layer_cost), "baseline")
+            self.enqueue(baseline_assignments(space, self.layer_cost), Source.BASELINE)
             # after the baselines, so where all-int4 exists it keeps its place (skip_if_exists)
-            self.enqueue([cheapest_assignment(space, self.layer_cost)], "cheapest")
+            self.enqueue([cheapest_assignment(space, self.layer_cost)], Source.CHEAPEST)
         # a time budget says how many trials fit only once some trials ran: decide after the baselines
         self.sensitivity_pending = self.spec.seed_with_sensitivity
         if self.sensitivity_pending and not (self.spec.timeout_s is not None and self.queue):
@@ -157,10 +158,10 @@ class SeedPlan:
             choice = "sweep" if self.sweep_fits() else "proxy"
             self.study.set_user_attr(ATTR_SENSITIVITY, choice)
         if choice == "sweep":
-            self.enqueue(sensitivity_assignments(self.setup.space), "sensitivity")
+            self.enqueue(sensitivity_assignments(self.setup.space), Source.SENSITIVITY)
         else:
-            self.enqueue(self.proxy_greedy(), "proxy")
-        self.enqueue(self.program_seeds(), "program")
+            self.enqueue(self.proxy_greedy(), Source.PROXY)
+        self.enqueue(self.program_seeds(), Source.PROGRAM)
 
     def sweep_fits(self) -> bool:
         """Whether the one-layer QAT sweep fits the budget; else a proxy orders the greedy path."""
@@ -225,7 +226,7 @@ class SeedPlan:
             return False
         return True
 
-    def enqueue(self, free_assignments: list[Assignment], source: str) -> None:
+    def enqueue(self, free_assignments: list[Assignment], source: Source) -> None:
         """Add seeds to this process's queue; :meth:`enqueue_next` hands them to the study one at a time."""
         self.queue += [(free, source) for free in free_assignments]
 
@@ -244,19 +245,19 @@ class SeedPlan:
         if repeated is not None:
             fresh = self.untried_near(repeated, tried)
             if fresh is not None:
-                self.study.enqueue_trial(fresh, user_attrs={"source": "resample"}, skip_if_exists=True)
+                self.study.enqueue_trial(fresh, user_attrs={TrialKey.SOURCE: Source.RESAMPLE}, skip_if_exists=True)
                 return
         # the uniform maps, the cheapest and the one-layer sweep (the sensitivity users read) are never
         # left untried for neighbours
-        while self.queue and self.queue[0][1] in ("baseline", "cheapest", "sensitivity"):
+        while self.queue and self.queue[0][1] in (Source.BASELINE, Source.CHEAPEST, Source.SENSITIVITY):
             free, source = self.queue.pop(0)
             if assignment_key(free) not in tried:
-                self.study.enqueue_trial(free, user_attrs={"source": source}, skip_if_exists=True)
+                self.study.enqueue_trial(free, user_attrs={TrialKey.SOURCE: source}, skip_if_exists=True)
                 return
         if self.polishing():
             neighbour = self.best_neighbour(tried)
             if neighbour is not None:
-                self.study.enqueue_trial(neighbour, user_attrs={"source": "neighbour"}, skip_if_exists=True)
+                self.study.enqueue_trial(neighbour, user_attrs={TrialKey.SOURCE: Source.NEIGHBOUR}, skip_if_exists=True)
                 return
         while self.queue or self.sensitivity_pending:
             if not self.queue:
@@ -264,7 +265,7 @@ class SeedPlan:
                 continue
             free, source = self.queue.pop(0)
             if assignment_key(free) not in tried:
-                self.study.enqueue_trial(free, user_attrs={"source": source}, skip_if_exists=True)
+                self.study.enqueue_trial(free, user_attrs={TrialKey.SOURCE: source}, skip_if_exists=True)
                 return
 
     def best_neighbour(self, tried: set[str]) -> Assignment | None:
@@ -284,7 +285,7 @@ class SeedPlan:
         if not candidates:
             return None
         scored = [({k: str(v) for k, v in t.params.items()}, float(t.values[0])) for t in self.completed()
-                  if t.values and not t.user_attrs.get("cached") and len(t.params) == len(space.choices)]
+                  if t.values and not is_cached(t) and len(t.params) == len(space.choices)]
         ranked = rank_neighbours(candidates, front, additive_effects(space, scored), self.first_cost,
                                  self.setup.workload.higher_is_better)
         return ranked[0]
@@ -300,7 +301,7 @@ class SeedPlan:
     def repeated_map(self, trial: FrozenTrial) -> None:
         """``trial`` was a sampler proposal served from the cache (a map already trained): the next
         trial is an untried map next to it, so a repeat costs no trial and the search still moves."""
-        if trial.user_attrs.get("cached") and trial.user_attrs.get("source", "sampler") == "sampler":
+        if is_cached(trial) and TrialAttrs.of(trial).source is Source.SAMPLER:
             self.repeated = {k: str(v) for k, v in trial.params.items()}
 
     def untried_near(self, free: Assignment, tried: set[str]) -> Assignment | None:
@@ -384,7 +385,7 @@ class SeedPlan:
             return  # the sweep-or-proxy choice is not made yet
         setup = self.setup
         quality_of = {assignment_key(t.params): t.values[0] for t in self.completed()
-                      if t.values and not t.user_attrs.get("cached")}
+                      if t.values and not is_cached(t)}
         seeds = self.seed_assignments()
         if not seeds or not all(assignment_key(s) in quality_of for s in seeds):
             return
@@ -398,4 +399,4 @@ class SeedPlan:
             greedy = greedy_after_sweep(setup.space, quality_of, self.first_cost, setup.workload.higher_is_better)
             self.study.set_user_attr(ATTR_GREEDY, True)
             if greedy is not None:
-                self.queue += [(free, "greedy") for free in greedy]
+                self.queue += [(free, Source.GREEDY) for free in greedy]

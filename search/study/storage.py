@@ -23,6 +23,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
 from search.errors import StorageError as StorageError
+from search.study.attrs import TrialKey
 
 
 def _serialize_sqlite_transactions(storage: RDBStorage) -> None:
@@ -104,13 +105,10 @@ def open_storage(
     raise StorageError(f"storage: cannot open {url!r}: {type(last_error).__name__}: {last_error}")
 
 
-WORKER_ATTR = "worker"  # user attr the objective stamps once the trial's heartbeat thread runs
-
-
 def fail_trials_without_heartbeat(study: optuna.Study, storage: RDBStorage, grace_period_s: float) -> None:
     """Optuna's ``fail_stale_trials`` skips RUNNING trials that never recorded a heartbeat (a process
     killed, or its database connection dropped, between ``ask`` and the first beat): they would stay
-    RUNNING forever and hold the budget.  The objective stamps :data:`WORKER_ATTR` right after the
+    RUNNING forever and hold the budget.  The objective stamps :attr:`TrialKey.WORKER` right after the
     first beat, so a RUNNING trial without it, older than the grace period, died in that gap: fail it
     and hand it to the storage's stale-trial callback (retry and report), as Optuna does."""
     from datetime import datetime, timedelta
@@ -121,7 +119,7 @@ def fail_trials_without_heartbeat(study: optuna.Study, storage: RDBStorage, grac
     grace = timedelta(seconds=grace_period_s)
     callback = storage.get_heartbeat_stale_trial_callback()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if WORKER_ATTR in t.user_attrs or t.datetime_start is None or now - t.datetime_start <= grace:
+        if TrialKey.WORKER in t.user_attrs or t.datetime_start is None or now - t.datetime_start <= grace:
             continue
         try:
             if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL) and callback is not None:
@@ -130,7 +128,7 @@ def fail_trials_without_heartbeat(study: optuna.Study, storage: RDBStorage, grac
             continue
 
 
-BUDGET_SLOT_ATTR = "mixq:budget_slot"  # user attr of a trial that holds one of the study's budget slots
+BUDGET_SLOT_ATTR = str(TrialKey.BUDGET_SLOT)  # user attr of a trial that holds one of the study's budget slots
 _BUDGET_LOCK_SPACE = 0x6D69_7871  # "mixq": first key of the PostgreSQL advisory lock (study_id is the second)
 
 # One statement: mark the trial as a slot holder only if fewer than :n_trials trials hold a slot
@@ -145,7 +143,7 @@ WHERE (
     WHERE t.study_id = :study_id AND (
         t.state = 'RUNNING' OR (t.state = 'COMPLETE' AND NOT EXISTS (
             SELECT 1 FROM trial_user_attributes c
-            WHERE c.trial_id = t.trial_id AND c.key = 'cached' AND c.value_json = 'true'
+            WHERE c.trial_id = t.trial_id AND c.key = '{TrialKey.CACHED}' AND c.value_json = 'true'
         ))
     )
 ) < :n_trials

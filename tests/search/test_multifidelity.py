@@ -15,7 +15,8 @@ from scipy.stats import kendalltau
 from torch import nn
 
 from search import SearchSpec, TrialOutcome, Workload, load_workload, run_search
-from search.study.ledger import Ledger, rung_key
+from search.study.attrs import rung_key
+from search.study.ledger import Ledger
 from search.study.multifidelity import (
     crowding_distances,
     noise_level,

@@ -25,7 +25,8 @@ from search import (
     TrialOutcome,
     Workload,
 )
-from search.study.storage import WORKER_ATTR, claim_budget_slot, fail_trials_without_heartbeat, open_storage
+from search.study.attrs import TrialKey
+from search.study.storage import claim_budget_slot, fail_trials_without_heartbeat, open_storage
 from service.db import Database
 from service.models import Job
 from service.settings import Settings
@@ -101,7 +102,7 @@ def make_fake_run_search(trial_s: float = 0.0) -> Callable[..., SearchResult]:
 
         def objective(trial: optuna.Trial) -> tuple[float, float]:
             # the budget check in the loop below is a fast path; this claim is what makes it exact
-            trial.set_user_attr(WORKER_ATTR, "fake")  # as search.study.objective: the heartbeat thread runs
+            trial.set_user_attr(TrialKey.WORKER, "fake")  # as search.study.objective: the heartbeat thread runs
             if not claim_budget_slot(storage, study.study_name, trial.number, spec.n_trials):
                 raise optuna.TrialPruned("budget taken")
             for fqn in LAYERS:
