@@ -25,7 +25,7 @@ from search.quant.qconfig import QConfigError, QConfigFile, apply_qconfig, load_
 from search.results import SearchLayer, SearchPhase, SearchProgress, SearchResult, TrialFailure, TrialOutcome
 from search.spec import CostObjective, Pin, SamplerName, SearchError, SearchSpec
 from search.study.pareto import non_dominated, objective_vector, pareto_front, pareto_numbers
-from search.study.runner import run_search
+from search.study.runner import SearchObserver, run_search
 from search.study.storage import StorageError
 from search.threads import set_torch_threads
 from search.train import run_trial
@@ -46,6 +46,7 @@ __all__ = [
     "SamplerName",
     "SearchError",
     "SearchLayer",
+    "SearchObserver",
     "SearchPhase",
     "SearchProgress",
     "SearchResult",

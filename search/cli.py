@@ -299,7 +299,7 @@ def search_command(
     """Search per-layer int4/int8/fp16 maps; write the Pareto front, plots and qconfig JSON files."""
     with _errors_reported(debug):
         from search.quant.layers import discover_layers
-        from search.study.runner import run_search
+        from search.study.runner import SearchObserver, run_search
         from search.threads import set_torch_threads
         from search.workloads import load_workload
 
@@ -350,14 +350,15 @@ def search_command(
                         f"[{progress.phase.value}] trial {progress.finished}/{progress.total}  {text}  "
                         f"elapsed {format_duration(progress.elapsed_s)}  {eta}"))
 
-            def on_trial(outcome: TrialOutcome, progress: SearchProgress) -> None:
-                best = f"best {wl.metric} {progress.best_quality:.4f}" if progress.best_quality is not None else ""
-                show(progress, f"{best}  last: #{outcome.number} {outcome.quality:.4f} ({outcome.source})")
+            class BarObserver(SearchObserver):
+                def trial_done(self, outcome: TrialOutcome, progress: SearchProgress) -> None:
+                    best = f"best {wl.metric} {progress.best_quality:.4f}" if progress.best_quality is not None else ""
+                    show(progress, f"{best}  last: #{outcome.number} {outcome.quality:.4f} ({outcome.source})")
 
-            def on_progress(progress: SearchProgress) -> None:
-                show(progress, progress.message)
+                def progress(self, progress: SearchProgress) -> None:
+                    show(progress, progress.message)
 
-            result = run_search(spec, workload=wl, on_trial=on_trial, on_progress=on_progress)
+            result = run_search(spec, workload=wl, observer=BarObserver())
             bar.update(task, completed=spec.n_trials, eta="")
         if not result.front:
             cause = f"; the last failure: {failures.last}" if failures.last else ""

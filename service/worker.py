@@ -28,16 +28,17 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.orm import Session
 
 from search import (
+    SearchObserver,
     SearchProgress,
     SearchResult,
     SearchSpec,
+    StorageError,
     TargetProfile,
     TrialFailure,
     TrialOutcome,
     Workload,
     load_workload,
 )
-from search.study.storage import StorageError
 from service import store
 from service.db import Database
 from service.models import Job, JobStatus, UploadKind, utcnow
@@ -55,11 +56,7 @@ WRITE_BACKOFF_S = 0.5
 class RunSearch(Protocol):
     def __call__(
         self, spec: SearchSpec, *, workload: Workload | None = None, profile: TargetProfile | None = None,
-        on_trial: Callable[[TrialOutcome, SearchProgress], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-        on_progress: Callable[[SearchProgress], None] | None = None,
-        on_start: Callable[[SearchResult], None] | None = None,
-        on_failed_trial: Callable[[TrialFailure], None] | None = None,
+        observer: SearchObserver | None = None,
     ) -> SearchResult: ...
 
 
@@ -120,6 +117,29 @@ class _JobRun:
     spec: JobCreate
     cost_objective: str
     higher_is_better: bool | None = None
+
+
+class _JobObserver(SearchObserver):
+    """What the worker does as its job's search runs: store each trial, failure and progress report,
+    and stop when the job is cancelled or the worker shuts down."""
+
+    def __init__(self, worker: Worker, run: _JobRun) -> None:
+        self.worker, self.run = worker, run
+
+    def started(self, result: SearchResult) -> None:
+        self.worker._on_start(self.run, result)
+
+    def trial_done(self, outcome: TrialOutcome, progress: SearchProgress) -> None:
+        self.worker._on_trial(self.run, outcome, progress)
+
+    def trial_failed(self, failure: TrialFailure) -> None:
+        self.worker._on_failed_trial(self.run, failure)
+
+    def progress(self, progress: SearchProgress) -> None:
+        self.worker._on_progress(self.run, progress)
+
+    def should_stop(self) -> bool:
+        return self.worker._should_stop(self.run.job_id)
 
 
 class Worker:
@@ -231,9 +251,7 @@ class Worker:
         self._write(lambda s: store.set_job_info(s, job_id, workload.metric, workload.higher_is_better, None))
         result = self.run_search(
             SearchSpec.of(spec, storage=self.db.url, study_name=study_name(job_id)), workload=workload,
-            profile=self._profile(job.owner, spec.profile), on_trial=lambda o, p: self._on_trial(run, o, p),
-            should_stop=lambda: self._should_stop(job_id), on_progress=lambda p: self._on_progress(run, p),
-            on_start=lambda r: self._on_start(run, r), on_failed_trial=lambda f: self._on_failed_trial(run, f),
+            profile=self._profile(job.owner, spec.profile), observer=_JobObserver(self, run),
         )
         if self.stop_event.is_set() or self._status(job_id) != JobStatus.RUNNING:
             return  # shutting down, cancelled or deleted: the study keeps what was done

@@ -14,6 +14,7 @@ import socket
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import optuna
@@ -21,8 +22,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.profiles import TargetProfile
 from search.quant.checkpoint import save_state_dict
-from search.quant.cost import model_costs
-from search.quant.formats import as_formats
+from search.quant.cost import cost_model
+from search.quant.formats import as_formats, parse_format
 from search.quant.layers import LayerGraph
 from search.quant.qconfig import QualityReport, build_qconfig
 from search.results import TrialOutcome
@@ -49,6 +50,39 @@ class SearchSetup:
     graph: LayerGraph
     space: SearchSpace
     evaluator: Evaluator | None = None
+
+    @cached_property
+    def cost_table(self) -> dict[str, dict[str, dict[str, float]]]:
+        """fqn -> format name -> cost objective -> what that layer costs in that format, for every
+        format the layer may take (built once; a map's costs are these summed over its layers)."""
+        models = [cost_model(o, self.profile) for o in self.spec.cost_objectives]
+        table: dict[str, dict[str, dict[str, float]]] = {}
+        for layer in self.graph.layers:
+            # keyed by the names the assignments use (canonical: the request validators normalise them)
+            names = self.space.options(layer.fqn) or (self.space.pinned[layer.fqn],)
+            table[layer.fqn] = {name: {m.name: m.layer_cost(layer, parse_format(name)) for m in models}
+                                for name in names}
+        return table
+
+    def layer_cost(self, fqn: str, fmt: str, objective: str | None = None) -> float:
+        """One layer's cost in one format (the first cost objective unless named)."""
+        name = str(objective or self.spec.cost_objectives[0])
+        by_format = self.cost_table[fqn]
+        if fmt not in by_format:  # a format the space does not offer this layer (a hand-made map)
+            layer = self.graph.layers[self.graph.fqns.index(fqn)]
+            return cost_model(name, self.profile).layer_cost(layer, parse_format(fmt))
+        return by_format[fmt][name]
+
+    def costs(self, assignment: Mapping[str, str]) -> dict[str, float]:
+        """Each cost objective of a full map: its layers' costs summed in execution order (the order
+        :func:`search.quant.cost.model_cost` sums in, so the floats are the same)."""
+        out: dict[str, float] = {}
+        for objective in map(str, self.spec.cost_objectives):
+            total = 0.0
+            for fqn in self.graph.fqns:
+                total += self.layer_cost(fqn, assignment[fqn], objective)
+            out[objective] = total
+        return out
 
     def full_assignment(self, free: Mapping[str, str]) -> dict[str, str]:
         """Every layer's format (pins included), in execution order."""
@@ -86,7 +120,7 @@ def score_assignment(
     if setup.evaluator is not None:
         return Scored(float(setup.evaluator(assignment, seed)), None, 0.0)
     formats = as_formats(assignment)  # parsed once; the engine takes the format type
-    costs = model_costs(spec.cost_objectives, setup.profile, setup.graph, formats)
+    costs = setup.costs(assignment)
     run = run_trial(setup.workload, formats, qat_steps=qat_steps, seed=seed, device=spec.device)
     qconfig = build_qconfig(
         run.model, setup.graph, formats, pinned=setup.space.pin_reasons, profile=setup.profile.name,
@@ -158,7 +192,7 @@ class Objective:
         setup, spec = self.setup, self.setup.spec
         free = {fqn: trial.suggest_categorical(fqn, list(options)) for fqn, options in setup.space.choices.items()}
         assignment = setup.full_assignment(free)
-        costs = model_costs(spec.cost_objectives, setup.profile, setup.graph, as_formats(assignment))
+        costs = setup.costs(assignment)
         set_trial_attr(trial, TrialKey.SOURCE, str(TrialAttrs.of(trial).source))
         set_trial_attr(trial, TrialKey.WORKER, f"{socket.gethostname()}:{os.getpid()}")
         previous = self._claim(trial, free)

@@ -38,33 +38,21 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from search.profiles import TargetProfile, load_profile
-from search.quant.cost import cost_model
-from search.quant.formats import parse_format
-from search.quant.layers import LayerInfo, discover_layers
-from search.results import (
-    FidelityCheck,
-    FidelityPoint,
-    SearchLayer,
-    SearchPhase,
-    SearchProgress,
-    SearchResult,
-    TrialFailure,
-    TrialOutcome,
-)
+from search.quant.layers import discover_layers
+from search.results import SearchPhase, SearchProgress, SearchResult, TrialFailure, TrialOutcome
 from search.spec import SamplerName, SearchError, SearchSpec
 from search.study.attrs import (
     FOLLOW_UPS,
     ReevalRecord,
     RungRecord,
-    Source,
     StudyKey,
     TrialAttrs,
     TrialKey,
@@ -72,56 +60,56 @@ from search.study.attrs import (
     reeval_key,
     rung_key,
 )
-from search.study.ledger import Ledger
-from search.study.multifidelity import (
-    TAU_WARNING_BELOW,
-    noise_level,
-    rank_agreement,
-    reevaluation_todo,
-    within_noise_of_cheaper,
+from search.study.budget import (
+    Done,
+    NewTrial,
+    Promote,
+    StudyCounts,
+    Wait,
+    fits,
+    next_work,
+    reevaluation_reserve,
+    steps_at,
+    trial_budget,
+    trials_left,
 )
+from search.study.ledger import Ledger
+from search.study.multifidelity import noise_level, reevaluation_todo
 from search.study.objective import Evaluator, Objective, SearchSetup, outcome_of, score_assignment
 from search.study.pareto import assignment_key, pareto_front
-from search.study.seeding import ATTR_NOISE, DominatedFormatsSampler, SeedPlan, tried_maps
-from search.study.seeds import front_neighbours
+from search.study.progress import ProgressClock
+from search.study.result import assemble_result, outcomes
+from search.study.seeding import DominatedFormatsSampler, SeedPlan
 from search.study.space import build_space
 from search.study.storage import claim_budget_slot, fail_trials_without_heartbeat, open_storage
 from search.train import fp32_quality, run_trial
 from search.workloads import Workload, load_workload
 
-_ATTR_FP32 = StudyKey.FP32
-
-OnTrial = Callable[[TrialOutcome, SearchProgress], None]
-OnFailedTrial = Callable[[TrialFailure], None]
+if TYPE_CHECKING:
+    from optuna.storages import RDBStorage
 
 
-@dataclass(frozen=True)
-class NewTrial:
-    """Train a new map at the first rung."""
+class SearchObserver:
+    """What a caller hears of a running search, and how it stops one: the one seam between the search
+    and whoever runs it (the CLI's progress bar, the service's worker, a test).  Every method does
+    nothing by default; override the ones you need."""
 
+    def started(self, result: SearchResult) -> None:
+        """The result before any trial (layers, pins, fp32 quality; no trials), to show while it runs."""
 
-@dataclass(frozen=True)
-class Promote:
-    """Train trial ``number``'s map again, longer, at ``rung``."""
+    def trial_done(self, outcome: TrialOutcome, progress: SearchProgress) -> None:
+        """A trial trained, in the process that ran it (repeats served from the cache are not told)."""
 
-    number: int
-    rung: int
+    def trial_failed(self, failure: TrialFailure) -> None:
+        """Once per failed trial: one that failed by its own error, in the process that ran it; one whose
+        process died mid-trial, in the process that found it stale (and queued it again: ``retried``)."""
 
+    def progress(self, progress: SearchProgress) -> None:
+        """A change of phase, and work that is not a trial (promotions, the front's re-evaluation)."""
 
-@dataclass(frozen=True)
-class Wait:
-    """The budget is held by trials running elsewhere (they may finish, or turn out stale)."""
-
-
-@dataclass(frozen=True)
-class Done:
-    """Stop searching, for ``reason``."""
-
-    reason: str
-
-
-Work = NewTrial | Promote | Wait | Done  # one unit of a search process's loop (:meth:`_Search.next_work`)
-TRIAL, WAIT = NewTrial(), Wait()
+    def should_stop(self) -> bool:
+        """Asked between units of work; True stops the search (the result says "stopped")."""
+        return False
 
 
 def make_sampler(name: SamplerName, seed: int) -> optuna.samplers.BaseSampler:
@@ -132,70 +120,70 @@ def make_sampler(name: SamplerName, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=6)
 
 
-def _front_size_estimate(completed: Sequence[FrozenTrial], higher_is_better: bool) -> int:
-    """Points on the (quality, first cost) front of the trials' stored values, O(n log n) and without
-    building outcomes (no qconfig parsing): it runs on every progress report.  Best quality first, a
-    point is on it if it costs less than every better one."""
-    sign = -1.0 if higher_is_better else 1.0
-    vectors = sorted((sign * t.values[0], t.values[1]) for t in completed if t.values and len(t.values) > 1)
-    size, cheapest = 0, float("inf")
-    for _, cost in vectors:
-        if cost < cheapest:
-            size, cheapest = size + 1, cost
-    return size
-
-
 def _directions(spec: SearchSpec, higher_is_better: bool) -> list[StudyDirection]:
     quality = StudyDirection.MAXIMIZE if higher_is_better else StudyDirection.MINIMIZE
     return [quality] + [StudyDirection.MINIMIZE] * len(spec.cost_objectives)
+
+
+def failure_of(setup: SearchSetup, trial: FrozenTrial, error: str, retried: bool) -> TrialFailure:
+    """A failed trial as the search reports it."""
+    # a trial that died before suggesting every layer has fewer params; a queued one has its fixed_params
+    free = {k: str(v) for k, v in (trial.params or trial.system_attrs.get("fixed_params", {})).items()}
+    space = setup.space
+    merged = {**space.pinned, **space.expand(free)}
+    assignment = {fqn: merged[fqn] for fqn in setup.graph.fqns if fqn in merged}
+    return TrialFailure(trial.number, assignment, error, retried)
+
+
+def open_study(setup: SearchSetup, observer: SearchObserver) -> tuple[RDBStorage | None, optuna.Study]:
+    """The spec's storage (None: in memory) and its study, created or joined (several processes may
+    share one).  A trial the storage's heartbeat finds stale (its process died) is told to ``observer``."""
+    spec = setup.spec
+
+    def on_stale(study: optuna.Study, trial: FrozenTrial, retried: bool) -> None:
+        error = (f"no heartbeat for over {spec.grace_period_s} s: the process running it died "
+                 f"(killed, out of memory) or lost the database")
+        observer.trial_failed(failure_of(setup, trial, error, retried))
+
+    storage = open_storage(spec.storage, spec.max_retries, spec.heartbeat_interval_s, spec.grace_period_s,
+                           on_stale=on_stale)
+    seed = spec.seed if spec.storage is None else spec.seed + os.getpid()  # processes explore differently
+    try:
+        study = optuna.create_study(
+            storage=storage, study_name=spec.study_name, load_if_exists=True,
+            directions=_directions(spec, setup.workload.higher_is_better),
+            sampler=DominatedFormatsSampler(make_sampler(spec.sampler, seed), seed),
+        )
+    except ValueError as exc:  # e.g. directions differ from an existing study of that name
+        raise SearchError(f"study_name: {exc}") from None
+    return storage, study
 
 
 class _Search:
     """One process's part of a (possibly shared) study: seed it, run trials until the budget is
     spent, re-evaluate the front, assemble the result."""
 
-    def __init__(self, setup: SearchSetup, on_trial: OnTrial | None, should_stop: Callable[[], bool] | None,
-                 on_progress: Callable[[SearchProgress], None] | None,
-                 on_start: Callable[[SearchResult], None] | None = None,
-                 on_failed_trial: OnFailedTrial | None = None) -> None:
+    def __init__(self, setup: SearchSetup, storage: RDBStorage | None, study: optuna.Study,
+                 observer: SearchObserver) -> None:
         self.setup = setup
         self.spec = setup.spec
-        self.on_trial = on_trial
-        self.on_failed_trial = on_failed_trial
-        self.on_progress = on_progress
-        self.on_start = on_start
-        self.phase = SearchPhase.FP32
-        # this process's trainings (trials, promotions, re-evaluations): seconds per QAT step, for the ETA
-        self.trained_s = 0.0
-        self.trained_steps = 0
+        self.storage = storage
+        self.study = study
+        self.observer = observer
+        self.clock = ProgressClock(self.spec, setup.workload.higher_is_better, observer.progress)
         self.step_started = time.monotonic()
-        self.should_stop = should_stop or (lambda: False)
-        spec = setup.spec
-        self.storage = open_storage(spec.storage, spec.max_retries, spec.heartbeat_interval_s, spec.grace_period_s,
-                                    on_stale=self._report_stale_trial)
-        seed = spec.seed if spec.storage is None else spec.seed + os.getpid()  # processes explore differently
-        try:
-            self.study = optuna.create_study(
-                storage=self.storage, study_name=spec.study_name, load_if_exists=True,
-                directions=_directions(spec, setup.workload.higher_is_better),
-                sampler=DominatedFormatsSampler(make_sampler(spec.sampler, seed), seed),
-            )
-        except ValueError as exc:  # e.g. directions differ from an existing study of that name
-            raise SearchError(f"study_name: {exc}") from None
-        self.started = time.monotonic()
         self.stop_reason = ""
-        self.seeds = SeedPlan(self.study, setup, self.trial_budget, self.completed, self.trials_left, self.front_points)
+        self.min_costs = self._min_costs()
+        self.seeds = SeedPlan(study, setup, self.trial_budget, self.completed, self.trials_left, self.front_points)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> SearchResult:
-        if self.on_progress is not None:
-            self.on_progress(self.progress("fp32 reference"))
+        self.clock.tell(self.ledger(), "fp32 reference")
         fp32 = self.fp32_quality()
-        if self.on_start is not None:
-            self.on_start(self.result(fp32))
+        self.observer.started(assemble_result(self.setup, self.ledger(), fp32, self.stop_reason))
         objective = Objective(self.setup, self.study, fp32)
         self.seeds.start()
-        while not self.should_stop():
+        while not self.observer.should_stop():
             ledger = self.ledger()
             work = self.next_work(ledger)
             if isinstance(work, Done):
@@ -215,141 +203,59 @@ class _Search:
                 self.step(objective)
                 self.stop_if_failing()
             self.seeds.learn()
-        if self.should_stop():
+        if self.observer.should_stop():
             self.stop_reason = "stopped"
         else:
             self.reevaluate_front()
         self.set_phase(SearchPhase.DONE)
-        return self.result(fp32)
+        return assemble_result(self.setup, self.ledger(), fp32, self.stop_reason)
 
-    def trial_budget(self) -> int:
-        """How many first-rung trials the budget affords: ``n_trials``, the QAT-step budget, or what
-        is left of ``timeout_s`` at the mean duration of the trials finished so far."""
-        n_trials = self.spec.n_trials
-        if self.spec.budget_qat_steps is not None and self.spec.qat_steps > 0:
-            n_trials = self.spec.budget_qat_steps // self.spec.qat_steps
-        if self.spec.timeout_s is not None:
-            durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in self.completed()
-                         if t.datetime_start is not None and t.datetime_complete is not None
-                         and not is_cached(t)]  # a repeat served from the cache took ~0 s
-            if durations:
-                per_trial = sum(durations) / len(durations)
-                left_s = self.spec.timeout_s - (time.monotonic() - self.started)
-                n_trials = min(n_trials, len(durations) + int(max(left_s, 0.0) / max(per_trial, 1e-3)))
-        return n_trials
-
-    def trials_left(self) -> int:
-        """First-rung trials the budget still affords: of a QAT-step budget, what is left after every
-        rung and the re-evaluation reserve; else of :meth:`trial_budget`, those not trained yet."""
-        ledger = self.ledger()
-        budget = self.spec.budget_qat_steps
-        if budget is not None:
-            return max(0, (budget - self.reevaluation_reserve() - ledger.qat_steps_used) // max(self.steps_at(0), 1))
-        return max(0, self.trial_budget() - len(ledger.completed()))
-
-    def front_points(self) -> list[tuple[dict[str, str], float, float]]:
-        """The current front: (free assignment, quality, first cost) per point."""
-        front = pareto_front(self.outcomes(), self.setup.workload.higher_is_better)
-        return [({fqn: p.assignment[fqn] for fqn in self.setup.space.choices}, p.quality, next(iter(p.costs.values())))
-                for p in front]
-
-    def fp32_quality(self) -> float:
-        value = self.study.user_attrs.get(_ATTR_FP32)
-        if value is None:
-            value = fp32_quality(self.setup.workload, self.spec.device)
-            self.study.set_user_attr(_ATTR_FP32, value)
-        return float(value)
+    # -- reading the study -------------------------------------------------------------------
+    def ledger(self) -> Ledger:
+        return Ledger.read(self.study, steps_at(self.spec, 0))
 
     def completed(self) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
-    def steps_at(self, rung: int) -> int:
-        """QAT steps of one run at ``rung``."""
-        return self.spec.qat_steps * self.spec.rungs[rung]
+    def trial_budget(self) -> int:
+        """How many first-rung trials the budget affords (:func:`search.study.budget.trial_budget`)."""
+        durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in self.completed()
+                     if t.datetime_start is not None and t.datetime_complete is not None
+                     and not is_cached(t)]  # a repeat served from the cache took ~0 s
+        return trial_budget(self.spec, durations if self.spec.timeout_s is not None else [], self.clock.elapsed_s())
 
-    def ledger(self) -> Ledger:
-        return Ledger.read(self.study, self.steps_at(0))
+    def trials_left(self) -> int:
+        ledger = self.ledger()
+        budget = self.trial_budget() if self.spec.budget_qat_steps is None else 0
+        return trials_left(self.spec, ledger.qat_steps_used, len(ledger.completed()), budget)
 
-    def progress(self, message: str = "", ledger: Ledger | None = None) -> SearchProgress:
-        ledger = ledger or self.ledger()
-        completed = ledger.completed()
-        values = [t.values[0] for t in completed if t.values]
-        best = None if not values else max(values) if self.setup.workload.higher_is_better else min(values)
-        budget = self.spec.budget_qat_steps
-        total = self.spec.n_trials if budget is None else max(1, budget // self.steps_at(0))
-        return SearchProgress(len(completed), total, best, message, ledger.qat_steps_used, budget, self.phase,
-                              time.monotonic() - self.started, self.eta_s(ledger, total))
+    def front_points(self) -> list[tuple[dict[str, str], float, float]]:
+        """The current front: (free assignment, quality, first cost) per point."""
+        front = pareto_front(outcomes(self.setup, self.ledger()), self.setup.workload.higher_is_better)
+        return [({fqn: p.assignment[fqn] for fqn in self.setup.space.choices}, p.quality, next(iter(p.costs.values())))
+                for p in front]
 
-    def eta_s(self, ledger: Ledger, total: int) -> float | None:
-        """Time left: this process's seconds per QAT step times the steps still to train: the budget
-        left (in QAT steps), or the trials left plus ``reevaluate_front`` extra runs per point of the
-        current front.  None until this process has trained something."""
-        if self.phase is SearchPhase.DONE:
-            return 0.0
-        if not self.trained_steps:
-            return None
-        budget = self.spec.budget_qat_steps
-        if budget is not None:
-            steps_left = max(budget - ledger.qat_steps_used, 0)
-        else:
-            completed = ledger.completed()
-            trials_left = max(total - len(completed), 0)
-            front_size = _front_size_estimate(completed, self.setup.workload.higher_is_better)
-            steps_left = (trials_left + self.spec.reevaluate_front * front_size) * self.steps_at(0)
-        return self.trained_s / self.trained_steps * steps_left
+    def fp32_quality(self) -> float:
+        value = self.study.user_attrs.get(StudyKey.FP32)
+        if value is None:
+            value = fp32_quality(self.setup.workload, self.spec.device)
+            self.study.set_user_attr(StudyKey.FP32, value)
+        return float(value)
 
     def set_phase(self, phase: SearchPhase, message: str = "") -> None:
-        if phase is not self.phase:
-            self.phase = phase
-            if self.on_progress is not None:
-                self.on_progress(self.progress(message))
+        self.clock.set_phase(phase, self.ledger, message)
 
-    def count_training(self, started: float, qat_steps: int) -> None:
-        self.trained_s += time.monotonic() - started
-        self.trained_steps += max(qat_steps, 1)
-
-    def reevaluation_reserve(self) -> int:
-        """QAT steps a budgeted search keeps for re-evaluating the front: the extra seeds of two
-        neighbours at the highest rung (the usual adaptive case), at most a quarter of the budget."""
-        budget = self.spec.budget_qat_steps
-        if budget is None or self.spec.reevaluate_front == 0:
-            return 0
-        return min(2 * self.spec.reevaluate_front * self.steps_at(len(self.spec.rungs) - 1), budget // 4)
-
-    def fits(self, ledger: Ledger, qat_steps: int, reserve: int = 0) -> bool:
-        budget = self.spec.budget_qat_steps
-        return budget is None or ledger.qat_steps_used + qat_steps <= budget - reserve
-
-    def next_work(self, ledger: Ledger) -> Work:
-        """What this process does next: promote a trial to a rung, run a new map at the first rung,
-        wait (the budget is taken by trials running elsewhere, which may finish or turn out stale), or
-        stop with a reason."""
-        spec = self.spec
-        if spec.timeout_s is not None and time.monotonic() - self.started >= spec.timeout_s:
-            return Done("timeout")
-        if self.metric_at_best(ledger):
-            return Done("the cheapest map scores the metric's best value")
-        reserve = self.reevaluation_reserve()
-        promotion = ledger.next_promotion(len(spec.rungs), spec.eta,
-                                           self.setup.workload.higher_is_better)
-        if promotion is not None and self.fits(ledger, self.steps_at(promotion[1]), reserve):
-            return Promote(number=promotion[0], rung=promotion[1])
-        done = len(ledger.completed())
-        running = sum(1 for t in ledger.trials if t.state is TrialState.RUNNING)
-        seen = {assignment_key(t.params) for t in ledger.trials if t.state is TrialState.COMPLETE}
-        limit = spec.n_trials if spec.budget_qat_steps is None else spec.budget_qat_steps // self.steps_at(0)
-        hard_cap = 4 * limit + 10  # repeats and failures cannot loop forever
-        if len(seen) >= self.setup.space.size:
-            return WAIT if running else Done("every map in the space was tried")
-        if len(ledger.trials) >= hard_cap:
-            return Done("too many repeated or failed trials")
-        if done >= limit:
-            return WAIT if running and spec.budget_qat_steps is not None else Done("budget")
-        if spec.budget_qat_steps is None:
-            return TRIAL if done + running < limit else WAIT
-        if self.fits(ledger, self.steps_at(0), reserve):
-            return TRIAL
-        return WAIT if running else Done("budget")
+    def next_work(self, ledger: Ledger) -> NewTrial | Promote | Wait | Done:
+        counts = StudyCounts(
+            completed=len(ledger.completed()),
+            running=sum(1 for t in ledger.trials if t.state is TrialState.RUNNING),
+            distinct_maps=len({assignment_key(t.params) for t in ledger.trials if t.state is TrialState.COMPLETE}),
+            trials=len(ledger.trials),
+            qat_steps_used=ledger.qat_steps_used,
+            promotion=ledger.next_promotion(len(self.spec.rungs), self.spec.eta, self.setup.workload.higher_is_better),
+        )
+        return next_work(self.spec, counts, space_size=self.setup.space.size, elapsed_s=self.clock.elapsed_s(),
+                         metric_at_best=self.metric_at_best(ledger))
 
     def metric_at_best(self, ledger: Ledger) -> bool:
         """Has a map costing the least possible in every objective scored the metric's best value?
@@ -358,7 +264,7 @@ class _Search:
         if best is None:
             return False
         sign = 1.0 if self.setup.workload.higher_is_better else -1.0
-        floor = self.min_costs()
+        floor = self.min_costs
         for t in ledger.completed():
             assert t.values is not None
             top = ledger.top(t.number)
@@ -368,25 +274,25 @@ class _Search:
                 return True
         return False
 
-    def min_costs(self) -> list[float]:
+    def _min_costs(self) -> list[float]:
         """Each cost objective's least possible value: every layer at its cheapest allowed format."""
-        per_layer = [self.layer_costs(layer) for layer in self.setup.graph.layers]
+        per_layer = [self.setup.cost_table[layer.fqn] for layer in self.setup.graph.layers]
         return [sum(min(costs[o] for costs in layer.values()) for layer in per_layer)
                 for o in map(str, self.spec.cost_objectives)]
 
+    # -- promotions --------------------------------------------------------------------------
     def promote(self, number: int, rung: int, fp32: float) -> None:
         """Train trial ``number``'s map again at ``rung``; the claim (a study attribute) comes first,
         so other processes skip it and count its steps."""
         key = rung_key(rung, number)
         worker = f"{socket.gethostname()}:{os.getpid()}"
-        steps = self.steps_at(rung)
+        steps = steps_at(self.spec, rung)
         running: RungRecord = {"qat_steps": steps, "worker": worker, "quality": None, "qconfig": None}
         self.study.set_user_attr(key, running)
         trial = self.study.get_trials(deepcopy=False)[number]
         message = f"rung {rung + 1}/{len(self.spec.rungs)}: trial {number} at {steps} QAT steps"
         self.set_phase(SearchPhase.PROMOTING, message)
-        if self.on_progress is not None:
-            self.on_progress(self.progress(message))
+        self.clock.tell(self.ledger(), message)
         started = time.monotonic()
         free = {k: str(v) for k, v in trial.params.items()}
         try:
@@ -396,7 +302,7 @@ class _Search:
             failed: RungRecord = {**running, "fail_reason": f"{type(exc).__name__}: {exc}"[:2000]}
             self.study.set_user_attr(key, failed)
             return
-        self.count_training(started, steps)
+        self.clock.count_training(started, steps)
         done: RungRecord = {**running, "quality": scored.quality, "qconfig": scored.qconfig}
         self.study.set_user_attr(key, done)
 
@@ -459,29 +365,13 @@ class _Search:
             self.seeds.repeated_map(trial)
         attrs = TrialAttrs.of(trial)
         if trial.state is TrialState.COMPLETE and not attrs.cached:
-            self.count_training(self.step_started, attrs.qat_steps if attrs.qat_steps is not None else self.steps_at(0))
-        if trial.state is TrialState.COMPLETE and self.on_trial is not None and not attrs.cached:
-            ledger = self.ledger()
-            self.on_trial(outcome_of(trial, self.setup), self.progress(ledger=ledger))
-        if trial.state is TrialState.FAIL and self.on_failed_trial is not None:
+            steps = attrs.qat_steps if attrs.qat_steps is not None else steps_at(self.spec, 0)
+            self.clock.count_training(self.step_started, steps)
+            self.observer.trial_done(outcome_of(trial, self.setup), self.clock.progress(self.ledger()))
+        if trial.state is TrialState.FAIL:
             # its own error (the objective's ``fail_reason``), or a NaN/missing value Optuna refused
             error = attrs.fail_reason or "the objective returned no finite value (NaN or None)"
-            self.on_failed_trial(self._failure_of(trial, str(error), retried=False))
-
-    def _report_stale_trial(self, study: optuna.Study, trial: FrozenTrial, retried: bool) -> None:
-        """The storage's stale-trial callback failed ``trial`` here, though another process ran it."""
-        if self.on_failed_trial is not None:
-            error = (f"no heartbeat for over {self.spec.grace_period_s} s: the process running it died "
-                     f"(killed, out of memory) or lost the database")
-            self.on_failed_trial(self._failure_of(trial, error, retried))
-
-    def _failure_of(self, trial: FrozenTrial, error: str, retried: bool) -> TrialFailure:
-        # a trial that died before suggesting every layer has fewer params; a queued one has its fixed_params
-        free = {k: str(v) for k, v in (trial.params or trial.system_attrs.get("fixed_params", {})).items()}
-        space = self.setup.space
-        merged = {**space.pinned, **space.expand(free)}
-        assignment = {fqn: merged[fqn] for fqn in self.setup.graph.fqns if fqn in merged}
-        return TrialFailure(trial.number, assignment, error, retried)
+            self.observer.trial_failed(failure_of(self.setup, trial, str(error), retried=False))
 
     def fail_stale_trials(self) -> None:
         """Mark trials of dead processes FAIL; the storage's callback re-enqueues their params."""
@@ -491,17 +381,7 @@ class _Search:
             if self.storage is not None:
                 fail_trials_without_heartbeat(self.study, self.storage, self.spec.grace_period_s)
 
-    # -- the front and the result ------------------------------------------------------------
-    def outcomes(self, ledger: Ledger | None = None) -> list[TrialOutcome]:
-        """One outcome per trained trial, at its highest rung; repeats served from the cache are
-        not evaluations.  Extra seeds count only when run at that same rung."""
-        ledger = ledger or self.ledger()
-        out = []
-        for t in ledger.completed():
-            top = ledger.top(t.number)
-            out.append(outcome_of(t, self.setup, ledger.reevaluations(t.number, top.rung if top else 0), top))
-        return out
-
+    # -- the front's re-evaluation ----------------------------------------------------------
     @staticmethod
     def _reeval_rung(ledger: Ledger, number: int) -> int:
         """The rung trial ``number``'s extra seeds were run at (-1: none)."""
@@ -517,41 +397,38 @@ class _Search:
         # bring more neighbours within noise: later rounds handle them (bounded at 4 rounds)
         for _ in range(4):
             ledger = self.ledger()
-            outcomes = self.outcomes(ledger)
-            front = pareto_front(outcomes, self.setup.workload.higher_is_better)
+            trained = outcomes(self.setup, ledger)
+            front = pareto_front(trained, self.setup.workload.higher_is_better)
             # the seeding's noise probe alone (one map, two seeds) does not stand for the front's spread:
             # until a front point is re-evaluated, the closest pair is, which measures it
-            measured = [o for o in outcomes if o.n_evaluations > 1]
-            if all(o.number == ledger.attrs.get(ATTR_NOISE) for o in measured):
+            measured = [o for o in trained if o.n_evaluations > 1]
+            if all(o.number == ledger.attrs.get(StudyKey.NOISE) for o in measured):
                 measured = []
             noise = noise_level([o.quality_std for o in measured], self.spec.min_gain)
             todo = [front[i] for i in reevaluation_todo([p.quality for p in front],
                                                         [p.n_evaluations for p in front], noise)
                     if self._reeval_rung(ledger, front[i].number) != front[i].rung]
-            if not todo or self.should_stop():
+            if not todo or self.observer.should_stop():
                 return
             self.set_phase(SearchPhase.REEVALUATING)
             for i, point in enumerate(todo):
                 ledger = self.ledger()
-                if not self.fits(ledger, self.spec.reevaluate_front * point.qat_steps):
+                if not fits(self.spec, ledger.qat_steps_used, self.spec.reevaluate_front * point.qat_steps):
                     self.stop_reason = "budget (re-evaluation cut short)"
                     return
-                if self.on_progress is not None:
-                    message = f"re-evaluating front point {i + 1}/{len(todo)} (trial {point.number})"
-                    self.on_progress(self.progress(message, ledger))
+                self.clock.tell(ledger, f"re-evaluating front point {i + 1}/{len(todo)} (trial {point.number})")
                 self._reevaluate(point)
 
     def probe_noise(self, trial: FrozenTrial, ledger: Ledger) -> None:
         """Train the all-int8 seed map once more with another seed: the seed spread the seeding needs
         (:meth:`SeedPlan.noise_probe_due`).  Recorded as its re-evaluation, so the front's re-evaluation
         later gives it one seed fewer; skipped (recorded as -1) where the step budget has no room."""
-        if not self.fits(ledger, self.steps_at(0), self.reevaluation_reserve()):
-            self.study.set_user_attr(ATTR_NOISE, -1)
+        if not fits(self.spec, ledger.qat_steps_used, steps_at(self.spec, 0), reevaluation_reserve(self.spec)):
+            self.study.set_user_attr(StudyKey.NOISE, -1)
             return
-        self.study.set_user_attr(ATTR_NOISE, trial.number)
+        self.study.set_user_attr(StudyKey.NOISE, trial.number)
         self.set_phase(SearchPhase.SEEDING)
-        if self.on_progress is not None:
-            self.on_progress(self.progress(f"measuring the seed spread: trial {trial.number} (all-int8), 2nd seed"))
+        self.clock.tell(ledger, f"measuring the seed spread: trial {trial.number} (all-int8), 2nd seed")
         self._reevaluate(outcome_of(trial, self.setup), n_seeds=1)
 
     def _reevaluate(self, point: TrialOutcome, n_seeds: int | None = None) -> None:
@@ -572,82 +449,17 @@ class _Search:
             started = time.monotonic()
             run = run_trial(setup.workload, point.assignment, qat_steps=point.qat_steps, seed=seed,
                             device=self.spec.device)
-            self.count_training(started, point.qat_steps)
+            self.clock.count_training(started, point.qat_steps)
             qualities.append(run.quality)
         self.study.set_user_attr(key, {**record, "qualities": qualities})
-
-    def layer_costs(self, layer: LayerInfo) -> dict[str, dict[str, float]]:
-        """What this layer costs in each format it may take ({format: {objective: value}}); summed
-        over the layers of an assignment these are the trial's costs."""
-        space = self.setup.space
-        names = space.options(layer.fqn) or (space.pinned[layer.fqn],)
-        models = [cost_model(o, self.setup.profile) for o in self.spec.cost_objectives]
-        # keyed by the names the assignments use (canonical: the request validators normalise them)
-        formats = {name: parse_format(name) for name in names}
-        return {name: {m.name: m.layer_cost(layer, f) for m in models} for name, f in formats.items()}
-
-    def fidelity_check(self, front: list[TrialOutcome]) -> FidelityCheck | None:
-        if len(self.spec.rungs) == 1:
-            return None
-        points = [FidelityPoint(p.number, p.short_quality, p.quality, p.qat_steps)
-                  for p in front if p.short_quality is not None]
-        tau = rank_agreement([p.short_quality for p in points], [p.long_quality for p in points])
-        warning = None
-        if tau is not None and tau < TAU_WARNING_BELOW:
-            warning = (f"the first rung ({self.steps_at(0)} QAT steps) ranks the front differently from the longest "
-                       f"runs (Kendall tau {tau:.2f} < {TAU_WARNING_BELOW}): trust the long-run qualities")
-        return FidelityCheck(self.steps_at(0), points, tau, warning)
-
-    def result(self, fp32: float) -> SearchResult:
-        setup = self.setup
-        ledger = self.ledger()
-        outcomes = self.outcomes(ledger)
-        front = pareto_front(outcomes, setup.workload.higher_is_better)
-        merged = within_noise_of_cheaper(
-            [p.quality for p in front], [p.quality_std for p in front], [list(p.costs.values()) for p in front],
-            setup.workload.higher_is_better, self.spec.min_gain,
-        )
-        kept = [p for p, m in zip(front, merged, strict=True) if not m]
-        untried = front_neighbours(setup.space, [{fqn: p.assignment[fqn] for fqn in setup.space.choices} for p in kept],
-                                   self.seeds.layer_cost, tried_maps(ledger.trials))
-        return SearchResult(
-            workload=self.spec.workload,
-            metric_name=setup.workload.metric,
-            higher_is_better=setup.workload.higher_is_better,
-            fp32_quality=fp32,
-            layers=[
-                SearchLayer(info=layer, choices=setup.space.options(layer.fqn),
-                            pinned=setup.space.pinned.get(layer.fqn), costs_by_format=self.layer_costs(layer))
-                for layer in setup.graph.layers
-            ],
-            pinned=dict(setup.space.pin_reasons),
-            trials=sorted(outcomes, key=lambda o: o.number),
-            front=kept,
-            study_name=self.spec.study_name,
-            fidelity=self.fidelity_check(kept),
-            fidelity_rungs=self.spec.rungs,
-            promotion_eta=self.spec.eta,
-            qat_steps_used=ledger.qat_steps_used,
-            stop_reason=self.stop_reason,
-            merged_within_noise=[p.number for p, m in zip(front, merged, strict=True) if m],
-            repeats_skipped=sum(1 for t in ledger.trials
-                                if t.state is TrialState.COMPLETE and is_cached(t)),
-            neighbour_checks=sum(1 for o in outcomes if o.source == Source.NEIGHBOUR),
-            neighbours_untried=len(untried),
-        )
-
 
 def run_search(
     spec: SearchSpec,
     *,
     workload: Workload | None = None,
     profile: TargetProfile | None = None,
-    on_trial: OnTrial | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    observer: SearchObserver | None = None,
     evaluator: Evaluator | None = None,
-    on_progress: Callable[[SearchProgress], None] | None = None,
-    on_start: Callable[[SearchResult], None] | None = None,
-    on_failed_trial: OnFailedTrial | None = None,
 ) -> SearchResult:
     """Search per-layer precision maps for ``spec``; return the Pareto front and all trials.
 
@@ -656,17 +468,11 @@ def run_search(
     with a profile from its database, passes them ready).  Several processes may call this with the
     same ``spec.storage`` and ``spec.study_name``; they share the budget (``spec.n_trials``, or
     ``spec.budget_qat_steps``).
-    ``on_trial`` is called in the process that ran each trial; ``should_stop`` is checked between
-    trials.  Bad input raises before any training starts (:class:`~search.spec.SearchError`, and its
+    ``observer`` hears what happens (:class:`SearchObserver`; its ``should_stop`` is asked between
+    units of work).  Bad input raises before any training starts (:class:`~search.spec.SearchError`, and its
     subclass :class:`~search.study.storage.StorageError` when the storage cannot be opened).
     ``evaluator`` replaces the QAT run (benchmarks over a precomputed table use it).
-    ``on_progress`` hears about work that is not a trial (re-evaluating the front).
     ``profile`` is a ready target profile (else ``spec.profile`` is loaded by name or path).
-    ``on_start`` gets the result before any trial (layers, pins, fp32 quality; no trials), so a
-    caller can show them while the search runs.
-    ``on_failed_trial`` hears about each failed trial once: one that failed by its own error, in the
-    process that ran it; one whose process died mid-trial, in the process that found it stale (and
-    queued its parameters again, ``retried``).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     workload = workload or load_workload(spec.workload, spec.workload_options)
@@ -675,4 +481,6 @@ def run_search(
     space = build_space(spec, graph, profile)
     spec = spec.resolve_fidelity(len(space.choices))
     setup = SearchSetup(spec=spec, workload=workload, profile=profile, graph=graph, space=space, evaluator=evaluator)
-    return _Search(setup, on_trial, should_stop, on_progress, on_start, on_failed_trial).run()
+    observer = observer or SearchObserver()
+    storage, study = open_study(setup, observer)
+    return _Search(setup, storage, study, observer).run()

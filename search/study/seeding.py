@@ -28,8 +28,6 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from search.quant.cost import cost_model, model_costs
-from search.quant.formats import parse_format
 from search.study.attrs import Source, StudyKey, TrialAttrs, TrialKey, is_cached, reeval_key
 from search.study.ledger import Ledger
 from search.study.objective import SearchSetup
@@ -136,7 +134,6 @@ class SeedPlan:
         self.queue: list[tuple[Assignment, Source]] = []  # (free assignment, source), not yet enqueued
         self.sensitivity_pending = False  # the sweep-or-proxy choice waits for the baselines' durations
         self.repeated: Assignment | None = None  # a sampler proposal served from the cache: try a new map next
-        self._layer_costs: dict[tuple[str, str], float] = {}
 
     def start(self) -> None:
         space = self.setup.space
@@ -321,21 +318,12 @@ class SeedPlan:
         return None
 
     def layer_cost(self, fqn: str, fmt: str) -> float:
-        """One layer's first cost objective in one format (computed once per pair: the neighbour
-        phase prices every neighbour of every front point at each trial)."""
-        key = (fqn, fmt)
-        if key not in self._layer_costs:
-            layer = next(layer for layer in self.setup.graph.layers if layer.fqn == fqn)
-            model = cost_model(self.spec.cost_objectives[0], self.setup.profile)
-            self._layer_costs[key] = model.layer_cost(layer, parse_format(fmt))
-        return self._layer_costs[key]
+        """One layer's first cost objective in one format (from the setup's table, built once)."""
+        return self.setup.layer_cost(fqn, fmt)
 
     def first_cost(self, free: Assignment) -> float:
         """A whole map's first cost objective (pins included)."""
-        setup = self.setup
-        costs = model_costs(self.spec.cost_objectives, setup.profile, setup.graph,
-                            {**setup.space.pinned, **setup.space.expand(free)})
-        return next(iter(costs.values()))
+        return next(iter(self.setup.costs(self.setup.full_assignment(free)).values()))
 
     def seed_assignments(self) -> list[Assignment]:
         space, spec = self.setup.space, self.spec

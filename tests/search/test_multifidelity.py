@@ -31,6 +31,7 @@ from search.study.pareto import objective_vector
 from search.study.seeds import cheapest_assignment, dominated_formats
 from search.study.space import SearchSpace
 from search.workloads.base import random_batches
+from tests.observe import Hooks
 from tests.search.models import DepthwiseNet
 
 TINY = {"pretrain_steps": 30}
@@ -241,7 +242,8 @@ def test_budget_in_qat_steps_counts_rungs_and_reevaluations(tmp_path: Path) -> N
         return sum(value[f] for f in assignment.values()) + 0.01 * (seed % 7)
 
     # the evaluator stands for a QAT run of the rung's length: the accounting is the same
-    result = run_search(spec, evaluator=evaluate, on_progress=lambda p: progress_steps.append(p.qat_steps_used))
+    result = run_search(spec, evaluator=evaluate,
+                        observer=Hooks(progress=lambda p: progress_steps.append(p.qat_steps_used)))
     study = optuna.load_study(study_name="mf", storage=spec.storage)
     trained = [t for t in study.trials if not t.user_attrs.get("cached")]
     first_rung = sum(int(t.user_attrs.get("qat_steps", 0)) for t in trained)
@@ -280,7 +282,7 @@ def test_cheapest_allowed_map_is_seeded_when_there_is_no_all_int4_baseline() -> 
     seen: list[TrialOutcome] = []
     spec = SearchSpec(workload="depthwise", profile="npu-int4", n_trials=3, qat_steps=1, reevaluate_front=0,
                       seed_with_sensitivity=False)
-    result = run_search(spec, workload=_depthwise_workload(), on_trial=lambda o, p: seen.append(o))
+    result = run_search(spec, workload=_depthwise_workload(), observer=Hooks(trial_done=lambda o, p: seen.append(o)))
     choices = {layer.fqn: layer.choices for layer in result.layers}
     assert choices["dw"] == ("int8", "fp16")  # the NPU has no int4 depthwise kernels
     assert "w4a8" in choices["grouped"]  # the default formats follow the profile, split ones included

@@ -8,7 +8,7 @@ import search
 PUBLIC_API = [
     # the request, the run, the result
     "SearchSpec", "Pin", "CostObjective", "SamplerName", "run_search", "SearchProgress", "SearchPhase", "SearchResult",
-    "SearchLayer", "TrialOutcome", "TrialFailure", "SearchError", "StorageError",
+    "SearchLayer", "TrialOutcome", "TrialFailure", "SearchError", "StorageError", "SearchObserver",
     # Pareto fronts
     "pareto_front", "pareto_numbers", "non_dominated", "objective_vector",
     # workloads and one trial

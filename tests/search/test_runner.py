@@ -30,6 +30,7 @@ from search import (
 )
 from search.study.seeds import baseline_assignments, greedy_assignments, sensitivity_assignments
 from search.study.space import SearchSpace
+from tests.observe import Hooks
 
 TINY = {"pretrain_steps": 30}
 
@@ -103,7 +104,7 @@ def test_greedy_flips_least_sensitive_per_cost_first() -> None:
 
 def test_search_seeds_baselines_and_reports_front() -> None:
     seen: list[TrialOutcome] = []
-    result = run_search(tiny_spec(n_trials=4), on_trial=lambda o, p: seen.append(o))
+    result = run_search(tiny_spec(n_trials=4), observer=Hooks(trial_done=lambda o, p: seen.append(o)))
     assert [o.source for o in seen[:2]] == ["baseline", "baseline"]  # all-int8, int4 inside (fp16 third)
     assert seen[0].assignment == {layer.fqn: "int8" for layer in result.layers}
     inner = list(seen[1].assignment.values())
@@ -129,7 +130,7 @@ def test_same_assignment_is_never_trained_twice() -> None:
 
 
 def test_a_trial_failing_by_its_own_error_is_reported_once_and_not_retried() -> None:
-    """The evaluator seam raises for the second map: the search goes on, and ``on_failed_trial`` hears
+    """The evaluator seam raises for the second map: the search goes on, and the observer hears
     of that trial once, with its error and its whole map."""
     calls: list[dict[str, str]] = []
 
@@ -140,7 +141,7 @@ def test_a_trial_failing_by_its_own_error_is_reported_once_and_not_retried() -> 
         return 0.5
 
     failures: list[TrialFailure] = []
-    result = run_search(tiny_spec(n_trials=3), evaluator=evaluate, on_failed_trial=failures.append)
+    result = run_search(tiny_spec(n_trials=3), evaluator=evaluate, observer=Hooks(trial_failed=failures.append))
     (failure,) = failures
     assert failure.error == "RuntimeError: workload blew up on this map"
     assert failure.assignment == calls[1] and list(failure.assignment) == [layer.fqn for layer in result.layers]
@@ -165,7 +166,7 @@ def test_front_reevaluation_reports_spread() -> None:
     reports: list[SearchProgress] = []
     result = run_search(tiny_spec(workload_options={"pretrain_steps": 40}, n_trials=4, qat_steps=5,
                                   seed_with_sensitivity=True, reevaluate_front=2),
-                        on_progress=reports.append, on_trial=lambda _o, p: reports.append(p))
+                        observer=Hooks(progress=reports.append, trial_done=lambda _o, p: reports.append(p)))
     assert result.front
     # the all-int8 seed gets a second seed right away (the seed spread the seeding needs); the front
     # two extra seeds, the all-int8 map one more
@@ -201,8 +202,9 @@ def test_front_reevaluation_reports_spread() -> None:
 def test_progress_phases_seeding_then_sampling() -> None:
     reports: list[SearchProgress] = []
     starts: list[SearchResult] = []
-    run_search(tiny_spec(n_trials=6, qat_steps=0, reevaluate_front=0), on_progress=reports.append,
-               on_trial=lambda _o, p: reports.append(p), on_start=starts.append,
+    run_search(tiny_spec(n_trials=6, qat_steps=0, reevaluate_front=0),
+               observer=Hooks(progress=reports.append, trial_done=lambda _o, p: reports.append(p),
+                              started=starts.append),
                evaluator=lambda assignment, seed: sum(f == "int8" for f in assignment.values()) / len(assignment))
     phases = [r.phase for r in reports]
     assert SearchPhase.SEEDING in phases and SearchPhase.SAMPLING in phases
@@ -238,12 +240,16 @@ def test_spec_validation_names_the_field() -> None:
 SEARCH_SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)
-from search import SearchSpec, run_search
+from search import SearchObserver, SearchSpec, run_search
+class Print(SearchObserver):
+    def trial_done(self, o, p):
+        print("trial", o.number, flush=True)
+    def trial_failed(self, f):
+        print("failed", f.number, f.retried, len(f.assignment), flush=True)
 storage, study, n, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 spec = SearchSpec(workload="digits", workload_options={"pretrain_steps": 30}, n_trials=n, qat_steps=steps,
                   reevaluate_front=0, storage=storage, study_name=study, heartbeat_interval_s=1, grace_period_s=4)
-run_search(spec, on_trial=lambda o, p: print("trial", o.number, flush=True),
-           on_failed_trial=lambda f: print("failed", f.number, f.retried, len(f.assignment), flush=True))
+run_search(spec, observer=Print())
 """
 
 

@@ -17,6 +17,7 @@ from search import (
     LayerInfo,
     LayerKind,
     SearchLayer,
+    SearchObserver,
     SearchProgress,
     SearchResult,
     SearchSpec,
@@ -75,17 +76,14 @@ GRACE_S = 2  # a RUNNING trial silent this long is failed and retried with the s
 def make_fake_run_search(trial_s: float = 0.0) -> Callable[..., SearchResult]:
     def fake_run_search(
         spec: SearchSpec, *, workload: Workload | None = None, profile: TargetProfile | None = None,
-        on_trial: Callable[[TrialOutcome, SearchProgress], None] | None = None,
-        should_stop: Callable[[], bool] | None = None, on_progress: Callable[[SearchProgress], None] | None = None,
-        on_start: Callable[[SearchResult], None] | None = None,
-        on_failed_trial: Callable[[TrialFailure], None] | None = None,
+        observer: SearchObserver | None = None,
     ) -> SearchResult:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        seen = observer or SearchObserver()
 
         def failed(frozen: optuna.trial.FrozenTrial, error: str, retried: bool) -> None:
-            if on_failed_trial is not None:
-                assignment = {fqn: str(frozen.params[fqn]) for fqn in LAYERS if fqn in frozen.params}
-                on_failed_trial(TrialFailure(frozen.number, assignment, error, retried))
+            assignment = {fqn: str(frozen.params[fqn]) for fqn in LAYERS if fqn in frozen.params}
+            seen.trial_failed(TrialFailure(frozen.number, assignment, error, retried))
 
         # as search.run_search: a stale trial is reported by the process that fails it
         storage = open_storage(spec.storage, spec.max_retries, HEARTBEAT_S, GRACE_S,
@@ -95,7 +93,7 @@ def make_fake_run_search(trial_s: float = 0.0) -> Callable[..., SearchResult]:
             storage=storage, study_name=spec.study_name, load_if_exists=True,
             directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(),
         )
-        stop = should_stop or (lambda: False)
+        stop = seen.should_stop
 
         def complete() -> list[optuna.trial.FrozenTrial]:
             return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -114,10 +112,10 @@ def make_fake_run_search(trial_s: float = 0.0) -> Callable[..., SearchResult]:
         def report(_study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
             if frozen.state is optuna.trial.TrialState.FAIL:
                 failed(frozen, "the fake objective failed", False)
-            if frozen.state is optuna.trial.TrialState.COMPLETE and on_trial is not None:
+            if frozen.state is optuna.trial.TrialState.COMPLETE:
                 assert frozen.values is not None
                 outcome = outcome_of(frozen, frozen.values[0], frozen.values[1], trial_s)
-                on_trial(outcome, SearchProgress(len(complete()), spec.n_trials, None))
+                seen.trial_done(outcome, SearchProgress(len(complete()), spec.n_trials, None))
 
         while not stop():
             optuna.storages.fail_stale_trials(study)

@@ -4,13 +4,12 @@ numbers (mean, spread and number of runs after the front's re-evaluation)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from conftest import FAST_JOB
 from fastapi.testclient import TestClient
 
-from search import SearchProgress, SearchResult, SearchSpec, TrialOutcome, run_search
+from search import SearchObserver, SearchProgress, SearchResult, SearchSpec, TrialFailure, TrialOutcome, run_search
 from service.db import Database
 from service.settings import Settings
 from service.worker import Worker
@@ -20,14 +19,29 @@ def test_front_numbers_agree_and_progress_is_live(client: TestClient, db: Databa
     job_id = client.post("/v1/jobs", json={**FAST_JOB, "reevaluate_front": 2}).json()["id"]
     seen_during_run: list[dict[str, Any]] = []
 
-    def run_and_look(spec: SearchSpec, *, on_trial: Callable[[TrialOutcome, SearchProgress], None] | None = None,
-                     **kwargs: Any) -> SearchResult:
-        def on_trial_then_look(outcome: TrialOutcome, progress: SearchProgress) -> None:
-            assert on_trial is not None, "the worker records every trial"
-            on_trial(outcome, progress)
-            seen_during_run.append({"job": client.get(f"/v1/jobs/{job_id}").json(),
-                                    "pareto": client.get(f"/v1/jobs/{job_id}/pareto").json()})
-        return run_search(spec, on_trial=on_trial_then_look, **kwargs)
+    def run_and_look(spec: SearchSpec, *, observer: SearchObserver | None = None, **kwargs: Any) -> SearchResult:
+        assert observer is not None, "the worker records every trial"
+        worker_hears = observer
+
+        class Look(SearchObserver):
+            def started(self, result: SearchResult) -> None:
+                worker_hears.started(result)
+
+            def trial_done(self, outcome: TrialOutcome, progress: SearchProgress) -> None:
+                worker_hears.trial_done(outcome, progress)
+                seen_during_run.append({"job": client.get(f"/v1/jobs/{job_id}").json(),
+                                        "pareto": client.get(f"/v1/jobs/{job_id}/pareto").json()})
+
+            def trial_failed(self, failure: TrialFailure) -> None:
+                worker_hears.trial_failed(failure)
+
+            def progress(self, progress: SearchProgress) -> None:
+                worker_hears.progress(progress)
+
+            def should_stop(self) -> bool:
+                return worker_hears.should_stop()
+
+        return run_search(spec, observer=Look(), **kwargs)
 
     worker = Worker(db, settings, run_search=run_and_look)
     assert worker.next_job() == job_id
