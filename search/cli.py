@@ -26,7 +26,7 @@ from rich.table import Table
 
 from search.quant.formats import summarize_assignment
 from search.results import SearchPhase, SearchProgress, SearchResult, TrialOutcome
-from search.spec import AUTO_FIDELITY_FREE_LAYERS, SearchSpec, first_error_text
+from search.spec import AUTO_FIDELITY_FREE_LAYERS, SearchSpec, field_help, first_error_text
 
 if TYPE_CHECKING:
     from search.quant.layers import LayerGraph
@@ -38,6 +38,13 @@ console = Console(stderr=False, width=None if sys.stdout.isatty() else 140)
 _DEFAULT: dict[str, Any] = {
     name: info.get_default(call_default_factory=True) for name, info in SearchSpec.model_fields.items()
 }
+def _help(field: str, form: str = "") -> str:
+    """The option's help: the request field's description (one text for the CLI, the API and the dashboard),
+    after how the flag spells it."""
+    text = field_help(SearchSpec, field)
+    return f"({form}) {text}" if form else text
+
+
 _DEFAULT_FORMATS = ",".join(_DEFAULT["formats"])
 _DEFAULT_PIN_FIRST_LAST = _DEFAULT["pin_first_last"] or "free"
 _DEFAULT_COSTS = [str(c) for c in _DEFAULT["cost_objectives"]]
@@ -245,48 +252,40 @@ def print_front(result: SearchResult) -> None:
 
 
 def search_command(
-    workload: Annotated[str, typer.Option(help="built-in workload (digits, denoise) or 'pkg.module:factory'")],
+    workload: Annotated[str, typer.Option(help=_help("workload"))],
     profile: Annotated[
-        str, typer.Option(help="built-in profile (generic, npu-int4) or a YAML/JSON file")
+        str, typer.Option(help=_help("profile"))
     ] = _DEFAULT["profile"],
-    trials: Annotated[int, typer.Option(help="budget: trials (QAT runs) for the whole study")] = _DEFAULT["n_trials"],
-    formats: Annotated[str, typer.Option(help="comma-separated formats to search")] = _DEFAULT_FORMATS,
+    trials: Annotated[int, typer.Option(help=_help("n_trials"))] = _DEFAULT["n_trials"],
+    formats: Annotated[str, typer.Option(help=_help("formats", "comma-separated"))] = _DEFAULT_FORMATS,
     pin: Annotated[
-        list[str], typer.Option(help="MATCH=FORMAT (fqn glob, kind:KIND, @first, @last); FORMAT 'free' unpins")
+        list[str], typer.Option(help=_help("pins", "MATCH=FORMAT, repeatable"))
     ] = [],  # noqa: B006
     pin_first_last: Annotated[
-        str, typer.Option(help="format for the first/last executed layers; 'free' to search them")
+        str, typer.Option(help=_help("pin_first_last"))
     ] = _DEFAULT_PIN_FIRST_LAST,
     cost: Annotated[
-        list[str], typer.Option(help="cost objective(s): bitops, weight_bytes, activation_bytes, latency_ms")
+        list[str], typer.Option(help=_help("cost_objectives", "repeatable, at most 2"))
     ] = _DEFAULT_COSTS,
     max_quality_drop: Annotated[
-        float | None, typer.Option(help="trials losing more than this vs fp32 are infeasible")
+        float | None, typer.Option(help=_help("max_quality_drop"))
     ] = None,
-    qat_steps: Annotated[int, typer.Option(help="QAT steps per trial")] = _DEFAULT["qat_steps"],
-    sampler: Annotated[str, typer.Option(help="tpe, nsga2 or random")] = _DEFAULT["sampler"],
-    seed: Annotated[int, typer.Option()] = _DEFAULT["seed"],
-    timeout_s: Annotated[float | None, typer.Option(help="wall-time budget in seconds")] = None,
-    reevaluate: Annotated[int, typer.Option(help="extra seeds per front point before reporting")] = _DEFAULT[
+    qat_steps: Annotated[int, typer.Option(help=_help("qat_steps"))] = _DEFAULT["qat_steps"],
+    sampler: Annotated[str, typer.Option(help=_help("sampler"))] = _DEFAULT["sampler"],
+    seed: Annotated[int, typer.Option(help=_help("seed"))] = _DEFAULT["seed"],
+    timeout_s: Annotated[float | None, typer.Option(help=_help("timeout_s"))] = None,
+    reevaluate: Annotated[int, typer.Option(help=_help("reevaluate_front"))] = _DEFAULT[
         "reevaluate_front"],
-    fidelity_rungs: Annotated[str, typer.Option(
-        help="multi-fidelity: QAT length of each rung in multiples of --qat-steps, e.g. 1,3,9 (1: single fidelity; "
-             "auto: 1,3 for >= 10 free layers under --timeout-s or --budget-qat-steps, else 1)"
-    )] = "auto",
-    promotion_eta: Annotated[int | None, typer.Option(
-        help="the top 1/eta of a rung is retrained at the next (default 3; 2 with automatic rungs)")] = None,
-    budget_qat_steps: Annotated[int | None, typer.Option(
-        help="budget in QAT steps (every rung and re-evaluation counts); default: --trials maps at the first rung"
-    )] = None,
-    min_gain: Annotated[float | None, typer.Option(
-        help="a front point must beat a cheaper one by more than this (metric units) and their spread"
-    )] = None,
+    fidelity_rungs: Annotated[str, typer.Option(help=_help("fidelity_rungs", "comma-separated, or auto"))] = "auto",
+    promotion_eta: Annotated[int | None, typer.Option(help=_help("promotion_eta"))] = None,
+    budget_qat_steps: Annotated[int | None, typer.Option(help=_help("budget_qat_steps"))] = None,
+    min_gain: Annotated[float | None, typer.Option(help=_help("min_gain"))] = None,
     storage: Annotated[
-        str | None, typer.Option(help="Optuna storage URL (sqlite:///f.db, postgresql+psycopg://...); resumes")
+        str | None, typer.Option(help=_help("storage"))
     ] = None,
-    study_name: Annotated[str, typer.Option(help="study name in the storage")] = _DEFAULT["study_name"],
-    workload_option: Annotated[list[str], typer.Option(help="KEY=VALUE passed to the workload factory")] = [],  # noqa: B006
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = _DEFAULT["device"],
+    study_name: Annotated[str, typer.Option(help=_help("study_name"))] = _DEFAULT["study_name"],
+    workload_option: Annotated[list[str], typer.Option(help=_help("workload_options", "KEY=VALUE, repeatable"))] = [],  # noqa: B006
+    device: Annotated[str, typer.Option(help=_help("device"))] = _DEFAULT["device"],
     out: Annotated[Path, typer.Option(help="output folder")] = Path("mixq-out"),
     save_weights: Annotated[
         bool, typer.Option(help="keep each trial's trained weights in OUT/weights (for mixq export)")

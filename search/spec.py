@@ -60,6 +60,15 @@ def check_json_value(value: Any, where: str, depth: int = 0) -> None:
             check_json_value(item, f"{where}[{i}]", depth + 1)
 
 
+def field_help(model: type[BaseModel], name: str) -> str:
+    """A request field's description, the one text the CLI's help, the API's schema and the dashboard's
+    hints show."""
+    description = model.model_fields[name].description
+    if not description:
+        raise KeyError(f"{model.__name__}.{name} has no description")
+    return description
+
+
 def first_error_text(err: ValidationError, where: str = "(input)") -> str:
     """``loc.path: message`` of a validation error's first entry, for a one-line error (CLI, files)."""
     first = err.errors()[0]
@@ -100,56 +109,81 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     workload: str = Field(min_length=1, max_length=200, pattern=_NO_NUL,
-                          description="built-in name or 'pkg.module:factory'")
-    workload_options: dict[str, Any] = Field(default_factory=dict)
+                          description="The model, data and metric to search: a built-in name (digits, denoise) or "
+                                      "an allow-listed package.module:factory.")
+    workload_options: dict[str, Any] = Field(
+        default_factory=dict, description="Passed to the workload's factory, e.g. pretraining steps of the fp32 model.")
     profile: str = Field(default="generic", min_length=1, max_length=1000, pattern=_NO_NUL,
-                         description="built-in profile name or a path to a YAML/JSON file")
+                         description="The target hardware: which formats it runs and what each costs (a built-in "
+                                     "profile, generic or npu-int4, or a YAML/JSON file).")
     formats: tuple[str, ...] = Field(
         default=(), max_length=16,
-        description="formats to search; empty: every format the profile runs except fp32 (split ones such as w4a8 too)",
+        description="Precisions a layer may take. intN: N-bit weights and activations; wXaY: X-bit weights, Y-bit "
+                    "activations (w4a8: int4 weights, int8 activations); fp16/fp32: floating point. None given: "
+                    "every format the profile runs except fp32, split ones such as w4a8 too.",
     )
     pin_first_last: str | None = Field(
-        default="int8", max_length=32, description="format for the first and last executed layer; null: free"
+        default="int8", max_length=32,
+        description="The first and last executed layers are the most sensitive; they are fixed to this format "
+                    "(null or 'free': searched like the others).",
     )
-    pins: tuple[Pin, ...] = Field(default=(), max_length=100)
+    pins: tuple[Pin, ...] = Field(
+        default=(), max_length=100,
+        description="Fix layers to a format by fqn glob (features.*), kind:<kind> or @first/@last; format 'free' "
+                    "unpins.")
     groups: tuple[LayerGroup, ...] = Field(
         default=(), max_length=100,
         description="layers that must share a format: lists of fqn globs, kind:<kind>, @first or @last",
     )
-    cost_objectives: tuple[CostObjective, ...] = Field(default=(CostObjective.BITOPS,), min_length=1, max_length=2)
+    cost_objectives: tuple[CostObjective, ...] = Field(
+        default=(CostObjective.BITOPS,), min_length=1, max_length=2,
+        description="What the front trades quality against. bitops: MACs x weight bits x activation bits; "
+                    "weight_bytes / activation_bytes: memory; latency_ms: the profile's latency model.")
     max_quality_drop: float | None = Field(
-        default=None, ge=0, le=1e9, description="feasible only if fp32 metric - metric <= this"
+        default=None, ge=0, le=1e9,
+        description="In the workload metric's own units (accuracy: 0.01 = one point; PSNR: dB): trials that lose "
+                    "more than this vs fp32 are infeasible.",
     )
-    n_trials: int = Field(default=24, ge=1, le=100_000)
-    timeout_s: float | None = Field(default=None, gt=0, le=1e8)
-    qat_steps: int = Field(default=200, ge=0, le=1_000_000)
-    seed: int = Field(default=0, ge=0, le=INT32_MAX)
-    sampler: SamplerName = SamplerName.TPE
+    n_trials: int = Field(default=24, ge=1, le=100_000,
+                          description="Trained maps (each a short QAT run) for the whole study; seeds count, cached "
+                                      "repeats do not.")
+    timeout_s: float | None = Field(default=None, gt=0, le=1e8,
+                                    description="Wall-clock limit in seconds; none: no limit.")
+    qat_steps: int = Field(default=200, ge=0, le=1_000_000,
+                           description="Optimizer steps of quantization-aware training per trial.")
+    seed: int = Field(default=0, ge=0, le=INT32_MAX, description="Random seed of the sampler and of each QAT run.")
+    sampler: SamplerName = Field(
+        default=SamplerName.TPE, description="How new maps are proposed after the seeds (tpe, nsga2, random).")
     # search tuning knobs (defaults suit real searches; tests turn them down)
     seed_with_baselines: bool = True
     seed_with_sensitivity: bool = True
     check_front_neighbours: bool = Field(
         default=True, description="spend the last half of the trial budget on the front's untried one-layer "
                                   "neighbours that could dominate it (cheaper by one format, or swapped at equal cost)")
-    reevaluate_front: int = Field(default=2, ge=0, le=10, description="extra seeds per front point before reporting")
+    reevaluate_front: int = Field(default=2, ge=0, le=10,
+                                  description="Extra seeds per front point, where neighbours are within noise, "
+                                              "before the front is reported.")
     # multi-fidelity (search/study/multifidelity.py); null: chosen by resolve_fidelity when the search starts
     fidelity_rungs: tuple[int, ...] | None = Field(
         default=None, min_length=1, max_length=6,
-        description="QAT length of each rung as a multiple of qat_steps, e.g. [1, 3, 9]; starts at 1, increasing. "
-                    f"null: [1, 3] with promotion_eta 2 where >= {AUTO_FIDELITY_FREE_LAYERS} layers are free and "
-                    "timeout_s or budget_qat_steps bounds the search, else [1] (every map at qat_steps)",
+        description="QAT length of each rung as a multiple of the QAT steps, e.g. 1,3,9: starts at 1, increasing, "
+                    "at most 6 rungs. 1,3: the best maps are trained again 3x longer and the result says whether the "
+                    "short runs rank them as the long ones do; 1: one rung, no check. None: automatic (1,3 with "
+                    f"promotion eta 2 for a model with {AUTO_FIDELITY_FREE_LAYERS} or more free layers under a time "
+                    "or QAT-step budget, else 1).",
     )
     promotion_eta: int | None = Field(
         default=None, ge=2, le=10,
-        description="the top 1/eta of a rung move up to the next; null: 3 (2 with automatic rungs)",
+        description="The top 1/eta of a rung's maps move up to the next rung (2 to 10). None: 3 (2 with automatic "
+                    "rungs).",
     )
     budget_qat_steps: int | None = Field(
         default=None, ge=1, le=10**12,
-        description="total QAT steps (every rung, every re-evaluation); null: n_trials maps at the first rung",
+        description="Total QAT steps over every rung and re-evaluation; none: n_trials maps at the first rung.",
     )
     min_gain: float | None = Field(
         default=None, ge=0, le=1e9,
-        description="a front point must beat a cheaper one by more than this (metric units) and their spread",
+        description="A front point must beat a cheaper one by more than this (metric units) and their spread.",
     )
 
     @field_validator("workload_options")
@@ -192,8 +226,11 @@ class SearchRequest(BaseModel):
 class SearchSpec(SearchRequest):
     """A search request plus how to run it (storage, study, device)."""
 
-    storage: str | None = Field(default=None, description="Optuna storage URL; null: in memory")
-    study_name: str = Field(default="mixq", min_length=1, max_length=200)
+    storage: str | None = Field(
+        default=None, description="Optuna storage URL (sqlite:///f.db, postgresql+psycopg://...); an existing "
+                                  "study of that name resumes; none: in memory.")
+    study_name: str = Field(default="mixq", min_length=1, max_length=200,
+                            description="The study's name in the storage.")
     max_retries: int = Field(default=2, ge=0, le=10, description="retries of a trial whose process died")
     max_consecutive_failures: int = Field(
         default=3, ge=1, le=1000,
@@ -202,7 +239,8 @@ class SearchSpec(SearchRequest):
     heartbeat_interval_s: int = Field(default=5, ge=1, le=600, description="RDB storage: trial heartbeat period")
     grace_period_s: int = Field(default=20, ge=2, le=3600, description="RDB storage: a trial silent this long is stale")
     weights_dir: str | None = Field(default=None, description="save each trained trial's state dict here (trial-N.pt)")
-    device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?|auto)$")
+    device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?|auto)$",
+                        description="cpu, cuda, cuda:N or auto.")
 
     @classmethod
     def of(cls, request: SearchRequest, **run: Any) -> SearchSpec:

@@ -147,6 +147,7 @@ def meta(db: DbDep, owner: OwnerDep, settings: SettingsDep) -> Meta:
         cost_objectives=[c.value for c in CostObjective],
         samplers=[s.value for s in SamplerName],
         defaults=JobCreate(workload="digits").model_dump(mode="json"),
+        help={name: field.description for name, field in JobCreate.model_fields.items() if field.description},
     )
 
 

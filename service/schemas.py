@@ -29,9 +29,10 @@ class JobCreate(SearchRequest):
     """A search job: the search request plus what only the service has.  Unknown fields are rejected
     (422 naming the field).  Stored as its JSON in ``Job.spec`` and read back with :func:`job_spec`."""
 
-    priority: int = Field(default=0, ge=-1000, le=1000)
-    model: str | None = Field(default=None, pattern=NAME_PATTERN, description="name of an uploaded ONNX model")
-    dataset: str | None = Field(default=None, pattern=NAME_PATTERN, description="name of an uploaded .npz")
+    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first among queued jobs.")
+    model: str | None = Field(default=None, pattern=NAME_PATTERN,
+                              description="Name of an uploaded ONNX model (with a dataset instead of a workload).")
+    dataset: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name of an uploaded .npz dataset.")
 
     @model_validator(mode="after")
     def _builtin_workload_options(self) -> JobCreate:
@@ -186,6 +187,7 @@ class Meta(BaseModel):
     cost_objectives: list[str]
     samplers: list[str]
     defaults: dict[str, Any]
+    help: dict[str, str] = Field(description="each request field's description (the dashboard's hints)")
 
 
 class Health(BaseModel):

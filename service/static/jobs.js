@@ -12,34 +12,8 @@ const NUMBER_FIELDS = [
 const TEXT_FIELDS = ["workload", "profile", "sampler", "model", "dataset"];
 
 // a line under each field: what it means, the units, the formats' names
-const HINTS = {
-  workload: "The model, data and metric to search: a built-in name (digits, denoise) or an allow-listed "
-    + "package.module:factory.",
-  workload_options: "Passed to the workload's factory, e.g. pretraining steps of the fp32 model.",
-  profile: "The target hardware: which formats it runs and what each costs (latency per MAC, memory).",
-  formats: "Precisions a layer may take. intN: N-bit weights and activations; wXaY: X-bit weights, Y-bit "
-    + "activations (w4a8: int4 weights, int8 activations); fp16/fp32: floating point.",
-  pin_first_last: "The first and last executed layers are the most sensitive; they are fixed to this format.",
-  pins: "Fix layers by fqn glob (features.*), kind:<kind> or @first/@last.",
-  cost_objectives: "What the front trades quality against. bitops: MACs × weight bits × activation bits; "
-    + "weight_bytes / activation_bytes: memory; latency_ms: the profile's latency model.",
-  n_trials: "Trained assignments (each a short QAT run); seeds count, cached repeats do not.",
-  timeout_s: "Wall-clock limit in seconds; blank: none.",
-  qat_steps: "Optimizer steps of quantization-aware training per trial.",
-  max_quality_drop: "In the workload metric's own units (accuracy: 0.01 = one point; PSNR: dB): trials that "
-    + "lose more than this vs fp32 are infeasible.",
-  sampler: "How new assignments are proposed after the seeds (TPE, NSGA-II, random).",
-  seed: "Random seed of the sampler and of each QAT run.",
-  priority: "Higher runs first among queued jobs.",
-  model: "Name of an uploaded ONNX model (with a dataset instead of a workload).",
-  dataset: "Name of an uploaded .npz dataset.",
-  fidelity_rungs: "QAT length of each rung as a multiple of the QAT steps, comma-separated: starts at 1, increasing, "
-    + "at most 6. 1,3: the best maps are trained again 3× longer and the job reports whether the short runs rank "
-    + "them as the long ones do; 1: one rung, no check. Blank: automatic (1,3 for a model with 10 or more free "
-    + "layers under a time or QAT-step budget, else 1).",
-  promotion_eta: "The top 1/eta of a rung's maps move up to the next rung (2 to 10). Blank: 3 (2 with automatic rungs).",
-  budget_qat_steps: "Total QAT steps over every rung and re-evaluation; blank: none (n_trials maps at the first rung).",
-};
+// Each field's hint is the request model's description (GET /v1/meta "help"): one text for the API's
+// schema, the CLI's --help and this page.
 
 const form = document.getElementById("job-form");
 const tbody = document.querySelector("#jobs-table tbody");
@@ -69,15 +43,16 @@ function fillChecks(container, name, items, checked) {
 }
 
 // Hints and error slots are tied to their inputs (aria-describedby), so a screen reader reads both.
-function describeFields() {
+function describeFields(hints) {
   for (const wrapper of form.querySelectorAll("[data-field]")) {
     const name = wrapper.dataset.field;
     const slot = wrapper.querySelector(`[data-error-for="${name}"]`);
     slot.id = `error-${name}`;
     const ids = [slot.id];
-    if (HINTS[name]) {
-      const hint = el("div", { class: "hint", id: `hint-${name}` }, HINTS[name]);
-      slot.before(hint);
+    if (hints[name]) {  // a second call (a new token) updates the hints in place
+      const hint = document.getElementById(`hint-${name}`) ?? el("div", { class: "hint", id: `hint-${name}` });
+      hint.textContent = hints[name];
+      if (!hint.isConnected) slot.before(hint);
       ids.unshift(hint.id);
     }
     // a fieldset of checkboxes is described as a group
@@ -85,10 +60,10 @@ function describeFields() {
     target?.setAttribute("aria-describedby", ids.join(" "));
   }
 }
-describeFields();
 
 async function loadMeta() {
   const meta = await api("/v1/meta");
+  describeFields(meta.help);
   const defaults = meta.defaults;
   document.getElementById("workload-list").replaceChildren(
     ...meta.workloads.map((w) => el("option", { value: nameOf(w) })),

@@ -348,3 +348,31 @@ def test_the_summary_and_the_output_say_how_the_front_was_checked(search_run: tu
     text = " ".join((out / "output.txt").read_text().split())  # rich wraps long lines
     assert f"front check: {neighbours} one-layer neighbour(s) of front points tried" in text
     assert f"{summary['neighbours_untried']} untried" in text
+
+
+def test_the_search_options_say_what_the_request_fields_say() -> None:
+    """One text per field: ``mixq search --help`` shows the request model's description of each field
+    it sets, and the model's default."""
+    import inspect
+    from typing import get_args
+
+    import typer
+
+    from search.cli import search_command
+    from search.spec import field_help
+
+    flag_to_field = {"workload": "workload", "profile": "profile", "trials": "n_trials", "formats": "formats",
+                     "pin": "pins", "pin_first_last": "pin_first_last", "cost": "cost_objectives",
+                     "max_quality_drop": "max_quality_drop", "qat_steps": "qat_steps", "sampler": "sampler",
+                     "seed": "seed", "timeout_s": "timeout_s", "reevaluate": "reevaluate_front",
+                     "fidelity_rungs": "fidelity_rungs", "promotion_eta": "promotion_eta",
+                     "budget_qat_steps": "budget_qat_steps", "min_gain": "min_gain", "storage": "storage",
+                     "study_name": "study_name", "workload_option": "workload_options", "device": "device"}
+    params = inspect.signature(search_command, eval_str=True).parameters
+    for flag, field in flag_to_field.items():
+        option = next(a for a in get_args(params[flag].annotation)[1:] if isinstance(a, typer.models.OptionInfo))
+        assert option.help is not None and option.help.endswith(field_help(SearchSpec, field)), flag
+        default = params[flag].default
+        model_default = SearchSpec.model_fields[field].get_default(call_default_factory=True)
+        if isinstance(default, int | float | str) and not isinstance(model_default, tuple | list) and default != "auto":
+            assert default == model_default or str(default) == str(model_default), flag

@@ -198,6 +198,22 @@ def test_meta(client: TestClient) -> None:
     assert meta["defaults"]["n_trials"] == 24
 
 
+def test_the_dashboard_hints_are_the_request_model_s_descriptions(client: TestClient) -> None:
+    """Every field of the dashboard's job form has its hint in /v1/meta, and it is the schema's text."""
+    import re
+    from pathlib import Path
+
+    import service
+
+    meta = client.get("/v1/meta").json()
+    page = (Path(service.__file__).parent / "static" / "jobs.html").read_text()
+    fields = re.findall(r'data-field="([a-z_]+)"', page)
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["JobCreate"]["properties"]
+    assert len(fields) >= 15
+    for name in fields:
+        assert meta["help"][name] == schema[name]["description"], name
+
+
 def test_trials_on_front_agrees_with_pareto_while_running(client: TestClient, db: Database, settings: Settings) -> None:
     job_id = client.post("/v1/jobs", json={**FAST_JOB, "n_trials": 8}).json()["id"]
     worker = Worker(db, settings, run_search=make_fake_run_search(), make_workload=tiny_workload)
