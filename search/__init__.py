@@ -22,7 +22,15 @@ from search.profiles import ProfileError, TargetProfile, builtin_profiles, load_
 from search.quant.formats import LayerFormat, parse_format
 from search.quant.layers import LayerInfo, LayerKind, discover_layers
 from search.quant.qconfig import QConfigError, QConfigFile, apply_qconfig, load_qconfig, save_qconfig
-from search.results import SearchLayer, SearchPhase, SearchProgress, SearchResult, TrialFailure, TrialOutcome
+from search.results import (
+    SearchLayer,
+    SearchPhase,
+    SearchProgress,
+    SearchResult,
+    TrialFailure,
+    TrialOutcome,
+    json_safe,
+)
 from search.spec import CostObjective, Pin, SamplerName, SearchError, SearchSpec
 from search.study.pareto import non_dominated, objective_vector, pareto_front, pareto_numbers
 from search.study.runner import SearchObserver, run_search
@@ -61,6 +69,7 @@ __all__ = [
     "builtin_profiles",
     "check_workload_options",
     "discover_layers",
+    "json_safe",
     "load_profile",
     "load_qconfig",
     "load_workload",

@@ -5,10 +5,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import math
 import sys
 import traceback
 import warnings
@@ -25,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from search.quant.formats import summarize_assignment
-from search.results import SearchPhase, SearchProgress, SearchResult, TrialOutcome
+from search.results import SearchPhase, SearchProgress, SearchResult, TrialOutcome, json_safe
 from search.spec import AUTO_FIDELITY_FREE_LAYERS, SearchSpec, field_help, first_error_text
 
 if TYPE_CHECKING:
@@ -118,17 +116,7 @@ def _trial_failures_reported(debug: bool) -> Iterator[_TrialFailures]:
 
 def _strict_json(data: Any) -> str:
     """JSON text with every non-finite float written as null: ``NaN`` is not JSON."""
-
-    def finite(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: finite(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [finite(v) for v in value]
-        return value
-
-    return json.dumps(finite(data), indent=2, allow_nan=False) + "\n"
+    return json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n"
 
 
 def _parse_ints(text: str, what: str) -> list[int]:
@@ -167,41 +155,18 @@ def write_outputs(result: SearchResult, out_dir: Path) -> dict[str, Path]:
     for point in result.front:
         if point.qconfig is None:
             continue
-        data = dict(point.qconfig)
-        if data.get("quality"):
-            data["quality"] = {**data["quality"], "value": point.quality, "std": point.quality_std,
-                               "n_evaluations": point.n_evaluations}
+        # the point's qconfig reports its mean over every evaluation already (search.study.objective.outcome_of)
         path = qdir / qconfig_filename(point)
-        path.write_text(_strict_json(data))
+        path.write_text(_strict_json(point.qconfig))
         paths[f"qconfig:{point.number}"] = path
     paths["table"] = out_dir / "front.md"
     paths["table"].write_text(front_markdown(result))
     paths["png"] = plot_front_png(result, out_dir / "pareto.png")
     paths["html"] = plot_front_html(result, out_dir / "pareto.html")
-    summary = {
-        "workload": result.workload, "metric": result.metric_name, "higher_is_better": result.higher_is_better,
-        "fp32_quality": result.fp32_quality, "study_name": result.study_name,
-        "layers": [layer.as_dict() for layer in result.layers], "pinned": result.pinned,
-        "front": [_outcome_json(o) for o in result.front],
-        "trials": [_outcome_json(o) for o in result.trials],
-        "qat_steps_used": result.qat_steps_used, "stop_reason": result.stop_reason,
-        "merged_within_noise": result.merged_within_noise,
-        "repeats_skipped": result.repeats_skipped, "neighbour_checks": result.neighbour_checks,
-        "neighbours_untried": result.neighbours_untried,
-        "fidelity": None if result.fidelity is None else dataclasses.asdict(result.fidelity),
-    }
+    summary = result.to_json()
     paths["summary"] = out_dir / "summary.json"
     paths["summary"].write_text(_strict_json(summary))
     return paths
-
-
-def _outcome_json(o: TrialOutcome) -> dict[str, Any]:
-    return {
-        "number": o.number, "assignment": dict(o.assignment), "quality": o.quality, "quality_std": o.quality_std,
-        "n_evaluations": o.n_evaluations, "costs": dict(o.costs), "feasible": o.feasible, "source": o.source,
-        "cached": o.cached, "duration_s": o.duration_s, "rung": o.rung, "qat_steps": o.qat_steps,
-        "short_quality": o.short_quality,
-    }
 
 
 def format_duration(seconds: float) -> str:

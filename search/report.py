@@ -20,7 +20,7 @@ def front_markdown(result: SearchResult) -> str:
     lines = [
         f"# Pareto front: {result.workload} ({result.metric_name}, fp32 = {result.fp32_quality:.4f})",
         "",
-        "Pinned: " + (", ".join(f"`{k}` ({v})" for k, v in result.pinned.items()) or "none"),
+        "Pinned: " + (", ".join(f"`{k}` ({v})" for k, v in result.pin_reasons.items()) or "none"),
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),

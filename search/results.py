@@ -4,13 +4,34 @@ them, progress while it runs, and the fidelity check of a multi-fidelity search.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
+
+from pydantic import TypeAdapter
 
 from search.quant.layers import LayerInfo
 from search.spec import DEFAULT_ETA
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as JSON can hold it: every NaN or infinite float becomes null (JSON has no NaN, and
+    PostgreSQL's JSON columns refuse it), tuples become lists.  The one finite-or-null encoder."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _dump(value: Any, **kwargs: Any) -> dict[str, Any]:
+    """A result dataclass's JSON form, produced by pydantic from its declared fields."""
+    data = TypeAdapter(type(value)).dump_python(value, mode="json", **kwargs)
+    return cast(dict[str, Any], json_safe(data))
 
 
 @dataclass(frozen=True)
@@ -33,6 +54,10 @@ class TrialOutcome:
     rung: int = 0  # the highest fidelity rung it reached; ``quality`` is measured there
     qat_steps: int = 0  # QAT steps of one run at that rung
     short_quality: float | None = None  # its first-rung quality, where it reached a higher rung
+
+    def to_json(self, *, qconfig: bool = True) -> dict[str, Any]:
+        """The JSON form (``summary.json``, the service's trial rows); non-finite numbers are null."""
+        return _dump(self, exclude=None if qconfig else {"qconfig"})
 
 
 @dataclass(frozen=True)
@@ -64,6 +89,12 @@ class FidelityCheck:
     kendall_tau: float | None  # None with fewer than 2 such points
     warning: str | None = None  # set when tau < 0.8
 
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form (``summary.json``, ``Job.fidelity``); a point without finite qualities is left out."""
+        data = _dump(self)
+        data["points"] = [p for p in data["points"] if p["short_quality"] is not None and p["long_quality"] is not None]
+        return data
+
 
 class SearchPhase(StrEnum):
     """What a search is doing; each phase can take a large share of the wall time."""
@@ -88,6 +119,9 @@ class SearchProgress:
     elapsed_s: float = 0.0  # since this process started the search
     eta_s: float | None = None  # estimated time left, all phases; None until a rate is known
 
+    def to_json(self) -> dict[str, Any]:
+        return _dump(self)
+
 
 @dataclass(frozen=True)
 class SearchLayer:
@@ -95,20 +129,27 @@ class SearchLayer:
 
     info: LayerInfo
     choices: tuple[str, ...]  # format names the search could give it; () when pinned
-    pinned: str | None  # the format it was pinned to, or None when free
+    pinned_format: str | None  # the format it was pinned to, or None when free
     costs_by_format: Mapping[str, Mapping[str, float]]  # format name -> cost objective -> value
+    pin_reason: str | None = None  # why it was pinned ("first executed layer", a user pin...)
 
     @property
     def fqn(self) -> str:
         return self.info.fqn
 
-    def as_dict(self) -> dict[str, Any]:
-        """The JSON form (the CLI's result file, the service's job row)."""
-        return {
+    @property
+    def pinned(self) -> bool:
+        return self.pinned_format is not None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form (the CLI's ``summary.json``, the service's job row): ``pinned`` is a bool, the
+        format and the reason have their own keys."""
+        return cast(dict[str, Any], json_safe({
             "fqn": self.info.fqn, "kind": str(self.info.kind), "index": self.info.index, "macs": self.info.macs,
             "num_params": self.info.num_params, "choices": list(self.choices), "pinned": self.pinned,
+            "pinned_format": self.pinned_format, "pin_reason": self.pin_reason,
             "costs_by_format": {f: dict(c) for f, c in self.costs_by_format.items()},
-        }
+        }))
 
 
 @dataclass
@@ -118,7 +159,7 @@ class SearchResult:
     higher_is_better: bool
     fp32_quality: float
     layers: list[SearchLayer]  # execution order
-    pinned: dict[str, str]  # fqn -> reason
+    pin_reasons: dict[str, str]  # fqn -> why it was pinned
     trials: list[TrialOutcome] = field(default_factory=list)
     front: list[TrialOutcome] = field(default_factory=list)
     study_name: str = ""
@@ -131,3 +172,19 @@ class SearchResult:
     repeats_skipped: int = 0  # sampler proposals of a map already trained: served from the cache, no trial used
     neighbour_checks: int = 0  # trials that tried a front point's one-layer neighbour (seeds.front_neighbours)
     neighbours_untried: int = 0  # neighbours of the reported points that could dominate them, left untried
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form (the CLI's ``summary.json``): no qconfig bodies (they are files of their own)."""
+        return {
+            "workload": self.workload, "metric": self.metric_name, "higher_is_better": self.higher_is_better,
+            "fp32_quality": json_safe(self.fp32_quality), "study_name": self.study_name,
+            "layers": [layer.to_json() for layer in self.layers], "pin_reasons": dict(self.pin_reasons),
+            "front": [o.to_json(qconfig=False) for o in self.front],
+            "trials": [o.to_json(qconfig=False) for o in self.trials],
+            "qat_steps_used": self.qat_steps_used, "stop_reason": self.stop_reason,
+            "merged_within_noise": list(self.merged_within_noise),
+            "repeats_skipped": self.repeats_skipped, "neighbour_checks": self.neighbour_checks,
+            "neighbours_untried": self.neighbours_untried,
+            "fidelity_rungs": list(self.fidelity_rungs), "promotion_eta": self.promotion_eta,
+            "fidelity": None if self.fidelity is None else self.fidelity.to_json(),
+        }

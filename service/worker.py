@@ -13,7 +13,6 @@ production passes ``search.run_search`` and :func:`workload_for_job`.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import threading
@@ -37,6 +36,7 @@ from search import (
     TrialFailure,
     TrialOutcome,
     Workload,
+    json_safe,
     load_workload,
 )
 from service import store
@@ -292,13 +292,12 @@ class Worker:
         return None
 
     def _record(self, run: _JobRun, outcome: TrialOutcome) -> TrialRecord:
-        # JSON columns cannot hold NaN/inf (PostgreSQL rejects them): a diverged trial keeps no number
-        costs = {str(k): float(v) for k, v in outcome.costs.items() if math.isfinite(v)}
-        quality = float(outcome.quality) if math.isfinite(outcome.quality) else None
-        std = float(outcome.quality_std) if math.isfinite(outcome.quality_std) else None
+        data = outcome.to_json()  # JSON columns cannot hold NaN/inf: a diverged trial keeps no number
+        costs = {k: v for k, v in data["costs"].items() if v is not None}
+        quality = data["quality"]
         return TrialRecord(
-            number=outcome.number, assignment=dict(outcome.assignment), quality=quality,
-            quality_std=std, n_evaluations=outcome.n_evaluations, costs=costs,
+            number=outcome.number, assignment=data["assignment"], quality=quality,
+            quality_std=data["quality_std"], n_evaluations=outcome.n_evaluations, costs=costs,
             primary_cost=costs.get(run.cost_objective), feasible=bool(outcome.feasible) and quality is not None,
             duration_s=float(outcome.duration_s), source=outcome.source, qconfig=outcome.qconfig,
         )
@@ -323,11 +322,10 @@ class Worker:
                         self.id, failure.number, run.job_id, exc)
 
     def _on_progress(self, run: _JobRun, progress: SearchProgress) -> None:
+        data = progress.to_json()
         report = {
-            "phase": progress.phase.value, "message": progress.message[:500],
-            "elapsed_s": progress.elapsed_s if math.isfinite(progress.elapsed_s) else None,
-            "eta_s": progress.eta_s if progress.eta_s is not None and math.isfinite(progress.eta_s) else None,
-            "reported_at": utcnow().isoformat(),
+            "phase": data["phase"], "message": progress.message[:500], "elapsed_s": data["elapsed_s"],
+            "eta_s": data["eta_s"], "reported_at": utcnow().isoformat(),
         }
         try:
             self._write(lambda s: store.set_search_progress(s, run.job_id, report))
@@ -340,7 +338,7 @@ class Worker:
         layers, pinned = _layers_with_pins(result)
         self._write(lambda s: store.set_job_info(
             s, run.job_id, result.metric_name, result.higher_is_better,
-            result.fp32_quality if math.isfinite(result.fp32_quality) else None, layers, pinned,
+            json_safe(result.fp32_quality), layers, pinned,
         ))
 
     def _finalize(self, run: _JobRun, result: SearchResult) -> None:
@@ -352,43 +350,18 @@ class Worker:
             if store.other_live_workers(session, run.job_id, self.id, self.stale_before()):
                 return
             store.set_job_info(
-                session, run.job_id, result.metric_name, result.higher_is_better, result.fp32_quality, layers, pinned
+                session, run.job_id, result.metric_name, result.higher_is_better, json_safe(result.fp32_quality),
+                layers, pinned,
             )
             for outcome in [*result.trials, *result.front]:  # the front carries re-evaluated qualities + qconfigs
                 store.record_trial(session, run.job_id, self._record(run, outcome), None, result.higher_is_better)
             store.mark_front(session, run.job_id, [o.number for o in result.front])
-            fidelity = _fidelity_json(result)
-            if fidelity is not None:
-                store.set_job_fidelity(session, run.job_id, fidelity)
+            if result.fidelity is not None:
+                store.set_job_fidelity(session, run.job_id, result.fidelity.to_json())
             store.transition(session, run.job_id, JobStatus.SUCCEEDED)
 
         self._write(finish)
 
 
-def _finite(value: float | None) -> float | None:
-    """JSON columns cannot hold NaN/inf (PostgreSQL rejects them)."""
-    return value if value is not None and math.isfinite(value) else None
-
-
-def _fidelity_json(result: SearchResult) -> dict[str, Any] | None:
-    """``Job.fidelity`` (read back by ``schemas.FidelityOut``), None for a one-rung search; a point
-    without finite qualities is left out."""
-    check = result.fidelity
-    if check is None:
-        return None
-    points = [
-        {"number": p.number, "short_quality": p.short_quality, "long_quality": p.long_quality,
-         "long_qat_steps": p.long_qat_steps}
-        for p in check.points if _finite(p.short_quality) is not None and _finite(p.long_quality) is not None
-    ]
-    return {"short_qat_steps": check.short_qat_steps, "points": points, "kendall_tau": _finite(check.kendall_tau),
-            "warning": check.warning}
-
-
 def _layers_with_pins(result: SearchResult) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    pinned = dict(result.pinned)
-    layers = [
-        {**layer.as_dict(), "pinned": layer.fqn in pinned, "pin_reason": pinned.get(layer.fqn)}
-        for layer in result.layers
-    ]
-    return layers, pinned
+    return [layer.to_json() for layer in result.layers], dict(result.pin_reasons)

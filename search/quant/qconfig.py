@@ -172,7 +172,7 @@ def build_qconfig(
     graph: LayerGraph,
     assignment: FormatMap,
     *,
-    pinned: Mapping[str, str] | None = None,
+    pin_reasons: Mapping[str, str] | None = None,
     profile: str = "generic",
     range_method: RangeMethod | str = RangeMethod.MINMAX,
     quality: QualityReport | None = None,
@@ -184,7 +184,7 @@ def build_qconfig(
     """Describe ``assignment`` (fqn -> format).  With a trained fake-quant ``model`` the
     file carries its scales and zero points."""
     formats = as_formats(assignment)
-    pinned = pinned or {}
+    pinned = pin_reasons or {}  # fqn -> why
     layers: dict[str, LayerQConfig] = {}
     for info in graph.layers:
         fmt = formats[info.fqn]

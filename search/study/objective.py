@@ -123,7 +123,7 @@ def score_assignment(
     costs = setup.costs(assignment)
     run = run_trial(setup.workload, formats, qat_steps=qat_steps, seed=seed, device=spec.device)
     qconfig = build_qconfig(
-        run.model, setup.graph, formats, pinned=setup.space.pin_reasons, profile=setup.profile.name,
+        run.model, setup.graph, formats, pin_reasons=setup.space.pin_reasons, profile=setup.profile.name,
         quality=QualityReport(metric=setup.workload.metric, value=run.quality, fp32_value=fp32,
                               higher_is_better=setup.workload.higher_is_better),
         costs=costs, workload=spec.workload, study_name=spec.study_name, trial_number=trial_number,

@@ -45,8 +45,8 @@ def fidelity_check(setup: SearchSetup, front: list[TrialOutcome]) -> FidelityChe
 def search_layers(setup: SearchSetup) -> list[SearchLayer]:
     """Every layer as the search saw it, in execution order."""
     space = setup.space
-    return [SearchLayer(info=layer, choices=space.options(layer.fqn), pinned=space.pinned.get(layer.fqn),
-                        costs_by_format=setup.cost_table[layer.fqn])
+    return [SearchLayer(info=layer, choices=space.options(layer.fqn), pinned_format=space.pinned.get(layer.fqn),
+                        costs_by_format=setup.cost_table[layer.fqn], pin_reason=space.pin_reasons.get(layer.fqn))
             for layer in setup.graph.layers]
 
 
@@ -69,7 +69,7 @@ def assemble_result(setup: SearchSetup, ledger: Ledger, fp32: float, stop_reason
         higher_is_better=hib,
         fp32_quality=fp32,
         layers=search_layers(setup),
-        pinned=dict(setup.space.pin_reasons),
+        pin_reasons=dict(setup.space.pin_reasons),
         trials=sorted(trained, key=lambda o: o.number),
         front=kept,
         study_name=spec.study_name,

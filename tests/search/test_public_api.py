@@ -10,7 +10,7 @@ PUBLIC_API = [
     "SearchSpec", "Pin", "CostObjective", "SamplerName", "run_search", "SearchProgress", "SearchPhase", "SearchResult",
     "SearchLayer", "TrialOutcome", "TrialFailure", "SearchError", "StorageError", "SearchObserver",
     # Pareto fronts
-    "pareto_front", "pareto_numbers", "non_dominated", "objective_vector",
+    "pareto_front", "pareto_numbers", "non_dominated", "objective_vector", "json_safe",
     # workloads and one trial
     "Workload", "BUILTIN_WORKLOADS", "load_workload", "check_workload_options", "run_trial",
     "set_torch_threads",

@@ -67,7 +67,7 @@ def test_trained_trial_round_trips_through_the_file(tmp_path, tiny, graph, range
         run.model,
         graph,
         assignment,
-        pinned={"conv": "first layer"},
+        pin_reasons={"conv": "first layer"},
         range_method=range_method,
         quality=QualityReport(metric="accuracy", value=run.quality),
         costs={"bitops": 123.0},
@@ -93,7 +93,7 @@ def test_trained_trial_round_trips_through_the_file(tmp_path, tiny, graph, range
 def test_file_contents_from_a_trained_trial(tiny, graph):
     assignment = {"conv": "int8", "fc": "w8a4"}
     run = run_trial(tiny, assignment, qat_steps=2, seed=0)
-    cfg = build_qconfig(run.model, graph, assignment, pinned={"fc": "last layer"}, profile="npu-int4")
+    cfg = build_qconfig(run.model, graph, assignment, pin_reasons={"fc": "last layer"}, profile="npu-int4")
     assert list(cfg.layers) == ["conv", "fc"]
     conv, fc = cfg.layers["conv"], cfg.layers["fc"]
     assert (conv.kind, conv.index, conv.format) == ("conv2d", 0, "int8")

@@ -111,7 +111,7 @@ def test_search_seeds_baselines_and_reports_front() -> None:
     assert inner[0] == "int8" and inner[-1] == "int8" and set(inner[1:-1]) == {"int4"}
     assert len([t for t in result.trials if not t.cached]) == 4
     assert result.front and all(p.qconfig is not None for p in result.front)
-    assert result.pinned.keys() == {result.layers[0].fqn, result.layers[-1].fqn}
+    assert result.pin_reasons.keys() == {result.layers[0].fqn, result.layers[-1].fqn}
     # per-layer costs per format add up to each trial's cost
     for t in result.trials:
         total = sum(layer.costs_by_format[t.assignment[layer.fqn]]["bitops"] for layer in result.layers)

@@ -137,7 +137,7 @@ def make_fake_run_search(trial_s: float = 0.0) -> Callable[..., SearchResult]:
                 SearchLayer(LayerInfo(f, LayerKind.LINEAR, i, (1,), (1,), 0, 0), (), None, {})
                 for i, f in enumerate(LAYERS)
             ],
-            pinned={"features.0": "first executed layer"}, trials=outcomes, front=front,
+            pin_reasons={"features.0": "first executed layer"}, trials=outcomes, front=front,
         )
 
     return fake_run_search

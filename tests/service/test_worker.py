@@ -123,7 +123,7 @@ def test_cancel_racing_completion_has_one_winner(client: TestClient, db: Databas
     worker = fake_worker(db, settings)
     assert worker.next_job() == job_id
     result = SearchResult(workload="tiny", metric_name="accuracy", higher_is_better=True, fp32_quality=1.0,
-                          layers=[], pinned={})
+                          layers=[], pin_reasons={})
     from service.worker import _JobRun
 
     barrier = threading.Barrier(2)
