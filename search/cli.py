@@ -256,7 +256,8 @@ def search_command(
         bool, typer.Option(help="keep each trial's trained weights in OUT/weights (for mixq export)")
     ] = True,
     torch_threads: Annotated[
-        int | None, typer.Option(help="torch threads (default: $MIXQ_TORCH_THREADS, else all usable cores)")
+        int | None, typer.Option(help="torch threads for every trial, fixed for the whole search whatever the "
+                                      "machine's load (default: $MIXQ_TORCH_THREADS, else all usable cores)")
     ] = None,
     debug: Annotated[bool, typer.Option(help="print the traceback of an error")] = False,
 ) -> None:

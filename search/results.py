@@ -172,6 +172,7 @@ class SearchResult:
     repeats_skipped: int = 0  # sampler proposals of a map already trained: served from the cache, no trial used
     neighbour_checks: int = 0  # trials that tried a front point's one-layer neighbour (seeds.front_neighbours)
     neighbours_untried: int = 0  # neighbours of the reported points that could dominate them, left untried
+    torch_threads: int = 0  # torch's intra-op threads every trial ran with (fixed for the search)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form (the CLI's ``summary.json``): no qconfig bodies (they are files of their own)."""
@@ -186,5 +187,6 @@ class SearchResult:
             "repeats_skipped": self.repeats_skipped, "neighbour_checks": self.neighbour_checks,
             "neighbours_untried": self.neighbours_untried,
             "fidelity_rungs": list(self.fidelity_rungs), "promotion_eta": self.promotion_eta,
+            "torch_threads": self.torch_threads,
             "fidelity": None if self.fidelity is None else self.fidelity.to_json(),
         }

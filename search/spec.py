@@ -241,6 +241,11 @@ class SearchSpec(SearchRequest):
     weights_dir: str | None = Field(default=None, description="save each trained trial's state dict here (trial-N.pt)")
     device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?|auto)$",
                         description="cpu, cuda, cuda:N or auto.")
+    torch_threads: int | None = Field(
+        default=None, ge=1, le=1024,
+        description="torch's intra-op threads for every trial of this search, fixed so that its numbers do not "
+                    "depend on the machine's load (a trial's float sums follow the thread count); none: the "
+                    "process's count when the search starts (recorded in the result).")
 
     @classmethod
     def of(cls, request: SearchRequest, **run: Any) -> SearchSpec:

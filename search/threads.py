@@ -3,9 +3,12 @@
 torch's default (one thread per core) is wrong when several processes share the cores: on a busy
 2-core machine 50 QAT steps took 25.4 s with torch's default and 3.8 s with one thread (issue 12).
 So each process takes its share: usable cores / processes on this machine, at least 1, unless
-``MIXQ_TORCH_THREADS`` (or a command-line option) says otherwise.  Cores other work keeps busy (the
-1-minute load average when the process starts) are not counted: a 200-step denoise trial with 2 threads
-on 2 cores took about 150 s while a benchmark held one core, and 3-6 s once it had stopped.
+``MIXQ_TORCH_THREADS`` (or a command-line option) says otherwise.
+
+The machine's load does not enter: a trial's numbers follow the thread count (the order of float sums),
+so a count chosen from the load average made the same command give a different front on a busy
+machine (issue 20).  The count is fixed for a whole search (``SearchSpec.torch_threads``, recorded in
+its result); a busy machine makes a search slower, never different.
 """
 
 from __future__ import annotations
@@ -24,20 +27,9 @@ def usable_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def busy_cores() -> int:
-    """Cores other work keeps busy: the 1-minute load average, rounded (0 where the OS has none)."""
-    try:
-        return max(0, round(os.getloadavg()[0]))
-    except (AttributeError, OSError):
-        return 0
-
-
-def choose_torch_threads(processes: int = 1, override: int | None = None, *,
-                         leave_busy_cores: bool = True) -> tuple[int, str]:
+def choose_torch_threads(processes: int = 1, override: int | None = None) -> tuple[int, str]:
     """(threads, why): ``override``, else ``$MIXQ_TORCH_THREADS``, else ``$OMP_NUM_THREADS``, else usable
-    cores / ``processes``,
-    but no more than the cores other work leaves idle (``leave_busy_cores``: a one-off search; a
-    long-lived worker keeps its count for its life, so a passing load at its start must not shrink it)."""
+    cores / ``processes`` (never the load: see the module's docstring)."""
     if override is not None:
         if override < 1:
             raise ValueError(f"torch_threads: must be >= 1, got {override}")
@@ -53,19 +45,15 @@ def choose_torch_threads(processes: int = 1, override: int | None = None, *,
     cores = usable_cores()
     processes = max(1, processes)
     share = max(1, cores // processes)
-    why = f"{cores} usable core(s) / {processes} process(es) on this machine"
-    idle = max(1, cores - busy_cores()) if leave_busy_cores else share
-    if idle < share:
-        return idle, f"{why}, {cores - idle} kept busy by other work"
-    return share, why
+    return share, f"{cores} usable core(s) / {processes} process(es) on this machine"
 
 
-def set_torch_threads(processes: int = 1, override: int | None = None, *, leave_busy_cores: bool = True) -> str:
+def set_torch_threads(processes: int = 1, override: int | None = None) -> str:
     """Set torch's intra-op thread count as :func:`choose_torch_threads` decides; returns the one
     line that says what was chosen and why."""
-    threads, why = choose_torch_threads(processes, override, leave_busy_cores=leave_busy_cores)
+    threads, why = choose_torch_threads(processes, override)
     torch.set_num_threads(threads)
     return f"torch threads: {threads} ({why}; set {THREADS_ENV} to change)"
 
 
-__all__ = ["THREADS_ENV", "busy_cores", "choose_torch_threads", "set_torch_threads", "usable_cores"]
+__all__ = ["THREADS_ENV", "choose_torch_threads", "set_torch_threads", "usable_cores"]

@@ -207,8 +207,8 @@ def worker(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = _settings(database_url)
     # `mixq serve` starts local_workers of these on one machine: each takes its share of the cores
-    # (for its whole life: a passing load at its start must not shrink it)
-    threads = set_torch_threads(processes=max(1, settings.local_workers), leave_busy_cores=False)
+    # (for its whole life, whatever the load: a trial's numbers follow the thread count)
+    threads = set_torch_threads(processes=max(1, settings.local_workers))
     logging.getLogger("mixq.worker").info(threads)
     if settings.worker_nice:
         os.nice(settings.worker_nice)

@@ -82,4 +82,5 @@ def assemble_result(setup: SearchSetup, ledger: Ledger, fp32: float, stop_reason
         repeats_skipped=sum(1 for t in ledger.trials if t.state is TrialState.COMPLETE and is_cached(t)),
         neighbour_checks=sum(1 for o in trained if o.source == Source.NEIGHBOUR),
         neighbours_untried=len(untried),
+        torch_threads=spec.torch_threads or 0,
     )

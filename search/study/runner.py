@@ -42,6 +42,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import optuna
+import torch
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -480,7 +481,14 @@ def run_search(
     graph = discover_layers(workload.model, workload.example_inputs)
     space = build_space(spec, graph, profile)
     spec = spec.resolve_fidelity(len(space.choices))
+    if spec.torch_threads is None:  # fixed now for the whole search, and recorded in its result
+        spec = spec.model_copy(update={"torch_threads": torch.get_num_threads()})
     setup = SearchSetup(spec=spec, workload=workload, profile=profile, graph=graph, space=space, evaluator=evaluator)
     observer = observer or SearchObserver()
     storage, study = open_study(setup, observer)
-    return _Search(setup, storage, study, observer).run()
+    before = torch.get_num_threads()
+    torch.set_num_threads(spec.torch_threads or before)  # one count for every trial (see search.threads)
+    try:
+        return _Search(setup, storage, study, observer).run()
+    finally:
+        torch.set_num_threads(before)

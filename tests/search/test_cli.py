@@ -6,7 +6,7 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import onnx
@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from torch import Tensor, nn
 from typer.testing import CliRunner
 
-from search import Workload, load_qconfig
+from search import Workload, load_qconfig, run_search
 from search.cli import format_duration
 from search.spec import SearchSpec
 from search.threads import THREADS_ENV, choose_torch_threads
@@ -302,24 +302,38 @@ def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
 
 
-@pytest.mark.parametrize(("load", "expected"), [((0.1, 0.0, 0.0), 4), ((1.2, 0.0, 0.0), 3), ((7.9, 0.0, 0.0), 1)])
-def test_torch_threads_leave_out_the_cores_other_work_keeps_busy(
-    monkeypatch: pytest.MonkeyPatch, load: tuple[float, float, float], expected: int,
+@pytest.mark.parametrize("load", [(0.1, 0.0, 0.0), (1.2, 0.0, 0.0), (7.9, 0.0, 0.0)])
+def test_torch_threads_do_not_follow_the_machine_s_load(
+    monkeypatch: pytest.MonkeyPatch, load: tuple[float, float, float],
 ) -> None:
-    """4 usable cores; other work holding about one core leaves 3 threads, a loaded machine 1."""
+    """4 usable cores: the same count however busy the machine is (a trial's numbers follow the count)."""
     import search.threads as threads_module
 
     monkeypatch.delenv(THREADS_ENV, raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads_module, "usable_cores", lambda: 4)
     monkeypatch.setattr(threads_module.os, "getloadavg", lambda: load)
-    threads, why = choose_torch_threads(processes=1)
-    assert threads == expected, why
-    assert ("kept busy by other work" in why) == (expected < 4)
-    assert choose_torch_threads(processes=4)[0] == 1  # the share is never raised by an idle machine
-    assert choose_torch_threads(processes=1, leave_busy_cores=False)[0] == 4  # a worker keeps its share
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the usual way to ask, for a worker too
-    assert choose_torch_threads(processes=1, leave_busy_cores=False) == (1, "from OMP_NUM_THREADS")
+    assert choose_torch_threads(processes=1)[0] == 4
+    assert choose_torch_threads(processes=4)[0] == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the usual way to ask
+    assert choose_torch_threads(processes=1) == (1, "from OMP_NUM_THREADS")
+
+
+def test_a_search_runs_every_trial_at_one_recorded_thread_count(tmp_path: Path) -> None:
+    """The count the spec fixes is the one trials run with, whatever the process had, and the result says it."""
+    seen: list[int] = []
+
+    def evaluate(assignment: Mapping[str, str], seed: int) -> float:
+        seen.append(torch.get_num_threads())
+        return float(list(assignment.values()).count("int8"))
+
+    before = torch.get_num_threads()
+    spec = SearchSpec(workload="digits", workload_options={"pretrain_steps": 10}, n_trials=3, qat_steps=1,
+                      reevaluate_front=0, torch_threads=1 if before > 1 else 2)
+    result = run_search(spec, evaluator=evaluate)
+    assert set(seen) == {spec.torch_threads} and result.torch_threads == spec.torch_threads
+    assert torch.get_num_threads() == before  # given back
+    assert run_search(spec.model_copy(update={"torch_threads": None}), evaluator=evaluate).torch_threads == before
 
 
 def test_many_free_layers_get_automatic_rungs_under_a_budget_and_a_hint_without() -> None:
