@@ -183,13 +183,14 @@ def print_front(result: SearchResult) -> None:
     table = Table(title=f"Pareto front ({result.metric_name}; fp32 = {result.fp32_quality:.4f})")
     table.add_column("trial", justify="right")
     table.add_column(result.metric_name, justify="right")
-    table.add_column("± std", justify="right")
+    table.add_column("± std (runs)", justify="right")
+    table.add_column("QAT steps", justify="right")
     for name in (result.front[0].costs if result.front else {}):
         table.add_column(name, justify="right")
     table.add_column("per-layer formats (execution order)")
     for p in result.front:
         table.add_row(
-            str(p.number), f"{p.quality:.4f}", f"{p.quality_std:.4f}",
+            str(p.number), f"{p.quality:.4f}", p.spread_text(), str(p.qat_steps),
             *(f"{v:.4g}" for v in p.costs.values()),
             " ".join(p.assignment.values()) + ("" if p.feasible else "  [infeasible]"),
         )

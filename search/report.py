@@ -16,7 +16,7 @@ def _first_cost(o: TrialOutcome) -> tuple[str, float]:
 def front_markdown(result: SearchResult) -> str:
     costs = list(result.front[0].costs) if result.front else []
     fqns = [layer.fqn for layer in result.layers]
-    head = ["trial", result.metric_name, "std", "n", *costs, *fqns]
+    head = ["trial", result.metric_name, "± std (runs)", "QAT steps", *costs, *fqns]
     lines = [
         f"# Pareto front: {result.workload} ({result.metric_name}, fp32 = {result.fp32_quality:.4f})",
         "",
@@ -26,7 +26,7 @@ def front_markdown(result: SearchResult) -> str:
         "|" + "---|" * len(head),
     ]
     for o in result.front:
-        row = [str(o.number), f"{o.quality:.4f}", f"{o.quality_std:.4f}", str(o.n_evaluations),
+        row = [str(o.number), f"{o.quality:.4f}", o.spread_text(), str(o.qat_steps),
                *(f"{o.costs[c]:.4g}" for c in costs), *(o.assignment[f] for f in fqns)]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"

@@ -55,9 +55,19 @@ class TrialOutcome:
     qat_steps: int = 0  # QAT steps of one run at that rung
     short_quality: float | None = None  # its first-rung quality, where it reached a higher rung
 
+    def spread_text(self) -> str:
+        """Its spread as a table shows it: ``0.0123 (3 runs)``; one run has no spread (``- (1 run)``)."""
+        if self.n_evaluations < 2:
+            return "- (1 run)"
+        return f"{self.quality_std:.4f} ({self.n_evaluations} runs)"
+
     def to_json(self, *, qconfig: bool = True) -> dict[str, Any]:
-        """The JSON form (``summary.json``, the service's trial rows); non-finite numbers are null."""
-        return _dump(self, exclude=None if qconfig else {"qconfig"})
+        """The JSON form (``summary.json``, the service's trial rows); non-finite numbers are null, and so
+        is the spread of a map measured once (there is none)."""
+        data = _dump(self, exclude=None if qconfig else {"qconfig"})
+        if self.n_evaluations < 2:
+            data["quality_std"] = None
+        return data
 
 
 @dataclass(frozen=True)

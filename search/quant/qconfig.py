@@ -89,7 +89,7 @@ class LayerQConfig(_Strict):
 class QualityReport(_Strict):
     metric: str
     value: float
-    std: float = 0.0
+    std: float | None = Field(default=None, description="spread over the evaluations; null with one run")
     n_evaluations: int = 1
     fp32_value: float | None = None
     higher_is_better: bool = True

@@ -150,7 +150,8 @@ def outcome_of(
     qconfig = json.loads(raw) if isinstance(raw, str) else None
     if qconfig is not None and isinstance(qconfig.get("quality"), dict):
         # the file reports what the front and the API report: the mean over every evaluation, not the first run
-        qconfig["quality"].update(value=quality, std=quality_std, n_evaluations=len(qualities))
+        qconfig["quality"].update(value=quality, std=quality_std if len(qualities) > 1 else None,
+                                  n_evaluations=len(qualities))
     return TrialOutcome(
         number=trial.number,
         assignment=setup.full_assignment({k: str(v) for k, v in trial.params.items()}),

@@ -29,6 +29,13 @@ def test_an_outcome_s_json_has_every_declared_field_once() -> None:
     assert "qconfig" not in outcome(3, 1.0).to_json(qconfig=False)
 
 
+def test_a_map_measured_once_has_no_spread_anywhere() -> None:
+    """Not ``± 0.0000``: the JSON says null, tables say how many runs."""
+    once, thrice = outcome(1, 0.5), dataclasses.replace(outcome(2, 0.5), quality_std=0.01, n_evaluations=3)
+    assert once.to_json()["quality_std"] is None and thrice.to_json()["quality_std"] == 0.01
+    assert once.spread_text() == "- (1 run)" and thrice.spread_text() == "0.0100 (3 runs)"
+
+
 def test_pinned_means_one_thing_in_a_layer_s_json() -> None:
     info = LayerInfo("conv", LayerKind.CONV2D, 0, (1, 1, 4, 4), (1, 2, 4, 4), 10, 5)
     pinned = SearchLayer(info, (), "int8", {"int8": {"bitops": 640.0}}, "first executed layer").to_json()
@@ -49,3 +56,16 @@ def test_the_result_and_its_fidelity_check_serialize_without_nan() -> None:
     assert "schema_version" not in text  # qconfig bodies are files of their own
     progress = SearchProgress(1, 2, None, eta_s=math.inf).to_json()
     assert progress["eta_s"] is None and progress["phase"] == "sampling"
+
+
+def test_the_front_table_says_runs_and_qat_steps_per_point() -> None:
+    from search.report import front_markdown
+
+    info = LayerInfo("a", LayerKind.LINEAR, 0, (1, 2), (1, 2), 4, 4)
+    short = dataclasses.replace(outcome(1, 0.5), qat_steps=30)
+    long = dataclasses.replace(outcome(2, 0.6), qat_steps=90, quality_std=0.02, n_evaluations=3, costs={"bitops": 9.0})
+    result = SearchResult(workload="digits", metric_name="accuracy", higher_is_better=True, fp32_quality=0.7,
+                          layers=[SearchLayer(info, ("int8",), None, {})], pin_reasons={}, front=[short, long])
+    rows = [line for line in front_markdown(result).splitlines() if line.startswith("| ")]
+    assert "± std (runs)" in rows[0] and "QAT steps" in rows[0]
+    assert "| - (1 run) | 30 |" in rows[1] and "| 0.0200 (3 runs) | 90 |" in rows[2]
