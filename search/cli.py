@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import tempfile
 import traceback
 import warnings
 from collections.abc import Iterator
@@ -47,6 +49,45 @@ _DEFAULT_FORMATS = ",".join(_DEFAULT["formats"])
 _DEFAULT_PIN_FIRST_LAST = _DEFAULT["pin_first_last"] or "free"
 _DEFAULT_COSTS = [str(c) for c in _DEFAULT["cost_objectives"]]
 
+
+
+# request field -> the flag that sets it, where the flag is spelled otherwise than --field-name
+_FLAG_OF = {"n_trials": "--trials", "reevaluate_front": "--reevaluate", "cost_objectives": "--cost",
+            "pins": "--pin", "workload_options": "--workload-option", "weights_dir": "--save-weights/--out"}
+
+
+def _flag_errors(err: ValidationError) -> str:
+    """Every error of a search request, each named by the flag the user typed (not the API's field),
+    with the value it got: ``--trials: must be >= 1, got 0; --cost: ...``."""
+    parts = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        field = loc[0] if loc else ""
+        flag = _FLAG_OF.get(field, "--" + field.replace("_", "-")) if field else "(options)"
+        msg = str(e["msg"]).removeprefix("Value error, ").removeprefix(f"{field}: ")
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) or got is None or "got " in msg else f", got {got!r}"
+        parts.append(f"{flag}: {msg}{shown}")
+    return "; ".join(parts)
+
+
+def _check_out(out: Path) -> None:
+    """``--out`` must be a folder mixq can write in: created if only its last level is missing; a file, a
+    missing parent or a read-only place is refused before the search starts."""
+    if out.exists() and not out.is_dir():
+        _fail(f"--out: {out} is a file; give a folder")
+    if not out.exists():
+        if not out.parent.is_dir():
+            _fail(f"--out: the folder {out.parent} does not exist; create it first (mkdir -p {out.parent})")
+        try:
+            out.mkdir()
+        except OSError as exc:
+            _fail(f"--out: cannot create {out}: {exc.strerror or exc}")
+    try:
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        _fail(f"--out: cannot write in {out}: {exc.strerror or exc}")
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -272,20 +313,26 @@ def search_command(
         matches = [p.rpartition("=") for p in pin]
         if any(not m or not sep for m, sep, _ in matches):
             _fail("pin: expected MATCH=FORMAT, e.g. --pin 'features.0=int8'")
-        spec = SearchSpec.model_validate({
-            "workload": workload, "workload_options": _parse_kv(workload_option, "workload-option"),
-            "profile": profile, "formats": [f.strip() for f in formats.split(",") if f.strip()],
-            "pin_first_last": None if pin_first_last == "free" else pin_first_last,
-            "pins": [{"match": m, "format": None if f == "free" else f} for m, _, f in matches],
-            "cost_objectives": cost, "max_quality_drop": max_quality_drop, "n_trials": trials,
-            "timeout_s": timeout_s, "qat_steps": qat_steps, "seed": seed, "sampler": sampler,
-            "reevaluate_front": reevaluate, "storage": storage, "study_name": study_name, "device": device,
-            "weights_dir": str(out / "weights") if save_weights else None,
-            "fidelity_rungs": (None if fidelity_rungs.strip() == "auto"
-                               else _parse_ints(fidelity_rungs, "fidelity-rungs")),
-            "promotion_eta": promotion_eta,
-            "budget_qat_steps": budget_qat_steps, "min_gain": min_gain,
-        })
+        try:
+            spec = SearchSpec.model_validate({
+                "workload": workload, "workload_options": _parse_kv(workload_option, "workload-option"),
+                "profile": profile, "formats": [f.strip() for f in formats.split(",") if f.strip()],
+                "pin_first_last": None if pin_first_last == "free" else pin_first_last,
+                "pins": [{"match": m, "format": None if f == "free" else f} for m, _, f in matches],
+                "cost_objectives": cost, "max_quality_drop": max_quality_drop, "n_trials": trials,
+                "timeout_s": timeout_s, "qat_steps": qat_steps, "seed": seed, "sampler": sampler,
+                "reevaluate_front": reevaluate, "storage": storage, "study_name": study_name, "device": device,
+                "weights_dir": str(out / "weights") if save_weights else None,
+                "fidelity_rungs": (None if fidelity_rungs.strip() == "auto"
+                                   else _parse_ints(fidelity_rungs, "fidelity-rungs")),
+                "promotion_eta": promotion_eta,
+                "budget_qat_steps": budget_qat_steps, "min_gain": min_gain,
+            })
+        except ValidationError as err:
+            _fail(_flag_errors(err))
+        _check_out(out)  # before any training: an unwritable --out must not cost the search
+        if ":" in spec.workload and os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())  # a workload module in the current folder imports (as pytest does)
         console.print(set_torch_threads(processes=1, override=torch_threads))
         wl = load_workload(spec.workload, spec.workload_options)
         graph = discover_layers(wl.model, wl.example_inputs)

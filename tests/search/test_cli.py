@@ -94,7 +94,7 @@ def test_export_turns_qconfig_and_weights_into_onnx(search_run: tuple[Path, str]
     ("args", "message"),
     [
         pytest.param(["--workload", "nope"], "workload", id="unknown-workload"),
-        pytest.param([*TINY, "--trials", "0"], "n_trials", id="zero-budget"),
+        pytest.param([*TINY, "--trials", "0"], "--trials: Input should be greater than or equal to 1", id="zero-budget"),
         pytest.param([*TINY, "--formats", "int4,int3"], "format", id="unknown-format"),
         pytest.param([*TINY, "--profile", "no-such-profile"], "profile", id="unknown-profile"),
         pytest.param([*TINY, "--formats", "int8"], "nothing to search", id="pins-leave-nothing"),
@@ -390,3 +390,48 @@ def test_the_search_options_say_what_the_request_fields_say() -> None:
         model_default = SearchSpec.model_fields[field].get_default(call_default_factory=True)
         if isinstance(default, int | float | str) and not isinstance(model_default, tuple | list) and default != "auto":
             assert default == model_default or str(default) == str(model_default), flag
+
+
+def test_a_bad_out_folder_is_refused_before_any_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file, a missing parent, an unwritable folder: one line naming --out, exit 2, nothing trained."""
+    import search.cli
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    code, output = _invoke("search", *TINY, "--out", str(afile))
+    assert code == 2 and _error_lines(output) == [f"error: --out: {afile} is a file; give a folder"]
+    deep = tmp_path / "no" / "such" / "run"
+    code, output = _invoke("search", *TINY, "--out", str(deep))
+    assert code == 2 and "--out: the folder" in output and not (tmp_path / "no").exists()
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(search.cli.tempfile, "TemporaryFile", read_only)
+    trained: list[object] = []
+    monkeypatch.setattr("search.workloads.load_workload", lambda *a, **k: trained.append(a))
+    code, output = _invoke("search", *TINY, "--no-save-weights", "--out", str(tmp_path / "ro"))
+    assert code == 2 and _error_lines(output) == [f"error: --out: cannot write in {tmp_path / 'ro'}: Permission denied"]
+    assert not trained  # refused before the workload was even loaded
+
+
+def test_errors_name_the_flag_the_user_typed_and_every_problem() -> None:
+    code, output = _invoke("search", *TINY, "--trials", "0", "--cost", "speed", "--out", "/tmp")
+    assert code == 2
+    (line,) = _error_lines(output)
+    assert "--trials: Input should be greater than or equal to 1, got 0" in line
+    assert "--cost: Input should be 'bitops', 'weight_bytes', 'activation_bytes' or 'latency_ms', got 'speed'" in line
+    assert "n_trials" not in line and "cost_objectives" not in line and "more)" not in line
+
+
+def test_a_workload_module_in_the_current_folder_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "my_local_workload.py").write_text(
+        "from tests.search.user_workload import make_workload as _make\n"
+        "def make(**options):\n    return _make(**options)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
+    code, output = _invoke("search", "--workload", "my_local_workload:make", "--trials", "1", "--qat-steps", "1",
+                           "--reevaluate", "0", "--torch-threads", "1", "--pin-first-last", "free",
+                           "--no-save-weights", "--out", str(tmp_path / "run"))
+    assert code == 0, output
+    assert (tmp_path / "run" / "summary.json").exists()
