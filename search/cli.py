@@ -90,6 +90,18 @@ def _check_out(out: Path) -> None:
         _fail(f"--out: cannot write in {out}: {exc.strerror or exc}")
 
 
+def _interrupted(spec: SearchSpec) -> None:
+    """Ctrl-C: say what was kept and how to go on, then exit 130 (the shell's code for SIGINT)."""
+    if spec.storage is None:
+        console.print("interrupted: nothing was kept (the study was in memory); to make a search resumable, "
+                      "pass --storage sqlite:///mixq.db", soft_wrap=True)
+    else:
+        console.print(f"interrupted: the trials finished so far are kept in {spec.storage} (study "
+                      f"{spec.study_name!r}); run the same command again to resume: the interrupted trial is "
+                      "trained again, finished ones are not", soft_wrap=True)
+    raise typer.Exit(130)
+
+
 def _fail(message: str, code: int = 2) -> None:
     """One line (never wrapped), then exit: 2 for a user error."""
     console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
@@ -371,7 +383,11 @@ def search_command(
                 def progress(self, progress: SearchProgress) -> None:
                     show(progress, progress.message)
 
-            result = run_search(spec, workload=wl, observer=BarObserver())
+            try:
+                result = run_search(spec, workload=wl, observer=BarObserver())
+            except KeyboardInterrupt:
+                bar.stop()
+                _interrupted(spec)
             bar.update(task, completed=spec.n_trials, eta="")
         if not result.front:
             cause = f"; the last failure: {failures.last}" if failures.last else ""

@@ -50,6 +50,8 @@ class TrialKey(StrEnum):
     DUPLICATE_OF = "duplicate_of"  # int: the twin trial that trains the same map (this one was pruned)
     CLAIMED = "claimed"  # bool: it holds the claim on its map (no twin trains it)
     BUDGET_SLOT = "mixq:budget_slot"  # int: the budget slot it holds (written by SQL in search.study.storage)
+    INTERRUPTED = "mixq:interrupted"  # bool: its process was interrupted (Ctrl-C) while it trained
+    REQUEUE_OF = "mixq:requeue_of"  # int: the interrupted trial whose map this queued trial trains again
 
 
 class StudyKey(StrEnum):

@@ -184,6 +184,9 @@ class Objective:
             return self._evaluate(trial)
         except optuna.TrialPruned:
             raise
+        except KeyboardInterrupt:  # Optuna records a FAIL; a resumed search trains the map again
+            set_trial_attr(trial, TrialKey.INTERRUPTED, True)
+            raise
         except Exception as exc:  # study.optimize records the FAIL; the reason is ours to keep
             set_trial_attr(trial, TrialKey.FAIL_REASON, f"{type(exc).__name__}: {exc}"[:2000])
             log.warning("trial %d failed: %s", trial.number, exc)

@@ -183,6 +183,7 @@ class _Search:
         fp32 = self.fp32_quality()
         self.observer.started(assemble_result(self.setup, self.ledger(), fp32, self.stop_reason))
         objective = Objective(self.setup, self.study, fp32)
+        self.requeue_interrupted()
         self.seeds.start()
         while not self.observer.should_stop():
             ledger = self.ledger()
@@ -210,6 +211,20 @@ class _Search:
             self.reevaluate_front()
         self.set_phase(SearchPhase.DONE)
         return assemble_result(self.setup, self.ledger(), fp32, self.stop_reason)
+
+    def requeue_interrupted(self) -> None:
+        """Queue again, once, the maps of trials an interrupted process (Ctrl-C) left FAIL: a resumed
+        search trains them (a sensitivity probe left out would leave a hole in the sweep).  A dead
+        process's trials are the heartbeat's to retry; a trial that failed by its own error is not retried."""
+        trials = self.study.get_trials(deepcopy=False)
+        trained = {assignment_key(t.params) for t in trials if t.state is TrialState.COMPLETE}
+        queued_again = {t.user_attrs.get(TrialKey.REQUEUE_OF) for t in trials}
+        for t in trials:
+            if (t.state is TrialState.FAIL and t.user_attrs.get(TrialKey.INTERRUPTED)
+                    and t.number not in queued_again and assignment_key(t.params) not in trained
+                    and len(t.params) == len(self.setup.space.choices)):
+                self.study.enqueue_trial(dict(t.params), skip_if_exists=False, user_attrs={
+                    TrialKey.SOURCE: TrialAttrs.of(t).source, TrialKey.REQUEUE_OF: t.number})
 
     # -- reading the study -------------------------------------------------------------------
     def ledger(self) -> Ledger:

@@ -435,3 +435,43 @@ def test_a_workload_module_in_the_current_folder_imports(tmp_path: Path, monkeyp
                            "--no-save-weights", "--out", str(tmp_path / "run"))
     assert code == 0, output
     assert (tmp_path / "run" / "summary.json").exists()
+
+
+def test_ctrl_c_says_what_was_kept_and_a_resumed_search_trains_the_interrupted_map_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from search.study.attrs import TrialKey
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    calls: list[dict[str, str]] = []
+
+    def interrupt_third(assignment: Mapping[str, str], seed: int) -> float:
+        calls.append(dict(assignment))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return float(list(assignment.values()).count("int8"))
+
+    spec = SearchSpec(workload="digits", workload_options={"pretrain_steps": 10}, n_trials=5, qat_steps=1,
+                      reevaluate_front=0, storage=storage, study_name="ctrl-c")
+    with pytest.raises(KeyboardInterrupt):
+        run_search(spec, evaluator=interrupt_third)
+    interrupted = calls[2]
+    result = run_search(spec, evaluator=lambda a, s: float(list(a.values()).count("int8")))
+    study = optuna.load_study(study_name="ctrl-c", storage=storage)
+    again = [t for t in study.get_trials() if t.user_attrs.get(TrialKey.REQUEUE_OF) is not None]
+    assert len(again) == 1 and again[0].state is TrialState.COMPLETE
+    assert {o.number for o in result.trials} >= {again[0].number}
+    trained = next(o for o in result.trials if o.number == again[0].number)
+    assert dict(trained.assignment) == interrupted
+
+    import search.study.runner
+
+    def ctrl_c(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search.study.runner, "run_search", ctrl_c)
+    code, output = _invoke("search", *TINY, "--storage", storage, "--study-name", "cli-ctrl-c",
+                           "--out", str(tmp_path / "run"))
+    assert code == 130 and "interrupted: the trials finished so far are kept in" in output and "resume" in output
+    code, output = _invoke("search", *TINY, "--out", str(tmp_path / "run"))
+    assert code == 130 and "nothing was kept" in output and "--storage" in output
