@@ -157,6 +157,11 @@ def open_study(setup: SearchSetup, observer: SearchObserver) -> tuple[RDBStorage
         )
     except ValueError as exc:  # e.g. directions differ from an existing study of that name
         raise SearchError(f"study_name: {exc}") from None
+    names = [setup.workload.metric, *map(str, spec.cost_objectives)]
+    if study.metric_names != names:  # optuna-dashboard and study.trials_dataframe() label the objectives
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(names)
     return storage, study
 
 

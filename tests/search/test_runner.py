@@ -458,3 +458,11 @@ def test_the_ptq_proxy_is_skipped_where_its_evaluations_would_take_too_long(
         result = run_search(spec)
     assert any("the PTQ proxy skipped: 10 evaluations" in r.getMessage() for r in caplog.records), caplog.text
     assert "program" in [t.source for t in result.trials]
+
+
+def test_the_study_names_its_objectives_for_optuna_dashboard(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    spec = tiny_spec(n_trials=2, qat_steps=0, reevaluate_front=0, storage=storage, study_name="named")
+    result = run_search(spec, evaluator=lambda a, s: 1.0)
+    study = optuna.load_study(study_name="named", storage=storage)
+    assert study.metric_names == [result.metric_name, "bitops"]
