@@ -66,6 +66,31 @@ class RetryStaleTrial:
             self.on_stale(study, trial, retried)
 
 
+# PostgreSQL's SQLSTATEs for losing a race to create the same row, table, or type (unique_violation,
+# duplicate_table, duplicate_object); SQLite's error names for a lock held by another writer and a duplicate row
+_PG_RACES = frozenset({"23505", "42P07", "42710"})
+_SQLITE_RACES = frozenset({"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"})
+
+
+def is_schema_race(exc: BaseException) -> bool:
+    """Did ``exc`` come from another process creating the same schema at the same moment (the next attempt
+    finds it made)?  Read from the driver's error codes, anywhere in the exception's chain, not its text;
+    SQLite reports "table ... already exists" with its generic SQLITE_ERROR only, so that one case reads
+    the message."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        driver = getattr(current, "orig", None) or current
+        if getattr(driver, "sqlstate", None) in _PG_RACES:  # psycopg 3
+            return True
+        name = getattr(driver, "sqlite_errorname", None)  # sqlite3 (Python 3.11+)
+        if name in _SQLITE_RACES or (name == "SQLITE_ERROR" and "already exists" in str(driver)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def open_storage(
     url: str | None, max_retries: int, heartbeat_interval_s: int = 5, grace_period_s: int = 20,
     on_stale: OnStaleTrial | None = None,
@@ -98,8 +123,7 @@ def open_storage(
             # Optuna's version row or on CREATE TABLE (SQLite: "already exists", PostgreSQL:
             # DuplicateTable); the next attempt finds the tables made
             last_error = exc
-            races = ("IntegrityError", "UNIQUE", "duplicate", "Duplicate", "already exists", "locked")
-            if not any(s in f"{type(exc).__name__} {exc}" for s in races):
+            if not is_schema_race(exc):
                 break
             time.sleep(0.3 * (attempt + 1))
     raise StorageError(f"storage: cannot open {url!r}: {type(last_error).__name__}: {last_error}")
