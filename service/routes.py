@@ -46,7 +46,14 @@ from service.schemas import (
     UploadOut,
 )
 from service.settings import Settings
-from service.uploads import UploadError, inspect_dataset, inspect_model, layer_graph_of
+from service.uploads import (
+    UploadError,
+    UploadWorkloadOptions,
+    estimated_job_bytes,
+    inspect_dataset,
+    inspect_model,
+    layer_graph_of,
+)
 
 router = APIRouter(prefix="/v1")
 
@@ -178,6 +185,29 @@ def _check_job_limits(session: Session, body: JobCreate, owner: str, role: Token
         )
 
 
+def _check_upload_job(body: JobCreate, model_info: dict[str, Any], dataset_info: dict[str, Any],
+                      settings: Settings) -> None:
+    """An uploaded model's options, and whether one training batch fits the memory its job runs within."""
+    try:
+        opts = UploadWorkloadOptions.parse(body.workload_options)
+    except (UploadError, TypeError) as exc:
+        raise _unprocessable("workload_options", str(exc), body.workload_options) from None
+    need = estimated_job_bytes(model_info, dataset_info, opts.batch_size)
+    limit = settings.upload_job_memory_bytes
+    if need is not None and need > limit:
+        fits = [b for b in (2**k for k in range(13))
+                if (estimated_job_bytes(model_info, dataset_info, b) or 0) <= limit]
+        hint = (f"at most about {fits[-1]}" if fits
+                else "no batch size fits: the model's or the dataset's size alone is above it")
+        raise _unprocessable(
+            ("workload_options", "batch_size"),
+            f"workload_options.batch_size: a job of model {body.model!r} at batch size {opts.batch_size} needs about "
+            f"{need // 2**20} MiB (activations of one training batch, the parameters' copies and the dataset), above "
+            f"the {limit // 2**20} MiB a job of an uploaded model runs within (MIXQ_UPLOAD_JOB_MEMORY_BYTES); {hint}",
+            opts.batch_size,
+        )
+
+
 def _validate_job(session: Session, body: JobCreate, owner: str, settings: Settings) -> None:
     """Checks that need the database or the search library; raise 422 naming the field.  What can be known
     before a worker starts is refused here rather than becoming a failed job: pins and groups that match no
@@ -189,9 +219,11 @@ def _validate_job(session: Session, body: JobCreate, owner: str, settings: Setti
         model = store.get_upload(session, owner, UploadKind.MODEL, body.model)
         if model is None:
             raise _unprocessable("model", f"no uploaded model named {body.model!r}", body.model)
-        if store.get_upload(session, owner, UploadKind.DATASET, body.dataset) is None:
+        dataset = store.get_upload(session, owner, UploadKind.DATASET, body.dataset)
+        if dataset is None:
             raise _unprocessable("dataset", f"no uploaded dataset named {body.dataset!r}", body.dataset)
         graph = layer_graph_of(model.info)  # None for an upload inspected before graphs were stored
+        _check_upload_job(body, model.info, dataset.info, settings)
     elif body.workload in BUILTIN_WORKLOADS:
         try:  # the architecture on the meta device: no weights, no data, no training
             graph = builtin_layer_graph(body.workload, body.workload_options)

@@ -51,6 +51,23 @@ class Settings(BaseSettings):
         default=0, ge=-1000, le=1000, description="highest job priority a non-operator token may ask for"
     )
 
+    # a job of an uploaded model runs in a child process of the worker under these limits (service.jobchild)
+    upload_job_memory_bytes: int = Field(
+        default=4 * 1024 * MIB, ge=64 * MIB,
+        description="address space one job of an uploaded model may map beyond its imports; a submission whose "
+        "estimated memory for one training batch is above it is refused (422 naming workload_options.batch_size)",
+    )
+    upload_job_cpu_s: int = Field(
+        default=24 * 3600, ge=1, description="CPU seconds one job of an uploaded model may use"
+    )
+    upload_job_file_bytes: int = Field(
+        default=64 * MIB, ge=0, description="largest file a job of an uploaded model may write (PostgreSQL only: "
+        "with SQLite the child writes the database file)",
+    )
+    max_concurrent_inspections: int = Field(
+        default=2, ge=1, le=64, description="uploads inspected at once (each in a child of up to 2 GiB); more: 429",
+    )
+
     worker_nice: int = Field(
         default=10, ge=0, le=19, description="CPU niceness of `mixq worker`: trials yield to the API on a shared box"
     )

@@ -91,13 +91,78 @@ def inspect_model_here(data: bytes) -> dict[str, Any]:
         graph = discover_layers(module, module.example_inputs())
     except LayerDiscoveryError as exc:
         raise UploadError(f"file: {exc}") from None
+    fixed, per_sample = activation_bytes(module)
     info: dict[str, Any] = {
         "format": "onnx", "layers": layers[:MAX_LISTED_LAYERS], "n_layers": len(layers),
         "onnx_names": {fqn: onnx_names.get(fqn, fqn) for fqn in layers[:MAX_LISTED_LAYERS]},
+        "input_shape": list(module.input_shapes[0]),
+        "param_bytes": sum(p.numel() * p.element_size() for p in module.parameters())
+        + sum(b.numel() * b.element_size() for b in module.buffers()),
+        "activation_bytes": {"fixed": fixed, "per_sample": per_sample},
     }
     if len(graph.layers) <= MAX_LISTED_LAYERS:
         info["graph"] = graph.as_dicts()
     return info
+
+
+def _forward_bytes(module: OnnxModule, batch: int) -> int:
+    """Bytes of every tensor storage one eval forward at ``batch`` creates (the input excluded): an upper
+    bound of the activations a training step keeps, since views share their storage."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    seen: set[int] = set()
+    total = 0
+
+    class CountStorages(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            nonlocal total
+            out = func(*args, **(kwargs or {}))
+            for leaf in tree_leaves(out):
+                if isinstance(leaf, torch.Tensor):
+                    storage = leaf.untyped_storage()
+                    if storage.data_ptr() not in seen:
+                        seen.add(storage.data_ptr())
+                        total += storage.nbytes()
+            return out
+
+    shape = tuple(module.input_shapes[0])
+    x = torch.zeros((batch, *shape[1:]))
+    seen.add(x.untyped_storage().data_ptr())
+    kept = []  # every output stays referenced until the count is done: a freed address is not reused unseen
+    with torch.no_grad(), CountStorages():
+        kept.append(module(x))
+    return total
+
+
+def activation_bytes(module: OnnxModule) -> tuple[int, int]:
+    """(fixed, per sample) bytes of the tensors one forward creates, from forwards at batch 1 and 2."""
+    one, two = _forward_bytes(module, 1), _forward_bytes(module, 2)
+    per_sample = max(0, two - one)
+    return max(0, one - per_sample), per_sample
+
+
+# a training step keeps each activation, its gradient and the fake-quantized copies of weights and inputs:
+# a few times the forward's tensors (measured: 2-3x on the built-ins; 4 leaves room)
+TRAINING_FACTOR = 4
+# per trial: the model, its fake-quant copy, gradients and Adam's two moments
+PARAM_COPIES = 6
+
+
+def estimated_job_bytes(model_info: dict[str, Any], dataset_info: dict[str, Any], batch_size: int) -> int | None:
+    """The memory a job of this upload needs at ``batch_size``: one training batch's activations, the
+    parameters' copies and the dataset as float32; None for an upload inspected before this was stored."""
+    act = model_info.get("activation_bytes")
+    if not isinstance(act, dict):
+        graph = layer_graph_of(model_info)
+        if graph is None:
+            return None
+        act = {"fixed": 0, "per_sample": 4 * sum(layer.output_numel + layer.input_numel for layer in graph.layers)}
+    data = sum(4 * math.prod(int(d) for d in arr.get("shape", [])) for arr in dataset_info.values()
+               if isinstance(arr, dict))
+    params = int(model_info.get("param_bytes", 0))
+    return TRAINING_FACTOR * (int(act["fixed"]) + int(act["per_sample"]) * batch_size) + PARAM_COPIES * params + data
 
 
 def layer_graph_of(info: dict[str, Any]) -> LayerGraph | None:
@@ -277,11 +342,16 @@ def build_workload(name: str, model_bytes: bytes, dataset: bytes, options: dict[
     ]
 
     def evaluate(module: nn.Module) -> float:
+        # in batches of batch_size: one forward over the whole test set holds every activation of every sample
+        total, n = 0.0, len(x_test)
         with torch.no_grad():
-            out = module(x_test)
-        if classify:
-            return float((out.argmax(dim=1) == y_test).float().mean())
-        return float(F.mse_loss(out, y_test))
+            for i in range(0, n, opts.batch_size):
+                out, target = module(x_test[i:i + opts.batch_size]), y_test[i:i + opts.batch_size]
+                if classify:
+                    total += float((out.argmax(dim=1) == target).sum())
+                else:
+                    total += float(F.mse_loss(out, target)) * len(target)
+        return total / n
 
     return Workload(
         name=name, model=model, example_inputs=(x_train[:1],), train_batches=train_batches,

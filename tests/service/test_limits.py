@@ -139,3 +139,134 @@ def test_active_job_limit_holds_under_concurrent_submissions(
     assert codes == [201, 201] + [429] * (N_CONCURRENT - 2)
     with db.session() as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 2
+
+
+# --- uploads past the API (issue 21): the worker trains them inside limits --------------------------------
+
+WIDE = 32768  # hidden width of the blow-up model: 128 KiB of activations per sample and layer
+
+
+def wide_onnx(width: int = WIDE, features: int = 16, classes: int = 3) -> bytes:
+    """A tiny ONNX (two MatMuls around a ReLU) whose activations grow with the batch: ``width`` floats per
+    sample after the first MatMul."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array((rng.standard_normal((features, width)) * 0.1).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array((rng.standard_normal((width, classes)) * 0.01).astype(np.float32), "w2")
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"),
+             helper.make_node("Relu", ["h"], ["r"], name="act"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="down")]
+    graph = helper.make_graph(nodes, "wide", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, features])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, classes])], [w1, w2])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def wide_npz(n_train: int = 64, n_test: int = 16, features: int = 16) -> bytes:
+    import io
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    np.savez(buf, x_train=rng.standard_normal((n_train, features)).astype(np.float32),
+             y_train=rng.integers(0, 3, n_train), x_test=rng.standard_normal((n_test, features)).astype(np.float32),
+             y_test=rng.integers(0, 3, n_test))
+    return buf.getvalue()
+
+
+UPLOAD_JOB = {**FAST_JOB, "workload": "wide", "pin_first_last": None, "model": "wide", "dataset": "wide",
+              "n_trials": 2, "qat_steps": 2}
+
+
+def _store_uploads(db: Database, model: bytes, dataset: bytes) -> None:
+    import hashlib
+
+    from service.models import UploadKind
+    from service.uploads import inspect_model_here
+
+    with db.session() as session:
+        store.add_upload(session, "local", UploadKind.MODEL, "wide", model, hashlib.sha256(model).hexdigest(),
+                         inspect_model_here(model))
+        store.add_upload(session, "local", UploadKind.DATASET, "wide", dataset, hashlib.sha256(dataset).hexdigest(),
+                         inspect_dataset_here(dataset))
+
+
+def _run_upload_job(db: Database, settings: Settings, batch_size: int) -> tuple[Any, Any]:
+    from service.worker import Worker
+
+    with db.session() as session:  # straight into the queue: the submission check is tested on its own
+        job_id = store.add_job(session, "local", {**UPLOAD_JOB, "workload_options": {"batch_size": batch_size}},
+                               2, 0, None).id
+    with db.session() as session:
+        assert store.claim_queued_job(session) == job_id
+    worker = Worker(db, settings)
+    worker.run_job(job_id)
+    with db.session() as session:
+        job = store.get_job(session, job_id)
+        assert job is not None
+        return (job.status, job.error), worker.last_child
+
+
+def test_worker_trains_an_uploaded_model_in_a_child_under_a_memory_limit(settings: Settings, db: Database) -> None:
+    """One training batch of 4096 through the wide model is ~0.5 GiB per activation (a couple of GiB for a
+    step): in a child limited to 256 MiB the job fails naming the limit, and the child's peak RSS (wait4)
+    stays within the limit above what a small job's child uses."""
+    _store_uploads(db, wide_onnx(), wide_npz(n_train=4096))
+    limit = 256 * 2**20
+    limited = settings.model_copy(update={"upload_job_memory_bytes": limit})
+    (status, error), small = _run_upload_job(db, limited, batch_size=8)
+    assert status == "succeeded", error
+    assert small is not None and small.returncode == 0  # it ran in a child
+    (status, error), big = _run_upload_job(db, limited, batch_size=4096)
+    assert status == "failed"
+    assert "MIXQ_UPLOAD_JOB_MEMORY_BYTES" in error and "batch_size" in error, error
+    assert big is not None
+    assert big.max_rss_bytes < small.max_rss_bytes + limit, (big.max_rss_bytes, small.max_rss_bytes)
+
+
+EVAL_SCRIPT = """
+import resource, sys
+import torch
+from service.uploads import build_workload
+sys.path.insert(0, "tests/service")
+from test_limits import wide_onnx, wide_npz
+torch.set_num_threads(1)
+w = build_workload("wide", wide_onnx(), wide_npz(n_test=4096), {"batch_size": 16})
+w.model(*w.example_inputs)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+quality = w.evaluate(w.model)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, quality)
+"""
+
+
+def test_uploaded_model_is_evaluated_in_bounded_batches() -> None:
+    """A 4096-sample test set through the wide model: one forward would hold 4096 x 32768 floats (512 MiB)
+    twice; in batches of batch_size the evaluating child's peak RSS grows by a few MiB."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", EVAL_SCRIPT], capture_output=True, text=True, cwd=root, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(root)}, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    grown_kib, quality = done.stdout.split()
+    assert 0.0 <= float(quality) <= 1.0
+    assert int(grown_kib) < 64 * 1024, f"evaluation grew the peak RSS by {int(grown_kib) // 1024} MiB"
+
+
+def test_submission_refuses_a_batch_that_cannot_fit_the_job_memory(settings: Settings, db: Database) -> None:
+    _store_uploads(db, wide_onnx(), wide_npz())
+    with _client(settings, db, upload_job_memory_bytes=256 * 2**20) as client:
+        r = client.post("/v1/jobs", json={**UPLOAD_JOB, "workload_options": {"batch_size": 4096}})
+        assert r.status_code == 422, r.text
+        detail = r.json()["detail"][0]
+        assert detail["loc"] == ["body", "workload_options", "batch_size"]
+        assert "MIXQ_UPLOAD_JOB_MEMORY_BYTES" in detail["msg"] and "at most about" in detail["msg"]
+        r = client.post("/v1/jobs", json={**UPLOAD_JOB, "workload_options": {"batch_size": 8}})
+        assert r.status_code == 201, r.text
+        r = client.post("/v1/jobs", json={**UPLOAD_JOB, "workload_options": {"batch_size": 0}})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "workload_options"], r.text
