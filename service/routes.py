@@ -23,7 +23,7 @@ from search import BUILTIN_WORKLOADS, CostObjective, ProfileError, SamplerName, 
 from search.quant.formats import summarize_assignment
 from search.quant.layers import LayerGraph
 from search.study.space import SearchSpaceError, build_space
-from search.workloads import WorkloadError, builtin_layer_graph
+from search.workloads import WorkloadError, builtin_layer_graph, pretrain_steps_of
 from service import auth, store
 from service.db import Database
 from service.deps import DbDep, OwnerDep, RoleDep, SettingsDep, StreamOwnerDep
@@ -170,11 +170,16 @@ def _check_job_limits(session: Session, body: JobCreate, owner: str, role: Token
             403, f"priority: {body.priority} is above {settings.max_priority_without_operator}, which needs an "
             "operator token (`mixq token create --role operator`; MIXQ_MAX_PRIORITY_WITHOUT_OPERATOR)",
         )
-    steps = body.n_trials * body.qat_steps
+    pretrain = pretrain_steps_of(body.workload, body.workload_options) if body.model is None else 0
+    steps = body.n_trials * body.qat_steps + pretrain
     if steps > settings.max_qat_steps_per_job:
+        field: str | tuple[str, str] = "qat_steps"
+        if pretrain > settings.max_qat_steps_per_job // 2:
+            field = ("workload_options", "pretrain_steps")
         raise _unprocessable(
-            "qat_steps", f"n_trials x qat_steps = {body.n_trials} x {body.qat_steps} = {steps} is above the limit of "
-            f"{settings.max_qat_steps_per_job} QAT steps per job (MIXQ_MAX_QAT_STEPS_PER_JOB)", body.qat_steps,
+            field, f"n_trials x qat_steps + pretrain_steps = {body.n_trials} x {body.qat_steps} + {pretrain} = {steps} "
+            f"is above the limit of {settings.max_qat_steps_per_job} training steps per job "
+            "(MIXQ_MAX_QAT_STEPS_PER_JOB)", body.qat_steps if field == "qat_steps" else pretrain,
         )
     active = store.active_job_count(session, owner)
     if active >= settings.max_active_jobs_per_owner:

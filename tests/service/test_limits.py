@@ -46,12 +46,49 @@ def test_active_jobs_per_owner_is_429_naming_the_limit(limited: TestClient) -> N
 
 
 def test_training_work_per_job_is_422_naming_the_fields(limited: TestClient) -> None:
-    r = limited.post("/v1/jobs", json={**FAST_JOB, "n_trials": 30, "qat_steps": 5})  # 150 > 100
+    r = limited.post("/v1/jobs", json={**FAST_JOB, "n_trials": 30, "qat_steps": 5})  # 150 + 30 > 100
     assert r.status_code == 422, r.text
     detail = r.json()["detail"][0]
     assert detail["loc"] == ["body", "qat_steps"]
-    assert "30 x 5 = 150" in detail["msg"] and "MIXQ_MAX_QAT_STEPS_PER_JOB" in detail["msg"]
-    assert limited.post("/v1/jobs", json={**FAST_JOB, "n_trials": 20, "qat_steps": 5}).status_code == 201
+    assert "30 x 5 + 30 = 180" in detail["msg"] and "MIXQ_MAX_QAT_STEPS_PER_JOB" in detail["msg"]
+    assert limited.post("/v1/jobs", json={**FAST_JOB, "n_trials": 14, "qat_steps": 5}).status_code == 201
+
+
+def test_work_limit_counts_pretraining(limited: TestClient) -> None:
+    """Pretraining is training work too (issue 21): a built-in's pretrain_steps, given or its default."""
+    r = limited.post("/v1/jobs", json={**FAST_JOB, "n_trials": 2, "qat_steps": 5,
+                                       "workload_options": {"pretrain_steps": 95}})  # 10 + 95 > 100
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"][0]
+    assert detail["loc"] == ["body", "workload_options", "pretrain_steps"]
+    assert "2 x 5 + 95 = 105" in detail["msg"]
+    r = limited.post("/v1/jobs", json={**FAST_JOB, "n_trials": 2, "qat_steps": 5, "workload_options": {}})
+    assert r.status_code == 422 and "+ 600 =" in r.json()["detail"][0]["msg"], r.text  # digits' default
+
+
+@pytest.mark.parametrize(("workload", "option", "value", "allowed"), [
+    ("digits", "batch_size", 10**8, "1..4096"),
+    ("digits", "pretrain_steps", 10**9, "1..100000"),
+    ("digits", "batch_size", 0, "1..4096"),
+    ("denoise", "patch_size", 100_000, "4..256"),
+    ("denoise", "eval_size", 10_000, "8..427"),
+    ("denoise-deep", "batch_size", 100_000, "1..256"),
+    ("denoise-deep", "pretrain_steps", -1, "1..100000"),
+])
+def test_builtin_workload_options_are_bounded(
+    client: TestClient, workload: str, option: str, value: int, allowed: str
+) -> None:
+    r = client.post("/v1/jobs", json={**FAST_JOB, "workload": workload, "workload_options": {option: value}})
+    assert r.status_code == 422, r.text
+    msg = r.json()["detail"][0]["msg"]
+    assert f"workload_options.{option}" in msg and allowed in msg, msg
+
+
+def test_a_dncnn_training_batch_is_bounded_as_a_whole(client: TestClient) -> None:
+    r = client.post("/v1/jobs", json={**FAST_JOB, "workload": "denoise", "workload_options": {
+        "pretrain_steps": 30, "batch_size": 256, "patch_size": 256, "width": 1024, "depth": 200}})
+    assert r.status_code == 422, r.text
+    assert "workload_options.batch_size" in r.json()["detail"][0]["msg"]
 
 
 def test_upload_bytes_per_owner_is_429(limited: TestClient, settings: Settings, db: Database) -> None:
