@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.state.settings = settings
     app.state.db = db
     app.state.pareto_views = ParetoViews()
+    app.state.inspections = threading.BoundedSemaphore(settings.max_concurrent_inspections)
     keep_tokens_out_of_logs()
 
     def job_counts() -> dict[str, int]:

@@ -7,9 +7,10 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-from collections.abc import AsyncIterator, Sequence
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, File, Form, Header, HTTPException, Path, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -18,6 +19,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile as StarletteUploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from search import BUILTIN_WORKLOADS, CostObjective, ProfileError, SamplerName, builtin_profiles, parse_profile_text
 from search.quant.formats import summarize_assignment
@@ -451,18 +453,46 @@ async def _read_upload(file: StarletteUploadFile, limit: int) -> bytes:
     return data
 
 
+INSPECTION_RETRY_AFTER_S = 5
+
+
+def _check_quota(session: Session, owner: str, size: int, settings: Settings) -> None:
+    held = store.upload_bytes_of_owner(session, owner)
+    if held + size > settings.max_upload_bytes_per_owner:
+        raise HTTPException(
+            429, f"file: {owner!r} holds {held} bytes of uploads; {size} more would pass the limit of "
+            f"{settings.max_upload_bytes_per_owner} bytes per owner (MIXQ_MAX_UPLOAD_BYTES_PER_OWNER)",
+        )
+
+
+def _inspect(request: Request, db: Database, owner: str, data: bytes, settings: Settings,
+             inspect: Callable[[bytes], Any]) -> Any:
+    """``inspect(data)`` in the sandbox once the owner's quota has room for ``data`` and a place among the
+    inspections running at once is free (MIXQ_MAX_CONCURRENT_INSPECTIONS; else 429 with Retry-After)."""
+    with db.session() as session:  # before the child: an owner over the quota costs no inspection
+        _check_quota(session, owner, len(data), settings)
+    slots: threading.BoundedSemaphore = request.app.state.inspections
+    if not slots.acquire(blocking=False):
+        raise HTTPException(
+            429, f"file: {settings.max_concurrent_inspections} uploads are being inspected, the limit "
+            f"(MIXQ_MAX_CONCURRENT_INSPECTIONS); retry in {INSPECTION_RETRY_AFTER_S} s",
+            headers={"Retry-After": str(INSPECTION_RETRY_AFTER_S)},
+        )
+    try:
+        return inspect(data)
+    except UploadError as exc:
+        raise _unprocessable("file", str(exc)) from None
+    finally:
+        slots.release()
+
+
 def _store_upload(
     db: Database, owner: str, kind: UploadKind, name: str, data: bytes, info: dict[str, Any], settings: Settings
 ) -> UploadOut:
     try:
         with db.session() as session:
             store.lock_owner(session, owner)  # the quota's sum holds until the insert commits
-            held = store.upload_bytes_of_owner(session, owner)
-            if held + len(data) > settings.max_upload_bytes_per_owner:
-                raise HTTPException(
-                    429, f"file: {owner!r} holds {held} bytes of uploads; {len(data)} more would pass the limit of "
-                    f"{settings.max_upload_bytes_per_owner} bytes per owner (MIXQ_MAX_UPLOAD_BYTES_PER_OWNER)",
-                )
+            _check_quota(session, owner, len(data), settings)
             row = store.add_upload(session, owner, kind, name, data, hashlib.sha256(data).hexdigest(), info)
             return UploadOut.model_validate(row)
     except IntegrityError:
@@ -472,31 +502,49 @@ def _store_upload(
 @router.post("/models", response_model=UploadOut, status_code=201)
 async def upload_model(
     file: Annotated[UploadFile, File(description="an fp32 ONNX model (.onnx, opset >= 13); .pt2 is refused")],
-    name: Annotated[str, Form(max_length=100)], db: DbDep, owner: OwnerDep, settings: SettingsDep,
+    name: Annotated[str, Form(max_length=100)], db: DbDep, owner: OwnerDep, settings: SettingsDep, request: Request,
 ) -> UploadOut:
     """Upload a model.  It is parsed in a sandboxed child process against an operator allow-list; nothing in it
     is evaluated, unpickled or turned into code."""
     _check_name(name)
     data = await _read_upload(file, settings.max_model_bytes)
-    try:
-        sanitized, info = await run_in_threadpool(inspect_model, data)
-    except UploadError as exc:
-        raise _unprocessable("file", str(exc)) from None
+    sanitized, info = await run_in_threadpool(_inspect, request, db, owner, data, settings, inspect_model)
     return await run_in_threadpool(_store_upload, db, owner, UploadKind.MODEL, name, sanitized, info, settings)
 
 
 @router.post("/datasets", response_model=UploadOut, status_code=201)
 async def upload_dataset(
     file: Annotated[UploadFile, File(description=".npz with x_train, y_train[, x_test, y_test]")],
-    name: Annotated[str, Form(max_length=100)], db: DbDep, owner: OwnerDep, settings: SettingsDep,
+    name: Annotated[str, Form(max_length=100)], db: DbDep, owner: OwnerDep, settings: SettingsDep, request: Request,
 ) -> UploadOut:
     _check_name(name)
     data = await _read_upload(file, settings.max_dataset_bytes)
-    try:
-        info = await run_in_threadpool(inspect_dataset, data)
-    except UploadError as exc:
-        raise _unprocessable("file", str(exc)) from None
+    info = await run_in_threadpool(_inspect, request, db, owner, data, settings, inspect_dataset)
     return await run_in_threadpool(_store_upload, db, owner, UploadKind.DATASET, name, data, info, settings)
+
+
+T = TypeVar("T")
+
+
+def _too_large(exc: BaseException) -> bool:
+    return isinstance(exc, StarletteHTTPException) and exc.status_code == 413
+
+
+async def _within_body_limit(reading: Awaitable[T], settings: Settings) -> T:
+    """``await reading`` (the body, or the form); a body over the limit is a JSON 413.  Starlette's limiter
+    raises its 413 inside ``receive``, which the request-counting middleware's task group wraps in an
+    exception group that no handler matches: without this it was a 500."""
+    limit = settings.max_profile_bytes
+    try:
+        return await reading
+    except BaseExceptionGroup as group:
+        if group.subgroup(_too_large) is not None:
+            raise HTTPException(413, f"body: larger than the limit of {limit} bytes") from None
+        raise
+    except StarletteHTTPException as exc:
+        if _too_large(exc):
+            raise HTTPException(413, f"body: larger than the limit of {limit} bytes") from None
+        raise
 
 
 @router.post(
@@ -512,13 +560,15 @@ async def upload_profile(request: Request, db: DbDep, owner: OwnerDep, settings:
     """A target profile as a JSON body or a YAML/JSON file (multipart ``file``); named by its ``name``."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=4, max_part_size=settings.max_profile_bytes)
+        form = await _within_body_limit(
+            request.form(max_files=1, max_fields=4, max_part_size=settings.max_profile_bytes), settings
+        )
         upload = form.get("file")
         if not isinstance(upload, StarletteUploadFile):
             raise _unprocessable("file", "a multipart 'file' part is required")
         raw = await _read_upload(upload, settings.max_profile_bytes)
     else:
-        raw = await request.body()
+        raw = await _within_body_limit(request.body(), settings)
         if len(raw) > settings.max_profile_bytes:
             raise HTTPException(413, f"body: larger than the limit of {settings.max_profile_bytes} bytes")
     try:

@@ -158,7 +158,7 @@ def test_upload_quota_holds_under_concurrent_uploads(
     # inspected in-process: six sandbox children at once would spread the requests over seconds
     monkeypatch.setattr(routes, "inspect_dataset", inspect_dataset_here)
     _slow_read(monkeypatch, "upload_bytes_of_owner")
-    with _client(settings, db, max_upload_bytes_per_owner=quota) as client:
+    with _client(settings, db, max_upload_bytes_per_owner=quota, max_concurrent_inspections=N_CONCURRENT) as client:
         codes = _at_once(N_CONCURRENT, lambda i: client.post(
             "/v1/datasets", files={"file": ("d.npz", data)}, data={"name": f"d{i}"}).status_code)
     assert codes == [201, 201] + [429] * (N_CONCURRENT - 2)
@@ -307,3 +307,67 @@ def test_submission_refuses_a_batch_that_cannot_fit_the_job_memory(settings: Set
         assert r.status_code == 201, r.text
         r = client.post("/v1/jobs", json={**UPLOAD_JOB, "workload_options": {"batch_size": 0}})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "workload_options"], r.text
+
+
+# --- inspections bounded, the quota first; profiles over the body limit (issue 21) ------------------------
+
+
+def test_concurrent_inspections_are_bounded_with_retry_after(
+    settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    started: list[int] = []
+
+    def slow_inspection(data: bytes) -> dict[str, Any]:
+        started.append(len(data))
+        release.wait(30)
+        return inspect_dataset_here(data)
+
+    monkeypatch.setattr(routes, "inspect_dataset", slow_inspection)
+    data = npz_bytes()
+    with _client(settings, db, max_concurrent_inspections=2) as client, ThreadPoolExecutor(2) as pool:
+        running = [pool.submit(client.post, "/v1/datasets", files={"file": ("d.npz", data)}, data={"name": f"d{i}"})
+                   for i in range(2)]
+        deadline = time.monotonic() + 30
+        while len(started) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        third = client.post("/v1/datasets", files={"file": ("d.npz", data)}, data={"name": "d2"})
+        release.set()
+        assert [f.result().status_code for f in running] == [201, 201]
+    assert third.status_code == 429, third.text
+    assert third.headers["Retry-After"].isdigit()
+    assert "MIXQ_MAX_CONCURRENT_INSPECTIONS" in third.json()["detail"]
+    assert len(started) == 2  # the third never started a child
+
+
+def test_upload_quota_is_checked_before_inspecting(
+    settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inspected: list[int] = []
+
+    def counting(data: bytes) -> dict[str, Any]:
+        inspected.append(len(data))
+        return inspect_dataset_here(data)
+
+    monkeypatch.setattr(routes, "inspect_dataset", counting)
+    data = npz_bytes()
+    with _client(settings, db, max_upload_bytes_per_owner=len(data) + 10) as client:
+        codes = [client.post("/v1/datasets", files={"file": ("d.npz", data)}, data={"name": f"d{i}"}).status_code
+                 for i in range(2)]
+    assert codes == [201, 429]
+    assert len(inspected) == 1  # the upload past the quota cost no inspection
+
+
+@pytest.mark.parametrize("how", ["json", "chunked", "multipart"])
+def test_profile_over_the_body_limit_is_413(settings: Settings, db: Database, how: str) -> None:
+    big = b'{"name": "' + b"x" * 200_000 + b'"}'
+    with _client(settings, db, max_profile_bytes=1000) as client:
+        if how == "json":
+            r = client.post("/v1/profiles", content=big, headers={"content-type": "application/json"})
+        elif how == "chunked":
+            r = client.post("/v1/profiles", content=iter([big]), headers={"content-type": "application/json"})
+        else:
+            r = client.post("/v1/profiles", files={"file": ("p.yaml", big)})
+        assert r.status_code == 413, r.text
+        assert r.headers["content-type"].startswith("application/json") and "limit" in r.json()["detail"]
+        assert client.get("/livez").status_code == 200
