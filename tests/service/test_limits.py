@@ -371,3 +371,134 @@ def test_profile_over_the_body_limit_is_413(settings: Settings, db: Database, ho
         assert r.status_code == 413, r.text
         assert r.headers["content-type"].startswith("application/json") and "limit" in r.json()["detail"]
         assert client.get("/livez").status_code == 200
+
+
+# --- names that cannot collide with mixq's own; free axes only where the model has them (issue 21) -------
+
+
+def two_gemm_onnx(second_name: str, first_name: str = "first") -> bytes:
+    """x (1, 16) -> Gemm 16->256 -> Relu -> Gemm 256->3, the nodes named as given."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.1).astype(np.float32), n)
+             for n, s in (("w1", (256, 16)), ("b1", (256,)), ("w2", (3, 256)), ("b2", (3,)))]
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name=first_name, transB=1),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name=second_name, transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_a_node_named_like_mixqs_output_quantizer_keeps_its_layer() -> None:
+    import torch
+
+    from search.quant.formats import parse_format
+    from search.quant.qat import OUTPUT_QUANT_ATTR, quantize_model
+    from service.uploads import inspect_model_here, load_model
+
+    data = two_gemm_onnx(OUTPUT_QUANT_ATTR)
+    info = inspect_model_here(data)
+    assert OUTPUT_QUANT_ATTR not in info["layers"] and len(info["layers"]) == 2
+    assert OUTPUT_QUANT_ATTR in info["onnx_names"].values()  # the file's name is still shown
+    model = load_model(data)
+    x = torch.randn(4, 16)
+    fp32 = model(x)
+    quantize_model(model, {name: parse_format("int8") for name in info["layers"]}, (x[:1],))
+    out = model(x)
+    assert out.shape == (4, 3)  # the last Gemm was not replaced by the output quantizer
+    assert torch.allclose(out, fp32, atol=0.05)
+
+
+@pytest.mark.parametrize("name", ["training", "onnx_names", "input_shapes", "_modules", "forward"])
+def test_a_node_named_like_an_attribute_of_the_module_imports(name: str) -> None:
+    from service.uploads import inspect_model_here
+
+    info = inspect_model_here(two_gemm_onnx(name))
+    assert name not in info["layers"] and list(info["onnx_names"].values()) == ["first", name]
+
+
+def test_a_torch_model_with_mixqs_reserved_name_is_refused_not_replaced() -> None:
+    import torch
+    from torch import nn
+
+    from search.errors import QuantizationError
+    from search.quant.formats import parse_format
+    from search.quant.qat import quantize_model
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 8)
+            self.mixq_output_quant = nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.mixq_output_quant(self.fc(x))
+
+    with pytest.raises(QuantizationError, match="mixq_output_quant"):
+        quantize_model(Net(), {"fc": parse_format("int8"), "mixq_output_quant": parse_format("int8")},
+                       (torch.zeros(1, 4),))
+
+
+def test_export_verification_compares_with_the_original_model(tmp_path: Any) -> None:
+    import torch
+    from torch import nn
+
+    from search.errors import ExportError
+    from search.quant.export_onnx import export_onnx, verify_onnx
+
+    lost_a_layer = nn.Linear(16, 256).eval()  # what a quantized copy that lost its last Gemm computes
+    path = export_onnx(lost_a_layer, (torch.zeros(1, 16),), tmp_path / "m.onnx")
+    assert verify_onnx(lost_a_layer, (torch.zeros(1, 16),), path) < 1e-5  # agrees with itself
+    with pytest.raises(ExportError, match="original fp32 model"):
+        verify_onnx(nn.Sequential(nn.Linear(16, 256), nn.ReLU(), nn.Linear(256, 3)), (torch.zeros(1, 16),), path,
+                    what="original fp32 model")
+
+
+def test_conv_flatten_linear_from_onnx_is_exported_without_free_spatial_axes(tmp_path: Any) -> None:
+    """A fixed-width Reshape after a Conv: at twice the size the model folds the extra pixels into rows (a
+    batch of 2 at 16x16 gives 8 rows), so the spatial axes must stay static."""
+    import io
+    import json
+    import warnings
+
+    import onnx
+    import torch
+    from torch import nn
+
+    from search.quant.export_onnx import StaticShapesWarning, export_onnx, onnxruntime_session
+    from search.quant.formats import parse_format
+    from search.quant.qat import quantize_model
+    from service.uploads import load_model
+
+    class ConvReshapeLinear(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.fc = nn.Linear(4 * 8 * 8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.conv(x).reshape(-1, 4 * 8 * 8))
+
+    buf = io.BytesIO()
+    torch.onnx.export(ConvReshapeLinear().eval(), (torch.zeros(1, 1, 8, 8),), buf, dynamo=False, opset_version=17)
+    model = load_model(buf.getvalue())
+    example = (torch.randn(1, 1, 8, 8),)
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    quantize_model(model, {n: parse_format("int8") for n in names}, example)
+    with torch.no_grad():
+        model(example[0])  # calibrates the activation quantizers
+    model.eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", StaticShapesWarning)
+        path = export_onnx(model, example, tmp_path / "m.onnx")
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(props["mixq.dynamic_axes"])["input_0"] == ["batch"]
+    assert any(issubclass(w.category, StaticShapesWarning) for w in caught)
+    session = onnxruntime_session(path)
+    out = session.run(None, {"input_0": torch.randn(2, 1, 8, 8).numpy()})[0]
+    assert out.shape == (2, 3)
+    with pytest.raises(Exception):  # noqa: B017 - onnxruntime's own error: 16x16 is refused, not 8 rows
+        session.run(None, {"input_0": torch.randn(2, 1, 16, 16).numpy()})
