@@ -106,33 +106,26 @@ def inspect_model_here(data: bytes) -> dict[str, Any]:
 
 
 def _forward_bytes(module: OnnxModule, batch: int) -> int:
-    """Bytes of every tensor storage one eval forward at ``batch`` creates (the input excluded): an upper
-    bound of the activations a training step keeps, since views share their storage."""
+    """Bytes of the tensors one training forward at ``batch`` keeps for its backward (each storage once, the
+    input's included): the activations a training step holds."""
     import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_leaves
 
     seen: set[int] = set()
     total = 0
 
-    class CountStorages(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-            nonlocal total
-            out = func(*args, **(kwargs or {}))
-            for leaf in tree_leaves(out):
-                if isinstance(leaf, torch.Tensor):
-                    storage = leaf.untyped_storage()
-                    if storage.data_ptr() not in seen:
-                        seen.add(storage.data_ptr())
-                        total += storage.nbytes()
-            return out
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen and not isinstance(t, torch.nn.Parameter):
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+        return t
 
     shape = tuple(module.input_shapes[0])
-    x = torch.zeros((batch, *shape[1:]))
-    seen.add(x.untyped_storage().data_ptr())
-    kept = []  # every output stays referenced until the count is done: a freed address is not reused unseen
-    with torch.no_grad(), CountStorages():
-        kept.append(module(x))
+    x = torch.zeros((batch, *shape[1:]), requires_grad=True)
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = module(x)  # kept until the count is done: a freed address is not reused unseen
+    del out
     return total
 
 
