@@ -51,6 +51,7 @@ from service.settings import Settings
 from service.uploads import (
     UploadError,
     UploadWorkloadOptions,
+    check_dataset_fits,
     estimated_job_bytes,
     inspect_dataset,
     inspect_model,
@@ -199,6 +200,10 @@ def _check_upload_job(body: JobCreate, model_info: dict[str, Any], dataset_info:
         opts = UploadWorkloadOptions.parse(body.workload_options)
     except (UploadError, TypeError) as exc:
         raise _unprocessable("workload_options", str(exc), body.workload_options) from None
+    try:
+        check_dataset_fits(body.model or "", model_info, dataset_info)
+    except UploadError as exc:
+        raise _unprocessable("dataset", str(exc), body.dataset) from None
     need = estimated_job_bytes(model_info, dataset_info, opts.batch_size)
     limit = settings.upload_job_memory_bytes
     if need is not None and need > limit:

@@ -77,6 +77,7 @@ MAX_LISTED_LAYERS = 1000  # layers kept in an upload's info; a larger model's re
 def inspect_model_here(data: bytes) -> dict[str, Any]:
     """Layer names of an uploaded model and its layer graph (execution order, kinds, shapes: what a job's pins
     and groups are checked against at submission); what the sandboxed child runs."""
+    import torch
     from torch import nn
 
     from search.quant.layers import LayerDiscoveryError, discover_layers
@@ -92,6 +93,8 @@ def inspect_model_here(data: bytes) -> dict[str, Any]:
     except LayerDiscoveryError as exc:
         raise UploadError(f"file: {exc}") from None
     fixed, per_sample = activation_bytes(module)
+    with torch.no_grad():
+        out = module(*module.example_inputs())
     info: dict[str, Any] = {
         "format": "onnx", "layers": layers[:MAX_LISTED_LAYERS], "n_layers": len(layers),
         "onnx_names": {fqn: onnx_names.get(fqn, fqn) for fqn in layers[:MAX_LISTED_LAYERS]},
@@ -100,6 +103,8 @@ def inspect_model_here(data: bytes) -> dict[str, Any]:
         + sum(b.numel() * b.element_size() for b in module.buffers()),
         "activation_bytes": {"fixed": fixed, "per_sample": per_sample},
     }
+    if isinstance(out, torch.Tensor):  # what a dataset's targets are checked against at submission
+        info["output_shape"] = list(out.shape)
     if len(graph.layers) <= MAX_LISTED_LAYERS:
         info["graph"] = graph.as_dicts()
     return info
@@ -194,6 +199,7 @@ _ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 MAX_ARRAY_BYTES = 2 * 1024**3  # all arrays of one dataset together, decompressed
 MAX_EXPANSION = 64  # decompressed bytes per upload byte: real data compresses far less; a bomb ~1000x
 _NPY_HEADER_MAX = 64 * 1024
+MAX_ABS_VALUE = 1e15  # squared (MSE) still far from float32's 3.4e38
 
 
 def _read_npy_header(member: IO[bytes], name: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
@@ -255,8 +261,14 @@ def load_arrays(data: bytes) -> dict[str, np.ndarray]:
     for name, arr in arrays.items():
         if arr.dtype.kind not in "biuf":
             raise UploadError(f"file: array {name!r} has dtype {arr.dtype}; numeric arrays only")
+        if arr.dtype.byteorder == ">":
+            raise UploadError(f"file: array {name!r} is big-endian ({arr.dtype.str}); save little-endian arrays "
+                              "(arr.astype(arr.dtype.newbyteorder('<')))")
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise UploadError(f"file: array {name!r} contains NaN or inf")
+        if arr.size and max(abs(float(arr.max())), abs(float(arr.min()))) > MAX_ABS_VALUE:
+            raise UploadError(f"file: array {name!r} holds values beyond +-{MAX_ABS_VALUE:g}, which overflow "
+                              "float32 in training; scale the data")
         if arr.ndim == 0 or arr.shape[0] < 2:
             raise UploadError(f"file: array {name!r} needs at least 2 samples along axis 0")
     for split in ("train", "test"):
@@ -268,7 +280,43 @@ def load_arrays(data: bytes) -> dict[str, np.ndarray]:
 def inspect_dataset_here(data: bytes) -> dict[str, Any]:
     """Array shapes and dtypes of an uploaded dataset; what the sandboxed child runs."""
     arrays = load_arrays(data)
-    return {name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in arrays.items()}
+    info: dict[str, Any] = {}
+    for name, a in arrays.items():
+        info[name] = {"shape": list(a.shape), "dtype": str(a.dtype)}
+        if name.startswith("y_") and a.dtype.kind in "biu" and a.size:  # class labels: checked against the model
+            info[name] |= {"min": int(a.min()), "max": int(a.max())}
+    return info
+
+
+def check_dataset_fits(model_name: str, model_info: dict[str, Any], dataset_info: dict[str, Any]) -> None:
+    """Raise UploadError naming the array when a dataset's samples or targets do not fit the model (from the
+    stored inspections: nothing is loaded); an upload inspected before these were stored passes."""
+    input_shape = model_info.get("input_shape")
+    output_shape = model_info.get("output_shape")
+    for name in ("x_train", "x_test"):
+        arr = dataset_info.get(name)
+        if isinstance(arr, dict) and input_shape is not None and list(arr["shape"][1:]) != list(input_shape[1:]):
+            raise UploadError(f"dataset: array {name!r} holds samples of shape {list(arr['shape'][1:])}; model "
+                              f"{model_name!r} takes {list(input_shape[1:])} (its input is {list(input_shape)})")
+    if output_shape is None:
+        return
+    for name in ("y_train", "y_test"):
+        arr = dataset_info.get(name)
+        if not isinstance(arr, dict):
+            continue
+        if np.dtype(arr["dtype"]).kind in "biu":  # classification: one label per sample, below the class count
+            classes = output_shape[1] if len(output_shape) == 2 else None
+            if classes is None or len(arr["shape"]) != 1:
+                raise UploadError(f"dataset: array {name!r} holds integer labels (classification), of shape "
+                                  f"{arr['shape']}; model {model_name!r} outputs {list(output_shape)}: integer labels "
+                                  "need one label per sample and an output of (batch, classes)")
+            if "min" in arr and not (arr["min"] >= 0 and arr["max"] < classes):
+                raise UploadError(f"dataset: array {name!r} holds labels {arr['min']}..{arr['max']}; model "
+                                  f"{model_name!r} has {classes} outputs: labels 0..{classes - 1}")
+        elif list(arr["shape"][1:]) != list(output_shape[1:]):  # regression: targets shaped like the output
+            raise UploadError(f"dataset: array {name!r} holds float targets (regression) of shape "
+                              f"{list(arr['shape'][1:])} per sample; model {model_name!r} outputs "
+                              f"{list(output_shape[1:])} per sample")
 
 
 def inspect_dataset(data: bytes, limits: SandboxLimits | None = None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import pytest
 from conftest import FAST_JOB
 from fastapi.testclient import TestClient
@@ -502,3 +503,72 @@ def test_conv_flatten_linear_from_onnx_is_exported_without_free_spatial_axes(tmp
     assert out.shape == (2, 3)
     with pytest.raises(Exception):  # noqa: B017 - onnxruntime's own error: 16x16 is refused, not 8 rows
         session.run(None, {"input_0": torch.randn(2, 1, 16, 16).numpy()})
+
+
+# --- datasets that do not fit the model: refused at upload or submission, naming the array (issue 21) ------
+
+
+def _npz(**arrays: Any) -> bytes:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _misfits() -> list[Any]:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 16)).astype(np.float32)
+    y = rng.integers(0, 3, 32)
+    return [
+        pytest.param({"x_train": rng.standard_normal((32, 15)).astype(np.float32), "y_train": y}, "x_train",
+                     "[15]", id="sample-shape"),
+        pytest.param({"x_train": x, "y_train": y, "x_test": rng.standard_normal((8, 4, 4)).astype(np.float32),
+                      "y_test": y[:8]}, "x_test", "[4, 4]", id="test-sample-shape"),
+        pytest.param({"x_train": x, "y_train": y + 5}, "y_train", "labels 0..2", id="label-range"),
+        pytest.param({"x_train": x, "y_train": -y - 1}, "y_train", "labels 0..2", id="negative-labels"),
+        pytest.param({"x_train": x, "y_train": rng.integers(0, 3, (32, 2))}, "y_train", "one label per sample",
+                     id="label-shape"),
+        pytest.param({"x_train": x, "y_train": rng.standard_normal((32, 5)).astype(np.float32)}, "y_train",
+                     "regression", id="regression-target-shape"),
+    ]
+
+
+@pytest.mark.parametrize(("arrays", "array", "expected"), _misfits())
+def test_dataset_that_does_not_fit_the_model_is_422_at_submission(
+    settings: Settings, db: Database, arrays: dict[str, Any], array: str, expected: str
+) -> None:
+    _store_uploads(db, two_gemm_onnx("second"), _npz(**arrays))
+    with _client(settings, db) as client:
+        r = client.post("/v1/jobs", json={**UPLOAD_JOB, "workload_options": {"batch_size": 8}})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"][0]
+    assert detail["loc"] == ["body", "dataset"]
+    assert f"array {array!r}" in detail["msg"] and expected in detail["msg"], detail["msg"]
+
+
+def test_a_dataset_that_fits_is_accepted(settings: Settings, db: Database) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    _store_uploads(db, two_gemm_onnx("second"), _npz(x_train=rng.standard_normal((32, 16)).astype(np.float32),
+                                                     y_train=rng.integers(0, 3, 32)))
+    with _client(settings, db) as client:
+        r = client.post("/v1/jobs", json={**UPLOAD_JOB, "workload_options": {"batch_size": 8}})
+    assert r.status_code == 201, r.text
+
+
+@pytest.mark.parametrize(("arrays", "expected"), [
+    pytest.param({"x_train": np.ones((4, 16), ">f4"), "y_train": np.zeros(4, int)},
+                 "big-endian", id="big-endian"),
+    pytest.param({"x_train": np.full((4, 16), 3e38, "f4"), "y_train": np.zeros(4, int)},
+                 "overflow", id="near-float32-max"),
+])
+def test_unusable_arrays_are_refused_at_upload(client: TestClient, arrays: dict[str, Any], expected: str) -> None:
+    r = client.post("/v1/datasets", files={"file": ("d.npz", _npz(**arrays))}, data={"name": "d"})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["body", "file"] and expected in r.json()["detail"][0]["msg"]
