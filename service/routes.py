@@ -76,10 +76,20 @@ def _not_found(what: str) -> HTTPException:
     return HTTPException(404, f"{what} not found")
 
 
+MAX_MESSAGE_CHARS = 2000  # an error echoes names from the request or the upload: a 20 MB name stays out
+
+
+def capped(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 def _unprocessable(field: str | tuple[str | int, ...], msg: str, value: Any = None) -> HTTPException:
-    """A 422 like pydantic's; ``field`` is a body field or a path into the body (``("pins", 2, "match")``)."""
+    """A 422 like pydantic's; ``field`` is a body field or a path into the body (``("pins", 2, "match")``).
+    The message is capped at :data:`MAX_MESSAGE_CHARS`; ``input`` is dropped when its JSON would be larger."""
     loc = [field] if isinstance(field, str) else list(field)
-    return HTTPException(422, [{"loc": ["body", *loc], "msg": msg, "type": "value_error", "input": value}])
+    if value is not None and len(json.dumps(value, default=str)) > MAX_MESSAGE_CHARS:
+        value = None
+    return HTTPException(422, [{"loc": ["body", *loc], "msg": capped(msg), "type": "value_error", "input": value}])
 
 
 def _value_at(body: dict[str, Any], loc: tuple[str | int, ...]) -> Any:

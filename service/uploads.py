@@ -44,13 +44,16 @@ class UploadError(ValueError):
     """An upload is malformed or unsafe; the message names the field and what is wrong."""
 
 
+MAX_ERROR_CHARS = 2000  # an importer's message may quote a name or attribute from the file
+
+
 def _sandboxed(task: str, data: bytes, limits: SandboxLimits | None) -> dict[str, Any]:
     try:
         answer = run_sandboxed(task, data, limits)
     except SandboxFailure as exc:
         raise UploadError(f"file: {exc}") from None
     if "error" in answer:
-        raise UploadError(str(answer["error"]))
+        raise UploadError(str(answer["error"])[:MAX_ERROR_CHARS])
     return dict(answer["info"])
 
 

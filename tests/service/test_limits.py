@@ -572,3 +572,36 @@ def test_unusable_arrays_are_refused_at_upload(client: TestClient, arrays: dict[
     r = client.post("/v1/datasets", files={"file": ("d.npz", _npz(**arrays))}, data={"name": "d"})
     assert r.status_code == 422, r.text
     assert r.json()["detail"][0]["loc"] == ["body", "file"] and expected in r.json()["detail"][0]["msg"]
+
+
+# --- the inspection child's environment; error messages capped (issue 21) ---------------------------------
+
+
+def test_inspection_child_gets_an_empty_environment_and_scratch_cwd(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from service.sandbox import run_sandboxed
+
+    monkeypatch.setenv("MIXQ_DATABASE_URL", "postgresql+psycopg://mixq:secret@db/mixq")
+    monkeypatch.setenv("MIXQ_SOME_TOKEN", "t0ken")
+    info = run_sandboxed("probe", b"")["info"]
+    leaked = [k for k in info["environment"] if k.startswith("MIXQ_") and not k.startswith("MIXQ_SANDBOX_")]
+    assert leaked == [] and "MIXQ_DATABASE_URL" not in info["environment"]
+    assert set(info["environment"]) <= {"OMP_NUM_THREADS", "PYTHONPATH", "MIXQ_SANDBOX_MEMORY_BYTES",
+                                        "MIXQ_SANDBOX_CPU_S", "PATH", "LC_ALL", "PYTHONNOUSERSITE", "HOME", "TMPDIR",
+                                        "LC_CTYPE"}
+    assert info["cwd"] != os.getcwd() and info["cwd_entries"] == 0
+    assert not os.path.exists(info["cwd"])  # the scratch directory is gone afterwards
+
+
+def test_an_error_quoting_a_huge_name_is_capped(client: TestClient) -> None:
+    from onnx import TensorProto, helper
+
+    huge = "Op" * 1_000_000  # an operator type of 2 MB, quoted by "unsupported ONNX operator(s)"
+    graph = helper.make_graph([helper.make_node(huge, ["x"], ["y"], name="n")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    r = client.post("/v1/models", files={"file": ("m.onnx", model)}, data={"name": "huge"})
+    assert r.status_code == 422, r.text[:300]
+    assert len(r.content) < 10_000 and "unsupported ONNX operator" in r.json()["detail"][0]["msg"]
