@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from search import __version__
 from service import dashboard, store
 from service.db import Database
-from service.deps import current_owner
+from service.deps import require_operator
 from service.metrics import Metrics
 from service.pareto_view import ParetoViews
 from service.routes import MULTIPART_OVERHEAD_BYTES, router
@@ -103,8 +103,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             return JSONResponse({"status": "database unreachable"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    # behind the token when auth is on: request paths and job counts say what others are doing
-    @app.get("/metrics", tags=["health"], response_class=Response, dependencies=[Depends(current_owner)])
+    # operators only when auth is on: request paths and job counts of every tenant say what others are doing
+    @app.get("/metrics", tags=["health"], response_class=Response, dependencies=[Depends(require_operator)])
     async def prometheus_metrics() -> Response:
         body = await run_in_threadpool(generate_latest, metrics.registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
