@@ -68,6 +68,11 @@ class Settings(BaseSettings):
         default=2, ge=1, le=64, description="uploads inspected at once (each in a child of up to 2 GiB); more: 429",
     )
 
+    # the API server (uvicorn, `mixq serve`)
+    keep_alive_timeout_s: int = Field(default=5, ge=1, le=600, description="an idle keep-alive connection is closed")
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, description="largest request header block")
+    max_connections: int = Field(default=200, ge=1, description="open connections at once; past them, 503")
+
     worker_nice: int = Field(
         default=10, ge=0, le=19, description="CPU niceness of `mixq worker`: trials yield to the API on a shared box"
     )

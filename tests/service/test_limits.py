@@ -605,3 +605,16 @@ def test_an_error_quoting_a_huge_name_is_capped(client: TestClient) -> None:
     r = client.post("/v1/models", files={"file": ("m.onnx", model)}, data={"name": "huge"})
     assert r.status_code == 422, r.text[:300]
     assert len(r.content) < 10_000 and "unsupported ONNX operator" in r.json()["detail"][0]["msg"]
+
+
+def test_serve_sets_the_servers_timeouts_and_caps() -> None:
+    """No header/body timeouts before (5 slow connections stayed open 40 s): idle keep-alive closed, header
+    block capped, connections capped (issue 21)."""
+    from service.cli import uvicorn_config
+
+    config = uvicorn_config(Settings(keep_alive_timeout_s=3, max_header_bytes=8192, max_connections=50), object())
+    assert config.timeout_keep_alive == 3
+    assert config.h11_max_incomplete_event_size == 8192
+    assert config.limit_concurrency == 50
+    defaults = uvicorn_config(Settings(), object())
+    assert defaults.timeout_keep_alive == 5 and defaults.h11_max_incomplete_event_size == 16 * 1024
