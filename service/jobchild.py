@@ -91,8 +91,11 @@ def _mapped_bytes() -> int:
 def enter_limits(settings: Settings, sqlite: bool) -> None:
     budget = _mapped_bytes() + settings.upload_job_memory_bytes
     resource.setrlimit(resource.RLIMIT_AS, (budget, budget))
-    # the soft limit sends SIGXCPU (the default action ends the process); the hard one, 5 s later, SIGKILL
-    resource.setrlimit(resource.RLIMIT_CPU, (settings.upload_job_cpu_s, settings.upload_job_cpu_s + 5))
+    # RLIMIT_CPU counts from the process's start: the imports' CPU time is added, so the job gets its own.
+    # The soft limit sends SIGXCPU (the default action ends the process); the hard one, 5 s later, SIGKILL
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = int(usage.ru_utime + usage.ru_stime) + 1 + settings.upload_job_cpu_s
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if not sqlite:
         limit = settings.upload_job_file_bytes

@@ -618,3 +618,24 @@ def test_serve_sets_the_servers_timeouts_and_caps() -> None:
     assert config.limit_concurrency == 50
     defaults = uvicorn_config(Settings(), object())
     assert defaults.timeout_keep_alive == 5 and defaults.h11_max_incomplete_event_size == 16 * 1024
+
+
+def test_a_job_past_its_cpu_limit_is_killed_and_failed_naming_the_limit(settings: Settings, db: Database) -> None:
+    _store_uploads(db, wide_onnx(), wide_npz(n_train=256))
+    limited = settings.model_copy(update={"upload_job_cpu_s": 1})
+    from service.worker import Worker
+
+    spec = {**UPLOAD_JOB, "workload_options": {"batch_size": 64}, "n_trials": 50, "qat_steps": 2000}
+    with db.session() as session:
+        job_id = store.add_job(session, "local", spec, 50, 0, None).id
+    with db.session() as session:
+        assert store.claim_queued_job(session) == job_id
+    worker = Worker(db, limited)
+    started = time.monotonic()
+    worker.run_job(job_id)
+    assert time.monotonic() - started < 120
+    assert worker.last_child is not None and worker.last_child.signal_name in ("SIGXCPU", "SIGKILL")
+    with db.session() as session:
+        job = store.get_job(session, job_id)
+        assert job is not None and job.status == "failed"
+        assert "MIXQ_UPLOAD_JOB_CPU_S" in (job.error or "") and "SIGXCPU" in (job.error or ""), job.error
