@@ -25,7 +25,7 @@ from service.metrics import Metrics
 from service.pareto_view import ParetoViews
 from service.routes import MULTIPART_OVERHEAD_BYTES, router
 from service.schemas import Health
-from service.security import HostPolicy, RequestGuard, keep_tokens_out_of_logs
+from service.security import ClientLimits, HostPolicy, RequestGuard, keep_tokens_out_of_logs
 from service.settings import Settings
 
 log = logging.getLogger("mixq.api")
@@ -137,6 +137,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         "/v1/profiles": settings.max_profile_bytes + MULTIPART_OVERHEAD_BYTES,
     }
     app.add_middleware(BodyLimitByPath, limits=upload_limits, default=settings.max_json_bytes)
+    app.add_middleware(ClientLimits, body_timeout_s=settings.body_timeout_s,
+                       max_in_flight=settings.max_requests_per_client)
     # outermost: a request for a host we don't serve, or a cross-site write, touches nothing else
     app.add_middleware(RequestGuard, hosts=HostPolicy(settings.allowed_hosts, settings.host))
     return app

@@ -240,6 +240,7 @@ def _run_upload_job(db: Database, settings: Settings, batch_size: int) -> tuple[
     with db.session() as session:
         assert store.claim_queued_job(session) == job_id
     worker = Worker(db, settings)
+    assert getattr(worker, "isolate_uploads", False)  # else the job would train in the test's own process
     worker.run_job(job_id)
     with db.session() as session:
         job = store.get_job(session, job_id)
@@ -631,6 +632,7 @@ def test_a_job_past_its_cpu_limit_is_killed_and_failed_naming_the_limit(settings
     with db.session() as session:
         assert store.claim_queued_job(session) == job_id
     worker = Worker(db, limited)
+    assert getattr(worker, "isolate_uploads", False)  # else this job would train in the test's own process
     started = time.monotonic()
     worker.run_job(job_id)
     assert time.monotonic() - started < 120
@@ -639,3 +641,72 @@ def test_a_job_past_its_cpu_limit_is_killed_and_failed_naming_the_limit(settings
         job = store.get_job(session, job_id)
         assert job is not None and job.status == "failed"
         assert "MIXQ_UPLOAD_JOB_CPU_S" in (job.error or "") and "SIGXCPU" in (job.error or ""), job.error
+
+
+@pytest.fixture
+def slow_body_server(settings: Settings, db: Database) -> Iterator[tuple[str, int]]:
+    import socket
+
+    import uvicorn
+
+    app = create_app(settings.model_copy(update={"body_timeout_s": 1.0}), db)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield "127.0.0.1", port
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_a_stalled_request_body_is_408(slow_body_server: tuple[str, int]) -> None:
+    """Headers, then 10 of 1000 promised bytes, then silence: answered 408 after MIXQ_BODY_TIMEOUT_S (1 s
+    here) rather than held open."""
+    import socket
+
+    head = ("POST /v1/profiles HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            "Content-Length: 1000\r\n\r\n")
+    started = time.monotonic()
+    with socket.create_connection(slow_body_server, timeout=10) as sock:
+        sock.sendall(head.encode() + b'{"name": "')
+        answer = sock.recv(65536)
+        while b"MIXQ_BODY_TIMEOUT_S" not in answer and time.monotonic() - started < 8:
+            more = sock.recv(65536)
+            if not more:
+                break
+            answer += more
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"MIXQ_BODY_TIMEOUT_S" in answer and time.monotonic() - started < 8
+    with socket.create_connection(slow_body_server, timeout=10) as sock:  # the server still answers
+        sock.sendall(b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+
+
+def test_requests_in_progress_per_client_are_capped(
+    settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    started: list[int] = []
+
+    def slow_inspection(data: bytes) -> dict[str, Any]:
+        started.append(1)
+        release.wait(30)
+        return inspect_dataset_here(data)
+
+    monkeypatch.setattr(routes, "inspect_dataset", slow_inspection)
+    with _client(settings, db, max_requests_per_client=1) as client, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.post, "/v1/datasets", files={"file": ("d.npz", npz_bytes())}, data={"name": "d"})
+        deadline = time.monotonic() + 30
+        while not started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        second = client.get("/livez")
+        release.set()
+        assert first.result().status_code == 201
+        assert client.get("/livez").status_code == 200  # the place is free again
+    assert second.status_code == 429 and second.headers["Retry-After"] == "1"
+    assert "MIXQ_MAX_REQUESTS_PER_CLIENT" in second.json()["detail"]
