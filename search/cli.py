@@ -461,11 +461,16 @@ def export_command(
         for w in caught:
             if issubclass(w.category, StaticShapesWarning):
                 _warn(str(w.message))
-        diff = verify_onnx(model, wl.example_inputs, path)
+        diff = verify_onnx(model, wl.example_inputs, path, what="fake-quant model")
+        # and against the fp32 original: the same outputs, shaped alike (a quantized copy that lost a layer
+        # agrees with its own export)
+        diff_fp32 = verify_onnx(wl.model, wl.example_inputs, path, what="original fp32 model")
         props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
         axes = json.loads(props.get("mixq.dynamic_axes", "{}"))
     free = "; ".join(f"{name}: {', '.join(dims)}" for name, dims in axes.items()) or "none"
     console.print(f"wrote {path}; onnxruntime vs fake-quant max abs difference: {diff:.3g}", soft_wrap=True)
+    console.print(f"onnxruntime vs the fp32 original: outputs shaped alike, max abs gap {diff_fp32:.3g} "
+                  "(the quantization error)", soft_wrap=True)
     console.print(f"free axes: {free}", soft_wrap=True)
 
 

@@ -24,7 +24,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType, ModuleType
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -253,6 +253,19 @@ class _Server:
         self.server.run()
 
 
+def uvicorn_config(settings: Settings, asgi_app: object) -> Any:
+    """The API server's configuration: idle keep-alive connections closed after a few seconds, a header block
+    at most MIXQ_MAX_HEADER_BYTES, at most MIXQ_MAX_CONNECTIONS connections (503 past them)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        asgi_app, host=settings.host, port=settings.port, log_level="info",  # type: ignore[arg-type]
+        timeout_keep_alive=settings.keep_alive_timeout_s,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        limit_concurrency=settings.max_connections, timeout_graceful_shutdown=30,
+    )
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="bind address (MIXQ_HOST)")] = None,
@@ -261,8 +274,6 @@ def serve(
     database_url: DatabaseUrl = None,
 ) -> None:
     """API + migrations + local workers: the one command a new user needs."""
-    import uvicorn
-
     from service.db import upgrade
     from service.main import create_app
 
@@ -285,7 +296,7 @@ def serve(
     typer.echo(f"mixq: API on http://{settings.host}:{settings.port} (docs at /docs), {len(procs)} worker(s), "
                f"database {url}")
     try:
-        _Server(uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="info")).run()
+        _Server(uvicorn_config(settings, create_app(settings))).run()
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)  # each finishes the trial in hand; the job continues later

@@ -82,3 +82,11 @@ def current_role(
 OwnerDep = Annotated[str, Depends(current_owner)]
 RoleDep = Annotated[TokenRole, Depends(current_role)]
 StreamOwnerDep = Annotated[str, Depends(stream_owner)]
+
+
+def require_operator(owner: OwnerDep, role: RoleDep) -> str:
+    """The caller, if an operator (a token of the operator role; without auth, the machine's operator):
+    for what spans tenants, such as ``/metrics``' job counts and request paths."""
+    if role is not TokenRole.OPERATOR:
+        raise HTTPException(403, "Authorization: this needs an operator token (`mixq token create --role operator`)")
+    return owner

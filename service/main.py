@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 
@@ -19,12 +20,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from search import __version__
 from service import dashboard, store
 from service.db import Database
-from service.deps import current_owner
+from service.deps import require_operator
 from service.metrics import Metrics
 from service.pareto_view import ParetoViews
 from service.routes import MULTIPART_OVERHEAD_BYTES, router
 from service.schemas import Health
-from service.security import HostPolicy, RequestGuard, keep_tokens_out_of_logs
+from service.security import ClientLimits, HostPolicy, RequestGuard, keep_tokens_out_of_logs
 from service.settings import Settings
 
 log = logging.getLogger("mixq.api")
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.state.settings = settings
     app.state.db = db
     app.state.pareto_views = ParetoViews()
+    app.state.inspections = threading.BoundedSemaphore(settings.max_concurrent_inspections)
     keep_tokens_out_of_logs()
 
     def job_counts() -> dict[str, int]:
@@ -101,8 +103,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             return JSONResponse({"status": "database unreachable"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    # behind the token when auth is on: request paths and job counts say what others are doing
-    @app.get("/metrics", tags=["health"], response_class=Response, dependencies=[Depends(current_owner)])
+    # operators only when auth is on: request paths and job counts of every tenant say what others are doing
+    @app.get("/metrics", tags=["health"], response_class=Response, dependencies=[Depends(require_operator)])
     async def prometheus_metrics() -> Response:
         body = await run_in_threadpool(generate_latest, metrics.registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
@@ -135,6 +137,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         "/v1/profiles": settings.max_profile_bytes + MULTIPART_OVERHEAD_BYTES,
     }
     app.add_middleware(BodyLimitByPath, limits=upload_limits, default=settings.max_json_bytes)
+    app.add_middleware(ClientLimits, body_timeout_s=settings.body_timeout_s,
+                       max_in_flight=settings.max_requests_per_client)
     # outermost: a request for a host we don't serve, or a cross-site write, touches nothing else
     app.add_middleware(RequestGuard, hosts=HostPolicy(settings.allowed_hosts, settings.host))
     return app

@@ -7,9 +7,10 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-from collections.abc import AsyncIterator, Sequence
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, File, Form, Header, HTTPException, Path, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -18,12 +19,13 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile as StarletteUploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from search import BUILTIN_WORKLOADS, CostObjective, ProfileError, SamplerName, builtin_profiles, parse_profile_text
 from search.quant.formats import summarize_assignment
 from search.quant.layers import LayerGraph
 from search.study.space import SearchSpaceError, build_space
-from search.workloads import WorkloadError, builtin_layer_graph
+from search.workloads import WorkloadError, builtin_layer_graph, pretrain_steps_of
 from service import auth, store
 from service.db import Database
 from service.deps import DbDep, OwnerDep, RoleDep, SettingsDep, StreamOwnerDep
@@ -46,7 +48,15 @@ from service.schemas import (
     UploadOut,
 )
 from service.settings import Settings
-from service.uploads import UploadError, inspect_dataset, inspect_model, layer_graph_of
+from service.uploads import (
+    UploadError,
+    UploadWorkloadOptions,
+    check_dataset_fits,
+    estimated_job_bytes,
+    inspect_dataset,
+    inspect_model,
+    layer_graph_of,
+)
 
 router = APIRouter(prefix="/v1")
 
@@ -66,10 +76,20 @@ def _not_found(what: str) -> HTTPException:
     return HTTPException(404, f"{what} not found")
 
 
+MAX_MESSAGE_CHARS = 2000  # an error echoes names from the request or the upload: a 20 MB name stays out
+
+
+def capped(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 def _unprocessable(field: str | tuple[str | int, ...], msg: str, value: Any = None) -> HTTPException:
-    """A 422 like pydantic's; ``field`` is a body field or a path into the body (``("pins", 2, "match")``)."""
+    """A 422 like pydantic's; ``field`` is a body field or a path into the body (``("pins", 2, "match")``).
+    The message is capped at :data:`MAX_MESSAGE_CHARS`; ``input`` is dropped when its JSON would be larger."""
     loc = [field] if isinstance(field, str) else list(field)
-    return HTTPException(422, [{"loc": ["body", *loc], "msg": msg, "type": "value_error", "input": value}])
+    if value is not None and len(json.dumps(value, default=str)) > MAX_MESSAGE_CHARS:
+        value = None
+    return HTTPException(422, [{"loc": ["body", *loc], "msg": capped(msg), "type": "value_error", "input": value}])
 
 
 def _value_at(body: dict[str, Any], loc: tuple[str | int, ...]) -> Any:
@@ -164,11 +184,16 @@ def _check_job_limits(session: Session, body: JobCreate, owner: str, role: Token
             403, f"priority: {body.priority} is above {settings.max_priority_without_operator}, which needs an "
             "operator token (`mixq token create --role operator`; MIXQ_MAX_PRIORITY_WITHOUT_OPERATOR)",
         )
-    steps = body.n_trials * body.qat_steps
+    pretrain = pretrain_steps_of(body.workload, body.workload_options) if body.model is None else 0
+    steps = body.n_trials * body.qat_steps + pretrain
     if steps > settings.max_qat_steps_per_job:
+        field: str | tuple[str, str] = "qat_steps"
+        if pretrain > settings.max_qat_steps_per_job // 2:
+            field = ("workload_options", "pretrain_steps")
         raise _unprocessable(
-            "qat_steps", f"n_trials x qat_steps = {body.n_trials} x {body.qat_steps} = {steps} is above the limit of "
-            f"{settings.max_qat_steps_per_job} QAT steps per job (MIXQ_MAX_QAT_STEPS_PER_JOB)", body.qat_steps,
+            field, f"n_trials x qat_steps + pretrain_steps = {body.n_trials} x {body.qat_steps} + {pretrain} = {steps} "
+            f"is above the limit of {settings.max_qat_steps_per_job} training steps per job "
+            "(MIXQ_MAX_QAT_STEPS_PER_JOB)", body.qat_steps if field == "qat_steps" else pretrain,
         )
     active = store.active_job_count(session, owner)
     if active >= settings.max_active_jobs_per_owner:
@@ -176,6 +201,33 @@ def _check_job_limits(session: Session, body: JobCreate, owner: str, role: Token
             429, f"jobs: {owner!r} already has {active} queued or running jobs, the limit "
             f"(MIXQ_MAX_ACTIVE_JOBS_PER_OWNER={settings.max_active_jobs_per_owner}); wait for one to finish or "
             "cancel one",
+        )
+
+
+def _check_upload_job(body: JobCreate, model_info: dict[str, Any], dataset_info: dict[str, Any],
+                      settings: Settings) -> None:
+    """An uploaded model's options, and whether one training batch fits the memory its job runs within."""
+    try:
+        opts = UploadWorkloadOptions.parse(body.workload_options)
+    except (UploadError, TypeError) as exc:
+        raise _unprocessable("workload_options", str(exc), body.workload_options) from None
+    try:
+        check_dataset_fits(body.model or "", model_info, dataset_info)
+    except UploadError as exc:
+        raise _unprocessable("dataset", str(exc), body.dataset) from None
+    need = estimated_job_bytes(model_info, dataset_info, opts.batch_size)
+    limit = settings.upload_job_memory_bytes
+    if need is not None and need > limit:
+        fits = [b for b in (2**k for k in range(13))
+                if (estimated_job_bytes(model_info, dataset_info, b) or 0) <= limit]
+        hint = (f"at most about {fits[-1]}" if fits
+                else "no batch size fits: the model's or the dataset's size alone is above it")
+        raise _unprocessable(
+            ("workload_options", "batch_size"),
+            f"workload_options.batch_size: a job of model {body.model!r} at batch size {opts.batch_size} needs about "
+            f"{need // 2**20} MiB (activations of one training batch, the parameters' copies and the dataset), above "
+            f"the {limit // 2**20} MiB a job of an uploaded model runs within (MIXQ_UPLOAD_JOB_MEMORY_BYTES); {hint}",
+            opts.batch_size,
         )
 
 
@@ -190,9 +242,11 @@ def _validate_job(session: Session, body: JobCreate, owner: str, settings: Setti
         model = store.get_upload(session, owner, UploadKind.MODEL, body.model)
         if model is None:
             raise _unprocessable("model", f"no uploaded model named {body.model!r}", body.model)
-        if store.get_upload(session, owner, UploadKind.DATASET, body.dataset) is None:
+        dataset = store.get_upload(session, owner, UploadKind.DATASET, body.dataset)
+        if dataset is None:
             raise _unprocessable("dataset", f"no uploaded dataset named {body.dataset!r}", body.dataset)
         graph = layer_graph_of(model.info)  # None for an upload inspected before graphs were stored
+        _check_upload_job(body, model.info, dataset.info, settings)
     elif body.workload in BUILTIN_WORKLOADS:
         try:  # the architecture on the meta device: no weights, no data, no training
             graph = builtin_layer_graph(body.workload, body.workload_options)
@@ -415,18 +469,46 @@ async def _read_upload(file: StarletteUploadFile, limit: int) -> bytes:
     return data
 
 
+INSPECTION_RETRY_AFTER_S = 5
+
+
+def _check_quota(session: Session, owner: str, size: int, settings: Settings) -> None:
+    held = store.upload_bytes_of_owner(session, owner)
+    if held + size > settings.max_upload_bytes_per_owner:
+        raise HTTPException(
+            429, f"file: {owner!r} holds {held} bytes of uploads; {size} more would pass the limit of "
+            f"{settings.max_upload_bytes_per_owner} bytes per owner (MIXQ_MAX_UPLOAD_BYTES_PER_OWNER)",
+        )
+
+
+def _inspect(request: Request, db: Database, owner: str, data: bytes, settings: Settings,
+             inspect: Callable[[bytes], Any]) -> Any:
+    """``inspect(data)`` in the sandbox once the owner's quota has room for ``data`` and a place among the
+    inspections running at once is free (MIXQ_MAX_CONCURRENT_INSPECTIONS; else 429 with Retry-After)."""
+    with db.session() as session:  # before the child: an owner over the quota costs no inspection
+        _check_quota(session, owner, len(data), settings)
+    slots: threading.BoundedSemaphore = request.app.state.inspections
+    if not slots.acquire(blocking=False):
+        raise HTTPException(
+            429, f"file: {settings.max_concurrent_inspections} uploads are being inspected, the limit "
+            f"(MIXQ_MAX_CONCURRENT_INSPECTIONS); retry in {INSPECTION_RETRY_AFTER_S} s",
+            headers={"Retry-After": str(INSPECTION_RETRY_AFTER_S)},
+        )
+    try:
+        return inspect(data)
+    except UploadError as exc:
+        raise _unprocessable("file", str(exc)) from None
+    finally:
+        slots.release()
+
+
 def _store_upload(
     db: Database, owner: str, kind: UploadKind, name: str, data: bytes, info: dict[str, Any], settings: Settings
 ) -> UploadOut:
     try:
         with db.session() as session:
             store.lock_owner(session, owner)  # the quota's sum holds until the insert commits
-            held = store.upload_bytes_of_owner(session, owner)
-            if held + len(data) > settings.max_upload_bytes_per_owner:
-                raise HTTPException(
-                    429, f"file: {owner!r} holds {held} bytes of uploads; {len(data)} more would pass the limit of "
-                    f"{settings.max_upload_bytes_per_owner} bytes per owner (MIXQ_MAX_UPLOAD_BYTES_PER_OWNER)",
-                )
+            _check_quota(session, owner, len(data), settings)
             row = store.add_upload(session, owner, kind, name, data, hashlib.sha256(data).hexdigest(), info)
             return UploadOut.model_validate(row)
     except IntegrityError:
@@ -436,31 +518,49 @@ def _store_upload(
 @router.post("/models", response_model=UploadOut, status_code=201)
 async def upload_model(
     file: Annotated[UploadFile, File(description="an fp32 ONNX model (.onnx, opset >= 13); .pt2 is refused")],
-    name: Annotated[str, Form(max_length=100)], db: DbDep, owner: OwnerDep, settings: SettingsDep,
+    name: Annotated[str, Form(max_length=100)], db: DbDep, owner: OwnerDep, settings: SettingsDep, request: Request,
 ) -> UploadOut:
     """Upload a model.  It is parsed in a sandboxed child process against an operator allow-list; nothing in it
     is evaluated, unpickled or turned into code."""
     _check_name(name)
     data = await _read_upload(file, settings.max_model_bytes)
-    try:
-        sanitized, info = await run_in_threadpool(inspect_model, data)
-    except UploadError as exc:
-        raise _unprocessable("file", str(exc)) from None
+    sanitized, info = await run_in_threadpool(_inspect, request, db, owner, data, settings, inspect_model)
     return await run_in_threadpool(_store_upload, db, owner, UploadKind.MODEL, name, sanitized, info, settings)
 
 
 @router.post("/datasets", response_model=UploadOut, status_code=201)
 async def upload_dataset(
     file: Annotated[UploadFile, File(description=".npz with x_train, y_train[, x_test, y_test]")],
-    name: Annotated[str, Form(max_length=100)], db: DbDep, owner: OwnerDep, settings: SettingsDep,
+    name: Annotated[str, Form(max_length=100)], db: DbDep, owner: OwnerDep, settings: SettingsDep, request: Request,
 ) -> UploadOut:
     _check_name(name)
     data = await _read_upload(file, settings.max_dataset_bytes)
-    try:
-        info = await run_in_threadpool(inspect_dataset, data)
-    except UploadError as exc:
-        raise _unprocessable("file", str(exc)) from None
+    info = await run_in_threadpool(_inspect, request, db, owner, data, settings, inspect_dataset)
     return await run_in_threadpool(_store_upload, db, owner, UploadKind.DATASET, name, data, info, settings)
+
+
+T = TypeVar("T")
+
+
+def _too_large(exc: BaseException) -> bool:
+    return isinstance(exc, StarletteHTTPException) and exc.status_code == 413
+
+
+async def _within_body_limit(reading: Awaitable[T], settings: Settings) -> T:
+    """``await reading`` (the body, or the form); a body over the limit is a JSON 413.  Starlette's limiter
+    raises its 413 inside ``receive``, which the request-counting middleware's task group wraps in an
+    exception group that no handler matches: without this it was a 500."""
+    limit = settings.max_profile_bytes
+    try:
+        return await reading
+    except BaseExceptionGroup as group:
+        if group.subgroup(_too_large) is not None:
+            raise HTTPException(413, f"body: larger than the limit of {limit} bytes") from None
+        raise
+    except StarletteHTTPException as exc:
+        if _too_large(exc):
+            raise HTTPException(413, f"body: larger than the limit of {limit} bytes") from None
+        raise
 
 
 @router.post(
@@ -476,13 +576,15 @@ async def upload_profile(request: Request, db: DbDep, owner: OwnerDep, settings:
     """A target profile as a JSON body or a YAML/JSON file (multipart ``file``); named by its ``name``."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=4, max_part_size=settings.max_profile_bytes)
+        form = await _within_body_limit(
+            request.form(max_files=1, max_fields=4, max_part_size=settings.max_profile_bytes), settings
+        )
         upload = form.get("file")
         if not isinstance(upload, StarletteUploadFile):
             raise _unprocessable("file", "a multipart 'file' part is required")
         raw = await _read_upload(upload, settings.max_profile_bytes)
     else:
-        raw = await request.body()
+        raw = await _within_body_limit(request.body(), settings)
         if len(raw) > settings.max_profile_bytes:
             raise HTTPException(413, f"body: larger than the limit of {settings.max_profile_bytes} bytes")
     try:

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,15 +43,20 @@ def run_sandboxed(task: str, data: bytes, limits: SandboxLimits | None = None) -
     if task not in TASKS:
         raise ValueError(f"task: one of {TASKS}")
     limits = limits or SandboxLimits()
+    # nothing of the API's environment (MIXQ_DATABASE_URL and its password, tokens, proxies): only what
+    # Python needs to find mixq, and an empty scratch directory as the working directory
     env = {
-        **os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(os.path.abspath(p) for p in sys.path if p),
         "MIXQ_SANDBOX_MEMORY_BYTES": str(limits.memory_bytes), "MIXQ_SANDBOX_CPU_S": str(limits.cpu_s),
+        "PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "PYTHONNOUSERSITE": "1",
     }
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "service.sandbox", task], input=data, capture_output=True, env=env,
-            timeout=limits.wall_s, check=False,
-        )
+        with tempfile.TemporaryDirectory(prefix="mixq-sandbox-") as scratch:
+            env["HOME"] = env["TMPDIR"] = scratch
+            done = subprocess.run(
+                [sys.executable, "-m", "service.sandbox", task], input=data, capture_output=True, env=env,
+                timeout=limits.wall_s, check=False, cwd=scratch,
+            )
     except subprocess.TimeoutExpired:
         raise SandboxFailure(f"inspection took longer than {limits.wall_s:g} s") from None
     if done.returncode < 0:
@@ -111,6 +117,7 @@ def _probe() -> dict[str, Any]:
     except OSError:
         reachable = False
     return {
+        "environment": sorted(os.environ), "cwd": os.getcwd(), "cwd_entries": len(os.listdir(".")),
         "rlimit_as": resource.getrlimit(resource.RLIMIT_AS)[0],
         "rlimit_cpu": resource.getrlimit(resource.RLIMIT_CPU)[0],
         "rlimit_fsize": resource.getrlimit(resource.RLIMIT_FSIZE)[0], "tcp_5432_reachable": reachable,
@@ -139,7 +146,7 @@ def main(task: str) -> dict[str, Any]:
         text = str(exc)
         if "allocate" in text or "out of memory" in text.lower():
             return {"error": f"file: inspecting the upload needs more than {memory_bytes // 2**20} MiB"}
-        return {"error": f"file: could not be inspected ({type(exc).__name__}: {text})"[:400]}
+        return {"error": f"file: could not be inspected ({type(exc).__name__}: {text[:300]})"}
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ Why each rule (the server runs on developers' machines, loopback and auth off by
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -185,3 +186,73 @@ class RequestGuard:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class _BodyStalled(Exception):
+    pass
+
+
+class ClientLimits:
+    """ASGI middleware: at most ``max_in_flight`` requests at once from one client address (429 with
+    Retry-After past that; an SSE stream counts while open), and a request body that sends nothing for
+    ``body_timeout_s`` is answered 408 and its connection freed (uvicorn has no body read timeout: a client
+    could hold a connection and a worker thread by sending a byte a minute).  Headers are uvicorn's: it has
+    no header timeout, so a proxy in front is still what bounds a client that never finishes its headers."""
+
+    def __init__(self, app: ASGIApp, body_timeout_s: float, max_in_flight: int) -> None:
+        self.app = app
+        self.body_timeout_s = body_timeout_s
+        self.max_in_flight = max_in_flight
+        self.in_flight: dict[str, int] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        client = str((scope.get("client") or ("unknown",))[0])
+        if self.in_flight.get(client, 0) >= self.max_in_flight:
+            body = json.dumps({"detail": f"client: {self.max_in_flight} requests from this address are in "
+                                         "progress, the limit (MIXQ_MAX_REQUESTS_PER_CLIENT)"}).encode()
+            await send({"type": "http.response.start", "status": 429, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                (b"retry-after", b"1")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        self.in_flight[client] = self.in_flight.get(client, 0) + 1
+        body_done = False
+        stalled = False
+        started = False
+
+        async def receive_with_timeout() -> Message:
+            nonlocal body_done, stalled
+            if body_done:  # after the body: waiting for the disconnect (SSE) is not a stall
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout_s)
+            except TimeoutError:
+                stalled = True
+                raise _BodyStalled from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def send_unless_stalled(message: Message) -> None:
+            nonlocal started
+            if stalled:  # the app's answer to a body that never came: replaced by the 408 below
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive_with_timeout, send_unless_stalled)
+        except BaseException:
+            if not stalled:
+                raise
+        finally:
+            self.in_flight[client] -= 1
+            if not self.in_flight[client]:
+                del self.in_flight[client]
+        if stalled and not started:
+            await _send_json(send, 408, f"body: nothing received for {self.body_timeout_s:g} s "
+                                        "(MIXQ_BODY_TIMEOUT_S)")

@@ -51,6 +51,32 @@ class Settings(BaseSettings):
         default=0, ge=-1000, le=1000, description="highest job priority a non-operator token may ask for"
     )
 
+    # a job of an uploaded model runs in a child process of the worker under these limits (service.jobchild)
+    upload_job_memory_bytes: int = Field(
+        default=4 * 1024 * MIB, ge=64 * MIB,
+        description="address space one job of an uploaded model may map beyond its imports; a submission whose "
+        "estimated memory for one training batch is above it is refused (422 naming workload_options.batch_size)",
+    )
+    upload_job_cpu_s: int = Field(
+        default=24 * 3600, ge=1, description="CPU seconds one job of an uploaded model may use"
+    )
+    upload_job_file_bytes: int = Field(
+        default=64 * MIB, ge=0, description="largest file a job of an uploaded model may write (PostgreSQL only: "
+        "with SQLite the child writes the database file)",
+    )
+    max_concurrent_inspections: int = Field(
+        default=2, ge=1, le=64, description="uploads inspected at once (each in a child of up to 2 GiB); more: 429",
+    )
+
+    # the API server (uvicorn, `mixq serve`)
+    keep_alive_timeout_s: int = Field(default=5, ge=1, le=600, description="an idle keep-alive connection is closed")
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, description="largest request header block")
+    max_connections: int = Field(default=200, ge=1, description="open connections at once; past them, 503")
+    body_timeout_s: float = Field(default=30.0, gt=0, description="a request body silent this long: 408")
+    max_requests_per_client: int = Field(
+        default=32, ge=1, description="requests from one client address in progress at once; past them, 429"
+    )
+
     worker_nice: int = Field(
         default=10, ge=0, le=19, description="CPU niceness of `mixq worker`: trials yield to the API on a shared box"
     )

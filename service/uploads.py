@@ -44,13 +44,16 @@ class UploadError(ValueError):
     """An upload is malformed or unsafe; the message names the field and what is wrong."""
 
 
+MAX_ERROR_CHARS = 2000  # an importer's message may quote a name or attribute from the file
+
+
 def _sandboxed(task: str, data: bytes, limits: SandboxLimits | None) -> dict[str, Any]:
     try:
         answer = run_sandboxed(task, data, limits)
     except SandboxFailure as exc:
         raise UploadError(f"file: {exc}") from None
     if "error" in answer:
-        raise UploadError(str(answer["error"]))
+        raise UploadError(str(answer["error"])[:MAX_ERROR_CHARS])
     return dict(answer["info"])
 
 
@@ -77,6 +80,7 @@ MAX_LISTED_LAYERS = 1000  # layers kept in an upload's info; a larger model's re
 def inspect_model_here(data: bytes) -> dict[str, Any]:
     """Layer names of an uploaded model and its layer graph (execution order, kinds, shapes: what a job's pins
     and groups are checked against at submission); what the sandboxed child runs."""
+    import torch
     from torch import nn
 
     from search.quant.layers import LayerDiscoveryError, discover_layers
@@ -91,13 +95,75 @@ def inspect_model_here(data: bytes) -> dict[str, Any]:
         graph = discover_layers(module, module.example_inputs())
     except LayerDiscoveryError as exc:
         raise UploadError(f"file: {exc}") from None
+    fixed, per_sample = activation_bytes(module)
+    with torch.no_grad():
+        out = module(*module.example_inputs())
     info: dict[str, Any] = {
         "format": "onnx", "layers": layers[:MAX_LISTED_LAYERS], "n_layers": len(layers),
         "onnx_names": {fqn: onnx_names.get(fqn, fqn) for fqn in layers[:MAX_LISTED_LAYERS]},
+        "input_shape": list(module.input_shapes[0]),
+        "param_bytes": sum(p.numel() * p.element_size() for p in module.parameters())
+        + sum(b.numel() * b.element_size() for b in module.buffers()),
+        "activation_bytes": {"fixed": fixed, "per_sample": per_sample},
     }
+    if isinstance(out, torch.Tensor):  # what a dataset's targets are checked against at submission
+        info["output_shape"] = list(out.shape)
     if len(graph.layers) <= MAX_LISTED_LAYERS:
         info["graph"] = graph.as_dicts()
     return info
+
+
+def _forward_bytes(module: OnnxModule, batch: int) -> int:
+    """Bytes of the tensors one training forward at ``batch`` keeps for its backward (each storage once, the
+    input's included): the activations a training step holds."""
+    import torch
+
+    seen: set[int] = set()
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen and not isinstance(t, torch.nn.Parameter):
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+        return t
+
+    shape = tuple(module.input_shapes[0])
+    x = torch.zeros((batch, *shape[1:]), requires_grad=True)
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = module(x)  # kept until the count is done: a freed address is not reused unseen
+    del out
+    return total
+
+
+def activation_bytes(module: OnnxModule) -> tuple[int, int]:
+    """(fixed, per sample) bytes of the tensors one forward creates, from forwards at batch 1 and 2."""
+    one, two = _forward_bytes(module, 1), _forward_bytes(module, 2)
+    per_sample = max(0, two - one)
+    return max(0, one - per_sample), per_sample
+
+
+# a training step keeps each activation, its gradient and the fake-quantized copies of weights and inputs:
+# a few times the forward's tensors (measured: 2-3x on the built-ins; 4 leaves room)
+TRAINING_FACTOR = 4
+# per trial: the model, its fake-quant copy, gradients and Adam's two moments
+PARAM_COPIES = 6
+
+
+def estimated_job_bytes(model_info: dict[str, Any], dataset_info: dict[str, Any], batch_size: int) -> int | None:
+    """The memory a job of this upload needs at ``batch_size``: one training batch's activations, the
+    parameters' copies and the dataset as float32; None for an upload inspected before this was stored."""
+    act = model_info.get("activation_bytes")
+    if not isinstance(act, dict):
+        graph = layer_graph_of(model_info)
+        if graph is None:
+            return None
+        act = {"fixed": 0, "per_sample": 4 * sum(layer.output_numel + layer.input_numel for layer in graph.layers)}
+    data = sum(4 * math.prod(int(d) for d in arr.get("shape", [])) for arr in dataset_info.values()
+               if isinstance(arr, dict))
+    params = int(model_info.get("param_bytes", 0))
+    return TRAINING_FACTOR * (int(act["fixed"]) + int(act["per_sample"]) * batch_size) + PARAM_COPIES * params + data
 
 
 def layer_graph_of(info: dict[str, Any]) -> LayerGraph | None:
@@ -136,6 +202,7 @@ _ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 MAX_ARRAY_BYTES = 2 * 1024**3  # all arrays of one dataset together, decompressed
 MAX_EXPANSION = 64  # decompressed bytes per upload byte: real data compresses far less; a bomb ~1000x
 _NPY_HEADER_MAX = 64 * 1024
+MAX_ABS_VALUE = 1e15  # squared (MSE) still far from float32's 3.4e38
 
 
 def _read_npy_header(member: IO[bytes], name: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
@@ -197,8 +264,14 @@ def load_arrays(data: bytes) -> dict[str, np.ndarray]:
     for name, arr in arrays.items():
         if arr.dtype.kind not in "biuf":
             raise UploadError(f"file: array {name!r} has dtype {arr.dtype}; numeric arrays only")
+        if arr.dtype.byteorder == ">":
+            raise UploadError(f"file: array {name!r} is big-endian ({arr.dtype.str}); save little-endian arrays "
+                              "(arr.astype(arr.dtype.newbyteorder('<')))")
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise UploadError(f"file: array {name!r} contains NaN or inf")
+        if arr.size and max(abs(float(arr.max())), abs(float(arr.min()))) > MAX_ABS_VALUE:
+            raise UploadError(f"file: array {name!r} holds values beyond +-{MAX_ABS_VALUE:g}, which overflow "
+                              "float32 in training; scale the data")
         if arr.ndim == 0 or arr.shape[0] < 2:
             raise UploadError(f"file: array {name!r} needs at least 2 samples along axis 0")
     for split in ("train", "test"):
@@ -210,7 +283,43 @@ def load_arrays(data: bytes) -> dict[str, np.ndarray]:
 def inspect_dataset_here(data: bytes) -> dict[str, Any]:
     """Array shapes and dtypes of an uploaded dataset; what the sandboxed child runs."""
     arrays = load_arrays(data)
-    return {name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in arrays.items()}
+    info: dict[str, Any] = {}
+    for name, a in arrays.items():
+        info[name] = {"shape": list(a.shape), "dtype": str(a.dtype)}
+        if name.startswith("y_") and a.dtype.kind in "biu" and a.size:  # class labels: checked against the model
+            info[name] |= {"min": int(a.min()), "max": int(a.max())}
+    return info
+
+
+def check_dataset_fits(model_name: str, model_info: dict[str, Any], dataset_info: dict[str, Any]) -> None:
+    """Raise UploadError naming the array when a dataset's samples or targets do not fit the model (from the
+    stored inspections: nothing is loaded); an upload inspected before these were stored passes."""
+    input_shape = model_info.get("input_shape")
+    output_shape = model_info.get("output_shape")
+    for name in ("x_train", "x_test"):
+        arr = dataset_info.get(name)
+        if isinstance(arr, dict) and input_shape is not None and list(arr["shape"][1:]) != list(input_shape[1:]):
+            raise UploadError(f"dataset: array {name!r} holds samples of shape {list(arr['shape'][1:])}; model "
+                              f"{model_name!r} takes {list(input_shape[1:])} (its input is {list(input_shape)})")
+    if output_shape is None:
+        return
+    for name in ("y_train", "y_test"):
+        arr = dataset_info.get(name)
+        if not isinstance(arr, dict):
+            continue
+        if np.dtype(arr["dtype"]).kind in "biu":  # classification: one label per sample, below the class count
+            classes = output_shape[1] if len(output_shape) == 2 else None
+            if classes is None or len(arr["shape"]) != 1:
+                raise UploadError(f"dataset: array {name!r} holds integer labels (classification), of shape "
+                                  f"{arr['shape']}; model {model_name!r} outputs {list(output_shape)}: integer labels "
+                                  "need one label per sample and an output of (batch, classes)")
+            if "min" in arr and not (arr["min"] >= 0 and arr["max"] < classes):
+                raise UploadError(f"dataset: array {name!r} holds labels {arr['min']}..{arr['max']}; model "
+                                  f"{model_name!r} has {classes} outputs: labels 0..{classes - 1}")
+        elif list(arr["shape"][1:]) != list(output_shape[1:]):  # regression: targets shaped like the output
+            raise UploadError(f"dataset: array {name!r} holds float targets (regression) of shape "
+                              f"{list(arr['shape'][1:])} per sample; model {model_name!r} outputs "
+                              f"{list(output_shape[1:])} per sample")
 
 
 def inspect_dataset(data: bytes, limits: SandboxLimits | None = None) -> dict[str, Any]:
@@ -277,11 +386,16 @@ def build_workload(name: str, model_bytes: bytes, dataset: bytes, options: dict[
     ]
 
     def evaluate(module: nn.Module) -> float:
+        # in batches of batch_size: one forward over the whole test set holds every activation of every sample
+        total, n = 0.0, len(x_test)
         with torch.no_grad():
-            out = module(x_test)
-        if classify:
-            return float((out.argmax(dim=1) == y_test).float().mean())
-        return float(F.mse_loss(out, y_test))
+            for i in range(0, n, opts.batch_size):
+                out, target = module(x_test[i:i + opts.batch_size]), y_test[i:i + opts.batch_size]
+                if classify:
+                    total += float((out.argmax(dim=1) == target).sum())
+                else:
+                    total += float(F.mse_loss(out, target)) * len(target)
+        return total / n
 
     return Workload(
         name=name, model=model, example_inputs=(x_train[:1],), train_batches=train_batches,

@@ -41,6 +41,7 @@ from search import (
 )
 from service import store
 from service.db import Database
+from service.jobchild import ChildRun, limits_text, run_job_in_child
 from service.models import Job, JobStatus, UploadKind, utcnow
 from service.schemas import JobCreate, job_spec
 from service.settings import Settings
@@ -146,6 +147,7 @@ class Worker:
     def __init__(
         self, db: Database, settings: Settings, *, run_search: RunSearch | None = None,
         make_workload: MakeWorkload = workload_for_job, worker_id: str | None = None,
+        isolate_uploads: bool | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
@@ -155,6 +157,11 @@ class Worker:
         self.stop_event = threading.Event()
         self.current_job: int | None = None
         self._heartbeat_thread: threading.Thread | None = None
+        # a job of an uploaded model runs in a limited child process (service.jobchild); the seams tests
+        # replace run in-process
+        self.isolate_uploads = make_workload is workload_for_job if isolate_uploads is None else isolate_uploads
+        self.last_child: ChildRun | None = None
+        self.memory_note: str | None = None  # a job child's limits, added to an allocation failure's message
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start_heartbeat(self) -> None:
@@ -233,6 +240,8 @@ class Worker:
             else:
                 log.exception("worker %s: job %d failed", self.id, job_id)
                 error = f"{type(exc).__name__}: {exc}"
+                if self.memory_note and (isinstance(exc, MemoryError) or "allocate" in str(exc)):
+                    error = f"{error[:2000]} ({self.memory_note})"
                 self._write(lambda s: store.transition(s, job_id, JobStatus.FAILED, error))
         finally:
             self.current_job = None
@@ -245,6 +254,9 @@ class Worker:
                 return
             session.expunge(job)
         spec = job_spec(job.spec)
+        if spec.model is not None and self.isolate_uploads:
+            self._run_job_in_child(job_id)
+            return
         run = _JobRun(job_id, job.owner, spec, str(spec.cost_objectives[0]))
         workload = self.make_workload(self.db, job, self.settings)
         run.higher_is_better = workload.higher_is_better
@@ -256,6 +268,23 @@ class Worker:
         if self.stop_event.is_set() or self._status(job_id) != JobStatus.RUNNING:
             return  # shutting down, cancelled or deleted: the study keeps what was done
         self._finalize(run, result)
+
+    def _run_job_in_child(self, job_id: int) -> None:
+        """The job of an uploaded model in a child under limits (:mod:`service.jobchild`); the child records
+        the job's trials and outcome; one it could not record (killed by a limit, crashed) fails the job."""
+        child = run_job_in_child(self.settings, job_id, self.id, self.stop_event)
+        self.last_child = child
+        log.info("worker %s: job %d's child exited with %d (peak RSS %d MiB)", self.id, job_id, child.returncode,
+                 child.max_rss_bytes // 2**20)
+        if child.returncode == 0 or self.stop_event.is_set() or self._status(job_id) != JobStatus.RUNNING:
+            return
+        killed = child.signal_name
+        why = (f"was killed by {killed}" if killed else f"exited with status {child.returncode}")
+        if killed in ("SIGXCPU", "SIGKILL") or child.returncode == 1:
+            why += " (a resource limit?)"
+        error = (f"workload: training the uploaded model {why}; each job of an uploaded model runs within "
+                 f"{limits_text(self.settings)}: reduce workload_options.batch_size or the dataset")
+        self._write(lambda s: store.transition(s, job_id, JobStatus.FAILED, error))
 
     def _profile(self, owner: str, name: str) -> TargetProfile:
         """A built-in profile, or the owner's uploaded one."""

@@ -447,6 +447,9 @@ def export_onnx(
                     probe_outputs = _flatten(model(*probe))
                 except Exception as exc:  # noqa: BLE001 - any failure at another size means "static"
                     reason = f"the model fails on inputs of twice the example size ({_first_line(exc)})"
+                reason = reason or _batch_changed(outputs, probe_outputs)
+                if reason is not None:
+                    probe_outputs = None
             proto = _export_rewritten(model, inputs, points, formats, opset,
                                       _dynamic_axes(inputs, outputs, probe_outputs, dynamic_batch))
             if probe_outputs is not None:
@@ -474,6 +477,17 @@ def _export_rewritten(
                                    "mixq.dynamic_axes": json.dumps(axes.describe(), sort_keys=True)})
     onnx.checker.check_model(proto, full_check=True)
     return proto
+
+
+def _batch_changed(outputs: list[Tensor], probe_outputs: list[Tensor] | None) -> str | None:
+    """Why the model is not shape-polymorphic along its spatial axes although it runs at the probe size: an
+    output's batch dimension changed with them (a Flatten/Reshape to a fixed width folds the extra pixels
+    into more rows: a Conv -> Flatten -> Linear model at twice the size returns 4 rows per sample)."""
+    for i, (want, have) in enumerate(zip(outputs, probe_outputs or [], strict=False)):
+        if want.dim() and (have.dim() != want.dim() or have.shape[0] != want.shape[0]):
+            return (f"output_{i} has {tuple(have.shape)[:1]} rows at twice the example size, "
+                    f"{tuple(want.shape)[:1]} at the example size: the model is not shape-polymorphic there")
+    return None
 
 
 def _onnxruntime_mismatch(proto: onnx.ModelProto, probe: tuple[Any, ...], probe_outputs: list[Tensor]) -> str | None:
@@ -518,8 +532,10 @@ def _flatten(output: Any) -> list[Tensor]:
     raise ExportError(f"model output: cannot compare a {type(output).__name__}")
 
 
-def verify_onnx(model: nn.Module, example_inputs: Any, path: str | Path) -> float:
-    """Max abs difference between the fake-quant model and onnxruntime on ``example_inputs``."""
+def verify_onnx(model: nn.Module, example_inputs: Any, path: str | Path, *, what: str = "model") -> float:
+    """Max abs difference between ``model`` (the fake-quant model, or the fp32 original it was made from:
+    ``what`` names it in errors) and onnxruntime on ``example_inputs``; an :class:`ExportError` when the
+    graph's outputs differ from the model's in number or shape."""
     inputs = _as_tuple(example_inputs)
     was_training = model.training
     model.eval()
@@ -534,12 +550,12 @@ def verify_onnx(model: nn.Module, example_inputs: Any, path: str | Path) -> floa
     names = {i.name for i in session.get_inputs()}
     got = session.run(None, {k: v for k, v in feed.items() if k in names})
     if len(got) != len(expected):
-        raise ExportError(f"verify: the graph has {len(got)} outputs, the model {len(expected)}")
+        raise ExportError(f"verify: the graph has {len(got)} outputs, the {what} {len(expected)}")
     diff = 0.0
     for want, have in zip(expected, got, strict=True):
         want_np = want.detach().cpu().float().numpy()
         if want_np.shape != have.shape:
-            raise ExportError(f"verify: output shape {have.shape} != model's {want_np.shape}")
+            raise ExportError(f"verify: output shape {have.shape} != the {what}'s {want_np.shape}")
         if want_np.size:
             diff = max(diff, float(np.max(np.abs(want_np.astype(np.float64) - have.astype(np.float64)))))
     return diff

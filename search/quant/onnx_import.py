@@ -153,11 +153,14 @@ def _array(tensor: TensorProto) -> np.ndarray:
 
 
 def _module_name(node_name: str, op_type: str, index: int, taken: set[str]) -> str:
-    """A strict identifier for the node's module, never one of nn.Module's own attributes."""
+    """A strict identifier for the node's module, never one of nn.Module's or OnnxModule's own attributes (of
+    the class or set on an instance: ``training``, ``onnx_names``, ...) nor in mixq's ``mixq_`` namespace
+    (``search.quant.qat.OUTPUT_QUANT_ATTR``); such a node gets the generated ``<op>_<n>``."""
     candidate = re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_]", "_", node_name)).strip("_")
     ok = (
         _IDENTIFIER_RE.fullmatch(candidate) is not None and not keyword.iskeyword(candidate)
-        and candidate not in taken and not hasattr(OnnxModule, candidate) and not candidate.startswith("const_")
+        and candidate not in taken and not hasattr(OnnxModule, candidate) and candidate not in vars(OnnxModule())
+        and not candidate.startswith(("const_", "mixq_"))
     )
     if ok:
         return candidate

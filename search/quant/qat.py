@@ -472,7 +472,7 @@ def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
 # Whole-model API
 # ---------------------------------------------------------------------------------------------
 
-OUTPUT_QUANT_ATTR = "mixq_output_quant"
+OUTPUT_QUANT_ATTR = "mixq_output_quant"  # the "mixq_" prefix is mixq's: the ONNX importer never gives it a node
 
 
 def _quantize_output_hook(module: nn.Module, args: Any, output: Any) -> Any:
@@ -519,6 +519,13 @@ def quantize_model(
         _set_submodule(model, fqn, to_fake_quant(module, fmt, method))
     last_fmt = qmap.get(graph.last.fqn, LayerFormat(FP32, FP32)).activation
     if quantize_output and not last_fmt.is_identity:
+        existing = getattr(model, OUTPUT_QUANT_ATTR, None)
+        if existing is not None and not isinstance(existing, ActivationQuantizer):
+            # the model's own attribute would be silently replaced (and its layer with it)
+            raise QuantizationError(
+                f"model: has its own attribute {OUTPUT_QUANT_ATTR!r} ({type(existing).__name__}); mixq reserves "
+                "names beginning with 'mixq_' for its quantizers: rename it"
+            )
         model.add_module(OUTPUT_QUANT_ATTR, ActivationQuantizer(last_fmt, method))
         # an nn.Sequential runs every child, so the new child already is its last step; any other
         # root gets a forward hook (a hook on a Sequential would quantize the output twice)

@@ -13,7 +13,7 @@ import pydantic
 
 __all__ = [
     "BUILTIN_WORKLOADS", "Architecture", "Workload", "WorkloadError", "builtin_layer_graph", "check_workload_options",
-    "load_workload", "resolve_factory",
+    "load_workload", "pretrain_steps_of", "resolve_factory",
 ]
 
 import torch
@@ -61,6 +61,32 @@ def check_workload_options(name: str, options: dict[str, Any] | None = None) -> 
     except ValueError:  # no introspectable signature: the call itself decides
         return
     _check_option_types(factory, options or {})
+    if name in BUILTIN_WORKLOADS:
+        _check_option_bounds(name, factory, options or {})
+
+
+# activations one training batch of a DnCNN keeps (batch x patch^2 x width x depth floats, 8 GiB): the largest
+# architecture (depth 200, width 1024) at the default batch and patch fits, 256 patches of 256 px of it do not
+MAX_BATCH_ACTIVATIONS = 2**31
+
+
+def _check_option_bounds(name: str, factory: Callable[..., Any], options: dict[str, Any]) -> None:
+    """Every option of a built-in within its module's ``OPTION_BOUNDS``, and a DnCNN's training batch
+    within :data:`MAX_BATCH_ACTIVATIONS`: a request cannot make a worker build, allocate or train without end."""
+    bounds: dict[str, tuple[int, int]] = _builtin_module(name).OPTION_BOUNDS
+    for key, value in options.items():
+        if key in bounds and not bounds[key][0] <= value <= bounds[key][1]:
+            lo, hi = bounds[key]
+            raise WorkloadError(f"workload_options.{key}: {lo}..{hi} for workload {name!r}, got {value!r}")
+    if "patch_size" in bounds:
+        given = {k: p.default for k, p in inspect.signature(factory).parameters.items()} | options
+        elements = given["batch_size"] * given["patch_size"] ** 2 * given["width"] * given["depth"]
+        if elements > MAX_BATCH_ACTIVATIONS:
+            raise WorkloadError(
+                f"workload_options.batch_size: batch_size x patch_size^2 x width x depth = {given['batch_size']} x "
+                f"{given['patch_size']}^2 x {given['width']} x {given['depth']} = {elements} activations per training "
+                f"batch, above the limit of {MAX_BATCH_ACTIVATIONS}; lower batch_size, patch_size, width or depth"
+            )
 
 
 def _check_option_types(factory: Callable[..., Any], options: dict[str, Any]) -> None:
@@ -82,6 +108,18 @@ def _check_option_types(factory: Callable[..., Any], options: dict[str, Any]) ->
             ) from None
         except pydantic.PydanticSchemaGenerationError:  # an annotation pydantic cannot check
             continue
+
+
+def pretrain_steps_of(name: str, options: dict[str, Any] | None = None) -> int:
+    """The pretraining steps a built-in workload with ``options`` runs (its default where not given); 0 for
+    anything else (an upload is pretrained; an entry point's factory is not introspected here)."""
+    if name not in BUILTIN_WORKLOADS:
+        return 0
+    given = (options or {}).get("pretrain_steps")
+    if isinstance(given, int):
+        return given
+    default = inspect.signature(resolve_factory(name)).parameters["pretrain_steps"].default
+    return int(default)
 
 
 def builtin_layer_graph(name: str, options: dict[str, Any] | None = None) -> LayerGraph:

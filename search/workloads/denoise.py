@@ -27,6 +27,8 @@ SIGMA = 25.0 / 255.0
 EXAMPLE_SIDE = 40  # px: the example input is a 40x40 crop of one grey image
 MAX_DEPTH = 200  # convolutions; bounds what an option can make us build (DnCNN's published depth is 17-20)
 MAX_WIDTH = 1024  # channels
+# every option's range (search.workloads.check_workload_options); eval_size: the test photo is 427 px high
+OPTION_BOUNDS = {"pretrain_steps": (1, 100_000), "eval_size": (8, 427), "batch_size": (1, 256), "patch_size": (4, 256)}
 
 
 class DnCNN(nn.Module):

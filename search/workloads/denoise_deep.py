@@ -39,6 +39,8 @@ TRAIN_PHOTOS = (
     "immunohistochemistry", "moon", "page", "rocket", "text", "cell", "retina",
 )  # fmt: skip
 EVAL_PHOTOS = ("camera", "coins", "astronaut")
+# every option's range (search.workloads.check_workload_options); eval_size: 'coins' is 303 px high
+OPTION_BOUNDS = {"pretrain_steps": (1, 100_000), "eval_size": (8, 303), "batch_size": (1, 256), "patch_size": (4, 256)}
 PRETRAIN_BATCH = (16, 32)  # patches per step, patch side (px)
 PRETRAIN_LR = 1e-3  # Adam, cosine-annealed to 0
 

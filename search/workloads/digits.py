@@ -19,6 +19,8 @@ from search.workloads.training import train_steps
 N_TRAIN = 1200  # of 1797 images; the rest is the test split
 INPUT_SHAPE = (1, 1, 8, 8)  # one 8x8 grey image
 MAX_WIDTH = 1024  # channels; far past what 8x8 digits need, and it bounds what an option can make us build
+# every option's range but width (_check_width; search.workloads.check_workload_options)
+OPTION_BOUNDS = {"pretrain_steps": (1, 100_000), "batch_size": (1, 4096)}
 
 
 class DigitsCNN(nn.Module):

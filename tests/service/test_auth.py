@@ -22,7 +22,7 @@ from service.auth import create_token, hash_token
 from service.cli import app as cli_app
 from service.db import Database
 from service.main import create_app
-from service.models import ApiToken
+from service.models import ApiToken, TokenRole
 from service.settings import Settings
 
 
@@ -128,11 +128,15 @@ def test_token_list_revoke_and_expiry_cli(secured: TestClient, settings: Setting
     assert bad.exit_code != 0 and "--expires-in" in bad.output
 
 
-def test_metrics_need_a_token_when_auth_is_on(secured: TestClient, client: TestClient, db: Database) -> None:
+def test_metrics_need_an_operator_token_when_auth_is_on(secured: TestClient, client: TestClient, db: Database) -> None:
     with db.session() as session:
         token = create_token(session, "alice")
+        operator = create_token(session, "olga", role=TokenRole.OPERATOR)
     assert secured.get("/metrics").status_code == 401
-    assert secured.get("/metrics", headers=bearer(token)).status_code == 200
+    # job counts across tenants (issue 21): a tenant's token does not see them
+    user = secured.get("/metrics", headers=bearer(token))
+    assert user.status_code == 403 and "operator" in user.json()["detail"]
+    assert secured.get("/metrics", headers=bearer(operator)).status_code == 200
     assert client.get("/metrics").status_code == 200  # loopback without auth
 
 
