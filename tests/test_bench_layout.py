@@ -85,3 +85,12 @@ def test_bench_paths_named_in_the_docs_exist(doc: str) -> None:
     missing = sorted({p for p in named if "*" not in p and not (ROOT / p).exists()
                       and not list((ROOT / p).parent.glob((ROOT / p).name.rstrip(".") + ".*"))})
     assert not missing, f"{doc}: {missing}"
+
+
+def test_a_report_is_written_into_its_benchmarks_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.report as report
+
+    monkeypatch.setattr(report, "RESULTS_DIR", tmp_path)
+    path = report.write_report("fidelity", "denoise_5seeds", "Fidelity", "body", shared_machine=False)
+    assert path == tmp_path / "fidelity" / "denoise_5seeds.md"
+    assert path.read_text().startswith("# Fidelity\n") and "body" in path.read_text()
