@@ -30,11 +30,13 @@ Run from the repository root (the full configuration; hours on 2 cores)::
 
     python -m bench.baselines --budget-s 1800 --search-qat-steps 60 --long-qat-steps 300 --seeds 3
 
-The medium run recorded in ``bench/results/baselines.md`` (about 30 minutes on one core)::
+The medium run recorded in ``bench/results/baselines/denoise-deep.md`` (about 30 minutes on one core)::
 
     python -m bench.baselines --budget-s 240 --search-qat-steps 40 --long-qat-steps 200 --seeds 3
 
-Long-fidelity runs are kept in ``bench/results/<name>_runs.json`` (deterministic on CPU with one
+``--name`` is the setting: the report, plot and numbers go to ``bench/results/baselines/<name>.{md,png,json}``
+(default ``denoise-deep``; ``--name denoise-deep_seed1 --search-seed 1`` for another search seed).
+Long-fidelity runs are kept in ``bench/cache/baselines_<name>_runs.json`` (deterministic on CPU with one
 thread); ``--methods X --keep`` adds or reruns method X and keeps the others from ``<name>.json``.
 """
 
@@ -50,7 +52,16 @@ from typing import Any
 
 import torch
 
-from bench.report import RESULTS_DIR, code_version, markdown_table, mean_std, write_report
+from bench.report import (
+    code_version,
+    markdown_table,
+    mean_std,
+    repo_relative,
+    result_path,
+    runs_cache,
+    setting_name,
+    write_report,
+)
 from search import CostObjective, SearchSpec, discover_layers, load_profile, load_workload, run_search, run_trial
 from search.quant.cost import model_costs
 from search.quant.layers import LayerGraph
@@ -215,7 +226,7 @@ def measure(setup: Setup, assignment: Assignment, seeds: int, qat_steps: int, ca
 
 def load_previous(name: str) -> list[MethodResult]:
     """The methods of an earlier run of the same ``--name`` (to add a method without rerunning all)."""
-    path = RESULTS_DIR / f"{name}.json"
+    path = result_path("baselines", name, ".json")
     if not path.exists():
         return []
     data = json.loads(path.read_text())
@@ -235,7 +246,9 @@ def main() -> None:
     parser.add_argument("--budgets", type=float, nargs=3, default=[0.4, 0.6, 0.8], help="BitOPs ratios to all-int8")
     parser.add_argument("--methods", nargs="*",
                         default=["amp", "hawq", "autoquantize", "random", "tpe", "mixq", "mixq-mf", "mixq-mf-eta2"])
-    parser.add_argument("--name", default="baselines", help="results file name in bench/results (no suffix)")
+    parser.add_argument("--name", type=setting_name, default="denoise-deep",
+                        help="the setting: results in bench/results/baselines/NAME.{md,png,json}, long runs in "
+                             "bench/cache/baselines_NAME_runs.json")
     parser.add_argument("--mixq-rungs", type=int, nargs="+", default=[1, 3],
                         help="fidelity_rungs of the mixq-mf method (multiples of --search-qat-steps)")
     parser.add_argument("--runners-up", type=int, default=2,
@@ -274,7 +287,7 @@ def main() -> None:
     for name in args.methods:
         methods.append(runners[name]())
         print(f"{name}: {methods[-1].wall_s:.1f} s, {len(methods[-1].picks)} picks", flush=True)
-    cache_path = RESULTS_DIR / f"{args.name}_runs.json"
+    cache_path = runs_cache("baselines", args.name)
     cache: dict[str, list[float]] = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     try:
         measure_all(args, setup, methods, cache)
@@ -353,7 +366,7 @@ def write_outputs(args: argparse.Namespace, setup: Setup, methods: Sequence[Meth
     ax.set_title("denoise-deep: each method's picks at 3 BitOPs budgets (x shifted per method)")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    png = RESULTS_DIR / f"{args.name}.png"
+    png = result_path("baselines", args.name, ".png")
     fig.savefig(png, dpi=110)
     budgets = setup.budgets
     rows = [[m.name, f"{m.wall_s:.1f}", *(f"{hv[m.name][b]:.4f}" for b in budgets),
@@ -390,7 +403,8 @@ def write_outputs(args: argparse.Namespace, setup: Setup, methods: Sequence[Meth
     near = [p for p in measured if p[1] >= int8_quality - 0.1]
     best_low = measured[0] if measured else None
     summary["target_int8_within_0.1db_at_0.6"] = {"met": bool(near), "best_at_or_below_0.6": best_low}
-    Path(RESULTS_DIR / f"{args.name}.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    json_path, long_runs = result_path("baselines", args.name, ".json"), runs_cache("baselines", args.name)
+    json_path.write_text(json.dumps(summary, indent=1, default=str) + "\n")
     short_rows = [[m.name, *(f"{diagnosis.short[m.name][b]:.2f}" if b in diagnosis.short[m.name] else "-"
                              for b in budgets)] for m in methods]
     runner_rows = [[f"{r['budget']:g}", f"{r['bitops_ratio']:.3f}", f"#{r['number']} {r['source']}",
@@ -413,14 +427,14 @@ def write_outputs(args: argparse.Namespace, setup: Setup, methods: Sequence[Meth
          f"reference (PSNR of the noisy input {reference_quality:.2f} dB, B).  All-int8 measured "
          f"{int8_quality:.2f} ± {int8_std:.2f} dB.  "
          "Wall time: the method's own search or proxy time (the common measurement is not counted).  "
-         f"The plot is `bench/results/{args.name}.png`, the numbers `bench/results/{args.name}.json` "
-         f"(every search trial, with its source), the long runs `bench/results/{args.name}_runs.json`."),
+         f"The plot is `{repo_relative(png)}`, the numbers `{repo_relative(json_path)}` "
+         f"(every search trial, with its source), the long runs `{repo_relative(long_runs)}`."),
         "",
         markdown_table(
             ["method", "wall (s)", *(f"HV @ {b:g}" for b in budgets), "picks: BitOPs ratio: PSNR dB", "note"], rows
         ),
         "",
-        f"![fronts]({args.name}.png)",
+        f"![fronts]({png.name})",
         "",
         "## Targets",
         "",
@@ -445,7 +459,7 @@ def write_outputs(args: argparse.Namespace, setup: Setup, methods: Sequence[Meth
                         "int4 layers"], runner_rows),
         *(["", args.notes.read_text().strip()] if args.notes is not None else []),
     ])
-    write_report(args.name, "mixq vs AMP, HAWQ-V3, AutoQuantize, random and TPE on denoise-deep", body)
+    write_report("baselines", args.name, "mixq vs AMP, HAWQ-V3, AutoQuantize, random and TPE on denoise-deep", body)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ Run from the repository root (any workload: built-in or ``package.module:factory
     python -m bench.fidelity --workload denoise --summary mixq-out/summary.json   # a finished CLI search
     python -m bench.fidelity --workload denoise --report-only
 
-Runs are cached per (workload setting, map, steps, seed, recipe) in ``bench/results/fidelity_runs.json``,
-so an interrupted run resumes and a second recipe reuses nothing it should not.
+Runs are cached per (workload setting, map, steps, seed, recipe) in ``bench/cache/fidelity_runs.json``,
+so an interrupted run resumes and a second recipe reuses nothing it should not.  The report goes to
+``bench/results/fidelity/<out-name>.{md,png,json}`` (default: the workload's name, e.g. ``fidelity/denoise.md``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Any
 import torch
 from scipy import stats
 
-from bench.report import RESULTS_DIR, code_version, markdown_table, mean_std, write_report
+from bench.report import cache_path, code_version, markdown_table, mean_std, result_path, setting_name, write_report
 from search import (
     CostObjective,
     SearchResult,
@@ -55,7 +56,7 @@ from search.train import fp32_quality
 from search.workloads.base import Workload
 from search.workloads.training import DEFAULT_RECIPE, QatRecipe
 
-RUNS_FILE = RESULTS_DIR / "fidelity_runs.json"
+RUNS_FILE = cache_path("fidelity_runs.json")  # shared with bench/multifidelity.py
 
 
 def map_key(assignment: Mapping[str, str]) -> str:
@@ -307,13 +308,19 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--rerun-search", action="store_true",
                         help="run the search again even if one with this spec is cached (the search changed)")
-    parser.add_argument("--out-name", help="results file name in bench/results (default fidelity_WORKLOAD)")
+    parser.add_argument("--out-name", type=setting_name,
+                        help="the setting: results in bench/results/fidelity/OUT_NAME.{md,png,json} (default WORKLOAD)")
     parser.add_argument("--legacy-maps", action="store_true",
-                        help="the maps and runs of fidelity_denoise_previous.md (measured at 5f0a012; their "
+                        help="the maps and runs of the table before split formats (bench/results/"
+                             "fidelity_denoise_previous.md, in git history; measured at 5f0a012, their "
                              "pretrained weights were another machine's), not a new search")
     parser.add_argument("--complete-only", action="store_true",
                         help="with --report-only: report the maps whose runs are all cached (an interrupted run)")
     args = parser.parse_args()
+    try:  # the default setting is the workload's name; checked now, not after hours of training
+        args.out_name = setting_name(args.out_name or args.workload)
+    except argparse.ArgumentTypeError as e:
+        parser.error(f"--out-name: {e}")
     if args.short_seeds < 2 or args.long_seeds < 3:
         parser.error("--short-seeds must be >= 2 and --long-seeds >= 3 (the long fidelity is the noisier one)")
     recipes = [parse_recipe(r) for r in args.short_recipes]
@@ -326,7 +333,7 @@ def main() -> None:
     long_steps = args.short_steps * args.long_factor
 
     runs = RunCache(args.runs_file, merge=args.merge, report_only=args.report_only)
-    if args.legacy_maps:  # the maps and runs of fidelity_denoise_previous.md (measured at 5f0a012), so it reproduces
+    if args.legacy_maps:  # the maps and runs of fidelity_denoise_previous.md (git history; 5f0a012), so it reproduces
         legacy_key = f"maps|{setting}|{args.short_steps}|{args.search_trials}"
         if legacy_key not in runs:
             raise SystemExit(f"no cached maps for {legacy_key}")
@@ -391,8 +398,8 @@ def main() -> None:
                      "long_std": l_std})
     fp32 = fp32_quality(workload)
 
-    name = args.out_name or f"fidelity_{args.workload}"
-    png = RESULTS_DIR / f"{name}.png"
+    name = args.out_name
+    png = result_path("fidelity", name, ".png")
     plot(rows, png, workload.metric, args.short_steps, long_steps)
     rel = max(costs)
     table = markdown_table(
@@ -423,11 +430,12 @@ def main() -> None:
         "",
         f"![short vs long]({png.name})",
     ])
-    (RESULTS_DIR / f"{name}.json").write_text(json.dumps({
+    result_path("fidelity", name, ".json").write_text(json.dumps({
         "tau_long_seeds": tau_long_seeds, "short_steps": args.short_steps, "long_steps": long_steps,
         "recipes": [{k: v for k, v in r.items() if k != "shorts"} for r in per_recipe], "rows": rows,
     }, indent=1))
-    write_report(name, f"Fidelity: {args.short_steps}-step vs {long_steps}-step QAT on {args.workload}", body)
+    title = f"Fidelity: {args.short_steps}-step vs {long_steps}-step QAT on {args.workload}"
+    write_report("fidelity", name, title, body)
 
 
 if __name__ == "__main__":

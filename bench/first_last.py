@@ -14,7 +14,9 @@ for denoise.  "fp32 (pretrained)" is the cached pretrained model as is; "fp32 + 
 same fine-tuning with no quantization, to separate the effect of the extra steps from the
 precision's.  For denoise the noisy input's own PSNR is the trivial baseline a denoiser must beat.
 
-Per-seed results are cached in ``bench/results/first_last_runs.json`` (reruns skip what is there).
+The report goes to ``bench/results/first_last/<setting>.md``: ``digits+denoise.md`` for the shallow
+workloads (one table, whichever of them ``--workloads`` names), ``denoise-deep.md`` for denoise-deep.
+Per-seed results are cached in ``bench/cache/first_last_<setting>_runs.json`` (reruns skip what is there).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from bench.report import RESULTS_DIR, markdown_table, mean_std, write_report
+from bench.report import markdown_table, mean_std, repo_relative, runs_cache, write_report
 from search import CostObjective, discover_layers, load_profile, load_workload, run_trial
 from search.quant.cost import model_costs
 from search.train import fp32_quality
@@ -37,7 +39,8 @@ from search.workloads.base import Workload
 # denoise-deep: 100 steps, the long fidelity bench/baselines.py measures fronts at (0.2 s a step on
 # one shared core at width 16: 15 runs fit in minutes)
 QAT_STEPS = {"digits": 200, "denoise": 300, "denoise-deep": 100}
-RUNS_FILE = RESULTS_DIR / "first_last_runs.json"
+SHALLOW = "digits+denoise"  # the setting of the shallow workloads' table
+RUNS_FILE = runs_cache("first_last", SHALLOW)
 
 # row label -> (index, first index, last index) -> format name
 MAPS: dict[str, Callable[[int, int, int], str]] = {
@@ -136,8 +139,8 @@ def main() -> None:
     torch.set_num_threads(1)
     # the shallow workloads keep their original table; denoise-deep gets its own (and its own runs file)
     shallow = set(args.workloads) <= {"digits", "denoise"}
-    report_name = "first_last" if shallow else "first_last_" + "_".join(args.workloads)
-    runs_file = RUNS_FILE if report_name == "first_last" else RESULTS_DIR / f"{report_name}_runs.json"
+    setting = SHALLOW if shallow else "+".join(args.workloads)
+    runs_file = runs_cache("first_last", setting)
     runs = load_runs(runs_file)
     cached = set(runs)
     train_seeds = [] if args.report_only else (args.train_seeds or list(range(args.seeds)))
@@ -158,14 +161,14 @@ def main() -> None:
         "trained before the workload's default QAT batches changed (kept for comparison)."),
         "",
         (f"Runs trained by this invocation: {len(set(runs) - cached)}; taken from "
-         f"`{runs_file.relative_to(RESULTS_DIR.parent.parent)}` (earlier invocations of this script, e.g. "
+         f"`{repo_relative(runs_file)}` (earlier invocations of this script, e.g. "
          f"`--train-seeds` processes run in parallel): {len(cached & set(runs))}."),
         "",
         markdown_table(
             ["workload", "precision map", "quality", "seeds", "drop vs fp32", "bitops (x int8)", "map"], rows
         ),
     ])
-    write_report(report_name, "First/last-layer precision table", body)
+    write_report("first_last", setting, "First/last-layer precision table", body)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ Run from the repository root::
 
     python -m bench.multifidelity --workload denoise --rungs 1,3,9 1,3
 
-Searches and runs are cached in ``bench/results/fidelity_runs.json`` (a search under its whole spec).
+Searches and runs are cached in ``bench/cache/fidelity_runs.json`` (a search under its whole spec).  The
+report goes to ``bench/results/multifidelity/<out-name>.{md,png,json}`` (default: the workload's name).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from bench.fidelity import (
     uniform_baselines,
     workload_setting,
 )
-from bench.report import RESULTS_DIR, markdown_table, mean_std, write_report
+from bench.report import markdown_table, mean_std, result_path, setting_name, write_report
 from search import CostObjective, SearchSpec, discover_layers, load_profile, load_workload
 from search.quant.cost import model_costs
 
@@ -97,8 +98,14 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--rerun-search", action="store_true",
                         help="run the searches again even if cached under the same spec (the search changed)")
-    parser.add_argument("--out-name", help="results file name in bench/results (default multifidelity_WORKLOAD)")
+    parser.add_argument("--out-name", type=setting_name,
+                        help="the setting: results in bench/results/multifidelity/OUT_NAME.{md,png,json} "
+                             "(default WORKLOAD)")
     args = parser.parse_args()
+    try:  # the default setting is the workload's name; checked now, not after hours of training
+        args.out_name = setting_name(args.out_name or args.workload)
+    except argparse.ArgumentTypeError as e:
+        parser.error(f"--out-name: {e}")
     torch.set_num_threads(int(os.environ.get("MIXQ_TORCH_THREADS", "1")))
 
     options = json.loads(args.workload_options)
@@ -197,8 +204,8 @@ def main() -> None:
           f"{r['long_mean']:.3f} ± {r['long_std']:.3f}", "yes" if i in union_front else ""]
          for i, r in sorted(enumerate(rows), key=lambda ir: ir[1]["bitops"])],
     )
-    name = args.out_name or f"multifidelity_{args.workload}"
-    png = RESULTS_DIR / f"{name}.png"
+    name = args.out_name
+    png = result_path("multifidelity", name, ".png")
     plot(searches, rows, union_front, png, workload.metric, long_steps)
     specs = "\n".join(f"- {s['name']}: `{s['spec'].model_dump_json(exclude_defaults=True)}`" for s in searches)
     body = "\n".join([
@@ -218,7 +225,7 @@ def main() -> None:
         "",
         f"![fronts at the long fidelity]({png.name})",
     ])
-    (RESULTS_DIR / f"{name}.json").write_text(json.dumps({
+    result_path("multifidelity", name, ".json").write_text(json.dumps({
         "long_steps": long_steps, "budget_qat_steps": budget, "hv_union": hv_union,
         "searches": [{"name": s["name"], "spec": s["spec"].model_dump(mode="json"), "hv": s["hv"],
                       "hv_ratio": s["hv_ratio"], "hv_ratio_per_seed": s["hv_ratio_per_seed"], "tau": s["tau"],
@@ -226,7 +233,8 @@ def main() -> None:
                       "wall_s": s["summary"]["wall_s"]} for s in searches],
         "maps": [{k: v for k, v in r.items()} for r in rows],
     }, indent=1))
-    write_report(name, f"Multi-fidelity vs single-fidelity search at equal compute on {args.workload}", body)
+    title = f"Multi-fidelity vs single-fidelity search at equal compute on {args.workload}"
+    write_report("multifidelity", name, title, body)
 
 
 if __name__ == "__main__":

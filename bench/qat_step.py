@@ -361,8 +361,9 @@ def main() -> None:
         timings.append(time_steps(name, rounds, steps, args.warmup))
     trial_steps = 200
     trial_wall, trial_cpu = time_trials(args.trials, trial_steps)
+    setting = "+".join(args.workloads) + ("_quick" if args.quick else "")
     write_report(
-        "qat_step" if not args.quick else "qat_step_quick", "QAT step time: mixq vs fp32, torch.ao FX, torchao PT2E",
+        "qat_step", setting, "QAT step time: mixq vs fp32, torch.ao FX, torchao PT2E",
         render(timings, trial_wall, trial_cpu, trial_steps),
     )
 

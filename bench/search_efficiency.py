@@ -14,7 +14,8 @@ profile's 5 formats (int4, int8, w4a8, w8a16, fp16) = 625 maps at the search's 2
 ``default-d5`` the same at depth 5 (125 maps); ``inner`` and ``ends`` a narrowed depth-7 denoiser over
 int4/int8/fp16 only (243 maps at 40 steps; the spaces measured before split formats were the default).
 Every map is trained once (QAT seed 0) and scored: the exhaustive table, cached in
-``bench/results/exhaustive_*.json``.  The methods then search that table, each "trial" a lookup:
+``bench/cache/exhaustive_*.json``.  The report and its plot go to ``bench/results/search_efficiency/<space>.{md,png}``.
+The methods then search that table, each "trial" a lookup:
 
 * mixq: ``run_search`` with its defaults (seeded: uniform maps of every format, the one-layer
   sensitivity sweep, the proxy programs, the greedy front; TPE; the front's neighbours in the last
@@ -50,7 +51,7 @@ from typing import Any
 
 import torch
 
-from bench.report import RESULTS_DIR, code_version, markdown_table, mean_std, write_report
+from bench.report import cache_path, code_version, markdown_table, mean_std, repo_relative, result_path, write_report
 from search import (
     CostObjective,
     Pin,
@@ -85,7 +86,6 @@ class Config:
     qat_steps: int
     space: dict[str, Any]
     table_suffix: str = ""  # the cached table's file name, after the options and QAT steps
-    report: str = "search_efficiency"
 
 
 DEPTH7 = {"depth": 7, "width": 16, "eval_size": 96, "pretrain_steps": 1500, "batch_size": 8, "patch_size": 40}
@@ -101,15 +101,15 @@ CONFIGS: dict[str, Config] = {
                    "convs pinned int8, int4/int8/fp16", DEPTH7, OLD_FORMATS, 40,
                    {"pin_first_last": None,
                     "pins": (Pin(match="body.11", format="int8"), Pin(match="body.14", format="int8"))},
-                   table_suffix="_ends", report="search_efficiency_ends"),
+                   table_suffix="_ends"),
     # the README's main job: the default workload, the profile's formats (split ones included), default pins
     "default": Config("the README's `denoise` (depth 6): first and last conv pinned int8, the 4 inner convs free, "
                       "the profile's default formats (int4, int8, w4a8, w8a16, fp16)", README_DENOISE, None, 200, {},
-                      table_suffix="_default", report="search_efficiency_default"),
+                      table_suffix="_default"),
     # a second space of the default formats: 3 free layers
     "default-d5": Config("`denoise` at depth 5: first and last conv pinned int8, the 3 inner convs free, the "
                          "profile's default formats", {**README_DENOISE, "depth": 5}, None, 200, {},
-                         table_suffix="_default", report="search_efficiency_default_d5"),
+                         table_suffix="_default"),
 }
 MIXQ = "mixq (TPE, seeded)"
 REFERENCE = (1.1, 1.1)  # in normalised (quality loss, bitops) units; see the module docstring
@@ -195,7 +195,7 @@ def all_assignments(workload: Workload, config: Config) -> tuple[list[str], dict
 
 def table_path(config: Config) -> Path:
     options = "_".join(f"{k}{v}" for k, v in sorted(config.workload_options.items()))
-    return RESULTS_DIR / f"exhaustive_{WORKLOAD}_{options}_qat{config.qat_steps}{config.table_suffix}.json"
+    return cache_path(f"exhaustive_{WORKLOAD}_{options}_qat{config.qat_steps}{config.table_suffix}.json")
 
 
 def exhaustive_table(workload: Workload, config: Config, path: Path, shard: tuple[int, int] = (0, 1)) -> Table:
@@ -392,7 +392,6 @@ def main() -> None:
         config = dataclasses.replace(config, qat_steps=args.qat_steps)
     workload = load_workload(WORKLOAD, config.workload_options)
     path = table_path(config)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     if args.shard is not None:
         k, n = (int(x) for x in args.shard.split("/"))
         exhaustive_table(workload, config, path, (k, n))
@@ -475,7 +474,7 @@ def main() -> None:
                 f"{statistics.fmean(r.neighbours_untried for r in group):.1f}",
             ])
     plot_budget = 24 if 24 in args.budgets else args.budgets[0]
-    png = RESULTS_DIR / f"{config.report}.png"
+    png = result_path("search_efficiency", args.space, ".png")
     plotted = {k: v for k, v in seed0_fronts[plot_budget].items() if "ablation" not in k}
     plot(png, table, exhaustive, plotted, plot_budget, args.space)
     stored = json.loads(path.read_text())
@@ -494,7 +493,7 @@ def main() -> None:
         (f"Benchmark model: `load_workload({WORKLOAD!r}, {config.workload_options})`; {config.words}: "
          f"{len(table.free)} free x ({', '.join(formats)}) = {len(table.quality)} assignments, each trained once "
          f"with {config.qat_steps} QAT steps (seed 0; median {trial_s:.1f} s per trial on this machine).  fp32 PSNR "
-         f"{table.fp32_quality:.2f} dB.  Table: `{path.relative_to(RESULTS_DIR.parent.parent)}`, trained "
+         f"{table.fp32_quality:.2f} dB.  Table: `{repo_relative(path)}`, trained "
          f"{stored.get('trained_at', '(time not recorded)')}."),
         "",
         (f"Hypervolume of the found front / hypervolume of the exhaustive front ({len(exhaustive)} points), "
@@ -537,7 +536,8 @@ def main() -> None:
         "",
         f"![search efficiency]({png.name})",
     ])
-    write_report(config.report, f"Search efficiency ({args.space}): hypervolume vs the exhaustive front", body)
+    title = f"Search efficiency ({args.space}): hypervolume vs the exhaustive front"
+    write_report("search_efficiency", args.space, title, body)
 
 
 if __name__ == "__main__":

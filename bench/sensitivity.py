@@ -16,7 +16,8 @@ What it measures (torch on one thread):
   quantization minus that run's PSNR;
 * Kendall's tau (scipy.stats) of each proxy's int4 scores against the QAT drops.
 
-QAT results are cached in ``bench/results/sensitivity_denoise-deep_runs.json`` (a rerun skips them).
+The report goes to ``bench/results/sensitivity/denoise-deep.md``; QAT results are cached in
+``bench/cache/sensitivity_denoise-deep_runs.json`` (a rerun skips them).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 import torch
 from scipy import stats  # type: ignore[import-untyped]
 
-from bench.report import RESULTS_DIR, markdown_table, write_report
+from bench.report import markdown_table, runs_cache, write_report
 from search import discover_layers, load_workload, run_trial
 from search.study.sensitivity import LayerSensitivity, fisher_sensitivity, ptq_sensitivity
 from search.train import fp32_quality
@@ -39,7 +40,7 @@ from search.workloads.base import Workload
 from search.workloads.denoise_deep import EVAL_PHOTOS, noisy_input_psnr
 
 WORKLOAD = "denoise-deep"
-RUNS_FILE = RESULTS_DIR / f"sensitivity_{WORKLOAD}_runs.json"
+RUNS_FILE = runs_cache("sensitivity", WORKLOAD)
 
 
 def cached_quality(path: Path, key: str, train: Callable[[], float]) -> float:
@@ -133,7 +134,7 @@ def main() -> None:
         "",
         markdown_table(["layer", "PTQ int8", "PTQ int4", "Fisher int8", "Fisher int4", "QAT int4 drop"], layer_rows),
     ])  # fmt: skip
-    write_report(f"sensitivity_{WORKLOAD}", f"Sensitivity proxies vs QAT on {WORKLOAD}", body)
+    write_report("sensitivity", WORKLOAD, f"Sensitivity proxies vs QAT on {WORKLOAD}", body)
 
 
 if __name__ == "__main__":

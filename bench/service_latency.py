@@ -5,7 +5,8 @@ holding 10,000 stored trials while two ``mixq worker`` processes add trials to t
 
 Default database: a fresh SQLite file in a temp folder.  The API runs under uvicorn in its own process on
 loopback; the load generator is asyncio + httpx with a bounded request count and time.  Prints a JSON
-summary (and writes it to --out).
+summary (and writes it to --out; the recorded runs are ``bench/results/service_latency/<database>_c<concurrency>.json``,
+e.g. ``--out bench/results/service_latency/sqlite_c4.json``).
 """
 
 from __future__ import annotations

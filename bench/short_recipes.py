@@ -13,7 +13,11 @@ Run from the repository root (about 10 minutes on one core)::
 
     python -m bench.short_recipes
 
-Short runs are cached in ``bench/results/short_recipes_runs.json`` (deterministic on CPU, 1 thread).
+The long runs (``--runs``) default to ``bench/cache/short_recipes_long_runs.json``: the long-fidelity runs of
+``bench/baselines.py``'s first medium run (commit 88179f8, before the program seeds; a subset of
+``bench/cache/baselines_denoise-deep_runs.json``, kept as it was so a rerun ranks the same 20 maps).  Short runs
+are cached in ``bench/cache/short_recipes_denoise-deep_runs.json`` (deterministic on CPU, 1 thread); the report
+goes to ``bench/results/short_recipes/denoise-deep.md``.
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ from pathlib import Path
 import torch
 from scipy.stats import kendalltau
 
-from bench.report import RESULTS_DIR, markdown_table, write_report
+from bench.report import cache_path, markdown_table, repo_relative, runs_cache, write_report
 from search import load_workload, run_trial
 from search.study.pareto import assignment_key
 from search.workloads.training import QatRecipe
 
+WORKLOAD = "denoise-deep"
 RECIPES: dict[str, tuple[QatRecipe, int]] = {  # name -> (recipe, QAT steps)
     "constant, lr x1, 40 steps (the search's)": (QatRecipe(), 40),
     "constant, lr x2, 40 steps": (QatRecipe(lr_scale=2.0), 40),
@@ -56,20 +61,20 @@ def pair_agreement(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=Path, default=RESULTS_DIR / "baselines_runs.json",
+    parser.add_argument("--runs", type=Path, default=cache_path("short_recipes_long_runs.json"),
                         help="long-fidelity runs of bench/baselines.py")
     parser.add_argument("--long-steps", type=int, default=200)
     parser.add_argument("--min-gap", type=float, default=0.05, help="dB between long means for a pair to count")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    workload = load_workload("denoise-deep", {"width": 16})
+    workload = load_workload(WORKLOAD, {"width": 16})
     maps: list[tuple[dict[str, str], float]] = []
     for key, values in json.loads(args.runs.read_text()).items():
         text, steps = key.rsplit("|", 1)
         if int(steps) == args.long_steps and len(values) >= 3:
             maps.append((json.loads(text), sum(values[:3]) / 3))
-    cache_path = RESULTS_DIR / "short_recipes_runs.json"
-    cache: dict[str, float] = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    short_path = runs_cache("short_recipes", WORKLOAD)
+    cache: dict[str, float] = json.loads(short_path.read_text()) if short_path.exists() else {}
     long = [q for _, q in maps]
     level = [sum(v == "int4" for v in m.values()) for m, _ in maps]
     rows = []
@@ -79,20 +84,20 @@ def main() -> None:
             key = f"{assignment_key(assignment)}|{steps}|{recipe.name}"
             if key not in cache:
                 cache[key] = run_trial(workload, assignment, qat_steps=steps, seed=0, recipe=recipe).quality
-                cache_path.write_text(json.dumps(cache, indent=1) + "\n")
+                short_path.write_text(json.dumps(cache, indent=1) + "\n")
             short.append(cache[key])
         agree, counted = pair_agreement(short, long, level, args.min_gap)
         rows.append([name, f"{kendalltau(short, long).statistic:.3f}", f"{agree}/{counted}"])
         print(rows[-1], flush=True)
     body = "\n\n".join([
-        f"```\npython -m bench.short_recipes --runs {args.runs} --long-steps {args.long_steps}\n```",
+        f"```\npython -m bench.short_recipes --runs {repo_relative(args.runs)} --long-steps {args.long_steps}\n```",
         f"{len(maps)} maps of `denoise-deep` with a {args.long_steps}-step x 3-seed mean in `{args.runs.name}` "
         f"(the picks and runners-up of `bench/baselines.py`); each trained once (seed 0) per recipe.  Within-level "
         f"pairs: same BitOPs, long means >= {args.min_gap} dB apart.",
         markdown_table(["short recipe", "Kendall tau vs long (all maps)", "within-level pairs ordered as long"], rows),
     ])
     title = "Short QAT recipes: do they order deep-model maps like the long run?"
-    write_report("short_recipes_denoise-deep", title, body)
+    write_report("short_recipes", WORKLOAD, title, body)
 
 
 if __name__ == "__main__":

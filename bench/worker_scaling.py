@@ -4,7 +4,8 @@
 
 Each run: a fresh job, N worker processes (one torch thread each, OMP_NUM_THREADS=1), timed from the
 first stored trial to the last (steady state: process start-up and the fp32 baseline excluded) and also
-end to end.  Prints a JSON summary (and writes it to --out).
+end to end.  Prints a JSON summary (and writes it to --out; the recorded run is
+``bench/results/worker_scaling/<database>.json``, e.g. ``--out bench/results/worker_scaling/sqlite.json``).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ class SamplerName(StrEnum):
 MAX_JSON_DEPTH = 8
 # From this many free layers on, a one-rung search's short trials mis-ranked maps of equal cost and
 # retraining the better half 3x longer (rungs [1, 3], eta 2) matched or beat every baseline at equal
-# wall time (denoise-deep, 15 free layers: bench/results/baselines_v2.md, baselines_seed1.md); at 4 free
+# wall time (denoise-deep, 15 free layers: bench/results/baselines/denoise-deep.md, denoise-deep_seed1.md); at 4 free
 # layers (denoise) it was not better (multifidelity_denoise_eta2.md).
 AUTO_FIDELITY_FREE_LAYERS = 10
 AUTO_RUNGS = (1, 3)

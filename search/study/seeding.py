@@ -167,7 +167,7 @@ class SeedPlan:
     def proxy_greedy(self) -> list[Assignment]:
         """Greedy maps ordered by the Fisher proxy (a few forward/backward passes): on a 17-layer
         denoiser it ranked layers like one-layer int4 QAT with Kendall tau 0.85, the PTQ drop 0.77
-        (bench/results/sensitivity_denoise-deep.md), in seconds instead of 17 QAT runs."""
+        (bench/results/sensitivity/denoise-deep.md), in seconds instead of 17 QAT runs."""
         from search.study.sensitivity import fisher_sensitivity
 
         space = self.setup.space
@@ -183,7 +183,7 @@ class SeedPlan:
         Hessian-trace, Fisher and PTQ scores, each scaled to 1), HAWQ-V3's Hessian trace alone and
         AutoQuantize's Fisher alone.  On denoise-deep at 0.55x BitOPs the ensemble's map measured
         24.41 dB after 200 QAT steps (3 seeds) where HAWQ's gave 24.22 and Fisher's 24.20
-        (bench/results/baselines_v2.md).  Seconds of forward/backward passes; a proxy the model cannot
+        (bench/results/baselines/denoise-deep.md).  Seconds of forward/backward passes; a proxy the model cannot
         run (no second derivative for some op, say) is skipped with a log line: seeds only order the
         search."""
         from search.study.sensitivity import fisher_sensitivity, hessian_sensitivity, ptq_sensitivity, scores_by_layer

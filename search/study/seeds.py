@@ -12,7 +12,7 @@
    programs over the proxies' ensemble (:func:`ensemble_scores`), HAWQ-V3's Hessian-trace scores and
    AutoQuantize's Fisher scores.  A program weighs every allowed format of every layer at once, where
    a greedy path only flips int8 to int4 in one order; on denoise-deep HAWQ's map was best at 0.355x
-   BitOPs and the ensemble's at 0.554x (bench/results/baselines_v2.md).
+   BitOPs and the ensemble's at 0.554x (bench/results/baselines/denoise-deep.md).
 
 Each assignment here is a *free* one (fqn -> format name for the free layers only): what a study
 enqueues as a trial's parameters.
