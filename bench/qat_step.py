@@ -102,7 +102,7 @@ def fx_model(workload: Workload, assignment: Mapping[str, str], example: Tensor)
             ),
         )
 
-    mapping = QConfigMapping().set_global(None)  # type: ignore[arg-type]
+    mapping = QConfigMapping().set_global(None)
     for fqn, fmt in assignment.items():
         mapping.set_module_name(fqn, qconfig(_bits(fmt)))
     model = prepare_qat_fx(copy.deepcopy(workload.model).train(), mapping, (example,))
@@ -138,7 +138,7 @@ def pt2e_model(workload: Workload, assignment: Mapping[str, str], example: Tenso
 
     layer_ops = (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default)
 
-    class PerLayerQuantizer(Quantizer):
+    class PerLayerQuantizer(Quantizer):  # type: ignore[misc]  # torchao ships no types
         """Annotates each named conv/linear's input and weight with that layer's bit width."""
 
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -307,7 +307,7 @@ def render(timings: list[StepTiming], trial_wall_s: list[float], trial_cpu_s: li
                 [t.workload, label, f"{ratio:.2f}", f"{lo:.2f}-{hi:.2f}", f"{wall:.2f}", targets.get(pair, "")]
             )
     n_steps = {t.workload: t.steps_per_variant for t in timings}
-    trial_row = [len(trial_wall_s)]
+    trial_row: list[int | str] = [len(trial_wall_s)]
     for values in (trial_cpu_s, trial_wall_s):
         trial_row += [f"{statistics.median(values):.2f}", f"{min(values):.2f}-{max(values):.2f}"]
     return "\n".join([

@@ -190,7 +190,7 @@ def all_assignments(workload: Workload, config: Config) -> tuple[list[str], dict
     for combo in itertools.product(*(space.choices[f] for f in free)):
         merged = {**space.pinned, **dict(zip(free, combo, strict=True))}
         out.append({f: merged[f] for f in graph.fqns})
-    return graph.fqns, dict(space.pinned), out
+    return list(graph.fqns), dict(space.pinned), out
 
 
 def table_path(config: Config) -> Path:

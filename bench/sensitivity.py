@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from scipy import stats  # type: ignore[import-untyped]
+from scipy import stats
 
 from bench.report import markdown_table, runs_cache, write_report
 from search import discover_layers, load_workload, run_trial

@@ -36,7 +36,7 @@ from service.store import TrialRecord
 STORED_TRIALS = 10_000
 FIRST_NUMBER = 1_000_000  # stored trials are numbered apart from the ones the workers add
 LAYERS = [f"features.{i}" for i in range(0, 9, 3)] + ["classifier.1", "classifier.3"]
-JOB_SPEC = {
+JOB_SPEC: dict[str, Any] = {
     "workload": "digits", "workload_options": {"pretrain_steps": 100}, "profile": "generic",
     "formats": ["int4", "int8", "fp16"], "pin_first_last": "int8", "pins": [], "cost_objectives": ["bitops"],
     "max_quality_drop": None, "n_trials": 20_000, "timeout_s": None, "qat_steps": 100, "seed": 0, "sampler": "tpe",

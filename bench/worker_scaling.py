@@ -31,7 +31,7 @@ from service.models import JobStatus, Trial
 
 def run(url: str, n_workers: int, trials: int, qat_steps: int, cache: Path) -> dict[str, Any]:
     db = Database(url)
-    spec = {
+    spec: dict[str, Any] = {
         # 5 formats on 5 free layers: 3125 assignments, so few proposals repeat (repeats are served from the
         # study's cache and would flatter whichever run has more of them)
         "workload": "digits", "workload_options": {}, "profile": "generic",
