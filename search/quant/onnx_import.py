@@ -610,7 +610,8 @@ def _reshape(node: Node) -> Runner:
 
 def _flatten(node: Node) -> Runner:
     shape = node.shape(0)
-    axis = node.axis(int(node.attr("axis", 1)), len(shape) + 1)
+    axis = int(node.attr("axis", 1))
+    axis = node.axis(axis + len(shape) if axis < 0 else axis, len(shape) + 1)
     if axis == 0:
         return lambda _m, a: torch.reshape(_a0(a), (1, -1))
     inner = math.prod(shape[axis:])
@@ -877,6 +878,8 @@ def _resize(node: Node) -> Runner:
         raise node.refuse(attribute, "supported: mode=nearest with asymmetric+floor or half_pixel+round_prefer_ceil, "
                                      "mode=linear with half_pixel, pytorch_half_pixel or align_corners")
     mode_name: str = interp
+    if corners and scales and any(d * s != o for d, s, o in zip(shape[2:], scales[2:], spatial, strict=True)):
+        raise node.refuse("coordinate_transformation_mode", "align_corners with scales that do not give whole sizes")
     if factors is not None and not corners:
         return lambda _m, a: F.interpolate(_a0(a), scale_factor=factors, mode=mode_name, align_corners=corners,
                                            recompute_scale_factor=False)
@@ -1124,7 +1127,7 @@ def load_onnx_model(data: bytes) -> OnnxModule:
             if proto.op_type == "Dropout":
                 _dropout(node)  # training_mode=true is refused even where the node folds
             if _foldable(node, constants):
-                outputs = fold(node, [constants[name] if name else None for name in proto.input])
+                outputs = fold(node, [constants.get(name) if name else None for name in proto.input])
                 for name, value in zip(proto.output, outputs, strict=False):
                     if name:
                         constants[name] = value

@@ -310,7 +310,8 @@ def _layout(node: Node, args: Args) -> list[np.ndarray]:
             raise node.refuse("perm", f"not a permutation of the {x.ndim} axes")
         return [np.ascontiguousarray(np.transpose(x, perm))]
     if op == "Flatten":
-        axis = node.axis(int(node.attr("axis", 1)), x.ndim + 1)
+        axis = int(node.attr("axis", 1))
+        axis = node.axis(axis + x.ndim if axis < 0 else axis, x.ndim + 1)
         return [x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))]
     if op == "Squeeze":
         return [np.squeeze(x, axis=squeeze_axes(node, x.shape))]
