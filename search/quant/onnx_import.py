@@ -237,6 +237,8 @@ def _pads(node: Node, in_shape: tuple[int, ...], kernel: Sequence[int], strides:
     """ONNX pads (begins then ends) of a conv/pool node, auto_pad resolved on the static input shape."""
     rank = len(kernel)
     auto_pad = node.attr("auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER") and node.attr("ceil_mode", 0):
+        raise node.refuse("auto_pad", "SAME with ceil_mode")
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         begins, ends = [], []
         for d, k, s, dil in zip(in_shape[2:], kernel, strides, dilations, strict=True):
@@ -373,18 +375,24 @@ def _gemm_layer(node: Node) -> tuple[nn.Module, Runner]:
     if b.dim() != 2:
         raise node.fail("B must be a 2-d constant")
     weight = (b if node.attr("transB", 0) else b.T) * float(node.attr("alpha", 1.0))  # (out, in)
-    layer = nn.Linear(int(weight.shape[1]), int(weight.shape[0]), bias=bool(node.input(2)))
+    c = _weight(node, 2, "C") * float(node.attr("beta", 1.0)) if node.input(2) else None
+    vector = c is not None and (c.numel() == 1 or tuple(c.shape) in ((weight.shape[0],), (1, weight.shape[0])))
+    layer = nn.Linear(int(weight.shape[1]), int(weight.shape[0]), bias=vector)
     with torch.no_grad():
         layer.weight.copy_(weight)
-        if node.input(2):
-            beta = float(node.attr("beta", 1.0))
-            c = _weight(node, 2, "C") * beta
-            if c.numel() != 1 and tuple(c.shape) not in ((weight.shape[0],), (1, weight.shape[0])):
-                raise node.fail(f"C of shape {list(c.shape)}: a bias of shape [{weight.shape[0]}] is supported")
+        if vector:
+            assert c is not None
             layer.bias.copy_(torch.broadcast_to(c.reshape(-1), (weight.shape[0],)))
-    if node.attr("transA", 0):
-        return layer, lambda m, a: m(a[0].T)  # type: ignore[misc, union-attr]
-    return layer, _call_module
+    extra = c if c is not None and not vector else None  # a matrix C: added after the layer
+    if extra is not None:
+        broadcast_shape(node, [(node.shape(0)[1 if node.attr("transA", 0) else 0], int(weight.shape[0])), tuple(extra.shape)])
+    trans_a = bool(node.attr("transA", 0))
+
+    def run(m: nn.Module | None, a: list[Tensor | None]) -> Tensor:
+        assert m is not None
+        y = m(_a0(a).T if trans_a else _a0(a))
+        return y + extra if extra is not None else y  # type: ignore[no-any-return]
+    return layer, run
 
 
 def _matmul_layer(node: Node) -> tuple[nn.Module, Runner]:
@@ -584,9 +592,13 @@ def _pool(node: Node) -> Runner:
     avg_pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[rank - 1]
     if symmetric and not (ceil_mode and include_pad):
         return lambda _m, a: avg_pool(a[0], kernel, strides, pads[:rank], ceil_mode, include_pad)  # type: ignore[arg-type]
-    if not include_pad or ceil_mode:
-        raise node.refuse("pads", "asymmetric pads (or ceil_mode with count_include_pad) in AveragePool")
     torch_pads = _torch_pad(pads[:rank], pads[rank:])
+    if not include_pad:  # the mean of the valid elements: pooled zero-padded input over pooled zero-padded ones
+        ones = F.pad(torch.ones((1, 1, *node.shape(0)[2:])), torch_pads)
+        count = avg_pool(ones, kernel, strides, 0, ceil_mode, True)  # type: ignore[arg-type]
+        return lambda _m, a: avg_pool(F.pad(_a0(a), torch_pads), kernel, strides, 0, ceil_mode, True) / count  # type: ignore[arg-type]
+    if ceil_mode:
+        raise node.refuse("ceil_mode", "with count_include_pad=1 and asymmetric pads in AveragePool")
     return lambda _m, a: avg_pool(F.pad(a[0], torch_pads), kernel, strides, 0, ceil_mode, True)  # type: ignore[arg-type]
 
 
@@ -891,17 +903,20 @@ def _depth_to_space(node: Node) -> Runner:
     if node.rank(0) != 4 or block <= 0:
         raise node.fail("(N, C, H, W) inputs and a positive blocksize are supported")
     _, channels, height, width = node.shape(0)
-    if channels % (block * block):
-        raise node.refuse("blocksize", f"{channels} channels are not a multiple of blocksize^2")
     mode = node.attr("mode", "DCR")
+    if mode not in ("DCR", "CRD"):
+        raise node.refuse("mode", "DCR or CRD")
     if node.op == "SpaceToDepth":
         if height % block or width % block:
             raise node.refuse("blocksize", f"does not divide {height}x{width}")
+        perm = (0, 3, 5, 1, 2, 4) if mode == "DCR" else (0, 1, 3, 5, 2, 4)
 
         def s2d(_m: nn.Module | None, a: list[Tensor | None]) -> Tensor:
             x = torch.reshape(_a0(a), (-1, channels, height // block, block, width // block, block))
-            return torch.reshape(x.permute(0, 3, 5, 1, 2, 4), (-1, channels * block * block, height // block, width // block))
+            return torch.reshape(x.permute(perm), (-1, channels * block * block, height // block, width // block))
         return s2d
+    if channels % (block * block):
+        raise node.refuse("blocksize", f"{channels} channels are not a multiple of blocksize^2")
     if mode == "CRD":
         return lambda _m, a: F.pixel_shuffle(_a0(a), block)
     if mode != "DCR":
@@ -959,6 +974,8 @@ def _clip(node: Node) -> Runner:
         value = node.constant(i, what, required=False)
         bounds.append(float(value.reshape(-1)[0]) if value is not None else None)
     lo, hi = bounds
+    if lo is None and hi is None:
+        return lambda _m, a: _a0(a)
     if node.dtype(0) in _INT_TYPES:
         lo_i, hi_i = (int(b) if b is not None else None for b in bounds)
         return lambda _m, a: torch.clamp(_a0(a), lo_i, hi_i)
@@ -1053,7 +1070,7 @@ OPERATORS: dict[str, Operator] = {
                       "extrapolation_value", "keep_aspect_ratio_policy", "mode", "nearest_mode"), _resize,
            "nearest (asymmetric+floor, half_pixel+round_prefer_ceil), linear (half_pixel, align_corners)"),
     **_ops("DepthToSpace", ("blocksize", "mode"), _depth_to_space),
-    **_ops("SpaceToDepth", ("blocksize",), _depth_to_space),
+    **_ops("SpaceToDepth", ("blocksize", "mode"), _depth_to_space),
     **_ops("Pad", ("mode",), _pad, "constant, reflect, edge, wrap; constant pads"),
     **_ops("Clip", (), _clip, "constant min and max"),
     **_ops("Dropout", ("seed",), _dropout, "inference: identity (the mask is all true)"),
