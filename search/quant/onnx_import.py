@@ -730,8 +730,7 @@ def _expand(node: Node) -> Runner:
     shape = node.ints(1, "shape")
     assert shape is not None
     in_shape = node.shape(0)
-    out = broadcast_shape(node, [in_shape, tuple(shape)])
-    node.guard(out, "input 1 (shape)")
+    out = broadcast_shape(node, [in_shape, tuple(shape)], "input 1 (shape)")
     target = _batch_follows(out, in_shape)
     return lambda _m, a: _a0(a).expand(target)
 
@@ -874,7 +873,16 @@ def _resize(node: Node) -> Runner:
     nearest_mode = node.attr("nearest_mode", "round_prefer_floor")
     interp: str | None = None
     corners: bool | None = None
-    if mode == "nearest" and transform == "asymmetric" and nearest_mode == "floor":
+    ratios = [o / d for o, d in zip(spatial, shape[2:], strict=True)]
+    whole = all(o % d == 0 for o, d in zip(spatial, shape[2:], strict=True)) and (
+        factors is None or all(f == r for f, r in zip(factors, ratios, strict=True)))
+    rounding = nearest_mode in ("round_prefer_floor", "round_prefer_ceil")
+    if mode == "nearest" and (
+            (transform == "asymmetric" and nearest_mode == "floor")
+            # whole upscaling: round(x/s) of asymmetric is floor(x/s) for s <= 2, half_pixel's round((x+0.5)/s-0.5)
+            # is floor(x/s) for every s (the Resize that onnx.version_converter writes for an Upsample)
+            or (transform == "asymmetric" and nearest_mode == "round_prefer_floor" and whole and all(r <= 2 for r in ratios))
+            or (transform in ("half_pixel", "pytorch_half_pixel") and rounding and whole)):
         interp = "nearest"
     elif mode == "nearest" and transform in ("half_pixel", "pytorch_half_pixel") and nearest_mode == "round_prefer_ceil":
         interp = "nearest-exact"

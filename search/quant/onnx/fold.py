@@ -242,7 +242,7 @@ def _range(node: Node, args: Args) -> list[np.ndarray]:
 def _expand(node: Node, args: Args) -> list[np.ndarray]:
     x, shape = args[0], args[1]
     assert x is not None and shape is not None
-    out = broadcast_shape(node, [x.shape, tuple(int(d) for d in shape.reshape(-1))])
+    out = broadcast_shape(node, [x.shape, tuple(int(d) for d in shape.reshape(-1))], "input 1 (shape)")
     return [np.array(np.broadcast_to(x, out))]
 
 
@@ -352,7 +352,7 @@ FOLDERS: dict[str, Callable[[Node, Args], list[np.ndarray]]] = {
 def fold(node: Node, args: Args) -> list[np.ndarray]:
     """The outputs of ``node`` on constant ``args`` (``FOLDERS[node.op]``); raises OnnxImportError."""
     try:
-        outputs = FOLDERS[node.op](node, args)
+        outputs = [np.asarray(out) for out in FOLDERS[node.op](node, args)]  # numpy gives scalars for 0-d results
     except (ValueError, TypeError, IndexError, OverflowError) as exc:
         raise node.fail(f"cannot be computed on its constant inputs: {exc}"[:400]) from None
     for out in outputs:

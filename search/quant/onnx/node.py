@@ -58,7 +58,7 @@ class Node:
 
     def refuse(self, name: str, why: str = "") -> OnnxImportError:
         """The attribute ``name`` has a value the importer does not implement."""
-        value = self.attr(name)
+        value = self.attr(name, "(default)")
         shown = value if not isinstance(value, list) or len(value) <= 8 else f"{value[:8]}..."
         return self.fail(f"attribute {name}={shown!r} is not supported" + (f" ({why})" if why else ""))
 
@@ -138,9 +138,9 @@ class Node:
             raise self.fail(f"attribute {unknown[0]} is not supported (supported: {', '.join(sorted(allowed)) or 'none'})")
 
 
-def broadcast_shape(node: Node, shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
+def broadcast_shape(node: Node, shapes: list[tuple[int, ...]], what: str = "broadcasting the inputs") -> tuple[int, ...]:
     try:
         out = tuple(int(d) for d in np.broadcast_shapes(*shapes))
     except ValueError:
         raise node.fail(f"input shapes {[list(s) for s in shapes]} do not broadcast") from None
-    return node.guard(out, "broadcasting the inputs", allowed=node.largest_input())
+    return node.guard(out, what, allowed=node.largest_input())
