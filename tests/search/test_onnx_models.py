@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -203,3 +204,28 @@ def test_unsupported_attributes_are_refused_naming_node_operator_and_attribute(
                         ["a", "b", "c", "d"], opset=19)
     with pytest.raises(OnnxImportError, match=message):
         load_onnx_model(data)
+
+
+LIGHT_ZOO = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+
+
+@pytest.mark.parametrize("name", ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50", "shufflenet",
+                                  "squeezenet", "zfnet512"])  # light_vgg19 also imports, in ~5 s: left out for time
+def test_model_zoo_classics_at_opsets_8_and_9_are_converted_and_match(name: str) -> None:
+    """The ``light`` model-zoo files that onnx ships (opsets 8-9, weights from ConstantOfShape: LRN, Sum, Dropout,
+    Concat, Reshape...): converted to opset 17, they import, match onnxruntime on the original file and the
+    stored output, and every Conv/Gemm is a layer."""
+    path = LIGHT_ZOO / f"light_{name}.onnx"
+    if not path.exists():
+        pytest.skip(f"{path} is not in this onnx wheel")
+    data = path.read_bytes()
+    proto = onnx.load_from_string(data)
+    assert {o.domain or "ai.onnx": o.version for o in proto.opset_import}["ai.onnx"] < 13
+    module = load_onnx_model(data)
+    stored = numpy_helper.to_array(onnx.load_tensor(str(path).replace(".onnx", "_output_0.pb")))
+    with torch.no_grad():
+        assert max_relative_error(module(torch.zeros(module.input_shapes[0])).numpy(), stored) <= 1e-4
+        x = np.random.default_rng(0).standard_normal(module.input_shapes[0]).astype(np.float32)
+        assert max_relative_error(module(torch.from_numpy(x)).numpy(), ort_outputs(data, x)[0]) <= 1e-4
+    weighted = sum(n.op_type in ("Conv", "Gemm", "MatMul") for n in proto.graph.node)
+    assert len(discover_layers(module, module.example_inputs()).layers) == weighted
