@@ -98,7 +98,8 @@ class ESPCN(nn.Module):
 
     def __init__(self, r: int = 2) -> None:
         super().__init__()
-        self.c1, self.c2, self.c3 = nn.Conv2d(1, 16, 5, padding=2), nn.Conv2d(16, 8, 3, padding=1), nn.Conv2d(8, r * r, 3, padding=1)
+        self.c1, self.c2 = nn.Conv2d(1, 16, 5, padding=2), nn.Conv2d(16, 8, 3, padding=1)
+        self.c3 = nn.Conv2d(8, r * r, 3, padding=1)
         self.r = r
 
     def forward(self, x: Tensor) -> Tensor:

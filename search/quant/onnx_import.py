@@ -39,7 +39,6 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import onnx
@@ -168,7 +167,8 @@ def _upgrade(model: onnx.ModelProto) -> onnx.ModelProto:
         onnx.checker.check_model(model)
         converted = onnx.version_converter.convert_version(model, TARGET_OPSET)
     except Exception as exc:  # noqa: BLE001 - checker and converter errors alike
-        raise OnnxImportError(f"file: opset {opset} could not be converted to opset {TARGET_OPSET}: {exc}"[:500]) from None
+        raise OnnxImportError(
+            f"file: opset {opset} could not be converted to opset {TARGET_OPSET}: {exc}"[:500]) from None
     return converted
 
 
@@ -201,7 +201,8 @@ def _static_shape(value: onnx.ValueInfoProto) -> tuple[int, ...]:
         raise OnnxImportError(f"file: graph input {value.name!r} needs a static shape with every dimension > 0 "
                               f"(export with fixed input sizes), got {[d.dim_param or d.dim_value for d in dims]}")
     if math.prod(shape) > MAX_ELEMENTS:
-        raise OnnxImportError(f"file: graph input {value.name!r} has {math.prod(shape)} elements; at most {MAX_ELEMENTS}")
+        raise OnnxImportError(
+            f"file: graph input {value.name!r} has {math.prod(shape)} elements; at most {MAX_ELEMENTS}")
     return shape
 
 
@@ -314,7 +315,8 @@ def _conv(node: Node) -> tuple[nn.Module, Runner]:
     in_shape = node.shape(0)
     channels_in = int(weight.shape[0]) if transposed else int(weight.shape[1]) * groups
     if groups <= 0 or in_shape[1] != channels_in or (int(weight.shape[0]) % groups):
-        raise node.fail(f"weight {list(weight.shape)} with group={groups} does not fit an input of {in_shape[1]} channels")
+        raise node.fail(
+            f"weight {list(weight.shape)} with group={groups} does not fit an input of {in_shape[1]} channels")
     layer: nn.Module
     if transposed:
         if "output_shape" in node.attrs:
@@ -323,11 +325,12 @@ def _conv(node: Node) -> tuple[nn.Module, Runner]:
             raise node.refuse("auto_pad", "give explicit pads")
         pads = _pads(node, in_shape, kernel, strides, dilations)
         out_pad = [int(p) for p in node.attr("output_padding", [0] * rank)]
-        if len(out_pad) != rank or any(not 0 <= p < max(s, d) for p, s, d in zip(out_pad, strides, dilations, strict=True)):
+        if len(out_pad) != rank or any(
+                not 0 <= p < max(s, d) for p, s, d in zip(out_pad, strides, dilations, strict=True)):
             raise node.refuse("output_padding", "smaller than the stride or the dilation")
         symmetric = pads[:rank] == pads[rank:]
         layer = _CONV_TYPES[True, rank](
-            channels_in, int(weight.shape[1]) * groups, kernel, stride=strides,  # type: ignore[call-arg]
+            channels_in, int(weight.shape[1]) * groups, kernel, stride=strides,
             padding=pads[:rank] if symmetric else [0] * rank, output_padding=out_pad, dilation=dilations,
             groups=groups, bias=bias is not None,
         )
@@ -336,19 +339,19 @@ def _conv(node: Node) -> tuple[nn.Module, Runner]:
         pads = _pads(node, in_shape, kernel, strides, dilations)
         symmetric = pads[:rank] == pads[rank:]
         layer = _CONV_TYPES[False, rank](
-            channels_in, int(weight.shape[0]), kernel, stride=strides,  # type: ignore[call-arg]
+            channels_in, int(weight.shape[0]), kernel, stride=strides,
             padding=pads[:rank] if symmetric else [0] * rank, dilation=dilations, groups=groups, bias=bias is not None,
         )
         crop = None
     with torch.no_grad():
         layer.weight.copy_(weight)  # type: ignore[operator]
         if bias is not None:
-            layer.bias.copy_(bias)  # type: ignore[operator, union-attr]
+            layer.bias.copy_(bias)  # type: ignore[operator]
     if symmetric:
         return layer, _call_module
     if not transposed:
         torch_pads = _torch_pad(pads[:rank], pads[rank:])
-        return layer, lambda m, a: m(F.pad(a[0], torch_pads))  # type: ignore[misc, arg-type]
+        return layer, lambda m, a: m(F.pad(a[0], torch_pads))
     assert crop is not None
     begins, ends = crop
     full = [(d - 1) * s + dil * (k - 1) + p + 1
@@ -361,13 +364,13 @@ def _conv(node: Node) -> tuple[nn.Module, Runner]:
         y = m(a[0])
         for axis, (f, b, e) in enumerate(zip(full, begins, ends, strict=True), start=2):
             y = y.narrow(axis, b, f - b - e)
-        return y  # type: ignore[no-any-return]
+        return y
     return layer, cropped
 
 
 def _call_module(module: nn.Module | None, args: list[Tensor | None]) -> Tensor:
     assert module is not None and args[0] is not None
-    return module(args[0])  # type: ignore[no-any-return]
+    return module(args[0])
 
 
 def _gemm_layer(node: Node) -> tuple[nn.Module, Runner]:
@@ -385,13 +388,14 @@ def _gemm_layer(node: Node) -> tuple[nn.Module, Runner]:
             layer.bias.copy_(torch.broadcast_to(c.reshape(-1), (weight.shape[0],)))
     extra = c if c is not None and not vector else None  # a matrix C: added after the layer
     if extra is not None:
-        broadcast_shape(node, [(node.shape(0)[1 if node.attr("transA", 0) else 0], int(weight.shape[0])), tuple(extra.shape)])
+        rows = node.shape(0)[1 if node.attr("transA", 0) else 0]
+        broadcast_shape(node, [(rows, int(weight.shape[0])), tuple(extra.shape)])
     trans_a = bool(node.attr("transA", 0))
 
     def run(m: nn.Module | None, a: list[Tensor | None]) -> Tensor:
         assert m is not None
         y = m(_a0(a).T if trans_a else _a0(a))
-        return y + extra if extra is not None else y  # type: ignore[no-any-return]
+        return y + extra if extra is not None else y
     return layer, run
 
 
@@ -466,6 +470,12 @@ def _a0(a: list[Tensor | None]) -> Tensor:
     return x
 
 
+def _arg(a: list[Tensor | None], i: int) -> Tensor:
+    x = a[i]
+    assert x is not None
+    return x
+
+
 def _elementwise(node: Node) -> Runner:
     op = node.op
     if op in _UNARY:
@@ -475,7 +485,8 @@ def _elementwise(node: Node) -> Runner:
         broadcast_shape(node, [node.shape(0), node.shape(1)])
         fn2 = _BINARY[op]
         return lambda _m, a: fn2(a[0], a[1])  # type: ignore[arg-type]
-    alpha = float(node.attr("alpha", {"LeakyRelu": 0.01, "HardSigmoid": 0.2, "Selu": 1.67326319217681884765625}.get(op, 1.0)))
+    defaults = {"LeakyRelu": 0.01, "HardSigmoid": 0.2, "Selu": 1.67326319217681884765625}
+    alpha = float(node.attr("alpha", defaults.get(op, 1.0)))
     if op == "LeakyRelu":
         return lambda _m, a: F.leaky_relu(_a0(a), alpha)
     if op == "Elu":
@@ -497,7 +508,7 @@ def _elementwise(node: Node) -> Runner:
         return lambda _m, a: F.gelu(_a0(a), approximate=approximate)
     if op == "PRelu":
         broadcast_shape(node, [node.shape(0), node.shape(1)])
-        return lambda _m, a: torch.where(_a0(a) >= 0, _a0(a), _a0(a) * a[1])
+        return lambda _m, a: torch.where(_a0(a) >= 0, _a0(a), _a0(a) * _arg(a, 1))
     raise AssertionError(op)
 
 
@@ -524,8 +535,10 @@ def _arithmetic(node: Node) -> Runner:
 def _variadic(node: Node) -> Runner:
     present = [i for i in range(node.n_inputs) if node.input(i)]
     broadcast_shape(node, [node.shape(i) for i in present])
-    fn: Callable[[Tensor, Tensor], Tensor] = {"Sum": torch.add, "Mean": torch.add, "Max": torch.maximum,
-                                              "Min": torch.minimum}[node.op]
+    fns: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+        "Sum": torch.add, "Mean": torch.add, "Max": torch.maximum, "Min": torch.minimum,
+    }
+    fn = fns[node.op]
     n = len(present)
     mean = node.op == "Mean"
 
@@ -550,8 +563,8 @@ def _matmul(node: Node) -> Runner:
         raise node.fail("MatMul of a scalar")
     batch_a = a_shape[:-2] if len(a_shape) > 1 else ()
     batch_b = b_shape[:-2] if len(b_shape) > 1 else ()
-    broadcast_shape(node, [batch_a + (a_shape[-2] if len(a_shape) > 1 else 1,) + (b_shape[-1] if len(b_shape) > 1 else 1,),
-                           batch_b + (1, 1)])
+    rows, cols = (a_shape[-2] if len(a_shape) > 1 else 1), (b_shape[-1] if len(b_shape) > 1 else 1)
+    broadcast_shape(node, [(*batch_a, rows, cols), (*batch_b, 1, 1)])
     if node.op == "MatMul":
         return lambda _m, a: torch.matmul(a[0], a[1])  # type: ignore[arg-type]
     trans_a, trans_b = bool(node.attr("transA", 0)), bool(node.attr("transB", 0))
@@ -595,8 +608,8 @@ def _pool(node: Node) -> Runner:
     torch_pads = _torch_pad(pads[:rank], pads[rank:])
     if not include_pad:  # the mean of the valid elements: pooled zero-padded input over pooled zero-padded ones
         ones = F.pad(torch.ones((1, 1, *node.shape(0)[2:])), torch_pads)
-        count = avg_pool(ones, kernel, strides, 0, ceil_mode, True)  # type: ignore[arg-type]
-        return lambda _m, a: avg_pool(F.pad(_a0(a), torch_pads), kernel, strides, 0, ceil_mode, True) / count  # type: ignore[arg-type]
+        count = avg_pool(ones, kernel, strides, 0, ceil_mode, True)
+        return lambda _m, a: avg_pool(F.pad(_a0(a), torch_pads), kernel, strides, 0, ceil_mode, True) / count
     if ceil_mode:
         raise node.refuse("ceil_mode", "with count_include_pad=1 and asymmetric pads in AveragePool")
     return lambda _m, a: avg_pool(F.pad(a[0], torch_pads), kernel, strides, 0, ceil_mode, True)  # type: ignore[arg-type]
@@ -801,7 +814,7 @@ def _layer_norm(node: Node) -> Runner:
     eps = float(node.attr("epsilon", 1e-5))
     normalized = tuple(shape[axis:])
     dims = tuple(range(axis, len(shape)))
-    for i, what in ((1, "Scale"), (2, "B")):
+    for i in (1, 2):
         if node.input(i):
             broadcast_shape(node, [normalized, node.shape(i)])
     n_outputs = len(node.outputs)
@@ -812,7 +825,7 @@ def _layer_norm(node: Node) -> Runner:
         if fused:
             y = F.layer_norm(x, normalized, a[1], a[2], eps)
         else:
-            y = F.layer_norm(x, normalized, None, None, eps) * a[1]
+            y = F.layer_norm(x, normalized, None, None, eps) * _arg(a, 1)
             y = y + a[2] if a[2] is not None else y
         if n_outputs == 1:
             return y
@@ -864,7 +877,8 @@ def _resize(node: Node) -> Runner:
         out = [math.floor(d * s) for d, s in zip(shape, scales, strict=True)]
     else:
         out = sizes
-    if len(out) != rank or rank not in (3, 4, 5) or list(out[:2]) != list(shape[:2]) or (scales and scales[:2] != [1.0, 1.0]):
+    if (len(out) != rank or rank not in (3, 4, 5) or list(out[:2]) != list(shape[:2])
+            or (scales and scales[:2] != [1.0, 1.0])):
         raise node.fail("only spatial resizing of (N, C, W), (N, C, H, W) or (N, C, D, H, W) inputs is supported")
     node.guard(out, "input 2 (scales) or 3 (sizes)")
     spatial, factors = out[2:], (scales[2:] if scales else None)
@@ -881,10 +895,12 @@ def _resize(node: Node) -> Runner:
             (transform == "asymmetric" and nearest_mode == "floor")
             # whole upscaling: round(x/s) of asymmetric is floor(x/s) for s <= 2, half_pixel's round((x+0.5)/s-0.5)
             # is floor(x/s) for every s (the Resize that onnx.version_converter writes for an Upsample)
-            or (transform == "asymmetric" and nearest_mode == "round_prefer_floor" and whole and all(r <= 2 for r in ratios))
+            or (transform == "asymmetric" and nearest_mode == "round_prefer_floor" and whole
+                and all(r <= 2 for r in ratios))
             or (transform in ("half_pixel", "pytorch_half_pixel") and rounding and whole)):
         interp = "nearest"
-    elif mode == "nearest" and transform in ("half_pixel", "pytorch_half_pixel") and nearest_mode == "round_prefer_ceil":
+    elif (mode == "nearest" and transform in ("half_pixel", "pytorch_half_pixel")
+          and nearest_mode == "round_prefer_ceil"):
         interp = "nearest-exact"
     elif mode == "linear" and transform in ("half_pixel", "pytorch_half_pixel", "align_corners"):
         interp = ("linear", "bilinear", "trilinear")[rank - 3]
@@ -1019,7 +1035,8 @@ class Operator:
     note: str = ""
 
 
-def _ops(names: str, attributes: tuple[str, ...], build: Callable[[Node], Runner] | None, note: str = "") -> dict[str, Operator]:
+def _ops(names: str, attributes: tuple[str, ...], build: Callable[[Node], Runner] | None,
+         note: str = "") -> dict[str, Operator]:
     return {name: Operator(attributes, build, note) for name in names.split()}
 
 
@@ -1033,12 +1050,14 @@ OPERATORS: dict[str, Operator] = {
            "layer (nn.ConvTranspose1d/2d/3d); constant weight; output_shape and auto_pad SAME refused"),
     **_ops("Gemm", ("alpha", "beta", "transA", "transB"), None,
            "layer (nn.Linear) with a constant 2-d B and C; else float, listed in float_matmuls"),
-    **_ops("MatMul", (), None, "layer (nn.Linear) with a constant 2-d B; else float (attention), listed in float_matmuls"),
-    **_ops("BatchNormalization", ("epsilon", "momentum", "training_mode", "spatial"), None,
+    **_ops("MatMul", (), None,
+           "layer (nn.Linear) with a constant 2-d B; else float (attention), listed in float_matmuls"),
+    **_ops("BatchNormalization", ("epsilon", "momentum", "training_mode"), None,
            "module (nn.BatchNorm1d/2d/3d); inference mode only"),
     **_ops("Constant", ("value", "value_float", "value_floats", "value_int", "value_ints"), None),
     **_ops("Relu Sigmoid Tanh Erf Sqrt Exp Log Abs Neg Reciprocal Floor Ceil Sign Sin Cos Not HardSwish Softplus "
-           "Softsign Mish Round Add Sub Mul Equal Less Greater LessOrEqual GreaterOrEqual And Or Xor PRelu", (), _elementwise),
+           "Softsign Mish Round Add Sub Mul Equal Less Greater LessOrEqual GreaterOrEqual And Or Xor PRelu", (),
+           _elementwise),
     **_ops("LeakyRelu Elu Celu ThresholdedRelu", ("alpha",), _elementwise),
     **_ops("Selu", ("alpha", "gamma"), _elementwise),
     **_ops("HardSigmoid", ("alpha", "beta"), _elementwise),
@@ -1189,9 +1208,11 @@ def load_onnx_model(data: bytes) -> OnnxModule:
             if not isinstance(results, tuple) or len(results) != len(step.outputs):
                 raise node.fail(f"gives {len(results) if isinstance(results, tuple) else 1} outputs, "
                                 f"the node has {len(step.outputs)}")
-            for name, value in zip(step.outputs, results, strict=True):
+            for name, tensor in zip(step.outputs, results, strict=True):
+                if not isinstance(tensor, Tensor):
+                    raise node.fail("gives an output that is not a tensor")
                 if name:
-                    env[name], shapes[name], dtypes[name] = value, tuple(value.shape), value.dtype
+                    env[name], shapes[name], dtypes[name] = tensor, tuple(tensor.shape), tensor.dtype
             module._steps.append(step)
     missing = [o.name for o in graph.output if o.name not in env and o.name not in constants]
     if missing:
@@ -1201,3 +1222,35 @@ def load_onnx_model(data: bytes) -> OnnxModule:
             operand(Node(onnx.NodeProto(), constants, shapes, dtypes), o.name)
     module._output_names = [o.name for o in graph.output]
     return module.eval()
+
+
+def operators_markdown() -> str:
+    """docs/onnx-operators.md: the operator table above as Markdown (tests/search/test_onnx_operator_doc.py
+    fails when the file drifts; regenerate with ``python -m search.quant.onnx_import > docs/onnx-operators.md``)."""
+    lines = [
+        "# ONNX operators the importer accepts",
+        "",
+        "Generated from `search.quant.onnx_import.OPERATORS` by `python -m search.quant.onnx_import > "
+        "docs/onnx-operators.md`; `tests/search/test_onnx_operator_doc.py` fails when this file drifts.",
+        "",
+        "Domain `ai.onnx` only, opset >= 13; files at opsets 7-12 are converted to opset "
+        f"{TARGET_OPSET} with `onnx.version_converter` first. An attribute not listed for its operator, or a value "
+        "the importer does not implement, is refused naming the node, the operator and the attribute. "
+        "*Folded*: with constant operands (for `Shape`/`Size`: always, shapes are static) the node is computed "
+        "in numpy while the model is imported and becomes a constant. Tensors whose size the file chooses "
+        f"(Expand, Tile, ConstantOfShape, Range, Resize, Pad, broadcasting) are refused above {MAX_ELEMENTS} "
+        "elements before they are allocated. Every operator is checked against the ONNX backend node tests "
+        "(`tests/search/test_onnx_node_conformance.py`).",
+        "",
+        "| Operator | Attributes | Folded | Notes |",
+        "|---|---|---|---|",
+    ]
+    for name in sorted(OPERATORS):
+        op = OPERATORS[name]
+        attributes = ", ".join(f"`{a}`" for a in op.attributes) or "-"
+        lines.append(f"| {name} | {attributes} | {'yes' if name in FOLDERS else ''} | {op.note} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(operators_markdown(), end="")

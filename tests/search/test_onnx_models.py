@@ -87,10 +87,20 @@ def test_fresh_init_shares_zero_biases_through_identity_and_still_imports() -> N
     assert len(discover_layers(module, module.example_inputs()).layers) == weighted_layers(model)
 
 
-def _graph_model(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], shape: list[int], out_shape: list[int | str],
-                 opset: int = 17) -> bytes:
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], inits)
+def _graph_model(
+    nodes: list[onnx.NodeProto],
+    inits: list[onnx.TensorProto],
+    shape: list[int],
+    out_shape: list[int | str],
+    opset: int = 17,
+) -> bytes:
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]).SerializeToString()
 
 
@@ -108,9 +118,13 @@ def test_shape_subgraph_is_folded_before_the_module_is_built() -> None:
         helper.make_node("Reshape", ["x", "target"], ["r"], name="reshape"),
         helper.make_node("MatMul", ["r", "w"], ["y"], name="fc"),
     ]
-    inits = [numpy_helper.from_array(np.array(0, i64), "zero"), numpy_helper.from_array(np.array([0], i64), "axes0"),
-             numpy_helper.from_array(np.array([1], i64), "one"), numpy_helper.from_array(np.array([99], i64), "big"),
-             numpy_helper.from_array(np.ones((12, 3), np.float32), "w")]
+    inits = [
+        numpy_helper.from_array(np.array(0, i64), "zero"),
+        numpy_helper.from_array(np.array([0], i64), "axes0"),
+        numpy_helper.from_array(np.array([1], i64), "one"),
+        numpy_helper.from_array(np.array([99], i64), "big"),
+        numpy_helper.from_array(np.ones((12, 3), np.float32), "w"),
+    ]
     module = load_onnx_model(_graph_model(nodes, inits, [1, 3, 2, 2], [1, 3]))
     assert [step.node_name for step in module._steps] == ["reshape", "fc"]
     assert module(torch.ones(4, 3, 2, 2)).shape == (4, 3)  # the folded batch still follows the input's
@@ -135,10 +149,16 @@ def test_opset_9_file_with_old_style_operators_is_converted() -> None:
     ]
     scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
     graph = helper.make_graph(
-        nodes, "old", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4]),
-                       helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 2, 3, 3]),
-                       helper.make_tensor_value_info("scales", TensorProto.FLOAT, [4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 1])], [w, scales])
+        nodes,
+        "old",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4]),
+            helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 2, 3, 3]),
+            helper.make_tensor_value_info("scales", TensorProto.FLOAT, [4]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 1])],
+        [w, scales],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=4)
     data = model.SerializeToString()
     module = load_onnx_model(data)
@@ -151,31 +171,57 @@ def test_opset_9_file_with_old_style_operators_is_converted() -> None:
 @pytest.mark.parametrize(
     ("node", "inits", "message"),
     [
-        pytest.param(helper.make_node("Expand", ["x", "shape"], ["y"], name="e"),
-                     {"shape": np.array([1, 1, 1 << 20, 1 << 20], np.int64)}, r"node 'e' \(Expand\): input 1 \(shape\).*elements",
-                     id="expand"),
-        pytest.param(helper.make_node("Tile", ["x", "reps"], ["y"], name="t"),
-                     {"reps": np.array([1, 1, 1 << 16, 1 << 16], np.int64)}, r"node 't' \(Tile\): input 1 \(repeats\)", id="tile"),
-        pytest.param(helper.make_node("ConstantOfShape", ["shape"], ["big"], name="c"),
-                     {"shape": np.array([1, 1, 1 << 15, 1 << 15], np.int64)}, r"node 'c' \(ConstantOfShape\): input 0 \(shape\)",
-                     id="constant-of-shape"),
-        pytest.param(helper.make_node("Range", ["zero", "limit", "one"], ["big"], name="r"),
-                     {"zero": np.array(0.0, np.float32), "limit": np.array(1e15, np.float32), "one": np.array(1.0, np.float32)},
-                     r"node 'r' \(Range\)", id="range"),
-        pytest.param(helper.make_node("Resize", ["x", "", "scales"], ["y"], name="rs", mode="nearest"),
-                     {"scales": np.array([1, 1, 1e5, 1e5], np.float32)}, r"node 'rs' \(Resize\): input 2 \(scales\)", id="resize"),
-        pytest.param(helper.make_node("Pad", ["x", "pads"], ["y"], name="p"),
-                     {"pads": np.array([0, 0, 1 << 15, 1 << 15, 0, 0, 1 << 15, 1 << 15], np.int64)}, r"node 'p' \(Pad\): input 1 \(pads\)",
-                     id="pad"),
+        pytest.param(
+            helper.make_node("Expand", ["x", "shape"], ["y"], name="e"),
+            {"shape": np.array([1, 1, 1 << 20, 1 << 20], np.int64)},
+            r"node 'e' \(Expand\): input 1 \(shape\).*elements",
+            id="expand",
+        ),
+        pytest.param(
+            helper.make_node("Tile", ["x", "reps"], ["y"], name="t"),
+            {"reps": np.array([1, 1, 1 << 16, 1 << 16], np.int64)},
+            r"node 't' \(Tile\): input 1 \(repeats\)",
+            id="tile",
+        ),
+        pytest.param(
+            helper.make_node("ConstantOfShape", ["shape"], ["big"], name="c"),
+            {"shape": np.array([1, 1, 1 << 15, 1 << 15], np.int64)},
+            r"node 'c' \(ConstantOfShape\): input 0 \(shape\)",
+            id="constant-of-shape",
+        ),
+        pytest.param(
+            helper.make_node("Range", ["zero", "limit", "one"], ["big"], name="r"),
+            {"zero": np.array(0.0, np.float32), "limit": np.array(1e15, np.float32), "one": np.array(1.0, np.float32)},
+            r"node 'r' \(Range\)",
+            id="range",
+        ),
+        pytest.param(
+            helper.make_node("Resize", ["x", "", "scales"], ["y"], name="rs", mode="nearest"),
+            {"scales": np.array([1, 1, 1e5, 1e5], np.float32)},
+            r"node 'rs' \(Resize\): input 2 \(scales\)",
+            id="resize",
+        ),
+        pytest.param(
+            helper.make_node("Pad", ["x", "pads"], ["y"], name="p"),
+            {"pads": np.array([0, 0, 1 << 15, 1 << 15, 0, 0, 1 << 15, 1 << 15], np.int64)},
+            r"node 'p' \(Pad\): input 1 \(pads\)",
+            id="pad",
+        ),
     ],
 )
-def test_hostile_sizes_are_refused_before_allocation(node: onnx.NodeProto, inits: dict[str, np.ndarray], message: str) -> None:
+def test_hostile_sizes_are_refused_before_allocation(
+    node: onnx.NodeProto, inits: dict[str, np.ndarray], message: str
+) -> None:
     nodes = [node]
     if node.output[0] == "big":  # a constant chain: make the graph output depend on it
         nodes.append(helper.make_node("Identity", ["big"], ["y"], name="out"))
     out_rank = 1 if node.op_type == "Range" else 4
-    data = _graph_model(nodes, [numpy_helper.from_array(v, k) for k, v in inits.items()], [1, 1, 1, 1],
-                        [f"d{i}" for i in range(out_rank)])
+    data = _graph_model(
+        nodes,
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+        [1, 1, 1, 1],
+        [f"d{i}" for i in range(out_rank)],
+    )
     with pytest.raises(OnnxImportError, match=message) as info:
         load_onnx_model(data)
     assert f"at most {MAX_ELEMENTS}" in str(info.value)
@@ -184,24 +230,57 @@ def test_hostile_sizes_are_refused_before_allocation(node: onnx.NodeProto, inits
 @pytest.mark.parametrize(
     ("node", "inits", "message"),
     [
-        pytest.param(helper.make_node("Resize", ["x", "", "scales"], ["y"], name="rs", mode="linear", antialias=1),
-                     {"scales": np.array([1, 1, 0.5, 0.5], np.float32)}, r"node 'rs' \(Resize\): attribute antialias=1", id="antialias"),
-        pytest.param(helper.make_node("Resize", ["x", "", "scales"], ["y"], name="rs", mode="linear",
-                                      coordinate_transformation_mode="tf_crop_and_resize"),
-                     {"scales": np.array([1, 1, 2, 2], np.float32)}, r"\(Resize\): attribute coordinate_transformation_mode", id="ctm"),
-        pytest.param(helper.make_node("Resize", ["x", "", "scales"], ["y"], name="rs", mode="cubic"),
-                     {"scales": np.array([1, 1, 2, 2], np.float32)}, r"\(Resize\): attribute mode='cubic'", id="cubic"),
-        pytest.param(helper.make_node("LRN", ["x"], ["y"], name="l", size=4), {}, r"node 'l' \(LRN\): attribute size=4", id="lrn-even"),
-        pytest.param(helper.make_node("MaxPool", ["x"], ["y"], name="m", kernel_shape=[2, 2], storage_order=1), {},
-                     r"node 'm' \(MaxPool\): attribute storage_order=1", id="maxpool"),
-        pytest.param(helper.make_node("Relu", ["x"], ["y"], name="r", bogus=1), {}, r"(?s)attribute: bogus.*Name: r OpType: Relu",
-                     id="unknown-attr"),  # onnx.checker's words
+        pytest.param(
+            helper.make_node("Resize", ["x", "", "scales"], ["y"], name="rs", mode="linear", antialias=1),
+            {"scales": np.array([1, 1, 0.5, 0.5], np.float32)},
+            r"node 'rs' \(Resize\): attribute antialias=1",
+            id="antialias",
+        ),
+        pytest.param(
+            helper.make_node(
+                "Resize",
+                ["x", "", "scales"],
+                ["y"],
+                name="rs",
+                mode="linear",
+                coordinate_transformation_mode="tf_crop_and_resize",
+            ),
+            {"scales": np.array([1, 1, 2, 2], np.float32)},
+            r"\(Resize\): attribute coordinate_transformation_mode",
+            id="ctm",
+        ),
+        pytest.param(
+            helper.make_node("Resize", ["x", "", "scales"], ["y"], name="rs", mode="cubic"),
+            {"scales": np.array([1, 1, 2, 2], np.float32)},
+            r"\(Resize\): attribute mode='cubic'",
+            id="cubic",
+        ),
+        pytest.param(
+            helper.make_node("LRN", ["x"], ["y"], name="l", size=4),
+            {},
+            r"node 'l' \(LRN\): attribute size=4",
+            id="lrn-even",
+        ),
+        pytest.param(
+            helper.make_node("MaxPool", ["x"], ["y"], name="m", kernel_shape=[2, 2], storage_order=1),
+            {},
+            r"node 'm' \(MaxPool\): attribute storage_order=1",
+            id="maxpool",
+        ),
+        pytest.param(
+            helper.make_node("Relu", ["x"], ["y"], name="r", bogus=1),
+            {},
+            r"(?s)attribute: bogus.*Name: r OpType: Relu",
+            id="unknown-attr",
+        ),  # onnx.checker's words
     ],
 )
 def test_unsupported_attributes_are_refused_naming_node_operator_and_attribute(
-        node: onnx.NodeProto, inits: dict[str, np.ndarray], message: str) -> None:
-    data = _graph_model([node], [numpy_helper.from_array(v, k) for k, v in inits.items()], [1, 1, 4, 4],
-                        ["a", "b", "c", "d"], opset=19)
+    node: onnx.NodeProto, inits: dict[str, np.ndarray], message: str
+) -> None:
+    data = _graph_model(
+        [node], [numpy_helper.from_array(v, k) for k, v in inits.items()], [1, 1, 4, 4], ["a", "b", "c", "d"], opset=19
+    )
     with pytest.raises(OnnxImportError, match=message):
         load_onnx_model(data)
 
@@ -209,8 +288,10 @@ def test_unsupported_attributes_are_refused_naming_node_operator_and_attribute(
 LIGHT_ZOO = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 
 
-@pytest.mark.parametrize("name", ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50", "shufflenet",
-                                  "squeezenet", "zfnet512"])  # light_vgg19 also imports, in ~5 s: left out for time
+@pytest.mark.parametrize(
+    "name",
+    ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50", "shufflenet", "squeezenet", "zfnet512"],
+)  # light_vgg19 also imports, in ~5 s: left out for time
 def test_model_zoo_classics_at_opsets_8_and_9_are_converted_and_match(name: str) -> None:
     """The ``light`` model-zoo files that onnx ships (opsets 8-9, weights from ConstantOfShape: LRN, Sum, Dropout,
     Concat, Reshape...): converted to opset 17, they import, match onnxruntime on the original file and the

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
@@ -88,8 +87,8 @@ def _check(data: bytes, x: np.ndarray, expected: list[Any], op_types: set[str]) 
         got = module(torch.from_numpy(np.array(x)))
     outputs = got if isinstance(got, tuple) else (got,)
     assert len(outputs) == len(expected)
-    for actual_t, want in zip(outputs, expected, strict=True):
-        actual, want = actual_t.numpy(), np.asarray(want)
+    for actual_t, want_value in zip(outputs, expected, strict=True):
+        actual, want = actual_t.numpy(), np.asarray(want_value)
         assert actual.shape == want.shape, f"shape {actual.shape} != {want.shape}"
         if want.dtype == np.bool_:
             np.testing.assert_array_equal(actual, want)

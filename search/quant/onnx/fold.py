@@ -10,6 +10,7 @@ Every output whose size the file chooses (``Expand``, ``Tile``, ``ConstantOfShap
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -176,7 +177,8 @@ def _unary(node: Node, args: Args) -> list[np.ndarray]:
     assert x is not None
     fns: dict[str, Callable[[Any], Any]] = {
         "Neg": np.negative, "Abs": np.abs, "Sqrt": np.sqrt, "Floor": np.floor, "Ceil": np.ceil, "Sign": np.sign,
-        "Exp": np.exp, "Log": np.log, "Reciprocal": np.reciprocal, "Not": np.logical_not, "Relu": lambda v: np.maximum(v, 0),
+        "Exp": np.exp, "Log": np.log, "Reciprocal": np.reciprocal, "Not": np.logical_not,
+        "Relu": lambda v: np.maximum(v, 0),
     }
     with np.errstate(all="ignore"):
         return [np.asarray(fns[node.op](x)).astype(x.dtype if node.op != "Not" else np.bool_)]
@@ -327,7 +329,7 @@ def _layout(node: Node, args: Args) -> list[np.ndarray]:
     if op == "Split":
         axis = node.axis(int(node.attr("axis", 0)), x.ndim)
         bounds = np.cumsum([0, *split_sizes(node, x.shape[axis])])
-        return [np.array(np.take(x, np.arange(lo, hi), axis=axis)) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+        return [np.array(np.take(x, np.arange(lo, hi), axis=axis)) for lo, hi in itertools.pairwise(bounds)]
     if op in ("Identity", "Dropout"):
         return [x.copy(), np.ones(x.shape, np.bool_)][:len(node.outputs)]
     raise AssertionError(op)

@@ -135,10 +135,12 @@ class Node:
     def check_attributes(self, allowed: Iterable[str]) -> None:
         unknown = sorted(set(self.attrs) - set(allowed))
         if unknown:
-            raise self.fail(f"attribute {unknown[0]} is not supported (supported: {', '.join(sorted(allowed)) or 'none'})")
+            supported = ", ".join(sorted(allowed)) or "none"
+            raise self.fail(f"attribute {unknown[0]} is not supported (supported: {supported})")
 
 
-def broadcast_shape(node: Node, shapes: list[tuple[int, ...]], what: str = "broadcasting the inputs") -> tuple[int, ...]:
+def broadcast_shape(node: Node, shapes: list[tuple[int, ...]],
+                    what: str = "broadcasting the inputs") -> tuple[int, ...]:
     try:
         out = tuple(int(d) for d in np.broadcast_shapes(*shapes))
     except ValueError:
