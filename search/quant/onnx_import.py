@@ -28,8 +28,11 @@ Every Conv / ConvTranspose / Gemm / MatMul whose weight is a constant is a layer
 ``nn.Linear``); a MatMul or Gemm of two computed values (attention's ``Q K^T`` and ``A V``) runs in float
 and is listed in :attr:`OnnxModule.float_matmuls`.
 
-Axis 0 of each graph input is the batch: a Reshape whose target keeps the declared batch size follows
-the batch it is given, so a model exported with batch 1 trains with any batch.
+Axis 0 of each graph input is the batch, and may be symbolic (``dynamic_axes``; the model is then built
+with batch 1): a Reshape whose target keeps the declared batch size follows the batch it is given, and so
+does an Expand whose target's axis 0 was computed from a ``Shape`` (a class token expanded to
+``x.shape[0]``), so a model exported with batch 1 trains with any batch.  A file exported with a fixed
+batch may have that batch written into constants by the exporter: export with a symbolic batch then.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from torch import Tensor, nn
 from search.errors import OnnxImportError as OnnxImportError
 from search.quant.onnx.fold import (
     FOLDERS,
+    batch_marks,
     fold,
     reduce_axes,
     reshape_target,
@@ -197,9 +201,12 @@ def _static_shape(value: onnx.ValueInfoProto) -> tuple[int, ...]:
         raise OnnxImportError(f"file: graph input {value.name!r} must be a float32 tensor")
     dims = value.type.tensor_type.shape.dim
     shape = tuple(d.dim_value if d.HasField("dim_value") else 0 for d in dims)
+    if shape and shape[0] == 0:  # a symbolic batch (dynamic_axes={name: {0: "batch"}}): built with batch 1
+        shape = (1, *shape[1:])
     if not shape or any(d <= 0 for d in shape):
         raise OnnxImportError(f"file: graph input {value.name!r} needs a static shape with every dimension > 0 "
-                              f"(export with fixed input sizes), got {[d.dim_param or d.dim_value for d in dims]}")
+                              "but the batch (export with fixed input sizes), got "
+                              f"{[d.dim_param or d.dim_value for d in dims]}")
     if math.prod(shape) > MAX_ELEMENTS:
         raise OnnxImportError(
             f"file: graph input {value.name!r} has {math.prod(shape)} elements; at most {MAX_ELEMENTS}")
@@ -716,7 +723,7 @@ def _gather(node: Node) -> Runner:
         if np.any(idx < -dim) or np.any(idx >= dim):
             raise node.fail(f"indices out of range for an axis of {dim}")
     out = node.guard(shape[:axis] + idx_shape + shape[axis + 1:], "input 1 (indices)", allowed=node.largest_input())
-    target = _batch_follows(out, shape) if axis > 0 else list(out)
+    target = [-1, *out[1:]] if axis > 0 else list(out)  # axis 0 of the output is the input's
 
     def run(_m: nn.Module | None, a: list[Tensor | None]) -> Tensor:
         x, i = _a0(a), a[1]
@@ -739,12 +746,17 @@ def _cast(node: Node) -> Runner:
     return lambda _m, a: _a0(a).to(dtype)
 
 
-def _expand(node: Node) -> Runner:
+def _expand(node: Node, *, batch_follows: bool = False) -> Runner:
+    """``batch_follows``: axis 0 of the target is the graph input's batch (fold.batch_marks), which the step
+    then takes from the graph input, passed as its last operand."""
     shape = node.ints(1, "shape")
     assert shape is not None
     in_shape = node.shape(0)
     out = broadcast_shape(node, [in_shape, tuple(shape)], "input 1 (shape)")
     target = _batch_follows(out, in_shape)
+    if batch_follows:
+        rest = target[1:]
+        return lambda _m, a: _a0(a).expand([_arg(a, len(a) - 1).size(0), *rest])
     return lambda _m, a: _a0(a).expand(target)
 
 
@@ -1122,8 +1134,14 @@ def _constant_node(node: Node) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def _foldable(node: Node, constants: dict[str, np.ndarray]) -> bool:
-    if node.op not in FOLDERS:
+def _batch_expand(node: Node, marks: dict[str, frozenset[int]]) -> bool:
+    """An Expand to the batch (axis 0 of its target is marked, and is axis 0 of the output)."""
+    return (node.op == "Expand" and 0 in marks.get(node.input(1), frozenset())
+            and len(node.shape(1)) == 1 and node.shape(1)[0] >= node.rank(0))
+
+
+def _foldable(node: Node, constants: dict[str, np.ndarray], marks: dict[str, frozenset[int]]) -> bool:
+    if node.op not in FOLDERS or _batch_expand(node, marks):
         return False
     if node.op in ("Shape", "Size"):
         return True
@@ -1148,6 +1166,7 @@ def load_onnx_model(data: bytes) -> OnnxModule:
     shapes = {name: tuple(t.shape) for name, t in env.items()}
     dtypes = {name: t.dtype for name, t in env.items()}
     taken: set[str] = set()
+    marks: dict[str, frozenset[int]] = {}  # entries of folded shape vectors that are the batch size (fold.batch_marks)
 
     def operand(node: Node, name: str) -> None:
         if name and name not in env and name in constants:
@@ -1170,11 +1189,15 @@ def load_onnx_model(data: bytes) -> OnnxModule:
                     raise node.fail(f"input {name!r} is not produced by any earlier node")
             if proto.op_type == "Dropout":
                 _dropout(node)  # training_mode=true is refused even where the node folds
-            if _foldable(node, constants):
-                outputs = fold(node, [constants.get(name) if name else None for name in proto.input])
+            if _foldable(node, constants, marks):
+                args = [constants.get(name) if name else None for name in proto.input]
+                outputs = fold(node, args)
                 for name, value in zip(proto.output, outputs, strict=False):
                     if name:
                         constants[name] = value
+                mark = batch_marks(node, args, marks) if outputs and outputs[0].ndim <= 1 else frozenset()
+                if mark:
+                    marks[proto.output[0]] = mark
                 continue
             module_name: str | None = None
             layer_builder = _layer_builder(node, constants)
@@ -1191,11 +1214,15 @@ def load_onnx_model(data: bytes) -> OnnxModule:
                 if proto.op_type in ("MatMul", "Gemm"):
                     run = _matmul(node)
                     module.float_matmuls.append(proto.name)
+                elif _batch_expand(node, marks):
+                    run = _expand(node, batch_follows=True)  # the graph input rides along: its batch is the target's
                 else:
                     build = OPERATORS[proto.op_type].build
                     assert build is not None
                     run = build(node)
                 operands = proto.input
+                if _batch_expand(node, marks):
+                    operands = [*proto.input, module._input_names[0]]
             for name in operands:
                 operand(node, name)
             step = _Step(proto.name, tuple(operands), tuple(proto.output), module_name, run)

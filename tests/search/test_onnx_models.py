@@ -310,3 +310,23 @@ def test_model_zoo_classics_at_opsets_8_and_9_are_converted_and_match(name: str)
         assert max_relative_error(module(torch.from_numpy(x)).numpy(), ort_outputs(data, x)[0]) <= 1e-4
     weighted = sum(n.op_type in ("Conv", "Gemm", "MatMul") for n in proto.graph.node)
     assert len(discover_layers(module, module.example_inputs()).layers) == weighted
+
+
+def test_symbolic_batch_vit_follows_the_batch_it_is_given() -> None:
+    """A ViT exported with a symbolic batch: its class token is expanded to Shape(x)[0], which is folded
+    (batch 1 at build) but marked, so the Expand follows the batch; Reshapes follow it too."""
+    torch.manual_seed(0)
+    model = MODELS["tiny_vit"]().eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, model.example_inputs(), buf, dynamo=False, opset_version=17,  # type: ignore[operator]
+                          input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    module = load_onnx_model(buf.getvalue())
+    assert module.input_shapes == [(1, 3, 16, 16)]
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        got = module(x).numpy()
+    assert max_relative_error(got, ort_outputs(buf.getvalue(), x.numpy())[0]) <= 1e-4
+    assert max_relative_error(got, model(x).detach().numpy()) <= 1e-4
+    torch.fx.symbolic_trace(module)

@@ -361,3 +361,42 @@ def fold(node: Node, args: Args) -> list[np.ndarray]:
         if out.dtype not in NUMPY_TYPES.values():
             raise node.fail(f"gives a constant of type {out.dtype}")
     return outputs
+
+
+def batch_marks(node: Node, args: Args, marks: dict[str, frozenset[int]]) -> frozenset[int]:
+    """Which entries of the (0-d or 1-d integer) output of a folded node are the batch size: ``Shape`` of a
+    computed value gives entry 0, and Gather, Unsqueeze, Squeeze, Concat, Slice, Cast and Identity carry the
+    mark along.  An Expand whose target's axis 0 is marked follows the batch it is given (a class token
+    expanded to ``x.shape[0]``); anything computed from a marked entry loses the mark."""
+    op = node.op
+    first = marks.get(node.input(0), frozenset())
+    if op == "Shape":
+        return frozenset({0}) if not node.is_constant(0) and int(node.attr("start", 0)) in (0, -len(node.shape(0))) \
+            else frozenset()
+    present = [v for v in args[:3] if v is not None]
+    if op == "Where" and len(present) == 3 and all(v.ndim == 1 for v in present):
+        c = np.broadcast_to(present[0], np.broadcast_shapes(*(v.shape for v in present)))
+        a_marks, b_marks = marks.get(node.input(1), frozenset()), marks.get(node.input(2), frozenset())
+        return frozenset(k for k in range(len(c)) if (k in a_marks if c[k] else k in b_marks))
+    if not first and op != "Concat":
+        return frozenset()
+    if op in ("Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape") and (args[0] is None or args[0].ndim <= 1):
+        return first
+    if op == "Gather" and args[0] is not None and args[0].ndim == 1 and args[1] is not None:
+        idx = [int(i) % args[0].shape[0] for i in args[1].reshape(-1)]
+        return frozenset(k for k, i in enumerate(idx) if i in first)
+    if op == "Concat":
+        out: set[int] = set()
+        offset = 0
+        for name, array in zip(node.proto.input, args, strict=True):
+            if array is None or array.ndim != 1:
+                return frozenset()
+            out |= {offset + k for k in marks.get(name, frozenset())}
+            offset += array.shape[0]
+        return frozenset(out)
+    if op == "Slice" and args[0] is not None and args[0].ndim == 1:
+        spec = slice_spec(node, args[0].shape, args)
+        _, lo, hi, step = spec[0]
+        kept = list(range(lo, hi, step))
+        return frozenset(k for k, i in enumerate(kept) if i in first)
+    return frozenset()
