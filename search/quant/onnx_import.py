@@ -262,6 +262,8 @@ def _pads(node: Node, in_shape: tuple[int, ...], kernel: Sequence[int], strides:
     pads = [int(p) for p in node.attr("pads", [0] * (2 * rank))]
     if len(pads) != 2 * rank or any(p < 0 for p in pads):
         raise node.refuse("pads", f"{2 * rank} non-negative values")
+    node.guard([*in_shape[:2], *(d + b + e for d, b, e in zip(in_shape[2:], pads[:rank], pads[rank:], strict=True))],
+               "attribute pads")
     return pads
 
 
@@ -336,6 +338,10 @@ def _conv(node: Node) -> tuple[nn.Module, Runner]:
                 not 0 <= p < max(s, d) for p, s, d in zip(out_pad, strides, dilations, strict=True)):
             raise node.refuse("output_padding", "smaller than the stride or the dilation")
         symmetric = pads[:rank] == pads[rank:]
+        node.guard([in_shape[0], int(weight.shape[1]) * groups,
+                    *((d - 1) * s + dil * (k - 1) + p + 1
+                      for d, s, dil, k, p in zip(in_shape[2:], strides, dilations, kernel, out_pad, strict=True))],
+                   "attributes strides and dilations")
         layer = _CONV_TYPES[True, rank](
             channels_in, int(weight.shape[1]) * groups, kernel, stride=strides,
             padding=pads[:rank] if symmetric else [0] * rank, output_padding=out_pad, dilation=dilations,
@@ -861,6 +867,8 @@ def _lrn(node: Node) -> Runner:
     alpha, beta, bias = float(node.attr("alpha", 1e-4)), float(node.attr("beta", 0.75)), float(node.attr("bias", 1.0))
     if node.rank(0) < 3:
         raise node.fail("inputs of rank >= 3 (N, C, ...) are supported")
+    shape = node.shape(0)
+    node.guard([shape[0], shape[1] + size, *shape[2:]], "attribute size")  # torch pads the channels by size
     return lambda _m, a: F.local_response_norm(_a0(a), size, alpha, beta, bias)
 
 

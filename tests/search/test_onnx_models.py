@@ -172,6 +172,39 @@ def test_opset_9_file_with_old_style_operators_is_converted() -> None:
     ("node", "inits", "message"),
     [
         pytest.param(
+            helper.make_node("MaxPool", ["x"], ["y"], name="m", kernel_shape=[1, 1], pads=[0, 0, 1 << 16, 1 << 16]),
+            {},
+            r"node 'm' \(MaxPool\): attribute pads asks for",
+            id="maxpool-pads",
+        ),
+        pytest.param(
+            helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="ct", strides=[1 << 15, 1 << 15]),
+            {"w": np.ones((1, 1, 2, 2), np.float32)},
+            r"node 'ct' \(ConvTranspose\): attributes strides",
+            id="convt",
+        ),
+        pytest.param(
+            helper.make_node("LRN", ["x"], ["y"], name="l", size=(1 << 30) + 1),
+            {},
+            r"node 'l' \(LRN\): attribute size asks for",
+            id="lrn",
+        ),
+    ],
+)
+def test_hostile_attributes_are_refused_before_allocation(
+    node: onnx.NodeProto, inits: dict[str, np.ndarray], message: str
+) -> None:
+    data = _graph_model(
+        [node], [numpy_helper.from_array(v, k) for k, v in inits.items()], [1, 1, 4, 4], ["a", "b", "c", "d"]
+    )
+    with pytest.raises(OnnxImportError, match=message):
+        load_onnx_model(data)
+
+
+@pytest.mark.parametrize(
+    ("node", "inits", "message"),
+    [
+        pytest.param(
             helper.make_node("Expand", ["x", "shape"], ["y"], name="e"),
             {"shape": np.array([1, 1, 1 << 20, 1 << 20], np.int64)},
             r"node 'e' \(Expand\): input 1 \(shape\).*elements",
@@ -320,8 +353,15 @@ def test_symbolic_batch_vit_follows_the_batch_it_is_given() -> None:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, model.example_inputs(), buf, dynamo=False, opset_version=17,  # type: ignore[operator]
-                          input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+        torch.onnx.export(
+            model,
+            model.example_inputs(),
+            buf,
+            dynamo=False,
+            opset_version=17,  # type: ignore[operator]
+            input_names=["x"],
+            dynamic_axes={"x": {0: "batch"}},
+        )
     module = load_onnx_model(buf.getvalue())
     assert module.input_shapes == [(1, 3, 16, 16)]
     x = torch.randn(3, 3, 16, 16)
