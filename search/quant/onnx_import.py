@@ -75,7 +75,6 @@ _FLOAT_TYPES = (TensorProto.FLOAT,)
 
 Result = Tensor | tuple[Tensor, ...]
 Runner = Callable[[nn.Module | None, list[Tensor | None]], Result]
-_Node = Node  # the name the importer used before the node moved to search.quant.onnx.node
 
 
 @dataclass(frozen=True)
@@ -93,7 +92,7 @@ class OnnxModule(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.onnx_names: dict[str, str] = {}  # module name -> ONNX node name
-        self.float_matmuls: list[str] = []  # ONNX node names of MatMul/Gemm of two computed values (run in float)
+        self.float_matmuls: list[str] = []  # ONNX node names of MatMul/Gemm that are not layers: run in float
         self.input_shapes: list[tuple[int, ...]] = []
         self._input_names: list[str] = []
         self._output_names: list[str] = []
