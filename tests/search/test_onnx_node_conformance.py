@@ -126,7 +126,7 @@ def test_backend_node_tests_pass_or_are_refused_naming_the_operator() -> None:
             continue
         opset = {o.domain or "ai.onnx": o.version for o in model.opset_import}.get("ai.onnx", 0)
         if opset < 7:
-            counts[op]["skipped-opset"] += 1  # opsets before 7 are refused as a whole (tests/search/test_onnx_import.py)
+            counts[op]["skipped-opset"] += 1  # opsets < 7: refused as a whole (test_onnx_import.py)
             continue
         keep = _runtime_input(model, inputs)
         variants = [keep] if keep is not None else []
