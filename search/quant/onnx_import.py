@@ -926,12 +926,18 @@ def _resize(node: Node) -> Runner:
         corners = transform == "align_corners"
         if transform == "pytorch_half_pixel" and any(s == 1 for s in spatial):
             raise node.refuse("coordinate_transformation_mode", "pytorch_half_pixel to an axis of length 1")
+    elif mode == "cubic" and rank == 4 and transform in ("half_pixel", "pytorch_half_pixel", "align_corners"):
+        if float(node.attr("cubic_coeff_a", -0.75)) != -0.75:
+            raise node.refuse("cubic_coeff_a", "-0.75 (torch's bicubic) only")
+        interp, corners = "bicubic", transform == "align_corners"
+        if transform == "pytorch_half_pixel" and any(s == 1 for s in spatial):
+            raise node.refuse("coordinate_transformation_mode", "pytorch_half_pixel to an axis of length 1")
     if interp is None:
-        attribute = "mode" if mode not in ("nearest", "linear") else (
+        attribute = "mode" if mode not in ("nearest", "linear", "cubic") else (
             "nearest_mode" if mode == "nearest" and transform in ("asymmetric", "half_pixel", "pytorch_half_pixel")
             else "coordinate_transformation_mode")
         raise node.refuse(attribute, "supported: mode=nearest with asymmetric+floor or half_pixel+round_prefer_ceil, "
-                                     "mode=linear with half_pixel, pytorch_half_pixel or align_corners")
+                                     "mode=linear or cubic (2-d) with half_pixel, pytorch_half_pixel or align_corners")
     mode_name: str = interp
     if corners and scales and any(d * s != o for d, s, o in zip(shape[2:], scales[2:], spatial, strict=True)):
         raise node.refuse("coordinate_transformation_mode", "align_corners with scales that do not give whole sizes")
@@ -1114,7 +1120,8 @@ OPERATORS: dict[str, Operator] = {
     **_ops("LRN", ("alpha", "beta", "bias", "size"), _lrn, "odd size"),
     **_ops("Resize", ("antialias", "axes", "coordinate_transformation_mode", "cubic_coeff_a", "exclude_outside",
                       "extrapolation_value", "keep_aspect_ratio_policy", "mode", "nearest_mode"), _resize,
-           "nearest (asymmetric+floor, half_pixel+round_prefer_ceil), linear (half_pixel, align_corners)"),
+           "nearest (asymmetric+floor, half_pixel+round_prefer_ceil), linear (half_pixel, align_corners), "
+           "cubic (a=-0.75)"),
     **_ops("DepthToSpace", ("blocksize", "mode"), _depth_to_space),
     **_ops("SpaceToDepth", ("blocksize", "mode"), _depth_to_space),
     **_ops("Pad", ("mode",), _pad, "constant, reflect, edge, wrap; constant pads"),

@@ -283,9 +283,9 @@ def test_hostile_sizes_are_refused_before_allocation(
             id="ctm",
         ),
         pytest.param(
-            helper.make_node("Resize", ["x", "", "scales"], ["y"], name="rs", mode="cubic"),
+            helper.make_node("Resize", ["x", "", "scales"], ["y"], name="rs", mode="cubic", cubic_coeff_a=-0.5),
             {"scales": np.array([1, 1, 2, 2], np.float32)},
-            r"\(Resize\): attribute mode='cubic'",
+            r"\(Resize\): attribute cubic_coeff_a=-0.5",
             id="cubic",
         ),
         pytest.param(
