@@ -327,15 +327,26 @@ def _conv(node: Node) -> tuple[nn.Module, Runner]:
             f"weight {list(weight.shape)} with group={groups} does not fit an input of {in_shape[1]} channels")
     layer: nn.Module
     if transposed:
-        if "output_shape" in node.attrs:
-            raise node.refuse("output_shape", "give pads and output_padding")
-        if node.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-            raise node.refuse("auto_pad", "give explicit pads")
-        pads = _pads(node, in_shape, kernel, strides, dilations)
         out_pad = [int(p) for p in node.attr("output_padding", [0] * rank)]
         if len(out_pad) != rank or any(
                 not 0 <= p < max(s, d) for p, s, d in zip(out_pad, strides, dilations, strict=True)):
             raise node.refuse("output_padding", "smaller than the stride or the dilation")
+        auto_pad = node.attr("auto_pad", "NOTSET")
+        if "output_shape" in node.attrs or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            # ONNX's rule: the total padding that gives output_shape (SAME: input * stride), split per auto_pad
+            same = [d * s for d, s in zip(in_shape[2:], strides, strict=True)]
+            wanted = [int(o) for o in node.attr("output_shape", same)]
+            wanted = wanted[-rank:]
+            if len(wanted) != rank:
+                raise node.refuse("output_shape", f"{rank} spatial sizes")
+            totals = [s * (d - 1) + p + (k - 1) * dil + 1 - o for s, d, p, k, dil, o
+                      in zip(strides, in_shape[2:], out_pad, kernel, dilations, wanted, strict=True)]
+            if any(t < 0 for t in totals):
+                raise node.refuse("output_shape", "larger than the convolution's full output; give output_padding")
+            upper = auto_pad == "SAME_UPPER"
+            pads = [t // 2 if upper else t - t // 2 for t in totals] + [t - t // 2 if upper else t // 2 for t in totals]
+        else:
+            pads = _pads(node, in_shape, kernel, strides, dilations)
         symmetric = pads[:rank] == pads[rank:]
         node.guard([in_shape[0], int(weight.shape[1]) * groups,
                     *((d - 1) * s + dil * (k - 1) + p + 1
@@ -1072,7 +1083,7 @@ OPERATORS: dict[str, Operator] = {
            "layer (nn.Conv1d/2d/3d); constant weight; asymmetric pads padded first"),
     **_ops("ConvTranspose", ("auto_pad", "dilations", "group", "kernel_shape", "output_padding", "pads", "strides",
                              "output_shape"), None,
-           "layer (nn.ConvTranspose1d/2d/3d); constant weight; output_shape and auto_pad SAME refused"),
+           "layer (nn.ConvTranspose1d/2d/3d); constant weight; asymmetric pads cropped after"),
     **_ops("Gemm", ("alpha", "beta", "transA", "transB"), None,
            "layer (nn.Linear) with a constant 2-d B and C; else float, listed in float_matmuls"),
     **_ops("MatMul", (), None,
