@@ -72,6 +72,8 @@ TARGET_OPSET = 17
 MAX_NODES = 10_000
 _IDENTIFIER_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 _FLOAT_TYPES = (TensorProto.FLOAT,)
+_BUILD_ERRORS = (TypeError, ValueError, IndexError, KeyError, OverflowError, ZeroDivisionError, AssertionError,
+                 RuntimeError)
 
 Result = Tensor | tuple[Tensor, ...]
 Runner = Callable[[nn.Module | None, list[Tensor | None]], Result]
@@ -1202,70 +1204,80 @@ def load_onnx_model(data: bytes) -> OnnxModule:
         elif name and name not in env:
             raise node.fail(f"input {name!r} is not produced by any earlier node")
 
+    def build_node(index: int, proto: onnx.NodeProto) -> None:
+        node = Node(proto, constants, shapes, dtypes)
+        node.check_attributes(OPERATORS[proto.op_type].attributes)
+        if proto.op_type == "Constant":
+            constants[proto.output[0]] = _constant_node(node)
+            return
+        for name in proto.input:
+            if name and name not in env and name not in constants:
+                raise node.fail(f"input {name!r} is not produced by any earlier node")
+        if proto.op_type == "Dropout":
+            _dropout(node)  # training_mode=true is refused even where the node folds
+        if _foldable(node, constants, marks):
+            args = [constants.get(name) if name else None for name in proto.input]
+            outputs = fold(node, args)
+            for name, value in zip(proto.output, outputs, strict=False):
+                if name:
+                    constants[name] = value
+            mark = batch_marks(node, args, marks) if outputs and outputs[0].ndim <= 1 else frozenset()
+            if mark:
+                marks[proto.output[0]] = mark
+            return
+        module_name: str | None = None
+        layer_builder = _layer_builder(node, constants)
+        if layer_builder is not None:
+            layer, run = layer_builder(node)
+            module_name = _module_name(proto.name, proto.op_type, index, taken)
+            taken.add(module_name)
+            module.add_module(module_name, layer.eval())  # the build run must not update BatchNorm statistics
+            module.onnx_names[module_name] = proto.name
+            operands: Sequence[str] = proto.input[:1]
+        else:
+            if proto.op_type in ("Conv", "ConvTranspose", "BatchNormalization"):
+                raise AssertionError(proto.op_type)
+            if proto.op_type in ("MatMul", "Gemm"):
+                run = _matmul(node)
+                module.float_matmuls.append(proto.name)
+            elif _batch_expand(node, marks):
+                run = _expand(node, batch_follows=True)  # the graph input rides along: its batch is the target's
+            else:
+                build = OPERATORS[proto.op_type].build
+                assert build is not None
+                run = build(node)
+            operands = proto.input
+            if _batch_expand(node, marks):
+                operands = [*proto.input, module._input_names[0]]
+        for name in operands:
+            operand(node, name)
+        step = _Step(proto.name, tuple(operands), tuple(proto.output), module_name, run)
+        try:
+            out = run(module.get_submodule(module_name) if module_name else None,
+                      [env[name] if name else None for name in step.inputs])
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise node.fail(f"does not run on the declared input shapes: {exc}"[:400]) from None
+        results = (out,) if len(step.outputs) == 1 else out
+        if not isinstance(results, tuple) or len(results) != len(step.outputs):
+            raise node.fail(f"gives {len(results) if isinstance(results, tuple) else 1} outputs, "
+                            f"the node has {len(step.outputs)}")
+        for name, tensor in zip(step.outputs, results, strict=True):
+            if not isinstance(tensor, Tensor):
+                raise node.fail("gives an output that is not a tensor")
+            if name:
+                env[name], shapes[name], dtypes[name] = tensor, tuple(tensor.shape), tensor.dtype
+        module._steps.append(step)
+
     with torch.no_grad():
         for index, proto in enumerate(graph.node):
-            node = Node(proto, constants, shapes, dtypes)
-            node.check_attributes(OPERATORS[proto.op_type].attributes)
-            if proto.op_type == "Constant":
-                constants[proto.output[0]] = _constant_node(node)
-                continue
-            for name in proto.input:
-                if name and name not in env and name not in constants:
-                    raise node.fail(f"input {name!r} is not produced by any earlier node")
-            if proto.op_type == "Dropout":
-                _dropout(node)  # training_mode=true is refused even where the node folds
-            if _foldable(node, constants, marks):
-                args = [constants.get(name) if name else None for name in proto.input]
-                outputs = fold(node, args)
-                for name, value in zip(proto.output, outputs, strict=False):
-                    if name:
-                        constants[name] = value
-                mark = batch_marks(node, args, marks) if outputs and outputs[0].ndim <= 1 else frozenset()
-                if mark:
-                    marks[proto.output[0]] = mark
-                continue
-            module_name: str | None = None
-            layer_builder = _layer_builder(node, constants)
-            if layer_builder is not None:
-                layer, run = layer_builder(node)
-                module_name = _module_name(proto.name, proto.op_type, index, taken)
-                taken.add(module_name)
-                module.add_module(module_name, layer.eval())  # the build run must not update BatchNorm statistics
-                module.onnx_names[module_name] = proto.name
-                operands: Sequence[str] = proto.input[:1]
-            else:
-                if proto.op_type in ("Conv", "ConvTranspose", "BatchNormalization"):
-                    raise AssertionError(proto.op_type)
-                if proto.op_type in ("MatMul", "Gemm"):
-                    run = _matmul(node)
-                    module.float_matmuls.append(proto.name)
-                elif _batch_expand(node, marks):
-                    run = _expand(node, batch_follows=True)  # the graph input rides along: its batch is the target's
-                else:
-                    build = OPERATORS[proto.op_type].build
-                    assert build is not None
-                    run = build(node)
-                operands = proto.input
-                if _batch_expand(node, marks):
-                    operands = [*proto.input, module._input_names[0]]
-            for name in operands:
-                operand(node, name)
-            step = _Step(proto.name, tuple(operands), tuple(proto.output), module_name, run)
             try:
-                out = run(module.get_submodule(module_name) if module_name else None,
-                          [env[name] if name else None for name in step.inputs])
-            except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-                raise node.fail(f"does not run on the declared input shapes: {exc}"[:400]) from None
-            results = (out,) if len(step.outputs) == 1 else out
-            if not isinstance(results, tuple) or len(results) != len(step.outputs):
-                raise node.fail(f"gives {len(results) if isinstance(results, tuple) else 1} outputs, "
-                                f"the node has {len(step.outputs)}")
-            for name, tensor in zip(step.outputs, results, strict=True):
-                if not isinstance(tensor, Tensor):
-                    raise node.fail("gives an output that is not a tensor")
-                if name:
-                    env[name], shapes[name], dtypes[name] = tensor, tuple(tensor.shape), tensor.dtype
-            module._steps.append(step)
+                build_node(index, proto)
+            except OnnxImportError:
+                raise
+            except _BUILD_ERRORS as exc:  # a malformed node that no check above names: still named here
+                label = f"node {proto.name or '(unnamed)'!r} ({proto.op_type})"
+                raise OnnxImportError(f"file: {label}: invalid attributes or inputs "
+                                      f"({type(exc).__name__}: {exc})"[:400]) from None
     missing = [o.name for o in graph.output if o.name not in env and o.name not in constants]
     if missing:
         raise OnnxImportError(f"file: graph output {missing[0]!r} is not computed by any node")
