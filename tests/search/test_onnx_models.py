@@ -370,3 +370,33 @@ def test_symbolic_batch_vit_follows_the_batch_it_is_given() -> None:
     assert max_relative_error(got, ort_outputs(buf.getvalue(), x.numpy())[0]) <= 1e-4
     assert max_relative_error(got, model(x).detach().numpy()) <= 1e-4
     torch.fx.symbolic_trace(module)
+
+
+def test_mutated_attributes_and_constants_import_or_are_refused_never_crash() -> None:
+    """Random integer attributes and integer Constant entries of an exported net set to 0, -1, huge...: each file
+    imports or raises OnnxImportError, nothing else."""
+    import random
+
+    rng = random.Random(0)
+    weird = [0, -1, -7, 1, 2, 3, 1 << 20, 1 << 40, -(1 << 40)]
+    base = export(MODELS["tiny_vit"](), MODELS["tiny_vit"].example_inputs(), 17)  # type: ignore[attr-defined]
+    outcomes = {"imported": 0, "refused": 0}
+    for _ in range(120):
+        model = onnx.load_from_string(base)
+        node = rng.choice(list(model.graph.node))
+        if node.op_type == "Constant":
+            array = numpy_helper.to_array(node.attribute[0].t).copy()
+            if array.dtype.kind in "iu" and array.size:
+                array.flat[rng.randrange(array.size)] = rng.choice(weird)
+                node.attribute[0].t.CopyFrom(numpy_helper.from_array(array))
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.INT:
+                attr.i = rng.choice(weird)
+            elif attr.type == onnx.AttributeProto.INTS and attr.ints:
+                attr.ints[rng.randrange(len(attr.ints))] = rng.choice(weird)
+        try:
+            load_onnx_model(model.SerializeToString())
+            outcomes["imported"] += 1
+        except OnnxImportError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 0
