@@ -183,14 +183,16 @@ _ONNX_FIRST_BYTE = b"\x08"
 
 
 def inspect_model(data: bytes, limits: SandboxLimits | None = None) -> tuple[bytes, dict[str, Any]]:
-    """(bytes to store, info) for an uploaded model, checked in the sandbox; raises UploadError."""
+    """(bytes to store, info) for an uploaded model, checked in the sandbox; raises UploadError.  The bytes are
+    the upload's own: a file at opset 7-12 is converted (``onnx.version_converter``) each time it is imported,
+    here in the sandbox and again where a job loads it."""
     if data.startswith(_ZIP_MAGIC):
         raise UploadError(PT2_REFUSED)  # answered here: no need to start a child to say no
     if not data.startswith(_ONNX_FIRST_BYTE):
         # protobuf writers emit fields in number order and ModelProto's field 1 is ir_version (a varint,
         # tag byte 0x08), which every valid model has: anything else is refused without a child
         raise UploadError("file: not an ONNX model (an ONNX file begins with its ir_version field); "
-                          "export with torch.onnx.export(..., opset_version>=13)")
+                          "export with torch.onnx.export(..., opset_version=17)")
     return data, _sandboxed("model", data, limits)
 
 

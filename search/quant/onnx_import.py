@@ -7,13 +7,32 @@ the file are never part of any source.  Tensor names are only dictionary keys; a
 its ONNX node name with every character outside ``[A-Za-z0-9_]`` replaced by ``_`` when that gives a
 strict identifier that is still free, else a generated ``<op>_<n>``; :attr:`OnnxModule.onnx_names` maps
 each module name back to the node name in the file.  Protobuf parsing runs no code, external data
-(a file path in the model) is refused, and only the operators in :data:`SUPPORTED_OPS` are accepted,
-with static integer shapes: every graph input's dimensions are fixed, and shape-like operands
-(Reshape's shape, Resize's scales, Pad's pads, Clip's bounds) are constants.  The model is run once on
-zeros of the declared input shapes while it is built, so a bad node fails here, naming it.
+(a file path in the model) is refused, and only the operators in :data:`OPERATORS` are accepted, each with
+the attributes listed there (any other attribute, or a value the importer does not implement, is refused
+naming the node, the operator and the attribute).  Shapes are static: every graph input's dimensions are
+fixed, so every value's shape is known while the module is built.
 
-Axis 0 of each graph input is the batch: a Reshape whose target keeps the declared batch size follows
-the batch it is given, so a model exported with batch 1 trains with any batch.
+Constant folding (:mod:`search.quant.onnx.fold`): a node whose operands are constants, or a ``Shape`` /
+``Size`` of any value, is computed in numpy by one fixed function per operator and becomes a constant
+before the module is built; so ``Identity`` of a shared initializer is that initializer, and the
+``Shape -> Gather -> Unsqueeze -> Concat`` chains of exported models give Reshape its constant target.
+Operands that must be constants (Reshape's shape, Resize's scales, Pad's pads, Slice's starts...) are
+constants after folding or the node is refused.  Tensor sizes the file chooses (Expand, Tile,
+ConstantOfShape, Range, Resize, Pad, broadcasting) are counted before they are allocated.
+
+Opsets 7 to 12 are converted to opset :data:`TARGET_OPSET` with ``onnx.version_converter`` (C++ on the
+protobuf, no code from the file) before anything else.  The model is run once on zeros of the declared
+input shapes while it is built, so a bad node fails here, naming it.
+
+Every Conv / ConvTranspose / Gemm / MatMul whose weight is a constant is a layer (``nn.Conv*`` /
+``nn.Linear``); a MatMul or Gemm of two computed values (attention's ``Q K^T`` and ``A V``) runs in float
+and is listed in :attr:`OnnxModule.float_matmuls`.
+
+Axis 0 of each graph input is the batch, and may be symbolic (``dynamic_axes``; the model is then built
+with batch 1): a Reshape whose target keeps the declared batch size follows the batch it is given, and so
+does an Expand whose target's axis 0 was computed from a ``Shape`` (a class token expanded to
+``x.shape[0]``), so a model exported with batch 1 trains with any batch.  A file exported with a fixed
+batch may have that batch written into constants by the exporter: export with a symbolic batch then.
 """
 
 from __future__ import annotations
@@ -23,39 +42,48 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, numpy_helper
 from torch import Tensor, nn
 
 from search.errors import OnnxImportError as OnnxImportError
+from search.quant.onnx.fold import (
+    FOLDERS,
+    batch_marks,
+    fold,
+    reduce_axes,
+    reshape_target,
+    slice_spec,
+    sliced_shape,
+    split_sizes,
+    squeeze_axes,
+    unsqueeze_axes,
+)
+from search.quant.onnx.node import MAX_ELEMENTS as MAX_ELEMENTS
+from search.quant.onnx.node import NUMPY_TYPES, TORCH_TYPES, Node, broadcast_shape, type_name
 
-MIN_OPSET = 13
+MIN_OPSET = 13  # older files are converted (from CONVERTIBLE_OPSET on)
+CONVERTIBLE_OPSET = 7
+TARGET_OPSET = 17
 MAX_NODES = 10_000
-SUPPORTED_OPS = frozenset({
-    "Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Constant", "Conv", "ConvTranspose",
-    "DepthToSpace", "Div", "Dropout", "Flatten", "Gemm", "GlobalAveragePool", "Identity", "LeakyRelu",
-    "MatMul", "MaxPool", "Mul", "Pad", "PRelu", "Relu", "Reshape", "Resize", "Sigmoid", "Softmax", "Sub",
-    "Transpose",
-})
 _IDENTIFIER_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 _FLOAT_TYPES = (TensorProto.FLOAT,)
-_CONSTANT_TYPES = (TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32)
+_BUILD_ERRORS = (TypeError, ValueError, IndexError, KeyError, OverflowError, ZeroDivisionError, AssertionError,
+                 RuntimeError)
 
-
-
-Runner = Callable[[nn.Module | None, list[Tensor | None]], Tensor]
+Result = Tensor | tuple[Tensor, ...]
+Runner = Callable[[nn.Module | None, list[Tensor | None]], Result]
 
 
 @dataclass(frozen=True)
 class _Step:
     node_name: str  # as in the file; only ever shown in messages
     inputs: tuple[str, ...]  # value names ("" for an omitted optional input)
-    output: str
+    outputs: tuple[str, ...]  # "" for an output that is not used
     module_name: str | None  # looked up at each forward, so a module swap (QAT) takes effect
     run: Runner
 
@@ -66,6 +94,7 @@ class OnnxModule(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.onnx_names: dict[str, str] = {}  # module name -> ONNX node name
+        self.float_matmuls: list[str] = []  # ONNX node names of MatMul/Gemm that are not layers: run in float
         self.input_shapes: list[tuple[int, ...]] = []
         self._input_names: list[str] = []
         self._output_names: list[str] = []
@@ -80,7 +109,13 @@ class OnnxModule(nn.Module):
         env[self._input_names[0]] = x
         for step in self._steps:
             module = self.get_submodule(step.module_name) if step.module_name is not None else None
-            env[step.output] = step.run(module, [env[name] if name else None for name in step.inputs])
+            result = step.run(module, [env[name] if name else None for name in step.inputs])
+            if len(step.outputs) == 1:
+                env[step.outputs[0]] = result  # type: ignore[assignment]
+            else:
+                for name, value in zip(step.outputs, result, strict=True):
+                    if name:
+                        env[name] = value
         outputs = tuple(env[name] for name in self._output_names)
         return outputs[0] if len(outputs) == 1 else outputs
 
@@ -101,7 +136,7 @@ def _parse(data: bytes) -> onnx.ModelProto:
     return model
 
 
-def _check_model(model: onnx.ModelProto) -> None:
+def _check_file(model: onnx.ModelProto) -> None:
     graph = model.graph
     tensors = list(graph.initializer) + [
         attr.t for node in graph.node for attr in node.attribute if attr.type == onnx.AttributeProto.TENSOR
@@ -115,18 +150,46 @@ def _check_model(model: onnx.ModelProto) -> None:
         raise OnnxImportError("file: sparse initializers and model-local functions are not supported")
     if len(graph.node) > MAX_NODES:
         raise OnnxImportError(f"file: the graph has {len(graph.node)} nodes; at most {MAX_NODES}")
-    opsets = {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}
-    if opsets.get("ai.onnx", 0) < MIN_OPSET:
-        raise OnnxImportError(f"file: opset {opsets.get('ai.onnx', 'none')}; opset >= {MIN_OPSET} is required "
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}.get("ai.onnx", 0)
+
+
+def _upgrade(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Opsets CONVERTIBLE_OPSET..MIN_OPSET-1 converted to TARGET_OPSET (onnx.version_converter: C++ on the
+    protobuf); older ones refused."""
+    opset = _opset(model)
+    if opset >= MIN_OPSET:
+        return model
+    if opset < CONVERTIBLE_OPSET:
+        raise OnnxImportError(f"file: opset {opset or 'none'}; opset >= {CONVERTIBLE_OPSET} is required (older files "
+                              f"are converted to opset {TARGET_OPSET}; export with torch.onnx.export(..., "
+                              "opset_version=17))")
+    if any(node.domain not in ("", "ai.onnx") for node in model.graph.node):
+        raise OnnxImportError(f"file: opset {opset} with operators of other domains cannot be converted")
+    try:
+        onnx.checker.check_model(model)
+        converted = onnx.version_converter.convert_version(model, TARGET_OPSET)
+    except Exception as exc:  # noqa: BLE001 - checker and converter errors alike
+        raise OnnxImportError(
+            f"file: opset {opset} could not be converted to opset {TARGET_OPSET}: {exc}"[:500]) from None
+    return converted
+
+
+def _check_model(model: onnx.ModelProto) -> None:
+    graph = model.graph
+    if _opset(model) < MIN_OPSET:
+        raise OnnxImportError(f"file: opset {_opset(model) or 'none'}; opset >= {MIN_OPSET} is required "
                               f"(torch.onnx.export(..., opset_version=17))")
     unsupported = sorted({
         node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
         for node in graph.node
-        if node.domain not in ("", "ai.onnx") or node.op_type not in SUPPORTED_OPS
+        if node.domain not in ("", "ai.onnx") or node.op_type not in OPERATORS
     })
     if unsupported:
         raise OnnxImportError(f"file: unsupported ONNX operator(s): {', '.join(unsupported[:10])}; supported: "
-                              f"{', '.join(sorted(SUPPORTED_OPS))}")
+                              f"{', '.join(sorted(OPERATORS))}")
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:  # noqa: BLE001 - checker and shape-inference errors alike
@@ -139,16 +202,22 @@ def _static_shape(value: onnx.ValueInfoProto) -> tuple[int, ...]:
         raise OnnxImportError(f"file: graph input {value.name!r} must be a float32 tensor")
     dims = value.type.tensor_type.shape.dim
     shape = tuple(d.dim_value if d.HasField("dim_value") else 0 for d in dims)
+    if shape and shape[0] == 0:  # a symbolic batch (dynamic_axes={name: {0: "batch"}}): built with batch 1
+        shape = (1, *shape[1:])
     if not shape or any(d <= 0 for d in shape):
         raise OnnxImportError(f"file: graph input {value.name!r} needs a static shape with every dimension > 0 "
-                              f"(export with fixed input sizes), got {[d.dim_param or d.dim_value for d in dims]}")
+                              "but the batch (export with fixed input sizes), got "
+                              f"{[d.dim_param or d.dim_value for d in dims]}")
+    if math.prod(shape) > MAX_ELEMENTS:
+        raise OnnxImportError(
+            f"file: graph input {value.name!r} has {math.prod(shape)} elements; at most {MAX_ELEMENTS}")
     return shape
 
 
 def _array(tensor: TensorProto) -> np.ndarray:
-    if tensor.data_type not in _CONSTANT_TYPES:
-        raise OnnxImportError(f"file: tensor {tensor.name!r} has type "
-                              f"{TensorProto.DataType.Name(tensor.data_type)}; float32, int64 and int32 only")
+    if tensor.data_type not in NUMPY_TYPES:
+        raise OnnxImportError(f"file: tensor {tensor.name!r} has type {type_name(tensor.data_type)}; supported: "
+                              f"{', '.join(type_name(t) for t in NUMPY_TYPES)}")
     return np.array(numpy_helper.to_array(tensor), copy=True)
 
 
@@ -171,58 +240,53 @@ def _module_name(node_name: str, op_type: str, index: int, taken: set[str]) -> s
 
 
 # ---------------------------------------------------------------------------------------------
-# Operators
+# Helpers for the operators
 # ---------------------------------------------------------------------------------------------
 
 
-class _Node:
-    """One ONNX node during the build: attributes, constant operands and the static shapes of its inputs."""
-
-    def __init__(self, node: onnx.NodeProto, constants: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]):
-        self.proto = node
-        self.label = f"node {node.name or '(unnamed)'!r} ({node.op_type})"
-        self.attrs: dict[str, Any] = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        self._constants = constants
-        self._shapes = shapes
-
-    def fail(self, what: str) -> OnnxImportError:
-        return OnnxImportError(f"file: {self.label}: {what}")
-
-    def attr(self, name: str, default: Any = None) -> Any:
-        value = self.attrs.get(name, default)
-        return value.decode() if isinstance(value, bytes) else value
-
-    def input(self, i: int) -> str:
-        return self.proto.input[i] if i < len(self.proto.input) else ""
-
-    def shape(self, i: int) -> tuple[int, ...]:
-        return self._shapes[self.input(i)]
-
-    def constant(self, i: int, what: str, *, required: bool = True) -> np.ndarray | None:
-        name = self.input(i)
-        if not name:
-            if required:
-                raise self.fail(f"input {i} ({what}) is required")
-            return None
-        if name not in self._constants:
-            raise self.fail(f"input {i} ({what}) must be a constant (initializer); computed values are not supported")
-        return self._constants[name]
-
-    def ints(self, i: int, what: str) -> list[int] | None:
-        value = self.constant(i, what, required=False)
-        return None if value is None else [int(v) for v in value.reshape(-1)]
+def _pads(node: Node, in_shape: tuple[int, ...], kernel: Sequence[int], strides: Sequence[int],
+          dilations: Sequence[int]) -> list[int]:
+    """ONNX pads (begins then ends) of a conv/pool node, auto_pad resolved on the static input shape."""
+    rank = len(kernel)
+    auto_pad = node.attr("auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER") and node.attr("ceil_mode", 0):
+        raise node.refuse("auto_pad", "SAME with ceil_mode")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begins, ends = [], []
+        for d, k, s, dil in zip(in_shape[2:], kernel, strides, dilations, strict=True):
+            total = max((math.ceil(d / s) - 1) * s + (k - 1) * dil + 1 - d, 0)
+            small, large = total // 2, total - total // 2
+            begins.append(small if auto_pad == "SAME_UPPER" else large)
+            ends.append(large if auto_pad == "SAME_UPPER" else small)
+        return begins + ends
+    if auto_pad == "VALID":
+        return [0] * (2 * rank)
+    if auto_pad != "NOTSET":
+        raise node.refuse("auto_pad")
+    pads = [int(p) for p in node.attr("pads", [0] * (2 * rank))]
+    if len(pads) != 2 * rank or any(p < 0 for p in pads):
+        raise node.refuse("pads", f"{2 * rank} non-negative values")
+    node.guard([*in_shape[:2], *(d + b + e for d, b, e in zip(in_shape[2:], pads[:rank], pads[rank:], strict=True))],
+               "attribute pads")
+    return pads
 
 
-def _symmetric_pads(node: _Node, rank: int) -> list[int]:
-    if node.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        raise node.fail(f"auto_pad={node.attr('auto_pad')!r} is not supported; export with explicit pads")
-    pads = list(node.attr("pads", [0] * (2 * rank)))
-    if pads[:rank] != pads[rank:]:
-        raise node.fail(f"asymmetric pads {pads} are not supported")
-    return pads[:rank]
+def _torch_pad(begins: Sequence[int], ends: Sequence[int]) -> list[int]:
+    """F.pad's list (last axis first) of per-axis pads."""
+    out: list[int] = []
+    for b, e in zip(reversed(begins), reversed(ends), strict=True):
+        out += [int(b), int(e)]
+    return out
 
 
-def _weight(node: _Node, i: int, what: str) -> Tensor:
+def _ints(node: Node, name: str, default: Sequence[int], rank: int) -> list[int]:
+    values = [int(v) for v in node.attr(name, list(default))]
+    if len(values) != rank or any(v <= 0 for v in values):
+        raise node.refuse(name, f"{rank} positive values")
+    return values
+
+
+def _weight(node: Node, i: int, what: str) -> Tensor:
     value = node.constant(i, what)
     assert value is not None
     if value.dtype != np.float32:
@@ -230,57 +294,140 @@ def _weight(node: _Node, i: int, what: str) -> Tensor:
     return torch.from_numpy(value)
 
 
+def _batch_follows(shape: Sequence[int], in_shape: Sequence[int]) -> list[int]:
+    """``shape`` with -1 for axis 0 where it is the input's batch axis, so the step follows the batch."""
+    out = list(shape)
+    if out and in_shape and len(out) == len(in_shape) and out[0] == in_shape[0]:
+        out[0] = -1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers (a module with the node's constant weights)
+# ---------------------------------------------------------------------------------------------
+
+_CONV_TYPES: dict[tuple[bool, int], type[nn.Module]] = {
+    (False, 1): nn.Conv1d, (False, 2): nn.Conv2d, (False, 3): nn.Conv3d,
+    (True, 1): nn.ConvTranspose1d, (True, 2): nn.ConvTranspose2d, (True, 3): nn.ConvTranspose3d,
+}
+
+
+def _conv(node: Node) -> tuple[nn.Module, Runner]:
+    weight = _weight(node, 1, "W")
+    bias = _weight(node, 2, "B") if node.input(2) else None
+    rank = weight.dim() - 2
+    transposed = node.op == "ConvTranspose"
+    if rank not in (1, 2, 3) or node.rank(0) != rank + 2:
+        raise node.fail(f"a {rank}-d kernel on an input of rank {node.rank(0)}; 1-d to 3-d convolutions are supported")
+    kernel = tuple(int(k) for k in weight.shape[2:])
+    if "kernel_shape" in node.attrs and list(node.attr("kernel_shape")) != list(kernel):
+        raise node.refuse("kernel_shape", f"the weight's kernel is {list(kernel)}")
+    groups = int(node.attr("group", 1))
+    strides = _ints(node, "strides", [1] * rank, rank)
+    dilations = _ints(node, "dilations", [1] * rank, rank)
+    in_shape = node.shape(0)
+    channels_in = int(weight.shape[0]) if transposed else int(weight.shape[1]) * groups
+    if groups <= 0 or in_shape[1] != channels_in or (int(weight.shape[0]) % groups):
+        raise node.fail(
+            f"weight {list(weight.shape)} with group={groups} does not fit an input of {in_shape[1]} channels")
+    layer: nn.Module
+    if transposed:
+        out_pad = [int(p) for p in node.attr("output_padding", [0] * rank)]
+        if len(out_pad) != rank or any(
+                not 0 <= p < max(s, d) for p, s, d in zip(out_pad, strides, dilations, strict=True)):
+            raise node.refuse("output_padding", "smaller than the stride or the dilation")
+        auto_pad = node.attr("auto_pad", "NOTSET")
+        if "output_shape" in node.attrs or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            # ONNX's rule: the total padding that gives output_shape (SAME: input * stride), split per auto_pad
+            same = [d * s for d, s in zip(in_shape[2:], strides, strict=True)]
+            wanted = [int(o) for o in node.attr("output_shape", same)]
+            wanted = wanted[-rank:]
+            if len(wanted) != rank:
+                raise node.refuse("output_shape", f"{rank} spatial sizes")
+            totals = [s * (d - 1) + p + (k - 1) * dil + 1 - o for s, d, p, k, dil, o
+                      in zip(strides, in_shape[2:], out_pad, kernel, dilations, wanted, strict=True)]
+            if any(t < 0 for t in totals):
+                raise node.refuse("output_shape", "larger than the convolution's full output; give output_padding")
+            upper = auto_pad == "SAME_UPPER"
+            pads = [t // 2 if upper else t - t // 2 for t in totals] + [t - t // 2 if upper else t // 2 for t in totals]
+        else:
+            pads = _pads(node, in_shape, kernel, strides, dilations)
+        symmetric = pads[:rank] == pads[rank:]
+        node.guard([in_shape[0], int(weight.shape[1]) * groups,
+                    *((d - 1) * s + dil * (k - 1) + p + 1
+                      for d, s, dil, k, p in zip(in_shape[2:], strides, dilations, kernel, out_pad, strict=True))],
+                   "attributes strides and dilations")
+        layer = _CONV_TYPES[True, rank](
+            channels_in, int(weight.shape[1]) * groups, kernel, stride=strides,
+            padding=pads[:rank] if symmetric else [0] * rank, output_padding=out_pad, dilation=dilations,
+            groups=groups, bias=bias is not None,
+        )
+        crop = None if symmetric else (pads[:rank], pads[rank:])
+    else:
+        pads = _pads(node, in_shape, kernel, strides, dilations)
+        symmetric = pads[:rank] == pads[rank:]
+        layer = _CONV_TYPES[False, rank](
+            channels_in, int(weight.shape[0]), kernel, stride=strides,
+            padding=pads[:rank] if symmetric else [0] * rank, dilation=dilations, groups=groups, bias=bias is not None,
+        )
+        crop = None
+    with torch.no_grad():
+        layer.weight.copy_(weight)  # type: ignore[operator]
+        if bias is not None:
+            layer.bias.copy_(bias)  # type: ignore[operator]
+    if symmetric:
+        return layer, _call_module
+    if not transposed:
+        torch_pads = _torch_pad(pads[:rank], pads[rank:])
+        return layer, lambda m, a: m(F.pad(a[0], torch_pads))
+    assert crop is not None
+    begins, ends = crop
+    full = [(d - 1) * s + dil * (k - 1) + p + 1
+            for d, s, dil, k, p in zip(in_shape[2:], strides, dilations, kernel, out_pad, strict=True)]
+    if any(f - b - e <= 0 for f, b, e in zip(full, begins, ends, strict=True)):
+        raise node.refuse("pads", f"they crop the whole output {full}")
+
+    def cropped(m: nn.Module | None, a: list[Tensor | None]) -> Tensor:
+        assert m is not None
+        y = m(a[0])
+        for axis, (f, b, e) in enumerate(zip(full, begins, ends, strict=True), start=2):
+            y = y.narrow(axis, b, f - b - e)
+        return y
+    return layer, cropped
+
+
 def _call_module(module: nn.Module | None, args: list[Tensor | None]) -> Tensor:
     assert module is not None and args[0] is not None
     return module(args[0])
 
 
-def _conv(node: _Node) -> tuple[nn.Module, Runner]:
-    weight = _weight(node, 1, "W")
-    bias = _weight(node, 2, "B") if node.input(2) else None
-    rank = weight.dim() - 2
-    transposed = node.proto.op_type == "ConvTranspose"
-    if rank not in (1, 2) or (transposed and rank != 2):
-        raise node.fail(f"{rank}-d kernels are not supported; Conv takes 1-d or 2-d, ConvTranspose 2-d")
-    kernel = tuple(int(k) for k in weight.shape[2:])
-    groups = int(node.attr("group", 1))
-    common: dict[str, Any] = {
-        "stride": tuple(node.attr("strides", [1] * rank)), "padding": tuple(_symmetric_pads(node, rank)),
-        "dilation": tuple(node.attr("dilations", [1] * rank)), "groups": groups, "bias": bias is not None,
-    }
-    layer: nn.Module
-    if transposed:
-        if "output_shape" in node.attrs:
-            raise node.fail("output_shape is not supported; give pads and output_padding")
-        layer = nn.ConvTranspose2d(int(weight.shape[0]), int(weight.shape[1]) * groups, kernel,  # type: ignore[arg-type]
-                                   output_padding=tuple(node.attr("output_padding", [0] * rank)), **common)
-    else:
-        conv = nn.Conv1d if rank == 1 else nn.Conv2d
-        layer = conv(int(weight.shape[1]) * groups, int(weight.shape[0]), kernel, **common)  # type: ignore[arg-type]
-    with torch.no_grad():
-        layer.weight.copy_(weight)
-        if bias is not None and layer.bias is not None:
-            layer.bias.copy_(bias)
-    return layer, _call_module
-
-
-def _gemm(node: _Node) -> tuple[nn.Module, Runner]:
-    if node.attr("transA", 0):
-        raise node.fail("transA=1 is not supported")
+def _gemm_layer(node: Node) -> tuple[nn.Module, Runner]:
     b = _weight(node, 1, "B")
     if b.dim() != 2:
         raise node.fail("B must be a 2-d constant")
     weight = (b if node.attr("transB", 0) else b.T) * float(node.attr("alpha", 1.0))  # (out, in)
-    layer = nn.Linear(int(weight.shape[1]), int(weight.shape[0]), bias=bool(node.input(2)))
+    c = _weight(node, 2, "C") * float(node.attr("beta", 1.0)) if node.input(2) else None
+    vector = c is not None and (c.numel() == 1 or tuple(c.shape) in ((weight.shape[0],), (1, weight.shape[0])))
+    layer = nn.Linear(int(weight.shape[1]), int(weight.shape[0]), bias=vector)
     with torch.no_grad():
         layer.weight.copy_(weight)
-        if node.input(2):
-            beta = float(node.attr("beta", 1.0))
-            layer.bias.copy_(torch.broadcast_to(_weight(node, 2, "C") * beta, (weight.shape[0],)))
-    return layer, _call_module
+        if vector:
+            assert c is not None
+            layer.bias.copy_(torch.broadcast_to(c.reshape(-1), (weight.shape[0],)))
+    extra = c if c is not None and not vector else None  # a matrix C: added after the layer
+    if extra is not None:
+        rows = node.shape(0)[1 if node.attr("transA", 0) else 0]
+        broadcast_shape(node, [(rows, int(weight.shape[0])), tuple(extra.shape)])
+    trans_a = bool(node.attr("transA", 0))
+
+    def run(m: nn.Module | None, a: list[Tensor | None]) -> Tensor:
+        assert m is not None
+        y = m(_a0(a).T if trans_a else _a0(a))
+        return y + extra if extra is not None else y
+    return layer, run
 
 
-def _matmul_linear(node: _Node) -> tuple[nn.Module, Runner]:
+def _matmul_layer(node: Node) -> tuple[nn.Module, Runner]:
     b = _weight(node, 1, "B")  # (in, out)
     layer = nn.Linear(int(b.shape[0]), int(b.shape[1]), bias=False)
     with torch.no_grad():
@@ -288,14 +435,14 @@ def _matmul_linear(node: _Node) -> tuple[nn.Module, Runner]:
     return layer, _call_module
 
 
-def _batchnorm(node: _Node) -> tuple[nn.Module, Runner]:
-    if node.attr("training_mode", 0) or len(node.proto.output) != 1:
+def _batchnorm(node: Node) -> tuple[nn.Module, Runner]:
+    if node.attr("training_mode", 0) or len(node.outputs) != 1:
         raise node.fail("training-mode BatchNormalization is not supported; export the model in eval mode")
     scale, shift, mean, var = (_weight(node, i, w) for i, w in enumerate(("scale", "B", "input_mean", "input_var"), 1))
-    rank = len(node.shape(0))
-    if rank not in (2, 3, 4):
-        raise node.fail(f"inputs of rank {rank} are not supported (2, 3 or 4)")
-    bn_type = nn.BatchNorm2d if rank == 4 else nn.BatchNorm1d
+    rank = node.rank(0)
+    if rank not in (2, 3, 4, 5):
+        raise node.fail(f"inputs of rank {rank} are not supported (2 to 5)")
+    bn_type = {4: nn.BatchNorm2d, 5: nn.BatchNorm3d}.get(rank, nn.BatchNorm1d)
     # ONNX keeps `momentum` of the running value, torch the weight of the new batch
     layer = bn_type(int(scale.shape[0]), eps=float(node.attr("epsilon", 1e-5)),
                     momentum=1.0 - float(node.attr("momentum", 0.9)))
@@ -308,154 +455,701 @@ def _batchnorm(node: _Node) -> tuple[nn.Module, Runner]:
     return layer, _call_module
 
 
-def _pool(node: _Node) -> Runner:
+def _layer_builder(node: Node, constants: dict[str, np.ndarray]) -> Callable[[Node], tuple[nn.Module, Runner]] | None:
+    """The layer a node becomes, if it is one: Conv/ConvTranspose/BatchNormalization always, Gemm and MatMul
+    when their weight (input 1) is a constant 2-d float tensor."""
+    if node.op in ("Conv", "ConvTranspose"):
+        return _conv
+    if node.op == "BatchNormalization":
+        return _batchnorm
+    weight = constants.get(node.input(1))
+    if node.op in ("Gemm", "MatMul") and weight is not None and weight.ndim == 2 and weight.dtype == np.float32:
+        if node.op == "MatMul" and node.rank(0) < 1:
+            return None
+        if node.op == "Gemm" and not node.is_constant(0) and (node.input(2) == "" or node.is_constant(2)):
+            return _gemm_layer
+        if node.op == "MatMul" and not node.is_constant(0):
+            return _matmul_layer
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Functions (torch ops, build-time constants captured)
+# ---------------------------------------------------------------------------------------------
+
+_UNARY: dict[str, Callable[[Tensor], Tensor]] = {
+    "Relu": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Erf": torch.erf, "Sqrt": torch.sqrt,
+    "Exp": torch.exp, "Log": torch.log, "Abs": torch.abs, "Neg": torch.neg, "Reciprocal": torch.reciprocal,
+    "Floor": torch.floor, "Ceil": torch.ceil, "Sign": torch.sign, "Sin": torch.sin, "Cos": torch.cos,
+    "Not": torch.logical_not, "HardSwish": F.hardswish, "Softplus": F.softplus, "Softsign": F.softsign,
+    "Mish": F.mish, "Round": torch.round,
+}
+_BINARY: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Equal": torch.eq, "Less": torch.lt,
+    "Greater": torch.gt, "LessOrEqual": torch.le, "GreaterOrEqual": torch.ge, "And": torch.logical_and,
+    "Or": torch.logical_or, "Xor": torch.logical_xor,
+}
+_INT_TYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def _a0(a: list[Tensor | None]) -> Tensor:
+    x = a[0]
+    assert x is not None
+    return x
+
+
+def _arg(a: list[Tensor | None], i: int) -> Tensor:
+    x = a[i]
+    assert x is not None
+    return x
+
+
+def _elementwise(node: Node) -> Runner:
+    op = node.op
+    if op in _UNARY:
+        fn = _UNARY[op]
+        return lambda _m, a: fn(_a0(a))
+    if op in _BINARY:
+        broadcast_shape(node, [node.shape(0), node.shape(1)])
+        fn2 = _BINARY[op]
+        return lambda _m, a: fn2(a[0], a[1])  # type: ignore[arg-type]
+    defaults = {"LeakyRelu": 0.01, "HardSigmoid": 0.2, "Selu": 1.67326319217681884765625}
+    alpha = float(node.attr("alpha", defaults.get(op, 1.0)))
+    if op == "LeakyRelu":
+        return lambda _m, a: F.leaky_relu(_a0(a), alpha)
+    if op == "Elu":
+        return lambda _m, a: F.elu(_a0(a), alpha)
+    if op == "Celu":
+        return lambda _m, a: F.celu(_a0(a), alpha)
+    if op == "ThresholdedRelu":
+        return lambda _m, a: torch.where(_a0(a) > alpha, _a0(a), torch.zeros_like(_a0(a)))
+    if op == "Selu":
+        gamma = float(node.attr("gamma", 1.05070102214813232421875))
+        return lambda _m, a: gamma * torch.where(_a0(a) > 0, _a0(a), alpha * (torch.exp(_a0(a)) - 1))
+    if op == "HardSigmoid":
+        beta = float(node.attr("beta", 0.5))
+        return lambda _m, a: torch.clamp(_a0(a) * alpha + beta, 0.0, 1.0)
+    if op == "Gelu":
+        approximate = node.attr("approximate", "none")
+        if approximate not in ("none", "tanh"):
+            raise node.refuse("approximate", "none or tanh")
+        return lambda _m, a: F.gelu(_a0(a), approximate=approximate)
+    if op == "PRelu":
+        broadcast_shape(node, [node.shape(0), node.shape(1)])
+        return lambda _m, a: torch.where(_a0(a) >= 0, _a0(a), _a0(a) * _arg(a, 1))
+    raise AssertionError(op)
+
+
+def _arithmetic(node: Node) -> Runner:
+    """Div, Pow, Mod: ONNX's integer semantics (truncating division, the divisor's sign for Mod)."""
+    broadcast_shape(node, [node.shape(0), node.shape(1)])
+    op = node.op
+    ints = node.dtype(0) in _INT_TYPES and node.dtype(1) in _INT_TYPES
+    out_type = node.dtype(0)
+    if op == "Div":
+        if ints:
+            return lambda _m, a: torch.div(a[0], a[1], rounding_mode="trunc")  # type: ignore[arg-type]
+        return lambda _m, a: torch.div(a[0], a[1])  # type: ignore[arg-type]
+    if op == "Pow":
+        return lambda _m, a: torch.pow(a[0], a[1]).to(out_type)  # type: ignore[arg-type]
+    fmod = int(node.attr("fmod", 0))
+    if fmod not in (0, 1) or (not fmod and out_type.is_floating_point):
+        raise node.refuse("fmod", "float inputs need fmod=1")
+    if fmod:
+        return lambda _m, a: torch.fmod(a[0], a[1])  # type: ignore[arg-type]
+    return lambda _m, a: torch.remainder(a[0], a[1])  # type: ignore[arg-type]
+
+
+def _variadic(node: Node) -> Runner:
+    present = [i for i in range(node.n_inputs) if node.input(i)]
+    broadcast_shape(node, [node.shape(i) for i in present])
+    fns: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+        "Sum": torch.add, "Mean": torch.add, "Max": torch.maximum, "Min": torch.minimum,
+    }
+    fn = fns[node.op]
+    n = len(present)
+    mean = node.op == "Mean"
+
+    def run(_m: nn.Module | None, a: list[Tensor | None]) -> Tensor:
+        values = [v for v in a if v is not None]
+        out = values[0]
+        for v in values[1:]:
+            out = fn(out, v)
+        return out / n if mean else out
+    return run
+
+
+def _where(node: Node) -> Runner:
+    broadcast_shape(node, [node.shape(0), node.shape(1), node.shape(2)])
+    return lambda _m, a: torch.where(a[0], a[1], a[2])  # type: ignore[arg-type]
+
+
+def _matmul(node: Node) -> Runner:
+    """A MatMul (or a Gemm) of two computed values: runs in float, listed in OnnxModule.float_matmuls."""
+    a_shape, b_shape = node.shape(0), node.shape(1)
+    if not a_shape or not b_shape:
+        raise node.fail("MatMul of a scalar")
+    batch_a = a_shape[:-2] if len(a_shape) > 1 else ()
+    batch_b = b_shape[:-2] if len(b_shape) > 1 else ()
+    rows, cols = (a_shape[-2] if len(a_shape) > 1 else 1), (b_shape[-1] if len(b_shape) > 1 else 1)
+    broadcast_shape(node, [(*batch_a, rows, cols), (*batch_b, 1, 1)])
+    if node.op == "MatMul":
+        return lambda _m, a: torch.matmul(a[0], a[1])  # type: ignore[arg-type]
+    trans_a, trans_b = bool(node.attr("transA", 0)), bool(node.attr("transB", 0))
+    alpha, beta = float(node.attr("alpha", 1.0)), float(node.attr("beta", 1.0))
+
+    def gemm(_m: nn.Module | None, a: list[Tensor | None]) -> Tensor:
+        x, w = _a0(a), a[1]
+        assert w is not None
+        y = torch.matmul(x.T if trans_a else x, w.T if trans_b else w) * alpha
+        return y + beta * a[2] if a[2] is not None else y
+    return gemm
+
+
+def _pool(node: Node) -> Runner:
     kernel = [int(k) for k in node.attr("kernel_shape")]
     rank = len(kernel)
-    if rank not in (1, 2) or len(node.proto.output) != 1:
-        raise node.fail("only 1-d/2-d pooling with a single output is supported")
-    stride, padding = list(node.attr("strides", [1] * rank)), _symmetric_pads(node, rank)
+    if rank not in (1, 2, 3) or node.rank(0) != rank + 2:
+        raise node.refuse("kernel_shape", "1-d to 3-d pooling of (N, C, ...) inputs")
+    if len(node.outputs) != 1:
+        raise node.fail("the Indices output of MaxPool is not supported")
+    strides = _ints(node, "strides", [1] * rank, rank)
+    dilations = _ints(node, "dilations", [1] * rank, rank)
+    pads = _pads(node, node.shape(0), kernel, strides, dilations)
     ceil_mode = bool(node.attr("ceil_mode", 0))
-    if node.proto.op_type == "MaxPool":
-        dilation = list(node.attr("dilations", [1] * rank))
-        max_pool = F.max_pool1d if rank == 1 else F.max_pool2d
-        return lambda _m, a: max_pool(a[0], kernel, stride, padding, dilation, ceil_mode=ceil_mode)  # type: ignore[arg-type]
+    symmetric = pads[:rank] == pads[rank:] and all(2 * p <= k for p, k in zip(pads[:rank], kernel, strict=True))
+    if node.op == "MaxPool":
+        if node.attr("storage_order", 0):
+            raise node.refuse("storage_order", "only with the Indices output")
+        max_pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[rank - 1]
+        if symmetric:
+            return lambda _m, a: max_pool(a[0], kernel, strides, pads[:rank], dilations, ceil_mode=ceil_mode)  # type: ignore[arg-type]
+        torch_pads = _torch_pad(pads[:rank], pads[rank:])
+        return lambda _m, a: max_pool(F.pad(a[0], torch_pads, value=-math.inf), kernel, strides, 0,  # type: ignore[arg-type]
+                                      dilations, ceil_mode=ceil_mode)
+    if dilations != [1] * rank:
+        raise node.refuse("dilations", "AveragePool without dilation")
     include_pad = bool(node.attr("count_include_pad", 0))
-    avg_pool = F.avg_pool1d if rank == 1 else F.avg_pool2d
-    return lambda _m, a: avg_pool(a[0], kernel, stride, padding, ceil_mode, include_pad)  # type: ignore[arg-type]
+    avg_pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[rank - 1]
+    if symmetric and not (ceil_mode and include_pad):
+        return lambda _m, a: avg_pool(a[0], kernel, strides, pads[:rank], ceil_mode, include_pad)  # type: ignore[arg-type]
+    torch_pads = _torch_pad(pads[:rank], pads[rank:])
+    if not include_pad:  # the mean of the valid elements: pooled zero-padded input over pooled zero-padded ones
+        ones = F.pad(torch.ones((1, 1, *node.shape(0)[2:])), torch_pads)
+        count = avg_pool(ones, kernel, strides, 0, ceil_mode, True)
+        return lambda _m, a: avg_pool(F.pad(_a0(a), torch_pads), kernel, strides, 0, ceil_mode, True) / count
+    if ceil_mode:
+        raise node.refuse("ceil_mode", "with count_include_pad=1 and asymmetric pads in AveragePool")
+    return lambda _m, a: avg_pool(F.pad(a[0], torch_pads), kernel, strides, 0, ceil_mode, True)  # type: ignore[arg-type]
 
 
-def _reshape(node: _Node) -> Runner:
+def _global_pool(node: Node) -> Runner:
+    dims = tuple(range(2, node.rank(0)))
+    if node.op == "GlobalMaxPool":
+        return lambda _m, a: torch.amax(_a0(a), dims, keepdim=True)
+    return lambda _m, a: torch.mean(_a0(a), dims, keepdim=True)
+
+
+def _reshape(node: Node) -> Runner:
     in_shape = node.shape(0)
     target = node.ints(1, "shape")
     assert target is not None
-    if not node.attr("allowzero", 0):
-        target = [in_shape[i] if t == 0 else t for i, t in enumerate(target)]
-    resolved = list(torch.empty(in_shape, device="meta").reshape(target).shape)
-    if resolved and resolved[0] == in_shape[0]:
+    resolved = list(reshape_target(node, in_shape, target))
+    if resolved and in_shape and resolved[0] == in_shape[0]:
         rest = resolved[1:]
-        return lambda _m, a: torch.reshape(a[0], (-1, *rest))  # type: ignore[arg-type]
-    return lambda _m, a: torch.reshape(a[0], resolved)  # type: ignore[arg-type]
+        return lambda _m, a: torch.reshape(_a0(a), (-1, *rest))
+    return lambda _m, a: torch.reshape(_a0(a), resolved)
 
 
-def _flatten(node: _Node) -> Runner:
+def _flatten(node: Node) -> Runner:
     shape = node.shape(0)
     axis = int(node.attr("axis", 1))
-    axis = axis + len(shape) if axis < 0 else axis
+    axis = node.axis(axis + len(shape) if axis < 0 else axis, len(shape) + 1)
     if axis == 0:
-        return lambda _m, a: torch.reshape(a[0], (1, -1))  # type: ignore[arg-type]
+        return lambda _m, a: torch.reshape(_a0(a), (1, -1))
     inner = math.prod(shape[axis:])
-    return lambda _m, a: torch.reshape(a[0], (-1, inner))  # type: ignore[arg-type]
+    return lambda _m, a: torch.reshape(_a0(a), (-1, inner))
 
 
-def _resize(node: _Node) -> Runner:
+def _transpose(node: Node) -> Runner:
+    rank = node.rank(0)
+    perm = [int(p) for p in node.attr("perm", list(reversed(range(rank))))]
+    if sorted(perm) != list(range(rank)):
+        raise node.refuse("perm", f"not a permutation of the {rank} axes")
+    return lambda _m, a: _a0(a).permute(perm)
+
+
+def _squeeze(node: Node) -> Runner:
+    axes = squeeze_axes(node, node.shape(0))
+    if not axes:
+        return lambda _m, a: _a0(a)
+    return lambda _m, a: torch.squeeze(_a0(a), axes)
+
+
+def _unsqueeze(node: Node) -> Runner:
+    axes = unsqueeze_axes(node, node.rank(0))
+
+    def run(_m: nn.Module | None, a: list[Tensor | None]) -> Tensor:
+        x = _a0(a)
+        for axis in axes:
+            x = torch.unsqueeze(x, axis)
+        return x
+    return run
+
+
+def _concat(node: Node) -> Runner:
+    present = [i for i in range(node.n_inputs) if node.input(i)]
+    rank = node.rank(present[0])
+    axis = node.axis(int(node.attr("axis")), rank)
+    shapes = [node.shape(i) for i in present]
+    if any(len(s) != rank or s[:axis] + s[axis + 1:] != shapes[0][:axis] + shapes[0][axis + 1:] for s in shapes):
+        raise node.fail(f"inputs of shapes {[list(s) for s in shapes]} cannot be concatenated on axis {axis}")
+    return lambda _m, a: torch.cat([v for v in a if v is not None], axis)
+
+
+def _split(node: Node) -> Runner:
     shape = node.shape(0)
+    axis = node.axis(int(node.attr("axis", 0)), len(shape))
+    sizes = split_sizes(node, shape[axis])
+    starts = [sum(sizes[:k]) for k in range(len(sizes))]
+    return lambda _m, a: tuple(_a0(a).narrow(axis, s, n) for s, n in zip(starts, sizes, strict=True))
+
+
+def _slice(node: Node) -> Runner:
+    shape = node.shape(0)
+    spec = slice_spec(node, shape, [])
+    node.guard(sliced_shape(shape, spec), "the slice")
+
+    def run(_m: nn.Module | None, a: list[Tensor | None]) -> Tensor:
+        x = _a0(a)
+        for axis, lo, hi, step in spec:
+            if step > 0:
+                x = x[(slice(None),) * axis + (slice(lo, hi, step),)]
+            else:  # torch slices forward only: flip the axis, then index dim-1-i for i in range(lo, hi, step)
+                dim = shape[axis]
+                x = torch.flip(x, (axis,))[(slice(None),) * axis + (slice(dim - 1 - lo, dim - 1 - hi, -step),)]
+        return x
+    return run
+
+
+def _gather(node: Node) -> Runner:
+    shape, idx_shape = node.shape(0), node.shape(1)
+    axis = node.axis(int(node.attr("axis", 0)), len(shape))
+    if node.dtype(1) not in (torch.int64, torch.int32):
+        raise node.fail("indices must be int32 or int64")
+    dim = shape[axis]
+    if node.is_constant(1):
+        idx = node.constant(1, "indices")
+        assert idx is not None
+        if np.any(idx < -dim) or np.any(idx >= dim):
+            raise node.fail(f"indices out of range for an axis of {dim}")
+    out = node.guard(shape[:axis] + idx_shape + shape[axis + 1:], "input 1 (indices)", allowed=node.largest_input())
+    target = [-1, *out[1:]] if axis > 0 else list(out)  # axis 0 of the output is the input's
+
+    def run(_m: nn.Module | None, a: list[Tensor | None]) -> Tensor:
+        x, i = _a0(a), a[1]
+        assert i is not None
+        i = torch.where(i < 0, i + dim, i).reshape(-1)
+        return torch.reshape(torch.index_select(x, axis, i), target)
+    return run
+
+
+def _cast(node: Node) -> Runner:
+    if node.op == "CastLike":
+        dtype = node.dtype(1)
+    else:
+        to = int(node.attr("to"))
+        if to not in TORCH_TYPES:
+            raise node.refuse("to", f"{type_name(to)}; supported: {', '.join(type_name(t) for t in TORCH_TYPES)}")
+        dtype = TORCH_TYPES[to]
+    if node.attr("round_mode", "up") != "up":
+        raise node.refuse("round_mode")
+    return lambda _m, a: _a0(a).to(dtype)
+
+
+def _expand(node: Node, *, batch_follows: bool = False) -> Runner:
+    """``batch_follows``: axis 0 of the target is the graph input's batch (fold.batch_marks), which the step
+    then takes from the graph input, passed as its last operand."""
+    shape = node.ints(1, "shape")
+    assert shape is not None
+    in_shape = node.shape(0)
+    out = broadcast_shape(node, [in_shape, tuple(shape)], "input 1 (shape)")
+    target = _batch_follows(out, in_shape)
+    if batch_follows:
+        rest = target[1:]
+        return lambda _m, a: _a0(a).expand([_arg(a, len(a) - 1).size(0), *rest])
+    return lambda _m, a: _a0(a).expand(target)
+
+
+def _tile(node: Node) -> Runner:
+    reps = node.ints(1, "repeats")
+    in_shape = node.shape(0)
+    assert reps is not None
+    if len(reps) != len(in_shape) or any(r < 0 for r in reps):
+        raise node.fail(f"input 1 (repeats) {reps} for an input of rank {len(in_shape)}")
+    node.guard([d * r for d, r in zip(in_shape, reps, strict=True)], "input 1 (repeats)")
+    return lambda _m, a: _a0(a).repeat(reps)
+
+
+def _softmax(node: Node) -> Runner:
+    axis = node.axis(int(node.attr("axis", -1)), node.rank(0))
+    if node.op == "LogSoftmax":
+        return lambda _m, a: torch.log_softmax(_a0(a), axis)
+    return lambda _m, a: torch.softmax(_a0(a), axis)
+
+
+def _reduce(node: Node) -> Runner:
+    rank = node.rank(0)
+    axes = reduce_axes(node, rank)
+    keep = bool(node.attr("keepdims", 1))
+    if axes is None:
+        return lambda _m, a: _a0(a)
+    if any(node.shape(0)[ax] == 0 for ax in axes) and node.op in ("ReduceMax", "ReduceMin"):
+        raise node.fail("reducing an empty axis")
+    op = node.op
+    if op == "ReduceMean":
+        return lambda _m, a: torch.mean(_a0(a), axes, keepdim=keep)
+    if op == "ReduceSum":
+        return lambda _m, a: torch.sum(_a0(a), axes, keepdim=keep)
+    if op == "ReduceMax":
+        return lambda _m, a: torch.amax(_a0(a), axes, keepdim=keep)
+    if op == "ReduceMin":
+        return lambda _m, a: torch.amin(_a0(a), axes, keepdim=keep)
+    if op == "ReduceSumSquare":
+        return lambda _m, a: torch.sum(_a0(a) * _a0(a), axes, keepdim=keep)
+    if op == "ReduceL2":
+        return lambda _m, a: torch.sqrt(torch.sum(_a0(a) * _a0(a), axes, keepdim=keep))
+    if op == "ReduceL1":
+        return lambda _m, a: torch.sum(torch.abs(_a0(a)), axes, keepdim=keep)
+    if op == "ReduceLogSumExp":
+        return lambda _m, a: torch.logsumexp(_a0(a), axes, keepdim=keep)
+
+    def prod(_m: nn.Module | None, a: list[Tensor | None]) -> Tensor:
+        x = _a0(a)
+        for axis in reversed(axes):
+            x = torch.prod(x, axis, keepdim=keep)
+        return x
+    return prod
+
+
+def _arg_reduce(node: Node) -> Runner:
+    axis = node.axis(int(node.attr("axis", 0)), node.rank(0))
+    keep = bool(node.attr("keepdims", 1))
+    if node.attr("select_last_index", 0):
+        raise node.refuse("select_last_index")
+    fn = torch.argmax if node.op == "ArgMax" else torch.argmin
+    return lambda _m, a: fn(_a0(a), axis, keepdim=keep)
+
+
+def _layer_norm(node: Node) -> Runner:
+    shape = node.shape(0)
+    axis = node.axis(int(node.attr("axis", -1)), len(shape))
+    eps = float(node.attr("epsilon", 1e-5))
+    normalized = tuple(shape[axis:])
+    dims = tuple(range(axis, len(shape)))
+    for i in (1, 2):
+        if node.input(i):
+            broadcast_shape(node, [normalized, node.shape(i)])
+    n_outputs = len(node.outputs)
+    fused = node.shape(1) == normalized and (not node.input(2) or node.shape(2) == normalized)
+
+    def run(_m: nn.Module | None, a: list[Tensor | None]) -> Result:
+        x = _a0(a)
+        if fused:
+            y = F.layer_norm(x, normalized, a[1], a[2], eps)
+        else:
+            y = F.layer_norm(x, normalized, None, None, eps) * _arg(a, 1)
+            y = y + a[2] if a[2] is not None else y
+        if n_outputs == 1:
+            return y
+        mean = torch.mean(x, dims, keepdim=True)
+        inv_std = torch.rsqrt(torch.mean((x - mean) * (x - mean), dims, keepdim=True) + eps)
+        return (y, mean, inv_std)[:n_outputs]
+    return run
+
+
+def _instance_norm(node: Node) -> Runner:
+    eps = float(node.attr("epsilon", 1e-5))
+    if node.rank(0) < 3:
+        raise node.fail("inputs of rank >= 3 (N, C, ...) are supported")
+    return lambda _m, a: F.instance_norm(_a0(a), weight=a[1], bias=a[2], eps=eps)
+
+
+def _lrn(node: Node) -> Runner:
+    size = int(node.attr("size"))
+    if size <= 0 or size % 2 == 0:
+        raise node.refuse("size", "odd sizes only")
+    alpha, beta, bias = float(node.attr("alpha", 1e-4)), float(node.attr("beta", 0.75)), float(node.attr("bias", 1.0))
+    if node.rank(0) < 3:
+        raise node.fail("inputs of rank >= 3 (N, C, ...) are supported")
+    shape = node.shape(0)
+    node.guard([shape[0], shape[1] + size, *shape[2:]], "attribute size")  # torch pads the channels by size
+    return lambda _m, a: F.local_response_norm(_a0(a), size, alpha, beta, bias)
+
+
+def _resize(node: Node) -> Runner:
+    shape = node.shape(0)
+    rank = len(shape)
+    if node.input(1) and not node.is_constant(1):
+        raise node.fail("input 1 (roi) must be a constant")
+    if node.attr("antialias", 0):
+        raise node.refuse("antialias", "antialias=0 only")
+    if node.attr("exclude_outside", 0):
+        raise node.refuse("exclude_outside", "exclude_outside=0 only")
+    if node.attr("axes") is not None:
+        raise node.refuse("axes", "give scales or sizes for every axis")
+    if node.attr("keep_aspect_ratio_policy", "stretch") != "stretch":
+        raise node.refuse("keep_aspect_ratio_policy", "stretch only")
     sizes = node.ints(3, "sizes")
+    scales_array = node.constant(2, "scales", required=False) if node.input(2) else None
+    scales: list[float] | None = None
     if sizes is None:
-        scales = node.constant(2, "scales")
-        assert scales is not None
-        sizes = [math.floor(d * float(s)) for d, s in zip(shape, scales.reshape(-1), strict=True)]
-    if len(sizes) != len(shape) or sizes[:2] != list(shape[:2]) or len(shape) not in (3, 4):
-        raise node.fail("only spatial resizing of (N, C, W) or (N, C, H, W) inputs is supported")
+        if scales_array is None or scales_array.size == 0:
+            raise node.fail("give scales or sizes")
+        scales = [float(s) for s in scales_array.reshape(-1)]
+        if len(scales) != rank or any(not s > 0 for s in scales):
+            raise node.fail(f"scales {scales} for an input of rank {rank}")
+        out = [math.floor(d * s) for d, s in zip(shape, scales, strict=True)]
+    else:
+        out = sizes
+    if (len(out) != rank or rank not in (3, 4, 5) or list(out[:2]) != list(shape[:2])
+            or (scales and scales[:2] != [1.0, 1.0])):
+        raise node.fail("only spatial resizing of (N, C, W), (N, C, H, W) or (N, C, D, H, W) inputs is supported")
+    node.guard(out, "input 2 (scales) or 3 (sizes)")
+    spatial, factors = out[2:], (scales[2:] if scales else None)
     mode = node.attr("mode", "nearest")
     transform = node.attr("coordinate_transformation_mode", "half_pixel")
-    spatial = sizes[2:]
-    if mode == "nearest" and transform == "asymmetric" and node.attr("nearest_mode", "round_prefer_floor") == "floor":
-        return lambda _m, a: F.interpolate(a[0], size=spatial, mode="nearest")  # type: ignore[arg-type]
-    if mode == "linear" and transform in ("half_pixel", "pytorch_half_pixel", "align_corners"):
-        interp = "linear" if len(shape) == 3 else "bilinear"
+    nearest_mode = node.attr("nearest_mode", "round_prefer_floor")
+    interp: str | None = None
+    corners: bool | None = None
+    ratios = [o / d for o, d in zip(spatial, shape[2:], strict=True)]
+    whole = all(o % d == 0 for o, d in zip(spatial, shape[2:], strict=True)) and (
+        factors is None or all(f == r for f, r in zip(factors, ratios, strict=True)))
+    rounding = nearest_mode in ("round_prefer_floor", "round_prefer_ceil")
+    if mode == "nearest" and (
+            (transform == "asymmetric" and nearest_mode == "floor")
+            # whole upscaling: round(x/s) of asymmetric is floor(x/s) for s <= 2, half_pixel's round((x+0.5)/s-0.5)
+            # is floor(x/s) for every s (the Resize that onnx.version_converter writes for an Upsample)
+            or (transform == "asymmetric" and nearest_mode == "round_prefer_floor" and whole
+                and all(r <= 2 for r in ratios))
+            or (transform in ("half_pixel", "pytorch_half_pixel") and rounding and whole)):
+        interp = "nearest"
+    elif (mode == "nearest" and transform in ("half_pixel", "pytorch_half_pixel")
+          and nearest_mode == "round_prefer_ceil"):
+        interp = "nearest-exact"
+    elif mode == "linear" and transform in ("half_pixel", "pytorch_half_pixel", "align_corners"):
+        interp = ("linear", "bilinear", "trilinear")[rank - 3]
         corners = transform == "align_corners"
-        return lambda _m, a: F.interpolate(a[0], size=spatial, mode=interp, align_corners=corners)  # type: ignore[arg-type]
-    raise node.fail(f"mode={mode!r} with coordinate_transformation_mode={transform!r} is not supported "
-                    "(nearest+asymmetric+floor, or linear+half_pixel/align_corners)")
+        if transform == "pytorch_half_pixel" and any(s == 1 for s in spatial):
+            raise node.refuse("coordinate_transformation_mode", "pytorch_half_pixel to an axis of length 1")
+    elif mode == "cubic" and rank == 4 and transform in ("half_pixel", "pytorch_half_pixel", "align_corners"):
+        if float(node.attr("cubic_coeff_a", -0.75)) != -0.75:
+            raise node.refuse("cubic_coeff_a", "-0.75 (torch's bicubic) only")
+        interp, corners = "bicubic", transform == "align_corners"
+        if transform == "pytorch_half_pixel" and any(s == 1 for s in spatial):
+            raise node.refuse("coordinate_transformation_mode", "pytorch_half_pixel to an axis of length 1")
+    if interp is None:
+        attribute = "mode" if mode not in ("nearest", "linear", "cubic") else (
+            "nearest_mode" if mode == "nearest" and transform in ("asymmetric", "half_pixel", "pytorch_half_pixel")
+            else "coordinate_transformation_mode")
+        raise node.refuse(attribute, "supported: mode=nearest with asymmetric+floor or half_pixel+round_prefer_ceil, "
+                                     "mode=linear or cubic (2-d) with half_pixel, pytorch_half_pixel or align_corners")
+    mode_name: str = interp
+    if corners and scales and any(d * s != o for d, s, o in zip(shape[2:], scales[2:], spatial, strict=True)):
+        raise node.refuse("coordinate_transformation_mode", "align_corners with scales that do not give whole sizes")
+    if factors is not None and not corners:
+        return lambda _m, a: F.interpolate(_a0(a), scale_factor=factors, mode=mode_name, align_corners=corners,
+                                           recompute_scale_factor=False)
+    return lambda _m, a: F.interpolate(_a0(a), size=spatial, mode=mode_name, align_corners=corners)
 
 
-def _depth_to_space(node: _Node) -> Runner:
+def _depth_to_space(node: Node) -> Runner:
     block = int(node.attr("blocksize"))
+    if node.rank(0) != 4 or block <= 0:
+        raise node.fail("(N, C, H, W) inputs and a positive blocksize are supported")
     _, channels, height, width = node.shape(0)
-    if node.attr("mode", "DCR") == "CRD":
-        return lambda _m, a: F.pixel_shuffle(a[0], block)  # type: ignore[arg-type]
+    mode = node.attr("mode", "DCR")
+    if mode not in ("DCR", "CRD"):
+        raise node.refuse("mode", "DCR or CRD")
+    if node.op == "SpaceToDepth":
+        if height % block or width % block:
+            raise node.refuse("blocksize", f"does not divide {height}x{width}")
+        perm = (0, 3, 5, 1, 2, 4) if mode == "DCR" else (0, 1, 3, 5, 2, 4)
+
+        def s2d(_m: nn.Module | None, a: list[Tensor | None]) -> Tensor:
+            x = torch.reshape(_a0(a), (-1, channels, height // block, block, width // block, block))
+            return torch.reshape(x.permute(perm), (-1, channels * block * block, height // block, width // block))
+        return s2d
+    if channels % (block * block):
+        raise node.refuse("blocksize", f"{channels} channels are not a multiple of blocksize^2")
+    if mode == "CRD":
+        return lambda _m, a: F.pixel_shuffle(_a0(a), block)
+    if mode != "DCR":
+        raise node.refuse("mode", "DCR or CRD")
     depth = channels // (block * block)
 
     def dcr(_m: nn.Module | None, a: list[Tensor | None]) -> Tensor:
-        x = torch.reshape(a[0], (-1, block, block, depth, height, width))  # type: ignore[arg-type]
+        x = torch.reshape(_a0(a), (-1, block, block, depth, height, width))
         return torch.reshape(x.permute(0, 3, 4, 1, 5, 2), (-1, depth, height * block, width * block))
     return dcr
 
 
-def _pad(node: _Node) -> Runner:
-    rank = len(node.shape(0))
+def _pad(node: Node) -> Runner:
+    shape = node.shape(0)
+    rank = len(shape)
     pads = node.ints(1, "pads")
     assert pads is not None
-    axes = node.ints(3, "axes") or list(range(rank))
+    axes = [node.axis(a, rank, "axes entry") for a in (node.ints(3, "axes") or list(range(rank)))]
+    if len(pads) != 2 * len(axes):
+        raise node.fail(f"pads {pads} for {len(axes)} axes")
     begin, end = [0] * rank, [0] * rank
     for k, axis in enumerate(axes):
-        begin[axis % rank], end[axis % rank] = pads[k], pads[k + len(axes)]
-    torch_pads: list[int] = []
-    for axis in reversed(range(rank)):  # F.pad lists the last axis first
-        torch_pads += [begin[axis], end[axis]]
+        begin[axis], end[axis] = pads[k], pads[k + len(axes)]
+    node.guard([d + b + e for d, b, e in zip(shape, begin, end, strict=True)], "input 1 (pads)")
+    torch_pads = _torch_pad(begin, end)
     while len(torch_pads) > 2 and torch_pads[-2:] == [0, 0]:  # reflect/edge in torch pad inner axes only
         del torch_pads[-2:]
     value_array = node.constant(2, "constant_value", required=False)
     value = float(value_array.reshape(-1)[0]) if value_array is not None and value_array.size else 0.0
-    modes = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}
+    modes = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
     mode = node.attr("mode", "constant")
     if mode not in modes:
-        raise node.fail(f"mode={mode!r} is not supported ({', '.join(modes)})")
+        raise node.refuse("mode", ", ".join(modes))
     if mode == "constant":
-        return lambda _m, a: F.pad(a[0], torch_pads, "constant", value)  # type: ignore[arg-type]
-    return lambda _m, a: F.pad(a[0], torch_pads, modes[mode])  # type: ignore[arg-type]
+        return lambda _m, a: F.pad(_a0(a), torch_pads, "constant", value)
+    inner = len(torch_pads) // 2
+    if inner > 3 or inner > rank - 1 or any(p < 0 for p in torch_pads):
+        raise node.refuse("mode", f"{mode} pads at most the last 3 axes of a batched input, by non-negative amounts")
+    if mode == "reflect" and any(p >= shape[rank - 1 - k // 2] for k, p in enumerate(torch_pads)):
+        raise node.refuse("mode", "reflect pads smaller than the axis")
+    # torch's reflect/replicate/circular pad (N, C, *spatial) or (C, *spatial) inputs
+    lead = rank - inner
+    if lead in (1, 2):
+        torch_mode = modes[mode]
+        return lambda _m, a: F.pad(_a0(a), torch_pads, torch_mode)
+    flat = list(shape[lead - 1:])
+    torch_mode = modes[mode]
+    out_shape = _batch_follows([d + b + e for d, b, e in zip(shape, begin, end, strict=True)], shape)
+    return lambda _m, a: torch.reshape(F.pad(torch.reshape(_a0(a), [-1, *flat]), torch_pads, torch_mode), out_shape)
 
 
-def _clip(node: _Node) -> Runner:
-    low, high = (node.constant(i, w, required=False) for i, w in ((1, "min"), (2, "max")))
-    lo = float(low.reshape(-1)[0]) if low is not None else None
-    hi = float(high.reshape(-1)[0]) if high is not None else None
-    return lambda _m, a: torch.clamp(a[0], lo, hi)  # type: ignore[arg-type]
+def _clip(node: Node) -> Runner:
+    bounds: list[float | None] = []
+    for i, what in ((1, "min"), (2, "max")):
+        value = node.constant(i, what, required=False)
+        bounds.append(float(value.reshape(-1)[0]) if value is not None else None)
+    lo, hi = bounds
+    if lo is None and hi is None:
+        return lambda _m, a: _a0(a)
+    if node.dtype(0) in _INT_TYPES:
+        lo_i, hi_i = (int(b) if b is not None else None for b in bounds)
+        return lambda _m, a: torch.clamp(_a0(a), lo_i, hi_i)
+    return lambda _m, a: torch.clamp(_a0(a), lo, hi)
 
 
-def _transpose(node: _Node) -> Runner:
-    rank = len(node.shape(0))
-    perm = [int(p) for p in node.attr("perm", list(reversed(range(rank))))]
-    return lambda _m, a: a[0].permute(perm)  # type: ignore[union-attr]
+def _dropout(node: Node) -> Runner:
+    mode = node.constant(2, "training_mode", required=False)
+    if mode is not None and bool(mode.reshape(-1)[0]):
+        raise node.fail("training_mode=true is not supported; export the model in eval mode")
+    if len(node.outputs) == 1:
+        return lambda _m, a: _a0(a)
+    return lambda _m, a: (_a0(a), torch.ones_like(_a0(a), dtype=torch.bool))
 
 
-def _function(node: _Node) -> Runner:
-    """Operators without a module or build-time constants."""
-    op = node.proto.op_type
-    if op == "Dropout" and len(node.proto.output) != 1:
-        raise node.fail("only the first output of Dropout is supported")
-    if op in ("Identity", "Dropout"):
-        return lambda _m, a: a[0]  # type: ignore[return-value]
-    if op == "Relu":
-        return lambda _m, a: torch.relu(a[0])  # type: ignore[arg-type]
-    if op == "Sigmoid":
-        return lambda _m, a: torch.sigmoid(a[0])  # type: ignore[arg-type]
-    if op == "LeakyRelu":
-        slope = float(node.attr("alpha", 0.01))
-        return lambda _m, a: F.leaky_relu(a[0], slope)  # type: ignore[arg-type]
-    if op == "PRelu":
-        return lambda _m, a: torch.where(a[0] >= 0, a[0], a[0] * a[1])  # type: ignore[operator, arg-type]
-    if op == "Softmax":
-        axis = int(node.attr("axis", -1))
-        return lambda _m, a: torch.softmax(a[0], axis)  # type: ignore[arg-type]
-    if op == "Concat":
-        axis = int(node.attr("axis"))
-        return lambda _m, a: torch.cat(a, axis)  # type: ignore[arg-type]
-    if op == "GlobalAveragePool":
-        dims = tuple(range(2, len(node.shape(0))))
-        return lambda _m, a: torch.mean(a[0], dims, keepdim=True)  # type: ignore[arg-type]
-    binary = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div, "MatMul": torch.matmul}
-    if op in binary:
-        fn = binary[op]
-        return lambda _m, a: fn(a[0], a[1])  # type: ignore[operator]
-    builders: dict[str, Callable[[_Node], Runner]] = {
-        "MaxPool": _pool, "AveragePool": _pool, "Reshape": _reshape, "Flatten": _flatten, "Resize": _resize,
-        "DepthToSpace": _depth_to_space, "Pad": _pad, "Clip": _clip, "Transpose": _transpose,
-    }
-    return builders[op](node)
+def _identity(node: Node) -> Runner:
+    return lambda _m, a: _a0(a)
 
 
-def _constant_node(node: _Node) -> np.ndarray:
+def _needs_constants(node: Node) -> Runner:
+    raise node.fail("its inputs must be constants (computed from initializers and static shapes only)")
+
+
+# ---------------------------------------------------------------------------------------------
+# The operator table: what docs/onnx-operators.md lists (tests/search/test_onnx_operator_doc.py)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Operator:
+    attributes: tuple[str, ...]
+    build: Callable[[Node], Runner] | None  # None: a layer or Constant (handled by the build loop)
+    note: str = ""
+
+
+def _ops(names: str, attributes: tuple[str, ...], build: Callable[[Node], Runner] | None,
+         note: str = "") -> dict[str, Operator]:
+    return {name: Operator(attributes, build, note) for name in names.split()}
+
+
+_POOL = ("auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "strides")
+_REDUCE = ("axes", "keepdims", "noop_with_empty_axes")
+OPERATORS: dict[str, Operator] = {
+    **_ops("Conv", ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"), None,
+           "layer (nn.Conv1d/2d/3d); constant weight; asymmetric pads padded first"),
+    **_ops("ConvTranspose", ("auto_pad", "dilations", "group", "kernel_shape", "output_padding", "pads", "strides",
+                             "output_shape"), None,
+           "layer (nn.ConvTranspose1d/2d/3d); constant weight; asymmetric pads cropped after"),
+    **_ops("Gemm", ("alpha", "beta", "transA", "transB"), None,
+           "layer (nn.Linear) with a constant 2-d B and C; else float, listed in float_matmuls"),
+    **_ops("MatMul", (), None,
+           "layer (nn.Linear) with a constant 2-d B; else float (attention), listed in float_matmuls"),
+    **_ops("BatchNormalization", ("epsilon", "momentum", "training_mode"), None,
+           "module (nn.BatchNorm1d/2d/3d); inference mode only"),
+    **_ops("Constant", ("value", "value_float", "value_floats", "value_int", "value_ints"), None),
+    **_ops("Relu Sigmoid Tanh Erf Sqrt Exp Log Abs Neg Reciprocal Floor Ceil Sign Sin Cos Not HardSwish Softplus "
+           "Softsign Mish Round Add Sub Mul Equal Less Greater LessOrEqual GreaterOrEqual And Or Xor PRelu", (),
+           _elementwise),
+    **_ops("LeakyRelu Elu Celu ThresholdedRelu", ("alpha",), _elementwise),
+    **_ops("Selu", ("alpha", "gamma"), _elementwise),
+    **_ops("HardSigmoid", ("alpha", "beta"), _elementwise),
+    **_ops("Gelu", ("approximate",), _elementwise),
+    **_ops("Div Pow", (), _arithmetic, "integer Div truncates"),
+    **_ops("Mod", ("fmod",), _arithmetic),
+    **_ops("Sum Mean Max Min", (), _variadic),
+    **_ops("Where", (), _where),
+    **_ops("MaxPool", (*_POOL, "storage_order"), _pool, "1-d to 3-d; no Indices output"),
+    **_ops("AveragePool", (*_POOL, "count_include_pad"), _pool, "1-d to 3-d; no dilation"),
+    **_ops("GlobalAveragePool GlobalMaxPool", (), _global_pool),
+    **_ops("Reshape", ("allowzero",), _reshape, "constant shape"),
+    **_ops("Flatten", ("axis",), _flatten),
+    **_ops("Transpose", ("perm",), _transpose),
+    **_ops("Squeeze", ("axes",), _squeeze),
+    **_ops("Unsqueeze", ("axes",), _unsqueeze),
+    **_ops("Concat", ("axis",), _concat),
+    **_ops("Split", ("axis", "split", "num_outputs"), _split, "constant split"),
+    **_ops("Slice", (), _slice, "constant starts, ends, axes, steps"),
+    **_ops("Gather", ("axis",), _gather),
+    **_ops("Cast", ("to", "saturate", "round_mode"), _cast),
+    **_ops("CastLike", ("saturate", "round_mode"), _cast),
+    **_ops("Expand", (), _expand, "constant shape"),
+    **_ops("Tile", (), _tile, "constant repeats"),
+    **_ops("Shape", ("start", "end"), _needs_constants, "always folded (static shapes)"),
+    **_ops("Size", (), _needs_constants, "always folded (static shapes)"),
+    **_ops("ConstantOfShape", ("value",), _needs_constants, "folded; constant shape"),
+    **_ops("Range", (), _needs_constants, "folded; constant inputs"),
+    **_ops("Softmax LogSoftmax", ("axis",), _softmax),
+    **_ops("ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceSumSquare ReduceL1 ReduceL2 ReduceLogSumExp",
+           _REDUCE, _reduce, "constant axes"),
+    **_ops("ArgMax ArgMin", ("axis", "keepdims", "select_last_index"), _arg_reduce),
+    **_ops("LayerNormalization", ("axis", "epsilon", "stash_type"), _layer_norm),
+    **_ops("InstanceNormalization", ("epsilon",), _instance_norm),
+    **_ops("LRN", ("alpha", "beta", "bias", "size"), _lrn, "odd size"),
+    **_ops("Resize", ("antialias", "axes", "coordinate_transformation_mode", "cubic_coeff_a", "exclude_outside",
+                      "extrapolation_value", "keep_aspect_ratio_policy", "mode", "nearest_mode"), _resize,
+           "nearest (asymmetric+floor, half_pixel+round_prefer_ceil), linear (half_pixel, align_corners), "
+           "cubic (a=-0.75)"),
+    **_ops("DepthToSpace", ("blocksize", "mode"), _depth_to_space),
+    **_ops("SpaceToDepth", ("blocksize", "mode"), _depth_to_space),
+    **_ops("Pad", ("mode",), _pad, "constant, reflect, edge, wrap; constant pads"),
+    **_ops("Clip", (), _clip, "constant min and max"),
+    **_ops("Dropout", ("seed",), _dropout, "inference: identity (the mask is all true)"),
+    **_ops("Identity", (), _identity),
+}
+SUPPORTED_OPS = frozenset(OPERATORS)
+FOLDED_OPS = frozenset(FOLDERS)
+
+
+def _constant_node(node: Node) -> np.ndarray:
     for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
         if key in node.attrs:
             value = node.attrs[key]
@@ -470,9 +1164,25 @@ def _constant_node(node: _Node) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
+def _batch_expand(node: Node, marks: dict[str, frozenset[int]]) -> bool:
+    """An Expand to the batch (axis 0 of its target is marked, and is axis 0 of the output)."""
+    return (node.op == "Expand" and 0 in marks.get(node.input(1), frozenset())
+            and len(node.shape(1)) == 1 and node.shape(1)[0] >= node.rank(0))
+
+
+def _foldable(node: Node, constants: dict[str, np.ndarray], marks: dict[str, frozenset[int]]) -> bool:
+    if node.op not in FOLDERS or _batch_expand(node, marks):
+        return False
+    if node.op in ("Shape", "Size"):
+        return True
+    return all(not name or name in constants for name in node.proto.input)
+
+
 def load_onnx_model(data: bytes) -> OnnxModule:
     """An fp32 ONNX model (serialized bytes) as an :class:`OnnxModule`; raises OnnxImportError."""
     model = _parse(data)
+    _check_file(model)
+    model = _upgrade(model)
     _check_model(model)
     graph = model.graph
     constants = {init.name: _array(init) for init in graph.initializer}
@@ -484,48 +1194,130 @@ def load_onnx_model(data: bytes) -> OnnxModule:
     module._input_names = [v.name for v in inputs]
     env: dict[str, Tensor] = {v.name: torch.zeros(s) for v, s in zip(inputs, module.input_shapes, strict=True)}
     shapes = {name: tuple(t.shape) for name, t in env.items()}
+    dtypes = {name: t.dtype for name, t in env.items()}
     taken: set[str] = set()
-    layer_builders: dict[str, Callable[[_Node], tuple[nn.Module, Runner]]] = {
-        "Conv": _conv, "ConvTranspose": _conv, "Gemm": _gemm, "BatchNormalization": _batchnorm,
-    }
+    marks: dict[str, frozenset[int]] = {}  # entries of folded shape vectors that are the batch size (fold.batch_marks)
+
+    def operand(node: Node, name: str) -> None:
+        if name and name not in env and name in constants:
+            buffer = f"const_{len(module._constants)}"
+            module.register_buffer(buffer, torch.from_numpy(constants[name]))
+            module._constants[name] = buffer
+            env[name] = getattr(module, buffer)
+        elif name and name not in env:
+            raise node.fail(f"input {name!r} is not produced by any earlier node")
+
+    def build_node(index: int, proto: onnx.NodeProto) -> None:
+        node = Node(proto, constants, shapes, dtypes)
+        node.check_attributes(OPERATORS[proto.op_type].attributes)
+        if proto.op_type == "Constant":
+            constants[proto.output[0]] = _constant_node(node)
+            return
+        for name in proto.input:
+            if name and name not in env and name not in constants:
+                raise node.fail(f"input {name!r} is not produced by any earlier node")
+        if proto.op_type == "Dropout":
+            _dropout(node)  # training_mode=true is refused even where the node folds
+        if _foldable(node, constants, marks):
+            args = [constants.get(name) if name else None for name in proto.input]
+            outputs = fold(node, args)
+            for name, value in zip(proto.output, outputs, strict=False):
+                if name:
+                    constants[name] = value
+            mark = batch_marks(node, args, marks) if outputs and outputs[0].ndim <= 1 else frozenset()
+            if mark:
+                marks[proto.output[0]] = mark
+            return
+        module_name: str | None = None
+        layer_builder = _layer_builder(node, constants)
+        if layer_builder is not None:
+            layer, run = layer_builder(node)
+            module_name = _module_name(proto.name, proto.op_type, index, taken)
+            taken.add(module_name)
+            module.add_module(module_name, layer.eval())  # the build run must not update BatchNorm statistics
+            module.onnx_names[module_name] = proto.name
+            operands: Sequence[str] = proto.input[:1]
+        else:
+            if proto.op_type in ("Conv", "ConvTranspose", "BatchNormalization"):
+                raise AssertionError(proto.op_type)
+            if proto.op_type in ("MatMul", "Gemm"):
+                run = _matmul(node)
+                module.float_matmuls.append(proto.name)
+            elif _batch_expand(node, marks):
+                run = _expand(node, batch_follows=True)  # the graph input rides along: its batch is the target's
+            else:
+                build = OPERATORS[proto.op_type].build
+                assert build is not None
+                run = build(node)
+            operands = proto.input
+            if _batch_expand(node, marks):
+                operands = [*proto.input, module._input_names[0]]
+        for name in operands:
+            operand(node, name)
+        step = _Step(proto.name, tuple(operands), tuple(proto.output), module_name, run)
+        try:
+            out = run(module.get_submodule(module_name) if module_name else None,
+                      [env[name] if name else None for name in step.inputs])
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise node.fail(f"does not run on the declared input shapes: {exc}"[:400]) from None
+        results = (out,) if len(step.outputs) == 1 else out
+        if not isinstance(results, tuple) or len(results) != len(step.outputs):
+            raise node.fail(f"gives {len(results) if isinstance(results, tuple) else 1} outputs, "
+                            f"the node has {len(step.outputs)}")
+        for name, tensor in zip(step.outputs, results, strict=True):
+            if not isinstance(tensor, Tensor):
+                raise node.fail("gives an output that is not a tensor")
+            if name:
+                env[name], shapes[name], dtypes[name] = tensor, tuple(tensor.shape), tensor.dtype
+        module._steps.append(step)
+
     with torch.no_grad():
         for index, proto in enumerate(graph.node):
-            node = _Node(proto, constants, shapes)
-            if proto.op_type == "Constant":
-                constants[proto.output[0]] = _constant_node(node)
-                continue
-            if len(proto.output) != 1 and proto.op_type not in ("Dropout",):
-                raise node.fail("nodes with several outputs are not supported")
-            module_name: str | None = None
-            if proto.op_type in layer_builders or (proto.op_type == "MatMul" and proto.input[1] in constants
-                                                   and constants[proto.input[1]].ndim == 2):
-                layer, run = (layer_builders.get(proto.op_type, _matmul_linear))(node)
-                module_name = _module_name(proto.name, proto.op_type, index, taken)
-                taken.add(module_name)
-                module.add_module(module_name, layer.eval())  # the build run must not update BatchNorm statistics
-                module.onnx_names[module_name] = proto.name
-                operands: Sequence[str] = proto.input[:1]
-            else:
-                run = _function(node)
-                operands = proto.input
-            for name in operands:
-                if name and name not in env and name in constants:
-                    buffer = f"const_{len(module._constants)}"
-                    module.register_buffer(buffer, torch.from_numpy(constants[name]))
-                    module._constants[name] = buffer
-                    env[name] = getattr(module, buffer)
-                elif name and name not in env:
-                    raise node.fail(f"input {name!r} is not produced by any earlier node")
-            step = _Step(proto.name, tuple(operands), proto.output[0], module_name, run)
             try:
-                out = run(module.get_submodule(module_name) if module_name else None,
-                          [env[name] if name else None for name in step.inputs])
-            except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-                raise node.fail(f"does not run on the declared input shapes: {exc}"[:400]) from None
-            env[step.output], shapes[step.output] = out, tuple(out.shape)
-            module._steps.append(step)
-    missing = [o.name for o in graph.output if o.name not in env]
+                build_node(index, proto)
+            except OnnxImportError:
+                raise
+            except _BUILD_ERRORS as exc:  # a malformed node that no check above names: still named here
+                label = f"node {proto.name or '(unnamed)'!r} ({proto.op_type})"
+                raise OnnxImportError(f"file: {label}: invalid attributes or inputs "
+                                      f"({type(exc).__name__}: {exc})"[:400]) from None
+    missing = [o.name for o in graph.output if o.name not in env and o.name not in constants]
     if missing:
         raise OnnxImportError(f"file: graph output {missing[0]!r} is not computed by any node")
+    for o in graph.output:
+        if o.name not in env:
+            operand(Node(onnx.NodeProto(), constants, shapes, dtypes), o.name)
     module._output_names = [o.name for o in graph.output]
     return module.eval()
+
+
+def operators_markdown() -> str:
+    """docs/onnx-operators.md: the operator table above as Markdown (tests/search/test_onnx_operator_doc.py
+    fails when the file drifts; regenerate with ``python -m search.quant.onnx_import > docs/onnx-operators.md``)."""
+    lines = [
+        "# ONNX operators the importer accepts",
+        "",
+        "Generated from `search.quant.onnx_import.OPERATORS` by `python -m search.quant.onnx_import > "
+        "docs/onnx-operators.md`; `tests/search/test_onnx_operator_doc.py` fails when this file drifts.",
+        "",
+        "Domain `ai.onnx` only, opset >= 13; files at opsets 7-12 are converted to opset "
+        f"{TARGET_OPSET} with `onnx.version_converter` first. An attribute not listed for its operator, or a value "
+        "the importer does not implement, is refused naming the node, the operator and the attribute. "
+        "*Folded*: with constant operands (for `Shape`/`Size`: always, shapes are static) the node is computed "
+        "in numpy while the model is imported and becomes a constant. Tensors whose size the file chooses "
+        f"(Expand, Tile, ConstantOfShape, Range, Resize, Pad, broadcasting) are refused above {MAX_ELEMENTS} "
+        "elements before they are allocated. Every operator is checked against the ONNX backend node tests "
+        "(`tests/search/test_onnx_node_conformance.py`).",
+        "",
+        "| Operator | Attributes | Folded | Notes |",
+        "|---|---|---|---|",
+    ]
+    for name in sorted(OPERATORS):
+        op = OPERATORS[name]
+        attributes = ", ".join(f"`{a}`" for a in op.attributes) or "-"
+        lines.append(f"| {name} | {attributes} | {'yes' if name in FOLDERS else ''} | {op.note} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(operators_markdown(), end="")
