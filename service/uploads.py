@@ -145,7 +145,7 @@ def activation_bytes(module: OnnxModule) -> tuple[int, int]:
 
 
 # a training step keeps each activation, its gradient and the fake-quantized copies of weights and inputs:
-# a few times the forward's tensors (measured: 2-3x on the built-ins; 4 leaves room)
+# a few times the saved tensors.  4 is a guess, not calibrated (the job child's RLIMIT_AS is the real wall)
 TRAINING_FACTOR = 4
 # per trial: the model, its fake-quant copy, gradients and Adam's two moments
 PARAM_COPIES = 6
