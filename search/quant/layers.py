@@ -33,9 +33,14 @@ class LayerKind(StrEnum):
     CONV2D_GROUPED = "conv2d_grouped"
     CONV_TRANSPOSE2D = "conv_transpose2d"
     LINEAR = "linear"
+    CONV3D = "conv3d"
+    CONV_TRANSPOSE1D = "conv_transpose1d"
+    CONV_TRANSPOSE3D = "conv_transpose3d"
 
 
-QUANTIZABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+QUANTIZABLE_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear,
+)
 
 
 
@@ -121,8 +126,14 @@ class LayerGraph:
 
 
 def layer_kind(module: nn.Module) -> LayerKind:
+    if isinstance(module, nn.ConvTranspose1d):
+        return LayerKind.CONV_TRANSPOSE1D
     if isinstance(module, nn.ConvTranspose2d):
         return LayerKind.CONV_TRANSPOSE2D
+    if isinstance(module, nn.ConvTranspose3d):
+        return LayerKind.CONV_TRANSPOSE3D
+    if isinstance(module, nn.Conv3d):
+        return LayerKind.CONV3D
     if isinstance(module, nn.Conv2d):
         if module.groups == 1:
             return LayerKind.CONV2D
@@ -144,12 +155,13 @@ def _macs(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
     if isinstance(module, nn.Linear):
         # every output element needs in_features MACs
         return out.numel() * module.in_features
-    if isinstance(module, nn.ConvTranspose2d):
-        # each input element is scattered into out_channels/groups * kH * kW outputs
-        k = module.kernel_size[0] * module.kernel_size[1]
-        return inp.numel() * (module.out_channels // module.groups) * k
-    assert isinstance(module, (nn.Conv1d, nn.Conv2d))
     k = 1
+    if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        # each input element is scattered into out_channels/groups * prod(kernel) outputs
+        for s in module.kernel_size:
+            k *= s
+        return inp.numel() * (module.out_channels // module.groups) * k
+    assert isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
     for s in module.kernel_size:
         k *= s
     return out.numel() * (module.in_channels // module.groups) * k

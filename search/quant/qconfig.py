@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torch import nn
 
 from search.errors import QConfigError as QConfigError
+from search.quant.attention import prepare_model
 from search.quant.formats import FormatMap, LayerFormat, TensorFormat, as_formats, parse_format
 from search.quant.layers import LayerGraph, LayerKind, discover_layers
 from search.quant.qat import OUTPUT_QUANT_ATTR, ActivationQuantizer, FakeQuantMixin, RangeMethod, quantize_model
@@ -276,6 +277,7 @@ def apply_qconfig(
     scales always follow the weights.
     """
     cfg = qconfig if isinstance(qconfig, QConfigFile) else load_qconfig(qconfig)
+    prepare_model(model)  # nn.MultiheadAttention -> Linears, as the search saw the model
     # discover on the float model, before the swap: a forward pass through the fake-quant model
     # would initialise its activation ranges from the example inputs
     graph = discover_layers(model, example_inputs)
