@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from search.quant.layers import LayerInfo
+from search.quant.layers import FloatLayer, LayerInfo
 from search.spec import DEFAULT_ETA
 
 
@@ -131,3 +131,6 @@ class SearchResult:
     repeats_skipped: int = 0  # sampler proposals of a map already trained: served from the cache, no trial used
     neighbour_checks: int = 0  # trials that tried a front point's one-layer neighbour (seeds.front_neighbours)
     neighbours_untried: int = 0  # neighbours of the reported points that could dominate them, left untried
+    # compute the search could not quantize (attention matmuls, parameters applied functionally, embeddings):
+    # float, with the reason, and in every map's cost at the float precision
+    float_layers: list[FloatLayer] = field(default_factory=list)

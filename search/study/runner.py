@@ -47,7 +47,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from search.profiles import TargetProfile, load_profile
-from search.quant.cost import cost_model
+from search.quant.cost import cost_model, float_costs
 from search.quant.formats import parse_format
 from search.quant.layers import LayerInfo, discover_layers
 from search.results import (
@@ -348,7 +348,8 @@ class _Search:
     def min_costs(self) -> list[float]:
         """Each cost objective's least possible value: every layer at its cheapest allowed format."""
         per_layer = [self.layer_costs(layer) for layer in self.setup.graph.layers]
-        return [sum(min(costs[o] for costs in layer.values()) for layer in per_layer)
+        fixed = float_costs(self.spec.cost_objectives, self.setup.profile, self.setup.graph)
+        return [sum(min(costs[o] for costs in layer.values()) for layer in per_layer) + fixed[o]
                 for o in map(str, self.spec.cost_objectives)]
 
     def promote(self, number: int, rung: int, fp32: float) -> None:
@@ -588,6 +589,7 @@ class _Search:
                 for layer in setup.graph.layers
             ],
             pinned=dict(setup.space.pin_reasons),
+            float_layers=list(setup.graph.float_layers),
             trials=sorted(outcomes, key=lambda o: o.number),
             front=kept,
             study_name=self.spec.study_name,
