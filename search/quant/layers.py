@@ -129,6 +129,8 @@ class LayerGraph:
     layers: tuple[LayerInfo, ...]
     unused: tuple[str, ...] = field(default=())
     float_layers: tuple[FloatLayer, ...] = field(default=())
+    # the model returns one tensor (not a tuple, list or dict): only then is its output quantized
+    output_is_tensor: bool = True
 
     @property
     def first(self) -> LayerInfo:
@@ -404,7 +406,7 @@ def discover_layers(model: nn.Module, example_inputs: Any) -> LayerGraph:
     try:
         model.eval()
         with torch.no_grad(), recorder:
-            model(*_as_tuple(example_inputs))
+            output = model(*_as_tuple(example_inputs))
     finally:
         for h in handles:
             h.remove()
@@ -435,4 +437,5 @@ def discover_layers(model: nn.Module, example_inputs: Any) -> LayerGraph:
     )
     unused = tuple(fqn for fqn, _ in candidates if fqn not in seen)
     return LayerGraph(layers=layers, unused=unused,
-                      float_layers=_float_layers(model, recorder.sites, embeddings, mha))
+                      float_layers=_float_layers(model, recorder.sites, embeddings, mha),
+                      output_is_tensor=isinstance(output, Tensor))

@@ -530,7 +530,8 @@ def quantize_model(
     """Swap every layer named in ``qmap`` for its fake-quant version, in place.
 
     Layers not named stay fp32.  With ``quantize_output`` the model's output tensor is quantized
-    at the activation format of the last executed layer (it feeds video or another device).
+    at the activation format of the last executed layer (it feeds video or another device); a model
+    that returns several tensors keeps its outputs float.
     Returns ``model``.
     """
     method = RangeMethod(range_method)
@@ -554,7 +555,9 @@ def quantize_model(
             continue
         _set_submodule(model, fqn, to_fake_quant(module, fmt, method))
     last_fmt = qmap.get(graph.last.fqn, LayerFormat(FP32, FP32)).activation
-    if quantize_output and not last_fmt.is_identity:
+    # a model returning several tensors (detection heads, ...) keeps them float: one quantizer cannot
+    # serve outputs of different ranges
+    if quantize_output and graph.output_is_tensor and not last_fmt.is_identity:
         model.add_module(OUTPUT_QUANT_ATTR, ActivationQuantizer(last_fmt, method))
         # an nn.Sequential runs every child, so the new child already is its last step; any other
         # root gets a forward hook (a hook on a Sequential would quantize the output twice)

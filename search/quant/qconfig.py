@@ -215,7 +215,7 @@ def build_qconfig(
     out_quant = getattr(model, OUTPUT_QUANT_ATTR, None) if model is not None else None
     return QConfigFile(
         range_method=RangeMethod(range_method), profile=profile, layers=layers,
-        output=None if last_act.is_identity else _activation_qconfig(last_act, out_quant),
+        output=None if last_act.is_identity or not graph.output_is_tensor else _activation_qconfig(last_act, out_quant),
         float_layers=[FloatLayerQConfig(**f.as_dict()) for f in graph.float_layers],
         quality=quality, costs=dict(costs or {}),
         provenance=Provenance(

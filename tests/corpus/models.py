@@ -31,7 +31,8 @@ kws                 1-D conv keyword spotting on MFCC frames, depthwise-separabl
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -684,3 +685,64 @@ def weight_layers(model: nn.Module) -> int:
         elif isinstance(m, QUANTIZABLE) and id(m) not in inside_mha:
             n += 1
     return n
+
+
+# ------------------------------------------------------------------------------------------ Workloads
+
+BATCH_DIM = {"text_encoder": 1}  # its inputs are (sequence, batch) tokens
+VOCAB = 50
+
+
+def input_batch(name: str, example: Tensor, n: int, gen: torch.Generator) -> Tensor:
+    """``n`` random inputs shaped like ``example`` (batch of 1) along the model's batch dimension."""
+    dim = BATCH_DIM.get(name, 0)
+    shape = list(example.shape)
+    shape[dim] = n
+    if example.dtype == torch.long:
+        return torch.randint(0, VOCAB, shape, generator=gen)
+    return torch.randn(shape, generator=gen)
+
+
+def _flat(out: Tensor | tuple[Tensor, ...]) -> Tensor:
+    parts = out if isinstance(out, (tuple, list)) else (out,)
+    return torch.cat([p.reshape(-1) for p in parts])
+
+
+def corpus_workload(name: str, *, trained: bool = True, n_train: int = 16, batch_size: int = 4, seed: int = 0) -> Any:
+    """A tiny :class:`search.Workload` around corpus model ``name``: random inputs, the fp32 model's own
+    outputs as targets (distillation, MSE), quality = -MSE to the fp32 outputs on held-out inputs."""
+    from search import Workload
+
+    model, (example,) = build(name, seed=seed, trained=trained)
+    gen = torch.Generator().manual_seed(seed + 1)
+    x_train = input_batch(name, example, n_train, gen)
+    x_test = input_batch(name, example, 8, gen)
+    dim = BATCH_DIM.get(name, 0)
+    with torch.no_grad():
+        model.eval()
+        test_target = _flat(model(x_test))
+
+    def batches(g: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+        while True:
+            idx = torch.randint(0, n_train, (batch_size,), generator=g)
+            x = x_train.index_select(dim, idx)
+            with torch.no_grad():
+                was = model.training
+                model.eval()
+                y = _flat(model(x))
+                model.train(was)
+            yield x, y
+
+    calib_x = x_train.narrow(dim, 0, min(8, n_train))
+    with torch.no_grad():
+        calib_y = _flat(model(calib_x))
+
+    def evaluate(m: nn.Module) -> float:
+        with torch.no_grad():
+            return -float(F.mse_loss(_flat(m(x_test)), test_target))
+
+    return Workload(
+        name=f"corpus-{name}", model=model, example_inputs=(example,), train_batches=batches,
+        calibration_batches=[(calib_x, calib_y)], loss_fn=lambda out, y: F.mse_loss(_flat(out), y),
+        evaluate=evaluate, metric="neg_mse", higher_is_better=True, lr=1e-4,
+    )
