@@ -7,8 +7,8 @@ one, in place, for a :class:`LinearMultiheadAttention`, as torch.ao's quantizabl
 ``MultiheadAttention`` does: ``q_proj``, ``k_proj``, ``v_proj`` (split from ``in_proj_weight``, or the
 separate ``q/k/v_proj_weight`` when ``kdim``/``vdim`` differ) and ``out_proj``, each an ``nn.Linear``
 sharing nothing with the original but holding its values.  The forward pass is
-``F.multi_head_attention_forward``'s, step for step, with the four projections called as modules; the
-outputs agree with the original to float rounding (``tests/search/test_attention.py``).
+``F.multi_head_attention_forward``'s, step for step, with the four projections called as modules and
+the attention as explicit matmuls (where torch calls ``scaled_dot_product_attention`` too); the outputs agree with the original to float rounding (``tests/search/test_attention.py``).
 
 What the swap changes and what it refuses:
 
@@ -145,39 +145,33 @@ class LinearMultiheadAttention(nn.Module):
             attn_mask = key_padding_mask if attn_mask is None else attn_mask + key_padding_mask
         dropout_p = self.dropout if self.training else 0.0
 
-        if need_weights:
-            q_scaled = q * math.sqrt(1.0 / float(hd))
-            if attn_mask is not None:
-                weights = torch.baddbmm(attn_mask, q_scaled, k.transpose(-2, -1))
-            else:
-                weights = torch.bmm(q_scaled, k.transpose(-2, -1))
-            weights = F.softmax(weights, dim=-1)
-            if dropout_p > 0.0:
-                weights = F.dropout(weights, p=dropout_p)
-            out = torch.bmm(weights, v)
-            out = out.transpose(0, 1).reshape(tgt_len * bsz, embed_dim)
-            out = self.out_proj(out).view(tgt_len, bsz, embed_dim)
-            attn_weights: Tensor | None = weights.view(bsz, h, tgt_len, src_len)
-            if average_attn_weights:
-                attn_weights = cast(Tensor, attn_weights).mean(dim=1)
-            if not is_batched:
-                out = out.squeeze(1)
-                attn_weights = cast(Tensor, attn_weights).squeeze(0)
+        if is_causal and attn_mask is None:  # the hint without a mask (need_weights=False): build it
+            causal = torch.ones(tgt_len, src_len, dtype=torch.bool, device=q.device).tril()
+            attn_mask = torch.zeros(1, tgt_len, src_len, dtype=q.dtype, device=q.device).masked_fill(
+                ~causal, float("-inf"))
+        # explicit matmuls, also where torch calls scaled_dot_product_attention (need_weights=False): the
+        # same numbers to float rounding, differentiable twice (the Hessian proxy; the fused CPU kernel's
+        # backward is not), and plain MatMul/Softmax in an exported graph
+        q_scaled = q * math.sqrt(1.0 / float(hd))
+        if attn_mask is not None:
+            weights = torch.baddbmm(attn_mask, q_scaled, k.transpose(-2, -1))
         else:
-            if attn_mask is not None:
-                if attn_mask.size(0) == 1 and attn_mask.dim() == 3:
-                    attn_mask = attn_mask.unsqueeze(0)
-                else:
-                    attn_mask = attn_mask.view(bsz, h, -1, src_len)
-            q = q.view(bsz, h, tgt_len, hd)
-            k = k.view(bsz, h, src_len, hd)
-            v = v.view(bsz, h, src_len, hd)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal)
-            out = out.permute(2, 0, 1, 3).reshape(bsz * tgt_len, embed_dim)
-            out = self.out_proj(out).view(tgt_len, bsz, embed_dim)
-            attn_weights = None
-            if not is_batched:
-                out = out.squeeze(1)
+            weights = torch.bmm(q_scaled, k.transpose(-2, -1))
+        weights = F.softmax(weights, dim=-1)
+        if dropout_p > 0.0:
+            weights = F.dropout(weights, p=dropout_p)
+        out = torch.bmm(weights, v)
+        out = out.transpose(0, 1).reshape(tgt_len * bsz, embed_dim)
+        out = self.out_proj(out).view(tgt_len, bsz, embed_dim)
+        attn_weights: Tensor | None = None
+        if need_weights:
+            attn_weights = weights.view(bsz, h, tgt_len, src_len)
+            if average_attn_weights:
+                attn_weights = attn_weights.mean(dim=1)
+        if not is_batched:
+            out = out.squeeze(1)
+            if attn_weights is not None:
+                attn_weights = attn_weights.squeeze(0)
         if self.batch_first and is_batched:
             out = out.transpose(1, 0)
         return out, attn_weights

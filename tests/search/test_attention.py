@@ -31,15 +31,17 @@ def _inputs(batch_first: bool, n: int = 2, length: int = 5, e: int = 16) -> torc
 
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize("need_weights", [True, False])
-@pytest.mark.parametrize("masks", ["none", "causal", "padding", "both", "bool_attn"])
+@pytest.mark.parametrize("masks", ["none", "causal", "causal_hint", "padding", "both", "bool_attn"])
 def test_same_outputs_as_torch(batch_first: bool, need_weights: bool, masks: str) -> None:
     ref = _mha(batch_first)
     twin = LinearMultiheadAttention.from_float(ref).eval()
     x = _inputs(batch_first)
     length = 5
     kw: dict[str, object] = {"need_weights": need_weights}
-    if masks in ("causal", "both"):
+    if masks in ("causal", "both", "causal_hint"):
         kw["attn_mask"] = nn.Transformer.generate_square_subsequent_mask(length)
+    if masks == "causal_hint":
+        kw["is_causal"] = True
     if masks == "bool_attn":
         kw["attn_mask"] = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)
     if masks in ("padding", "both"):
@@ -66,6 +68,16 @@ def test_cross_attention_kdim_vdim_and_unbatched() -> None:
         assert (twin(q, k, v)[0] - ref(q, k, v)[0]).abs().max() < TOL
         assert (twin(q[:, 0], k[:, 0], v[:, 0])[0] - ref(q[:, 0], k[:, 0], v[:, 0])[0]).abs().max() < TOL
     assert twin.k_proj.in_features == 6 and twin.v_proj.in_features == 4
+
+
+def test_twice_differentiable() -> None:
+    """The Hessian proxy differentiates twice; torch's fused CPU attention kernel cannot."""
+    twin = LinearMultiheadAttention.from_float(_mha(True)).train()
+    x = _inputs(True).requires_grad_(True)
+    out = twin(x, x, x, need_weights=False)[0].pow(2).sum()
+    (g,) = torch.autograd.grad(out, twin.q_proj.weight, create_graph=True)
+    g.sum().backward()
+    assert twin.q_proj.weight.grad is not None
 
 
 def test_unsupported_options_are_refused_by_name() -> None:
