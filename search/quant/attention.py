@@ -8,7 +8,8 @@ one, in place, for a :class:`LinearMultiheadAttention`, as torch.ao's quantizabl
 separate ``q/k/v_proj_weight`` when ``kdim``/``vdim`` differ) and ``out_proj``, each an ``nn.Linear``
 sharing nothing with the original but holding its values.  The forward pass is
 ``F.multi_head_attention_forward``'s, step for step, with the four projections called as modules and
-the attention as explicit matmuls (where torch calls ``scaled_dot_product_attention`` too); the outputs agree with the original to float rounding (``tests/search/test_attention.py``).
+the attention as explicit matmuls (where torch calls ``scaled_dot_product_attention`` too); the outputs
+agree with the original to float rounding (``tests/search/test_attention.py``).
 
 What the swap changes and what it refuses:
 

@@ -354,17 +354,17 @@ class _FakeQuantConvTransposeNd(FakeQuantMixin):
         ))
 
 
-class FakeQuantConvTranspose1d(_FakeQuantConvTransposeNd, nn.ConvTranspose1d):  # type: ignore[misc]
+class FakeQuantConvTranspose1d(_FakeQuantConvTransposeNd, nn.ConvTranspose1d):
     _spatial_dims = 1
     _functional = staticmethod(F.conv_transpose1d)
 
 
-class FakeQuantConvTranspose2d(_FakeQuantConvTransposeNd, nn.ConvTranspose2d):  # type: ignore[misc]
+class FakeQuantConvTranspose2d(_FakeQuantConvTransposeNd, nn.ConvTranspose2d):
     _spatial_dims = 2
     _functional = staticmethod(F.conv_transpose2d)
 
 
-class FakeQuantConvTranspose3d(_FakeQuantConvTransposeNd, nn.ConvTranspose3d):  # type: ignore[misc]
+class FakeQuantConvTranspose3d(_FakeQuantConvTransposeNd, nn.ConvTranspose3d):
     _spatial_dims = 3
     _functional = staticmethod(F.conv_transpose3d)
 
