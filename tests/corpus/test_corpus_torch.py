@@ -105,3 +105,14 @@ def test_three_trial_search_completes(name: str) -> None:
         assert set(trial.assignment) == {la.fqn for la in result.layers}
         assert trial.qconfig is not None and trial.qconfig["schema_version"] == 2
         assert bool(trial.qconfig["float_layers"]) == has_attention
+
+
+def test_sensitivity_proxies_on_a_two_output_model() -> None:
+    """The YOLO neck returns two tensors: the proxies used to read the output's range as one tensor."""
+    from search.study.sensitivity import fisher_sensitivity, hessian_sensitivity, ptq_sensitivity
+
+    workload = corpus_workload("yolo_neck", n_train=4, batch_size=2)
+    layers = ["stem.0", "head4"]
+    for proxy in (ptq_sensitivity, fisher_sensitivity, hessian_sensitivity):
+        records = proxy(workload, layers=layers, formats=("int4",))
+        assert [r.fqn for r in records] == layers
