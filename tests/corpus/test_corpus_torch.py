@@ -116,3 +116,16 @@ def test_sensitivity_proxies_on_a_two_output_model() -> None:
     for proxy in (ptq_sensitivity, fisher_sensitivity, hessian_sensitivity):
         records = proxy(workload, layers=layers, formats=("int4",))
         assert [r.fqn for r in records] == layers
+
+
+@pytest.mark.parametrize("trained", [False, True], ids=["fresh", "trained"])
+def test_builders_are_deterministic_and_leave_the_global_rng(trained: bool) -> None:
+    state = torch.random.get_rng_state()
+    for name in NAMES:
+        (a, xa), (b, xb) = build(name, trained=trained), build(name, trained=trained)
+        assert all(torch.equal(xa[i], xb[i]) for i in range(len(xa)))
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), name
+    assert torch.equal(torch.random.get_rng_state(), state)
+    fresh, trained_model = build("resnet18")[0], build("resnet18", trained=True)[0]
+    assert not torch.equal(fresh.state_dict()["bn1.running_var"], trained_model.state_dict()["bn1.running_var"])
