@@ -22,8 +22,9 @@ from tests.corpus.models import CORPUS, QUANTIZABLE, build, corpus_workload, inp
 torch.set_num_threads(1)
 NAMES = sorted(CORPUS)
 # the 3-trial search on a few (one core: the whole corpus file stays within ~2 minutes): a residual CNN,
-# depthwise + SE, a transformer with attention, a two-output detector neck, a 1-D net, a UNet
-SEARCHED = ("resnet18", "mobilenet_v3", "vit", "yolo_neck", "kws", "unet")
+# ResNet-50 depth at its 32x32 input, depthwise + SE, a transformer with attention, a two-output detector
+# neck, a 1-D net, a UNet
+SEARCHED = ("resnet18", "resnet50", "mobilenet_v3", "vit", "yolo_neck", "kws", "unet")
 
 
 def _outputs(out: Tensor | tuple[Tensor, ...]) -> list[Tensor]:
