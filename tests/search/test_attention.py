@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 from search.quant.attention import LinearMultiheadAttention, QuantizationError, prepare_model
+from search.quant.export_onnx import export_onnx, verify_onnx
 from search.quant.formats import parse_format
 from search.quant.layers import discover_layers
-from search.quant.qat import FakeQuantLinear, quantize_model
+from search.quant.qat import FakeQuantLinear, calibrate, quantize_model
+from search.quant.qconfig import apply_qconfig, build_qconfig
 
 TOL = 2e-6
 
@@ -159,3 +163,21 @@ def test_projections_are_layers_and_quantize() -> None:
     model.train()
     model(torch.randn(2, 5, 16)).sum().backward()
     assert model.get_submodule("encoder.layers.0.self_attn.k_proj").weight.grad is not None
+
+
+def test_apply_qconfig_to_a_fresh_unswapped_model_and_export(tmp_path: Path) -> None:
+    """The user's flow: the file from a search, applied to a fresh copy of their own (stock) model."""
+    torch.manual_seed(0)
+    searched = _Encoder()
+    prepare_model(searched)
+    x = torch.randn(1, 5, 16)
+    graph = discover_layers(searched, (x,))
+    cfg = build_qconfig(None, graph, {f: parse_format("int8") for f in graph.fqns})
+    fresh = _Encoder().eval()
+    apply_qconfig(fresh, cfg.model_dump(mode="json"), (x,))
+    assert isinstance(fresh.get_submodule("encoder.layers.1.self_attn.v_proj"), FakeQuantLinear)
+    calibrate(fresh, [torch.randn(4, 5, 16)])
+    path = export_onnx(fresh, (x,), tmp_path / "enc.onnx", dynamic_spatial=False)
+    with torch.no_grad():
+        scale = float(fresh(x).abs().max())
+    assert verify_onnx(fresh, (x,), path) <= 0.02 * scale
