@@ -112,6 +112,20 @@ def _warn(message: str) -> None:
     console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
 
 
+def float_layer_lines(graph: LayerGraph, limit: int = 8) -> list[str]:
+    """What stays float, one line each (the CLI prints them before a search): nothing is left out silently."""
+    floats = graph.float_layers
+    if not floats:
+        return []
+    lines = [f"{len(floats)} part(s) of the model stay float (not searched; counted in every map's cost at the "
+             "float precision):"]
+    for f in floats[:limit]:
+        lines.append(f"  {f.fqn or '(model)'} [{f.kind}] {f.macs:,} MACs, {f.num_params:,} params: {f.reason}")
+    if len(floats) > limit:
+        lines.append(f"  ... and {len(floats) - limit} more (the qconfig files list them all under float_layers)")
+    return lines
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -354,6 +368,8 @@ def search_command(
             shown = ", ".join(repr(f) for f in unused[:5]) + more
             _warn(f"{len(unused)} quantizable layer(s) never run on the example inputs and are left out of the "
                   f"search (they stay fp32): {shown}")
+        for line in float_layer_lines(graph):
+            _warn(line)
         hint = fidelity_line(spec, graph)
         if hint:
             console.print(hint)

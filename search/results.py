@@ -12,7 +12,7 @@ from typing import Any, cast
 
 from pydantic import TypeAdapter
 
-from search.quant.layers import LayerInfo
+from search.quant.layers import FloatLayer, LayerInfo
 from search.spec import DEFAULT_ETA
 
 
@@ -183,6 +183,9 @@ class SearchResult:
     neighbour_checks: int = 0  # trials that tried a front point's one-layer neighbour (seeds.front_neighbours)
     neighbours_untried: int = 0  # neighbours of the reported points that could dominate them, left untried
     torch_threads: int = 0  # torch's intra-op threads every trial ran with (fixed for the search)
+    # compute the search could not quantize (attention matmuls, parameters applied functionally, embeddings):
+    # float, with the reason, and in every map's cost at the float precision
+    float_layers: list[FloatLayer] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form (the CLI's ``summary.json``): no qconfig bodies (they are files of their own)."""
@@ -190,6 +193,7 @@ class SearchResult:
             "workload": self.workload, "metric": self.metric_name, "higher_is_better": self.higher_is_better,
             "fp32_quality": json_safe(self.fp32_quality), "study_name": self.study_name,
             "layers": [layer.to_json() for layer in self.layers], "pin_reasons": dict(self.pin_reasons),
+            "float_layers": [f.as_dict() for f in self.float_layers],
             "front": [o.to_json(qconfig=False) for o in self.front],
             "trials": [o.to_json(qconfig=False) for o in self.trials],
             "qat_steps_used": self.qat_steps_used, "stop_reason": self.stop_reason,

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from search.errors import QuantizationError as QuantizationError
+from search.quant.attention import prepare_model
 from search.quant.formats import FP32, LayerFormat, TensorFormat
 from search.quant.layers import LayerGraph, discover_layers
 
@@ -329,33 +330,66 @@ class FakeQuantLinear(FakeQuantMixin, nn.Linear):  # type: ignore[misc]
         return F.linear(*self.quantized_operands(x))
 
 
-class FakeQuantConvTranspose2d(FakeQuantMixin, nn.ConvTranspose2d):
+class FakeQuantConv3d(FakeQuantMixin, nn.Conv3d):
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(*self.quantized_operands(x))
+
+
+class _FakeQuantConvTransposeNd(FakeQuantMixin):
+    """The forward of nn.ConvTranspose{1,2,3}d with quantized operands."""
+
+    _spatial_dims: int
+    _functional: Any
+
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
-        padding = cast(tuple[int, ...], self.padding)  # transposed convs take no "same"/"valid" padding
-        output_padding = self._output_padding(
-            x, output_size, list(self.stride), list(padding), list(self.kernel_size), 2,
-            list(self.dilation),
+        conv = cast(nn.modules.conv._ConvTransposeNd, self)
+        padding = cast(tuple[int, ...], conv.padding)  # transposed convs take no "same"/"valid" padding
+        output_padding = conv._output_padding(
+            x, output_size, list(conv.stride), list(padding), list(conv.kernel_size), self._spatial_dims,
+            list(conv.dilation),
         )
         xq, wq, bias = self.quantized_operands(x)
-        return F.conv_transpose2d(
-            xq, wq, bias, self.stride, padding, output_padding, self.groups, self.dilation
-        )
+        return cast(Tensor, type(self)._functional(
+            xq, wq, bias, conv.stride, padding, output_padding, conv.groups, conv.dilation
+        ))
+
+
+class FakeQuantConvTranspose1d(_FakeQuantConvTransposeNd, nn.ConvTranspose1d):
+    _spatial_dims = 1
+    _functional = staticmethod(F.conv_transpose1d)
+
+
+class FakeQuantConvTranspose2d(_FakeQuantConvTransposeNd, nn.ConvTranspose2d):
+    _spatial_dims = 2
+    _functional = staticmethod(F.conv_transpose2d)
+
+
+class FakeQuantConvTranspose3d(_FakeQuantConvTransposeNd, nn.ConvTranspose3d):
+    _spatial_dims = 3
+    _functional = staticmethod(F.conv_transpose3d)
 
 
 _SWAP: dict[type[nn.Module], type[nn.Module]] = {
     nn.Conv1d: FakeQuantConv1d,
     nn.Conv2d: FakeQuantConv2d,
+    nn.Conv3d: FakeQuantConv3d,
     nn.Linear: FakeQuantLinear,
+    nn.ConvTranspose1d: FakeQuantConvTranspose1d,
     nn.ConvTranspose2d: FakeQuantConvTranspose2d,
+    nn.ConvTranspose3d: FakeQuantConvTranspose3d,
 }
+
+_CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def _out_channel_axis(module: nn.Module) -> int:
-    # ConvTranspose weights are (C_in, C_out/groups, kH, kW); per-output-channel scales along dim 1
+    # ConvTranspose weights are (C_in, C_out/groups, k...); per-output-channel scales along dim 1
     # only hold for groups == 1.
-    if isinstance(module, nn.ConvTranspose2d):
+    if isinstance(module, _CONV_TRANSPOSE):
         if module.groups != 1:
-            raise QuantizationError("layer kind: grouped ConvTranspose2d is not supported")
+            raise QuantizationError(
+                f"layer kind: grouped {type(module).__name__} (groups={module.groups}) is not supported; "
+                "allowed: groups=1")
         return 1
     return 0
 
@@ -426,7 +460,7 @@ def _conv_bn_pairs_fx(model: nn.Module) -> list[tuple[str, str]] | None:
         if (
             isinstance(src, torch.fx.Node)
             and src.op == "call_module"
-            and isinstance(modules.get(src.target), (nn.Conv1d, nn.Conv2d, nn.Linear))
+            and isinstance(modules.get(src.target), (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
             and len(src.users) == 1
         ):
             pairs.append((str(src.target), str(node.target)))
@@ -440,7 +474,8 @@ def _conv_bn_pairs_sequential(model: nn.Module) -> list[tuple[str, str]]:
             continue
         children = list(module.named_children())
         for (a_name, a), (b_name, b) in itertools.pairwise(children):
-            if isinstance(a, (nn.Conv1d, nn.Conv2d, nn.Linear)) and isinstance(b, nn.modules.batchnorm._BatchNorm):
+            if isinstance(a, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and isinstance(
+                    b, nn.modules.batchnorm._BatchNorm):
                 prefix = f"{name}." if name else ""
                 pairs.append((prefix + a_name, prefix + b_name))
     return pairs
@@ -495,10 +530,12 @@ def quantize_model(
     """Swap every layer named in ``qmap`` for its fake-quant version, in place.
 
     Layers not named stay fp32.  With ``quantize_output`` the model's output tensor is quantized
-    at the activation format of the last executed layer (it feeds video or another device).
+    at the activation format of the last executed layer (it feeds video or another device); a model
+    that returns several tensors keeps its outputs float.
     Returns ``model``.
     """
     method = RangeMethod(range_method)
+    prepare_model(model)  # nn.MultiheadAttention -> Linears (a no-op when the workload already did it)
     if fold_bn:
         fold_batchnorm(model)
     graph = graph or discover_layers(model, example_inputs)
@@ -518,7 +555,9 @@ def quantize_model(
             continue
         _set_submodule(model, fqn, to_fake_quant(module, fmt, method))
     last_fmt = qmap.get(graph.last.fqn, LayerFormat(FP32, FP32)).activation
-    if quantize_output and not last_fmt.is_identity:
+    # a model returning several tensors (detection heads, ...) keeps them float: one quantizer cannot
+    # serve outputs of different ranges
+    if quantize_output and graph.output_is_tensor and not last_fmt.is_identity:
         existing = getattr(model, OUTPUT_QUANT_ATTR, None)
         if existing is not None and not isinstance(existing, ActivationQuantizer):
             # the model's own attribute would be silently replaced (and its layer with it)

@@ -8,6 +8,8 @@ fresh copy of the user's model in one call.
 
 Versioning: ``schema_version`` is an integer.  Fields added later are optional with defaults, so
 older files keep loading; a file from a newer major version is refused with a message saying so.
+Version 2 added ``float_layers``: the compute that stays float (attention matmuls, parameters a module
+applies itself, embeddings), each with its reason and MACs; a version-1 file reads as having none listed.
 The JSON Schema is published at ``search/quant/qconfig.schema.json`` (regenerate with
 ``python -m search.quant.qconfig``).
 """
@@ -28,11 +30,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torch import nn
 
 from search.errors import QConfigError as QConfigError
+from search.quant.attention import prepare_model
 from search.quant.formats import FormatMap, LayerFormat, TensorFormat, as_formats, parse_format
-from search.quant.layers import LayerGraph, LayerKind, discover_layers
+from search.quant.layers import FloatKind, LayerGraph, LayerKind, discover_layers
 from search.quant.qat import OUTPUT_QUANT_ATTR, ActivationQuantizer, FakeQuantMixin, RangeMethod, quantize_model
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA_PATH = Path(__file__).with_name("qconfig.schema.json")
 
 
@@ -86,6 +89,16 @@ class LayerQConfig(_Strict):
         return self
 
 
+class FloatLayerQConfig(_Strict):
+    """Compute the search could not quantize: it runs at float precision and is counted in ``costs``."""
+
+    fqn: str = Field(description="the module running it; empty for the model's own forward")
+    kind: FloatKind
+    reason: str
+    macs: int = Field(ge=0, description="multiply-accumulates for one forward pass of the example inputs")
+    num_params: int = Field(default=0, ge=0, description="float weights it reads")
+
+
 class QualityReport(_Strict):
     metric: str
     value: float
@@ -114,6 +127,8 @@ class QConfigFile(_Strict):
     profile: str = "generic"
     layers: dict[str, LayerQConfig]
     output: TensorQConfig | None = Field(default=None, description="quantization of the model output")
+    float_layers: list[FloatLayerQConfig] = Field(
+        default_factory=list, description="compute left float, with the reason (schema version 2; none in version 1)")
     quality: QualityReport | None = None
     costs: dict[str, float] = Field(default_factory=dict)
     provenance: Provenance
@@ -200,7 +215,8 @@ def build_qconfig(
     out_quant = getattr(model, OUTPUT_QUANT_ATTR, None) if model is not None else None
     return QConfigFile(
         range_method=RangeMethod(range_method), profile=profile, layers=layers,
-        output=None if last_act.is_identity else _activation_qconfig(last_act, out_quant),
+        output=None if last_act.is_identity or not graph.output_is_tensor else _activation_qconfig(last_act, out_quant),
+        float_layers=[FloatLayerQConfig(**f.as_dict()) for f in graph.float_layers],
         quality=quality, costs=dict(costs or {}),
         provenance=Provenance(
             mixq_version=version("mixq"), model_fingerprint=model_fingerprint(graph), workload=workload,
@@ -276,6 +292,7 @@ def apply_qconfig(
     scales always follow the weights.
     """
     cfg = qconfig if isinstance(qconfig, QConfigFile) else load_qconfig(qconfig)
+    prepare_model(model)  # nn.MultiheadAttention -> Linears, as the search saw the model
     # discover on the float model, before the swap: a forward pass through the fake-quant model
     # would initialise its activation ranges from the example inputs
     graph = discover_layers(model, example_inputs)

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.profiles import TargetProfile
 from search.quant.checkpoint import save_state_dict
-from search.quant.cost import cost_model
+from search.quant.cost import cost_model, float_costs
 from search.quant.formats import as_formats, parse_format
 from search.quant.layers import LayerGraph
 from search.quant.qconfig import QualityReport, build_qconfig
@@ -73,15 +73,20 @@ class SearchSetup:
             return cost_model(name, self.profile).layer_cost(layer, parse_format(fmt))
         return by_format[fmt][name]
 
+    @cached_property
+    def float_costs(self) -> dict[str, float]:
+        """What the graph's float compute (attention matmuls, embeddings...) costs: the same in every map."""
+        return float_costs(self.spec.cost_objectives, self.profile, self.graph) if self.graph.float_layers else {}
+
     def costs(self, assignment: Mapping[str, str]) -> dict[str, float]:
-        """Each cost objective of a full map: its layers' costs summed in execution order (the order
-        :func:`search.quant.cost.model_cost` sums in, so the floats are the same)."""
+        """Each cost objective of a full map: its layers' costs summed in execution order, then the float
+        compute (as :func:`search.quant.cost.model_costs` adds them, so the floats are the same)."""
         out: dict[str, float] = {}
         for objective in map(str, self.spec.cost_objectives):
             total = 0.0
             for fqn in self.graph.fqns:
                 total += self.layer_cost(fqn, assignment[fqn], objective)
-            out[objective] = total
+            out[objective] = total + self.float_costs.get(objective, 0.0)
         return out
 
     def full_assignment(self, free: Mapping[str, str]) -> dict[str, str]:

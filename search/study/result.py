@@ -70,6 +70,7 @@ def assemble_result(setup: SearchSetup, ledger: Ledger, fp32: float, stop_reason
         fp32_quality=fp32,
         layers=search_layers(setup),
         pin_reasons=dict(setup.space.pin_reasons),
+        float_layers=list(setup.graph.float_layers),
         trials=sorted(trained, key=lambda o: o.number),
         front=kept,
         study_name=spec.study_name,

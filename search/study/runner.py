@@ -47,6 +47,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from search.profiles import TargetProfile, load_profile
+from search.quant.cost import float_costs
 from search.quant.layers import discover_layers
 from search.results import SearchPhase, SearchProgress, SearchResult, TrialFailure, TrialOutcome
 from search.spec import SamplerName, SearchError, SearchSpec
@@ -298,7 +299,8 @@ class _Search:
     def _min_costs(self) -> list[float]:
         """Each cost objective's least possible value: every layer at its cheapest allowed format."""
         per_layer = [self.setup.cost_table[layer.fqn] for layer in self.setup.graph.layers]
-        return [sum(min(costs[o] for costs in layer.values()) for layer in per_layer)
+        fixed = float_costs(self.spec.cost_objectives, self.setup.profile, self.setup.graph)
+        return [sum(min(costs[o] for costs in layer.values()) for layer in per_layer) + fixed[o]
                 for o in map(str, self.spec.cost_objectives)]
 
     # -- promotions --------------------------------------------------------------------------

@@ -126,7 +126,9 @@ def _record_ranges(model: nn.Module, fqns: Sequence[str], batches: Sequence[Any]
     try:
         with torch.no_grad():
             for batch in batches:
-                update(OUTPUT_RANGE_KEY, model(batch[0]))
+                out = model(batch[0])
+                if isinstance(out, Tensor):  # several outputs stay float (no output quantizer)
+                    update(OUTPUT_RANGE_KEY, out)
     finally:
         for handle in handles:
             handle.remove()

@@ -22,8 +22,10 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from search.errors import QuantizationError
 from search.errors import WorkloadError as WorkloadError
 from search.errors import WorkloadTypeError as WorkloadTypeError
+from search.quant.attention import prepare_model
 
 Batch = tuple[Tensor, Tensor]
 T = TypeVar("T")
@@ -93,6 +95,12 @@ class Workload:
             raise WorkloadError("calibration_batches: at least one batch is needed")
         if not self.lr > 0:
             raise WorkloadError(f"lr: must be > 0, got {self.lr}")
+        # where a user model enters: nn.MultiheadAttention becomes Linears (in place), so the layer list,
+        # the fake-quant swap, the qconfig and the export all see its projections
+        try:
+            prepare_model(self.model)
+        except QuantizationError as exc:
+            raise WorkloadError(f"model: {exc}") from None
 
     def check_example_inputs(self) -> None:
         """Run the model once on ``example_inputs`` (eval mode, no grad; the training flag is

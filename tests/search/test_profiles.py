@@ -89,7 +89,7 @@ def test_unknown_profile_lists_builtins():
             VALID.replace("formats:\n  int8: {throughput: 2.0}\n  fp16: {throughput: 1.0}\n", "formats: {}\n"),
             "formats:",
         ),
-        (VALID + "layer_kinds:\n  conv3d: {formats: [int8]}\n", "layer_kinds.conv3d"),
+        (VALID + "layer_kinds:\n  conv4d: {formats: [int8]}\n", "layer_kinds.conv4d"),
         (
             VALID + "layer_kinds:\n  linear: {formats: [int4]}\n",
             "layer_kinds.linear.formats: 'int4' is not in the profile's formats",

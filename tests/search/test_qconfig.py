@@ -256,7 +256,7 @@ def test_unknown_field_is_named(base, edit, field):
     [
         (lambda d: d["layers"]["conv"].update(format="int3"), "layers.conv.format", "unknown format 'int3'"),
         (lambda d: d["layers"]["conv"]["weight"].update(format="int5"), "layers.conv.weight.format", "'int4'"),
-        (lambda d: d["layers"]["conv"].update(kind="conv3d"), "layers.conv.kind", "conv2d_depthwise"),
+        (lambda d: d["layers"]["conv"].update(kind="conv4d"), "layers.conv.kind", "conv2d_depthwise"),
         (lambda d: d["layers"]["conv"].update(index=-1), "layers.conv.index", "greater than or equal to 0"),
         (lambda d: d["layers"]["conv"]["activation"].update(scale=[0.0]), "layers.conv.activation.scale", "> 0"),
         (lambda d: d.update(range_method="ema"), "range_method", "'minmax' or 'lsq'"),
