@@ -27,9 +27,13 @@ the same float32 scales.  What can differ is only the float summation order insi
 (torch vs onnxruntime), i.e. float rounding level; where a sum lands within that distance of a
 rounding boundary, the next quantizer can pick the neighbouring code, and the difference can reach
 the output as one step (rare: on the digits workload 0 to 4 of 5970 outputs, depending on the
-trial; none when all scales are powers of two and the sums are exact).  onnxruntime must run with
-graph optimizations off (``ORT_DISABLE_ALL``), because its QDQ fusions replace the float math with
-integer kernels that requantize differently.
+trial; none when all scales are powers of two and the sums are exact).  :func:`verify_onnx` runs
+onnxruntime with graph optimizations off (``ORT_DISABLE_ALL``), the QDQ definition; with the default
+options (``ORT_ENABLE_ALL``, what deployment scripts use) its QDQ fusions run 8-bit Conv/Gemm as
+integer kernels that requantize in their own way, so outputs can differ by a few output steps more
+(``verify_onnx(..., optimized=True)`` measures it).  The graph loads with the defaults: a 4-bit activation fed
+by ``MaxPool`` (or another op onnxruntime moves a ``QuantizeLinear`` across) gets a one-input ``Max``
+in front of its ``QuantizeLinear`` (:func:`_keep_4bit_off_pools`).
 
 How: torch's exporters refuse 4-bit fake-quant ranges, so the model is exported with the
 TorchScript exporter (``dynamo=False``) while every quantizer is temporarily replaced by a marker
@@ -353,6 +357,39 @@ def _replacement(point: _Point, src: str, dst: str, name: str) -> list[onnx.Node
     raise AssertionError(point.kind)
 
 
+# ops onnxruntime's QDQ propagation moves a Q backward across (and its DropQDQ rule then runs on the
+# integer tensor): MaxPool, ReduceMax and ReduceMin have no 4-bit kernels or types, the others pass a
+# 4-bit tensor on to a producer that may be one of the first three
+_PROPAGATES_Q = frozenset({"MaxPool", "ReduceMax", "ReduceMin", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
+                           "Flatten"})
+
+
+def _keep_4bit_off_pools(nodes: list[onnx.NodeProto], points: dict[str, _Point | None]) -> list[onnx.NodeProto]:
+    """Put a one-input ``Max`` (an identity) between a 4-bit activation's ``QuantizeLinear`` and a
+    producer that onnxruntime's QDQ propagation would carry it across.
+
+    With default session options (``ORT_ENABLE_ALL``), onnxruntime rewrites ``MaxPool -> Q(uint4) -> DQ``
+    into ``Q -> MaxPool -> DQ`` (exact for 8 bits, max commutes with a monotone quantizer), and the graph
+    then fails to load: ``Type 'tensor(uint4)' of input parameter ... of operator (MaxPool) ... is
+    invalid``.  The identity ``Max`` stops the propagation (onnxruntime 1.32 neither eliminates it nor
+    propagates across it; Identity, Cast and ``Add 0`` are eliminated first), so the pool runs in float
+    on the dequantized values, which is what the fake-quant model computes.  8-bit points are left to
+    onnxruntime's fusions."""
+    producer = {out: node for node in nodes for out in node.output}
+    four_bit = {f"{k}_zero_point" for k, p in points.items() if p is not None and p.kind == "act_int"
+                and any(i.name == f"{k}_zero_point" and i.data_type == TensorProto.UINT4 for i in p.initializers)}
+    out: list[onnx.NodeProto] = []
+    for node in nodes:
+        source = producer.get(node.input[0]) if node.input else None
+        if (node.op_type == "QuantizeLinear" and len(node.input) > 2 and node.input[2] in four_bit
+                and source is not None and source.op_type in _PROPAGATES_Q):
+            kept = f"{node.name}_float"
+            out.append(helper.make_node("Max", [node.input[0]], [kept], name=f"{node.name}/KeepFloat"))
+            node.input[0] = kept
+        out.append(node)
+    return out
+
+
 def _rewrite(proto: onnx.ModelProto, points: dict[str, _Point | None], opset: int) -> onnx.ModelProto:
     graph = proto.graph
     new_nodes: list[onnx.NodeProto] = []
@@ -379,7 +416,7 @@ def _rewrite(proto: onnx.ModelProto, points: dict[str, _Point | None], opset: in
     if missing:
         raise ExportError(f"export: quant point {missing[0]!r} did not run on the example inputs")
     del graph.node[:]
-    graph.node.extend(new_nodes)
+    graph.node.extend(_keep_4bit_off_pools(new_nodes, points))
     # the exporter's shape annotations of intermediate tensors hold the example's sizes (a marker
     # copies its input's traced type); onnxruntime would enforce them on dynamic axes, so drop them
     del graph.value_info[:]
@@ -492,14 +529,18 @@ def _onnxruntime_mismatch(proto: onnx.ModelProto, probe: tuple[Any, ...], probe_
     return None
 
 
-def onnxruntime_session(model: str | Path | bytes | onnx.ModelProto, *, num_threads: int = 1) -> Any:
+def onnxruntime_session(
+    model: str | Path | bytes | onnx.ModelProto, *, num_threads: int = 1, optimized: bool = False
+) -> Any:
     """A CPU onnxruntime session (for a path, serialized bytes or a ModelProto) with graph
     optimizations off: they fuse QDQ into integer kernels that requantize differently from the
-    QDQ definition."""
+    QDQ definition.  ``optimized``: onnxruntime's default level (``ORT_ENABLE_ALL``), as a deployment
+    script opens the file."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if not optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = num_threads
     options.inter_op_num_threads = 1
     if isinstance(model, onnx.ModelProto):
@@ -518,8 +559,9 @@ def _flatten(output: Any) -> list[Tensor]:
     raise ExportError(f"model output: cannot compare a {type(output).__name__}")
 
 
-def verify_onnx(model: nn.Module, example_inputs: Any, path: str | Path) -> float:
-    """Max abs difference between the fake-quant model and onnxruntime on ``example_inputs``."""
+def verify_onnx(model: nn.Module, example_inputs: Any, path: str | Path, *, optimized: bool = False) -> float:
+    """Max abs difference between the fake-quant model and onnxruntime on ``example_inputs``
+    (``optimized``: with onnxruntime's default graph optimizations, see :func:`onnxruntime_session`)."""
     inputs = _as_tuple(example_inputs)
     was_training = model.training
     model.eval()
@@ -528,7 +570,7 @@ def verify_onnx(model: nn.Module, example_inputs: Any, path: str | Path) -> floa
             expected = _flatten(model(*inputs))
     finally:
         model.train(was_training)
-    session = onnxruntime_session(path)
+    session = onnxruntime_session(path, optimized=optimized)
     tensors = [t for t in inputs if isinstance(t, Tensor)]
     feed = {f"input_{i}": t.detach().cpu().numpy() for i, t in enumerate(tensors)}
     names = {i.name for i in session.get_inputs()}
