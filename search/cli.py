@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from search.quant.formats import summarize_assignment
+from search.quant.formats import trial_filename
 from search.results import SearchPhase, SearchProgress, SearchResult, TrialOutcome
 from search.spec import AUTO_FIDELITY_FREE_LAYERS, SearchSpec, first_error_text
 
@@ -146,7 +146,9 @@ def _parse_kv(items: list[str], what: str) -> dict[str, Any]:
 
 
 def qconfig_filename(outcome: TrialOutcome) -> str:
-    return f"trial{outcome.number:04d}-{summarize_assignment(outcome.assignment)}.json"
+    """``trial0003-int8x2-int4x4.json``; the trial's weights are the same name with ``.pt`` (in OUT/weights),
+    as the service names its downloads (:func:`search.quant.formats.trial_filename`)."""
+    return trial_filename(outcome.number, outcome.assignment, "qconfig")
 
 
 def write_outputs(result: SearchResult, out_dir: Path) -> dict[str, Path]:
@@ -164,6 +166,7 @@ def write_outputs(result: SearchResult, out_dir: Path) -> dict[str, Path]:
         if data.get("quality"):
             data["quality"] = {**data["quality"], "value": point.quality, "std": point.quality_std,
                                "n_evaluations": point.n_evaluations}
+        data.update(feasible=point.feasible, on_front=True)  # only front points get a file
         path = qdir / qconfig_filename(point)
         path.write_text(_strict_json(data))
         paths[f"qconfig:{point.number}"] = path
@@ -367,7 +370,8 @@ def search_command(
     console.print(f"front table: {paths['table']}\nplot: {paths['png']} and {paths['html']}")
     console.print(f"qconfig files ({len(result.front)}): {out / 'qconfig'}")
     if save_weights:
-        console.print(f"trained weights: {out / 'weights'}/trial-N.pt  (mixq export --qconfig ... --weights ...)")
+        console.print(f"trained weights: {out / 'weights'}/<qconfig file name>.pt  "
+                      "(mixq export --qconfig ... --weights ...)")
 
 
 def fidelity_line(spec: SearchSpec, graph: LayerGraph) -> str | None:
@@ -396,7 +400,9 @@ def fidelity_line(spec: SearchSpec, graph: LayerGraph) -> str | None:
 
 def export_command(
     qconfig: Annotated[Path, typer.Option(help="a qconfig JSON file")],
-    weights: Annotated[Path, typer.Option(help="the trial's trained weights (OUT/weights/trial-N.pt of mixq search)")],
+    weights: Annotated[Path, typer.Option(
+        help="the trial's trained weights (OUT/weights/trialNNNN-....pt of mixq search: the qconfig's name, .pt)"
+    )],
     workload: Annotated[str, typer.Option(help="the workload whose model the weights belong to")],
     out: Annotated[Path, typer.Option(help="ONNX file to write")] = Path("model.onnx"),
     workload_option: Annotated[list[str], typer.Option(help="KEY=VALUE passed to the workload factory")] = [],  # noqa: B006

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
+from service.cli_jobs import jobs_app
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ token_app = typer.Typer(help="API tokens", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
+app.add_typer(jobs_app, name="jobs")
 
 
 def _settings(database_url: str | None) -> Settings:

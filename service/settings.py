@@ -51,6 +51,15 @@ class Settings(BaseSettings):
         default=0, ge=-1000, le=1000, description="highest job priority a non-operator token may ask for"
     )
 
+    trial_weights_dir: Path | None = Field(
+        default=None, description="where workers keep each trial's trained weights while a job runs (default "
+        "<data_dir>/trial-weights); the workers of one job must share it: the front's weights and ONNX are made "
+        "from it when the job ends",
+    )
+    export_front: bool = Field(
+        default=True, description="store each front point's trained weights and checked QDQ ONNX when a job ends"
+    )
+
     worker_nice: int = Field(
         default=10, ge=0, le=19, description="CPU niceness of `mixq worker`: trials yield to the API on a shared box"
     )

@@ -39,11 +39,12 @@ from search import (
 )
 from search.study.storage import StorageError
 from service import store
+from service.artefacts import front_artefacts, remove_trial_weights, trial_weights_dir
 from service.db import Database
 from service.models import Job, JobStatus, UploadKind, utcnow
 from service.schemas import JobCreate, job_spec
 from service.settings import Settings
-from service.store import TrialRecord
+from service.store import ArtefactRecord, TrialRecord
 from service.uploads import build_workload
 
 log = logging.getLogger("mixq.worker")
@@ -120,6 +121,7 @@ class _JobRun:
     spec: JobCreate
     cost_objective: str
     higher_is_better: bool | None = None
+    workload: Workload | None = None  # the front's weights and ONNX are made with it at the end
 
 
 class Worker:
@@ -227,10 +229,11 @@ class Worker:
         spec = job_spec(job.spec)
         run = _JobRun(job_id, job.owner, spec, str(spec.cost_objectives[0]))
         workload = self.make_workload(self.db, job, self.settings)
-        run.higher_is_better = workload.higher_is_better
+        run.higher_is_better, run.workload = workload.higher_is_better, workload
         self._write(lambda s: store.set_job_info(s, job_id, workload.metric, workload.higher_is_better, None))
         result = self.run_search(
-            SearchSpec.of(spec, storage=self.db.url, study_name=study_name(job_id)), workload=workload,
+            SearchSpec.of(spec, storage=self.db.url, study_name=study_name(job_id),
+                          weights_dir=self._weights_dir(job_id)), workload=workload,
             profile=self._profile(job.owner, spec.profile), on_trial=lambda o, p: self._on_trial(run, o, p),
             should_stop=lambda: self._should_stop(job_id), on_progress=lambda p: self._on_progress(run, p),
             on_start=lambda r: self._on_start(run, r), on_failed_trial=lambda f: self._on_failed_trial(run, f),
@@ -325,26 +328,44 @@ class Worker:
             result.fp32_quality if math.isfinite(result.fp32_quality) else None, layers, pinned,
         ))
 
+    def _weights_dir(self, job_id: int) -> str | None:
+        return str(trial_weights_dir(self.settings, job_id)) if self.settings.export_front else None
+
+    def _front_artefacts(self, run: _JobRun, result: SearchResult) -> list[ArtefactRecord]:
+        """The front's weights and checked ONNX (made before the final transaction: exports take a while),
+        unless another worker will finalize."""
+        if not self.settings.export_front or run.workload is None:
+            return []
+        with self.db.session() as session:
+            if store.other_live_workers(session, run.job_id, self.id, self.stale_before()):
+                return []
+        return front_artefacts(run.workload, result.front, trial_weights_dir(self.settings, run.job_id))
+
     def _finalize(self, run: _JobRun, result: SearchResult) -> None:
         layers, pinned = _layers_with_pins(result)
+        artefacts = self._front_artefacts(run, result)
 
-        def finish(session: Session) -> None:
+        def finish(session: Session) -> bool:
             # a worker whose search returned while others still run trials leaves the report to the last
             # one, whose result includes those trials (if they all leave at once, a joiner finalizes)
             if store.other_live_workers(session, run.job_id, self.id, self.stale_before()):
-                return
+                return False
             store.set_job_info(
                 session, run.job_id, result.metric_name, result.higher_is_better, result.fp32_quality, layers, pinned
             )
             for outcome in [*result.trials, *result.front]:  # the front carries re-evaluated qualities + qconfigs
                 store.record_trial(session, run.job_id, self._record(run, outcome), None, result.higher_is_better)
             store.mark_front(session, run.job_id, [o.number for o in result.front])
+            for artefact in artefacts:
+                store.put_artefact(session, run.job_id, artefact)
             fidelity = _fidelity_json(result)
             if fidelity is not None:
                 store.set_job_fidelity(session, run.job_id, fidelity)
             store.transition(session, run.job_id, JobStatus.SUCCEEDED)
+            return True
 
-        self._write(finish)
+        if self._write(finish) and self.settings.export_front:
+            remove_trial_weights(self.settings, run.job_id)
 
 
 def _finite(value: float | None) -> float | None:

@@ -62,7 +62,7 @@ def test_serve_restarted_mid_job_finishes_it(tmp_path: Path, processes: list[sub
     assert pareto["metric"] == "accuracy" and pareto["points"] and len(pareto["trials"]) >= 12
     number = pareto["points"][0]["number"]
     qconfig = httpx.get(f"{base}/v1/jobs/{job_id}/pareto/{number}/qconfig.json")
-    assert qconfig.status_code == 200 and qconfig.json()["schema_version"] == 1
+    assert qconfig.status_code == 200 and qconfig.json()["schema_version"] == 2
     db.dispose()
     # SIGKILLed `mixq serve`: its worker notices and exits by itself
     serve = processes[-1]
