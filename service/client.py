@@ -178,7 +178,7 @@ class Client:
                 if not r.is_success:
                     r.read()
                     self._raise_for(r, "GET", path)
-                name, data = "message", []
+                name, data = "message", list[str]()
                 for line in r.iter_lines():
                     if not line:
                         if data:

@@ -75,7 +75,11 @@ def test_export_turns_qconfig_and_weights_into_onnx(search_run: tuple[Path, str]
     out, _ = search_run
     qfile = sorted((out / "run" / "qconfig").glob("*.json"))[0]
     weights = out / "run" / "weights" / qfile.with_suffix(".pt").name  # one name scheme: the qconfig's, .pt
-    assert json.loads(qfile.read_text())["on_front"] is True
+    data = json.loads(qfile.read_text())
+    assert data["on_front"] is True and isinstance(data["feasible"], bool)
+    prov = data["provenance"]
+    assert prov["qat_steps"] > 0 and isinstance(prov["seed"], int) and prov["spec"]["workload"] == "digits"
+    assert "storage" not in prov["spec"] and "weights_dir" not in prov["spec"]  # no credentials, no local paths
     assert weights.exists()
     target = tmp_path / "m.onnx"
     result = CliRunner().invoke(
