@@ -216,6 +216,7 @@ class Worker:
                 log.exception("worker %s: job %d failed", self.id, job_id)
                 error = f"{type(exc).__name__}: {exc}"
                 self._write(lambda s: store.transition(s, job_id, JobStatus.FAILED, error))
+                self._drop_weights_of_ended_job(job_id)
         finally:
             self.current_job = None
             self.beat()
@@ -239,6 +240,7 @@ class Worker:
             on_start=lambda r: self._on_start(run, r), on_failed_trial=lambda f: self._on_failed_trial(run, f),
         )
         if self.stop_event.is_set() or self._status(job_id) != JobStatus.RUNNING:
+            self._drop_weights_of_ended_job(job_id)
             return  # shutting down, cancelled or deleted: the study keeps what was done
         self._finalize(run, result)
 
@@ -327,6 +329,14 @@ class Worker:
             s, run.job_id, result.metric_name, result.higher_is_better,
             result.fp32_quality if math.isfinite(result.fp32_quality) else None, layers, pinned,
         ))
+
+    def _drop_weights_of_ended_job(self, job_id: int) -> None:
+        """A failed, cancelled or deleted job's trial weights (a running job's stay: others may finish it)."""
+        try:
+            if self.settings.export_front and self._status(job_id) != JobStatus.RUNNING:
+                remove_trial_weights(self.settings, job_id)
+        except Exception as exc:  # noqa: BLE001 - the folder is only a working copy
+            log.warning("worker %s: could not remove the trial weights of job %d: %s", self.id, job_id, exc)
 
     def _weights_dir(self, job_id: int) -> str | None:
         return str(trial_weights_dir(self.settings, job_id)) if self.settings.export_front else None
