@@ -134,6 +134,13 @@ def test_job_on_an_uploaded_model(client: TestClient, db: Database, settings: Se
     assert {layer["fqn"] for layer in pareto["layers"]} == {"features_features_0_Conv", "classifier_classifier_1_Gemm"}
     number = pareto["points"][0]["number"]
     assert client.get(f"/v1/jobs/{job_id}/pareto/{number}/qconfig.json").status_code == 200
+    # the uploaded model's front point comes back as a QDQ ONNX model that onnxruntime opens with its defaults
+    exported = client.get(f"/v1/jobs/{job_id}/pareto/{number}/model.onnx")
+    assert exported.status_code == 200, exported.text
+    import onnxruntime
+
+    onnxruntime.InferenceSession(exported.content, providers=["CPUExecutionProvider"])
+    assert pareto["artefacts"][str(number)]["max_abs_diff_default"] is not None
 
 
 @pytest.mark.slow
