@@ -26,8 +26,10 @@ ERROR_SCHEMA = {
 }
 
 ERROR_DESCRIPTIONS = {
+    "400": "the Host header names a host this server does not serve (MIXQ_ALLOWED_HOSTS; DNS rebinding)",
     "401": "no token, or a token that is unknown, revoked or expired (when auth is required)",
-    "403": "the token may not do this (e.g. a job priority above MIXQ_MAX_PRIORITY_WITHOUT_OPERATOR)",
+    "403": "not allowed: a cross-site write (Origin/Sec-Fetch-Site of another site), or a job priority above "
+    "MIXQ_MAX_PRIORITY_WITHOUT_OPERATOR without an operator token",
     "404": "no such job, trial, upload or profile of this owner (or the file is not available: see detail)",
     "409": "conflicts with what is stored (a name already used, an Idempotency-Key for another spec)",
     "413": "the request body is larger than the operator's limit",
@@ -43,11 +45,11 @@ def operation_id(route: APIRoute) -> str:
 
 
 def _errors_for(path: str, method: str) -> list[str]:
-    codes = ["401", "404", "422", "503"] if "{" in path else ["401", "422", "503"]
+    codes = ["400", "401", "404", "422", "503"] if "{" in path else ["400", "401", "422", "503"]
+    if method != "get":
+        codes.append("403")  # a cross-site write is refused before anything else
     if method == "post" and path in ("/v1/jobs", "/v1/models", "/v1/datasets", "/v1/profiles"):
         codes += ["409", "413", "429"]
-        if path == "/v1/jobs":
-            codes.append("403")
     elif method == "post":
         codes.append("413")
     if path.endswith("/qconfig.json"):

@@ -117,3 +117,22 @@ def test_mixq_jobs_commands(server: str, tmp_path: Path) -> None:
     assert r.exit_code == 0 and "cancelled" in r.output, r.output
     r = runner.invoke(mixq, ["jobs", "download", "1", "--what", "pt", "--server", server])
     assert r.exit_code == 2 and "--what" in r.output
+
+
+def test_client_uploads(server: str, tmp_path: Path) -> None:
+    from test_uploads import npz_bytes, onnx_bytes
+
+    (tmp_path / "m.onnx").write_bytes(onnx_bytes())
+    (tmp_path / "d.npz").write_bytes(npz_bytes(64))
+    profile = (Path(__file__).resolve().parents[2] / "search" / "profiles" / "generic.yaml").read_text()
+    (tmp_path / "p.yaml").write_text(profile.replace("name: generic", "name: mine", 1))
+    with Client(server) as client:
+        assert client.upload_model(tmp_path / "m.onnx", "cnn").name == "cnn"
+        assert client.upload_dataset(tmp_path / "d.npz", "data").kind == "dataset"
+        assert client.upload_profile(tmp_path / "p.yaml").name == "mine"
+        with pytest.raises(ApiError) as err:
+            client.upload_model(tmp_path / "m.onnx", "cnn")
+        assert err.value.status == 409 and "already exists" in err.value.message
+        with pytest.raises(ApiError) as err:
+            client.upload_dataset(tmp_path / "p.yaml", "bad")
+        assert err.value.status == 422 and "file" in err.value.message

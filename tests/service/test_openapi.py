@@ -59,16 +59,16 @@ def test_every_error_response_is_documented(doc: dict[str, Any]) -> None:
         if not path.startswith("/v1/"):
             continue
         codes = set(op["responses"])
-        want = {"401", "422", "503"} | ({"404"} if "{" in path else set())
+        want = {"400", "401", "422", "503"} | ({"404"} if "{" in path else set())
+        if method != "get":
+            want.add("403")
         if method == "post" and path in ("/v1/jobs", "/v1/models", "/v1/datasets", "/v1/profiles"):
             want |= {"409", "413", "429"}
-        if (method, path) == ("post", "/v1/jobs"):
-            want.add("403")
         assert want <= codes, f"{method} {path}: {sorted(want - codes)} not documented"
         for code in codes - {"200", "201", "204"}:
             assert op["responses"][code]["description"]
     union = {c for _, p, op in _operations(doc) if p.startswith("/v1/") for c in op["responses"]}
-    assert {"401", "403", "404", "409", "413", "422", "429", "503"} <= union
+    assert {"400", "401", "403", "404", "409", "413", "422", "429", "503"} <= union
 
 
 def test_every_ref_resolves(doc: dict[str, Any]) -> None:
