@@ -56,12 +56,16 @@ class ApiError(ClientError):
 
     @property
     def message(self) -> str:
-        """The server's message in one line; a 422 names each field (``body.n_trials: ...``)."""
+        """The server's message in one line; a 422 names each field as the request spelled it
+        (``n_trials: Input should be greater than or equal to 1``; ``pins.2.match: ...``)."""
         if isinstance(self.detail, list):
             parts = []
             for item in self.detail:
                 if isinstance(item, Mapping):
-                    loc = ".".join(str(p) for p in item.get("loc", []))
+                    where = list(item.get("loc", []))
+                    if where and where[0] in ("body", "query", "path", "header") and len(where) > 1:
+                        where = where[1:]  # the part of the request is clear from the call
+                    loc = ".".join(str(p) for p in where)
                     parts.append(f"{loc}: {item.get('msg', '')}" if loc else str(item.get("msg", "")))
                 else:
                     parts.append(str(item))
@@ -170,11 +174,13 @@ class Client:
         self._request("DELETE", f"/v1/jobs/{job_id}")
 
     # -- events --------------------------------------------------------------------------------
-    def events(self, job_id: int) -> Iterator[Event]:
-        """The job's Server-Sent Events until the server ends the stream (after ``done`` or ``error``)."""
+    def events(self, job_id: int, *, read_timeout_s: float | None = None) -> Iterator[Event]:
+        """The job's Server-Sent Events until the server ends the stream (after ``done`` or ``error``);
+        ``read_timeout_s``: give up (:class:`ConnectionFailed`) when nothing arrives for that long."""
         path = f"/v1/jobs/{job_id}/events"
+        timeout = httpx.Timeout(self._http.timeout.connect, read=read_timeout_s)
         try:
-            with self._http.stream("GET", path, timeout=httpx.Timeout(self._http.timeout.connect, read=None)) as r:
+            with self._http.stream("GET", path, timeout=timeout) as r:
                 if not r.is_success:
                     r.read()
                     self._raise_for(r, "GET", path)
@@ -203,7 +209,8 @@ class Client:
             if job.status in TERMINAL_STATUSES:
                 return job
             try:
-                for event in self.events(job_id):
+                left = None if deadline is None else max(0.1, deadline - time.monotonic())
+                for event in self.events(job_id, read_timeout_s=left):
                     if on_event is not None:
                         on_event(event)
                     if event.name == "error":

@@ -136,3 +136,34 @@ def test_client_uploads(server: str, tmp_path: Path) -> None:
         with pytest.raises(ApiError) as err:
             client.upload_dataset(tmp_path / "p.yaml", "bad")
         assert err.value.status == 422 and "file" in err.value.message
+
+
+def _job_json(status: str) -> dict[str, object]:
+    return {"id": 1, "status": status, "spec": {"workload": "digits"},
+            "progress": {"finished": 0, "total": 3, "fraction": 0.0},
+            "counts": {"complete": 0, "failed": 0, "retried": 0, "running": 0, "infeasible": 0}, "best": None,
+            "metric": None, "higher_is_better": None, "fp32_quality": None, "created_at": "2026-01-01T00:00:00Z",
+            "started_at": None, "finished_at": None, "error": None, "fidelity": None}
+
+
+def test_client_error_messages_and_wait_timeout() -> None:
+    import httpx
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(422, json={"detail": [
+                {"loc": ["body", "n_trials"], "msg": "Input should be greater than or equal to 1", "type": "x"},
+                {"loc": ["body", "pins", 2, "match"], "msg": "matches no layer", "type": "value_error"}]})
+        if request.url.path.endswith("/events"):
+            return httpx.Response(200, text="event: progress\ndata: {}\n\n", headers={"content-type": "text/event-stream"})
+        return httpx.Response(200, json=_job_json("running"))
+
+    with Client("http://mixq.test", transport=httpx.MockTransport(handler)) as client:
+        with pytest.raises(ApiError) as err:
+            client.submit({"workload": "digits", "n_trials": 0})
+        assert err.value.status == 422
+        assert err.value.message == "n_trials: Input should be greater than or equal to 1; pins.2.match: matches no layer"
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="job 1 still running"):
+            client.wait(1, timeout_s=0.5, reconnect_s=0.05)
+        assert time.monotonic() - started < 5
