@@ -32,7 +32,7 @@ onnxruntime with graph optimizations off (``ORT_DISABLE_ALL``), the QDQ definiti
 options (``ORT_ENABLE_ALL``, what deployment scripts use) its QDQ fusions run 8-bit Conv/Gemm as
 integer kernels that requantize in their own way, so outputs can differ by a few output steps more
 (``verify_onnx(..., optimized=True)`` measures it).  The graph loads with the defaults: a 4-bit activation fed
-by ``MaxPool`` (or another op onnxruntime moves a ``QuantizeLinear`` across) gets a one-input ``Max``
+by ``MaxPool`` (``ReduceMax``/``ReduceMin``, also through reshapes) gets a one-input ``Max``
 in front of its ``QuantizeLinear`` (:func:`_keep_4bit_off_pools`).
 
 How: torch's exporters refuse 4-bit fake-quant ranges, so the model is exported with the
@@ -357,16 +357,17 @@ def _replacement(point: _Point, src: str, dst: str, name: str) -> list[onnx.Node
     raise AssertionError(point.kind)
 
 
-# ops onnxruntime's QDQ propagation moves a Q backward across (and its DropQDQ rule then runs on the
-# integer tensor): MaxPool, ReduceMax and ReduceMin have no 4-bit kernels or types, the others pass a
-# 4-bit tensor on to a producer that may be one of the first three
-_PROPAGATES_Q = frozenset({"MaxPool", "ReduceMax", "ReduceMin", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
-                           "Flatten"})
+# onnxruntime's QDQ propagation carries a Q backward across these (and its DropQDQ rule then runs the op on
+# the integer tensor): MaxPool, ReduceMax and ReduceMin have no 4-bit types; the others pass a 4-bit tensor
+# through (they have 4-bit types) and on to what produced their input.  Flatten is not among them
+# (onnxruntime 1.32 leaves MaxPool -> Flatten -> Q(uint4) alone: tested)
+_NO_4BIT = frozenset({"MaxPool", "ReduceMax", "ReduceMin"})
+_PASS_THROUGH = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze"})
 
 
 def _keep_4bit_off_pools(nodes: list[onnx.NodeProto], points: dict[str, _Point | None]) -> list[onnx.NodeProto]:
-    """Put a one-input ``Max`` (an identity) between a 4-bit activation's ``QuantizeLinear`` and a
-    producer that onnxruntime's QDQ propagation would carry it across.
+    """Put a one-input ``Max`` (an identity) in front of a 4-bit activation's ``QuantizeLinear`` fed by a
+    ``MaxPool`` (``ReduceMax``, ``ReduceMin``), directly or through reshapes and transposes.
 
     With default session options (``ORT_ENABLE_ALL``), onnxruntime rewrites ``MaxPool -> Q(uint4) -> DQ``
     into ``Q -> MaxPool -> DQ`` (exact for 8 bits, max commutes with a monotone quantizer), and the graph
@@ -376,13 +377,19 @@ def _keep_4bit_off_pools(nodes: list[onnx.NodeProto], points: dict[str, _Point |
     on the dequantized values, which is what the fake-quant model computes.  8-bit points are left to
     onnxruntime's fusions."""
     producer = {out: node for node in nodes for out in node.output}
+
+    def reaches_a_pool(tensor: str) -> bool:
+        source = producer.get(tensor)
+        while source is not None and source.op_type in _PASS_THROUGH and source.input:
+            source = producer.get(source.input[0])
+        return source is not None and source.op_type in _NO_4BIT
+
     four_bit = {f"{k}_zero_point" for k, p in points.items() if p is not None and p.kind == "act_int"
                 and any(i.name == f"{k}_zero_point" and i.data_type == TensorProto.UINT4 for i in p.initializers)}
     out: list[onnx.NodeProto] = []
     for node in nodes:
-        source = producer.get(node.input[0]) if node.input else None
         if (node.op_type == "QuantizeLinear" and len(node.input) > 2 and node.input[2] in four_bit
-                and source is not None and source.op_type in _PROPAGATES_Q):
+                and reaches_a_pool(node.input[0])):
             kept = f"{node.name}_float"
             out.append(helper.make_node("Max", [node.input[0]], [kept], name=f"{node.name}/KeepFloat"))
             node.input[0] = kept

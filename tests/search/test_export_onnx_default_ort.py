@@ -65,3 +65,51 @@ def test_export_loads_and_matches_with_default_session_options(
                       f"{maxes} keep-float Max")
     with capsys.disabled():
         print("\n" + "\n".join(report))
+
+
+class _PoolThenReshape(nn.Module):
+    """MaxPool -> Flatten or Reshape -> Linear: the Linear's input comes from the pool through a reshape."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.pool(torch.relu(self.conv(x)))
+        return self.fc(torch.flatten(y, 1) if self.how == "flatten" else y.reshape(-1, 64))
+
+
+def _pool_model(how: str, fmt: str, tmp_path: Path) -> tuple[nn.Module, torch.Tensor, Path]:
+    from search import parse_format
+    from search.quant.qat import calibrate, quantize_model
+
+    torch.manual_seed(0)
+    model, x = _PoolThenReshape(how), torch.randn(4, 1, 8, 8)
+    quantize_model(model, {"conv": parse_format(fmt), "fc": parse_format(fmt)}, x)
+    calibrate(model, [torch.randn(16, 1, 8, 8)])
+    return model, x, export_onnx(model, x, tmp_path / f"{how}-{fmt}.onnx", dynamic_spatial=False)
+
+
+@pytest.mark.parametrize(("how", "fmt", "maxes"), [("reshape", "int4", 1), ("flatten", "int4", 0),
+                                                   ("reshape", "int8", 0)])
+def test_pool_behind_a_reshape_loads_with_default_options(tmp_path: Path, how: str, fmt: str, maxes: int) -> None:
+    """Only a 4-bit point onnxruntime would carry a Q to the pool from gets the keep-float Max: through a
+    Reshape (propagated), not a Flatten (not propagated), never an 8-bit one."""
+    model, x, path = _pool_model(how, fmt, tmp_path)
+    assert [n.op_type for n in onnx.load(path).graph.node].count("Max") == maxes
+    ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # the defaults
+    step = getattr(model, OUTPUT_QUANT_ATTR).qparams()[0]
+    assert verify_onnx(model, x, path, optimized=True) <= 4 * step + 1e-6
+
+
+def test_without_the_max_onnxruntime_refuses_a_4bit_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why the Max is there (onnxruntime 1.32): the same graph without it fails to load with the defaults."""
+    import search.quant.export_onnx as export_module
+
+    monkeypatch.setattr(export_module, "_NO_4BIT", frozenset())
+    _, _, path = _pool_model("reshape", "int4", tmp_path)
+    with pytest.raises(Exception, match=r"tensor\(uint4\).*MaxPool"):
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
