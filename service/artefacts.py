@@ -3,10 +3,13 @@ mixq checkpoint, with its fingerprint) and the QDQ ONNX model, exported from the
 onnxruntime, both with the QDQ definition (graph optimizations off) and with onnxruntime's default
 session options, as a deployment script opens the file.
 
-The weights come from the search's ``weights_dir`` (:func:`trial_weights_dir`): every worker of a job
-writes its trials there, so the workers of one job must share that folder (one machine, or a shared
-file system, as they share the database).  A front point whose weights are not there gets a row with
-``error`` saying so instead of bytes; nothing here fails the job.
+The weights come from the search's ``weights_dir`` (:func:`trial_weights_dir`, on the worker's own
+machine).  Every worker of a job, when its search returns, exports the front points whose weights it
+holds; one that leaves while others still run stores those (``Worker._finalize``), and the last one
+stores the rest with the job's final state, so a front point trained on another machine is not lost.
+A front point whose weights no live worker held (its worker died) gets a row with ``error`` saying so
+instead of bytes; nothing here fails the job.  The finalizer removes its machine's working copies; a
+worker that left first leaves its machine's folder (``MIXQ_TRIAL_WEIGHTS_DIR``) to the operator.
 """
 
 from __future__ import annotations
@@ -70,7 +73,8 @@ def _point_artefacts(workload: Workload, point: TrialOutcome, weights_dir: Path)
     data = path.read_bytes()
     checkpoint = load_checkpoint(path)
     weights = ArtefactRecord(n, ArtefactKind.WEIGHTS, data, fingerprint=checkpoint.fingerprint,
-                             info={"trained_by_trial": int(path.name[5:9]) if path.name[5:9].isdigit() else n})
+                             info={"trained_by_trial": int(path.name[5:9]) if path.name[5:9].isdigit() else n,
+                                   "qat_steps": point.qat_steps})
     try:
         model = copy.deepcopy(workload.model)
         apply_qconfig(model, point.qconfig, workload.example_inputs)
@@ -87,6 +91,7 @@ def _point_artefacts(workload: Workload, point: TrialOutcome, weights_dir: Path)
 
         props = {p.key: p.value for p in onnx.load_from_string(onnx_bytes).metadata_props}
         info = {
+            "qat_steps": point.qat_steps,  # the rung the weights were trained at (a promotion replaces them)
             "max_abs_diff": diff, "max_abs_diff_default": diff_default, "opset": 21,
             "dynamic_axes": json.loads(props.get("mixq.dynamic_axes", "{}")),
             "warnings": [str(w.message) for w in caught if issubclass(w.category, StaticShapesWarning)]

@@ -52,9 +52,9 @@ class Settings(BaseSettings):
     )
 
     trial_weights_dir: Path | None = Field(
-        default=None, description="where workers keep each trial's trained weights while a job runs (default "
-        "<data_dir>/trial-weights); the workers of one job must share it: the front's weights and ONNX are made "
-        "from it when the job ends",
+        default=None, description="where a worker keeps each trial's trained weights while a job runs (default "
+        "<data_dir>/trial-weights); the front points' weights and ONNX are made from it and stored in the database "
+        "when the job ends (service/artefacts.py)",
     )
     export_front: bool = Field(
         default=True, description="store each front point's trained weights and checked QDQ ONNX when a job ends"

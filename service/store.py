@@ -532,10 +532,15 @@ class ArtefactRecord:
     error: str | None = None
 
 
-def put_artefact(session: Session, job_id: int, record: ArtefactRecord) -> None:
-    """Insert or replace (job, number, kind)."""
+def put_artefact(session: Session, job_id: int, record: ArtefactRecord, *, keep_stored_file: bool = False) -> None:
+    """Insert or replace (job, number, kind); with ``keep_stored_file`` a record without bytes (an error)
+    leaves a stored file in place."""
     import hashlib
 
+    if keep_stored_file and record.data is None:
+        existing = get_artefact(session, job_id, record.number, record.kind)
+        if existing is not None and existing.error is None:
+            return
     session.execute(delete(TrialArtefact).where(
         TrialArtefact.job_id == job_id, TrialArtefact.number == record.number, TrialArtefact.kind == record.kind
     ))
@@ -565,3 +570,11 @@ def artefacts_of_job(session: Session, job_id: int) -> dict[tuple[int, str], Tri
     """(number, kind) -> row (bytes not loaded), for the front table."""
     rows = session.scalars(select(TrialArtefact).where(TrialArtefact.job_id == job_id)).all()
     return {(r.number, r.kind): r for r in rows}
+
+
+def exported_points(session: Session, job_id: int) -> dict[int, int]:
+    """Trial number -> the QAT steps of the weights its stored ONNX model was exported from."""
+    rows = session.execute(select(TrialArtefact.number, TrialArtefact.info).where(
+        TrialArtefact.job_id == job_id, TrialArtefact.kind == ArtefactKind.ONNX, TrialArtefact.error.is_(None)
+    )).all()
+    return {number: int((info or {}).get("qat_steps", -1)) for number, info in rows}

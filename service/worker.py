@@ -342,14 +342,16 @@ class Worker:
         return str(trial_weights_dir(self.settings, job_id)) if self.settings.export_front else None
 
     def _front_artefacts(self, run: _JobRun, result: SearchResult) -> list[ArtefactRecord]:
-        """The front's weights and checked ONNX (made before the final transaction: exports take a while),
-        unless another worker will finalize."""
+        """The front's weights and checked ONNX, for the points whose weights this worker's machine holds
+        and that are not stored yet at the same QAT steps (made before the final transaction: exports take
+        a while).  A worker that leaves before the end stores those of its own, so the finalizer on another
+        machine finds them."""
         if not self.settings.export_front or run.workload is None:
             return []
         with self.db.session() as session:
-            if store.other_live_workers(session, run.job_id, self.id, self.stale_before()):
-                return []
-        return front_artefacts(run.workload, result.front, trial_weights_dir(self.settings, run.job_id))
+            stored = store.exported_points(session, run.job_id)
+        todo = [p for p in result.front if stored.get(p.number, -1) != p.qat_steps]
+        return front_artefacts(run.workload, todo, trial_weights_dir(self.settings, run.job_id))
 
     def _finalize(self, run: _JobRun, result: SearchResult) -> None:
         layers, pinned = _layers_with_pins(result)
@@ -359,6 +361,9 @@ class Worker:
             # a worker whose search returned while others still run trials leaves the report to the last
             # one, whose result includes those trials (if they all leave at once, a joiner finalizes)
             if store.other_live_workers(session, run.job_id, self.id, self.stale_before()):
+                for artefact in artefacts:  # what this worker trained, for the one that finalizes
+                    if artefact.data is not None:
+                        store.put_artefact(session, run.job_id, artefact)
                 return False
             store.set_job_info(
                 session, run.job_id, result.metric_name, result.higher_is_better, result.fp32_quality, layers, pinned
@@ -366,8 +371,8 @@ class Worker:
             for outcome in [*result.trials, *result.front]:  # the front carries re-evaluated qualities + qconfigs
                 store.record_trial(session, run.job_id, self._record(run, outcome), None, result.higher_is_better)
             store.mark_front(session, run.job_id, [o.number for o in result.front])
-            for artefact in artefacts:
-                store.put_artefact(session, run.job_id, artefact)
+            for artefact in artefacts:  # a reason never replaces a file another worker stored
+                store.put_artefact(session, run.job_id, artefact, keep_stored_file=True)
             fidelity = _fidelity_json(result)
             if fidelity is not None:
                 store.set_job_fidelity(session, run.job_id, fidelity)

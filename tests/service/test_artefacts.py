@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 import torch
 from conftest import FAST_JOB
 from fastapi.testclient import TestClient
@@ -16,11 +17,11 @@ from fastapi.testclient import TestClient
 from search import load_workload
 from search.quant.checkpoint import load_checkpoint, load_trained_weights
 from search.quant.qconfig import SCHEMA_VERSION, apply_qconfig, load_qconfig
-from service.artefacts import trial_weights_dir
 from service import store
+from service.artefacts import trial_weights_dir
 from service.db import Database
-from service.store import TrialRecord
 from service.settings import Settings
+from service.store import TrialRecord
 from service.worker import Worker
 
 JOB = {**FAST_JOB, "n_trials": 4, "qat_steps": 5, "formats": ["int4", "int8"]}
@@ -96,10 +97,41 @@ def test_off_front_point_and_unfinished_job_are_404_with_a_reason(
     assert r.status_code == 404 and "not on job" in r.json()["detail"], r.text
     q = client.get(f"/v1/jobs/{job_id}/pareto/50/qconfig.json").json()
     assert q["on_front"] is False and q["feasible"] is False and q["schema_version"] == 2  # an old file, upgraded
-    assert client.get(f"/v1/jobs/{job_id}/pareto/9999/weights").json()["detail"] == f"trial 9999 of job {job_id} not found"
+    missing = client.get(f"/v1/jobs/{job_id}/pareto/9999/weights").json()["detail"]
+    assert missing == f"trial 9999 of job {job_id} not found"
     assert client.get("/v1/jobs/999999/pareto/0/model.onnx").status_code == 404
     queued = client.post("/v1/jobs", json=JOB).json()["id"]
     with db.session() as session:
         store.record_trial(session, queued, record, None, True)
     r = client.get(f"/v1/jobs/{queued}/pareto/50/weights")
     assert r.status_code == 404 and f"job {queued} is queued" in r.json()["detail"], r.text
+
+
+def test_points_trained_on_another_machine_keep_their_files(
+    client: TestClient, db: Database, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Worker A (its own weights folder) trains every trial and leaves while it believes another worker is
+    still on the job: it stores its front points' files.  Worker B, on "another machine" (another folder,
+    none of the weights), finalizes: the job succeeds and A's files stay, none replaced by B's reasons."""
+    job_id = client.post("/v1/jobs", json=JOB).json()["id"]
+    machine_a = Worker(db, settings.model_copy(update={"trial_weights_dir": tmp_path / "a"}), worker_id="a")
+    machine_b = Worker(db, settings.model_copy(update={"trial_weights_dir": tmp_path / "b"}), worker_id="b")
+    real = store.other_live_workers
+    monkeypatch.setattr(store, "other_live_workers",
+                        lambda session, job, me, before: 1 if me == "a" else real(session, job, me, before))
+    assert machine_a.next_job() == job_id
+    machine_a.run_job(job_id)
+    assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "running"  # A left the report to B
+    monkeypatch.setattr(store, "other_live_workers", real)
+    with db.session() as session:
+        store.unregister_worker(session, "a")
+    machine_b.run_job(job_id)
+    done = client.get(f"/v1/jobs/{job_id}").json()
+    assert done["status"] == "succeeded", done["error"]
+    pareto = client.get(f"/v1/jobs/{job_id}/pareto").json()
+    assert pareto["points"]
+    for point in pareto["points"]:
+        files = pareto["artefacts"][str(point["number"])]
+        assert files["onnx"] and files["weights"] and files["error"] is None, files
+        r = client.get(f"/v1/jobs/{job_id}/pareto/{point['number']}/model.onnx")
+        ort.InferenceSession(r.content, providers=["CPUExecutionProvider"])

@@ -102,7 +102,8 @@ def test_mixq_jobs_commands(server: str, tmp_path: Path) -> None:
     assert r.exit_code == 0 and "qconfig onnx weights" in r.output, r.output
     r = runner.invoke(mixq, ["jobs", "download", "1", "--out", str(tmp_path / "job-1"), "--server", server])
     assert r.exit_code == 0, r.output
-    names = {kind: sorted(p.stem for p in (tmp_path / "job-1" / kind).iterdir()) for kind in ("qconfig", "weights", "onnx")}
+    names = {kind: sorted(p.stem for p in (tmp_path / "job-1" / kind).iterdir())
+             for kind in ("qconfig", "weights", "onnx")}
     assert names["qconfig"] and names["qconfig"] == names["weights"] == names["onnx"]  # one name scheme
     r = runner.invoke(mixq, ["jobs", "watch", "1", "--server", server])
     assert r.exit_code == 0, r.output
@@ -155,14 +156,16 @@ def test_client_error_messages_and_wait_timeout() -> None:
                 {"loc": ["body", "n_trials"], "msg": "Input should be greater than or equal to 1", "type": "x"},
                 {"loc": ["body", "pins", 2, "match"], "msg": "matches no layer", "type": "value_error"}]})
         if request.url.path.endswith("/events"):
-            return httpx.Response(200, text="event: progress\ndata: {}\n\n", headers={"content-type": "text/event-stream"})
+            return httpx.Response(200, text="event: progress\ndata: {}\n\n",
+                                  headers={"content-type": "text/event-stream"})
         return httpx.Response(200, json=_job_json("running"))
 
     with Client("http://mixq.test", transport=httpx.MockTransport(handler)) as client:
         with pytest.raises(ApiError) as err:
             client.submit({"workload": "digits", "n_trials": 0})
         assert err.value.status == 422
-        assert err.value.message == "n_trials: Input should be greater than or equal to 1; pins.2.match: matches no layer"
+        assert err.value.message == ("n_trials: Input should be greater than or equal to 1; "
+                                     "pins.2.match: matches no layer")
         started = time.monotonic()
         with pytest.raises(TimeoutError, match="job 1 still running"):
             client.wait(1, timeout_s=0.5, reconnect_s=0.05)
