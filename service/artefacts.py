@@ -14,6 +14,7 @@ worker that left first leaves its machine's folder (``MIXQ_TRIAL_WEIGHTS_DIR``) 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -40,7 +41,10 @@ def trial_weights_dir(settings: Settings, job_id: int) -> Path:
 
 def remove_trial_weights(settings: Settings, job_id: int) -> None:
     """The job's working copies, once the front's weights are in the database."""
-    shutil.rmtree(trial_weights_dir(settings, job_id), ignore_errors=True)
+    folder = trial_weights_dir(settings, job_id)
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the parent too once no job uses it (not if it holds anything)
+        folder.parent.rmdir()
 
 
 def _weights_file(weights_dir: Path, point: TrialOutcome) -> Path | None:
