@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from search.quant.formats import summarize_assignment
+from search.quant.formats import trial_filename
 from search.results import SearchPhase, SearchProgress, SearchResult, TrialOutcome, json_safe
 from search.spec import AUTO_FIDELITY_FREE_LAYERS, SearchSpec, field_help, first_error_text
 
@@ -208,7 +208,9 @@ def _parse_kv(items: list[str], what: str) -> dict[str, Any]:
 
 
 def qconfig_filename(outcome: TrialOutcome) -> str:
-    return f"trial{outcome.number:04d}-{summarize_assignment(outcome.assignment)}.json"
+    """``trial0003-int8x2-int4x4.json``; the trial's weights are the same name with ``.pt`` (in OUT/weights),
+    as the service names its downloads (:func:`search.quant.formats.trial_filename`)."""
+    return trial_filename(outcome.number, outcome.assignment, "qconfig")
 
 
 def write_outputs(result: SearchResult, out_dir: Path) -> dict[str, Path]:
@@ -223,8 +225,9 @@ def write_outputs(result: SearchResult, out_dir: Path) -> dict[str, Path]:
         if point.qconfig is None:
             continue
         # the point's qconfig reports its mean over every evaluation already (search.study.objective.outcome_of)
+        data = {**point.qconfig, "feasible": point.feasible, "on_front": True}  # only front points get a file
         path = qdir / qconfig_filename(point)
-        path.write_text(_strict_json(point.qconfig))
+        path.write_text(_strict_json(data))
         paths[f"qconfig:{point.number}"] = path
     paths["table"] = out_dir / "front.md"
     paths["table"].write_text(front_markdown(result))
@@ -413,7 +416,8 @@ def search_command(
     console.print(f"front table: {paths['table']}\nplot: {paths['png']} and {paths['html']}")
     console.print(f"qconfig files ({len(result.front)}): {out / 'qconfig'}")
     if save_weights:
-        console.print(f"trained weights: {out / 'weights'}/trial-N.pt  (mixq export --qconfig ... --weights ...)")
+        console.print(f"trained weights: {out / 'weights'}/<qconfig file name>.pt  "
+                      "(mixq export --qconfig ... --weights ...)")
 
 
 def fidelity_line(spec: SearchSpec, graph: LayerGraph) -> str | None:
@@ -442,7 +446,9 @@ def fidelity_line(spec: SearchSpec, graph: LayerGraph) -> str | None:
 
 def export_command(
     qconfig: Annotated[Path, typer.Option(help="a qconfig JSON file")],
-    weights: Annotated[Path, typer.Option(help="the trial's trained weights (OUT/weights/trial-N.pt of mixq search)")],
+    weights: Annotated[Path, typer.Option(
+        help="the trial's trained weights (OUT/weights/trialNNNN-....pt of mixq search: the qconfig's name, .pt)"
+    )],
     workload: Annotated[str, typer.Option(help="the workload whose model the weights belong to")],
     out: Annotated[Path, typer.Option(help="ONNX file to write")] = Path("model.onnx"),
     workload_option: Annotated[list[str], typer.Option(help="KEY=VALUE passed to the workload factory")] = [],  # noqa: B006
@@ -478,13 +484,16 @@ def export_command(
             if issubclass(w.category, StaticShapesWarning):
                 _warn(str(w.message))
         diff = verify_onnx(model, wl.example_inputs, path, what="fake-quant model")
+        diff_default = verify_onnx(model, wl.example_inputs, path, what="fake-quant model",
+                                   optimized=True)  # as a deployment opens it
         # and against the fp32 original: the same outputs, shaped alike (a quantized copy that lost a layer
         # agrees with its own export)
         diff_fp32 = verify_onnx(wl.model, wl.example_inputs, path, what="original fp32 model")
         props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
         axes = json.loads(props.get("mixq.dynamic_axes", "{}"))
     free = "; ".join(f"{name}: {', '.join(dims)}" for name, dims in axes.items()) or "none"
-    console.print(f"wrote {path}; onnxruntime vs fake-quant max abs difference: {diff:.3g}", soft_wrap=True)
+    console.print(f"wrote {path}; onnxruntime vs fake-quant max abs difference: {diff:.3g} (graph optimizations "
+                  f"off), {diff_default:.3g} (default session options)", soft_wrap=True)
     console.print(f"onnxruntime vs the fp32 original: outputs shaped alike, max abs gap {diff_fp32:.3g} "
                   "(the quantization error)", soft_wrap=True)
     console.print(f"free axes: {free}", soft_wrap=True)

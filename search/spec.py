@@ -238,7 +238,9 @@ class SearchSpec(SearchRequest):
     )
     heartbeat_interval_s: int = Field(default=5, ge=1, le=600, description="RDB storage: trial heartbeat period")
     grace_period_s: int = Field(default=20, ge=2, le=3600, description="RDB storage: a trial silent this long is stale")
-    weights_dir: str | None = Field(default=None, description="save each trained trial's state dict here (trial-N.pt)")
+    weights_dir: str | None = Field(
+        default=None, description="save each trained trial's state dict here (trialNNNN-<map>.pt)"
+    )
     device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?|auto)$",
                         description="cpu, cuda, cuda:N or auto.")
     torch_threads: int | None = Field(
@@ -251,6 +253,11 @@ class SearchSpec(SearchRequest):
     def of(cls, request: SearchRequest, **run: Any) -> SearchSpec:
         """``request``'s fields (a subclass's own fields dropped) plus the run-time ones in ``run``."""
         return cls(**request.model_dump(include=set(SearchRequest.model_fields)), **run)
+
+    def request_json(self) -> dict[str, Any]:
+        """The request's fields as JSON (what the qconfig's provenance records): the run-time ones (storage
+        URL, folders, study name) left out, so no database credentials travel in a qconfig file."""
+        return self.model_dump(mode="json", include=set(SearchRequest.model_fields))
 
     @property
     def rungs(self) -> tuple[int, ...]:

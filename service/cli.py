@@ -4,10 +4,9 @@
 Quick start (SQLite under ./mixq-data, one local worker)::
 
     mixq serve
-    curl -s -X POST localhost:8000/v1/jobs -H 'content-type: application/json' \
-         -H 'Idempotency-Key: first' -d '{"workload": "digits", "n_trials": 12, "qat_steps": 100}'
-    curl -s localhost:8000/v1/jobs/1/pareto            # front points, once trials come in
-    curl -sOJ localhost:8000/v1/jobs/1/pareto/0/qconfig.json
+    mixq jobs submit --workload digits --set n_trials=12 --set qat_steps=100 --watch
+    mixq jobs show 1                                   # the front
+    mixq jobs download 1 --out job-1                   # qconfig, weights and QDQ ONNX of each front point
 
 More machines: ``MIXQ_DATABASE_URL=postgresql+psycopg://user@db/mixq mixq worker`` on each.
 Beyond loopback: ``MIXQ_AUTH_REQUIRED=true mixq serve --host 0.0.0.0`` and ``mixq token create --owner NAME``.
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from service.cli_jobs import jobs_app
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ token_app = typer.Typer(help="API tokens", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
+app.add_typer(jobs_app, name="jobs")
 
 
 def _settings(database_url: str | None) -> Settings:

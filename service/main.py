@@ -18,7 +18,7 @@ from starlette.middleware.body_limit import RequestBodyLimitResponder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from search import __version__
-from service import dashboard, store
+from service import dashboard, openapi, store
 from service.db import Database
 from service.deps import require_operator
 from service.metrics import Metrics
@@ -73,7 +73,9 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app = FastAPI(
         title="mixq", version=__version__,
         description="Mixed-precision (int4/int8/fp16) quantization search with short QAT runs.",
+        generate_unique_id_function=openapi.operation_id,
     )
+    openapi.install(app)
     app.state.settings = settings
     app.state.db = db
     app.state.pareto_views = ParetoViews()

@@ -214,3 +214,33 @@ class ProfileRow(Base):
     name: Mapped[str] = mapped_column(String(100))
     text: Mapped[str] = mapped_column(Text)  # canonical JSON of the validated profile
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ArtefactKind(StrEnum):
+    """What the worker stores for each front point when a job ends."""
+
+    WEIGHTS = "weights"  # the trained weights: a mixq checkpoint (search.quant.checkpoint), torch.load-able
+    ONNX = "onnx"  # the QDQ ONNX model (search.quant.export_onnx), checked in onnxruntime
+
+
+class TrialArtefact(Base):
+    """A front point's trained weights or exported ONNX model.  Bytes live in the database (as uploads do),
+    so the API serves them whichever machine's worker made them; ``data`` is NULL and ``error`` says why
+    where the artefact could not be made."""
+
+    __tablename__ = "mixq_trial_artefacts"
+    __table_args__ = (UniqueConstraint("job_id", "number", "kind", name="uq_mixq_trial_artefacts_job_number_kind"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("mixq_jobs.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    fingerprint: Mapped[str | None] = mapped_column(String(100))  # the weights' (checkpoint.weights_fingerprint)
+    # onnx: max_abs_diff (onnxruntime, QDQ definition) and max_abs_diff_default (default session options),
+    # opset, dynamic_axes
+    info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

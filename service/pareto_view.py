@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 
 from search import objective_vector, pareto_numbers
 from service import store
-from service.models import Job, JobStatus, Trial, TrialState
-from service.schemas import LayerOut, TrialOut
+from service.models import ArtefactKind, Job, JobStatus, Trial, TrialState
+from service.schemas import ArtefactsOut, LayerOut, TrialOut
 
 
 def trial_fragment(trial: Trial) -> bytes:
@@ -37,6 +37,7 @@ class _View:
     vectors: dict[int, tuple[float, ...]] = field(default_factory=dict)  # feasible trials with a quality
     final_front: set[int] = field(default_factory=set)
     front: set[int] = field(default_factory=set)  # what the body reports
+    artefacts: dict[str, Any] = field(default_factory=dict)  # number -> ArtefactsOut JSON (succeeded jobs)
     body: bytes = b""
 
 
@@ -71,6 +72,8 @@ class ParetoViews:
             rows = [t for t in store.trial_numbers_after(session, job.id, view.last_row_id)
                     if t.state == TrialState.COMPLETE]
         self._add(view, job, rows)
+        if job.status == JobStatus.SUCCEEDED:
+            view.artefacts = _artefacts(session, job.id)
         view.body = self._render(view, job)
         with self._lock:
             if len(self._views) >= self.max_jobs and job.id not in self._views:
@@ -110,8 +113,25 @@ class ParetoViews:
             "job_id": job.id, "metric": job.metric, "higher_is_better": job.higher_is_better,
             "fp32_quality": job.fp32_quality,
             "cost_objectives": [str(c) for c in job.spec.get("cost_objectives", ["bitops"])], "layers": layers,
+            "artefacts": view.artefacts,
         })[:-1].encode()
         on, off = b',"on_front":true}', b',"on_front":false}'
         points = b",".join(view.fragments[n] + on for n in view.numbers if n in front)
         trials = b",".join(view.fragments[n] + (on if n in front else off) for n in view.numbers)
         return head + b',"points":[' + points + b'],"trials":[' + trials + b"]}"
+
+
+def _artefacts(session: Session, job_id: int) -> dict[str, Any]:
+    rows = store.artefacts_of_job(session, job_id)
+    out: dict[str, Any] = {}
+    for number in sorted({n for n, _ in rows}):
+        onnx_row, weights_row = rows.get((number, ArtefactKind.ONNX)), rows.get((number, ArtefactKind.WEIGHTS))
+        errors = [r.error for r in (weights_row, onnx_row) if r is not None and r.error]
+        out[str(number)] = ArtefactsOut(
+            onnx=onnx_row is not None and onnx_row.error is None,
+            weights=weights_row is not None and weights_row.error is None,
+            fingerprint=weights_row.fingerprint if weights_row is not None else None,
+            max_abs_diff_default=(onnx_row.info or {}).get("max_abs_diff_default") if onnx_row else None,
+            error=errors[0] if errors else None,
+        ).model_dump(mode="json")
+    return out

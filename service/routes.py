@@ -22,14 +22,14 @@ from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from search import BUILTIN_WORKLOADS, CostObjective, ProfileError, SamplerName, builtin_profiles, parse_profile_text
-from search.quant.formats import summarize_assignment
+from search.quant.formats import trial_filename
 from search.quant.layers import LayerGraph
 from search.study.space import SearchSpaceError, build_space
 from search.workloads import WorkloadError, builtin_layer_graph, pretrain_steps_of
 from service import auth, store
 from service.db import Database
 from service.deps import DbDep, OwnerDep, RoleDep, SettingsDep, StreamOwnerDep
-from service.models import TERMINAL, Base, Job, JobStatus, TokenRole, Trial, UploadKind, utcnow
+from service.models import TERMINAL, ArtefactKind, Base, Job, JobStatus, TokenRole, Trial, UploadKind, utcnow
 from service.pareto_view import ParetoViews
 from service.schemas import (
     INT32_MAX,
@@ -68,6 +68,8 @@ IdempotencyKey = Annotated[
     str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")
 ]
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+# the qconfig file's JSON Schema, a component of the OpenAPI document (service.main adds it)
+QCONFIG_SCHEMA_REF = "#/components/schemas/QConfigFile"
 # the formats the submit form offers (any w<bits>a<bits> is accepted; these are the useful ones)
 DASHBOARD_FORMATS = ("int4", "int8", "fp16", "w4a8", "w8a16", "fp32")
 
@@ -373,26 +375,97 @@ def pareto(job_id: JobId, db: DbDep, owner: OwnerDep, request: Request) -> Respo
     return Response(content=body, media_type="application/json")
 
 
+def _attachment(filename: str) -> dict[str, str]:
+    return {"Content-Disposition": f'attachment; filename="{filename}"'}
+
+
+def _trial_files_for(session: Session, job_id: int, number: int, owner: str) -> tuple[Job, Trial]:
+    """The owner's job and its trial ``number`` (404 naming which is missing)."""
+    job = _owned_job(session, job_id, owner)
+    trial = store.get_trial(session, job_id, number)
+    if trial is None:
+        raise _not_found(f"trial {number} of job {job_id}")
+    return job, trial
+
+
+def _qconfig_for_download(job: Job, trial: Trial, on_front: bool) -> dict[str, Any]:
+    """The stored qconfig with what the job knows: the trial's standing (feasible, on the front) and the
+    job spec as submitted (schema 2; ``provenance.spec`` otherwise holds the search request)."""
+    data = dict(trial.qconfig or {})
+    provenance = {**(data.get("provenance") or {}), "spec": job.spec, "job_id": job.id}
+    # a file stored before schema 2 gains only optional fields: it is a valid version-2 file
+    return {**data, "schema_version": max(2, int(data.get("schema_version") or 1)), "provenance": provenance,
+            "feasible": bool(trial.feasible), "on_front": on_front}
+
+
 @router.get(
     "/jobs/{job_id}/pareto/{number}/qconfig.json",
-    responses={200: {"content": {"application/json": {}}, "description": "the qconfig file"}},
+    responses={200: {"content": {"application/json": {"schema": {"$ref": QCONFIG_SCHEMA_REF}}},
+                     "description": "the qconfig file (`search/quant/qconfig.schema.json`)"}},
 )
-def download_qconfig(job_id: JobId, number: TrialNumber, db: DbDep, owner: OwnerDep) -> Response:
+def download_qconfig(job_id: JobId, number: TrialNumber, db: DbDep, owner: OwnerDep, request: Request) -> Response:
+    """Any complete trial's qconfig; ``feasible`` and ``on_front`` say where it stands (``on_front`` is the
+    live front while the job runs)."""
+    views: ParetoViews = request.app.state.pareto_views
     with db.session() as session:
-        _owned_job(session, job_id, owner)
-        trial = store.get_trial(session, job_id, number)
-        if trial is None:
-            raise _not_found(f"trial {number} of job {job_id}")
+        job, trial = _trial_files_for(session, job_id, number, owner)
         if trial.qconfig is None:
             raise HTTPException(409, f"trial {number}: no qconfig stored for this trial (not trained by a worker?)")
-        body = json.dumps(trial.qconfig, indent=2)
-        # format names are [a-z0-9]; the filter keeps a header-safe name whatever a row holds
-        summary = "".join(c for c in summarize_assignment(trial.assignment) if c.isalnum() or c in "-_")[:80]
-    filename = f"mixq-{job_id}-trial{number}-{summary}.json"
-    return Response(
-        content=body, media_type="application/json",
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
-    )
+        on_front = trial.on_front if job.front_final else number in views.front(session, job)
+        body = json.dumps(_qconfig_for_download(job, trial, bool(on_front)), indent=2)
+        filename = trial_filename(number, trial.assignment, "qconfig")
+    return Response(content=body, media_type="application/json", headers=_attachment(filename))
+
+
+def _front_artefact(db: Database, job_id: int, number: int, owner: str, kind: ArtefactKind) -> Response:
+    what = {ArtefactKind.ONNX: "ONNX model", ArtefactKind.WEIGHTS: "trained weights"}[kind]
+    with db.session() as session:
+        job, trial = _trial_files_for(session, job_id, number, owner)
+        if job.status != JobStatus.SUCCEEDED:
+            raise _not_found(f"{what} of trial {number}: job {job_id} is {job.status}; front points get their "
+                             "weights and ONNX when the job succeeds")
+        if not trial.on_front:
+            raise _not_found(f"{what} of trial {number}: not on job {job_id}'s Pareto front (only front points "
+                             "are kept; its qconfig.json is downloadable)")
+        row = store.get_artefact(session, job_id, number, kind)
+        if row is None:
+            raise _not_found(f"{what} of trial {number}: none stored (the job ran before the service kept them, "
+                             "or with MIXQ_EXPORT_FRONT=false)")
+        if row.error is not None:
+            raise _not_found(f"{what} of trial {number}: could not be made: {row.error}")
+        data = store.artefact_bytes(session, row.id)
+        filename = trial_filename(number, trial.assignment, kind.value)
+        headers = {**_attachment(filename), "X-Content-SHA256": row.sha256 or ""}
+        if row.fingerprint:
+            headers["X-Mixq-Weights-Fingerprint"] = row.fingerprint
+    media = "application/onnx" if kind is ArtefactKind.ONNX else "application/octet-stream"
+    return Response(content=data, media_type=media, headers=headers)
+
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+@router.get(
+    "/jobs/{job_id}/pareto/{number}/model.onnx",
+    responses={200: {"content": {"application/onnx": _BINARY},
+                     "description": "the front point's QDQ ONNX model (opset 21), checked in onnxruntime"}},
+)
+def download_onnx(job_id: JobId, number: TrialNumber, db: DbDep, owner: OwnerDep) -> Response:
+    """A front point's QDQ ONNX model, exported by the worker from the trained weights when the job ended
+    and checked in onnxruntime with its default session options.  404 for a point off the front or a job
+    that has not succeeded."""
+    return _front_artefact(db, job_id, number, owner, ArtefactKind.ONNX)
+
+
+@router.get(
+    "/jobs/{job_id}/pareto/{number}/weights",
+    responses={200: {"content": {"application/octet-stream": _BINARY},
+                     "description": "a mixq checkpoint: `torch.load(path, weights_only=True)`; for `mixq export`"}},
+)
+def download_weights(job_id: JobId, number: TrialNumber, db: DbDep, owner: OwnerDep) -> Response:
+    """A front point's trained weights (a mixq checkpoint with the weights' fingerprint, also in the
+    ``X-Mixq-Weights-Fingerprint`` header); ``mixq export --qconfig ... --weights ...`` takes them."""
+    return _front_artefact(db, job_id, number, owner, ArtefactKind.WEIGHTS)
 
 
 def _sse(event: str, data: str) -> bytes:

@@ -153,6 +153,19 @@ class LayerOut(BaseModel):
     pin_reason: str | None = None
 
 
+class ArtefactsOut(BaseModel):
+    """What a front point of a succeeded job can be downloaded as, beside its qconfig."""
+
+    onnx: bool = Field(description="GET .../pareto/{number}/model.onnx answers the QDQ ONNX model")
+    weights: bool = Field(description="GET .../pareto/{number}/weights answers the trained weights")
+    fingerprint: str | None = Field(default=None, description="the weights' fingerprint (mixq checkpoint)")
+    max_abs_diff_default: float | None = Field(
+        default=None, description="onnxruntime (default session options) vs the fake-quant model, on the "
+        "workload's example inputs, when the worker checked the export",
+    )
+    error: str | None = Field(default=None, description="why a file could not be made")
+
+
 class ParetoOut(BaseModel):
     job_id: int
     metric: str | None
@@ -162,6 +175,9 @@ class ParetoOut(BaseModel):
     layers: list[LayerOut]
     points: list[TrialOut]
     trials: list[TrialOut]
+    artefacts: dict[str, ArtefactsOut] = Field(
+        default_factory=dict, description="trial number -> its downloads (front points of a succeeded job)"
+    )
 
 
 class UploadOut(BaseModel):

@@ -76,6 +76,14 @@ class Settings(BaseSettings):
     max_requests_per_client: int = Field(
         default=32, ge=1, description="requests from one client address in progress at once; past them, 429"
     )
+    trial_weights_dir: Path | None = Field(
+        default=None, description="where a worker keeps each trial's trained weights while a job runs (default "
+        "<data_dir>/trial-weights); the front points' weights and ONNX are made from it and stored in the database "
+        "when the job ends (service/artefacts.py)",
+    )
+    export_front: bool = Field(
+        default=True, description="store each front point's trained weights and checked QDQ ONNX when a job ends"
+    )
 
     worker_nice: int = Field(
         default=10, ge=0, le=19, description="CPU niceness of `mixq worker`: trials yield to the API on a shared box"

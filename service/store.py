@@ -15,11 +15,13 @@ from sqlalchemy.orm import Session
 from search import TargetProfile, builtin_profiles, load_profile, parse_profile_text
 from service.models import (
     ApiToken,
+    ArtefactKind,
     Job,
     JobStatus,
     ProfileRow,
     TokenRole,
     Trial,
+    TrialArtefact,
     TrialState,
     Upload,
     UploadBlob,
@@ -148,6 +150,7 @@ def active_job_count(session: Session, owner: str) -> int:
 
 def delete_job(session: Session, job_id: int) -> None:
     session.execute(update(WorkerRow).where(WorkerRow.job_id == job_id).values(job_id=None))
+    session.execute(delete(TrialArtefact).where(TrialArtefact.job_id == job_id))
     session.execute(delete(Trial).where(Trial.job_id == job_id))
     session.execute(delete(Job).where(Job.id == job_id))
 
@@ -510,3 +513,68 @@ def target_profile(session: Session, owner: str, name: str) -> TargetProfile | N
 
 def profile_names(session: Session, owner: str) -> list[str]:
     return list(session.scalars(select(ProfileRow.name).where(ProfileRow.owner == owner).order_by(ProfileRow.name)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Front points' artefacts (trained weights, ONNX)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArtefactRecord:
+    """What the worker made for one front point: bytes, or the reason there are none."""
+
+    number: int
+    kind: ArtefactKind
+    data: bytes | None
+    fingerprint: str | None = None
+    info: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def put_artefact(session: Session, job_id: int, record: ArtefactRecord, *, keep_stored_file: bool = False) -> None:
+    """Insert or replace (job, number, kind); with ``keep_stored_file`` a record without bytes (an error)
+    leaves a stored file in place."""
+    import hashlib
+
+    if keep_stored_file and record.data is None:
+        existing = get_artefact(session, job_id, record.number, record.kind)
+        if existing is not None and existing.error is None:
+            return
+    session.execute(delete(TrialArtefact).where(
+        TrialArtefact.job_id == job_id, TrialArtefact.number == record.number, TrialArtefact.kind == record.kind
+    ))
+    data = record.data
+    session.add(TrialArtefact(
+        job_id=job_id, number=record.number, kind=record.kind, data=data,
+        size_bytes=0 if data is None else len(data),
+        sha256=None if data is None else hashlib.sha256(data).hexdigest(),
+        fingerprint=record.fingerprint, info=dict(record.info or {}),
+        error=None if record.error is None else record.error[:4000],
+    ))
+    session.flush()
+
+
+def get_artefact(session: Session, job_id: int, number: int, kind: ArtefactKind) -> TrialArtefact | None:
+    """The row without its bytes (``artefact_bytes`` reads them)."""
+    return session.scalar(select(TrialArtefact).where(
+        TrialArtefact.job_id == job_id, TrialArtefact.number == number, TrialArtefact.kind == kind
+    ))
+
+
+def artefact_bytes(session: Session, artefact_id: int) -> bytes:
+    return session.scalar(select(TrialArtefact.data).where(TrialArtefact.id == artefact_id)) or b""
+
+
+def artefacts_of_job(session: Session, job_id: int) -> dict[tuple[int, str], TrialArtefact]:
+    """(number, kind) -> row (bytes not loaded), for the front table."""
+    rows = session.scalars(select(TrialArtefact).where(TrialArtefact.job_id == job_id)).all()
+    return {(r.number, r.kind): r for r in rows}
+
+
+def exported_points(session: Session, job_id: int) -> dict[int, int]:
+    """Trial number -> the QAT steps of the weights its stored ONNX model was exported from."""
+    rows = session.execute(select(TrialArtefact.number, TrialArtefact.info).where(
+        TrialArtefact.job_id == job_id, TrialArtefact.kind == ArtefactKind.ONNX, TrialArtefact.error.is_(None)
+    )).all()
+    return {number: int((info or {}).get("qat_steps", -1)) for number, info in rows}

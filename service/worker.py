@@ -40,12 +40,13 @@ from search import (
     load_workload,
 )
 from service import store
+from service.artefacts import front_artefacts, remove_trial_weights, trial_weights_dir
 from service.db import Database
 from service.jobchild import ChildRun, limits_text, run_job_in_child
 from service.models import Job, JobStatus, UploadKind, utcnow
 from service.schemas import JobCreate, job_spec
 from service.settings import Settings
-from service.store import TrialRecord
+from service.store import ArtefactRecord, TrialRecord
 from service.uploads import build_workload
 
 log = logging.getLogger("mixq.worker")
@@ -118,6 +119,7 @@ class _JobRun:
     spec: JobCreate
     cost_objective: str
     higher_is_better: bool | None = None
+    workload: Workload | None = None  # the front's weights and ONNX are made with it at the end
 
 
 class _JobObserver(SearchObserver):
@@ -243,6 +245,7 @@ class Worker:
                 if self.memory_note and (isinstance(exc, MemoryError) or "allocate" in str(exc)):
                     error = f"{error[:2000]} ({self.memory_note})"
                 self._write(lambda s: store.transition(s, job_id, JobStatus.FAILED, error))
+                self._drop_weights_of_ended_job(job_id)
         finally:
             self.current_job = None
             self.beat()
@@ -259,13 +262,15 @@ class Worker:
             return
         run = _JobRun(job_id, job.owner, spec, str(spec.cost_objectives[0]))
         workload = self.make_workload(self.db, job, self.settings)
-        run.higher_is_better = workload.higher_is_better
+        run.higher_is_better, run.workload = workload.higher_is_better, workload
         self._write(lambda s: store.set_job_info(s, job_id, workload.metric, workload.higher_is_better, None))
         result = self.run_search(
-            SearchSpec.of(spec, storage=self.db.url, study_name=study_name(job_id)), workload=workload,
+            SearchSpec.of(spec, storage=self.db.url, study_name=study_name(job_id),
+                          weights_dir=self._weights_dir(job_id)), workload=workload,
             profile=self._profile(job.owner, spec.profile), observer=_JobObserver(self, run),
         )
         if self.stop_event.is_set() or self._status(job_id) != JobStatus.RUNNING:
+            self._drop_weights_of_ended_job(job_id)
             return  # shutting down, cancelled or deleted: the study keeps what was done
         self._finalize(run, result)
 
@@ -370,14 +375,41 @@ class Worker:
             json_safe(result.fp32_quality), layers, pinned,
         ))
 
+    def _drop_weights_of_ended_job(self, job_id: int) -> None:
+        """A failed, cancelled or deleted job's trial weights (a running job's stay: others may finish it)."""
+        try:
+            if self.settings.export_front and self._status(job_id) != JobStatus.RUNNING:
+                remove_trial_weights(self.settings, job_id)
+        except Exception as exc:  # noqa: BLE001 - the folder is only a working copy
+            log.warning("worker %s: could not remove the trial weights of job %d: %s", self.id, job_id, exc)
+
+    def _weights_dir(self, job_id: int) -> str | None:
+        return str(trial_weights_dir(self.settings, job_id)) if self.settings.export_front else None
+
+    def _front_artefacts(self, run: _JobRun, result: SearchResult) -> list[ArtefactRecord]:
+        """The front's weights and checked ONNX, for the points whose weights this worker's machine holds
+        and that are not stored yet at the same QAT steps (made before the final transaction: exports take
+        a while).  A worker that leaves before the end stores those of its own, so the finalizer on another
+        machine finds them."""
+        if not self.settings.export_front or run.workload is None:
+            return []
+        with self.db.session() as session:
+            stored = store.exported_points(session, run.job_id)
+        todo = [p for p in result.front if stored.get(p.number, -1) != p.qat_steps]
+        return front_artefacts(run.workload, todo, trial_weights_dir(self.settings, run.job_id))
+
     def _finalize(self, run: _JobRun, result: SearchResult) -> None:
         layers, pinned = _layers_with_pins(result)
+        artefacts = self._front_artefacts(run, result)
 
-        def finish(session: Session) -> None:
+        def finish(session: Session) -> bool:
             # a worker whose search returned while others still run trials leaves the report to the last
             # one, whose result includes those trials (if they all leave at once, a joiner finalizes)
             if store.other_live_workers(session, run.job_id, self.id, self.stale_before()):
-                return
+                for artefact in artefacts:  # what this worker trained, for the one that finalizes
+                    if artefact.data is not None:
+                        store.put_artefact(session, run.job_id, artefact)
+                return False
             store.set_job_info(
                 session, run.job_id, result.metric_name, result.higher_is_better, json_safe(result.fp32_quality),
                 layers, pinned,
@@ -385,11 +417,15 @@ class Worker:
             for outcome in [*result.trials, *result.front]:  # the front carries re-evaluated qualities + qconfigs
                 store.record_trial(session, run.job_id, self._record(run, outcome), None, result.higher_is_better)
             store.mark_front(session, run.job_id, [o.number for o in result.front])
+            for artefact in artefacts:  # a reason never replaces a file another worker stored
+                store.put_artefact(session, run.job_id, artefact, keep_stored_file=True)
             if result.fidelity is not None:
                 store.set_job_fidelity(session, run.job_id, result.fidelity.to_json())
             store.transition(session, run.job_id, JobStatus.SUCCEEDED)
+            return True
 
-        self._write(finish)
+        if self._write(finish) and self.settings.export_front:
+            remove_trial_weights(self.settings, run.job_id)
 
 
 def _layers_with_pins(result: SearchResult) -> tuple[list[dict[str, Any]], dict[str, str]]:

@@ -151,3 +151,14 @@ def summarize_assignment(assignment: Mapping[str, str]) -> str:
     order for a search's assignment).  The one spelling for file names, the API and the dashboard."""
     counts = Counter(assignment.values())
     return "-".join(f"{fmt}x{n}" for fmt, n in counts.items()) or "empty"
+
+
+TRIAL_FILE_SUFFIXES = {"qconfig": ".json", "weights": ".pt", "onnx": ".onnx"}
+
+
+def trial_filename(number: int, assignment: Mapping[str, str], kind: str) -> str:
+    """``trial0003-int8x2-int4x4.json`` (``.pt`` for weights, ``.onnx`` for the ONNX model): the one
+    name of a trial's files, in ``mixq search``'s output folder and in the service's downloads alike.
+    Only ``[A-Za-z0-9_.-]``, so it is safe in a path and a Content-Disposition header."""
+    summary = "".join(c for c in summarize_assignment(assignment) if c.isascii() and (c.isalnum() or c in "-_"))
+    return f"trial{number:04d}-{summary[:80] or 'empty'}{TRIAL_FILE_SUFFIXES[kind]}"

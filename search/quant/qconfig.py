@@ -35,6 +35,8 @@ from search.quant.formats import FormatMap, LayerFormat, TensorFormat, as_format
 from search.quant.layers import FloatKind, LayerGraph, LayerKind, discover_layers
 from search.quant.qat import OUTPUT_QUANT_ATTR, ActivationQuantizer, FakeQuantMixin, RangeMethod, quantize_model
 
+# 2: float_layers; provenance.qat_steps/seed/spec/job_id, feasible, on_front (all optional: version-1 files
+# load as before)
 SCHEMA_VERSION = 2
 SCHEMA_PATH = Path(__file__).with_name("qconfig.schema.json")
 
@@ -119,6 +121,12 @@ class Provenance(_Strict):
     # follows torch's version and thread count (a rerun with other threads differs in the last digits)
     torch_version: str | None = None
     torch_threads: int | None = None
+    # schema 2: how the weights behind the scales were trained (QAT steps of that run, its seed) and the
+    # search request (the service: the job spec as submitted, and the job id)
+    qat_steps: int | None = Field(default=None, ge=0)
+    seed: int | None = None
+    spec: dict[str, Any] | None = None
+    job_id: int | None = Field(default=None, ge=1)
 
 
 class QConfigFile(_Strict):
@@ -132,6 +140,9 @@ class QConfigFile(_Strict):
     quality: QualityReport | None = None
     costs: dict[str, float] = Field(default_factory=dict)
     provenance: Provenance
+    # schema 2: where the point stands in its search (None: not known, e.g. a file written before)
+    feasible: bool | None = Field(default=None, description="meets the search's quality-drop limit")
+    on_front: bool | None = Field(default=None, description="on the search's Pareto front (final once it ended)")
 
     def assignment(self) -> dict[str, LayerFormat]:
         return {fqn: parse_format(layer.format) for fqn, layer in self.layers.items()}
@@ -195,6 +206,9 @@ def build_qconfig(
     workload: str | None = None,
     study_name: str | None = None,
     trial_number: int | None = None,
+    qat_steps: int | None = None,
+    seed: int | None = None,
+    spec: Mapping[str, Any] | None = None,
 ) -> QConfigFile:
     """Describe ``assignment`` (fqn -> format).  With a trained fake-quant ``model`` the
     file carries its scales and zero points."""
@@ -222,6 +236,7 @@ def build_qconfig(
             mixq_version=version("mixq"), model_fingerprint=model_fingerprint(graph), workload=workload,
             study_name=study_name, trial_number=trial_number,
             torch_version=torch.__version__, torch_threads=torch.get_num_threads(),
+            qat_steps=qat_steps, seed=seed, spec=None if spec is None else dict(spec),
         ),
     )
 

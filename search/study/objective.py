@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.profiles import TargetProfile
 from search.quant.checkpoint import save_state_dict
 from search.quant.cost import cost_model, float_costs
-from search.quant.formats import as_formats, parse_format
+from search.quant.formats import as_formats, parse_format, trial_filename
 from search.quant.layers import LayerGraph
 from search.quant.qconfig import QualityReport, build_qconfig
 from search.results import TrialOutcome
@@ -132,9 +132,10 @@ def score_assignment(
         quality=QualityReport(metric=setup.workload.metric, value=run.quality, fp32_value=fp32,
                               higher_is_better=setup.workload.higher_is_better),
         costs=costs, workload=spec.workload, study_name=spec.study_name, trial_number=trial_number,
+        qat_steps=qat_steps, seed=seed, spec=spec.request_json(),
     )
     if spec.weights_dir is not None:  # a promoted map's longer run replaces its first-rung weights
-        save_state_dict(run.model, Path(spec.weights_dir) / f"trial-{trial_number}.pt")
+        save_state_dict(run.model, Path(spec.weights_dir) / trial_filename(trial_number, assignment, "weights"))
     return Scored(run.quality, qconfig.model_dump_json(), run.duration_s)
 
 

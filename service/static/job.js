@@ -438,6 +438,30 @@ function downloadButton(t, file, fallbackName) {
   }, file);
 }
 
+// the one file-name scheme of the CLI and the service: trial0003-<format summary>.<ext>
+function trialFileName(t, ext) {
+  return `trial${String(t.number).padStart(4, "0")}-${t.assignment_summary}${ext}`;
+}
+
+// qconfig.json always; model.onnx and weights once the job succeeded and the worker stored them
+function frontDownloads(t, files) {
+  const buttons = [downloadButton(t, "qconfig.json", trialFileName(t, ".json"))];
+  if (files?.onnx) {
+    const b = downloadButton(t, "model.onnx", trialFileName(t, ".onnx"));
+    if (files.max_abs_diff_default !== null && files.max_abs_diff_default !== undefined) {
+      b.title = `QDQ ONNX, checked in onnxruntime (default options): max |difference| ${files.max_abs_diff_default.toPrecision(3)}`;
+    }
+    buttons.push(b);
+  }
+  if (files?.weights) {
+    const b = downloadButton(t, "weights", trialFileName(t, ".pt"));
+    b.title = `trained weights (mixq checkpoint) ${files.fingerprint ?? ""}`;
+    buttons.push(b);
+  }
+  if (files?.error) buttons.push(el("span", { class: "muted", title: files.error }, " (no ONNX: hover)"));
+  return buttons;
+}
+
 function renderFront() {
   const p = state.pareto;
   const costs = p.cost_objectives;
@@ -456,7 +480,7 @@ function renderFront() {
     el("td", {}, fmtQuality(dropOf(t))),
     ...costs.map((name) => el("td", {}, fmtCost(t.costs[name]))),
     el("td", { title: layerLines(t.assignment).join("\n") }, t.assignment_summary),
-    el("td", {}, downloadButton(t, "qconfig.json", `mixq-${jobId}-trial${t.number}.json`)),
+    el("td", { class: "downloads" }, ...frontDownloads(t, (p.artefacts ?? {})[String(t.number)])),
   )));
   // compare: the front points first, then the other complete trials
   const onFront = new Set(front.map((t) => t.number));

@@ -103,12 +103,23 @@ def test_submit_tiny_job_and_inspect_its_front(
     with page.expect_download() as info:
         page.click(f'#front-table [data-download="{number}"][data-file="qconfig.json"]')
     download = info.value
-    assert re.fullmatch(rf"mixq-{job_id}-trial{number}-.+\.json", download.suggested_filename)
+    assert re.fullmatch(rf"trial{number:04d}-.+\.json", download.suggested_filename)  # the CLI's name scheme
     saved = tmp_path / download.suggested_filename
     download.save_as(saved)
     qconfig = load_qconfig(saved)
     assert {fqn: layer.format for fqn, layer in qconfig.layers.items()} == pareto["points"][0]["assignment"]
     assert qconfig.provenance.trial_number == number
+    assert qconfig.on_front is True
+    # and its QDQ ONNX model, which opens in onnxruntime with the default session options
+    with page.expect_download() as info:
+        page.click(f'#front-table [data-download="{number}"][data-file="model.onnx"]')
+    onnx_file = tmp_path / info.value.suggested_filename
+    assert onnx_file.name == saved.with_suffix(".onnx").name
+    info.value.save_as(onnx_file)
+    import onnxruntime
+
+    onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    assert page.locator(f'#front-table [data-download="{number}"][data-file="weights"]').count() == 1
     try:
         import jsonschema_rs
     except ImportError:

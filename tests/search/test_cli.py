@@ -74,8 +74,12 @@ def test_search_resumes_the_same_study(search_run: tuple[Path, str]) -> None:
 def test_export_turns_qconfig_and_weights_into_onnx(search_run: tuple[Path, str], tmp_path: Path) -> None:
     out, _ = search_run
     qfile = sorted((out / "run" / "qconfig").glob("*.json"))[0]
-    number = int(qfile.name[5:9])
-    weights = out / "run" / "weights" / f"trial-{number}.pt"
+    weights = out / "run" / "weights" / qfile.with_suffix(".pt").name  # one name scheme: the qconfig's, .pt
+    data = json.loads(qfile.read_text())
+    assert data["on_front"] is True and isinstance(data["feasible"], bool)
+    prov = data["provenance"]
+    assert prov["qat_steps"] > 0 and isinstance(prov["seed"], int) and prov["spec"]["workload"] == "digits"
+    assert "storage" not in prov["spec"] and "weights_dir" not in prov["spec"]  # no credentials, no local paths
     assert weights.exists()
     target = tmp_path / "m.onnx"
     result = CliRunner().invoke(
@@ -273,7 +277,8 @@ def test_export_refuses_weights_of_another_trial_or_model(search_run: tuple[Path
     other = next(t["number"] for t in summary["trials"] if t["assignment"] != mine)
     export = ["export", "--qconfig", str(qfile), "--workload", "digits", "--workload-option", "pretrain_steps=30",
               "--out", str(tmp_path / "m.onnx")]
-    code, output = _invoke(*export, "--weights", str(out / "run" / "weights" / f"trial-{other}.pt"))
+    (other_weights,) = (out / "run" / "weights").glob(f"trial{other:04d}-*.pt")
+    code, output = _invoke(*export, "--weights", str(other_weights))
     assert code == 2, output
     (line,) = _error_lines(output)
     assert line.startswith("error: weights: trained for another precision map or model") and "in the weights" in line

@@ -158,6 +158,14 @@ def test_minimal_v1_file_without_optional_fields_loads(tiny):
     assert cfg.range_method == "minmax" and cfg.profile == "generic"
     assert cfg.output is None and cfg.quality is None and cfg.costs == {}
     assert cfg.layers["conv"].pinned is False
+    # schema 2's fields are optional: a version-1 file says nothing about them
+    assert cfg.feasible is None and cfg.on_front is None
+    assert cfg.provenance.qat_steps is None and cfg.provenance.seed is None and cfg.provenance.spec is None
+    v2 = {**v1, "schema_version": 2, "feasible": True, "on_front": False,
+          "provenance": {**v1["provenance"], "qat_steps": 30, "seed": 2, "spec": {"workload": "digits"}, "job_id": 7}}
+    cfg2 = load_qconfig(v2)
+    assert (cfg2.feasible, cfg2.on_front, cfg2.provenance.qat_steps, cfg2.provenance.seed) == (True, False, 30, 2)
+    assert load_qconfig(cfg2.model_dump_json()) == cfg2
     assert cfg.provenance.torch_threads is None  # not recorded: unknown, not this process's count
     model = copy.deepcopy(tiny.model)
     apply_qconfig(model, cfg, tiny.example_inputs)

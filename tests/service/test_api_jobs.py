@@ -139,9 +139,12 @@ def test_worker_runs_job_and_results_are_served(client: TestClient, db: Database
 
     number = pareto["points"][0]["number"]
     download = client.get(f"/v1/jobs/{job_id}/pareto/{number}/qconfig.json")
-    assert download.status_code == 200 and download.json() == {"fake": number}
+    assert download.status_code == 200
+    stored = download.json()
+    assert stored["fake"] == number and stored["on_front"] is True and stored["provenance"]["job_id"] == job_id
+    assert stored["provenance"]["spec"] == client.get(f"/v1/jobs/{job_id}").json()["spec"]
     disposition = download.headers["content-disposition"]
-    assert disposition.startswith("attachment;") and f'mixq-{job_id}-trial{number}-' in disposition
+    assert disposition.startswith("attachment;") and f'filename="trial{number:04d}-' in disposition
     assert client.get(f"/v1/jobs/{job_id}/pareto/9999/qconfig.json").status_code == 404
 
 

@@ -62,7 +62,7 @@ def test_serve_restarted_mid_job_finishes_it(tmp_path: Path, processes: list[sub
     assert pareto["metric"] == "accuracy" and pareto["points"] and len(pareto["trials"]) >= 12
     number = pareto["points"][0]["number"]
     qconfig = httpx.get(f"{base}/v1/jobs/{job_id}/pareto/{number}/qconfig.json")
-    assert qconfig.status_code == 200 and qconfig.json()["schema_version"] == 1
+    assert qconfig.status_code == 200 and qconfig.json()["schema_version"] == 2
     db.dispose()
     # SIGKILLed `mixq serve`: its worker notices and exits by itself
     serve = processes[-1]
@@ -105,7 +105,9 @@ def test_worker_process_joins_a_running_job_on_postgres(
         thread = threading.Thread(target=local.run_forever, kwargs={"max_jobs": 1})
         thread.start()
         wait_for(lambda: trial_count(db, job_id) >= 1, timeout_s=120, what="first trial")
-        env = {**os.environ, "MIXQ_DATABASE_URL": pg_url, "MIXQ_POLL_INTERVAL_S": "0.2", "OMP_NUM_THREADS": "1"}
+        # another "machine": its own data folder, so its trials' weights are not where this worker looks
+        env = {**os.environ, "MIXQ_DATABASE_URL": pg_url, "MIXQ_POLL_INTERVAL_S": "0.2", "OMP_NUM_THREADS": "1",
+               "MIXQ_DATA_DIR": str(tmp_path / "other-machine")}
         processes.append(subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_for(lambda: status_of(db, job_id) == "succeeded", timeout_s=240, what="the shared job to finish")
@@ -114,6 +116,15 @@ def test_worker_process_joins_a_running_job_on_postgres(
             ran_by = set(session.scalars(select(Trial.worker_id).where(Trial.job_id == job_id)))
         assert local.id in ran_by and len(ran_by) == 2  # the `mixq worker` process did trials too
         assert client.get(f"/v1/jobs/{job_id}").json()["progress"]["finished"] >= 24
+        # every front point's weights and ONNX are stored, whichever machine trained it: a worker that leaves
+        # first stores its own, the finalizer the rest
+        pareto = client.get(f"/v1/jobs/{job_id}/pareto").json()
+        with db.session() as session:
+            trained_by = dict(session.execute(select(Trial.number, Trial.worker_id).where(Trial.job_id == job_id)).all())
+        front = [p["number"] for p in pareto["points"]]
+        print("front points by worker:", {n: trained_by.get(n) for n in front})
+        missing = {n: pareto["artefacts"].get(str(n)) for n in front if not pareto["artefacts"].get(str(n), {}).get("onnx")}
+        assert not missing, missing
     db.dispose()
 
 
@@ -134,6 +145,13 @@ def test_job_on_an_uploaded_model(client: TestClient, db: Database, settings: Se
     assert {layer["fqn"] for layer in pareto["layers"]} == {"features_features_0_Conv", "classifier_classifier_1_Gemm"}
     number = pareto["points"][0]["number"]
     assert client.get(f"/v1/jobs/{job_id}/pareto/{number}/qconfig.json").status_code == 200
+    # the uploaded model's front point comes back as a QDQ ONNX model that onnxruntime opens with its defaults
+    exported = client.get(f"/v1/jobs/{job_id}/pareto/{number}/model.onnx")
+    assert exported.status_code == 200, exported.text
+    import onnxruntime
+
+    onnxruntime.InferenceSession(exported.content, providers=["CPUExecutionProvider"])
+    assert pareto["artefacts"][str(number)]["max_abs_diff_default"] is not None
 
 
 @pytest.mark.slow
