@@ -24,8 +24,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from search import TrialOutcome, Workload
-from search.quant.formats import trial_filename
+from search import TrialOutcome, Workload, trial_filename
 from service.models import ArtefactKind
 from service.settings import Settings
 from service.store import ArtefactRecord
@@ -62,9 +61,14 @@ def _weights_file(weights_dir: Path, point: TrialOutcome) -> Path | None:
 
 
 def _point_artefacts(workload: Workload, point: TrialOutcome, weights_dir: Path) -> list[ArtefactRecord]:
-    from search.quant.checkpoint import load_checkpoint, load_trained_weights
-    from search.quant.export_onnx import StaticShapesWarning, export_onnx, verify_onnx
-    from search.quant.qconfig import apply_qconfig
+    from search import (
+        StaticShapesWarning,
+        apply_qconfig,
+        export_onnx,
+        load_checkpoint,
+        load_trained_weights,
+        verify_onnx,
+    )
 
     n = point.number
     path = _weights_file(weights_dir, point)

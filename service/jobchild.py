@@ -105,7 +105,7 @@ def enter_limits(settings: Settings, sqlite: bool) -> None:
 def main(job_id: int, worker_id: str) -> int:
     import torch
 
-    import search.study.runner  # noqa: F401 - imported before the limits: their mappings are not the job's
+    import search  # noqa: F401 - imported before the limits (the search loop and its libraries): their mappings are not the job's
     from service.db import Database
     from service.worker import Worker
 

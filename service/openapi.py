@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
-from search.quant.qconfig import json_schema as qconfig_json_schema
+from search import qconfig_json_schema
 
 QCONFIG_COMPONENT = "QConfigFile"
 QCONFIG_DEF_PREFIX = "qconfig."

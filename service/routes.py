@@ -21,11 +21,21 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from search import BUILTIN_WORKLOADS, CostObjective, ProfileError, SamplerName, builtin_profiles, parse_profile_text
-from search.quant.formats import trial_filename
-from search.quant.layers import LayerGraph
-from search.study.space import SearchSpaceError, build_space
-from search.workloads import WorkloadError, builtin_layer_graph, pretrain_steps_of
+from search import (
+    BUILTIN_WORKLOADS,
+    CostObjective,
+    LayerGraph,
+    ProfileError,
+    SamplerName,
+    SearchSpaceError,
+    WorkloadError,
+    build_space,
+    builtin_layer_graph,
+    builtin_profiles,
+    parse_profile_text,
+    pretrain_steps_of,
+    trial_filename,
+)
 from service import auth, store
 from service.db import Database
 from service.deps import DbDep, OwnerDep, RoleDep, SettingsDep, StreamOwnerDep

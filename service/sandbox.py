@@ -54,7 +54,7 @@ def run_sandboxed(task: str, data: bytes, limits: SandboxLimits | None = None) -
         with tempfile.TemporaryDirectory(prefix="mixq-sandbox-") as scratch:
             env["HOME"] = env["TMPDIR"] = scratch
             done = subprocess.run(
-                [sys.executable, "-m", "service.sandbox", task], input=data, capture_output=True, env=env,
+                [sys.executable, "-m", "service.inspect_child", task], input=data, capture_output=True, env=env,
                 timeout=limits.wall_s, check=False, cwd=scratch,
             )
     except subprocess.TimeoutExpired:
@@ -78,7 +78,7 @@ def run_sandboxed(task: str, data: bytes, limits: SandboxLimits | None = None) -
 # ---------------------------------------------------------------------------------------------
 
 
-def _isolate_network() -> bool:
+def isolate_network() -> bool:
     """A new, empty network namespace (root only); False where the platform does not allow it."""
     if os.geteuid() != 0:
         return False
@@ -101,7 +101,7 @@ def _mapped_bytes() -> int:
         return int(statm.read().split()[0]) * resource.getpagesize()
 
 
-def _enter_limits(memory_bytes: int, cpu_s: int) -> None:
+def enter_limits(memory_bytes: int, cpu_s: int) -> None:
     budget = _mapped_bytes() + memory_bytes
     resource.setrlimit(resource.RLIMIT_AS, (budget, budget))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
@@ -109,7 +109,7 @@ def _enter_limits(memory_bytes: int, cpu_s: int) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def _probe() -> dict[str, Any]:
+def probe() -> dict[str, Any]:
     """What the child can do, for tests: the limits in force and whether a local TCP port is reachable."""
     try:
         with socket.create_connection(("127.0.0.1", 5432), timeout=2):
@@ -122,35 +122,3 @@ def _probe() -> dict[str, Any]:
         "rlimit_cpu": resource.getrlimit(resource.RLIMIT_CPU)[0],
         "rlimit_fsize": resource.getrlimit(resource.RLIMIT_FSIZE)[0], "tcp_5432_reachable": reachable,
     }
-
-
-def main(task: str) -> dict[str, Any]:
-    from service.uploads import UploadError, inspect_dataset_here, inspect_model_here
-
-    if task == "model":  # imported before the limits: the imports' own mappings are not the upload's
-        import search.quant.onnx_import  # noqa: F401
-
-    isolated = _isolate_network()
-    memory_bytes = int(os.environ.get("MIXQ_SANDBOX_MEMORY_BYTES", SandboxLimits.memory_bytes))
-    _enter_limits(memory_bytes, int(os.environ.get("MIXQ_SANDBOX_CPU_S", SandboxLimits.cpu_s)))
-    data = sys.stdin.buffer.read()
-    try:
-        if task == "probe":
-            return {"info": {**_probe(), "network_isolated": isolated}}
-        return {"info": inspect_model_here(data) if task == "model" else inspect_dataset_here(data)}
-    except UploadError as exc:
-        return {"error": str(exc)}
-    except MemoryError:
-        return {"error": f"file: inspecting the upload needs more than {memory_bytes // 2**20} MiB"}
-    except Exception as exc:  # noqa: BLE001 - whatever the upload provokes is the upload's fault
-        text = str(exc)
-        if "allocate" in text or "out of memory" in text.lower():
-            return {"error": f"file: inspecting the upload needs more than {memory_bytes // 2**20} MiB"}
-        return {"error": f"file: could not be inspected ({type(exc).__name__}: {text[:300]})"}
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 2 or sys.argv[1] not in TASKS:
-        sys.exit(f"usage: python -m service.sandbox {{{','.join(TASKS)}}} < upload")
-    answer = main(sys.argv[1])
-    sys.stdout.write(json.dumps(answer) + "\n")

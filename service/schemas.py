@@ -9,9 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field, model_validator
 
-from search import BUILTIN_WORKLOADS, check_workload_options
-from search.quant.formats import summarize_assignment
-from search.spec import SearchRequest
+from search import BUILTIN_WORKLOADS, SearchRequest, check_workload_options, summarize_assignment
 
 INT32_MAX = 2**31 - 1  # every integer we store fits a PostgreSQL INTEGER
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"  # upload/profile names: no paths, no spaces

@@ -25,9 +25,7 @@ from service.sandbox import SandboxFailure, SandboxLimits, run_sandboxed
 if TYPE_CHECKING:
     from torch import nn
 
-    from search import Workload
-    from search.quant.layers import LayerGraph
-    from search.quant.onnx_import import OnnxModule
+    from search import LayerGraph, OnnxModule, Workload
 
 # torch and search are imported where they are used: the sandboxed dataset check then starts in about a
 # second instead of waiting for torch's import.
@@ -64,7 +62,7 @@ def _sandboxed(task: str, data: bytes, limits: SandboxLimits | None) -> dict[str
 
 def load_model(data: bytes) -> OnnxModule:
     """The uploaded ONNX model as a module (safe to run in-process: search.quant.onnx_import); raises UploadError."""
-    from search.quant.onnx_import import OnnxImportError, load_onnx_model
+    from search import OnnxImportError, load_onnx_model
 
     if data.startswith(_ZIP_MAGIC):
         raise UploadError(PT2_REFUSED)
@@ -83,7 +81,7 @@ def inspect_model_here(data: bytes) -> dict[str, Any]:
     import torch
     from torch import nn
 
-    from search.quant.layers import LayerDiscoveryError, discover_layers
+    from search import LayerDiscoveryError, discover_layers
 
     module = load_model(data)
     onnx_names = module.onnx_names
@@ -169,7 +167,7 @@ def estimated_job_bytes(model_info: dict[str, Any], dataset_info: dict[str, Any]
 def layer_graph_of(info: dict[str, Any]) -> LayerGraph | None:
     """The layer graph an uploaded model's inspection stored (:func:`inspect_model_here`); None for an upload
     inspected before graphs were stored, or a model too large to list."""
-    from search.quant.layers import LayerDiscoveryError, LayerGraph
+    from search import LayerDiscoveryError, LayerGraph
 
     if "graph" not in info:
         return None

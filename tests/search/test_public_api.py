@@ -19,7 +19,12 @@ PUBLIC_API = [
     # formats and layers
     "LayerFormat", "parse_format", "LayerInfo", "LayerKind", "discover_layers",
     # the qconfig file
-    "QConfigFile", "QConfigError", "load_qconfig", "save_qconfig", "apply_qconfig",
+    "QConfigFile", "QConfigError", "load_qconfig", "save_qconfig", "apply_qconfig", "qconfig_json_schema",
+    # what the service needs: the request it extends, submission checks, uploads, the front's files
+    "SearchRequest", "SearchSpaceError", "WorkloadError", "LayerDiscoveryError", "OnnxImportError", "LayerGraph",
+    "build_space", "builtin_layer_graph", "pretrain_steps_of", "summarize_assignment", "trial_filename",
+    "OnnxModule", "load_onnx_model", "export_onnx", "verify_onnx", "StaticShapesWarning", "load_checkpoint",
+    "load_trained_weights",
     "__version__",
 ]
 
