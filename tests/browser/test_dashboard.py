@@ -81,7 +81,7 @@ def test_submit_tiny_job_and_inspect_its_front(
     front = traces["Pareto front"]
     assert len(front["x"]) == len(pareto["points"])
     cost = pareto["cost_objectives"][0]
-    assert sorted(zip(front["x"], front["y"])) == sorted((p["costs"][cost], p["quality"]) for p in pareto["points"])
+    assert sorted(zip(front["x"], front["y"], strict=True)) == sorted((p["costs"][cost], p["quality"]) for p in pareto["points"])
     assert "features.0" in front["text"][0]  # hover carries the per-layer map
 
     # heat map: one row per front point, layers in execution order, pinned ones marked

@@ -11,7 +11,7 @@ from search import objective_vector, pareto_numbers
 
 def brute_force(points: list[tuple[int, tuple[float, ...]]]) -> set[int]:
     def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-        return all(x <= y for x, y in zip(a, b)) and a != b
+        return all(x <= y for x, y in zip(a, b, strict=True)) and a != b
 
     front = {n for n, v in points if not any(dominates(w, v) for _, w in points)}
     first_of_each = {}

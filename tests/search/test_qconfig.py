@@ -199,7 +199,7 @@ def test_newer_schema_version_is_refused(base):
 @pytest.mark.parametrize("version", ["1", None, 1.0, True, 0, -3])
 def test_bad_schema_version(base, version):
     base["schema_version"] = version
-    with pytest.raises(QConfigError, match="^schema_version: "):
+    with pytest.raises(QConfigError, match=r"^schema_version: "):
         load_qconfig(base)
 
 

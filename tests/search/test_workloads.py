@@ -165,7 +165,7 @@ def test_entry_point_errors(name, options, message):
 
 
 def test_workload_validates_its_fields(digits):
-    with pytest.raises(TypeError, match="model: expected torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"model: expected torch\.nn\.Module"):
         dataclasses.replace(digits, model="not a model")
     with pytest.raises(TypeError, match="example_inputs: expected a tuple"):
         dataclasses.replace(digits, example_inputs=torch.zeros(1, 1, 8, 8))

@@ -238,7 +238,7 @@ def test_huge_declared_input_hits_the_sandbox_limit(client: TestClient) -> None:
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 200_000, 3])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 200_000, 4])], [weight])
     huge = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-    with pytest.raises(UploadError, match="MiB|killed|bad_alloc"):  # wherever the allocation fails first
+    with pytest.raises(UploadError, match=r"MiB|killed|bad_alloc"):  # wherever the allocation fails first
         inspect_model(huge, SandboxLimits(memory_bytes=4 * 2**20))
     assert client.get("/livez").status_code == 200
 
@@ -272,7 +272,7 @@ def test_npy_header_that_lies_about_its_size_is_refused() -> None:
     with zipfile.ZipFile(out, "w") as z:
         z.writestr("x_train.npy", lying.getvalue())
         z.writestr("y_train.npy", honest.getvalue())
-    with pytest.raises(UploadError, match="x_train.*declares shape"):
+    with pytest.raises(UploadError, match=r"x_train.*declares shape"):
         check_npz_sizes(out.getvalue())
 
 
