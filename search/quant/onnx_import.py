@@ -182,13 +182,14 @@ def _check_model(model: onnx.ModelProto) -> None:
     if _opset(model) < MIN_OPSET:
         raise OnnxImportError(f"file: opset {_opset(model) or 'none'}; opset >= {MIN_OPSET} is required "
                               f"(torch.onnx.export(..., opset_version=17))")
-    unsupported = sorted({
-        node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
-        for node in graph.node
-        if node.domain not in ("", "ai.onnx") or node.op_type not in OPERATORS
-    })
-    if unsupported:
-        raise OnnxImportError(f"file: unsupported ONNX operator(s): {', '.join(unsupported[:10])}; supported: "
+    first_node: dict[str, str] = {}  # each unsupported operator, with the first node that uses it
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in OPERATORS:
+            op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+            first_node.setdefault(op, node.name)
+    if first_node:
+        named = [f"{op} (node {first_node[op][:200]!r})" for op in sorted(first_node)[:10]]
+        raise OnnxImportError(f"file: unsupported ONNX operator(s): {', '.join(named)}; supported: "
                               f"{', '.join(sorted(OPERATORS))}")
     try:
         onnx.checker.check_model(model, full_check=True)
