@@ -1,6 +1,6 @@
 """The ONNX path on the model corpus (``tests/corpus/models.py``): every model, freshly initialised and with
 trained-like weights, exported by torch's stock exporters -- the TorchScript one (``dynamo=False``) at
-opsets 17 and 13 and the ``torch.export``-based one (``dynamo=True``, onnxscript) at opset 18 -- imports
+opsets 17 and 13 and the ``torch.export``-based one (``dynamo=True``, onnxscript) at opsets 18 and 20 -- imports
 (:func:`load_onnx_model`), matches onnxruntime (max relative error <= 1e-4, default session options), and
 every Conv / ConvTranspose / Gemm / MatMul with a constant weight is a searchable layer.  The files the
 importer cannot take are listed in :data:`REFUSED`, and the test shows it refuses them naming node and
@@ -35,9 +35,9 @@ NAMES = sorted(CORPUS)
 ATTENTION = {"vit": 2, "text_encoder": 1}  # nn.MultiheadAttention blocks
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # (exporter, opset): the TorchScript exporter at 17 (what the README says) and 13; the torch.export one at 18
-# (its first opset: lower ones go through onnx's version converter).  scaled_dot_product_attention exports
+# (its first opset: lower ones go through onnx's version converter) and 20.  scaled_dot_product_attention exports
 # from opset 14 only: the attention models take 14 where the grid says 13.
-EXPORTS = [("torchscript", 17), ("torchscript", 13), ("dynamo", 18)]
+EXPORTS = [("torchscript", 17), ("torchscript", 13), ("dynamo", 18), ("dynamo", 20)]
 MIN_OPSET = {"vit": 14, "text_encoder": 14}
 # what the importer refuses, with the message it gives (a regex): see the report of issue 19
 REFUSED: dict[tuple[str, str], str] = {
