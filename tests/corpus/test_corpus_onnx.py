@@ -41,9 +41,6 @@ EXPORTS = [("torchscript", 17), ("torchscript", 13), ("dynamo", 18), ("dynamo", 
 MIN_OPSET = {"vit": 14, "text_encoder": 14}
 # what the importer refuses, with the message it gives (a regex): see the report of issue 19
 REFUSED: dict[tuple[str, str], str] = {
-    # F.local_response_norm's `if input.dim() == 3` is exported by the TorchScript exporter as an ONNX If on
-    # Shape/Gather/Equal (static here, but control flow is not imported); the dynamo exporter specialises it
-    ("inception", "torchscript"): r"unsupported ONNX operator\(s\): If \(node '/stem/stem\.3/If'\)",
     # integer token inputs (nn.Embedding): the importer takes float32 graph inputs only
     ("text_encoder", "torchscript"): r"graph input 'input\.1' must be a float32 tensor",
     ("text_encoder", "dynamo"): r"graph input 'tokens' must be a float32 tensor",
@@ -212,3 +209,46 @@ def test_vit_exported_with_a_dynamic_batch_runs_at_batch_3(exporter: str) -> Non
     want = ort.InferenceSession(data).run(None, {"x": x.numpy()})[0]
     with torch.no_grad():
         assert max_relative_error(module(x).numpy(), want) <= 1e-4
+
+
+def test_lrn_if_on_a_static_condition_is_inlined() -> None:
+    """The TorchScript exporter writes LocalResponseNorm with an If on Equal(Gather(Shape(x)), 3): the
+    condition folds, the taken branch is built in its place (refused before: 'unsupported ONNX operator If')."""
+    data = exported("inception", False, "torchscript", 17)
+    assert "If" in {n.op_type for n in onnx.load_from_string(data).graph.node}
+    module = load_onnx_model(data)
+    names = [step.node_name for step in module._steps]
+    assert "/stem/stem.3/Squeeze" in names  # the then branch (input of rank 4), built in the If's place
+
+
+def _if_model(cond_from_input: bool, depth: int = 1) -> bytes:
+    from onnx import TensorProto, helper, numpy_helper
+
+    def branch(d: int, tag: str) -> onnx.GraphProto:
+        out = helper.make_tensor_value_info(f"{tag}_y{d}", TensorProto.FLOAT, [1, 4])
+        if d < depth:
+            inner = helper.make_node("If", ["c"], [f"{tag}_y{d}"], name=f"{tag}_if{d}",
+                                     then_branch=branch(d + 1, f"{tag}t"), else_branch=branch(d + 1, f"{tag}e"))
+            return helper.make_graph([inner], f"{tag}{d}", [], [out])
+        return helper.make_graph([helper.make_node("Relu", ["x"], [f"{tag}_y{d}"], name=f"{tag}_relu{d}")],
+                                 f"{tag}{d}", [], [out])
+
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], name="sum", keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["c_computed"], name="gt")] if cond_from_input else []
+    cond = "c_computed" if cond_from_input else "c"
+    nodes.append(helper.make_node("If", [cond], ["y"], name="the_if", then_branch=branch(1, "t"),
+                                  else_branch=branch(1, "e")))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                              [numpy_helper.from_array(np.array(True), "c"),
+                               numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_if_on_a_computed_condition_or_nested_too_deep_is_refused_naming_the_node() -> None:
+    module = load_onnx_model(_if_model(cond_from_input=False, depth=2))
+    assert torch.equal(module(torch.tensor([[-1.0, 2.0, -3.0, 4.0]])), torch.tensor([[0.0, 2.0, 0.0, 4.0]]))
+    with pytest.raises(OnnxImportError, match=r"node 'the_if' \(If\): input 0 \(cond\) must be a single constant"):
+        load_onnx_model(_if_model(cond_from_input=True))
+    with pytest.raises(OnnxImportError, match=r"\(If\): If nested more than 4 deep"):
+        load_onnx_model(_if_model(cond_from_input=False, depth=6))
