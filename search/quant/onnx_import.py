@@ -47,7 +47,7 @@ import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 
 from search.errors import OnnxImportError as OnnxImportError
@@ -136,20 +136,38 @@ def _parse(data: bytes) -> onnx.ModelProto:
     return model
 
 
+MAX_IF_DEPTH = 4  # If nodes inside the branches of If nodes: a static condition's branch is inlined (_inline_if)
+
+
+def _graphs(graph: onnx.GraphProto, depth: int = 0) -> list[onnx.GraphProto]:
+    """``graph`` and the branches of its If nodes, recursively (the only subgraphs the importer builds)."""
+    out = [graph]
+    for node in graph.node:
+        if node.op_type == "If" and node.domain in ("", "ai.onnx"):
+            if depth >= MAX_IF_DEPTH:
+                raise OnnxImportError(f"file: node {node.name[:200]!r} (If): If nested more than {MAX_IF_DEPTH} deep")
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    out += _graphs(attr.g, depth + 1)
+    return out
+
+
 def _check_file(model: onnx.ModelProto) -> None:
-    graph = model.graph
-    tensors = list(graph.initializer) + [
-        attr.t for node in graph.node for attr in node.attribute if attr.type == onnx.AttributeProto.TENSOR
+    graphs = _graphs(model.graph)
+    tensors = [t for graph in graphs for t in graph.initializer] + [
+        attr.t for graph in graphs for node in graph.node for attr in node.attribute
+        if attr.type == onnx.AttributeProto.TENSOR
     ]
     for tensor in tensors:
         if tensor.data_location == TensorProto.EXTERNAL or tensor.external_data:
             raise OnnxImportError(
                 f"file: tensor {tensor.name!r} refers to external data; embed all weights in the file"
             )
-    if graph.sparse_initializer or model.functions:
+    if any(graph.sparse_initializer for graph in graphs) or model.functions:
         raise OnnxImportError("file: sparse initializers and model-local functions are not supported")
-    if len(graph.node) > MAX_NODES:
-        raise OnnxImportError(f"file: the graph has {len(graph.node)} nodes; at most {MAX_NODES}")
+    n_nodes = sum(len(graph.node) for graph in graphs)
+    if n_nodes > MAX_NODES:
+        raise OnnxImportError(f"file: the graph has {n_nodes} nodes; at most {MAX_NODES}")
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -182,13 +200,14 @@ def _check_model(model: onnx.ModelProto) -> None:
     if _opset(model) < MIN_OPSET:
         raise OnnxImportError(f"file: opset {_opset(model) or 'none'}; opset >= {MIN_OPSET} is required "
                               f"(torch.onnx.export(..., opset_version=17))")
-    unsupported = sorted({
-        node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
-        for node in graph.node
-        if node.domain not in ("", "ai.onnx") or node.op_type not in OPERATORS
-    })
-    if unsupported:
-        raise OnnxImportError(f"file: unsupported ONNX operator(s): {', '.join(unsupported[:10])}; supported: "
+    first_node: dict[str, str] = {}  # each unsupported operator, with the first node that uses it
+    for node in (node for g in _graphs(graph) for node in g.node):
+        if node.domain not in ("", "ai.onnx") or node.op_type not in OPERATORS:
+            op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+            first_node.setdefault(op, node.name)
+    if first_node:
+        named = [f"{op} (node {first_node[op][:200]!r})" for op in sorted(first_node)[:10]]
+        raise OnnxImportError(f"file: unsupported ONNX operator(s): {', '.join(named)}; supported: "
                               f"{', '.join(sorted(OPERATORS))}")
     try:
         onnx.checker.check_model(model, full_check=True)
@@ -1144,6 +1163,9 @@ OPERATORS: dict[str, Operator] = {
     **_ops("Clip", (), _clip, "constant min and max"),
     **_ops("Dropout", ("seed",), _dropout, "inference: identity (the mask is all true)"),
     **_ops("Identity", (), _identity),
+    **_ops("If", ("else_branch", "then_branch"), None,
+           "a constant condition only (e.g. torch's LocalResponseNorm rank test, on a folded Shape): the taken "
+           f"branch is inlined; nested at most {MAX_IF_DEPTH} deep"),
 }
 SUPPORTED_OPS = frozenset(OPERATORS)
 FOLDED_OPS = frozenset(FOLDERS)
@@ -1216,6 +1238,9 @@ def load_onnx_model(data: bytes) -> OnnxModule:
         for name in proto.input:
             if name and name not in env and name not in constants:
                 raise node.fail(f"input {name!r} is not produced by any earlier node")
+        if proto.op_type == "If":
+            inline_if(index, node)
+            return
         if proto.op_type == "Dropout":
             _dropout(node)  # training_mode=true is refused even where the node folds
         if _foldable(node, constants, marks):
@@ -1270,6 +1295,30 @@ def load_onnx_model(data: bytes) -> OnnxModule:
             if name:
                 env[name], shapes[name], dtypes[name] = tensor, tuple(tensor.shape), tensor.dtype
         module._steps.append(step)
+
+    def inline_if(index: int, node: Node) -> None:
+        """An If on a constant condition is the branch it takes: its nodes are built in its place, and each
+        of its outputs is the If's (a constant stays one; a computed value goes through an Identity)."""
+        proto = node.proto
+        cond = constants.get(proto.input[0]) if proto.input and proto.input[0] else None
+        if cond is None or cond.size != 1:
+            raise node.fail("input 0 (cond) must be a single constant (a static condition): control flow on "
+                            "computed values is not supported")
+        taken = "then_branch" if bool(cond.reshape(-1)[0]) else "else_branch"
+        branch = next((a.g for a in proto.attribute if a.name == taken), None)
+        if branch is None or len(branch.output) != len(proto.output):
+            raise node.fail(f"{taken} must give the node's {len(proto.output)} output(s)")
+        for init in branch.initializer:
+            constants[init.name] = _array(init)
+        for sub in branch.node:
+            build_node(index, sub)
+        for name, value in zip(proto.output, branch.output, strict=True):
+            if not name:
+                continue
+            if value.name in constants:
+                constants[name] = constants[value.name]
+            else:
+                build_node(index, helper.make_node("Identity", [value.name], [name], name=proto.name))
 
     with torch.no_grad():
         for index, proto in enumerate(graph.node):

@@ -60,6 +60,13 @@ def test_exported_model_imports_matches_onnxruntime_and_lists_every_layer(name: 
     data = export(model, (example,), opset, dynamo)
     file_opset = {o.domain or "ai.onnx": o.version for o in onnx.load_from_string(data).opset_import}["ai.onnx"]
     assert file_opset == opset or dynamo
+    if dynamo and opset == 17 and name in ("tiny_vit", "yolo_neck"):
+        # torch.export's exporter writes opset 18 and onnx's C version converter takes it down to 17 leaving
+        # Split's num_outputs (an opset-18 attribute): an invalid file, which onnxruntime refuses as well
+        with pytest.raises(OnnxImportError, match=r"not a valid ONNX model: Unrecognized attribute: num_outputs "
+                           r"for operator Split(.|\n)*Name: node_Split_0"):
+            load_onnx_model(data)
+        return
     module = load_onnx_model(data)
     x = torch.randn(example.shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
