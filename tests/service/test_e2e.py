@@ -10,17 +10,27 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import optuna
 import pytest
 from conftest import FAST_JOB
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 from test_resilience import free_port, processes  # noqa: F401 - fixture
 from test_uploads import npz_bytes, onnx_bytes
 from test_worker import status_of, trial_count, wait_for
 
+from search import (
+    SearchObserver,
+    SearchProgress,
+    SearchResult,
+    SearchSpec,
+    TrialFailure,
+    TrialOutcome,
+    run_search,
+)
 from service import store
 from service.db import Database, upgrade
 from service.models import Trial, utcnow
@@ -101,7 +111,43 @@ def test_worker_process_joins_a_running_job_on_postgres(
 
     with TestClient(create_app(settings, db)) as client:
         job_id = client.post("/v1/jobs", json={**REAL_JOB, "n_trials": 24, "qat_steps": 40}).json()["id"]
-        local = Worker(db, settings)
+        holder: list[Worker] = []
+
+        def run_search_then_wait_for_the_other(spec: SearchSpec, *, observer: SearchObserver | None = None,
+                                               **kwargs: Any) -> SearchResult:
+            """The real search; after each trial this worker waits (up to 4 min) until the `mixq worker` process
+            has recorded a trial of its own, so that on a loaded machine it cannot finish all 24 trials first."""
+            assert observer is not None
+            worker_hears = observer
+
+            class WaitAfterTheFirstTrial(SearchObserver):
+                def started(self, result: SearchResult) -> None:
+                    worker_hears.started(result)
+
+                def trial_done(self, outcome: TrialOutcome, progress: SearchProgress) -> None:
+                    worker_hears.trial_done(outcome, progress)
+                    deadline = time.monotonic() + 240
+                    while time.monotonic() < deadline:
+                        with db.session() as session:
+                            others = session.scalar(select(func.count()).select_from(Trial).where(
+                                Trial.job_id == job_id, Trial.worker_id != holder[0].id))
+                        if others:
+                            return
+                        time.sleep(0.2)
+
+                def trial_failed(self, failure: TrialFailure) -> None:
+                    worker_hears.trial_failed(failure)
+
+                def progress(self, progress: SearchProgress) -> None:
+                    worker_hears.progress(progress)
+
+                def should_stop(self) -> bool:
+                    return worker_hears.should_stop()
+
+            return run_search(spec, observer=WaitAfterTheFirstTrial(), **kwargs)
+
+        local = Worker(db, settings, run_search=run_search_then_wait_for_the_other)
+        holder.append(local)
         thread = threading.Thread(target=local.run_forever, kwargs={"max_jobs": 1})
         thread.start()
         wait_for(lambda: trial_count(db, job_id) >= 1, timeout_s=120, what="first trial")
