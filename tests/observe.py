@@ -35,3 +35,25 @@ class Hooks(SearchObserver):
 
     def should_stop(self) -> bool:
         return self._should_stop() if self._should_stop is not None else False
+
+
+class Forward(SearchObserver):
+    """Passes every hook on to ``inner`` (the worker's observer); a test overrides the hook it watches."""
+
+    def __init__(self, inner: SearchObserver) -> None:
+        self.inner = inner
+
+    def started(self, result: SearchResult) -> None:
+        self.inner.started(result)
+
+    def trial_done(self, outcome: TrialOutcome, progress: SearchProgress) -> None:
+        self.inner.trial_done(outcome, progress)
+
+    def trial_failed(self, failure: TrialFailure) -> None:
+        self.inner.trial_failed(failure)
+
+    def progress(self, progress: SearchProgress) -> None:
+        self.inner.progress(progress)
+
+    def should_stop(self) -> bool:
+        return self.inner.should_stop()

@@ -27,7 +27,6 @@ from search import (
     SearchProgress,
     SearchResult,
     SearchSpec,
-    TrialFailure,
     TrialOutcome,
     run_search,
 )
@@ -36,6 +35,7 @@ from service.db import Database, upgrade
 from service.models import Trial, utcnow
 from service.settings import Settings
 from service.worker import Worker
+from tests.observe import Forward
 
 REAL_JOB = {**FAST_JOB, "n_trials": 12, "qat_steps": 20}
 
@@ -120,12 +120,9 @@ def test_worker_process_joins_a_running_job_on_postgres(
             assert observer is not None
             worker_hears = observer
 
-            class WaitAfterTheFirstTrial(SearchObserver):
-                def started(self, result: SearchResult) -> None:
-                    worker_hears.started(result)
-
+            class WaitAfterTheFirstTrial(Forward):
                 def trial_done(self, outcome: TrialOutcome, progress: SearchProgress) -> None:
-                    worker_hears.trial_done(outcome, progress)
+                    super().trial_done(outcome, progress)
                     deadline = time.monotonic() + 240
                     while time.monotonic() < deadline:
                         with db.session() as session:
@@ -135,16 +132,7 @@ def test_worker_process_joins_a_running_job_on_postgres(
                             return
                         time.sleep(0.2)
 
-                def trial_failed(self, failure: TrialFailure) -> None:
-                    worker_hears.trial_failed(failure)
-
-                def progress(self, progress: SearchProgress) -> None:
-                    worker_hears.progress(progress)
-
-                def should_stop(self) -> bool:
-                    return worker_hears.should_stop()
-
-            return run_search(spec, observer=WaitAfterTheFirstTrial(), **kwargs)
+            return run_search(spec, observer=WaitAfterTheFirstTrial(worker_hears), **kwargs)
 
         local = Worker(db, settings, run_search=run_search_then_wait_for_the_other)
         holder.append(local)

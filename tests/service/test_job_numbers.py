@@ -9,10 +9,11 @@ from typing import Any
 from conftest import FAST_JOB
 from fastapi.testclient import TestClient
 
-from search import SearchObserver, SearchProgress, SearchResult, SearchSpec, TrialFailure, TrialOutcome, run_search
+from search import SearchObserver, SearchProgress, SearchResult, SearchSpec, TrialOutcome, run_search
 from service.db import Database
 from service.settings import Settings
 from service.worker import Worker
+from tests.observe import Forward
 
 
 def test_front_numbers_agree_and_progress_is_live(client: TestClient, db: Database, settings: Settings) -> None:
@@ -23,25 +24,13 @@ def test_front_numbers_agree_and_progress_is_live(client: TestClient, db: Databa
         assert observer is not None, "the worker records every trial"
         worker_hears = observer
 
-        class Look(SearchObserver):
-            def started(self, result: SearchResult) -> None:
-                worker_hears.started(result)
-
+        class Look(Forward):
             def trial_done(self, outcome: TrialOutcome, progress: SearchProgress) -> None:
-                worker_hears.trial_done(outcome, progress)
+                super().trial_done(outcome, progress)
                 seen_during_run.append({"job": client.get(f"/v1/jobs/{job_id}").json(),
                                         "pareto": client.get(f"/v1/jobs/{job_id}/pareto").json()})
 
-            def trial_failed(self, failure: TrialFailure) -> None:
-                worker_hears.trial_failed(failure)
-
-            def progress(self, progress: SearchProgress) -> None:
-                worker_hears.progress(progress)
-
-            def should_stop(self) -> bool:
-                return worker_hears.should_stop()
-
-        return run_search(spec, observer=Look(), **kwargs)
+        return run_search(spec, observer=Look(worker_hears), **kwargs)
 
     worker = Worker(db, settings, run_search=run_and_look)
     assert worker.next_job() == job_id
