@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -79,3 +80,32 @@ def fp32_quality(workload: Workload, device: str = "cpu") -> float:
         raise WorkloadError(f"evaluate: the fp32 model scores {value}; the metric must be a finite number")
     return value
 
+
+
+@dataclass
+class TrialBatch:
+    """What :func:`run_trials` did: one :class:`TrialRun` per map, in the order given, and how they
+    were trained (``batched`` False and a ``fallback`` reason when they trained one at a time)."""
+
+    runs: list[TrialRun]
+    maps_per_pass: int
+    batched: bool
+    fallback: str = ""
+
+
+def run_trials(
+    workload: Workload,
+    assignments: Sequence[FormatMap],
+    *,
+    qat_steps: int,
+    seed: int,
+    range_method: RangeMethod | str = RangeMethod.MINMAX,
+    device: str = "cpu",
+    recipe: QatRecipe = DEFAULT_RECIPE,
+) -> TrialBatch:
+    """Train and score several maps on the same batches (the same ``seed``): each map's numbers are
+    those :func:`run_trial` gives it alone.  This is the one-at-a-time path; the batched engine
+    (several maps in one QAT pass) replaces it where the model allows and falls back to it otherwise."""
+    runs = [run_trial(workload, a, qat_steps=qat_steps, seed=seed, range_method=range_method, device=device,
+                      recipe=recipe) for a in assignments]
+    return TrialBatch(runs=runs, maps_per_pass=1, batched=False, fallback="one map per pass")
