@@ -27,7 +27,7 @@ from service.client import DEFAULT_URL, ApiError, Client, ClientError, Event, Tr
 from service.schemas import JobOut
 
 jobs_app = typer.Typer(help="Jobs on a mixq server (submit, list, show, watch, cancel, download)",
-                       no_args_is_help=True)
+                       no_args_is_help=True, rich_markup_mode=None)  # plain help: flag names whole at 80 columns
 console = Console(highlight=False)
 
 Server = Annotated[str, typer.Option("--server", envvar="MIXQ_SERVER", help="the service's base URL")]
