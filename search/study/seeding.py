@@ -174,6 +174,8 @@ class SeedPlan:
         scores = fisher_sensitivity(self.setup.workload, layers=list(space.choices), formats=("int4",),
                                     device=self.spec.device)
         sensitivity = {r.fqn: r.score for r in scores}
+        # what ordered the search, for the result's layers (the dashboard's sensitivity panel shows them)
+        self.study.set_user_attr(StudyKey.PROXY_SCORES, {fqn: float(v) for fqn, v in sensitivity.items()})
         # a third of the budget, as the sweep would have had
         return proxy_greedy_assignments(space, sensitivity, self.first_cost, max(1, self.trial_budget() // 3))
 
