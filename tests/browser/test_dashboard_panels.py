@@ -96,7 +96,9 @@ def _expected_history() -> tuple[list[float | None], list[int], list[float]]:
     return best, sizes, [v / volumes[-1] for v in volumes]
 
 
-def test_a_proxy_ordered_job_shows_its_fisher_scores_labelled_as_such(page: Any, live_server: LiveServer) -> None:
+def test_a_proxy_ordered_job_shows_its_fisher_scores_labelled_as_such(
+    page: Any, live_server: LiveServer, screenshot: Any
+) -> None:
     job_id = _proxy_job(live_server)
     assert [t["source"] for t in live_server.api("GET", f"/v1/jobs/{job_id}/pareto").json()["trials"]].count(
         "sensitivity") == 0
@@ -135,6 +137,7 @@ def test_a_proxy_ordered_job_shows_its_fisher_scores_labelled_as_such(page: Any,
     assert page.inner_text("#study-name") == f"mixq-job-{job_id}"
     assert "optuna-dashboard" in page.get_attribute("#optuna-dashboard-link", "href")
     assert "optuna-dashboard <MIXQ_DATABASE_URL>" in facts
+    screenshot("job-proxy-sensitivity-and-history")
 
     # the jobs list: the front's size and its cheapest point within the drop limit (#4: #1 costs the same, less)
     page.goto(live_server.base_url + "/")
@@ -148,7 +151,7 @@ def test_a_proxy_ordered_job_shows_its_fisher_scores_labelled_as_such(page: Any,
 
 
 def test_a_job_that_has_not_finished_a_trial_says_what_each_panel_waits_for(
-    page: Any, live_server: LiveServer
+    page: Any, live_server: LiveServer, screenshot: Any
 ) -> None:
     job_id = _running_job_without_trials(live_server)
     page.goto(f"{live_server.base_url}/jobs/{job_id}")
@@ -160,13 +163,16 @@ def test_a_job_that_has_not_finished_a_trial_says_what_each_panel_waits_for(
         assert what in text and "waiting for the first trial to finish" in text, (note, text)
     assert "Waiting for the sensitivity sweep" in page.inner_text("#sensitivity-waiting")
     assert "Fisher proxy" in page.inner_text("#sensitivity-waiting")
+    screenshot("job-waiting-for-the-first-trial")
     # the jobs list: no front yet
     page.goto(live_server.base_url + "/")
     row = page.wait_for_selector(f'#jobs-table tr[data-job-id="{job_id}"] .front-summary')
     assert "no front yet" in row.inner_text()
 
 
-def test_the_form_says_what_no_format_and_the_upload_field_mean(page: Any, live_server: LiveServer) -> None:
+def test_the_form_says_what_no_format_and_the_upload_field_mean(
+    page: Any, live_server: LiveServer, screenshot: Any
+) -> None:
     meta = live_server.api("GET", "/v1/meta").json()
     assert meta["profile_formats"]["generic"] == GENERIC_FORMATS
     page.goto(live_server.base_url + "/")
@@ -182,3 +188,4 @@ def test_the_form_says_what_no_format_and_the_upload_field_mean(page: Any, live_
     assert ".pt2" not in label and ".onnx" in label, label
     accepted = page.inner_text("#model-accepted")
     assert ".onnx" in accepted and ".pt2" in accepted and "refused" in accepted, accepted
+    screenshot("form-formats-and-upload")
