@@ -542,7 +542,7 @@ function renderHistory() {
     yaxis2: { title: { text: "front size" }, overlaying: "y", side: "right", anchor: "x", rangemode: "tozero",
       tickformat: "d", dtick: Math.max(1, Math.ceil(maxSize / 6)), range: [0, maxSize + 0.5] },
     yaxis3: { title: { text: "hypervolume" }, overlaying: "y", side: "right", anchor: "free", position: 0.97,
-      range: [0, 1.05], tickformat: ".0%", showgrid: false },
+      range: [0, 1.05], tickvals: [0, 0.25, 0.5, 0.75, 1], tickformat: ".0%", showgrid: false },
   }, PLOT_CONFIG);
 }
 

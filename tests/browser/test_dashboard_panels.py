@@ -54,7 +54,7 @@ def _proxy_job(server: LiveServer) -> int:
         store.set_job_info(session, job_id, "accuracy", True, FP32, layers, {"a": "first executed layer"})
         for number, (b, c, d, source, quality, cost) in TRIALS.items():
             store.record_trial(session, job_id, store.TrialRecord(
-                number=number, assignment={"a": "int8", "b": b, "c": c, "d": d}, quality=quality, quality_std=0.0,
+                number=number, assignment={"a": "int8", "b": b, "c": c, "d": d}, quality=quality, quality_std=None,
                 n_evaluations=1, costs={"bitops": cost}, primary_cost=cost, feasible=FP32 - quality <= MAX_DROP,
                 duration_s=1.0, source=source, qconfig=None), None, True)
         store.mark_front(session, job_id, FRONT)
