@@ -1,0 +1,659 @@
+"""Batched QAT: K precision maps trained in one pass, each map's numbers those of training it alone.
+
+The maps are folded into the batch dimension.  The batch is fed replicated K times, shape
+``(K*N, ...)``; every Conv/ConvTranspose/Linear (quantized or not: every map trains its own weights) is
+swapped for a :class:`BatchedLayer` that holds the K maps' stacked weights, ``(K, ...)``, and their
+quantizer state as tensors with one row per map (scale, zero point, min/max, integer limits).  The layer
+views its input as ``(K, N, ...)``, fake-quantizes each map's rows with that map's numbers, computes the K
+convolutions as one grouped convolution (input ``(N, K*C, ...)``, ``groups = K*g``) or the K linears as
+one ``baddbmm``, and hands back ``(K*N, ...)``.  What runs between layers (activations, adds, channel
+concatenation, pooling, reshapes that keep the batch dimension) acts per sample, so the user's forward
+runs unchanged.  The loss is the sum over maps of ``loss_fn`` on each map's N rows (its gradient for each
+map is that map's own), and Adam is elementwise, so stacked parameters receive each map's own update.
+
+Exactness.  The fake-quant arithmetic is :mod:`search.quant.qat`'s, op for op (``x / scale``, round
+half-to-even, ``+ zp``, clamp, ``- zp``, ``* scale``; activation qparams computed in float64 from the
+float32 min/max and stored as float32; the LSQ scale gradient with its ``1/sqrt(numel * (qmax - qmin))``
+factor).  A grouped convolution or a batched matmul need not sum in the order a single one does, so each
+layer shape is probed once per process (random data, forward and all three gradients compared bit for
+bit against K single calls); a shape whose batched kernel differs runs as K single calls (still one
+pass, exact by construction).
+
+Where batching could not be exact the caller (:func:`search.train.run_trials`) trains one map at a time
+and says why: :func:`unsupported_reason` names a BatchNorm left unfolded (its training statistics would
+mix the maps), a Dropout with ``p > 0``, a trainable parameter outside a conv/linear; a forward that mixes
+or fixes the batch dimension is caught by :func:`check_forward` (the batched forward on the replicated
+example inputs against each map's own model) or raises :class:`BatchingError` when it runs.
+
+After training, :func:`write_back` copies each map's weights and quantizer state into its ordinary
+one-map fake-quant model, so evaluation, export and saving use the existing code.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from search.quant.qat import (
+    INT32_RANGE,
+    OUTPUT_QUANT_ATTR,
+    ActivationQuantizer,
+    FakeQuantMixin,
+    RangeMethod,
+    _quantize_output_hook,
+    round_fp16,
+)
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_TRANSPOSES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+BATCHABLE = (*_CONVS, *_CONV_TRANSPOSES, nn.Linear)
+_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
+INT, FP16, IDENTITY = "int", "fp16", "identity"
+
+
+class BatchingError(RuntimeError):
+    """The model cannot run batched (a forward that mixes or fixes the batch dimension, an output kind
+    that cannot be split per map); the caller falls back to one map at a time."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Arithmetic with per-map tensors (one row per map)
+# ---------------------------------------------------------------------------------------------
+
+
+class _FakeQuantSTEBatched(torch.autograd.Function):
+    """:class:`search.quant.qat._FakeQuantSTE` with per-map ``scale``, ``zero_point``, ``qmin``,
+    ``qmax`` (shape ``(K, 1)`` against ``x`` of shape ``(K, M)``): the same float ops in the same order."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor, qmax: Tensor) -> Tensor:
+        r = torch.div(x, scale).round_()
+        r.add_(zero_point)  # + 0.0 where the map's zero point is 0: the same value
+        q = torch.clamp(r, qmin, qmax)
+        ctx.save_for_backward(q == r)
+        q.sub_(zero_point)
+        return q.mul_(scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None, None
+
+
+class _RoundSTEBatched(torch.autograd.Function):
+    """:class:`search.quant.qat._RoundSTE` with per-map limits (tensors broadcast against ``x``)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: Tensor, qmin: Tensor | float, qmax: Tensor | float) -> Tensor:
+        r = torch.div(x, scale).round_()
+        return torch.clamp(r, qmin, qmax).mul_(scale)  # type: ignore[arg-type]  # clamp takes tensor or number
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        return grad, None, None, None
+
+
+class _FakeQuantLSQBatched(torch.autograd.Function):
+    """:class:`search.quant.qat._FakeQuantLSQ` per map: ``x`` (K, M), the rest (K, 1); the scale's
+    gradient is each map's own sum times its ``1/sqrt(M * (qmax - qmin))``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor, qmax: Tensor,
+                grad_factor: Tensor) -> Tensor:
+        v = x / scale
+        unclamped = torch.round(v) + zero_point
+        q = torch.clamp(unclamped, qmin, qmax)
+        ctx.save_for_backward(v, unclamped, q, zero_point, qmin, qmax, grad_factor)
+        return (q - zero_point) * scale
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        v, unclamped, q, zero_point, qmin, qmax, grad_factor = ctx.saved_tensors
+        inside = (unclamped >= qmin) & (unclamped <= qmax)
+        ds = torch.where(inside, q - zero_point - v, q - zero_point)
+        grad_scale = (grad * ds).sum(dim=1, keepdim=True) * grad_factor
+        return grad * inside, grad_scale, None, None, None, None
+
+
+def _tensor_kind(fmt: Any) -> str:
+    if fmt.is_identity:
+        return IDENTITY
+    return INT if fmt.is_int else FP16
+
+
+class _Groups:
+    """The maps of one layer grouped by how they are computed: ``keys[k]`` per map; a single group
+    runs on all rows at once, several run on their rows (``index_select``) and are put back in order."""
+
+    def __init__(self, keys: Sequence[Any]) -> None:
+        self.keys = list(keys)
+        order: dict[Any, list[int]] = {}
+        for k, key in enumerate(keys):
+            order.setdefault(key, []).append(k)
+        self.groups = [(key, torch.tensor(idx)) for key, idx in order.items()]
+        flat = [k for _, idx in order.items() for k in idx]
+        self.inverse = torch.tensor([flat.index(k) for k in range(len(keys))])
+        self.single = len(self.groups) == 1
+
+    def to(self, device: torch.device) -> None:
+        self.groups = [(key, idx.to(device)) for key, idx in self.groups]
+        self.inverse = self.inverse.to(device)
+
+    def apply(self, x: Tensor, fn: Callable[[Any, Tensor | None, Tensor], Tensor]) -> Tensor:
+        """``fn(key, rows or None for all, x_rows)`` per group, the results back in map order."""
+        if self.single:
+            return fn(self.groups[0][0], None, x)
+        parts = [fn(key, idx, x.index_select(0, idx)) for key, idx in self.groups]
+        return torch.cat(parts).index_select(0, self.inverse)
+
+
+def _rows(t: Tensor, idx: Tensor | None) -> Tensor:
+    return t if idx is None else t.index_select(0, idx)
+
+
+# ---------------------------------------------------------------------------------------------
+# Activation quantizer
+# ---------------------------------------------------------------------------------------------
+
+
+class BatchedActivationQuantizer(nn.Module):
+    """K :class:`ActivationQuantizer`\\ s (``None``: that map leaves the tensor alone) as one module over
+    ``(K*N, ...)`` inputs.  State has one row per map; rows of maps that are not integer are unused."""
+
+    min_val: Tensor
+    max_val: Tensor
+    zero_point: Tensor
+    scale: Tensor
+    qmin: Tensor
+    qmax: Tensor
+    span64: Tensor
+
+    def __init__(self, quantizers: Sequence[ActivationQuantizer | None], method: RangeMethod) -> None:
+        super().__init__()
+        self.K = len(quantizers)
+        self.method = method
+        self.kinds = [IDENTITY if q is None else _tensor_kind(q.fmt) for q in quantizers]
+        self.int_maps = [k for k, kind in enumerate(self.kinds) if kind == INT]
+        ref = next((q for q in quantizers if q is not None), None)
+        device = ref.min_val.device if ref is not None else torch.device("cpu")
+
+        def col(values: list[float], dtype: torch.dtype = torch.float32) -> Tensor:
+            return torch.tensor(values, dtype=dtype, device=device).reshape(self.K, 1)
+
+        def state(name: str, default: float) -> list[float]:
+            return [float(getattr(q, name).detach().reshape(())) if q is not None and kind == INT else default
+                    for q, kind in zip(quantizers, self.kinds, strict=True)]
+
+        ranges = [q.fmt.activation_range() if q is not None and kind == INT else (0, 1)
+                  for q, kind in zip(quantizers, self.kinds, strict=True)]
+        self.register_buffer("min_val", col(state("min_val", 0.0)).reshape(self.K))
+        self.register_buffer("max_val", col(state("max_val", 0.0)).reshape(self.K))
+        self.register_buffer("zero_point", col(state("zero_point", 0.0)))
+        scales = col(state("scale", 1.0))
+        if method is RangeMethod.LSQ:
+            self.scale = nn.Parameter(scales)
+        else:
+            self.register_buffer("scale", scales)
+        self.register_buffer("qmin", col([float(lo) for lo, _ in ranges]))
+        self.register_buffer("qmax", col([float(hi) for _, hi in ranges]))
+        self.register_buffer("span64", col([float(hi - lo) for lo, hi in ranges], torch.float64).reshape(self.K))
+        self.groups = _Groups(self.kinds)
+        self.groups.to(device)
+        self._int_idx = torch.tensor(self.int_maps, device=device)
+        self._all_int = len(self.int_maps) == self.K
+        self._keep = torch.tensor([kind == INT for kind in self.kinds], device=device)
+        self._grad_factor: dict[int, Tensor] = {}
+
+    @property
+    def any_int(self) -> bool:
+        return bool(self.int_maps)
+
+    # -- state -------------------------------------------------------------------------------
+    def _observe_ema(self, x2: Tensor) -> None:
+        """EMA of each integer map's batch range (momentum :attr:`ActivationQuantizer.EMA_MOMENTUM`)."""
+        momentum = ActivationQuantizer.EMA_MOMENTUM
+        rows = x2.detach() if self._all_int else x2.detach().index_select(0, self._int_idx)
+        lo, hi = torch.aminmax(rows, dim=1)
+        if self._all_int:
+            self.min_val.lerp_(lo, momentum)
+            self.max_val.lerp_(hi, momentum)
+        else:
+            idx = self._int_idx
+            self.min_val.index_copy_(0, idx, self.min_val.index_select(0, idx).lerp_(lo, momentum))
+            self.max_val.index_copy_(0, idx, self.max_val.index_select(0, idx).lerp_(hi, momentum))
+        self._refresh_qparams()
+
+    def _refresh_qparams(self) -> None:
+        """:meth:`ActivationQuantizer._refresh_qparams` for every map at once, in float64."""
+        lo = torch.clamp(self.min_val.double(), max=0.0)
+        hi = torch.clamp(self.max_val.double(), min=0.0)
+        unsigned = lo >= 0.0
+        qmin = self.qmin.reshape(self.K).double()
+        qmax = self.qmax.reshape(self.K).double()
+        scale = torch.where(unsigned, torch.clamp(hi, min=1e-8), torch.clamp(hi - lo, min=1e-8)) / self.span64
+        zp = torch.where(unsigned, torch.zeros_like(lo), torch.minimum(torch.maximum(torch.round(qmin - lo / scale),
+                                                                                      qmin), qmax))
+        if not self._all_int:  # the other maps' rows keep their (unused) values
+            scale = torch.where(self._keep, scale, self.scale.detach().reshape(self.K).double())
+            zp = torch.where(self._keep, zp, self.zero_point.reshape(self.K).double())
+        with torch.no_grad():
+            self.scale.copy_(scale.float().reshape(self.K, 1))
+            self.zero_point.copy_(zp.float().reshape(self.K, 1))
+
+    def input_scale(self) -> Tensor:
+        """(K, 1) scale each map's forward uses (the int32 bias scale's ``s_input``), detached."""
+        if self.method is RangeMethod.LSQ:
+            return self.scale.detach().abs() + 1e-12
+        return self.scale
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        K = self.K
+        if x.shape[0] % K:
+            raise BatchingError(f"a layer input has {x.shape[0]} rows, not a multiple of the {K} maps")
+        if not self.any_int and all(kind == IDENTITY for kind in self.kinds):
+            return x
+        x2 = x.reshape(K, -1)
+        if self.any_int and self.training and self.method is RangeMethod.MINMAX:
+            self._observe_ema(x2)
+        return self.groups.apply(x2, self._apply).reshape(x.shape)
+
+    def _apply(self, kind: str, idx: Tensor | None, x2: Tensor) -> Tensor:
+        if kind == IDENTITY:
+            return x2
+        if kind == FP16:
+            return round_fp16(x2)
+        qmin, qmax, zp = _rows(self.qmin, idx), _rows(self.qmax, idx), _rows(self.zero_point, idx)
+        if self.method is RangeMethod.LSQ:
+            scale = self.scale.abs() + 1e-12 if self.training else self.scale.detach().abs() + 1e-12
+            scale = _rows(scale, idx)
+            factor = self._lsq_factor(x2.shape[1], idx)
+            return cast(Tensor, _FakeQuantLSQBatched.apply(x2, scale, zp, qmin, qmax, factor))
+        return cast(Tensor, _FakeQuantSTEBatched.apply(x2, _rows(self.scale, idx), zp, qmin, qmax))
+
+    def _lsq_factor(self, numel: int, idx: Tensor | None) -> Tensor:
+        key = numel if idx is None else hash((numel, tuple(idx.tolist())))
+        if key not in self._grad_factor:
+            spans = _rows(self.qmax - self.qmin, idx).reshape(-1).tolist()
+            # the one-map factor is a Python float multiplied into a float32 tensor: rounded to float32
+            self._grad_factor[key] = torch.tensor([[1.0 / math.sqrt(numel * max(int(s), 1))] for s in spans],
+                                                  dtype=torch.float32, device=self.scale.device)
+        return self._grad_factor[key]
+
+    def write_back(self, k: int, quant: ActivationQuantizer) -> None:
+        if self.kinds[k] != INT:
+            return
+        with torch.no_grad():
+            quant.min_val.copy_(self.min_val[k])
+            quant.max_val.copy_(self.max_val[k])
+            quant.zero_point.copy_(self.zero_point[k, 0])
+            quant.scale.copy_(self.scale[k].detach().reshape(quant.scale.shape))
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------------------------
+
+_EXACT: dict[tuple[Any, ...], bool] = {}  # probe results, per layer shape and thread count
+
+
+def _probe(key: tuple[Any, ...], K: int, x_shape: tuple[int, ...], w_shape: tuple[int, ...], bias: int,
+           batched: Callable[[Tensor, Tensor, Tensor | None], Tensor],
+           single: Callable[[Tensor, Tensor, Tensor | None], Tensor], device: torch.device) -> bool:
+    """Whether ``batched`` on K maps gives, bit for bit, the K ``single`` results (forward and the
+    gradients of input, weight and bias), on random data of the layer's shapes (a private generator:
+    the global RNG, which a workload's batches may draw on, is left alone)."""
+    full = (*key, torch.get_num_threads(), device.type)
+    if full in _EXACT:
+        return _EXACT[full]
+    gen = torch.Generator().manual_seed(1234)
+
+    def rand(*shape: int) -> Tensor:
+        return torch.randn(shape, generator=gen).to(device)
+
+    n = x_shape[0]
+    x, w = rand(K * n, *x_shape[1:]), rand(K, *w_shape)
+    b = rand(K, bias) if bias else None
+    with torch.enable_grad():
+        leaves = [t.clone().requires_grad_() for t in (x, w) + ((b,) if b is not None else ())]
+        out = batched(leaves[0], leaves[1], leaves[2] if b is not None else None)
+        g = torch.randn(out.shape, generator=gen).to(device)
+        grads = torch.autograd.grad(out, leaves, g)
+        exact = True
+        for k in range(K):
+            inputs = (x, w) + ((b,) if b is not None else ())
+            ref = [t[k * n:(k + 1) * n] if i == 0 else t[k] for i, t in enumerate(inputs)]
+            ref = [t.clone().requires_grad_() for t in ref]
+            o = single(ref[0], ref[1], ref[2] if b is not None else None)
+            rg = torch.autograd.grad(o, ref, g[k * n:(k + 1) * n])
+            got = [grads[0][k * n:(k + 1) * n]] + [gr[k] for gr in grads[1:]]
+            if not torch.equal(o, out[k * n:(k + 1) * n]) or not all(
+                    torch.equal(a, c) for a, c in zip(got, rg, strict=True)):
+                exact = False
+                break
+    _EXACT[full] = exact
+    return exact
+
+
+class BatchedLayer(nn.Module):
+    """K maps' versions of one Conv/ConvTranspose/Linear (fake-quant or plain) over ``(K*N, ...)``."""
+
+    def __init__(self, modules: Sequence[nn.Module], method: RangeMethod) -> None:
+        super().__init__()
+        first = modules[0]
+        self.K = len(modules)
+        self.is_linear = isinstance(first, nn.Linear)
+        self.transposed = isinstance(first, _CONV_TRANSPOSES)
+        self.__dict__["template"] = first  # the conv attributes (not a submodule: its parameters are not ours)
+        weights = [cast(Tensor, m.weight) for m in modules]
+        self.weight = nn.Parameter(torch.stack([w.detach() for w in weights]), requires_grad=weights[0].requires_grad)
+        biases = [cast(Tensor | None, m.bias) for m in modules]
+        if biases[0] is not None:
+            self.bias: nn.Parameter | None = nn.Parameter(torch.stack([cast(Tensor, b).detach() for b in biases]),
+                                                          requires_grad=biases[0].requires_grad)
+        else:
+            self.bias = None
+        fmts = [m.layer_format if isinstance(m, FakeQuantMixin) else None for m in modules]
+        self.input_quant = BatchedActivationQuantizer(
+            [m.input_quant if isinstance(m, FakeQuantMixin) else None for m in modules], method)
+        self.out_axis = 1 if self.transposed else 0
+        wkinds = [IDENTITY if f is None else _tensor_kind(f.weight) for f in fmts]
+        bias_modes = []
+        for f, wk in zip(fmts, wkinds, strict=True):
+            if f is None or wk == IDENTITY:
+                bias_modes.append(IDENTITY)
+            elif wk == FP16:
+                bias_modes.append(FP16)
+            else:
+                bias_modes.append(INT if f.activation.is_int else IDENTITY)
+        self.wgroups = _Groups(list(zip(wkinds, bias_modes, strict=True)))
+        self.wgroups.to(self.weight.device)
+        wmax = [float(f.weight.weight_range()[1]) if f is not None and wk == INT else 1.0
+                for f, wk in zip(fmts, wkinds, strict=True)]
+        shape = (self.K,) + (1,) * (self.weight.dim() - 1)
+        self.register_buffer("wqmax", torch.tensor(wmax, device=self.weight.device).reshape(shape))
+        self.register_buffer("wqmin", -self.wqmax)
+        self.wkinds = wkinds
+
+    # -- operands -----------------------------------------------------------------------------
+    def _weight_bias(self) -> tuple[Tensor, Tensor | None]:
+        s_in = self.input_quant.input_scale() if self.input_quant.any_int else None
+        wq_parts: list[Tensor] = []
+        bq_parts: list[Tensor | None] = []
+
+        def one(key: tuple[str, str], idx: Tensor | None, w: Tensor) -> Tensor:
+            wkind, bmode = key
+            b = None if self.bias is None else _rows(self.bias, idx)
+            if wkind == IDENTITY:
+                wq_parts.append(w)
+                bq_parts.append(b)
+                return w
+            if wkind == FP16:
+                wq = round_fp16(w)
+                wq_parts.append(wq)
+                bq_parts.append(None if b is None else round_fp16(b))
+                return wq
+            qmax = _rows(cast(Tensor, self.wqmax), idx)
+            dims = [d for d in range(1, w.dim()) if d != 1 + self.out_axis]
+            amax = w.detach().abs().amax(dim=dims, keepdim=True)
+            s_w = torch.clamp(amax, min=torch.finfo(torch.float32).tiny) / qmax
+            wq = cast(Tensor, _RoundSTEBatched.apply(w, s_w, -qmax, qmax))
+            wq_parts.append(wq)
+            if b is not None and bmode == INT:
+                assert s_in is not None
+                bias_scale = s_w.reshape(w.shape[0], -1) * _rows(s_in, idx)
+                b = cast(Tensor, _RoundSTEBatched.apply(b, bias_scale, *(float(v) for v in INT32_RANGE)))
+            bq_parts.append(b)
+            return wq
+
+        if self.wgroups.single:
+            key, _ = self.wgroups.groups[0]
+            wq = one(key, None, self.weight)
+            return wq, bq_parts[0]
+        wq = self.wgroups.apply(self.weight, one)
+        bq = None
+        if self.bias is not None:
+            bq = torch.cat([cast(Tensor, b) for b in bq_parts]).index_select(0, self.wgroups.inverse)
+        return wq, bq
+
+    # -- compute ------------------------------------------------------------------------------
+    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        if output_size is not None:
+            raise BatchingError("a ConvTranspose called with output_size")
+        xq = self.input_quant(x)
+        wq, bq = self._weight_bias()
+        n = x.shape[0] // self.K
+        if self.is_linear:
+            return self._linear(xq, wq, bq, n)
+        return self._conv(xq, wq, bq, n)
+
+    def _linear(self, x: Tensor, w: Tensor, b: Tensor | None, n: int) -> Tensor:
+        K = self.K
+
+        def batched(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+            x3 = x.reshape(K, -1, x.shape[-1])
+            wt = w.transpose(1, 2)
+            y = torch.bmm(x3, wt) if b is None else torch.baddbmm(b.unsqueeze(1), x3, wt)
+            return y.reshape(*x.shape[:-1], w.shape[1])
+
+        def single(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+            return F.linear(x, w, b)
+
+        per_map = (n, *x.shape[1:])
+        key = ("linear", K, per_map, tuple(w.shape[1:]), b is not None)
+        if _probe(key, K, per_map, tuple(w.shape[1:]), 0 if b is None else b.shape[1], batched, single, x.device):
+            return batched(x, w, b)
+        return torch.cat([single(xk, w[k], None if b is None else b[k]) for k, xk in enumerate(x.split(n))])
+
+    def _conv(self, x: Tensor, w: Tensor, b: Tensor | None, n: int) -> Tensor:
+        K = self.K
+        conv = cast(nn.modules.conv._ConvNd, self.template)
+        dims = len(conv.kernel_size)
+        padding: Any = conv.padding
+        if conv.padding_mode != "zeros":
+            x = F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
+            padding = 0
+        if self.transposed:
+            fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[dims - 1]
+            output_padding = conv.output_padding
+
+            def single(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+                return cast(Tensor, fn(x, w, b, conv.stride, padding, output_padding, conv.groups, conv.dilation))
+        else:
+            cfn = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
+
+            def single(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+                return cast(Tensor, cfn(x, w, b, conv.stride, padding, conv.dilation, conv.groups))
+
+        def batched(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+            spatial = x.shape[2:]
+            m = x.shape[0] // K
+            xin = x.reshape(K, m, x.shape[1], *spatial).transpose(0, 1).reshape(m, K * x.shape[1], *spatial)
+            wk = w.reshape(K * w.shape[1], *w.shape[2:])
+            bk = None if b is None else b.reshape(-1)
+            if self.transposed:
+                y = fn(xin, wk, bk, conv.stride, padding, output_padding, K * conv.groups, conv.dilation)
+            else:
+                y = cfn(xin, wk, bk, conv.stride, padding, conv.dilation, K * conv.groups)
+            c_out = y.shape[1] // K
+            return y.reshape(m, K, c_out, *y.shape[2:]).transpose(0, 1).reshape(K * m, c_out, *y.shape[2:])
+
+        per_map = (n, *x.shape[1:])
+        key = ("conv", type(conv).__name__, K, per_map, tuple(w.shape[1:]), b is not None, conv.stride, str(padding),
+               conv.dilation, conv.groups, getattr(conv, "output_padding", None))
+        if _probe(key, K, per_map, tuple(w.shape[1:]), 0 if b is None else b.shape[1], batched, single, x.device):
+            return batched(x, w, b)
+        return torch.cat([single(xk, w[k], None if b is None else b[k]) for k, xk in enumerate(x.split(n))])
+
+    def write_back(self, k: int, module: nn.Module) -> None:
+        with torch.no_grad():
+            cast(Tensor, module.weight).copy_(self.weight[k])
+            if self.bias is not None:
+                cast(Tensor, module.bias).copy_(self.bias[k])
+        if isinstance(module, FakeQuantMixin):
+            self.input_quant.write_back(k, module.input_quant)
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole model
+# ---------------------------------------------------------------------------------------------
+
+
+def unsupported_reason(model: nn.Module) -> str:
+    """Why ``model`` (a one-map fake-quant model, BatchNorm already folded) cannot train batched, or ''."""
+    owners: dict[int, str] = {}
+    for fqn, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            return (f"{fqn!r} is a {type(module).__name__} left unfolded (it does not follow a conv/linear): in "
+                    "training mode its batch statistics would mix the maps")
+        if isinstance(module, _DROPOUTS) and module.p > 0:
+            return f"{fqn!r} is a {type(module).__name__} with p={module.p}: its random masks differ per map"
+        if isinstance(module, (*BATCHABLE, ActivationQuantizer)):
+            for p in module.parameters(recurse=False):
+                owners[id(p)] = fqn
+    for name, p in model.named_parameters():
+        if p.requires_grad and id(p) not in owners:
+            return (f"parameter {name!r} belongs to a layer kind the batched engine does not stack (only "
+                    "Conv, ConvTranspose and Linear weights are)")
+    return ""
+
+
+class BatchedModel(nn.Module):
+    """The K maps as one module: ``forward(x)`` takes the (N, ...) batch, replicates it K times and
+    returns the (K*N, ...) output; :meth:`split` gives each map's rows."""
+
+    def __init__(self, models: Sequence[nn.Module], method: RangeMethod) -> None:
+        super().__init__()
+        self.K = len(models)
+        self.method = method
+        net = copy.deepcopy(models[0])
+        self.layers: dict[str, BatchedLayer] = {}
+        per_map = [dict(m.named_modules()) for m in models]
+        for fqn, module in list(net.named_modules()):
+            if isinstance(module, BATCHABLE):
+                layer = BatchedLayer([mods[fqn] for mods in per_map], method)
+                _set(net, fqn, layer)
+                self.layers[fqn] = layer
+        outs = [getattr(m, OUTPUT_QUANT_ATTR, None) for m in models]
+        self.output_quant: BatchedActivationQuantizer | None = None
+        if any(o is not None for o in outs):
+            self.output_quant = BatchedActivationQuantizer(cast(list[ActivationQuantizer | None], outs), method)
+            had = hasattr(net, OUTPUT_QUANT_ATTR)
+            if had:
+                delattr(net, OUTPUT_QUANT_ATTR)
+            net.add_module(OUTPUT_QUANT_ATTR, self.output_quant)
+            if not had and not isinstance(net, nn.Sequential):
+                net.register_forward_hook(_quantize_output_hook)
+        self.net = net
+
+    def forward(self, x: Tensor) -> Any:
+        return self.net(x.repeat(self.K, *([1] * (x.dim() - 1))))
+
+    def split(self, out: Any, n: int) -> list[Any]:
+        """Map k's rows of a batched output: a tensor, or a tuple/list of tensors."""
+        if isinstance(out, Tensor):
+            if out.dim() == 0 or out.shape[0] != self.K * n:
+                raise BatchingError(f"the model's output has shape {tuple(out.shape)}, not {self.K * n} rows")
+            return list(out.split(n))
+        if isinstance(out, (tuple, list)) and all(isinstance(o, Tensor) for o in out):
+            parts = [self.split(o, n) for o in out]
+            return [type(out)(p[k] for p in parts) for k in range(self.K)]
+        raise BatchingError(f"the model returns a {type(out).__name__}; batching splits tensors or tuples of them")
+
+    def write_back(self, models: Sequence[nn.Module]) -> None:
+        """Each map's trained weights and quantizer state into its own one-map model."""
+        for k, model in enumerate(models):
+            mods = dict(model.named_modules())
+            for fqn, layer in self.layers.items():
+                layer.write_back(k, mods[fqn])
+            out = getattr(model, OUTPUT_QUANT_ATTR, None)
+            if self.output_quant is not None and isinstance(out, ActivationQuantizer):
+                self.output_quant.write_back(k, out)
+
+
+def _set(root: nn.Module, fqn: str, module: nn.Module) -> None:
+    parent_name, _, child = fqn.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def _max_rel_diff(a: Any, b: Any) -> float:
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        if a.shape != b.shape:
+            return math.inf
+        scale = float(b.abs().max()) if b.numel() else 0.0
+        return float((a - b).abs().max()) / max(scale, 1e-12) if b.numel() else 0.0
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b):
+        return max((_max_rel_diff(x, y) for x, y in zip(a, b, strict=True)), default=0.0)
+    return math.inf
+
+
+def check_forward(batched: BatchedModel, models: Sequence[nn.Module], example: Tensor, tol: float = 1e-5) -> str:
+    """'' if the batched forward (eval mode) on ``example`` replicated K times gives each map's own
+    model's output within ``tol`` (max |difference| over max |value|), else the reason it does not."""
+    batched.eval()
+    for m in models:
+        m.eval()
+    try:
+        with torch.no_grad():
+            parts = batched.split(batched(example), example.shape[0])
+            for k, model in enumerate(models):
+                diff = _max_rel_diff(parts[k], model(example))
+                if not diff <= tol:
+                    return (f"the batched forward differs from map {k}'s own (max relative difference {diff:.3g} > "
+                            f"{tol:g}): the model's forward mixes or fixes the batch dimension")
+    except BatchingError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - any failure of the batched forward means: train one at a time
+        return f"the batched forward fails ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    return ""
+
+
+class _Replicate(nn.Module):
+    """What the training loop trains: the batched model, remembering the batch size it was fed."""
+
+    def __init__(self, batched: BatchedModel) -> None:
+        super().__init__()
+        self.batched = batched
+        self.rows = 0
+
+    def forward(self, x: Tensor) -> Any:
+        self.rows = x.shape[0]
+        return self.batched(x)
+
+
+def train_batched(
+    batched: BatchedModel,
+    batches: Any,
+    loss_fn: Callable[[Any, Tensor], Tensor],
+    *,
+    steps: int,
+    lr: float,
+    device: torch.device,
+    recipe: Any,
+) -> list[list[float]]:
+    """``steps`` QAT steps of all K maps on the same batches (the loop of
+    :func:`search.workloads.training.train_steps`, the loss the sum of each map's own); returns each
+    map's losses.  Raises :class:`BatchingError` if the model cannot run batched on these batches."""
+    from search.workloads.training import train_steps
+
+    runner = _Replicate(batched)
+    per_step: list[Tensor] = []
+
+    def loss(out: Any, target: Tensor) -> Tensor:
+        parts = batched.split(out, runner.rows)
+        losses = torch.stack([loss_fn(part, target).reshape(()) for part in parts])
+        per_step.append(losses.detach())
+        return losses.sum()  # d(sum)/d(loss_k) = 1: each map's gradient is its own
+
+    train_steps(runner, batches, loss, steps=steps, lr=lr, device=device, recipe=recipe)
+    if not per_step:
+        return [[] for _ in range(batched.K)]
+    return cast(list[list[float]], torch.stack(per_step).T.tolist())
