@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -68,15 +69,24 @@ class BatchingError(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 
 
+def _clamp(r: Tensor, qmin: Tensor | float, qmax: Tensor | float) -> Tensor:
+    """``clamp(r, qmin, qmax)`` into a new tensor; per-map bounds as two binary ops (torch's clamp with
+    two broadcast tensor bounds takes a slow path), the same values."""
+    if isinstance(qmin, Tensor) or isinstance(qmax, Tensor):
+        return r.clamp_min(qmin).clamp_max_(qmax)
+    return r.clamp(qmin, qmax)
+
+
 class _FakeQuantSTEBatched(torch.autograd.Function):
     """:class:`search.quant.qat._FakeQuantSTE` with per-map ``scale``, ``zero_point``, ``qmin``,
     ``qmax`` (shape ``(K, 1)`` against ``x`` of shape ``(K, M)``): the same float ops in the same order."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor, qmax: Tensor) -> Tensor:
+    def forward(ctx: Any, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor | float,
+                qmax: Tensor | float) -> Tensor:
         r = torch.div(x, scale).round_()
         r.add_(zero_point)  # + 0.0 where the map's zero point is 0: the same value
-        q = torch.clamp(r, qmin, qmax)
+        q = _clamp(r, qmin, qmax)
         ctx.save_for_backward(q == r)
         q.sub_(zero_point)
         return q.mul_(scale)
@@ -92,8 +102,7 @@ class _RoundSTEBatched(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, scale: Tensor, qmin: Tensor | float, qmax: Tensor | float) -> Tensor:
-        r = torch.div(x, scale).round_()
-        return torch.clamp(r, qmin, qmax).mul_(scale)  # type: ignore[arg-type]  # clamp takes tensor or number
+        return _clamp(torch.div(x, scale).round_(), qmin, qmax).mul_(scale)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
@@ -109,13 +118,15 @@ class _FakeQuantLSQBatched(torch.autograd.Function):
                 grad_factor: Tensor) -> Tensor:
         v = x / scale
         unclamped = torch.round(v) + zero_point
-        q = torch.clamp(unclamped, qmin, qmax)
-        ctx.save_for_backward(v, unclamped, q, zero_point, qmin, qmax, grad_factor)
+        q = _clamp(unclamped, qmin, qmax)
+        ctx.save_for_backward(v, unclamped, q, zero_point, grad_factor)
+        ctx.bounds = (qmin, qmax)
         return (q - zero_point) * scale
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        v, unclamped, q, zero_point, qmin, qmax, grad_factor = ctx.saved_tensors
+        v, unclamped, q, zero_point, grad_factor = ctx.saved_tensors
+        qmin, qmax = ctx.bounds
         inside = (unclamped >= qmin) & (unclamped <= qmax)
         ds = torch.where(inside, q - zero_point - v, q - zero_point)
         grad_scale = (grad * ds).sum(dim=1, keepdim=True) * grad_factor
@@ -209,7 +220,8 @@ class BatchedActivationQuantizer(nn.Module):
         self._int_idx = torch.tensor(self.int_maps, device=device)
         self._all_int = len(self.int_maps) == self.K
         self._keep = torch.tensor([kind == INT for kind in self.kinds], device=device)
-        self._grad_factor: dict[int, Tensor] = {}
+        self._grad_factor: dict[tuple[int, int | None], Tensor] = {}
+        self._bounds_cache: dict[int | None, tuple[Tensor | float, Tensor | float]] = {}
 
     @property
     def any_int(self) -> bool:
@@ -220,7 +232,7 @@ class BatchedActivationQuantizer(nn.Module):
         """EMA of each integer map's batch range (momentum :attr:`ActivationQuantizer.EMA_MOMENTUM`)."""
         momentum = ActivationQuantizer.EMA_MOMENTUM
         rows = x2.detach() if self._all_int else x2.detach().index_select(0, self._int_idx)
-        lo, hi = torch.aminmax(rows, dim=1)
+        lo, hi = rows.amin(dim=1), rows.amax(dim=1)  # aminmax(dim=1) is 20x slower on a CPU; the same values
         if self._all_int:
             self.min_val.lerp_(lo, momentum)
             self.max_val.lerp_(hi, momentum)
@@ -263,14 +275,15 @@ class BatchedActivationQuantizer(nn.Module):
         x2 = x.reshape(K, -1)
         if self.any_int and self.training and self.method is RangeMethod.MINMAX:
             self._observe_ema(x2)
-        return self.groups.apply(x2, self._apply).reshape(x.shape)
+        return self.groups.apply(x2, self._quantize_rows).reshape(x.shape)
 
-    def _apply(self, kind: str, idx: Tensor | None, x2: Tensor) -> Tensor:
+    def _quantize_rows(self, kind: str, idx: Tensor | None, x2: Tensor) -> Tensor:
         if kind == IDENTITY:
             return x2
         if kind == FP16:
             return round_fp16(x2)
-        qmin, qmax, zp = _rows(self.qmin, idx), _rows(self.qmax, idx), _rows(self.zero_point, idx)
+        qmin, qmax = self._bounds(idx)
+        zp = _rows(self.zero_point, idx)
         if self.method is RangeMethod.LSQ:
             scale = self.scale.abs() + 1e-12 if self.training else self.scale.detach().abs() + 1e-12
             scale = _rows(scale, idx)
@@ -278,8 +291,19 @@ class BatchedActivationQuantizer(nn.Module):
             return cast(Tensor, _FakeQuantLSQBatched.apply(x2, scale, zp, qmin, qmax, factor))
         return cast(Tensor, _FakeQuantSTEBatched.apply(x2, _rows(self.scale, idx), zp, qmin, qmax))
 
+    def _bounds(self, idx: Tensor | None) -> tuple[Tensor | float, Tensor | float]:
+        """The integer maps' (qmin, qmax): numbers where they share them, else (K', 1) tensors."""
+        key = None if idx is None else id(idx)  # a group's index tensor lives as long as the layer
+        if key not in self._bounds_cache:
+            lo, hi = _rows(self.qmin, idx), _rows(self.qmax, idx)
+            if bool((lo == lo[0]).all()) and bool((hi == hi[0]).all()):
+                self._bounds_cache[key] = (float(lo[0]), float(hi[0]))
+            else:
+                self._bounds_cache[key] = (lo, hi)
+        return self._bounds_cache[key]
+
     def _lsq_factor(self, numel: int, idx: Tensor | None) -> Tensor:
-        key = numel if idx is None else hash((numel, tuple(idx.tolist())))
+        key = (numel, None if idx is None else id(idx))
         if key not in self._grad_factor:
             spans = _rows(self.qmax - self.qmin, idx).reshape(-1).tolist()
             # the one-map factor is a Python float multiplied into a float32 tensor: rounded to float32
@@ -301,18 +325,29 @@ class BatchedActivationQuantizer(nn.Module):
 # Layers
 # ---------------------------------------------------------------------------------------------
 
-_EXACT: dict[tuple[Any, ...], bool] = {}  # probe results, per layer shape and thread count
+_CHOICE: dict[tuple[Any, ...], bool] = {}  # per layer shape and thread count: run it as one batched call?
+
+
+def _timed(fn: Callable[[], Any], reps: int = 3) -> float:
+    best = math.inf
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def _probe(key: tuple[Any, ...], K: int, x_shape: tuple[int, ...], w_shape: tuple[int, ...], bias: int,
            batched: Callable[[Tensor, Tensor, Tensor | None], Tensor],
            single: Callable[[Tensor, Tensor, Tensor | None], Tensor], device: torch.device) -> bool:
-    """Whether ``batched`` on K maps gives, bit for bit, the K ``single`` results (forward and the
-    gradients of input, weight and bias), on random data of the layer's shapes (a private generator:
-    the global RNG, which a workload's batches may draw on, is left alone)."""
+    """Whether to compute a layer of these shapes as one batched call: only if it gives, bit for bit,
+    the K ``single`` results (forward and the gradients of input, weight and bias) on random data of
+    the layer's shapes, and is faster than K single calls (timed here: both give the same numbers, so
+    the choice changes only the speed).  Random data from a private generator: the global RNG, which
+    a workload's batches may draw on, is left alone.  Decided once per process for each shape."""
     full = (*key, torch.get_num_threads(), device.type)
-    if full in _EXACT:
-        return _EXACT[full]
+    if full in _CHOICE:
+        return _CHOICE[full]
     gen = torch.Generator().manual_seed(1234)
 
     def rand(*shape: int) -> Tensor:
@@ -321,25 +356,35 @@ def _probe(key: tuple[Any, ...], K: int, x_shape: tuple[int, ...], w_shape: tupl
     n = x_shape[0]
     x, w = rand(K * n, *x_shape[1:]), rand(K, *w_shape)
     b = rand(K, bias) if bias else None
+    operands = (x, w) + ((b,) if b is not None else ())
     with torch.enable_grad():
-        leaves = [t.clone().requires_grad_() for t in (x, w) + ((b,) if b is not None else ())]
-        out = batched(leaves[0], leaves[1], leaves[2] if b is not None else None)
-        g = torch.randn(out.shape, generator=gen).to(device)
-        grads = torch.autograd.grad(out, leaves, g)
+        leaves = [t.clone().requires_grad_() for t in operands]
+
+        def run_batched() -> tuple[Tensor, tuple[Tensor, ...]]:
+            out = batched(leaves[0], leaves[1], leaves[2] if b is not None else None)
+            return out, torch.autograd.grad(out, leaves, g)
+
+        def run_single() -> list[tuple[Tensor, tuple[Tensor, ...]]]:
+            results = []
+            for k in range(K):
+                ref = [t[k * n:(k + 1) * n] if i == 0 else t[k] for i, t in enumerate(operands)]
+                ref = [t.clone().requires_grad_() for t in ref]
+                o = single(ref[0], ref[1], ref[2] if b is not None else None)
+                results.append((o, torch.autograd.grad(o, ref, g[k * n:(k + 1) * n])))
+            return results
+
+        g = torch.randn(batched(x, w, b).shape, generator=gen).to(device)
+        out, grads = run_batched()
         exact = True
-        for k in range(K):
-            inputs = (x, w) + ((b,) if b is not None else ())
-            ref = [t[k * n:(k + 1) * n] if i == 0 else t[k] for i, t in enumerate(inputs)]
-            ref = [t.clone().requires_grad_() for t in ref]
-            o = single(ref[0], ref[1], ref[2] if b is not None else None)
-            rg = torch.autograd.grad(o, ref, g[k * n:(k + 1) * n])
+        for k, (o, rg) in enumerate(run_single()):
             got = [grads[0][k * n:(k + 1) * n]] + [gr[k] for gr in grads[1:]]
             if not torch.equal(o, out[k * n:(k + 1) * n]) or not all(
                     torch.equal(a, c) for a, c in zip(got, rg, strict=True)):
                 exact = False
                 break
-    _EXACT[full] = exact
-    return exact
+        choice = exact and _timed(run_batched) < _timed(run_single)
+    _CHOICE[full] = choice
+    return choice
 
 
 class BatchedLayer(nn.Module):
@@ -379,8 +424,8 @@ class BatchedLayer(nn.Module):
                 for f, wk in zip(fmts, wkinds, strict=True)]
         shape = (self.K,) + (1,) * (self.weight.dim() - 1)
         self.register_buffer("wqmax", torch.tensor(wmax, device=self.weight.device).reshape(shape))
-        self.register_buffer("wqmin", -self.wqmax)
         self.wkinds = wkinds
+        self._wmax_uniform: dict[int | None, bool] = {}
 
     # -- operands -----------------------------------------------------------------------------
     def _weight_bias(self) -> tuple[Tensor, Tensor | None]:
@@ -404,7 +449,10 @@ class BatchedLayer(nn.Module):
             dims = [d for d in range(1, w.dim()) if d != 1 + self.out_axis]
             amax = w.detach().abs().amax(dim=dims, keepdim=True)
             s_w = torch.clamp(amax, min=torch.finfo(torch.float32).tiny) / qmax
-            wq = cast(Tensor, _RoundSTEBatched.apply(w, s_w, -qmax, qmax))
+            bound: Tensor | float = qmax
+            if self._uniform_wmax(idx):
+                bound = float(qmax.reshape(-1)[0])
+            wq = cast(Tensor, _RoundSTEBatched.apply(w, s_w, -bound, bound))
             wq_parts.append(wq)
             if b is not None and bmode == INT:
                 assert s_in is not None
@@ -422,6 +470,13 @@ class BatchedLayer(nn.Module):
         if self.bias is not None:
             bq = torch.cat([cast(Tensor, b) for b in bq_parts]).index_select(0, self.wgroups.inverse)
         return wq, bq
+
+    def _uniform_wmax(self, idx: Tensor | None) -> bool:
+        key = None if idx is None else id(idx)  # a group's index tensor lives as long as the layer
+        if key not in self._wmax_uniform:
+            qmax = _rows(cast(Tensor, self.wqmax), idx).reshape(-1)
+            self._wmax_uniform[key] = bool((qmax == qmax[0]).all())
+        return self._wmax_uniform[key]
 
     # -- compute ------------------------------------------------------------------------------
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
@@ -465,12 +520,12 @@ class BatchedLayer(nn.Module):
             output_padding = conv.output_padding
 
             def single(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-                return cast(Tensor, fn(x, w, b, conv.stride, padding, output_padding, conv.groups, conv.dilation))
+                return fn(x, w, b, conv.stride, padding, output_padding, conv.groups, conv.dilation)
         else:
             cfn = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
 
             def single(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-                return cast(Tensor, cfn(x, w, b, conv.stride, padding, conv.dilation, conv.groups))
+                return cfn(x, w, b, conv.stride, padding, conv.dilation, conv.groups)
 
         def batched(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
             spatial = x.shape[2:]
