@@ -13,9 +13,11 @@ import torch
 from torch import nn
 
 from search.errors import NonFiniteLossError
+from search.quant.attention import prepare_model
 from search.quant.batched import BatchedModel, BatchingError, check_forward, train_batched, unsupported_reason
 from search.quant.formats import FormatMap, as_formats
-from search.quant.qat import RangeMethod, calibrate, quantize_model
+from search.quant.layers import LayerGraph, discover_layers
+from search.quant.qat import RangeMethod, calibrate, fold_batchnorm, quantize_model
 from search.workloads.base import Workload, WorkloadError, call_user_code
 from search.workloads.training import (
     DEFAULT_RECIPE,
@@ -121,12 +123,17 @@ def run_trials(
     reason = ""
     if len(example) != 1 or not isinstance(example[0], torch.Tensor):
         reason = "the model takes several inputs (batching replicates one input tensor)"
+    graph: LayerGraph | None = None
     for qmap in maps:
         if reason:
             break
         seed_everything(seed)  # as run_trial: the global RNG at the first batch is the one-map path's
         model = copy.deepcopy(workload.model).to(dev)
-        quantize_model(model, qmap, example, range_method=range_method)
+        if graph is None:  # the layers of the BN-folded model, the same for every map: discovered once
+            prepare_model(model)
+            fold_batchnorm(model)
+            graph = discover_layers(model, example)
+        quantize_model(model, qmap, example, range_method=range_method, graph=graph)
         if not models:
             reason = unsupported_reason(model)
             if reason:
