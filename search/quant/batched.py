@@ -48,7 +48,6 @@ from search.quant.qat import (
     FakeQuantMixin,
     RangeMethod,
     _quantize_output_hook,
-    round_fp16,
 )
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -79,58 +78,75 @@ def _clamp(r: Tensor, qmin: Tensor | float, qmax: Tensor | float) -> Tensor:
 
 class _FakeQuantSTEBatched(torch.autograd.Function):
     """:class:`search.quant.qat._FakeQuantSTE` with per-map ``scale``, ``zero_point``, ``qmin``,
-    ``qmax`` (shape ``(K, 1)`` against ``x`` of shape ``(K, M)``): the same float ops in the same order."""
+    ``qmax`` (shape ``(K, 1)`` against ``x`` of shape ``(K, M)``): the same float ops in the same order.
+    With ``mixed`` = (is_int, other) the rows of maps that are not integer take ``other`` (their float or
+    fp16-rounded values) and an identity gradient."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor | float,
-                qmax: Tensor | float) -> Tensor:
+                qmax: Tensor | float, is_int: Tensor | None, other: Tensor | None) -> Tensor:
         r = torch.div(x, scale).round_()
         r.add_(zero_point)  # + 0.0 where the map's zero point is 0: the same value
         q = _clamp(r, qmin, qmax)
-        ctx.save_for_backward(q == r)
+        inside = q == r
         q.sub_(zero_point)
-        return q.mul_(scale)
+        q.mul_(scale)
+        if is_int is not None:
+            assert other is not None
+            inside.logical_or_(~is_int)
+            q = torch.where(is_int, q, other)
+        ctx.save_for_backward(inside)
+        return q
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         (inside,) = ctx.saved_tensors
-        return grad * inside, None, None, None, None
+        return grad * inside, None, None, None, None, None, None
 
 
-class _RoundSTEBatched(torch.autograd.Function):
-    """:class:`search.quant.qat._RoundSTE` with per-map limits (tensors broadcast against ``x``)."""
+class _StraightThrough(torch.autograd.Function):
+    """``values`` forward, the gradient of ``x`` unchanged backward: every weight and bias fake quant
+    of the one-map path (``_RoundSTE``, fp16 rounding, none) has the identity gradient."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, scale: Tensor, qmin: Tensor | float, qmax: Tensor | float) -> Tensor:
-        return _clamp(torch.div(x, scale).round_(), qmin, qmax).mul_(scale)
+    def forward(ctx: Any, x: Tensor, values: Tensor) -> Tensor:
+        return values
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        return grad, None, None, None
+        return grad, None
 
 
 class _FakeQuantLSQBatched(torch.autograd.Function):
     """:class:`search.quant.qat._FakeQuantLSQ` per map: ``x`` (K, M), the rest (K, 1); the scale's
-    gradient is each map's own sum times its ``1/sqrt(M * (qmax - qmin))``."""
+    gradient is each map's own sum times its ``1/sqrt(M * (qmax - qmin))``.  ``is_int``/``other`` as in
+    :class:`_FakeQuantSTEBatched` (the other maps' scales get a zero gradient)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor, qmax: Tensor,
-                grad_factor: Tensor) -> Tensor:
+    def forward(ctx: Any, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor | float,
+                qmax: Tensor | float, grad_factor: Tensor, is_int: Tensor | None, other: Tensor | None) -> Tensor:
         v = x / scale
         unclamped = torch.round(v) + zero_point
         q = _clamp(unclamped, qmin, qmax)
-        ctx.save_for_backward(v, unclamped, q, zero_point, grad_factor)
+        ctx.save_for_backward(v, unclamped, q, zero_point, grad_factor, is_int)
         ctx.bounds = (qmin, qmax)
-        return (q - zero_point) * scale
+        out = (q - zero_point) * scale
+        if is_int is not None:
+            assert other is not None
+            out = torch.where(is_int, out, other)
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        v, unclamped, q, zero_point, grad_factor = ctx.saved_tensors
+        v, unclamped, q, zero_point, grad_factor, is_int = ctx.saved_tensors
         qmin, qmax = ctx.bounds
         inside = (unclamped >= qmin) & (unclamped <= qmax)
         ds = torch.where(inside, q - zero_point - v, q - zero_point)
         grad_scale = (grad * ds).sum(dim=1, keepdim=True) * grad_factor
-        return grad * inside, grad_scale, None, None, None, None
+        if is_int is not None:
+            grad_scale = torch.where(is_int, grad_scale, 0.0)
+            inside.logical_or_(~is_int)
+        return grad * inside, grad_scale, None, None, None, None, None, None
 
 
 def _tensor_kind(fmt: Any) -> str:
@@ -139,34 +155,21 @@ def _tensor_kind(fmt: Any) -> str:
     return INT if fmt.is_int else FP16
 
 
-class _Groups:
-    """The maps of one layer grouped by how they are computed: ``keys[k]`` per map; a single group
-    runs on all rows at once, several run on their rows (``index_select``) and are put back in order."""
-
-    def __init__(self, keys: Sequence[Any]) -> None:
-        self.keys = list(keys)
-        order: dict[Any, list[int]] = {}
-        for k, key in enumerate(keys):
-            order.setdefault(key, []).append(k)
-        self.groups = [(key, torch.tensor(idx)) for key, idx in order.items()]
-        flat = [k for _, idx in order.items() for k in idx]
-        self.inverse = torch.tensor([flat.index(k) for k in range(len(keys))])
-        self.single = len(self.groups) == 1
-
-    def to(self, device: torch.device) -> None:
-        self.groups = [(key, idx.to(device)) for key, idx in self.groups]
-        self.inverse = self.inverse.to(device)
-
-    def apply(self, x: Tensor, fn: Callable[[Any, Tensor | None, Tensor], Tensor]) -> Tensor:
-        """``fn(key, rows or None for all, x_rows)`` per group, the results back in map order."""
-        if self.single:
-            return fn(self.groups[0][0], None, x)
-        parts = [fn(key, idx, x.index_select(0, idx)) for key, idx in self.groups]
-        return torch.cat(parts).index_select(0, self.inverse)
+def _masks(kinds: Sequence[str], shape: tuple[int, ...], device: torch.device) -> tuple[Tensor | None, Tensor | None]:
+    """(is_int, is_fp16) per map, shaped ``shape`` to broadcast; None where no map is of that kind."""
+    def mask(kind: str) -> Tensor | None:
+        if kind not in kinds:
+            return None
+        return torch.tensor([k == kind for k in kinds], device=device).reshape(shape)
+    return mask(INT), mask(FP16)
 
 
-def _rows(t: Tensor, idx: Tensor | None) -> Tensor:
-    return t if idx is None else t.index_select(0, idx)
+def _float_rows(x: Tensor, kinds: Sequence[str], is_fp16: Tensor | None) -> Tensor:
+    """The values of the maps that are not integer: fp16-rounded rows (``round_fp16``'s values) or ``x``."""
+    if is_fp16 is None:
+        return x
+    x16 = x.to(torch.float16).to(x.dtype)
+    return x16 if all(k != IDENTITY for k in kinds if k != INT) else torch.where(is_fp16, x16, x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,7 +179,8 @@ def _rows(t: Tensor, idx: Tensor | None) -> Tensor:
 
 class BatchedActivationQuantizer(nn.Module):
     """K :class:`ActivationQuantizer`\\ s (``None``: that map leaves the tensor alone) as one module over
-    ``(K*N, ...)`` inputs.  State has one row per map; rows of maps that are not integer are unused."""
+    ``(K*N, ...)`` inputs.  State has one row per map; the rows of maps that are not integer evolve
+    unused (their outputs are the float or fp16 values; they are never written back)."""
 
     min_val: Tensor
     max_val: Tensor
@@ -184,6 +188,8 @@ class BatchedActivationQuantizer(nn.Module):
     scale: Tensor
     qmin: Tensor
     qmax: Tensor
+    qmin64: Tensor
+    qmax64: Tensor
     span64: Tensor
 
     def __init__(self, quantizers: Sequence[ActivationQuantizer | None], method: RangeMethod) -> None:
@@ -202,7 +208,10 @@ class BatchedActivationQuantizer(nn.Module):
             return [float(getattr(q, name).detach().reshape(())) if q is not None and kind == INT else default
                     for q, kind in zip(quantizers, self.kinds, strict=True)]
 
-        ranges = [q.fmt.activation_range() if q is not None and kind == INT else (0, 1)
+        int_ranges = [q.fmt.activation_range() for q, kind in zip(quantizers, self.kinds, strict=True)
+                      if q is not None and kind == INT]
+        dummy = int_ranges[0] if int_ranges else (0, 1)  # other maps' rows: the first integer map's range
+        ranges = [q.fmt.activation_range() if q is not None and kind == INT else dummy
                   for q, kind in zip(quantizers, self.kinds, strict=True)]
         self.register_buffer("min_val", col(state("min_val", 0.0)).reshape(self.K))
         self.register_buffer("max_val", col(state("max_val", 0.0)).reshape(self.K))
@@ -214,14 +223,17 @@ class BatchedActivationQuantizer(nn.Module):
             self.register_buffer("scale", scales)
         self.register_buffer("qmin", col([float(lo) for lo, _ in ranges]))
         self.register_buffer("qmax", col([float(hi) for _, hi in ranges]))
-        self.register_buffer("span64", col([float(hi - lo) for lo, hi in ranges], torch.float64).reshape(self.K))
-        self.groups = _Groups(self.kinds)
-        self.groups.to(device)
-        self._int_idx = torch.tensor(self.int_maps, device=device)
+        self.register_buffer("qmin64", self.qmin.reshape(self.K).double())
+        self.register_buffer("qmax64", self.qmax.reshape(self.K).double())
+        self.register_buffer("span64", self.qmax64 - self.qmin64)
+        # clamp bounds: numbers where every map shares them (a faster clamp), else (K, 1) tensors
+        self._bounds: tuple[Tensor | float, Tensor | float] = (
+            (float(ranges[0][0]), float(ranges[0][1])) if len(set(ranges)) == 1 else (self.qmin, self.qmax))
+        self.is_int, self.is_fp16 = _masks(self.kinds, (self.K, 1), device)
         self._all_int = len(self.int_maps) == self.K
-        self._keep = torch.tensor([kind == INT for kind in self.kinds], device=device)
-        self._grad_factor: dict[tuple[int, int | None], Tensor] = {}
-        self._bounds_cache: dict[int | None, tuple[Tensor | float, Tensor | float]] = {}
+        spans = [hi - lo for lo, hi in ranges]
+        self._spans = spans
+        self._grad_factor: dict[int, Tensor] = {}
 
     @property
     def any_int(self) -> bool:
@@ -229,17 +241,11 @@ class BatchedActivationQuantizer(nn.Module):
 
     # -- state -------------------------------------------------------------------------------
     def _observe_ema(self, x2: Tensor) -> None:
-        """EMA of each integer map's batch range (momentum :attr:`ActivationQuantizer.EMA_MOMENTUM`)."""
+        """EMA of each map's batch range (momentum :attr:`ActivationQuantizer.EMA_MOMENTUM`)."""
         momentum = ActivationQuantizer.EMA_MOMENTUM
-        rows = x2.detach() if self._all_int else x2.detach().index_select(0, self._int_idx)
-        lo, hi = rows.amin(dim=1), rows.amax(dim=1)  # aminmax(dim=1) is 20x slower on a CPU; the same values
-        if self._all_int:
-            self.min_val.lerp_(lo, momentum)
-            self.max_val.lerp_(hi, momentum)
-        else:
-            idx = self._int_idx
-            self.min_val.index_copy_(0, idx, self.min_val.index_select(0, idx).lerp_(lo, momentum))
-            self.max_val.index_copy_(0, idx, self.max_val.index_select(0, idx).lerp_(hi, momentum))
+        rows = x2.detach()
+        self.min_val.lerp_(rows.amin(dim=1), momentum)  # aminmax(dim=1) is 20x slower on a CPU; the same values
+        self.max_val.lerp_(rows.amax(dim=1), momentum)
         self._refresh_qparams()
 
     def _refresh_qparams(self) -> None:
@@ -247,17 +253,12 @@ class BatchedActivationQuantizer(nn.Module):
         lo = torch.clamp(self.min_val.double(), max=0.0)
         hi = torch.clamp(self.max_val.double(), min=0.0)
         unsigned = lo >= 0.0
-        qmin = self.qmin.reshape(self.K).double()
-        qmax = self.qmax.reshape(self.K).double()
         scale = torch.where(unsigned, torch.clamp(hi, min=1e-8), torch.clamp(hi - lo, min=1e-8)) / self.span64
-        zp = torch.where(unsigned, torch.zeros_like(lo), torch.minimum(torch.maximum(torch.round(qmin - lo / scale),
-                                                                                      qmin), qmax))
-        if not self._all_int:  # the other maps' rows keep their (unused) values
-            scale = torch.where(self._keep, scale, self.scale.detach().reshape(self.K).double())
-            zp = torch.where(self._keep, zp, self.zero_point.reshape(self.K).double())
+        zp = torch.round(self.qmin64 - lo / scale).clamp_min_(self.qmin64).clamp_max_(self.qmax64)
+        zp.masked_fill_(unsigned, 0.0)
         with torch.no_grad():
-            self.scale.copy_(scale.float().reshape(self.K, 1))
-            self.zero_point.copy_(zp.float().reshape(self.K, 1))
+            self.scale.copy_(scale.reshape(self.K, 1))
+            self.zero_point.copy_(zp.reshape(self.K, 1))
 
     def input_scale(self) -> Tensor:
         """(K, 1) scale each map's forward uses (the int32 bias scale's ``s_input``), detached."""
@@ -270,46 +271,30 @@ class BatchedActivationQuantizer(nn.Module):
         K = self.K
         if x.shape[0] % K:
             raise BatchingError(f"a layer input has {x.shape[0]} rows, not a multiple of the {K} maps")
-        if not self.any_int and all(kind == IDENTITY for kind in self.kinds):
+        if not self.any_int and self.is_fp16 is None:
             return x
         x2 = x.reshape(K, -1)
-        if self.any_int and self.training and self.method is RangeMethod.MINMAX:
+        if not self.any_int:
+            return _float_rows_ste(x2, self.kinds, self.is_fp16).reshape(x.shape)
+        if self.training and self.method is RangeMethod.MINMAX:
             self._observe_ema(x2)
-        return self.groups.apply(x2, self._quantize_rows).reshape(x.shape)
-
-    def _quantize_rows(self, kind: str, idx: Tensor | None, x2: Tensor) -> Tensor:
-        if kind == IDENTITY:
-            return x2
-        if kind == FP16:
-            return round_fp16(x2)
-        qmin, qmax = self._bounds(idx)
-        zp = _rows(self.zero_point, idx)
+        is_int = None if self._all_int else self.is_int
+        other = None if self._all_int else _float_rows(x2.detach(), self.kinds, self.is_fp16)
+        qmin, qmax = self._bounds
         if self.method is RangeMethod.LSQ:
             scale = self.scale.abs() + 1e-12 if self.training else self.scale.detach().abs() + 1e-12
-            scale = _rows(scale, idx)
-            factor = self._lsq_factor(x2.shape[1], idx)
-            return cast(Tensor, _FakeQuantLSQBatched.apply(x2, scale, zp, qmin, qmax, factor))
-        return cast(Tensor, _FakeQuantSTEBatched.apply(x2, _rows(self.scale, idx), zp, qmin, qmax))
+            factor = self._lsq_factor(x2.shape[1])
+            out = _FakeQuantLSQBatched.apply(x2, scale, self.zero_point, qmin, qmax, factor, is_int, other)
+        else:
+            out = _FakeQuantSTEBatched.apply(x2, self.scale, self.zero_point, qmin, qmax, is_int, other)
+        return cast(Tensor, out).reshape(x.shape)
 
-    def _bounds(self, idx: Tensor | None) -> tuple[Tensor | float, Tensor | float]:
-        """The integer maps' (qmin, qmax): numbers where they share them, else (K', 1) tensors."""
-        key = None if idx is None else id(idx)  # a group's index tensor lives as long as the layer
-        if key not in self._bounds_cache:
-            lo, hi = _rows(self.qmin, idx), _rows(self.qmax, idx)
-            if bool((lo == lo[0]).all()) and bool((hi == hi[0]).all()):
-                self._bounds_cache[key] = (float(lo[0]), float(hi[0]))
-            else:
-                self._bounds_cache[key] = (lo, hi)
-        return self._bounds_cache[key]
-
-    def _lsq_factor(self, numel: int, idx: Tensor | None) -> Tensor:
-        key = (numel, None if idx is None else id(idx))
-        if key not in self._grad_factor:
-            spans = _rows(self.qmax - self.qmin, idx).reshape(-1).tolist()
+    def _lsq_factor(self, numel: int) -> Tensor:
+        if numel not in self._grad_factor:
             # the one-map factor is a Python float multiplied into a float32 tensor: rounded to float32
-            self._grad_factor[key] = torch.tensor([[1.0 / math.sqrt(numel * max(int(s), 1))] for s in spans],
-                                                  dtype=torch.float32, device=self.scale.device)
-        return self._grad_factor[key]
+            self._grad_factor[numel] = torch.tensor([[1.0 / math.sqrt(numel * max(int(s), 1))] for s in self._spans],
+                                                    dtype=torch.float32, device=self.scale.device)
+        return self._grad_factor[numel]
 
     def write_back(self, k: int, quant: ActivationQuantizer) -> None:
         if self.kinds[k] != INT:
@@ -321,6 +306,12 @@ class BatchedActivationQuantizer(nn.Module):
             quant.scale.copy_(self.scale[k].detach().reshape(quant.scale.shape))
 
 
+def _float_rows_ste(x2: Tensor, kinds: Sequence[str], is_fp16: Tensor | None) -> Tensor:
+    with torch.no_grad():
+        values = _float_rows(x2, kinds, is_fp16)
+    return cast(Tensor, _StraightThrough.apply(x2, values))
+
+
 # ---------------------------------------------------------------------------------------------
 # Layers
 # ---------------------------------------------------------------------------------------------
@@ -328,11 +319,15 @@ class BatchedActivationQuantizer(nn.Module):
 _CHOICE: dict[tuple[Any, ...], bool] = {}  # per layer shape and thread count: run it as one batched call?
 
 
-def _timed(fn: Callable[[], Any], reps: int = 3) -> float:
+def _timed(fn: Callable[[], Any], device: torch.device, reps: int = 3) -> float:
     best = math.inf
     for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         start = time.perf_counter()
         fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -382,13 +377,15 @@ def _probe(key: tuple[Any, ...], K: int, x_shape: tuple[int, ...], w_shape: tupl
                     torch.equal(a, c) for a, c in zip(got, rg, strict=True)):
                 exact = False
                 break
-        choice = exact and _timed(run_batched) < _timed(run_single)
+        choice = exact and _timed(run_batched, device) < _timed(run_single, device)
     _CHOICE[full] = choice
     return choice
 
 
 class BatchedLayer(nn.Module):
     """K maps' versions of one Conv/ConvTranspose/Linear (fake-quant or plain) over ``(K*N, ...)``."""
+
+    wqmax: Tensor
 
     def __init__(self, modules: Sequence[nn.Module], method: RangeMethod) -> None:
         super().__init__()
@@ -418,65 +415,55 @@ class BatchedLayer(nn.Module):
                 bias_modes.append(FP16)
             else:
                 bias_modes.append(INT if f.activation.is_int else IDENTITY)
-        self.wgroups = _Groups(list(zip(wkinds, bias_modes, strict=True)))
-        self.wgroups.to(self.weight.device)
-        wmax = [float(f.weight.weight_range()[1]) if f is not None and wk == INT else 1.0
-                for f, wk in zip(fmts, wkinds, strict=True)]
-        shape = (self.K,) + (1,) * (self.weight.dim() - 1)
-        self.register_buffer("wqmax", torch.tensor(wmax, device=self.weight.device).reshape(shape))
+        dev = self.weight.device
+        wshape = (self.K,) + (1,) * (self.weight.dim() - 1)
         self.wkinds = wkinds
-        self._wmax_uniform: dict[int | None, bool] = {}
+        self.w_int, self.w_fp16 = _masks(wkinds, wshape, dev)
+        self.b_int, self.b_fp16 = _masks(bias_modes, (self.K, 1), dev)
+        self.bias_modes = bias_modes
+        int_wmax = [float(f.weight.weight_range()[1]) for f, wk in zip(fmts, wkinds, strict=True)
+                    if f is not None and wk == INT]
+        dummy = int_wmax[0] if int_wmax else 1.0  # other maps' rows: the first integer map's limit
+        wmax = [float(f.weight.weight_range()[1]) if f is not None and wk == INT else dummy
+                for f, wk in zip(fmts, wkinds, strict=True)]
+        self.register_buffer("wqmax", torch.tensor(wmax, device=dev).reshape(wshape))
+        self._wbound: Tensor | float = wmax[0] if len(set(wmax)) == 1 else self.wqmax
 
     # -- operands -----------------------------------------------------------------------------
     def _weight_bias(self) -> tuple[Tensor, Tensor | None]:
-        s_in = self.input_quant.input_scale() if self.input_quant.any_int else None
-        wq_parts: list[Tensor] = []
-        bq_parts: list[Tensor | None] = []
-
-        def one(key: tuple[str, str], idx: Tensor | None, w: Tensor) -> Tensor:
-            wkind, bmode = key
-            b = None if self.bias is None else _rows(self.bias, idx)
-            if wkind == IDENTITY:
-                wq_parts.append(w)
-                bq_parts.append(b)
-                return w
-            if wkind == FP16:
-                wq = round_fp16(w)
-                wq_parts.append(wq)
-                bq_parts.append(None if b is None else round_fp16(b))
-                return wq
-            qmax = _rows(cast(Tensor, self.wqmax), idx)
-            dims = [d for d in range(1, w.dim()) if d != 1 + self.out_axis]
-            amax = w.detach().abs().amax(dim=dims, keepdim=True)
-            s_w = torch.clamp(amax, min=torch.finfo(torch.float32).tiny) / qmax
-            bound: Tensor | float = qmax
-            if self._uniform_wmax(idx):
-                bound = float(qmax.reshape(-1)[0])
-            wq = cast(Tensor, _RoundSTEBatched.apply(w, s_w, -bound, bound))
-            wq_parts.append(wq)
-            if b is not None and bmode == INT:
-                assert s_in is not None
-                bias_scale = s_w.reshape(w.shape[0], -1) * _rows(s_in, idx)
-                b = cast(Tensor, _RoundSTEBatched.apply(b, bias_scale, *(float(v) for v in INT32_RANGE)))
-            bq_parts.append(b)
-            return wq
-
-        if self.wgroups.single:
-            key, _ = self.wgroups.groups[0]
-            wq = one(key, None, self.weight)
-            return wq, bq_parts[0]
-        wq = self.wgroups.apply(self.weight, one)
-        bq = None
-        if self.bias is not None:
-            bq = torch.cat([cast(Tensor, b) for b in bq_parts]).index_select(0, self.wgroups.inverse)
+        """Each map's fake-quant weight and bias, as its one-map layer computes them (values per map
+        kind; the gradient is the identity for every kind, as in the one-map path)."""
+        w, b = self.weight, self.bias
+        if self.w_int is None and self.w_fp16 is None:
+            return w, b
+        with torch.no_grad():
+            wv = w.detach()
+            bv = None if b is None else b.detach()
+            w_float = _float_rows(wv, self.wkinds, self.w_fp16)
+            b_vals: Tensor | None
+            b_float = None if bv is None else _float_rows(bv, self.bias_modes, self.b_fp16)
+            if self.w_int is not None:
+                dims = [d for d in range(1, wv.dim()) if d != 1 + self.out_axis]
+                amax = wv.abs().amax(dim=dims, keepdim=True)
+                s_w = torch.clamp(amax, min=torch.finfo(torch.float32).tiny) / self.wqmax
+                bound = self._wbound
+                w_int = _clamp(torch.div(wv, s_w).round_(), -bound, bound).mul_(s_w)
+                w_vals = w_int if self.w_fp16 is None and all(k == INT for k in self.wkinds) else torch.where(
+                    self.w_int, w_int, w_float)
+                if bv is not None and self.b_int is not None:
+                    bias_scale = s_w.reshape(self.K, -1) * self.input_quant.input_scale()
+                    lo, hi = (float(v) for v in INT32_RANGE)
+                    b_int = torch.div(bv, bias_scale).round_().clamp_(lo, hi).mul_(bias_scale)
+                    assert b_float is not None
+                    all_int = all(m == INT for m in self.bias_modes)
+                    b_vals = b_int if all_int else torch.where(self.b_int, b_int, b_float)
+                else:
+                    b_vals = b_float
+            else:
+                w_vals, b_vals = w_float, b_float
+        wq = cast(Tensor, _StraightThrough.apply(w, w_vals))
+        bq = None if b is None or b_vals is None else cast(Tensor, _StraightThrough.apply(b, b_vals))
         return wq, bq
-
-    def _uniform_wmax(self, idx: Tensor | None) -> bool:
-        key = None if idx is None else id(idx)  # a group's index tensor lives as long as the layer
-        if key not in self._wmax_uniform:
-            qmax = _rows(cast(Tensor, self.wqmax), idx).reshape(-1)
-            self._wmax_uniform[key] = bool((qmax == qmax[0]).all())
-        return self._wmax_uniform[key]
 
     # -- compute ------------------------------------------------------------------------------
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
