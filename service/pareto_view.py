@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import json
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,3 +145,29 @@ def _artefacts(session: Session, job_id: int) -> dict[str, Any]:
             error=errors[0] if errors else None,
         ).model_dump(mode="json")
     return out
+
+
+class TrialPages:
+    """Per-process cache of serialized ``/trials`` pages, keyed by the job's ``updated_at`` (every write of
+    its trials moves it: ``store.record_trial``, ``record_failed_trial``, ``mark_front``, ``set_job_info``,
+    the status transitions) and the page's query.  The dashboard asks for the same pages again and again
+    between two trials; each is read and serialized once per job version."""
+
+    def __init__(self, max_pages: int = 256) -> None:
+        self._pages: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_pages = max_pages
+
+    def get(self, key: tuple[Any, ...]) -> bytes | None:
+        with self._lock:
+            body = self._pages.get(key)
+            if body is not None:
+                self._pages.move_to_end(key)
+            return body
+
+    def put(self, key: tuple[Any, ...], body: bytes) -> None:
+        with self._lock:
+            self._pages[key] = body
+            self._pages.move_to_end(key)
+            while len(self._pages) > self.max_pages:
+                self._pages.popitem(last=False)

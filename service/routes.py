@@ -40,7 +40,7 @@ from service import auth, store
 from service.db import Database
 from service.deps import DbDep, OwnerDep, RoleDep, SettingsDep, StreamOwnerDep
 from service.models import TERMINAL, ArtefactKind, Base, Job, JobStatus, TokenRole, Trial, UploadKind, utcnow
-from service.pareto_view import ParetoViews
+from service.pareto_view import ParetoViews, TrialPages
 from service.schemas import (
     INT32_MAX,
     NAME_RE,
@@ -364,15 +364,22 @@ def delete_job(job_id: JobId, db: DbDep, owner: OwnerDep) -> Response:
 
 @router.get("/jobs/{job_id}/trials", response_model=TrialPage)
 def list_trials(
-    job_id: JobId, db: DbDep, owner: OwnerDep, limit: Limit = 50, offset: Offset = 0,
+    job_id: JobId, db: DbDep, owner: OwnerDep, request: Request, limit: Limit = 50, offset: Offset = 0,
     sort: Annotated[str, Query(pattern=r"^-?(number|quality|cost)$")] = "number",
-) -> TrialPage:
+) -> Response:
     """Trials, paginated; ``on_front`` agrees with ``/pareto`` (the live front while the job runs)."""
+    pages: TrialPages = request.app.state.trial_pages
     with db.session() as session:
         job = _owned_job(session, job_id, owner)
-        trials, total = store.list_trials(session, job_id, sort, limit, offset)
-        items = [trial_out(t, None if job.front_final else t.live_front) for t in trials]
-        return TrialPage(items=items, total=total, limit=limit, offset=offset)
+        key = (job_id, job.updated_at, job.front_final, sort, limit, offset)
+        body = pages.get(key)
+        if body is None:
+            trials, total = store.list_trials(session, job_id, sort, limit, offset)
+            items = [trial_out(t, None if job.front_final else t.live_front) for t in trials]
+            # the bytes FastAPI would send for the TrialPage (pydantic's JSON of the response model)
+            body = TrialPage(items=items, total=total, limit=limit, offset=offset).model_dump_json().encode()
+            pages.put(key, body)
+    return Response(content=body, media_type="application/json")
 
 
 @router.get("/jobs/{job_id}/pareto", response_model=ParetoOut)

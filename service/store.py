@@ -443,7 +443,10 @@ def record_failed_trial(
         retried=retried,
     )
     result = session.execute(stmt.on_conflict_do_nothing(index_elements=["job_id", "number"]))
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    if not result.rowcount:  # type: ignore[attr-defined]
+        return False
+    touch_job(session, job_id)  # the job's trials changed: cached pages of them are stale (pareto_view.TrialPages)
+    return True
 
 
 def mark_front(session: Session, job_id: int, numbers: Sequence[int]) -> None:

@@ -266,3 +266,38 @@ def test_0007_fills_the_live_front_of_stored_jobs_and_goes_down_again(tmp_path: 
             assert not indexes & {"ix_mixq_trials_job_counts", "ix_mixq_trials_job_live_front"}
     finally:
         engine.dispose()
+
+
+def test_cached_trial_pages_follow_every_write(client: TestClient, db: Database) -> None:
+    """``/trials`` pages are cached per job version: each kind of write of the job's trials shows at once."""
+    rng = random.Random(9)
+    job_id = new_job(db)
+
+    def page() -> dict[str, Any]:
+        r = client.get(f"/v1/jobs/{job_id}/trials", params={"limit": 200, "sort": "-quality"})
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        again = client.get(f"/v1/jobs/{job_id}/trials", params={"limit": 200, "sort": "-quality"})
+        assert again.content == r.content  # the cached bytes
+        body: dict[str, Any] = r.json()
+        return body
+
+    with db.session() as session:
+        for number in range(10):
+            store.record_trial(session, job_id, random_record(number, rng), "w", True)
+    assert page()["total"] == 10
+    with db.session() as session:
+        store.record_trial(session, job_id, dataclasses.replace(random_record(10, rng), quality=5.0, feasible=True), "w",
+                           True)
+    first = page()
+    assert first["total"] == 11 and first["items"][0]["number"] == 10 and first["items"][0]["on_front"]
+    with db.session() as session:
+        store.record_failed_trial(session, job_id, 11, {"fc": "int4"}, "boom", False)
+    assert page()["total"] == 12
+    with db.session() as session:  # re-evaluated: trial 10 falls to the bottom and off the front
+        store.record_trial(session, job_id, dataclasses.replace(random_record(10, rng), quality=0.01, feasible=True),
+                           None, True)
+    items = page()["items"]
+    assert items[0]["number"] != 10 and not next(t for t in items if t["number"] == 10)["on_front"]
+    with db.session() as session:  # the search's own front replaces the live one
+        store.mark_front(session, job_id, [3])
+    assert {t["number"] for t in page()["items"] if t["on_front"]} == {3}
