@@ -433,8 +433,10 @@ def record_failed_trial(
     session: Session, job_id: int, number: int, assignment: dict[str, str], error: str, retried: bool
 ) -> bool:
     """Insert a failed trial once: a repeated report of (job, number) changes nothing.  False if the
-    job no longer exists or the trial is already recorded."""
-    if session.scalar(select(Job.id).where(Job.id == job_id)) is None:
+    job no longer exists or the trial is already recorded.  The job row is written first, as in
+    :func:`record_trial` (one lock order: job, then trial), and moves ``updated_at``: cached pages of the
+    job's trials are stale (``pareto_view.TrialPages``)."""
+    if not session.execute(update(Job).where(Job.id == job_id).values(updated_at=utcnow())).rowcount:  # type: ignore[attr-defined]
         return False
     stmt = _insert_for(session)(Trial).values(
         job_id=job_id, number=number, state=TrialState.FAILED, assignment=assignment, quality=None,
@@ -443,10 +445,7 @@ def record_failed_trial(
         retried=retried,
     )
     result = session.execute(stmt.on_conflict_do_nothing(index_elements=["job_id", "number"]))
-    if not result.rowcount:  # type: ignore[attr-defined]
-        return False
-    touch_job(session, job_id)  # the job's trials changed: cached pages of them are stale (pareto_view.TrialPages)
-    return True
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def mark_front(session: Session, job_id: int, numbers: Sequence[int]) -> None:
