@@ -58,6 +58,7 @@ def main() -> None:
 
     os.environ.setdefault("NNCF_TORCH_LEGACY_TRACING", "1")  # 2.19's legacy API wraps torch ops only then
     os.environ.setdefault("NNCF_CI", "1")  # no telemetry
+    os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "0")  # its CPU ops: built by setup.sh, else here (minutes)
     import nncf
     from nncf import NNCFConfig
     from nncf.torch import create_compressed_model, register_default_init_args

@@ -72,5 +72,11 @@ assert torch.version.cuda is None, f"a CUDA torch build was installed ({torch.ve
 print("torch", torch.__version__, "(CPU)")
 PYEOF
   PYTHONPATH="$REPO" "$VENV/bin/python" -c "import bench.peers._tv, search; print('search imports:', search.__name__)"
+  if [[ "$tool" == nncf ]]; then
+    # NNCF's legacy torch API compiles its CPU quantization ops (g++, ninja) on first use, under a 60 s limit
+    # that a loaded 2-core machine misses: build them here, without a limit (minutes)
+    NNCF_TORCH_LEGACY_TRACING=1 NNCF_EXTENSION_LOAD_TIMEOUT=0 "$VENV/bin/python" -c \
+      "from nncf.torch.extensions import force_build_cpu_extensions; force_build_cpu_extensions(); print('nncf CPU extensions built')"
+  fi
 done
 echo "done: ${TOOLS[*]} under $ROOT"
