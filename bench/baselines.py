@@ -1,8 +1,9 @@
 """mixq's search against the methods users would otherwise pick, in one harness, on ``denoise-deep``.
 
-Every method searches the same space (first and last layer int8, every other layer int8 or int4,
-BitOPs as the cost) with the same wall-clock budget on the same machine, then names one map per
-BitOPs budget (its best under that budget by its own estimate).  Every named map is then measured
+Every method searches the same space (first and last layer int8, every other layer int8 or int4 -- or
+with ``--space default`` any of the profile's default formats -- BitOPs as the cost) with the same
+wall-clock budget on the same machine, then names one map per BitOPs budget (its best under that budget
+by its own estimate).  Every named map is then measured
 the same way: ``search.run_trial`` at the long fidelity with several seeds.  Methods:
 
 * ``amp`` -- AIMET AMP style: PTQ per-layer int4 drop (:func:`search.study.sensitivity.ptq_sensitivity`),
@@ -22,6 +23,24 @@ the same way: ``search.run_trial`` at the long fidelity with several seeds.  Met
 * ``mixq-mf`` / ``mixq-mf-eta2`` -- the same with ``fidelity_rungs`` (``--mixq-rungs``): the top
   third / half of the first rung retrained longer within the same wall budget.
 
+* ``aimet-amp`` / ``aimet-amp-binary`` -- the real AIMET AMP (aimet-torch 2.42.0,
+  ``aimet_torch.mixed_precision.choose_mixed_precision``; phase 2 brute force / binary search), candidates
+  W8A8 / W4A4, and W4A8 too with ``--space default``: ``bench/peers/aimet_amp.py``.
+* ``nncf-hawq`` / ``nncf-hawq-w4a8`` -- the real NNCF 2.19.0 HAWQ precision initializer (legacy torch API),
+  bits [4, 8], activations following the weights (int8/int4) / at 8 bits (int8/w4a8, ``--space default``
+  only): ``bench/peers/nncf_hawq.py``.
+
+The real tools run by subprocess in their own virtual environments (``bash bench/peers/setup.sh``, outside
+the repository, ``--peers-dir`` / ``MIXQ_PEERS_DIR``; not dependencies of mixq, not run in CI); a method
+whose environment is missing is skipped with a message saying how to create it.  Each writes its picks file
+(``bench/cache/baselines_<name>_<method>_picks.json``; ``--reuse-peer-picks`` reads it instead of running the
+tool again); every pick's BitOPs are mixq's own (``search.quant.cost``), so every method meets the same budget.
+
+``--space int8-int4`` (default, the space of the earlier results) gives every method int8 / int4 on the free
+layers; ``--space default`` the profile's default formats, as a search given none (int4, int8, w4a8, w8a16,
+fp16): ``amp`` greedily lowers a layer to any cheaper format (least PTQ drop per BitOPs saved), ``hawq`` and
+``autoquantize`` score every format, ``mixq`` and the samplers search with ``formats`` unset.
+
 A method's picks are its best trial under each budget by its own estimate (a search: the trial's
 score at the highest rung it reached).  The report also scores every pick at the search fidelity
 and measures mixq's runners-up at the long one, to say why a pick won or lost.
@@ -33,6 +52,11 @@ Run from the repository root (the full configuration; hours on 2 cores)::
 The medium run recorded in ``bench/results/baselines/denoise-deep.md`` (about 30 minutes on one core)::
 
     python -m bench.baselines --budget-s 240 --search-qat-steps 40 --long-qat-steps 200 --seeds 3
+
+The int8/int4 space with the real tools, at the medium run's fidelity but one seed (a reduced run)::
+
+    python -m bench.baselines --space int8-int4 --name denoise-deep_peers --keep --methods aimet-amp nncf-hawq \
+        --budget-s 240 --search-qat-steps 40 --long-qat-steps 200 --seeds 1
 
 ``--name`` is the setting: the report, plot and numbers go to ``bench/results/baselines/<name>.{md,png,json}``
 (default ``denoise-deep``; ``--name denoise-deep_seed1 --search-seed 1`` for another search seed).

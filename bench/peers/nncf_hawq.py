@@ -90,7 +90,8 @@ def main() -> None:
     pinned = (prob.graph.fqns[0], prob.graph.fqns[-1])
     seen: list[dict[str, str] | None] = []  # each sequence's map, in NNCF's order (None: not in the space)
     metrics: list[float] = []
-    ratio_of = HAWQPrecisionInitializer.get_compression_ratio_per_qconfig_sequence
+    ratio_of = HAWQPrecisionInitializer.__dict__["get_compression_ratio_per_qconfig_sequence"]
+    metric_raw = HAWQPrecisionInitializer.__dict__["calc_hawq_metric_per_qconfig_sequence"]  # a staticmethod
     metric_of = HAWQPrecisionInitializer.calc_hawq_metric_per_qconfig_sequence
 
     def to_map(init: Any, setup: Any) -> dict[str, str] | None:
@@ -117,7 +118,7 @@ def main() -> None:
         return ratios
 
     def record_metrics(self: Any, *a: Any, **k: Any) -> Any:
-        out = metric_of(self, *a, **k)
+        out = metric_of(*a, **k)  # NNCF's is a staticmethod: no self
         metrics.extend(float(m) for m in out)
         return out
 
@@ -127,7 +128,7 @@ def main() -> None:
         create_compressed_model(copy.deepcopy(workload.model).eval(), config, dump_graphs=False)
     finally:
         HAWQPrecisionInitializer.get_compression_ratio_per_qconfig_sequence = ratio_of
-        HAWQPrecisionInitializer.calc_hawq_metric_per_qconfig_sequence = metric_of
+        HAWQPrecisionInitializer.calc_hawq_metric_per_qconfig_sequence = metric_raw
     if len(metrics) != len(seen):
         raise SystemExit(f"nncf_hawq: {len(seen)} sequences but {len(metrics)} HAWQ metrics recorded")
     # NNCF's choose_qconfig_sequence per budget == the lowest metric among maps with BitOPs <= B x int8
