@@ -10,17 +10,18 @@ AIMET's own flow: batch norms folded into the convolutions (``fold_all_batch_nor
 phase 1 scores every quantizer group at every candidate (the others at the highest); phase 2 quantizes the
 groups cumulatively in the order of that list (least sensitive first) and scores each prefix (the pareto
 list).  Candidates: W8A8 / W4A4 (``--space int8-int4``) or W8A8 / W4A8 / W4A4 (``--space default``: mixq's
-``int8`` / ``w4a8`` / ``int4``; ``w8a16`` and ``fp16`` cost more than int8 and cannot help under a budget
-below all-int8's BitOPs).  The score of both phases is the workload's metric (PSNR of the held-out crops, dB,
-the same data ``search.study.sensitivity.ptq_sensitivity`` scores).  First and last layer stay W8A8 (mixq's
-default pin): their quantizer groups are left out of the groups AMP may change.
+``int8`` / ``w4a8`` / ``int4``; not ``w8a16`` / ``fp16``: AMP's path starts with every group at its highest
+candidate and only lowers, so those would only add a costlier start above every budget here).  The score
+of both phases is the workload's metric (PSNR of the held-out crops, dB, the same data
+``search.study.sensitivity.ptq_sensitivity`` scores).  First and last layer stay W8A8 (mixq's default pin):
+their quantizer groups are left out of the groups AMP may change.
 
 Phase 2 ``--phase2 bruteforce`` scores every prefix; the pick at budget B is the best-scored prefix whose BitOPs
-(mixq's own cost model) are <= B x all-int8's.  ``--phase2 binary`` is AMP's default: with an accuracy target
-it scores O(log n) prefixes; here, per budget, the target is the score of the fewest-flips prefix that fits
-the budget... which needs the scores it skips, so binary mode instead runs AMP once per budget with the
-allowed accuracy drop that brute force found for that budget's pick, and reports the map AMP settles on
-(the sim's final quantizer settings), as a user of AMP's allowed-drop interface would get it.
+(mixq's own cost model) are <= B x all-int8's.  ``--phase2 binary`` (AMP's default search) needs an accuracy
+target, not a BitOPs budget, so it is driven as a user of ``allowed_accuracy_drop`` would: per budget, AMP
+again with the drop of brute force's pick at B (the same results folder, ``clean_start=False``: AMP reuses
+its phase 1 and the prefixes it already scored), and the map AMP leaves the sim at is the pick (left out if
+it exceeds B: binary search assumes scores fall monotonically along the path).
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def _group_fqn(group: Any, free: tuple[str, ...]) -> str | None:
 
 
 def run(prob: Problem, formats: tuple[str, ...], search_algo: str, results_dir: str,
-        allowed_drop: float | None = None) -> tuple[list[tuple[float, float, dict[str, str]]], dict[str, str], float]:
+        allowed_drop: float | None = None, clean_start: bool = True,
+        ) -> tuple[list[tuple[float, float, dict[str, str]]], dict[str, str], float]:
     """AMP once: (the pareto list as (mixq BitOPs ratio, AMP score, map), the map the sim is left at, fp32 score)."""
     import aimet_torch._base.amp.mixed_precision_algo as algo_module
     from aimet_torch.batch_norm_fold import fold_all_batch_norms
@@ -95,7 +97,7 @@ def run(prob: Problem, formats: tuple[str, ...], search_algo: str, results_dir: 
     try:
         pareto = choose_mixed_precision(
             sim, dummy, candidates, CallbackFunc(evaluate), CallbackFunc(evaluate), allowed_drop, results_dir,
-            True, CallbackFunc(_forward, workload.calibration_batches), use_all_amp_candidates=True,
+            clean_start, CallbackFunc(_forward, workload.calibration_batches), use_all_amp_candidates=True,
             amp_search_algo=AMPSearchAlgo.BruteForce if search_algo == "bruteforce" else AMPSearchAlgo.Binary)
     finally:
         algo_module.find_quantizer_group = found
@@ -149,8 +151,8 @@ def main() -> None:
                 if not fitting:
                     continue
                 best = max(fitting, key=lambda p: p[1])
-                with tempfile.TemporaryDirectory() as again:
-                    _, chosen, _ = run(prob, formats, "binary", again, allowed_drop=fp32 - best[1])
+                _, chosen, _ = run(prob, formats, "binary", results_dir, allowed_drop=fp32 - best[1],
+                                   clean_start=False)
                 binary_path.append((prob.ratio(chosen), best[1], chosen))
             note = (f"AMP phase 2 binary search, allowed drop per budget from the brute-force pareto list "
                     f"over {'/'.join(formats)}")
