@@ -20,8 +20,9 @@ Two adaptations, so that NNCF answers the same question as every other method:
   weight bits x activation bits x MACs), in place of NNCF's max(bits) x FLOPs; a target ratio 1/B then means
   "BitOPs <= B x all-int8's", and NNCF's own rule (``choose_qconfig_sequence``: the lowest HAWQ metric among the
   sequences at or above the ratio) picks per budget B.  All budgets come from one run (one trace estimate).
-* first and last layer stay int8 (mixq's default pin): sequences that lower either are given ratio 0, so they
-  are never chosen.
+* first and last layer stay int8 (mixq's default pin): a sequence that lowers either is taken with them at
+  int8, as a hardware constraint of 8 bits on those two quantizers would make NNCF's matcher do (their traces
+  are among the lowest here, so rejecting such sequences left only all-int8).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import copy
 import os
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,6 +53,9 @@ def main() -> None:
                              "(int8/w4a8)")
     parser.add_argument("--num-data-points", type=int, default=64, help="HAWQ: samples of the trace estimate")
     parser.add_argument("--iter-number", type=int, default=50, help="HAWQ: Hutchinson iterations at most")
+    parser.add_argument("--traces", type=Path, default=None,
+                        help="the per-layer Hessian traces: read by NNCF (its traces_per_layer_path) where the file "
+                             "exists, else estimated and saved there (the two --activations settings share them)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.monotonic()
@@ -81,6 +86,9 @@ def main() -> None:
                           "num_data_points": args.num_data_points, "iter_number": args.iter_number},
         },
     }
+    reuse_traces = args.traces is not None and args.traces.exists()
+    if reuse_traces:
+        quantization["initializer"]["precision"]["traces_per_layer_path"] = str(args.traces)
     if args.activations == "8":
         quantization["activations"] = {"bits": 8}
         quantization["initializer"]["precision"]["bitwidth_assignment_mode"] = "liberal"
@@ -105,9 +113,11 @@ def main() -> None:
             if fqn not in prob.graph.fqns or fmt is None:
                 return None
             out[fqn] = fmt
-        if set(out) != set(prob.graph.fqns) or any(out[f] != "int8" for f in pinned):
+        if set(out) != set(prob.graph.fqns):
             return None
-        return out
+        # first and last stay int8, as a hardware constraint of 8 bits only on them would keep them
+        # (NNCF's matcher gives such a quantizer the closest bitwidth it allows)
+        return out | {f: "int8" for f in pinned}
 
     def mixq_ratios(self: Any, sequences: list[Any], traces_order: Any) -> list[float]:
         ratios = []
@@ -122,6 +132,16 @@ def main() -> None:
         metrics.extend(float(m) for m in out)
         return out
 
+    calc_traces = HAWQPrecisionInitializer._calc_traces
+
+    def save_traces(self: Any, *a: Any, **k: Any) -> Any:
+        traces = calc_traces(self, *a, **k)
+        if args.traces is not None and not reuse_traces:
+            args.traces.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(traces.get_all().cpu(), args.traces)
+        return traces
+
+    HAWQPrecisionInitializer._calc_traces = save_traces
     HAWQPrecisionInitializer.get_compression_ratio_per_qconfig_sequence = mixq_ratios
     HAWQPrecisionInitializer.calc_hawq_metric_per_qconfig_sequence = record_metrics
     try:
@@ -129,15 +149,18 @@ def main() -> None:
     finally:
         HAWQPrecisionInitializer.get_compression_ratio_per_qconfig_sequence = ratio_of
         HAWQPrecisionInitializer.calc_hawq_metric_per_qconfig_sequence = metric_raw
+        HAWQPrecisionInitializer._calc_traces = calc_traces
     if len(metrics) != len(seen):
         raise SystemExit(f"nncf_hawq: {len(seen)} sequences but {len(metrics)} HAWQ metrics recorded")
     # NNCF's choose_qconfig_sequence per budget == the lowest metric among maps with BitOPs <= B x int8
     path = [(prob.ratio(a), -m, a) for a, m in zip(seen, metrics, strict=True) if a is not None]
+    traces_note = f"; traces {'read from' if reuse_traces else 'saved to'} {args.traces}" if args.traces else ""
     check_rule(prob, path, seen, metrics, args.budgets, HAWQPrecisionInitializer.choose_qconfig_sequence)
     method = "nncf-hawq" if args.activations == "follow" else "nncf-hawq-w4a8"
     note = (f"HAWQ bits [4, 8], activations {'follow the weights' if args.activations == 'follow' else 'at 8 bits'}"
             f", {args.num_data_points} data points, <= {args.iter_number} Hutchinson iterations; "
-            f"{len(path)} of {len(seen)} trace-ordered sequences in the space (first/last int8)")
+            f"{len(path)} of {len(seen)} trace-ordered sequences in the space (first and last held at int8)"
+            f"{traces_note}")
     write_picks(args.out, method, f"nncf {nncf.__version__}", "default" if args.activations == "8" else "int8-int4",
                 started, args.budgets, path, note, hawq_metric=[{"bitops_ratio": r, "metric": -s} for r, s, _ in path])
 
