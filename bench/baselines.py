@@ -26,9 +26,8 @@ the same way: ``search.run_trial`` at the long fidelity with several seeds.  Met
 * ``aimet-amp`` / ``aimet-amp-binary`` -- the real AIMET AMP (aimet-torch 2.42.0,
   ``aimet_torch.mixed_precision.choose_mixed_precision``; phase 2 brute force / binary search), candidates
   W8A8 / W4A4, and W4A8 too with ``--space default``: ``bench/peers/aimet_amp.py``.
-* ``nncf-hawq`` / ``nncf-hawq-w4a8`` -- the real NNCF 2.19.0 HAWQ precision initializer (legacy torch API),
-  bits [4, 8], activations following the weights (int8/int4) / at 8 bits (int8/w4a8, ``--space default``
-  only): ``bench/peers/nncf_hawq.py``.
+* ``nncf-hawq`` -- the real NNCF 2.19.0 HAWQ precision initializer (legacy torch API), bits [4, 8],
+  activations following the weights (so int8/int4 maps in either space): ``bench/peers/nncf_hawq.py``.
 
 The real tools run by subprocess in their own virtual environments (``bash bench/peers/setup.sh``, outside
 the repository, ``--peers-dir`` / ``MIXQ_PEERS_DIR``; not dependencies of mixq, not run in CI); a method
@@ -105,8 +104,7 @@ SPACES = ("int8-int4", "default")  # --space: int8/int4 only, or the profile's d
 PEERS: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...]]] = {
     "aimet-amp": ("aimet", "bench.peers.aimet_amp", ("--phase2", "bruteforce"), SPACES),
     "aimet-amp-binary": ("aimet", "bench.peers.aimet_amp", ("--phase2", "binary"), SPACES),
-    "nncf-hawq": ("nncf", "bench.peers.nncf_hawq", ("--activations", "follow"), SPACES),
-    "nncf-hawq-w4a8": ("nncf", "bench.peers.nncf_hawq", ("--activations", "8"), ("default",)),
+    "nncf-hawq": ("nncf", "bench.peers.nncf_hawq", (), SPACES),
 }
 DEFAULT_PEERS_DIR = Path("/work/peers")
 

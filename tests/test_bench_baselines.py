@@ -104,16 +104,17 @@ def test_a_bad_peer_pick_is_refused_naming_the_budget(tmp_path: Path, change: di
         baselines_t.read_peer_picks(path, setup, "aimet-amp")
 
 
-def test_a_missing_peer_venv_skips_the_method_with_how_to_install(tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_missing_peer_venv_skips_the_method_with_how_to_install(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     setup = _deep_setup("int8-int4")
     picks = tmp_path / "picks.json"
     assert baselines_t.run_peer(setup, "aimet-amp", tmp_path / "peers", picks, reuse=False) is None
     out = capsys.readouterr().out
     assert f"skipped aimet-amp: no virtual environment at {tmp_path / 'peers' / 'aimet'}" in out
     assert f"bash bench/peers/setup.sh --root {tmp_path / 'peers'} aimet" in out
-    assert baselines_t.run_peer(setup, "nncf-hawq-w4a8", tmp_path, picks, reuse=False) is None
-    assert "skipped nncf-hawq-w4a8: it runs in the space(s) default, not 'int8-int4'" in capsys.readouterr().out
+    monkeypatch.setitem(baselines_t.PEERS, "only-default", ("nncf", "bench.peers.nncf_hawq", (), ("default",)))
+    assert baselines_t.run_peer(setup, "only-default", tmp_path, picks, reuse=False) is None
+    assert "skipped only-default: it runs in the space(s) default, not 'int8-int4'" in capsys.readouterr().out
     # an earlier run's picks file is read without the tool (--reuse-peer-picks)
     pick = setup.full(list(setup.free))
     _picks_file(picks, {"0.4": pick})

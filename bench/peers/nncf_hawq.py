@@ -1,19 +1,21 @@
 """The real NNCF HAWQ precision initializer (nncf 2.19.0, the legacy torch API
 ``nncf.torch.create_compressed_model``) on ``denoise-deep``: its picks at each BitOPs budget, for
-bench/baselines.py's ``nncf-hawq`` / ``nncf-hawq-w4a8`` methods.
+bench/baselines.py's ``nncf-hawq`` method.
 
 Runs in the NNCF virtual environment (bench/peers/setup.sh), the checkout on PYTHONPATH::
 
-    PYTHONPATH=. /work/peers/nncf/bin/python -m bench.peers.nncf_hawq --activations follow --out picks.json
+    PYTHONPATH=. /work/peers/nncf/bin/python -m bench.peers.nncf_hawq --traces traces.pt --out picks.json
 
 NNCF's quantization algorithm with ``initializer.precision`` ``{"type": "hawq", "bits": [4, 8]}``: Hutchinson
 estimates of each weighted layer's average Hessian trace (on the workload's training patches, MSE loss), the
 weight bitwidth sequences that do not decrease with the traces' order, each scored by its HAWQ metric (trace x
 weight quantization noise, summed), and the best-scored sequence whose compression ratio is >= the target.
-Activation bitwidths follow NNCF's ``bitwidth_assignment_mode``: ``--activations follow`` (its default,
-liberal: a convolution's input quantizer takes its weight's bitwidth, so int8 / int4 maps) or ``--activations 8``
-(activations constrained to 8 bits, weights 4 or 8: int8 / w4a8 maps).  HAWQ's own metric sees weight noise only,
-so it cannot choose between w4a8 and int4 for a layer: the two settings are two methods.
+Activation bitwidths follow the weights (NNCF's default, liberal ``bitwidth_assignment_mode``: a convolution's
+input quantizer takes its weight's bitwidth), so its maps are int8 / int4 in either space: HAWQ's metric sees
+weight noise only and cannot choose w4a8 over int4.  (Activations constrained to 8 bits beside ``bits`` [4, 8]
+were tried: the precision initializer's ``bits`` override the activations' constraint too, and the maps stayed
+int8 / int4.)  ``target_device`` is ``TRIAL`` (no hardware config): with the default CPU config HAWQ's
+bitwidths were that config's [8, 16], not ``bits``.
 
 Two adaptations, so that NNCF answers the same question as every other method:
 * the compression ratio of a sequence is mixq's: all-int8 BitOPs / the map's BitOPs (``search.quant.cost``,
@@ -48,14 +50,11 @@ def node_fqn(node_name: str) -> str:
 
 def main() -> None:
     parser = arguments(__doc__.split("\n\n")[0])
-    parser.add_argument("--activations", choices=["follow", "8"], default="follow",
-                        help="follow: activation bits follow the weights' (int8/int4); 8: activations at 8 bits "
-                             "(int8/w4a8)")
     parser.add_argument("--num-data-points", type=int, default=64, help="HAWQ: samples of the trace estimate")
     parser.add_argument("--iter-number", type=int, default=50, help="HAWQ: Hutchinson iterations at most")
     parser.add_argument("--traces", type=Path, default=None,
                         help="the per-layer Hessian traces: read by NNCF (its traces_per_layer_path) where the file "
-                             "exists, else estimated and saved there (the two --activations settings share them)")
+                             "exists, else estimated and saved there)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.monotonic()
@@ -89,15 +88,16 @@ def main() -> None:
     reuse_traces = args.traces is not None and args.traces.exists()
     if reuse_traces:
         quantization["initializer"]["precision"]["traces_per_layer_path"] = str(args.traces)
-    if args.activations == "8":
-        quantization["activations"] = {"bits": 8}
-        quantization["initializer"]["precision"]["bitwidth_assignment_mode"] = "liberal"
-    config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, 1, side, side]}, "compression": quantization})
+    # target_device TRIAL: no hardware config, so HAWQ's "bits" are the bitwidths it chooses from (with the default
+    # CPU config they were replaced by that config's [8, 16], seen here)
+    config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, 1, side, side]}, "target_device": "TRIAL",
+                                   "compression": quantization})
     config = register_default_init_args(config, loader, criterion=torch.nn.MSELoss())
 
     pinned = (prob.graph.fqns[0], prob.graph.fqns[-1])
     seen: list[dict[str, str] | None] = []  # each sequence's map, in NNCF's order (None: not in the space)
     metrics: list[float] = []
+    rejected: list[str] = []  # why a sequence's setup is not a map of the space
     ratio_of = HAWQPrecisionInitializer.__dict__["get_compression_ratio_per_qconfig_sequence"]
     metric_raw = HAWQPrecisionInitializer.__dict__["calc_hawq_metric_per_qconfig_sequence"]  # a staticmethod
     metric_of = HAWQPrecisionInitializer.calc_hawq_metric_per_qconfig_sequence
@@ -109,11 +109,16 @@ def main() -> None:
             if not qp.is_weight_quantization_point():
                 continue
             fqn = node_fqn(qp.insertion_point.target_node_name)
-            fmt = FORMAT_OF.get((qp.qconfig.num_bits, setup.quantization_points[pairs[qp_id]].qconfig.num_bits))
-            if fqn not in prob.graph.fqns or fmt is None:
+            bits = (qp.qconfig.num_bits, setup.quantization_points[pairs[qp_id]].qconfig.num_bits)
+            if fqn in pinned:  # held at int8 below, whatever NNCF set (16 bits on body.0 in its lowered sequences)
+                out[fqn] = "int8"
+                continue
+            if fqn not in prob.graph.fqns or bits not in FORMAT_OF:
+                rejected.append(f"{qp.insertion_point.target_node_name} -> {fqn}: weight/activation bits {bits}")
                 return None
-            out[fqn] = fmt
+            out[fqn] = FORMAT_OF[bits]
         if set(out) != set(prob.graph.fqns):
+            rejected.append(f"layers {sorted(set(prob.graph.fqns) - set(out))} not quantized")
             return None
         # first and last stay int8, as a hardware constraint of 8 bits only on them would keep them
         # (NNCF's matcher gives such a quantizer the closest bitwidth it allows)
@@ -156,12 +161,12 @@ def main() -> None:
     path = [(prob.ratio(a), -m, a) for a, m in zip(seen, metrics, strict=True) if a is not None]
     traces_note = f"; traces {'read from' if reuse_traces else 'saved to'} {args.traces}" if args.traces else ""
     check_rule(prob, path, seen, metrics, args.budgets, HAWQPrecisionInitializer.choose_qconfig_sequence)
-    method = "nncf-hawq" if args.activations == "follow" else "nncf-hawq-w4a8"
-    note = (f"HAWQ bits [4, 8], activations {'follow the weights' if args.activations == 'follow' else 'at 8 bits'}"
+    method = "nncf-hawq"
+    note = (f"HAWQ bits [4, 8], activations follow the weights"
             f", {args.num_data_points} data points, <= {args.iter_number} Hutchinson iterations; "
             f"{len(path)} of {len(seen)} trace-ordered sequences in the space (first and last held at int8)"
-            f"{traces_note}")
-    write_picks(args.out, method, f"nncf {nncf.__version__}", "default" if args.activations == "8" else "int8-int4",
+            f"{traces_note}" + (f"; first rejected: {rejected[0]}" if rejected else ""))
+    write_picks(args.out, method, f"nncf {nncf.__version__}", args.space,
                 started, args.budgets, path, note, hawq_metric=[{"bitops_ratio": r, "metric": -s} for r, s, _ in path])
 
 
