@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,9 @@ def main() -> None:
                         help="the per-layer Hessian traces: read by NNCF (its traces_per_layer_path) where the file "
                              "exists, else estimated and saved there)")
     args = parser.parse_args()
+    args.out = args.out.resolve()
+    args.traces = None if args.traces is None else args.traces.resolve()
+    os.chdir(tempfile.mkdtemp(prefix="nncf_hawq_"))  # NNCF writes bitwidth_per_scope.json into the working folder
     torch.set_num_threads(1)
     started = time.monotonic()
     prob = problem(args.width)
