@@ -1,8 +1,9 @@
 """mixq's search against the methods users would otherwise pick, in one harness, on ``denoise-deep``.
 
-Every method searches the same space (first and last layer int8, every other layer int8 or int4,
-BitOPs as the cost) with the same wall-clock budget on the same machine, then names one map per
-BitOPs budget (its best under that budget by its own estimate).  Every named map is then measured
+Every method searches the same space (first and last layer int8, every other layer int8 or int4 -- or
+with ``--space default`` any of the profile's default formats -- BitOPs as the cost) with the same
+wall-clock budget on the same machine, then names one map per BitOPs budget (its best under that budget
+by its own estimate).  Every named map is then measured
 the same way: ``search.run_trial`` at the long fidelity with several seeds.  Methods:
 
 * ``amp`` -- AIMET AMP style: PTQ per-layer int4 drop (:func:`search.study.sensitivity.ptq_sensitivity`),
@@ -22,6 +23,23 @@ the same way: ``search.run_trial`` at the long fidelity with several seeds.  Met
 * ``mixq-mf`` / ``mixq-mf-eta2`` -- the same with ``fidelity_rungs`` (``--mixq-rungs``): the top
   third / half of the first rung retrained longer within the same wall budget.
 
+* ``aimet-amp`` / ``aimet-amp-binary`` -- the real AIMET AMP (aimet-torch 2.42.0,
+  ``aimet_torch.mixed_precision.choose_mixed_precision``; phase 2 brute force / binary search), candidates
+  W8A8 / W4A4, and W4A8 too with ``--space default``: ``bench/peers/aimet_amp.py``.
+* ``nncf-hawq`` -- the real NNCF 2.19.0 HAWQ precision initializer (legacy torch API), bits [4, 8],
+  activations following the weights (so int8/int4 maps in either space): ``bench/peers/nncf_hawq.py``.
+
+The real tools run by subprocess in their own virtual environments (``bash bench/peers/setup.sh``, outside
+the repository, ``--peers-dir`` / ``MIXQ_PEERS_DIR``; not dependencies of mixq, not run in CI); a method
+whose environment is missing is skipped with a message saying how to create it.  Each writes its picks file
+(``bench/cache/baselines_<name>_<method>_picks.json``; ``--reuse-peer-picks`` reads it instead of running the
+tool again); every pick's BitOPs are mixq's own (``search.quant.cost``), so every method meets the same budget.
+
+``--space int8-int4`` (default, the space of the earlier results) gives every method int8 / int4 on the free
+layers; ``--space default`` the profile's default formats, as a search given none (int4, int8, w4a8, w8a16,
+fp16): ``amp`` greedily lowers a layer to any cheaper format (least PTQ drop per BitOPs saved), ``hawq`` and
+``autoquantize`` score every format, ``mixq`` and the samplers search with ``formats`` unset.
+
 A method's picks are its best trial under each budget by its own estimate (a search: the trial's
 score at the highest rung it reached).  The report also scores every pick at the search fidelity
 and measures mixq's runners-up at the long one, to say why a pick won or lost.
@@ -34,6 +52,11 @@ The medium run recorded in ``bench/results/baselines/denoise-deep.md`` (about 30
 
     python -m bench.baselines --budget-s 240 --search-qat-steps 40 --long-qat-steps 200 --seeds 3
 
+The int8/int4 space with the real tools, at the medium run's fidelity but one seed (a reduced run)::
+
+    python -m bench.baselines --space int8-int4 --name denoise-deep_peers --keep --methods aimet-amp nncf-hawq \
+        --budget-s 240 --search-qat-steps 40 --long-qat-steps 200 --seeds 1
+
 ``--name`` is the setting: the report, plot and numbers go to ``bench/results/baselines/<name>.{md,png,json}``
 (default ``denoise-deep``; ``--name denoise-deep_seed1 --search-seed 1`` for another search seed).
 Long-fidelity runs are kept in ``bench/cache/baselines_<name>_runs.json`` (deterministic on CPU with one
@@ -44,6 +67,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -73,6 +98,25 @@ from search.workloads.denoise_deep import noisy_input_psnr
 
 FORMATS = ("int8", "int4")
 Assignment = dict[str, str]  # fqn -> format name, every layer
+SPACES = ("int8-int4", "default")  # --space: int8/int4 only, or the profile's default formats (split ones too)
+# the real tools, each run by its script in its own virtual environment (bench/peers/setup.sh): method ->
+# (venv folder under --peers-dir, module, extra arguments, the spaces it runs in)
+PEERS: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...]]] = {
+    "aimet-amp": ("aimet", "bench.peers.aimet_amp", ("--phase2", "bruteforce"), SPACES),
+    "aimet-amp-binary": ("aimet", "bench.peers.aimet_amp", ("--phase2", "binary"), SPACES),
+    "nncf-hawq": ("nncf", "bench.peers.nncf_hawq", (), SPACES),
+}
+DEFAULT_PEERS_DIR = Path("/work/peers")
+
+
+def space_formats(space: str) -> tuple[str, ...]:
+    """The formats a free layer may take in ``space``: int8/int4, or (``default``) every format the generic
+    profile runs except fp32, as a search given no ``formats`` (int4, int8, w4a8, w8a16, fp16)."""
+    if space == "int8-int4":
+        return FORMATS
+    if space == "default":
+        return tuple(name for name in load_profile("generic").formats if name != "fp32")
+    raise ValueError(f"space: one of {', '.join(SPACES)}, got {space!r}")
 
 
 # -- AMP's greedy phase: numbers in, numbers out ---------------------------------------------------
@@ -91,9 +135,15 @@ class Setup:
     int8_bitops: float
     budgets: tuple[float, ...]  # BitOPs ratios to all-int8
     options: dict[str, object]
+    formats: tuple[str, ...] = FORMATS  # a free layer's formats (--space)
+    space: str = "int8-int4"
 
     def full(self, int4_layers: Sequence[str]) -> Assignment:
         return {f: "int4" if f in int4_layers else "int8" for f in self.graph.fqns}
+
+    def with_changes(self, changes: Mapping[str, str]) -> Assignment:
+        """Every layer int8 but those ``changes`` names (fqn -> format)."""
+        return {f: changes.get(f, "int8") for f in self.graph.fqns}
 
     def ratio(self, assignment: Mapping[str, str]) -> float:
         bitops = model_costs((CostObjective.BITOPS,), load_profile("generic"), self.graph, assignment)["bitops"]
@@ -114,7 +164,7 @@ def layer_bitops(setup: Setup) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for fqn in setup.free:
         out[fqn] = {}
-        for fmt in FORMATS:
+        for fmt in setup.formats:
             base = setup.full([])
             base[fqn] = fmt
             out[fqn][fmt] = model_costs((CostObjective.BITOPS,), profile, setup.graph, base)["bitops"]
@@ -135,15 +185,30 @@ def picks_from_program(
 
 
 def run_amp(setup: Setup) -> MethodResult:
+    """AMP style: PTQ drop of each (layer, cheaper format), then the greedy path from all-int8, each step the
+    move (a layer to a format cheaper than its current one) with the least added drop per BitOPs saved; per
+    budget the first map on the path that fits.  In the int8/int4 space: ``greedy_path`` (one move per layer)."""
     started = time.monotonic()
-    records = ptq_sensitivity(setup.workload, setup.free, ("int4",))
-    drop = {r.fqn: r.score for r in records}
     costs = layer_bitops(setup)
-    saving = {f: costs[f]["int8"] - costs[f]["int4"] for f in setup.free}
-    path = [setup.full(prefix) for prefix in greedy_path(drop, saving)]
+    cheaper = [fmt for fmt in setup.formats if costs[setup.free[0]][fmt] < costs[setup.free[0]]["int8"]]
+    records = ptq_sensitivity(setup.workload, setup.free, tuple(cheaper))
+    drop = {(r.fqn, r.format): r.score for r in records}
+    path: list[Assignment] = [setup.full([])]
+    current = {f: "int8" for f in setup.free}
+    while True:
+        moves = [(max(drop[(f, fmt)] - drop.get((f, current[f]), 0.0), 0.0)
+                  / max(costs[f][current[f]] - costs[f][fmt], 1e-12), i, j)  # ties: execution order
+                 for i, f in enumerate(setup.free) for j, fmt in enumerate(cheaper)
+                 if costs[f][fmt] < costs[f][current[f]]]
+        if not moves:
+            break
+        _, i, j = min(moves)
+        fqn, fmt = setup.free[i], cheaper[j]
+        current[fqn] = fmt
+        path.append(setup.with_changes(current))
     picks = {}
-    for budget in setup.budgets:  # the fewest flips that meet the budget
-        fitting = [a for a in path if setup.ratio(a) <= budget]
+    for budget in setup.budgets:  # the fewest moves that meet the budget
+        fitting = [a for a in path if setup.ratio(a) <= budget + 1e-9]
         if fitting:
             picks[budget] = fitting[0]
     return MethodResult("amp", time.monotonic() - started, picks)
@@ -151,7 +216,7 @@ def run_amp(setup: Setup) -> MethodResult:
 
 def run_hawq(setup: Setup, samples: int) -> MethodResult:
     started = time.monotonic()
-    records = hessian_sensitivity(setup.workload, setup.free, FORMATS, samples=samples)
+    records = hessian_sensitivity(setup.workload, setup.free, setup.formats, samples=samples)
     scores = scores_by_layer(records)
     picks = picks_from_program(setup, scores, integer=True)
     return MethodResult("hawq", time.monotonic() - started, picks)
@@ -159,7 +224,7 @@ def run_hawq(setup: Setup, samples: int) -> MethodResult:
 
 def run_autoquantize(setup: Setup) -> MethodResult:
     started = time.monotonic()
-    records = fisher_sensitivity(setup.workload, setup.free, FORMATS)
+    records = fisher_sensitivity(setup.workload, setup.free, setup.formats)
     scores = scores_by_layer(records)
     picks = picks_from_program(setup, scores, integer=False)
     return MethodResult("autoquantize", time.monotonic() - started, picks)
@@ -169,7 +234,8 @@ def run_sampler(setup: Setup, name: str, budget_s: float, qat_steps: int, rungs:
                 eta: int | None = 3, seed: int = 0) -> MethodResult:
     seeded = name.startswith("mixq")
     spec = SearchSpec(
-        workload="denoise-deep", workload_options=setup.options, formats=FORMATS, n_trials=10_000,
+        workload="denoise-deep", workload_options=setup.options,
+        formats=() if setup.space == "default" else setup.formats, n_trials=10_000,  # (): as shipped
         timeout_s=budget_s, qat_steps=qat_steps, sampler="tpe" if name != "random" else "random",
         seed_with_baselines=seeded, seed_with_sensitivity=seeded, check_front_neighbours=seeded, reevaluate_front=0,
         fidelity_rungs=None if rungs is None else tuple(rungs), promotion_eta=eta, seed=seed,
@@ -194,7 +260,8 @@ def run_sampler(setup: Setup, name: str, budget_s: float, qat_steps: int, rungs:
         {"number": t.number, "source": t.source, "bitops_ratio": t.costs["bitops"] / setup.int8_bitops,
          "psnr_db": t.quality, "duration_s": t.duration_s, "qat_steps": t.qat_steps,
          "short_psnr_db": t.short_quality,
-         "int4": [f for f in setup.free if t.assignment[f] == "int4"]}
+         "int4": [f for f in setup.free if t.assignment[f] == "int4"],
+         "changes": {f: t.assignment[f] for f in setup.free if t.assignment[f] != "int8"}}
         for t in result.trials
     ]
     for t in trials:
@@ -209,6 +276,89 @@ def run_sampler(setup: Setup, name: str, budget_s: float, qat_steps: int, rungs:
         note += (f", {promoted} promoted to {qat_steps * result.fidelity_rungs[-1]} steps "
                  f"(top 1/{result.promotion_eta} of a rung)")
     return MethodResult(name, wall_s, picks, note, trials)
+
+
+def trial_map(setup: Setup, trial: Mapping[str, Any]) -> Assignment:
+    """A recorded search trial's map: its ``changes`` (fqn -> format, layers not int8), or in results
+    written before split formats its ``int4`` layers."""
+    if "changes" in trial:
+        return setup.with_changes(trial["changes"])
+    return setup.full(trial["int4"])
+
+
+class PeerError(RuntimeError):
+    """A peer tool's picks file that cannot be used (the message names the file and the field)."""
+
+
+def peer_python(peers_dir: Path, method: str) -> Path:
+    return peers_dir / PEERS[method][0] / "bin" / "python"
+
+
+def peer_skip_reason(peers_dir: Path, method: str, space: str) -> str | None:
+    """Why ``method`` cannot run here (None: it can): its virtual environment is missing, or it has no
+    setting for ``space``."""
+    venv, _, _, spaces = PEERS[method]
+    if space not in spaces:
+        return f"skipped {method}: it runs in the space(s) {', '.join(spaces)}, not {space!r}"
+    python = peer_python(peers_dir, method)
+    if not python.exists():
+        return (f"skipped {method}: no virtual environment at {python.parent.parent} "
+                f"(create it with `bash bench/peers/setup.sh --root {peers_dir} {venv}`; not a dependency of mixq)")
+    return None
+
+
+def read_peer_picks(path: Path, setup: Setup, method: str) -> MethodResult:
+    """A peer script's picks file (bench/peers/_common.py) as a method's result: every pick a full map of the
+    workload's layers in the space's formats, first and last int8, within its budget by mixq's BitOPs."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PeerError(f"{path}: not a readable picks file ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("picks"), dict):
+        raise PeerError(f"{path}: picks: expected an object budget -> map")
+    pinned = (setup.graph.fqns[0], setup.graph.fqns[-1])
+    picks: dict[float, Assignment] = {}
+    for key, assignment in data["picks"].items():
+        try:
+            budget = float(key)
+        except ValueError:
+            raise PeerError(f"{path}: picks.{key}: a budget must be a number (a BitOPs ratio)") from None
+        if budget not in setup.budgets:
+            continue
+        if not isinstance(assignment, dict) or set(assignment) != set(setup.graph.fqns):
+            raise PeerError(f"{path}: picks.{key}: a map of every layer ({', '.join(setup.graph.fqns)})")
+        bad = {f: v for f, v in assignment.items() if v not in setup.formats}
+        if bad:
+            raise PeerError(f"{path}: picks.{key}: formats {bad} are not in the space "
+                            f"({', '.join(setup.formats)})")
+        if any(assignment[f] != "int8" for f in pinned):
+            raise PeerError(f"{path}: picks.{key}: first and last layer must stay int8 ({', '.join(pinned)})")
+        ratio = setup.ratio(assignment)
+        if ratio > budget + 1e-9:
+            raise PeerError(f"{path}: picks.{key}: {ratio:.4f} x all-int8's BitOPs, over the budget {budget:g}")
+        picks[budget] = dict(assignment)
+    note = f"{data.get('tool', '?')}: {data.get('note', '')}".strip()
+    trials = [{"source": method, **p} for p in data.get("path", []) if isinstance(p, dict)]
+    return MethodResult(method, float(data.get("wall_s", 0.0)), picks, note, trials)
+
+
+def run_peer(setup: Setup, method: str, peers_dir: Path, picks_path: Path, reuse: bool) -> MethodResult | None:
+    """Run ``method``'s script in its virtual environment (the checkout on PYTHONPATH) and read its picks;
+    None (with the reason printed) where it cannot run.  ``reuse``: read an existing ``picks_path`` instead."""
+    if not (reuse and picks_path.exists()):
+        reason = peer_skip_reason(peers_dir, method, setup.space)
+        if reason is not None:
+            print(reason, flush=True)
+            return None
+        _, module, extra, _ = PEERS[method]
+        repo = Path(__file__).resolve().parent.parent
+        command = [str(peer_python(peers_dir, method)), "-m", module, "--out", str(picks_path),
+                   "--space", setup.space, "--width", str(setup.options["width"]),
+                   "--budgets", *(f"{b:g}" for b in setup.budgets), *extra]
+        print("running " + " ".join(command), flush=True)
+        env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+        subprocess.run(command, cwd=repo, env=env, check=True)
+    return read_peer_picks(picks_path, setup, method)
 
 
 def measure(setup: Setup, assignment: Assignment, seeds: int, qat_steps: int, cache: dict[str, list[float]],
@@ -257,6 +407,15 @@ def main() -> None:
     parser.add_argument("--search-seed", type=int, default=0, help="seed of the searches' samplers")
     parser.add_argument("--keep", action="store_true",
                         help="keep the methods of the previous run of --name that --methods does not run")
+    parser.add_argument("--space", choices=SPACES, default="int8-int4",
+                        help="the formats every method searches on the free layers: int8-int4, or default (the "
+                             "profile's default formats, as a search given none: int4, int8, w4a8, w8a16, fp16)")
+    parser.add_argument("--peers-dir", type=Path, default=Path(os.environ.get("MIXQ_PEERS_DIR", DEFAULT_PEERS_DIR)),
+                        help="where bench/peers/setup.sh put the peer tools' virtual environments (methods "
+                             f"{', '.join(PEERS)}; env MIXQ_PEERS_DIR)")
+    parser.add_argument("--reuse-peer-picks", action="store_true",
+                        help="a peer method reads its picks file from an earlier run of --name instead of "
+                             "running its tool (bench/cache/baselines_NAME_METHOD_picks.json)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     options: dict[str, object] = {"width": args.width}
@@ -265,9 +424,14 @@ def main() -> None:
     free = graph.fqns[1:-1]
     int8 = {f: "int8" for f in graph.fqns}
     int8_bitops = model_costs((CostObjective.BITOPS,), load_profile("generic"), graph, int8)["bitops"]
-    setup = Setup(workload, graph, free, int8_bitops, tuple(args.budgets), options)
+    setup = Setup(workload, graph, free, int8_bitops, tuple(args.budgets), options, space_formats(args.space),
+                  args.space)
     seed = args.search_seed
-    runners: dict[str, Callable[[], MethodResult]] = {
+    def peer(method: str) -> Callable[[], MethodResult | None]:
+        picks = runs_cache("baselines", args.name).with_name(f"baselines_{args.name}_{method}_picks.json")
+        return lambda: run_peer(setup, method, args.peers_dir, picks, args.reuse_peer_picks)
+
+    runners: dict[str, Callable[[], MethodResult | None]] = {
         "amp": lambda: run_amp(setup),
         "hawq": lambda: run_hawq(setup, args.hutchinson_samples),
         "autoquantize": lambda: run_autoquantize(setup),
@@ -281,12 +445,19 @@ def main() -> None:
                                             args.mixq_rungs, eta=2, seed=seed),
         "mixq-proxy-mf-eta2": lambda: run_sampler(setup, "mixq-proxy-mf-eta2", args.budget_s,
                                                   args.search_qat_steps, args.mixq_rungs, eta=2, seed=seed),
+        **{method: peer(method) for method in PEERS},
     }
+    unknown = [m for m in args.methods if m not in runners]
+    if unknown:
+        parser.error(f"--methods: unknown {', '.join(unknown)}; allowed: {', '.join(runners)}")
     kept = [m for m in load_previous(args.name) if m.name not in args.methods] if args.keep else []
     methods = list(kept)
     for name in args.methods:
-        methods.append(runners[name]())
-        print(f"{name}: {methods[-1].wall_s:.1f} s, {len(methods[-1].picks)} picks", flush=True)
+        result = runners[name]()
+        if result is None:  # a peer tool that is not installed here (the reason is printed)
+            continue
+        methods.append(result)
+        print(f"{name}: {result.wall_s:.1f} s, {len(result.picks)} picks", flush=True)
     cache_path = runs_cache("baselines", args.name)
     cache: dict[str, list[float]] = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     try:
@@ -337,10 +508,11 @@ def diagnose(args: argparse.Namespace, setup: Setup, methods: Sequence[MethodRes
         same_cost = sorted((t for t in mixq.trials if abs(t["bitops_ratio"] - ratio) < 1e-6),  # type: ignore[union-attr]
                            key=lambda t: -t["psnr_db"])
         for t in same_cost[: 1 + args.runners_up]:
-            mean, std = mean_std(measure(setup, setup.full(t["int4"]), args.seeds, args.long_qat_steps, cache))
+            mean, std = mean_std(measure(setup, trial_map(setup, t), args.seeds, args.long_qat_steps, cache))
             runners_up.append({"budget": budget, "number": t["number"], "source": t["source"],
                                "bitops_ratio": ratio, "short_psnr_db": t["psnr_db"], "long_psnr_db_mean": mean,
-                               "long_psnr_db_std": std, "int4": t["int4"]})
+                               "long_psnr_db_std": std, "int4": t["int4"],
+                               "changes": t.get("changes", {f: "int4" for f in t["int4"]})})
     return Diagnosis(short, runners_up)
 
 
@@ -409,7 +581,8 @@ def write_outputs(args: argparse.Namespace, setup: Setup, methods: Sequence[Meth
                              for b in budgets)] for m in methods]
     runner_rows = [[f"{r['budget']:g}", f"{r['bitops_ratio']:.3f}", f"#{r['number']} {r['source']}",
                     f"{r['short_psnr_db']:.2f}", f"{r['long_psnr_db_mean']:.2f} ± {r['long_psnr_db_std']:.2f}",
-                    " ".join(f.removeprefix("body.") for f in r["int4"])] for r in diagnosis.runners_up]
+                    " ".join(f"{f.removeprefix('body.')}:{v}" for f, v in r["changes"].items())]
+                   for r in diagnosis.runners_up]
     target2 = (f"met: {near[0][0]:.3f} x int8 at {near[0][1]:.2f} dB" if near else
                "not met: no measured map at <= 0.6 x all-int8 BitOPs is within 0.1 dB of all-int8 "
                f"({int8_quality:.2f} dB); the best is {best_low[0]:.3f} x int8 at {best_low[1]:.2f} ± "
@@ -417,7 +590,8 @@ def write_outputs(args: argparse.Namespace, setup: Setup, methods: Sequence[Meth
     body = "\n".join([
         (f"**Configuration**: `denoise-deep` "
          f"(DnCNN depth 17, width {args.width}, 17 quantizable layers; first and last pinned int8, 15 free, "
-         f"int8/int4), {args.budget_s:.0f} s per search method with {args.search_qat_steps} QAT steps a trial "
+         f"space `{getattr(args, 'space', 'int8-int4')}`: {' / '.join(setup.formats)}), "
+         f"{args.budget_s:.0f} s per search method with {args.search_qat_steps} QAT steps a trial "
          f"(`mixq-mf` / `mixq-mf-eta2`: `fidelity_rungs` {list(args.mixq_rungs)}, the top third / half "
          f"promoted, in the same {args.budget_s:.0f} s); every pick measured with {args.long_qat_steps} QAT "
          f"steps x {args.seeds} seeds (`search.run_trial`).  The full configuration is the command in the "
@@ -453,10 +627,10 @@ def write_outputs(args: argparse.Namespace, setup: Setup, methods: Sequence[Meth
         "",
         (f"mixq's pick and its next {args.runners_up} trials at the same BitOPs (by search-fidelity score), "
          f"each measured like the picks ({args.long_qat_steps} steps x {args.seeds} seeds).  int4 layers "
-         "are `body.N`."),
+         "are `body.N`, each with its format."),
         "",
         markdown_table(["budget", "BitOPs", "trial", f"{args.search_qat_steps} steps", f"{args.long_qat_steps} steps",
-                        "int4 layers"], runner_rows),
+                        "layers not int8 (body.N:format)"], runner_rows),
         *(["", args.notes.read_text().strip()] if args.notes is not None else []),
     ])
     write_report("baselines", args.name, "mixq vs AMP, HAWQ-V3, AutoQuantize, random and TPE on denoise-deep", body)
