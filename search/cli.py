@@ -316,6 +316,7 @@ def search_command(
     promotion_eta: Annotated[int | None, typer.Option(help=_help("promotion_eta"))] = None,
     budget_qat_steps: Annotated[int | None, typer.Option(help=_help("budget_qat_steps"))] = None,
     min_gain: Annotated[float | None, typer.Option(help=_help("min_gain"))] = None,
+    maps_per_pass: Annotated[int | None, typer.Option(help=_help("maps_per_pass"))] = None,
     storage: Annotated[
         str | None, typer.Option(help=_help("storage"))
     ] = None,
@@ -355,7 +356,7 @@ def search_command(
                 "fidelity_rungs": (None if fidelity_rungs.strip() == "auto"
                                    else _parse_ints(fidelity_rungs, "fidelity-rungs")),
                 "promotion_eta": promotion_eta,
-                "budget_qat_steps": budget_qat_steps, "min_gain": min_gain,
+                "budget_qat_steps": budget_qat_steps, "min_gain": min_gain, "maps_per_pass": maps_per_pass,
             })
         except ValidationError as err:
             _fail(_flag_errors(err))
