@@ -639,11 +639,14 @@ class _Search:
             self.study.set_user_attr(reeval_key(point.number), {**record, "qualities": mine})
 
 
-def maps_per_pass(spec: SearchSpec, workload: Workload, graph: LayerGraph) -> int:
+def maps_per_pass(spec: SearchSpec, workload: Workload, graph: LayerGraph, evaluator: Evaluator | None = None) -> int:
     """``spec.maps_per_pass``, or where automatic, :func:`~search.study.budget.auto_maps_per_pass` of the
-    model's size and the device's free memory."""
+    model's size and the device's free memory; 1 with a benchmark ``evaluator`` (no QAT pass to share, and
+    one at a time each proposal sees every result before it)."""
     if spec.maps_per_pass is not None:
         return spec.maps_per_pass
+    if evaluator is not None:
+        return 1
     n_params = sum(p.numel() for p in workload.model.parameters())
     activations = sum(math.prod(layer.output_shape) for layer in graph.layers)
     device = resolve_device(spec.device)
@@ -694,7 +697,7 @@ def run_search(
     if spec.torch_threads is None:  # fixed now for the whole search, and recorded in its result
         spec = spec.model_copy(update={"torch_threads": torch.get_num_threads()})
     setup = SearchSetup(spec=spec, workload=workload, profile=profile, graph=graph, space=space, evaluator=evaluator,
-                        maps_per_pass=maps_per_pass(spec, workload, graph))
+                        maps_per_pass=maps_per_pass(spec, workload, graph, evaluator))
     observer = observer or SearchObserver()
     storage, study = open_study(setup, observer)
     before = torch.get_num_threads()
