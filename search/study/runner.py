@@ -22,12 +22,21 @@ It evaluates per-layer precision maps with short QAT runs and returns the Pareto
    measured no better in the seed trials are sampled rarely; the search stops once the cheapest
    map scores the metric's best value, or every map has been tried.
 
+7. Several maps per QAT pass (``spec.maps_per_pass``, K; automatic: ``search.study.budget.auto_maps_per_pass``):
+   a pass asks up to K new trials at once (Optuna ask/tell: queued seeds and retries first, then the
+   sampler), trains them together (``search.train.run_trials``: each map's numbers are those of training it
+   alone) and tells each as its own trial; maps promoted to one rung, and the front's re-evaluations with one
+   seed, share passes too.  A pass ends early where the next seed depends on a result still in it
+   (``SeedPlan.waits_for``).  A pass that fails is trained again one map at a time, so a failure is its own
+   map's.
+
 Rung results, re-evaluations and the dominated formats are study user attributes, so every process
 sharing the study sees them.
 
 Several processes can share one study through an Optuna RDB storage (SQLite on one machine,
 PostgreSQL beyond): the budget is the study's, not the process's; each trial takes a budget slot
-atomically before it trains (``search.study.storage.claim_budget_slot``).  Heartbeats mark a dead
+atomically before it trains (``search.study.storage.claim_budget_slot``; a pass claims its slots one by one,
+K or fewer).  Heartbeats mark a dead
 process's trial FAIL and re-enqueue the same parameters (bounded retries).  A search whose trials
 keep failing on their own (``spec.max_consecutive_failures`` in a row) stops with the cause.
 """

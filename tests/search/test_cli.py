@@ -99,6 +99,8 @@ def test_export_turns_qconfig_and_weights_into_onnx(search_run: tuple[Path, str]
     [
         pytest.param(["--workload", "nope"], "workload", id="unknown-workload"),
         pytest.param([*TINY, "--trials", "0"], "--trials: Input should be greater than or equal to 1", id="zero-budget"),
+        pytest.param([*TINY, "--maps-per-pass", "0"], "--maps-per-pass: Input should be greater than or equal to 1",
+                     id="zero-maps-per-pass"),
         pytest.param([*TINY, "--formats", "int4,int3"], "format", id="unknown-format"),
         pytest.param([*TINY, "--profile", "no-such-profile"], "profile", id="unknown-profile"),
         pytest.param([*TINY, "--formats", "int8"], "nothing to search", id="pins-leave-nothing"),

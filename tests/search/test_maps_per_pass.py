@@ -228,7 +228,7 @@ def test_a_pass_whose_every_map_fails_stops_the_search_with_the_cause(monkeypatc
 
     monkeypatch.setattr(objective_module, "run_trials", broken)
     monkeypatch.setattr(objective_module, "run_trial", broken)
-    with pytest.raises(SearchError, match="3 trials in a row failed.*NaN at step 1"):
+    with pytest.raises(SearchError, match=r"3 trials in a row failed.*NaN at step 1"):
         run_search(spec(n_trials=6, maps_per_pass=4, seed_with_baselines=False))
 
 
@@ -278,7 +278,7 @@ open(os.path.join(ready, str(os.getpid())), "w").close()
 deadline = time.monotonic() + 120
 while len(os.listdir(ready)) < n and time.monotonic() < deadline:  # the workers start their searches together
     time.sleep(0.05)
-spec = SearchSpec(workload="digits", workload_options={"pretrain_steps": 30}, n_trials=10, qat_steps=30,
+spec = SearchSpec(workload="digits", workload_options={"pretrain_steps": 30}, n_trials=10, qat_steps=10,
                   maps_per_pass=4, reevaluate_front=0, seed_with_sensitivity=False, storage=storage,
                   study_name=study, heartbeat_interval_s=1, grace_period_s=4)
 run_search(spec)
