@@ -216,7 +216,13 @@ def test_real_worker_sigkilled_mid_trial_is_retried_with_same_parameters(
     processes.append(victim := subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env,
                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     wait_for(lambda: trial_count(db, job_id) >= 1, timeout_s=180, what="first real trial")
-    time.sleep(1.0)  # inside the next trial
+
+    def training() -> bool:  # the next trial holds its map (its worker stamped): its QAT run has started
+        study = optuna.load_study(study_name=f"mixq-job-{job_id}", storage=url)
+        return any("worker" in t.user_attrs for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)))
+
+    wait_for(training, timeout_s=120, what="the next trial to start training")
+    time.sleep(0.5)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=10)
     processes.append(subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env,
