@@ -16,13 +16,13 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+import tenacity
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -314,16 +314,21 @@ class Worker:
 
     def _write(self, fn: Callable[[Session], Any]) -> Any:
         """Run ``fn(session)`` in a transaction, retrying over dropped connections."""
-        for attempt in range(WRITE_RETRIES):
-            try:
-                with self.db.session() as session:
-                    return fn(session)
-            except (OperationalError, DisconnectionError) as exc:
-                if attempt == WRITE_RETRIES - 1:
-                    raise
-                log.warning("worker %s: write failed (%s), retrying", self.id, exc)
-                time.sleep(WRITE_BACKOFF_S * (attempt + 1))
-        return None
+
+        def once() -> Any:
+            with self.db.session() as session:
+                return fn(session)
+
+        def warn(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            log.warning("worker %s: write failed (%s), retrying", self.id, exc)
+
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type((OperationalError, DisconnectionError)),
+            stop=tenacity.stop_after_attempt(WRITE_RETRIES),
+            wait=tenacity.wait_incrementing(start=WRITE_BACKOFF_S, increment=WRITE_BACKOFF_S),
+            before_sleep=warn, reraise=True,
+        )(once)
 
     def _record(self, run: _JobRun, outcome: TrialOutcome) -> TrialRecord:
         data = outcome.to_json()  # JSON columns cannot hold NaN/inf: a diverged trial keeps no number

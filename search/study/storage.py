@@ -13,12 +13,12 @@ Optuna creates (see the import-linter contract in pyproject.toml).
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import optuna
+import tenacity
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
@@ -103,30 +103,32 @@ def open_storage(
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if is_sqlite:
         engine_kwargs["connect_args"] = {"timeout": 60}  # seconds to wait for the write lock
-    last_error: Exception | None = None
-    for attempt in range(5):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                storage = RDBStorage(
-                    url,
-                    engine_kwargs=engine_kwargs,
-                    heartbeat_interval=heartbeat_interval_s,
-                    grace_period=grace_period_s,
-                    heartbeat_stale_trial_callback=RetryStaleTrial(max_retries, on_stale),
-                )
-            if is_sqlite:
-                _serialize_sqlite_transactions(storage)
-            return storage
-        except Exception as exc:  # noqa: BLE001 - any driver error means "cannot open it"
-            # two processes creating the schema of a fresh database at once: one loses the race on
-            # Optuna's version row or on CREATE TABLE (SQLite: "already exists", PostgreSQL:
-            # DuplicateTable); the next attempt finds the tables made
-            last_error = exc
-            if not is_schema_race(exc):
-                break
-            time.sleep(0.3 * (attempt + 1))
-    raise StorageError(f"storage: cannot open {url!r}: {type(last_error).__name__}: {last_error}")
+
+    def open_once() -> RDBStorage:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval_s,
+                grace_period=grace_period_s,
+                heartbeat_stale_trial_callback=RetryStaleTrial(max_retries, on_stale),
+            )
+        if is_sqlite:
+            _serialize_sqlite_transactions(storage)
+        return storage
+
+    # two processes creating the schema of a fresh database at once: one loses the race on Optuna's
+    # version row or on CREATE TABLE (SQLite: "already exists", PostgreSQL: DuplicateTable); the next
+    # attempt finds the tables made.  Any other driver error means "cannot open it": no retry.
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(is_schema_race), stop=tenacity.stop_after_attempt(5),
+        wait=tenacity.wait_incrementing(start=0.3, increment=0.3), reraise=True,
+    )
+    try:
+        return retrying(open_once)
+    except Exception as exc:  # noqa: BLE001 - any driver error means "cannot open it"
+        raise StorageError(f"storage: cannot open {url!r}: {type(exc).__name__}: {exc}") from None
 
 
 def fail_trials_without_heartbeat(study: optuna.Study, storage: RDBStorage, grace_period_s: float) -> None:

@@ -37,3 +37,39 @@ def test_a_duplicate_table_or_row_is_a_race_and_other_errors_are_not(url: str) -
             conn.execute(sa.text("DROP TABLE mixq_race_probe"))
     # the text of an error is not a code: a message that merely says so is not a race
     assert not is_schema_race(ValueError("UNIQUE constraint: database is locked, table already exists"))
+
+
+def test_opening_the_storage_retries_a_schema_race_and_nothing_else(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lost schema race is retried (the next attempt finds the tables); any other error is a
+    StorageError at once, naming the URL."""
+    import search.study.storage as storage
+
+    engine = sa.create_engine("sqlite://")
+    race = _error(engine, "CREATE TABLE t (a INT)", "CREATE TABLE t (a INT)")
+    other = _error(engine, "SELEC 1")
+    calls: list[int] = []
+
+    def flaky(errors: list[Exception]) -> type:
+        class FakeStorage:
+            def __init__(self, *args: object, **kwargs: object) -> None:
+                calls.append(1)
+                if errors:
+                    raise errors.pop(0)
+
+        return FakeStorage
+
+    monkeypatch.setattr(storage, "RDBStorage", flaky([race, race]))
+    opened = storage.open_storage("postgresql+psycopg://nobody@127.0.0.1:1/none", max_retries=0)
+    assert opened is not None and len(calls) == 3
+
+    calls.clear()
+    monkeypatch.setattr(storage, "RDBStorage", flaky([other, other]))
+    with pytest.raises(storage.StorageError, match=r"cannot open 'postgresql\+psycopg://nobody@127.0.0.1:1/none'"):
+        storage.open_storage("postgresql+psycopg://nobody@127.0.0.1:1/none", max_retries=0)
+    assert len(calls) == 1  # not retried
+
+    calls.clear()
+    monkeypatch.setattr(storage, "RDBStorage", flaky([race] * 9))
+    with pytest.raises(storage.StorageError, match="already exists"):
+        storage.open_storage("postgresql+psycopg://nobody@127.0.0.1:1/none", max_retries=0)
+    assert len(calls) == 5  # five attempts, then the race's own error

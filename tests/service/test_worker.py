@@ -279,3 +279,35 @@ def test_a_search_whose_trials_keep_failing_stops_with_the_cause(db: Database, s
     # it stops after the QAT pass in which the third failure in a row fell: the first pass holds the
     # baselines (up to 8 maps per pass, automatic K for this small model), each failing on its own
     assert 3 <= len(study.trials) <= 8 and all(t.state is optuna.trial.TrialState.FAIL for t in study.trials)
+
+
+def test_a_write_is_retried_over_dropped_connections_only(
+    db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    import service.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "WRITE_BACKOFF_S", 0.0)
+    worker = fake_worker(db, settings)
+    dropped = OperationalError("INSERT", {}, Exception("server closed the connection"))
+    attempts: list[int] = []
+
+    def failing(times: int, error: Exception) -> Callable[[object], str]:
+        def fn(session: object) -> str:
+            attempts.append(1)
+            if len(attempts) <= times:
+                raise error
+            return "written"
+        return fn
+
+    assert worker._write(failing(worker_module.WRITE_RETRIES - 1, dropped)) == "written"
+    assert len(attempts) == worker_module.WRITE_RETRIES
+    attempts.clear()
+    with pytest.raises(OperationalError):
+        worker._write(failing(worker_module.WRITE_RETRIES, dropped))
+    assert len(attempts) == worker_module.WRITE_RETRIES
+    attempts.clear()
+    with pytest.raises(ValueError):
+        worker._write(failing(5, ValueError("not a connection error")))
+    assert len(attempts) == 1
