@@ -337,6 +337,7 @@ def search_command(
     with _errors_reported(debug):
         from search.quant.layers import discover_layers
         from search.study.runner import SearchObserver, run_search
+        from search.study.runner import maps_per_pass as resolve_maps_per_pass
         from search.threads import set_torch_threads
         from search.workloads import load_workload
 
@@ -377,6 +378,8 @@ def search_command(
         hint = fidelity_line(spec, graph)
         if hint:
             console.print(hint)
+        how = "as asked" if spec.maps_per_pass is not None else "automatic, from the model's size and the device"
+        console.print(f"maps per QAT pass: {resolve_maps_per_pass(spec, wl, graph)} ({how}; --maps-per-pass sets it)")
 
         with _trial_failures_reported(debug) as failures, Progress(
             TextColumn("[bold]{task.fields[phase]}"), BarColumn(), MofNCompleteColumn(),

@@ -251,7 +251,6 @@ class _Search:
         self.study = study
         self.observer = observer
         self.clock = ProgressClock(self.spec, setup.workload.higher_is_better, observer.progress)
-        self.step_started = time.monotonic()
         self.stop_reason = ""
         self.min_costs = self._min_costs()
         self.seeds = SeedPlan(study, setup, self.trial_budget, self.completed, self.trials_left, self.front_points)
@@ -448,7 +447,6 @@ class _Search:
         # (a map next to a repeat, a front point's neighbour) are sampling
         seeding = TrialAttrs.of(waiting[0]).source not in FOLLOW_UPS if waiting else False
         self.set_phase(SearchPhase.SEEDING if seeding else SearchPhase.SAMPLING)
-        self.step_started = time.monotonic()
         held: list[optuna.Trial] = []  # asked and not told yet
         with _Heartbeats(self.storage) as beats:
             try:
@@ -482,7 +480,7 @@ class _Search:
                 proposal = objective.propose(trial)
             except optuna.TrialPruned:  # a twin trains the same map
                 if TrialAttrs.of(trial).source is Source.SAMPLER:  # the sampler repeated a map: try one near it
-                    self.seeds.repeated = {k: str(v) for k, v in trial.params.items()}
+                    self.seeds.repeated = {name: str(v) for name, v in trial.params.items()}
                 self._tell(trial, beats, held, state=TrialState.PRUNED)
                 continue
             except Exception as exc:  # noqa: BLE001  (its own error: recorded FAIL, the search goes on)
