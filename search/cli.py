@@ -316,6 +316,7 @@ def search_command(
     promotion_eta: Annotated[int | None, typer.Option(help=_help("promotion_eta"))] = None,
     budget_qat_steps: Annotated[int | None, typer.Option(help=_help("budget_qat_steps"))] = None,
     min_gain: Annotated[float | None, typer.Option(help=_help("min_gain"))] = None,
+    maps_per_pass: Annotated[int | None, typer.Option(help=_help("maps_per_pass"))] = None,
     storage: Annotated[
         str | None, typer.Option(help=_help("storage"))
     ] = None,
@@ -336,6 +337,7 @@ def search_command(
     with _errors_reported(debug):
         from search.quant.layers import discover_layers
         from search.study.runner import SearchObserver, run_search
+        from search.study.runner import maps_per_pass as resolve_maps_per_pass
         from search.threads import set_torch_threads
         from search.workloads import load_workload
 
@@ -355,7 +357,7 @@ def search_command(
                 "fidelity_rungs": (None if fidelity_rungs.strip() == "auto"
                                    else _parse_ints(fidelity_rungs, "fidelity-rungs")),
                 "promotion_eta": promotion_eta,
-                "budget_qat_steps": budget_qat_steps, "min_gain": min_gain,
+                "budget_qat_steps": budget_qat_steps, "min_gain": min_gain, "maps_per_pass": maps_per_pass,
             })
         except ValidationError as err:
             _fail(_flag_errors(err))
@@ -376,6 +378,8 @@ def search_command(
         hint = fidelity_line(spec, graph)
         if hint:
             console.print(hint)
+        how = "as asked" if spec.maps_per_pass is not None else "automatic, from the model's size and the device"
+        console.print(f"maps per QAT pass: {resolve_maps_per_pass(spec, wl, graph)} ({how}; --maps-per-pass sets it)")
 
         with _trial_failures_reported(debug) as failures, Progress(
             TextColumn("[bold]{task.fields[phase]}"), BarColumn(), MofNCompleteColumn(),

@@ -187,6 +187,7 @@ class SearchResult:
     neighbour_checks: int = 0  # trials that tried a front point's one-layer neighbour (seeds.front_neighbours)
     neighbours_untried: int = 0  # neighbours of the reported points that could dominate them, left untried
     torch_threads: int = 0  # torch's intra-op threads every trial ran with (fixed for the search)
+    maps_per_pass: int = 1  # the most maps one QAT pass trained together (spec.maps_per_pass, automatic resolved)
     # compute the search could not quantize (attention matmuls, parameters applied functionally, embeddings):
     # float, with the reason, and in every map's cost at the float precision
     float_layers: list[FloatLayer] = field(default_factory=list)
@@ -205,6 +206,6 @@ class SearchResult:
             "repeats_skipped": self.repeats_skipped, "neighbour_checks": self.neighbour_checks,
             "neighbours_untried": self.neighbours_untried,
             "fidelity_rungs": list(self.fidelity_rungs), "promotion_eta": self.promotion_eta,
-            "torch_threads": self.torch_threads,
+            "torch_threads": self.torch_threads, "maps_per_pass": self.maps_per_pass,
             "fidelity": None if self.fidelity is None else self.fidelity.to_json(),
         }

@@ -38,6 +38,7 @@ AUTO_RUNGS = (1, 3)
 AUTO_ETA = 2
 DEFAULT_ETA = 3
 INT32_MAX = 2**31 - 1  # seeds and counts fit a PostgreSQL INTEGER where a service stores them
+MAX_MAPS_PER_PASS = 64  # the most maps one QAT pass may train together (SearchRequest.maps_per_pass)
 
 
 def check_json_value(value: Any, where: str, depth: int = 0) -> None:
@@ -184,6 +185,13 @@ class SearchRequest(BaseModel):
     min_gain: float | None = Field(
         default=None, ge=0, le=1e9,
         description="A front point must beat a cheaper one by more than this (metric units) and their spread.",
+    )
+    maps_per_pass: int | None = Field(
+        default=None, ge=1, le=MAX_MAPS_PER_PASS,
+        description=f"Maps trained together in one QAT pass (1 to {MAX_MAPS_PER_PASS}): the sampler proposes that many "
+                    "at once and they train on the same batches, each map's numbers those of training it alone, so "
+                    "only the speed changes. 1: one map at a time. None: automatic from the model's size and the "
+                    "device (8 for a small model on a CPU, 1 for a large one or where memory is short).",
     )
 
     @field_validator("workload_options")

@@ -35,8 +35,8 @@ from search.quant.formats import FormatMap, LayerFormat, TensorFormat, as_format
 from search.quant.layers import FloatKind, LayerGraph, LayerKind, discover_layers
 from search.quant.qat import OUTPUT_QUANT_ATTR, ActivationQuantizer, FakeQuantMixin, RangeMethod, quantize_model
 
-# 2: float_layers; provenance.qat_steps/seed/spec/job_id, feasible, on_front (all optional: version-1 files
-# load as before)
+# 2: float_layers; provenance.qat_steps/seed/spec/job_id/maps_per_pass/batched, feasible, on_front (all
+# optional: version-1 files load as before)
 SCHEMA_VERSION = 2
 SCHEMA_PATH = Path(__file__).with_name("qconfig.schema.json")
 
@@ -127,6 +127,11 @@ class Provenance(_Strict):
     seed: int | None = None
     spec: dict[str, Any] | None = None
     job_id: int | None = Field(default=None, ge=1)
+    # how the search's engine trained it (search.train.run_trials): the maps of its QAT pass (1: alone,
+    # spec.maps_per_pass asks for more) and whether they ran as one batched computation; the numbers
+    # are those of training the map alone either way
+    maps_per_pass: int | None = Field(default=None, ge=1)
+    batched: bool | None = None
 
 
 class QConfigFile(_Strict):
@@ -209,6 +214,8 @@ def build_qconfig(
     qat_steps: int | None = None,
     seed: int | None = None,
     spec: Mapping[str, Any] | None = None,
+    maps_per_pass: int | None = None,
+    batched: bool | None = None,
 ) -> QConfigFile:
     """Describe ``assignment`` (fqn -> format).  With a trained fake-quant ``model`` the
     file carries its scales and zero points."""
@@ -237,6 +244,7 @@ def build_qconfig(
             study_name=study_name, trial_number=trial_number,
             torch_version=torch.__version__, torch_threads=torch.get_num_threads(),
             qat_steps=qat_steps, seed=seed, spec=None if spec is None else dict(spec),
+            maps_per_pass=maps_per_pass, batched=batched,
         ),
     )
 

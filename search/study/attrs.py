@@ -53,6 +53,12 @@ class TrialKey(StrEnum):
     BUDGET_SLOT = "mixq:budget_slot"  # int: the budget slot it holds (written by SQL in search.study.storage)
     INTERRUPTED = "mixq:interrupted"  # bool: its process was interrupted (Ctrl-C) while it trained
     REQUEUE_OF = "mixq:requeue_of"  # int: the interrupted trial whose map this queued trial trains again
+    # how it was trained (search.train.run_trials): the maps of its QAT pass (1: alone) and whether they
+    # ran as one batched computation; the trials given to that run_trials call (the runner's batch, up to
+    # spec.maps_per_pass), which shared its wall time
+    MAPS_PER_PASS = "mixq:maps_per_pass"  # int
+    BATCHED = "mixq:batched"  # bool
+    BATCH_SIZE = "mixq:batch_size"  # int
 
 
 class StudyKey(StrEnum):
@@ -114,6 +120,9 @@ class TrialAttrs:
     worker: str | None = None
     duplicate_of: int | None = None
     claimed: bool = False
+    maps_per_pass: int | None = None  # None: not trained (cached), or by a mixq before batching
+    batched: bool | None = None
+    batch_size: int = 1
 
     @classmethod
     def of(cls, trial: FrozenTrial | optuna.Trial) -> TrialAttrs:
@@ -131,6 +140,9 @@ class TrialAttrs:
             worker=attrs.get(TrialKey.WORKER),
             duplicate_of=None if duplicate is None else int(duplicate),
             claimed=bool(attrs.get(TrialKey.CLAIMED, False)),
+            maps_per_pass=None if attrs.get(TrialKey.MAPS_PER_PASS) is None else int(attrs[TrialKey.MAPS_PER_PASS]),
+            batched=None if attrs.get(TrialKey.BATCHED) is None else bool(attrs[TrialKey.BATCHED]),
+            batch_size=max(1, int(attrs.get(TrialKey.BATCH_SIZE, 1))),
         )
 
 

@@ -129,3 +129,50 @@ def next_work(spec: SearchSpec, counts: StudyCounts, *, space_size: int, elapsed
     if fits(spec, used, steps_at(spec, 0), reserve):
         return TRIAL
     return WAIT if counts.running else Done("budget")
+
+
+# -- maps per QAT pass (spec.maps_per_pass) -------------------------------------------------------
+
+# Provisional defaults, until bench/batched_qat.py's speedups at K = 1..16 settle them: on a CPU a small
+# model's QAT step is per-operator overhead, which K maps in one pass share; a GPU is idle at these sizes.
+AUTO_MAPS_CPU = 8
+AUTO_MAPS_GPU = 16
+# above these sizes a map's step is compute, not overhead, and several maps only add memory
+SMALL_MODEL_PARAMS_CPU = 2_000_000
+SMALL_MODEL_PARAMS_GPU = 50_000_000
+# what one map holds while it trains, in float32 values: its weights, their gradients, Adam's two
+# moments and the fake-quantized copy (5 per parameter); the activations kept for backward, their
+# fake-quantized copies and gradients (3 per activation value of a forward pass)
+VALUES_PER_PARAM = 5
+VALUES_PER_ACTIVATION = 3
+MEMORY_SHARE = 0.25  # the most of the device's free memory the maps of one pass may take
+
+
+def map_bytes(n_params: int, activation_values: int) -> int:
+    """An estimate of the memory one map takes while it trains (bytes, float32)."""
+    return 4 * (VALUES_PER_PARAM * n_params + VALUES_PER_ACTIVATION * activation_values)
+
+
+def auto_maps_per_pass(n_params: int, activation_values: int, device_type: str, free_bytes: int | None) -> int:
+    """How many maps one QAT pass trains when ``maps_per_pass`` is automatic: :data:`AUTO_MAPS_CPU` (or
+    :data:`AUTO_MAPS_GPU` on a GPU) for a small model, 1 for a large one; never more than fit
+    :data:`MEMORY_SHARE` of ``free_bytes`` (the device's free memory; None: not known, no cap), and at
+    least 1.  ``activation_values`` counts the values one forward pass of the example inputs produces."""
+    gpu = device_type != "cpu"
+    if n_params > (SMALL_MODEL_PARAMS_GPU if gpu else SMALL_MODEL_PARAMS_CPU):
+        return 1
+    maps = AUTO_MAPS_GPU if gpu else AUTO_MAPS_CPU
+    if free_bytes is not None:
+        maps = min(maps, int(MEMORY_SHARE * free_bytes) // max(map_bytes(n_params, activation_values), 1))
+    return max(1, maps)
+
+
+def batch_size(spec: SearchSpec, maps_per_pass: int, counts: StudyCounts, budget_trials: int, space_size: int) -> int:
+    """How many new first-rung trials the next pass asks for: up to ``maps_per_pass``, never more than
+    the budget still affords (:func:`trials_left`, less the trials running anywhere where the budget is
+    in trials: they hold slots) nor more than the maps of the space not tried yet; at least 1 (called
+    when :func:`next_work` said :class:`NewTrial`)."""
+    left = trials_left(spec, counts.qat_steps_used, counts.completed, budget_trials)
+    if spec.budget_qat_steps is None:
+        left -= counts.running
+    return max(1, min(maps_per_pass, left, space_size - counts.distinct_maps - counts.running))

@@ -31,7 +31,7 @@ from search.spec import SearchSpec
 from search.study.attrs import TrialAttrs, TrialKey, is_cached, set_trial_attr
 from search.study.pareto import assignment_key
 from search.study.space import SearchSpace
-from search.train import run_trial
+from search.train import TrialRun, run_trial, run_trials
 from search.workloads import Workload
 
 log = logging.getLogger("mixq.search")
@@ -50,6 +50,7 @@ class SearchSetup:
     graph: LayerGraph
     space: SearchSpace
     evaluator: Evaluator | None = None
+    maps_per_pass: int = 1  # spec.maps_per_pass resolved (automatic: search.study.budget.auto_maps_per_pass)
 
     @cached_property
     def cost_table(self) -> dict[str, dict[str, dict[str, float]]]:
@@ -114,29 +115,102 @@ class Scored:
     quality: float
     qconfig: str | None
     duration_s: float
+    maps_per_pass: int = 1  # the maps of the QAT pass that trained it (search.train.TrialBatch)
+    batched: bool = False  # trained as one batched computation with the others of its pass
+
+
+# a map of a pass: what it scored, or the error it failed with (its own, found by training it alone)
+ScoreOrError = Scored | Exception
+
+
+def _scored(setup: SearchSetup, fp32: float, assignment: Mapping[str, str], run: TrialRun, *, qat_steps: int,
+            seed: int, trial_number: int, maps_per_pass: int, batched: bool) -> Scored:
+    """One trained map's qconfig JSON and weights (where the spec asks), as :func:`score_assignment` keeps them."""
+    spec = setup.spec
+    formats = as_formats(assignment)
+    qconfig = build_qconfig(
+        run.model, setup.graph, formats, pin_reasons=setup.space.pin_reasons, profile=setup.profile.name,
+        quality=QualityReport(metric=setup.workload.metric, value=run.quality, fp32_value=fp32,
+                              higher_is_better=setup.workload.higher_is_better),
+        costs=setup.costs(assignment), workload=spec.workload, study_name=spec.study_name, trial_number=trial_number,
+        qat_steps=qat_steps, seed=seed, spec=spec.request_json(), maps_per_pass=maps_per_pass, batched=batched,
+    )
+    if spec.weights_dir is not None:  # a promoted map's longer run replaces its first-rung weights
+        save_state_dict(run.model, Path(spec.weights_dir) / trial_filename(trial_number, assignment, "weights"))
+    return Scored(run.quality, qconfig.model_dump_json(), run.duration_s, maps_per_pass, batched)
 
 
 def score_assignment(
     setup: SearchSetup, fp32: float, assignment: Mapping[str, str], *, qat_steps: int, seed: int, trial_number: int,
 ) -> Scored:
-    """Train ``assignment`` (every layer) for ``qat_steps`` and score it, or ask the evaluator;
+    """Train ``assignment`` (every layer) alone for ``qat_steps`` and score it, or ask the evaluator;
     with a trained model, build its qconfig JSON and save its weights where the spec asks."""
-    spec = setup.spec
     if setup.evaluator is not None:
         return Scored(float(setup.evaluator(assignment, seed)), None, 0.0)
-    formats = as_formats(assignment)  # parsed once; the engine takes the format type
-    costs = setup.costs(assignment)
-    run = run_trial(setup.workload, formats, qat_steps=qat_steps, seed=seed, device=spec.device)
-    qconfig = build_qconfig(
-        run.model, setup.graph, formats, pin_reasons=setup.space.pin_reasons, profile=setup.profile.name,
-        quality=QualityReport(metric=setup.workload.metric, value=run.quality, fp32_value=fp32,
-                              higher_is_better=setup.workload.higher_is_better),
-        costs=costs, workload=spec.workload, study_name=spec.study_name, trial_number=trial_number,
-        qat_steps=qat_steps, seed=seed, spec=spec.request_json(),
-    )
-    if spec.weights_dir is not None:  # a promoted map's longer run replaces its first-rung weights
-        save_state_dict(run.model, Path(spec.weights_dir) / trial_filename(trial_number, assignment, "weights"))
-    return Scored(run.quality, qconfig.model_dump_json(), run.duration_s)
+    run = run_trial(setup.workload, as_formats(assignment), qat_steps=qat_steps, seed=seed, device=setup.spec.device)
+    return _scored(setup, fp32, assignment, run, qat_steps=qat_steps, seed=seed, trial_number=trial_number,
+                   maps_per_pass=1, batched=False)
+
+
+def _one_by_one(setup: SearchSetup, fp32: float, assignments: Sequence[Mapping[str, str]], *, qat_steps: int,
+                seed: int, trial_numbers: Sequence[int]) -> list[ScoreOrError]:
+    out: list[ScoreOrError] = []
+    for assignment, number in zip(assignments, trial_numbers, strict=True):
+        try:
+            out.append(score_assignment(setup, fp32, assignment, qat_steps=qat_steps, seed=seed, trial_number=number))
+        except Exception as exc:  # noqa: BLE001  (this map's own error, recorded against its trial)
+            out.append(exc)
+    return out
+
+
+def score_assignments(
+    setup: SearchSetup, fp32: float, assignments: Sequence[Mapping[str, str]], *, qat_steps: int, seed: int,
+    trial_numbers: Sequence[int],
+) -> list[ScoreOrError]:
+    """Train several maps (every layer each) in one pass on the same batches (``seed``) and score each, as
+    :func:`score_assignment` does one (its numbers are those of training it alone), in the order given.
+
+    Where the pass fails (``search.train.run_trials`` raised: one map's NaN loss, a layer the batched
+    engine trips on), its maps are trained again one at a time, so that each failure is its own map's
+    and the others still score: an entry is then the exception its map failed with.  A single map, or
+    a benchmark ``evaluator``, takes the one-map path."""
+    if setup.evaluator is not None or len(assignments) <= 1:
+        return _one_by_one(setup, fp32, assignments, qat_steps=qat_steps, seed=seed, trial_numbers=trial_numbers)
+    try:
+        batch = run_trials(setup.workload, [as_formats(a) for a in assignments], qat_steps=qat_steps, seed=seed,
+                           device=setup.spec.device)
+        if len(batch.runs) != len(assignments):
+            raise RuntimeError(f"run_trials returned {len(batch.runs)} runs for {len(assignments)} maps")
+    except Exception as exc:  # noqa: BLE001  (each map is tried alone: its own error, or none)
+        log.warning("a QAT pass of %d maps failed (%s: %s); training them one at a time",
+                    len(assignments), type(exc).__name__, exc)
+        return _one_by_one(setup, fp32, assignments, qat_steps=qat_steps, seed=seed, trial_numbers=trial_numbers)
+    out: list[ScoreOrError] = []
+    for assignment, run, number in zip(assignments, batch.runs, trial_numbers, strict=True):
+        try:
+            out.append(_scored(setup, fp32, assignment, run, qat_steps=qat_steps, seed=seed, trial_number=number,
+                               maps_per_pass=max(1, batch.maps_per_pass), batched=batch.batched))
+        except Exception as exc:  # noqa: BLE001  (its qconfig or weights could not be written)
+            out.append(exc)
+    return out
+
+
+def evaluate_seed(setup: SearchSetup, assignments: Sequence[Mapping[str, str]], *, qat_steps: int,
+                  seed: int) -> list[float]:
+    """The qualities of several maps trained with another ``seed`` (the front's re-evaluations), in one pass
+    where the engine can (one at a time where the pass fails; a map's own failure raises, as alone)."""
+    if setup.evaluator is not None:
+        return [float(setup.evaluator(a, seed)) for a in assignments]
+    formats = [as_formats(a) for a in assignments]
+    device = setup.spec.device
+    if len(formats) > 1:
+        try:
+            return [run.quality for run in run_trials(setup.workload, formats, qat_steps=qat_steps, seed=seed,
+                                                      device=device).runs]
+        except Exception as exc:  # noqa: BLE001  (trained again alone below: a map's own error raises there)
+            log.warning("a re-evaluation pass of %d maps failed (%s: %s); training them one at a time",
+                        len(formats), type(exc).__name__, exc)
+    return [run_trial(setup.workload, f, qat_steps=qat_steps, seed=seed, device=device).quality for f in formats]
 
 
 def outcome_of(
@@ -176,9 +250,20 @@ def outcome_of(
     )
 
 
+@dataclass(frozen=True)
+class Proposal:
+    """A trial that holds the claim on its map and waits to train (:meth:`Objective.propose`)."""
+
+    trial: optuna.Trial
+    assignment: dict[str, str]  # every layer, pins included
+    costs: dict[str, float]
+
+
 class Objective:
-    """``objective(trial) -> (quality, *costs)`` for ``study.optimize``; ``fp32`` is the reference
-    quality of the pretrained model (for the quality constraint and the qconfig report)."""
+    """``objective(trial) -> (quality, *costs)``; ``fp32`` is the reference quality of the pretrained model
+    (for the quality constraint and the qconfig report).  A batched search calls its parts: :meth:`propose`
+    for each trial of a pass, one :func:`score_assignments` for the pass, then :meth:`complete` (or
+    :meth:`failed`) for each."""
 
     def __init__(self, setup: SearchSetup, study: optuna.Study, fp32: float) -> None:
         self.setup = setup
@@ -187,19 +272,43 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         try:
-            return self._evaluate(trial)
+            proposal = self.propose(trial)
+            if not isinstance(proposal, Proposal):
+                return proposal
+            steps = self.qat_steps
+            scored = score_assignment(self.setup, self.fp32, proposal.assignment, qat_steps=steps,
+                                      seed=self.setup.spec.seed, trial_number=trial.number)
+            return self.complete(proposal, scored)
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:  # Optuna records a FAIL; a resumed search trains the map again
-            set_trial_attr(trial, TrialKey.INTERRUPTED, True)
+            self.interrupted(trial)
             raise
         except Exception as exc:  # study.optimize records the FAIL; the reason is ours to keep
-            set_trial_attr(trial, TrialKey.FAIL_REASON, f"{type(exc).__name__}: {exc}"[:2000])
-            log.warning("trial %d failed: %s", trial.number, exc)
+            self.failed(trial, exc)
             raise
 
-    def _evaluate(self, trial: optuna.Trial) -> tuple[float, ...]:
-        setup, spec = self.setup, self.setup.spec
+    @property
+    def qat_steps(self) -> int:
+        """The first rung's QAT steps."""
+        return self.setup.spec.qat_steps * self.setup.spec.rungs[0]
+
+    @staticmethod
+    def interrupted(trial: optuna.Trial) -> None:
+        """``trial`` was interrupted (Ctrl-C) before it finished: a resumed search trains its map again."""
+        set_trial_attr(trial, TrialKey.INTERRUPTED, True)
+
+    @staticmethod
+    def failed(trial: optuna.Trial, exc: BaseException) -> None:
+        """``trial`` failed with ``exc``, its own error: kept as its reason (the caller records the FAIL)."""
+        set_trial_attr(trial, TrialKey.FAIL_REASON, f"{type(exc).__name__}: {exc}"[:2000])
+        log.warning("trial %d failed: %s", trial.number, exc)
+
+    def propose(self, trial: optuna.Trial) -> Proposal | tuple[float, ...]:
+        """Suggest a format per free layer, price the map and claim it: the trial's values where the map
+        was trained already (served from the cache, nothing to train), else the :class:`Proposal` to
+        train.  Raises ``optuna.TrialPruned`` where a twin trial trains the same map."""
+        setup = self.setup
         free = {fqn: trial.suggest_categorical(fqn, list(options)) for fqn, options in setup.space.choices.items()}
         assignment = setup.full_assignment(free)
         costs = setup.costs(assignment)
@@ -217,14 +326,21 @@ class Objective:
             return tuple(previous.values)
         # the first rung's QAT steps, counted against a budget in steps (the evaluator stands for
         # a run of that length)
-        set_trial_attr(trial, TrialKey.QAT_STEPS, spec.qat_steps * spec.rungs[0])
-        scored = score_assignment(setup, self.fp32, assignment, qat_steps=spec.qat_steps * spec.rungs[0],
-                                  seed=spec.seed, trial_number=trial.number)
+        set_trial_attr(trial, TrialKey.QAT_STEPS, self.qat_steps)
+        return Proposal(trial, assignment, costs)
+
+    def complete(self, proposal: Proposal, scored: Scored, batch_size: int = 1) -> tuple[float, ...]:
+        """Record what ``proposal``'s map scored (trained with ``batch_size - 1`` others); its values."""
+        trial = proposal.trial
         if scored.qconfig is not None:
             set_trial_attr(trial, TrialKey.QCONFIG, scored.qconfig)
         set_trial_attr(trial, TrialKey.DURATION_S, scored.duration_s)
+        if self.setup.evaluator is None:
+            set_trial_attr(trial, TrialKey.MAPS_PER_PASS, scored.maps_per_pass)
+            set_trial_attr(trial, TrialKey.BATCHED, scored.batched)
+        set_trial_attr(trial, TrialKey.BATCH_SIZE, batch_size)
         self._constrain(trial, scored.quality)
-        return (scored.quality, *costs.values())
+        return (scored.quality, *proposal.costs.values())
 
     def _claim(self, trial: optuna.Trial, free: Mapping[str, str]) -> FrozenTrial | None:
         """Make sure no two trials train the same assignment, across processes.

@@ -89,4 +89,5 @@ def assemble_result(setup: SearchSetup, ledger: Ledger, fp32: float, stop_reason
         neighbour_checks=sum(1 for o in trained if o.source == Source.NEIGHBOUR),
         neighbours_untried=len(untried),
         torch_threads=spec.torch_threads or 0,
+        maps_per_pass=setup.maps_per_pass,
     )

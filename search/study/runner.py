@@ -22,23 +22,35 @@ It evaluates per-layer precision maps with short QAT runs and returns the Pareto
    measured no better in the seed trials are sampled rarely; the search stops once the cheapest
    map scores the metric's best value, or every map has been tried.
 
+7. Several maps per QAT pass (``spec.maps_per_pass``, K; automatic: ``search.study.budget.auto_maps_per_pass``):
+   a pass asks up to K new trials at once (Optuna ask/tell: queued seeds and retries first, then the
+   sampler), trains them together (``search.train.run_trials``: each map's numbers are those of training it
+   alone) and tells each as its own trial; maps promoted to one rung, and the front's re-evaluations with one
+   seed, share passes too.  A pass ends early where the next seed depends on a result still in it
+   (``SeedPlan.waits_for``).  A pass that fails is trained again one map at a time, so a failure is its own
+   map's.
+
 Rung results, re-evaluations and the dominated formats are study user attributes, so every process
 sharing the study sees them.
 
 Several processes can share one study through an Optuna RDB storage (SQLite on one machine,
 PostgreSQL beyond): the budget is the study's, not the process's; each trial takes a budget slot
-atomically before it trains (``search.study.storage.claim_budget_slot``).  Heartbeats mark a dead
+atomically before it trains (``search.study.storage.claim_budget_slot``; a pass claims its slots one by one,
+K or fewer).  Heartbeats mark a dead
 process's trial FAIL and re-enqueue the same parameters (bounded retries).  A search whose trials
 keep failing on their own (``spec.max_consecutive_failures`` in a row) stops with the cause.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import socket
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 import optuna
@@ -48,13 +60,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.profiles import TargetProfile, load_profile
 from search.quant.cost import float_costs
-from search.quant.layers import discover_layers
+from search.quant.layers import LayerGraph, discover_layers
 from search.results import SearchPhase, SearchProgress, SearchResult, TrialFailure, TrialOutcome
 from search.spec import SamplerName, SearchError, SearchSpec
 from search.study.attrs import (
     FOLLOW_UPS,
     ReevalRecord,
     RungRecord,
+    Source,
     StudyKey,
     TrialAttrs,
     TrialKey,
@@ -68,6 +81,8 @@ from search.study.budget import (
     Promote,
     StudyCounts,
     Wait,
+    auto_maps_per_pass,
+    batch_size,
     fits,
     next_work,
     reevaluation_reserve,
@@ -77,18 +92,29 @@ from search.study.budget import (
 )
 from search.study.ledger import Ledger
 from search.study.multifidelity import noise_level, reevaluation_todo
-from search.study.objective import Evaluator, Objective, SearchSetup, outcome_of, score_assignment
+from search.study.objective import (
+    Evaluator,
+    Objective,
+    Proposal,
+    SearchSetup,
+    evaluate_seed,
+    outcome_of,
+    score_assignments,
+)
 from search.study.pareto import assignment_key, pareto_front
 from search.study.progress import ProgressClock
 from search.study.result import assemble_result, outcomes
 from search.study.seeding import DominatedFormatsSampler, SeedPlan
 from search.study.space import build_space
 from search.study.storage import claim_budget_slot, fail_trials_without_heartbeat, open_storage
-from search.train import fp32_quality, run_trial
+from search.train import fp32_quality
 from search.workloads import Workload, load_workload
+from search.workloads.training import resolve_device
 
 if TYPE_CHECKING:
     from optuna.storages import RDBStorage
+
+log = logging.getLogger("mixq.search")
 
 
 class SearchObserver:
@@ -166,6 +192,53 @@ def open_study(setup: SearchSetup, observer: SearchObserver) -> tuple[RDBStorage
     return storage, study
 
 
+class _Heartbeats:
+    """The heartbeats of the trials this process holds, from one thread (``study.optimize`` runs one per
+    trial; a pass holds several).  A trial's first beat is recorded when it is added, before the objective
+    stamps its worker (:func:`search.study.storage.fail_trials_without_heartbeat` relies on that order)."""
+
+    def __init__(self, storage: RDBStorage | None) -> None:
+        self.storage = storage
+        self.interval = None if storage is None else storage.get_heartbeat_interval()
+        self.ids: set[int] = set()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Heartbeats:
+        if self.interval is not None:
+            self.thread = threading.Thread(target=self._beat, name="mixq-heartbeat", daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+
+    def add(self, trial_id: int) -> None:
+        if self.storage is None or self.interval is None:
+            return
+        self.storage.record_heartbeat(trial_id)
+        with self.lock:
+            self.ids.add(trial_id)
+
+    def discard(self, trial_id: int) -> None:
+        with self.lock:
+            self.ids.discard(trial_id)
+
+    def _beat(self) -> None:
+        assert self.storage is not None and self.interval is not None
+        while not self.stop.wait(self.interval):
+            with self.lock:
+                ids = sorted(self.ids)
+            for trial_id in ids:
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception as exc:  # noqa: BLE001  (a dropped connection: the next beat reconnects)
+                    log.warning("heartbeat of trial id %d not recorded: %s", trial_id, exc)
+
+
 class _Search:
     """One process's part of a (possibly shared) study: seed it, run trials until the budget is
     spent, re-evaluate the front, assemble the result."""
@@ -178,7 +251,6 @@ class _Search:
         self.study = study
         self.observer = observer
         self.clock = ProgressClock(self.spec, setup.workload.higher_is_better, observer.progress)
-        self.step_started = time.monotonic()
         self.stop_reason = ""
         self.min_costs = self._min_costs()
         self.seeds = SeedPlan(study, setup, self.trial_budget, self.completed, self.trials_left, self.front_points)
@@ -207,8 +279,7 @@ class _Search:
             elif isinstance(work, Promote):
                 self.promote(work.number, work.rung, fp32)
             else:
-                self.seeds.enqueue_next()
-                self.step(objective)
+                self.step(objective, ledger)
                 self.stop_if_failing()
             self.seeds.learn()
         if self.observer.should_stop():
@@ -241,9 +312,10 @@ class _Search:
 
     def trial_budget(self) -> int:
         """How many first-rung trials the budget affords (:func:`search.study.budget.trial_budget`)."""
-        durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in self.completed()
-                     if t.datetime_start is not None and t.datetime_complete is not None
-                     and not is_cached(t)]  # a repeat served from the cache took ~0 s
+        # a trial of a pass of several shared its wall time with the others; a repeat served from the cache took ~0 s
+        durations = [(t.datetime_complete - t.datetime_start).total_seconds() / TrialAttrs.of(t).batch_size
+                     for t in self.completed()
+                     if t.datetime_start is not None and t.datetime_complete is not None and not is_cached(t)]
         return trial_budget(self.spec, durations if self.spec.timeout_s is not None else [], self.clock.elapsed_s())
 
     def trials_left(self) -> int:
@@ -268,7 +340,11 @@ class _Search:
         self.clock.set_phase(phase, self.ledger, message)
 
     def next_work(self, ledger: Ledger) -> NewTrial | Promote | Wait | Done:
-        counts = StudyCounts(
+        return next_work(self.spec, self.counts(ledger), space_size=self.setup.space.size,
+                         elapsed_s=self.clock.elapsed_s(), metric_at_best=self.metric_at_best(ledger))
+
+    def counts(self, ledger: Ledger) -> StudyCounts:
+        return StudyCounts(
             completed=len(ledger.completed()),
             running=sum(1 for t in ledger.trials if t.state is TrialState.RUNNING),
             distinct_maps=len({assignment_key(t.params) for t in ledger.trials if t.state is TrialState.COMPLETE}),
@@ -276,8 +352,6 @@ class _Search:
             qat_steps_used=ledger.qat_steps_used,
             promotion=ledger.next_promotion(len(self.spec.rungs), self.spec.eta, self.setup.workload.higher_is_better),
         )
-        return next_work(self.spec, counts, space_size=self.setup.space.size, elapsed_s=self.clock.elapsed_s(),
-                         metric_at_best=self.metric_at_best(ledger))
 
     def metric_at_best(self, ledger: Ledger) -> bool:
         """Has a map costing the least possible in every objective scored the metric's best value?
@@ -305,29 +379,40 @@ class _Search:
 
     # -- promotions --------------------------------------------------------------------------
     def promote(self, number: int, rung: int, fp32: float) -> None:
-        """Train trial ``number``'s map again at ``rung``; the claim (a study attribute) comes first,
-        so other processes skip it and count its steps."""
-        key = rung_key(rung, number)
+        """Train trial ``number``'s map again at ``rung``, with the maps the ledger promotes next to the same
+        rung (up to ``maps_per_pass``, as the budget affords) in the same pass; each claim (a study
+        attribute) comes first, so other processes skip it and count its steps."""
+        spec = self.spec
+        steps = steps_at(spec, rung)
         worker = f"{socket.gethostname()}:{os.getpid()}"
-        steps = steps_at(self.spec, rung)
         running: RungRecord = {"qat_steps": steps, "worker": worker, "quality": None, "qconfig": None}
-        self.study.set_user_attr(key, running)
-        trial = self.study.get_trials(deepcopy=False)[number]
-        message = f"rung {rung + 1}/{len(self.spec.rungs)}: trial {number} at {steps} QAT steps"
+        numbers = [number]
+        self.study.set_user_attr(rung_key(rung, number), running)
+        reserve = reevaluation_reserve(spec)
+        while len(numbers) < self.setup.maps_per_pass:
+            ledger = self.ledger()
+            nxt = ledger.next_promotion(len(spec.rungs), spec.eta, self.setup.workload.higher_is_better)
+            if nxt is None or nxt[1] != rung or not fits(spec, ledger.qat_steps_used, steps, reserve):
+                break
+            numbers.append(nxt[0])
+            self.study.set_user_attr(rung_key(rung, nxt[0]), running)
+        trials = self.study.get_trials(deepcopy=False)
+        which = f"trial {number}" if len(numbers) == 1 else f"trials {', '.join(map(str, numbers))}"
+        message = f"rung {rung + 1}/{len(spec.rungs)}: {which} at {steps} QAT steps"
         self.set_phase(SearchPhase.PROMOTING, message)
         self.clock.tell(self.ledger(), message)
         started = time.monotonic()
-        free = {k: str(v) for k, v in trial.params.items()}
-        try:
-            scored = score_assignment(self.setup, fp32, self.setup.full_assignment(free), qat_steps=steps,
-                                      seed=self.spec.seed, trial_number=number)
-        except Exception as exc:  # noqa: BLE001  (one unit of work: record why, keep searching)
-            failed: RungRecord = {**running, "fail_reason": f"{type(exc).__name__}: {exc}"[:2000]}
-            self.study.set_user_attr(key, failed)
-            return
-        self.clock.count_training(started, steps)
-        done: RungRecord = {**running, "quality": scored.quality, "qconfig": scored.qconfig}
-        self.study.set_user_attr(key, done)
+        assignments = [self.setup.full_assignment({k: str(v) for k, v in trials[n].params.items()}) for n in numbers]
+        results = score_assignments(self.setup, fp32, assignments, qat_steps=steps, seed=spec.seed,
+                                    trial_numbers=numbers)
+        self.clock.count_training(started, steps * len(numbers))
+        for n, scored in zip(numbers, results, strict=True):
+            if isinstance(scored, Exception):  # one unit of work: record why, keep searching
+                failed: RungRecord = {**running, "fail_reason": f"{type(scored).__name__}: {scored}"[:2000]}
+                self.study.set_user_attr(rung_key(rung, n), failed)
+            else:
+                done: RungRecord = {**running, "quality": scored.quality, "qconfig": scored.qconfig}
+                self.study.set_user_attr(rung_key(rung, n), done)
 
     def stop_if_failing(self) -> None:
         """Raise :class:`SearchError` once the last ``max_consecutive_failures`` finished trials all
@@ -344,54 +429,118 @@ class _Search:
                 f"last: trial {last[-1].number}: {TrialAttrs.of(last[-1]).fail_reason}"
             )
 
-    # -- one trial ---------------------------------------------------------------------------
-    def step(self, objective: Objective) -> None:
-        """Run one trial.  ``study.optimize(n_trials=1)`` rather than ask/tell: it brings the
-        heartbeat thread and the failure boundary (a failing trial is recorded FAIL, the loop goes
-        on), as in optuna's own ``_run_trial``, which also fails stale trials first; only the
-        trials that died before their first heartbeat are ours to handle here."""
+    # -- one pass of new trials ----------------------------------------------------------------
+    def step(self, objective: Objective, ledger: Ledger) -> None:
+        """Run the next pass of new trials: up to ``maps_per_pass`` (as the budget affords: a pass claims
+        that many budget slots or fewer), taken from the study's queue (retries, seeds) or asked of the
+        sampler (Optuna's ask/tell), trained together (:func:`~search.study.objective.score_assignments`)
+        and told one by one, each its own trial.  As in optuna's own ``_run_trial``: stale trials are failed
+        first, the trials held get heartbeats, a trial failing by its own error is recorded FAIL and the
+        loop goes on, and Ctrl-C records the held trials FAIL (interrupted) and stops the search."""
         if self.storage is not None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                fail_trials_without_heartbeat(self.study, self.storage, self.spec.grace_period_s)
+            self.fail_stale_trials()
+        budget = self.trial_budget() if self.spec.budget_qat_steps is None else 0
+        k = batch_size(self.spec, self.setup.maps_per_pass, self.counts(ledger), budget, self.setup.space.size)
+        self.seeds.enqueue_next()
         waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         # a queued seed (or a retry) is seeding; the sampler's proposals and the search's own follow-ups
         # (a map next to a repeat, a front point's neighbour) are sampling
         seeding = TrialAttrs.of(waiting[0]).source not in FOLLOW_UPS if waiting else False
         self.set_phase(SearchPhase.SEEDING if seeding else SearchPhase.SAMPLING)
-        self.step_started = time.monotonic()
-        self.study.optimize(
-            self._within_budget(objective), n_trials=1, catch=(Exception,), callbacks=[self._after_optimize_trial]
-        )
+        held: list[optuna.Trial] = []  # asked and not told yet
+        with _Heartbeats(self.storage) as beats:
+            try:
+                proposals = self._ask(objective, k, beats, held)
+                if proposals:
+                    self._train(objective, proposals, beats, held)
+            except KeyboardInterrupt:  # a resumed search trains these maps again (requeue_interrupted)
+                for trial in list(held):
+                    Objective.interrupted(trial)
+                    self._tell(trial, beats, held, state=TrialState.FAIL)
+                raise
 
-    def _within_budget(self, objective: Objective) -> Callable[[optuna.Trial], tuple[float, ...]]:
-        """``objective`` behind an atomic claim of a budget slot (shared studies).  A trial that loses
-        the race is pruned (it never trained) and its queued parameters are queued again."""
+    def _ask(self, objective: Objective, k: int, beats: _Heartbeats, held: list[optuna.Trial]) -> list[Proposal]:
+        """Up to ``k`` trials that hold a budget slot and the claim on a map not trained yet; repeats served
+        from the cache and pruned twins are told at once (they train nothing) and the next is asked."""
+        proposals: list[Proposal] = []
+        for _ in range(3 * k + 2):  # repeats and twins do not loop forever
+            if len(proposals) >= k or (proposals and self.seeds.waits_for([p.assignment for p in proposals])):
+                break
+            self.seeds.in_flight = len(proposals)
+            self.seeds.enqueue_next()
+            with warnings.catch_warnings():  # "Heartbeat ... supposed to be used with Study.optimize": _Heartbeats
+                warnings.simplefilter("ignore", UserWarning)
+                trial = self.study.ask()
+            held.append(trial)
+            beats.add(trial._trial_id)
+            try:
+                if not self._claim_slot(trial):
+                    self._tell(trial, beats, held, state=TrialState.PRUNED)
+                    break
+                proposal = objective.propose(trial)
+            except optuna.TrialPruned:  # a twin trains the same map
+                if TrialAttrs.of(trial).source is Source.SAMPLER:  # the sampler repeated a map: try one near it
+                    self.seeds.repeated = {name: str(v) for name, v in trial.params.items()}
+                self._tell(trial, beats, held, state=TrialState.PRUNED)
+                continue
+            except Exception as exc:  # noqa: BLE001  (its own error: recorded FAIL, the search goes on)
+                objective.failed(trial, exc)
+                self._tell(trial, beats, held, state=TrialState.FAIL)
+                continue
+            if isinstance(proposal, Proposal):
+                proposals.append(proposal)
+            else:  # served from the cache
+                self._tell(trial, beats, held, values=proposal)
+        self.seeds.in_flight = 0
+        return proposals
 
-        def run(trial: optuna.Trial) -> tuple[float, ...]:
-            # a budget in trials is claimed slot by slot; a budget in QAT steps is the ledger's (next_work)
-            if self.storage is not None and self.spec.budget_qat_steps is None and not claim_budget_slot(
-                self.storage, self.study.study_name, trial.number, self.spec.n_trials
-            ):
-                frozen = next(t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number)
-                fixed = frozen.system_attrs.get("fixed_params")
-                if fixed:
-                    source = TrialAttrs.of(frozen).source
-                    self.study.enqueue_trial(fixed, user_attrs={TrialKey.SOURCE: source}, skip_if_exists=False)
-                raise optuna.TrialPruned("budget: every slot is taken by trials running elsewhere")
-            return objective(trial)
+    def _claim_slot(self, trial: optuna.Trial) -> bool:
+        """An atomic claim of a budget slot (shared studies; a budget in QAT steps is the ledger's, see
+        next_work).  A trial that loses the race never trains: its queued parameters are queued again."""
+        if self.storage is None or self.spec.budget_qat_steps is not None or claim_budget_slot(
+            self.storage, self.study.study_name, trial.number, self.spec.n_trials
+        ):
+            return True
+        frozen = next(t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number)
+        fixed = frozen.system_attrs.get("fixed_params")
+        if fixed:
+            source = TrialAttrs.of(frozen).source
+            self.study.enqueue_trial(fixed, user_attrs={TrialKey.SOURCE: source}, skip_if_exists=False)
+        log.info("trial %d pruned: every budget slot is taken by trials running elsewhere", trial.number)
+        return False
 
-        return run
+    def _train(self, objective: Objective, proposals: list[Proposal], beats: _Heartbeats,
+               held: list[optuna.Trial]) -> None:
+        """Train the proposals' maps in one pass and tell each trial what its map scored (or its error)."""
+        steps = objective.qat_steps
+        started = time.monotonic()
+        results = score_assignments(self.setup, objective.fp32, [p.assignment for p in proposals], qat_steps=steps,
+                                    seed=self.spec.seed, trial_numbers=[p.trial.number for p in proposals])
+        self.clock.count_training(started, max(steps, 1) * len(proposals))
+        for proposal, scored in zip(proposals, results, strict=True):
+            if isinstance(scored, Exception):
+                objective.failed(proposal.trial, scored)
+                self._tell(proposal.trial, beats, held, state=TrialState.FAIL)
+            else:
+                values = objective.complete(proposal, scored, batch_size=len(proposals))
+                self._tell(proposal.trial, beats, held, values=values)
 
-    def _after_optimize_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+    def _tell(self, trial: optuna.Trial, beats: _Heartbeats, held: list[optuna.Trial],
+              values: tuple[float, ...] | None = None, state: TrialState | None = None) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a NaN value: Optuna records a FAIL, reported below
+            frozen = self.study.tell(trial, None if values is None else list(values), state=state)
+        beats.discard(trial._trial_id)
+        held.remove(trial)
+        self._after_trial(frozen)
+
+    def _after_trial(self, trial: FrozenTrial) -> None:
         if trial.state is TrialState.COMPLETE:
             self.seeds.repeated_map(trial)
         attrs = TrialAttrs.of(trial)
         if trial.state is TrialState.COMPLETE and not attrs.cached:
-            steps = attrs.qat_steps if attrs.qat_steps is not None else steps_at(self.spec, 0)
-            self.clock.count_training(self.step_started, steps)
             self.observer.trial_done(outcome_of(trial, self.setup), self.clock.progress(self.ledger()))
-        if trial.state is TrialState.FAIL:
+        if trial.state is TrialState.FAIL and not trial.user_attrs.get(TrialKey.INTERRUPTED):
             # its own error (the objective's ``fail_reason``), or a NaN/missing value Optuna refused
             error = attrs.fail_reason or "the objective returned no finite value (NaN or None)"
             self.observer.trial_failed(failure_of(self.setup, trial, str(error), retried=False))
@@ -434,13 +583,28 @@ class _Search:
             if not todo or self.observer.should_stop():
                 return
             self.set_phase(SearchPhase.REEVALUATING)
-            for i, point in enumerate(todo):
+            done = 0
+            while done < len(todo):
+                # the next points at the same rung, as many as one pass takes and the step budget affords
                 ledger = self.ledger()
-                if not fits(self.spec, ledger.qat_steps_used, self.spec.reevaluate_front * point.qat_steps):
+                used = ledger.qat_steps_used
+                chunk: list[TrialOutcome] = []
+                for point in todo[done:]:
+                    cost = self.spec.reevaluate_front * point.qat_steps
+                    if (len(chunk) == self.setup.maps_per_pass or (chunk and point.qat_steps != chunk[0].qat_steps)
+                            or not fits(self.spec, used, cost)):
+                        break
+                    chunk.append(point)
+                    used += cost
+                if not chunk:
                     self.stop_reason = "budget (re-evaluation cut short)"
                     return
-                self.clock.tell(ledger, f"re-evaluating front point {i + 1}/{len(todo)} (trial {point.number})")
-                self._reevaluate(point)
+                numbers = ", ".join(str(p.number) for p in chunk)
+                which = (f"point {done + 1}/{len(todo)} (trial {numbers})" if len(chunk) == 1 else
+                         f"points {done + 1}-{done + len(chunk)}/{len(todo)} (trials {numbers})")
+                self.clock.tell(ledger, f"re-evaluating front {which}")
+                self._reevaluate(chunk)
+                done += len(chunk)
 
     def probe_noise(self, trial: FrozenTrial, ledger: Ledger) -> None:
         """Train the all-int8 seed map once more with another seed: the seed spread the seeding needs
@@ -452,29 +616,63 @@ class _Search:
         self.study.set_user_attr(StudyKey.NOISE, trial.number)
         self.set_phase(SearchPhase.SEEDING)
         self.clock.tell(ledger, f"measuring the seed spread: trial {trial.number} (all-int8), 2nd seed")
-        self._reevaluate(outcome_of(trial, self.setup), n_seeds=1)
+        self._reevaluate([outcome_of(trial, self.setup)], n_seeds=1)
 
-    def _reevaluate(self, point: TrialOutcome, n_seeds: int | None = None) -> None:
+    def _reevaluate(self, points: list[TrialOutcome], n_seeds: int | None = None) -> None:
+        """Train ``points``' maps (one rung: the same QAT steps) with ``n_seeds`` more seeds, all maps of
+        one seed in one pass; each point's record claims its steps first and then holds its qualities."""
         setup = self.setup
-        key = reeval_key(point.number)
         n_seeds = self.spec.reevaluate_front if n_seeds is None else n_seeds
-        # a noise probe at a lower rung is replaced by this record: its steps stay counted
-        earlier = self.ledger().reevals.get(point.number)
-        steps = n_seeds * point.qat_steps + (0 if earlier is None else int(earlier["qat_steps"]))
-        record: ReevalRecord = {"rung": point.rung, "qat_steps": steps, "qualities": None}
-        self.study.set_user_attr(key, record)
-        qualities = []
+        ledger = self.ledger()
+        records: list[ReevalRecord] = []
+        for point in points:
+            # a noise probe at a lower rung is replaced by this record: its steps stay counted
+            earlier = ledger.reevals.get(point.number)
+            steps = n_seeds * point.qat_steps + (0 if earlier is None else int(earlier["qat_steps"]))
+            record: ReevalRecord = {"rung": point.rung, "qat_steps": steps, "qualities": None}
+            self.study.set_user_attr(reeval_key(point.number), record)
+            records.append(record)
+        qat_steps = points[0].qat_steps
+        qualities: list[list[float]] = [[] for _ in points]
         for k in range(1, n_seeds + 1):
-            seed = self.spec.seed + 1000 * k
-            if setup.evaluator is not None:
-                qualities.append(float(setup.evaluator(point.assignment, seed)))
-                continue
             started = time.monotonic()
-            run = run_trial(setup.workload, point.assignment, qat_steps=point.qat_steps, seed=seed,
-                            device=self.spec.device)
-            self.clock.count_training(started, point.qat_steps)
-            qualities.append(run.quality)
-        self.study.set_user_attr(key, {**record, "qualities": qualities})
+            got = evaluate_seed(setup, [p.assignment for p in points], qat_steps=qat_steps,
+                                seed=self.spec.seed + 1000 * k)
+            if setup.evaluator is None:
+                self.clock.count_training(started, qat_steps * len(points))
+            for mine, quality in zip(qualities, got, strict=True):
+                mine.append(quality)
+        for point, record, mine in zip(points, records, qualities, strict=True):
+            self.study.set_user_attr(reeval_key(point.number), {**record, "qualities": mine})
+
+
+def maps_per_pass(spec: SearchSpec, workload: Workload, graph: LayerGraph, evaluator: Evaluator | None = None) -> int:
+    """``spec.maps_per_pass``, or where automatic, :func:`~search.study.budget.auto_maps_per_pass` of the
+    model's size and the device's free memory; 1 with a benchmark ``evaluator`` (no QAT pass to share, and
+    one at a time each proposal sees every result before it)."""
+    if spec.maps_per_pass is not None:
+        return spec.maps_per_pass
+    if evaluator is not None:
+        return 1
+    n_params = sum(p.numel() for p in workload.model.parameters())
+    activations = sum(math.prod(layer.output_shape) for layer in graph.layers)
+    device = resolve_device(spec.device)
+    return auto_maps_per_pass(n_params, activations, device.type, free_memory(device))
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free on ``device`` (a GPU's, or the machine's available memory); None where not known."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:  # Linux: MemAvailable counts reclaimable caches
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
 
 def run_search(
     spec: SearchSpec,
@@ -505,7 +703,8 @@ def run_search(
     spec = spec.resolve_fidelity(len(space.choices))
     if spec.torch_threads is None:  # fixed now for the whole search, and recorded in its result
         spec = spec.model_copy(update={"torch_threads": torch.get_num_threads()})
-    setup = SearchSetup(spec=spec, workload=workload, profile=profile, graph=graph, space=space, evaluator=evaluator)
+    setup = SearchSetup(spec=spec, workload=workload, profile=profile, graph=graph, space=space, evaluator=evaluator,
+                        maps_per_pass=maps_per_pass(spec, workload, graph, evaluator))
     observer = observer or SearchObserver()
     storage, study = open_study(setup, observer)
     before = torch.get_num_threads()

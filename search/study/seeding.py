@@ -155,6 +155,7 @@ class SeedPlan:
         self.queue: list[tuple[Assignment, Source]] = []  # (free assignment, source), not yet enqueued
         self.sensitivity_pending = False  # the sweep-or-proxy choice waits for the baselines' durations
         self.repeated: Assignment | None = None  # a sampler proposal served from the cache: try a new map next
+        self.in_flight = 0  # trials of the pass being asked that have not trained yet (they use budget too)
 
     def start(self) -> None:
         space = self.setup.space
@@ -316,7 +317,29 @@ class SeedPlan:
                 or self.sensitivity_pending):
             return False
         reserve = max(1, round(NEIGHBOUR_SHARE * self.trial_budget()))
-        return self.trials_left() <= reserve
+        return self.trials_left() - self.in_flight <= reserve
+
+    def waits_for(self, in_flight: Sequence[Assignment]) -> bool:
+        """Does the next map to try depend on how the maps ``in_flight`` (full maps asked for the pass being
+        built, not trained yet) score?  Then the pass ends before it: the sweep-or-proxy choice of a time
+        budget waits for the baselines' durations, and once the queued seeds run out, the greedy path and
+        the dominated formats wait for the seed maps' scores (as when trials ran one at a time).  A
+        front's neighbours and the sampler's proposals are chosen from the results so far, as a pass's
+        proposals are."""
+        if not in_flight:
+            return False
+        tried = tried_maps(self.study.get_trials(deepcopy=False))
+        if any(assignment_key(free) not in tried for free, _ in self.queue):
+            return False  # a queued seed comes next: it depends on no result
+        if self.sensitivity_pending:
+            return True
+        attrs = self.study.user_attrs
+        learning = (self.spec.seed_with_sensitivity and not attrs.get(ATTR_GREEDY)) or ATTR_DOMINATED not in attrs
+        if not learning:
+            return False
+        seeds = {assignment_key(s) for s in self.seed_assignments()}
+        free = set(self.setup.space.choices)
+        return any(assignment_key({fqn: fmt for fqn, fmt in m.items() if fqn in free}) in seeds for m in in_flight)
 
     def repeated_map(self, trial: FrozenTrial) -> None:
         """``trial`` was a sampler proposal served from the cache (a map already trained): the next

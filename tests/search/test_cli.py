@@ -58,6 +58,10 @@ def test_search_writes_front_plot_and_qconfig_files(search_run: tuple[Path, str]
         assert cfg.assignment() and {k: v.name for k, v in cfg.assignment().items()} == point["assignment"]
     table = (run / "front.md").read_text()
     assert table.count("\n| ") == len(summary["front"]) + 1  # header + one row per point
+    # the maps per QAT pass it chose (tiny digits on a CPU: the automatic default), said and recorded
+    assert "maps per QAT pass: 8 (automatic" in (out / "output.txt").read_text()
+    assert summary["maps_per_pass"] == 8
+    assert all(cfg["provenance"]["maps_per_pass"] >= 1 for cfg in (json.loads(f.read_text()) for f in files))
 
 
 def test_search_resumes_the_same_study(search_run: tuple[Path, str]) -> None:
@@ -99,6 +103,8 @@ def test_export_turns_qconfig_and_weights_into_onnx(search_run: tuple[Path, str]
     [
         pytest.param(["--workload", "nope"], "workload", id="unknown-workload"),
         pytest.param([*TINY, "--trials", "0"], "--trials: Input should be greater than or equal to 1", id="zero-budget"),
+        pytest.param([*TINY, "--maps-per-pass", "0"], "--maps-per-pass: Input should be greater than or equal to 1",
+                     id="zero-maps-per-pass"),
         pytest.param([*TINY, "--formats", "int4,int3"], "format", id="unknown-format"),
         pytest.param([*TINY, "--profile", "no-such-profile"], "profile", id="unknown-profile"),
         pytest.param([*TINY, "--formats", "int8"], "nothing to search", id="pins-leave-nothing"),

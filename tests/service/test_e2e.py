@@ -110,13 +110,17 @@ def test_worker_process_joins_a_running_job_on_postgres(
     from service.main import create_app
 
     with TestClient(create_app(settings, db)) as client:
-        job_id = client.post("/v1/jobs", json={**REAL_JOB, "n_trials": 24, "qat_steps": 40}).json()["id"]
+        refused = client.post("/v1/jobs", json={**REAL_JOB, "maps_per_pass": 0})
+        assert refused.status_code == 422 and "maps_per_pass" in refused.text
+        # batched workers (issue 22): passes of up to 4 maps each, 22 trials (not a multiple of 4)
+        job_id = client.post("/v1/jobs", json={**REAL_JOB, "n_trials": 22, "qat_steps": 40,
+                                                "maps_per_pass": 4}).json()["id"]
         holder: list[Worker] = []
 
         def run_search_then_wait_for_the_other(spec: SearchSpec, *, observer: SearchObserver | None = None,
                                                **kwargs: Any) -> SearchResult:
             """The real search; after each trial this worker waits (up to 4 min) until the `mixq worker` process
-            has recorded a trial of its own, so that on a loaded machine it cannot finish all 24 trials first."""
+            has recorded a trial of its own, so that on a loaded machine it cannot finish all 22 trials first."""
             assert observer is not None
             worker_hears = observer
 
@@ -149,7 +153,14 @@ def test_worker_process_joins_a_running_job_on_postgres(
         with db.session() as session:
             ran_by = set(session.scalars(select(Trial.worker_id).where(Trial.job_id == job_id)))
         assert local.id in ran_by and len(ran_by) == 2  # the `mixq worker` process did trials too
-        assert client.get(f"/v1/jobs/{job_id}").json()["progress"]["finished"] >= 24
+        assert client.get(f"/v1/jobs/{job_id}").json()["progress"]["finished"] >= 22
+        # the budget stayed exact: each pass claimed its slots one by one, no map trained twice
+        study = optuna.load_study(study_name=f"mixq-job-{job_id}", storage=pg_url)
+        trained = [t for t in study.get_trials(deepcopy=False)
+                   if t.state == optuna.trial.TrialState.COMPLETE and not t.user_attrs.get("cached")]
+        assert len(trained) == 22 and len({str(sorted(t.params.items())) for t in trained}) == 22
+        sizes = [t.user_attrs["mixq:batch_size"] for t in trained]
+        assert max(sizes) > 1 and all(1 <= n <= 4 for n in sizes), sizes
         # every front point's weights and ONNX are stored, whichever machine trained it: a worker that leaves
         # first stores its own, the finalizer the rest
         pareto = client.get(f"/v1/jobs/{job_id}/pareto").json()
@@ -197,12 +208,21 @@ def test_real_worker_sigkilled_mid_trial_is_retried_with_same_parameters(
     upgrade(url)
     db = Database(url)
     with db.session() as session:
-        job_id = store.add_job(session, "local", {**REAL_JOB, "n_trials": 4, "qat_steps": 600}, 4, 0, None).id
+        # one map per pass: the kill lands inside a trial after the first (test_runner's killed-process test
+        # covers a batched pass, whose every trial dies with it)
+        job_id = store.add_job(session, "local", {**REAL_JOB, "n_trials": 4, "qat_steps": 600, "maps_per_pass": 1},
+                               4, 0, None).id
     env = {**os.environ, "MIXQ_DATABASE_URL": url, "MIXQ_POLL_INTERVAL_S": "0.2", "OMP_NUM_THREADS": "1"}
     processes.append(victim := subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env,
                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     wait_for(lambda: trial_count(db, job_id) >= 1, timeout_s=180, what="first real trial")
-    time.sleep(1.0)  # inside the next trial
+
+    def training() -> bool:  # the next trial holds its map (its worker stamped): its QAT run has started
+        study = optuna.load_study(study_name=f"mixq-job-{job_id}", storage=url)
+        return any("worker" in t.user_attrs for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)))
+
+    wait_for(training, timeout_s=120, what="the next trial to start training")
+    time.sleep(0.5)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=10)
     processes.append(subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env,

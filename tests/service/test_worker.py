@@ -276,7 +276,9 @@ def test_a_search_whose_trials_keep_failing_stops_with_the_cause(db: Database, s
         assert job.error is not None and "3 trials in a row failed" in job.error, job.error
         assert "NonFiniteLossError: loss: nan" in job.error, job.error
     study = optuna.load_study(study_name=study_name(job_id), storage=settings.resolved_database_url)
-    assert len(study.trials) == 3
+    # it stops after the QAT pass in which the third failure in a row fell: the first pass holds the
+    # baselines (up to 8 maps per pass, automatic K for this small model), each failing on its own
+    assert 3 <= len(study.trials) <= 8 and all(t.state is optuna.trial.TrialState.FAIL for t in study.trials)
 
 
 def test_a_write_is_retried_over_dropped_connections_only(
