@@ -7,7 +7,7 @@ import json
 from typing import Any
 from wsgiref.util import setup_testing_defaults
 
-import optuna_dashboard  # type: ignore[import-untyped]
+import optuna_dashboard
 from conftest import FAST_JOB
 from fakes import make_fake_run_search, tiny_workload
 from fastapi.testclient import TestClient
