@@ -30,8 +30,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 CACHE_DIR = BENCH_DIR / "cache"
-BENCHMARKS = ("baselines", "fidelity", "first_last", "multifidelity", "qat_step", "search_efficiency", "sensitivity",
-              "service_latency", "short_recipes", "worker_scaling", "model_zoo")
+BENCHMARKS = ("baselines", "batched_qat", "fidelity", "first_last", "multifidelity", "qat_step", "search_efficiency",
+              "sensitivity", "service_latency", "short_recipes", "worker_scaling", "model_zoo")
 SHARED_MACHINE_NOTE = (
     "The machine was shared with other jobs while this ran (2 cores, other engineers' work on them); "
     "torch used 1 thread.  Absolute times are indicative only."

@@ -505,7 +505,7 @@ def register(app: typer.Typer) -> None:
 
 
 def main() -> None:  # ``python -m search.cli`` without the service installed
-    app = typer.Typer(add_completion=False, no_args_is_help=True)
+    app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None)  # as mixq's: flags whole
     register(app)
     app()
 

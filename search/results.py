@@ -142,6 +142,9 @@ class SearchLayer:
     pinned_format: str | None  # the format it was pinned to, or None when free
     costs_by_format: Mapping[str, Mapping[str, float]]  # format name -> cost objective -> value
     pin_reason: str | None = None  # why it was pinned ("first executed layer", a user pin...)
+    # the Fisher proxy's score (int4, loss units; higher = more sensitive) where that ordered the search
+    # instead of a one-layer QAT sweep; None otherwise
+    proxy_score: float | None = None
 
     @property
     def fqn(self) -> str:
@@ -159,6 +162,7 @@ class SearchLayer:
             "num_params": self.info.num_params, "choices": list(self.choices), "pinned": self.pinned,
             "pinned_format": self.pinned_format, "pin_reason": self.pin_reason,
             "costs_by_format": {f: dict(c) for f, c in self.costs_by_format.items()},
+            "proxy_score": self.proxy_score,
         }))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,8 +13,11 @@ import torch
 from torch import nn
 
 from search.errors import NonFiniteLossError
+from search.quant.attention import prepare_model
+from search.quant.batched import BatchedModel, BatchingError, check_forward, train_batched, unsupported_reason
 from search.quant.formats import FormatMap, as_formats
-from search.quant.qat import RangeMethod, calibrate, quantize_model
+from search.quant.layers import LayerGraph, discover_layers
+from search.quant.qat import RangeMethod, calibrate, fold_batchnorm, quantize_model
 from search.workloads.base import Workload, WorkloadError, call_user_code
 from search.workloads.training import (
     DEFAULT_RECIPE,
@@ -104,8 +108,76 @@ def run_trials(
     recipe: QatRecipe = DEFAULT_RECIPE,
 ) -> TrialBatch:
     """Train and score several maps on the same batches (the same ``seed``): each map's numbers are
-    those :func:`run_trial` gives it alone.  This is the one-at-a-time path; the batched engine
-    (several maps in one QAT pass) replaces it where the model allows and falls back to it otherwise."""
+    those :func:`run_trial` gives it alone.  Where the model allows, the maps train together in one QAT
+    pass (:mod:`search.quant.batched`); otherwise one at a time, and the reason is given once (a warning)
+    and in :attr:`TrialBatch.fallback`.  A batched map's ``duration_s`` is its share of the pass."""
+    maps = [as_formats(a) for a in assignments]
+    if len(maps) < 2:
+        return _one_at_a_time(workload, maps, "one map: nothing to batch", qat_steps=qat_steps, seed=seed,
+                              range_method=range_method, device=device, recipe=recipe, warn=False)
+    start = time.perf_counter()
+    dev = resolve_device(device)
+    example = tuple(t.to(dev) if isinstance(t, torch.Tensor) else t for t in workload.example_inputs)
+    calib = [(x.to(dev), y) for x, y in workload.calibration_batches]
+    models: list[nn.Module] = []
+    reason = ""
+    if len(example) != 1 or not isinstance(example[0], torch.Tensor):
+        reason = "the model takes several inputs (batching replicates one input tensor)"
+    graph: LayerGraph | None = None
+    for qmap in maps:
+        if reason:
+            break
+        seed_everything(seed)  # as run_trial: the global RNG at the first batch is the one-map path's
+        model = copy.deepcopy(workload.model).to(dev)
+        if graph is None:  # the layers of the BN-folded model, the same for every map: discovered once
+            prepare_model(model)
+            fold_batchnorm(model)
+            graph = discover_layers(model, example)
+        quantize_model(model, qmap, example, range_method=range_method, graph=graph)
+        if not models:
+            reason = unsupported_reason(model)
+            if reason:
+                break
+        calibrate(model, calib)
+        models.append(model)
+    batched: BatchedModel | None = None
+    if not reason:
+        batched = BatchedModel(models, RangeMethod(range_method))
+        reason = check_forward(batched, models, example[0])
+    losses: list[list[float]] = []
+    if not reason:
+        assert batched is not None
+        batches = workload.train_batches(torch.Generator().manual_seed(seed))
+        try:
+            losses = train_batched(batched, batches, workload.loss_fn, steps=qat_steps, lr=workload.lr, device=dev,
+                                   recipe=recipe)
+        except BatchingError as exc:
+            reason = str(exc)
+    if reason:
+        return _one_at_a_time(workload, maps, reason, qat_steps=qat_steps, seed=seed, range_method=range_method,
+                              device=device, recipe=recipe)
+    assert batched is not None
+    batched.write_back(models)
+    runs = []
+    share = (time.perf_counter() - start) / len(models)
+    for model, map_losses in zip(models, losses, strict=True):
+        model.eval()
+        t0 = time.perf_counter()
+        quality = float(workload.evaluate(model))
+        if quality != quality:
+            raise NonFiniteLossError("metric: evaluation returned NaN")
+        runs.append(TrialRun(model=model, quality=quality, losses=map_losses,
+                             duration_s=share + time.perf_counter() - t0))
+    return TrialBatch(runs=runs, maps_per_pass=len(models), batched=True)
+
+
+def _one_at_a_time(
+    workload: Workload, maps: Sequence[FormatMap], reason: str, *, qat_steps: int, seed: int,
+    range_method: RangeMethod | str, device: str, recipe: QatRecipe, warn: bool = True,
+) -> TrialBatch:
+    if warn:  # once per reason (the warnings module's default filter)
+        warnings.warn(f"run_trials: training {len(maps)} maps one at a time: {reason}", RuntimeWarning,
+                      stacklevel=3)
     runs = [run_trial(workload, a, qat_steps=qat_steps, seed=seed, range_method=range_method, device=device,
-                      recipe=recipe) for a in assignments]
-    return TrialBatch(runs=runs, maps_per_pass=1, batched=False, fallback="one map per pass")
+                      recipe=recipe) for a in maps]
+    return TrialBatch(runs=runs, maps_per_pass=1, batched=False, fallback=reason)

@@ -35,9 +35,12 @@ if TYPE_CHECKING:
 
     from service.worker import Worker
 
-app = typer.Typer(help="mixq: mixed-precision quantization search service", no_args_is_help=True)
-token_app = typer.Typer(help="API tokens", no_args_is_help=True)
-db_app = typer.Typer(help="Database migrations", no_args_is_help=True)
+# rich_markup_mode=None: click's plain help, whose option column never cuts a flag name short (rich's
+# table squeezed --max-quality-drop to "--max-quality-dr…" at 80 columns); long flags wrap their help
+app = typer.Typer(help="mixq: mixed-precision quantization search service", no_args_is_help=True,
+                  rich_markup_mode=None)
+token_app = typer.Typer(help="API tokens", no_args_is_help=True, rich_markup_mode=None)
+db_app = typer.Typer(help="Database migrations", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
 app.add_typer(jobs_app, name="jobs")

@@ -27,7 +27,7 @@ from service.client import DEFAULT_URL, ApiError, Client, ClientError, Event, Tr
 from service.schemas import JobOut
 
 jobs_app = typer.Typer(help="Jobs on a mixq server (submit, list, show, watch, cancel, download)",
-                       no_args_is_help=True)
+                       no_args_is_help=True, rich_markup_mode=None)  # plain help: flag names whole at 80 columns
 console = Console(highlight=False)
 
 Server = Annotated[str, typer.Option("--server", envvar="MIXQ_SERVER", help="the service's base URL")]
@@ -145,9 +145,13 @@ def list_jobs(
     """The newest jobs."""
     with _client(server, token) as client:
         page = client.list(status, limit=limit)
-    table = Table("id", "status", "workload", "progress", "best", "created")
+    # the front's size and its cheapest point within the quality-drop limit (what a user picks from)
+    table = Table("id", "status", "workload", "progress", "front · cheapest", "created")
     for job in page.items:
-        best = "" if job.best is None else f"{job.best.quality:.4g} (#{job.best.trial_number})"
+        front, cheapest = job.front, job.front.cheapest if job.front else None
+        best = "-" if front is None or front.size is None else str(front.size)
+        if cheapest is not None:
+            best += f" · #{cheapest.trial_number} {cheapest.quality:.4g}"
         table.add_row(str(job.id), job.status, str(job.spec.get("workload", "")),
                       f"{job.progress.finished}/{job.progress.total}" + (f" {job.progress.phase}"
                                                                          if job.progress.phase else ""),

@@ -45,7 +45,9 @@ from service.schemas import (
     INT32_MAX,
     NAME_RE,
     Best,
+    CheapestOut,
     Counts,
+    FrontSummaryOut,
     JobCreate,
     JobOut,
     JobPage,
@@ -125,7 +127,7 @@ def _columns(row: Base) -> dict[str, Any]:
     return {attr.key: getattr(row, attr.key) for attr in sa_inspect(row).mapper.column_attrs}
 
 
-def job_out(job: Job, counts: store.TrialCounts) -> JobOut:
+def job_out(job: Job, counts: store.TrialCounts, front: FrontSummaryOut | None = None) -> JobOut:
     finished = counts.complete
     best = None
     if job.best_quality is not None and job.best_trial is not None:
@@ -138,7 +140,8 @@ def job_out(job: Job, counts: store.TrialCounts) -> JobOut:
         # a cancelled job's worker may still finish its trial; it works for nobody now
         counts = dataclasses.replace(counts, running=0)
     return JobOut.model_validate(
-        {**_columns(job), "progress": progress, "counts": Counts.model_validate(counts), "best": best}
+        {**_columns(job), "progress": progress, "counts": Counts.model_validate(counts), "best": best,
+         "front": front}
     )
 
 
@@ -151,9 +154,24 @@ def _stale_before(settings: Settings) -> datetime:
     return utcnow() - timedelta(seconds=settings.stale_after_s)
 
 
-def _jobs_out(session: Session, jobs: Sequence[Job], settings: Settings) -> list[JobOut]:
+def _front_summary(session: Session, job: Job, size: int | None, cheapest: store.Cheapest | None,
+                   views: ParetoViews | None) -> FrontSummaryOut:
+    if size is None and views is not None and job.status == JobStatus.RUNNING:
+        size = len(views.front(session, job))  # the live front, as /pareto has it (cached per job)
+    objective = str((job.spec.get("cost_objectives") or ["bitops"])[0])
+    return FrontSummaryOut(
+        size=size or None, final=bool(job.front_final),
+        cheapest=None if cheapest is None else CheapestOut(
+            trial_number=cheapest.number, quality=cheapest.quality, cost=cheapest.cost, cost_objective=objective),
+    )
+
+
+def _jobs_out(session: Session, jobs: Sequence[Job], settings: Settings,
+              views: ParetoViews | None = None) -> list[JobOut]:
+    """``views``: count a running job's live front (the jobs list); without, only a final front has a size."""
     counts = store.trial_counts(session, [j.id for j in jobs], _stale_before(settings))
-    return [job_out(j, counts[j.id]) for j in jobs]
+    fronts = store.front_summaries(session, jobs)
+    return [job_out(j, counts[j.id], _front_summary(session, j, *fronts[j.id], views)) for j in jobs]
 
 
 def _owned_job(session: Session, job_id: int, owner: str) -> Job:
@@ -172,7 +190,16 @@ def _owned_job(session: Session, job_id: int, owner: str) -> Job:
 def meta(db: DbDep, owner: OwnerDep, settings: SettingsDep) -> Meta:
     with db.session() as session:
         profiles = builtin_profiles() + store.profile_names(session, owner)
+        profile_formats = {}
+        for name in profiles:  # what "no format checked" means for each (search.study.space.searched_formats)
+            try:
+                profile = store.target_profile(session, owner, name)
+            except ValueError:  # a stored profile that no longer validates: the submit check names it
+                continue
+            if profile is not None:
+                profile_formats[name] = [f for f in profile.formats if f != "fp32"]
     return Meta(
+        profile_formats=profile_formats,
         workloads=[*BUILTIN_WORKLOADS, *settings.allowed_workloads],
         profiles=profiles,
         formats=list(DASHBOARD_FORMATS),
@@ -327,12 +354,13 @@ def _repeat(job: Job, spec: dict[str, Any], response: Response, session: Session
 
 @router.get("/jobs", response_model=JobPage)
 def list_jobs(
-    db: DbDep, owner: OwnerDep, settings: SettingsDep, status: JobStatus | None = None, limit: Limit = 50,
-    offset: Offset = 0,
+    db: DbDep, owner: OwnerDep, settings: SettingsDep, request: Request, status: JobStatus | None = None,
+    limit: Limit = 50, offset: Offset = 0,
 ) -> JobPage:
+    views: ParetoViews = request.app.state.pareto_views
     with db.session() as session:
         jobs, total = store.list_jobs(session, owner, status, limit, offset)
-        return JobPage(items=_jobs_out(session, jobs, settings), total=total, limit=limit, offset=offset)
+        return JobPage(items=_jobs_out(session, jobs, settings, views), total=total, limit=limit, offset=offset)
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut)

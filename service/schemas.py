@@ -87,6 +87,23 @@ class Best(BaseModel):
     trial_number: int
 
 
+class CheapestOut(BaseModel):
+    trial_number: int
+    quality: float
+    cost: float = Field(description="its first cost objective (cost_objective)")
+    cost_objective: str
+
+
+class FrontSummaryOut(BaseModel):
+    """The jobs list's summary of a job's front."""
+
+    size: int | None = Field(description="points on the front (the live front while the job runs); null: none yet")
+    final: bool = Field(description="the search's own front (re-evaluated, merged within noise): the job ended")
+    cheapest: CheapestOut | None = Field(
+        description="the cheapest trial within the quality-drop limit (max_quality_drop; any trial without one): "
+        "least first cost, then best quality")
+
+
 class JobOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: int
@@ -103,6 +120,7 @@ class JobOut(BaseModel):
     finished_at: UtcDatetime | None
     error: str | None
     fidelity: FidelityOut | None = Field(description="the search's fidelity check, once it ends; null for one rung")
+    front: FrontSummaryOut | None = Field(default=None, description="front size and cheapest feasible point")
 
 
 class JobPage(BaseModel):
@@ -149,6 +167,9 @@ class LayerOut(BaseModel):
     index: int | None = None
     pinned: bool = False
     pin_reason: str | None = None
+    proxy_score: float | None = Field(
+        default=None, description="the Fisher proxy's int4 score (loss units, higher = more sensitive) where it "
+        "ordered the search instead of a one-layer QAT sweep; set when the job ends")
 
 
 class ArtefactsOut(BaseModel):
@@ -202,6 +223,8 @@ class Meta(BaseModel):
     samplers: list[str]
     defaults: dict[str, Any]
     help: dict[str, str] = Field(description="each request field's description (the dashboard's hints)")
+    profile_formats: dict[str, list[str]] = Field(
+        default_factory=dict, description="per profile, the formats a job that names none searches")
 
 
 class Health(BaseModel):

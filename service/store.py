@@ -445,6 +445,47 @@ def trial_counts(session: Session, job_ids: Sequence[int], stale_before: datetim
     return {j: TrialCounts(**c) for j, c in acc.items()}
 
 
+@dataclass(frozen=True)
+class Cheapest:
+    """A job's cheapest feasible trial (within the quality-drop limit): least first cost, then best quality."""
+
+    number: int
+    quality: float
+    cost: float
+
+
+def front_summaries(session: Session, jobs: Sequence[Job]) -> dict[int, tuple[int | None, Cheapest | None]]:
+    """Per job: the size of its final front (None while the front is not final) and its cheapest feasible
+    trial.  Two grouped queries for the whole page of jobs (the ``ix_mixq_trials_job_cost`` index)."""
+    ids = [j.id for j in jobs]
+    if not ids:
+        return {}
+    final = [j.id for j in jobs if j.front_final]
+    sizes: dict[int, int] = dict.fromkeys(final, 0)
+    if final:
+        sizes.update({job_id: n for job_id, n in session.execute(
+            select(Trial.job_id, func.count()).where(Trial.job_id.in_(final), Trial.on_front.is_(True))
+            .group_by(Trial.job_id)).all()})
+    feasible = (Trial.job_id.in_(ids), Trial.state == TrialState.COMPLETE, Trial.feasible.is_(True),
+                Trial.quality.is_not(None), Trial.primary_cost.is_not(None))
+    least = (select(Trial.job_id, func.min(Trial.primary_cost).label("cost")).where(*feasible)
+             .group_by(Trial.job_id).subquery())
+    rows = session.execute(
+        select(Trial.job_id, Trial.number, Trial.quality, Trial.primary_cost)
+        .join(least, (least.c.job_id == Trial.job_id) & (least.c.cost == Trial.primary_cost)).where(*feasible)
+    ).all()
+    higher = {j.id: j.higher_is_better is not False for j in jobs}
+    cheapest: dict[int, Cheapest] = {}
+    for job_id, number, quality, cost in rows:
+        if quality is None or cost is None:  # excluded by the query; for the type checker
+            continue
+        best = cheapest.get(job_id)
+        sign = 1.0 if higher[job_id] else -1.0
+        if best is None or (sign * quality, -number) > (sign * best.quality, -best.number):
+            cheapest[job_id] = Cheapest(number, quality, cost)
+    return {j: (sizes.get(j), cheapest.get(j)) for j in ids}
+
+
 # ---------------------------------------------------------------------------------------------
 # Workers
 # ---------------------------------------------------------------------------------------------

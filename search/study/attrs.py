@@ -48,6 +48,7 @@ class TrialKey(StrEnum):
     FAIL_REASON = "fail_reason"  # str: the error that failed it
     WORKER = "worker"  # str: "host:pid" of the process whose heartbeat thread runs it
     DUPLICATE_OF = "duplicate_of"  # int: the twin trial that trains the same map (this one was pruned)
+    REPEAT_OF = "repeat_of"  # int: the trained trial whose result a cached repeat reuses (optuna-dashboard shows it)
     CLAIMED = "claimed"  # bool: it holds the claim on its map (no twin trains it)
     BUDGET_SLOT = "mixq:budget_slot"  # int: the budget slot it holds (written by SQL in search.study.storage)
     INTERRUPTED = "mixq:interrupted"  # bool: its process was interrupted (Ctrl-C) while it trained
@@ -61,6 +62,7 @@ class StudyKey(StrEnum):
     GREEDY = "mixq:greedy_enqueued"  # bool: the greedy path was queued
     DOMINATED = "mixq:dominated"  # {fqn: {format: cheaper format}}: formats that cost more for no gain
     SENSITIVITY = "mixq:sensitivity"  # "sweep" (one-layer QAT trials) or "proxy" (Fisher-ordered greedy path)
+    PROXY_SCORES = "mixq:proxy_scores"  # {fqn: float}: the Fisher scores (int4) that ordered the greedy path
     NOISE = "mixq:noise_probe"  # int: the all-int8 trial given a second seed for the seed spread (-1: none)
     RUNG = "mixq:rung:"  # + "<rung>:<trial number>" -> RungRecord
     REEVAL = "mixq:reeval:"  # + trial number -> ReevalRecord

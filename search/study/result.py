@@ -4,10 +4,12 @@ the front.  It reads the ledger and trains nothing."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from optuna.trial import TrialState
 
 from search.results import FidelityCheck, FidelityPoint, SearchLayer, SearchResult, TrialOutcome
-from search.study.attrs import Source, is_cached
+from search.study.attrs import Source, StudyKey, is_cached
 from search.study.budget import steps_at
 from search.study.ledger import Ledger
 from search.study.multifidelity import TAU_WARNING_BELOW, rank_agreement, within_noise_of_cheaper
@@ -42,11 +44,14 @@ def fidelity_check(setup: SearchSetup, front: list[TrialOutcome]) -> FidelityChe
     return FidelityCheck(steps_at(spec, 0), points, tau, warning)
 
 
-def search_layers(setup: SearchSetup) -> list[SearchLayer]:
-    """Every layer as the search saw it, in execution order."""
+def search_layers(setup: SearchSetup, proxy_scores: Mapping[str, float] | None = None) -> list[SearchLayer]:
+    """Every layer as the search saw it, in execution order; ``proxy_scores`` (fqn -> score): the Fisher
+    scores that ordered the search where no one-layer sweep ran (the study's ``mixq:proxy_scores``)."""
     space = setup.space
+    scores = proxy_scores or {}
     return [SearchLayer(info=layer, choices=space.options(layer.fqn), pinned_format=space.pinned.get(layer.fqn),
-                        costs_by_format=setup.cost_table[layer.fqn], pin_reason=space.pin_reasons.get(layer.fqn))
+                        costs_by_format=setup.cost_table[layer.fqn], pin_reason=space.pin_reasons.get(layer.fqn),
+                        proxy_score=None if scores.get(layer.fqn) is None else float(scores[layer.fqn]))
             for layer in setup.graph.layers]
 
 
@@ -68,7 +73,7 @@ def assemble_result(setup: SearchSetup, ledger: Ledger, fp32: float, stop_reason
         metric_name=setup.workload.metric,
         higher_is_better=hib,
         fp32_quality=fp32,
-        layers=search_layers(setup),
+        layers=search_layers(setup, ledger.attrs.get(StudyKey.PROXY_SCORES)),
         pin_reasons=dict(setup.space.pin_reasons),
         float_layers=list(setup.graph.float_layers),
         trials=sorted(trained, key=lambda o: o.number),

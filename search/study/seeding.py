@@ -66,6 +66,26 @@ def tried_maps(trials: Sequence[FrozenTrial]) -> set[str]:
     return {assignment_key(t.system_attrs.get("fixed_params", t.params)) for t in trials}
 
 
+LEGACY_CONSTRAINTS = "constraints"  # the system attribute optuna-dashboard (0.21) reads: a list of floats
+
+
+def mark_for_dashboards(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Before a trial finishes (a sampler's ``after_trial``, where Optuna's own ``constraints_func``
+    writes): its feasibility constraint also as the list that optuna-dashboard reads (the samplers read
+    ``Trial.set_constraint``'s ``constraints:quality_drop``; both say the same, so ``trial.constraints``
+    is feasible exactly when it was), and a cached repeat's ``repeat_of``, the trained trial it reuses."""
+    storage = study._storage
+    named = {k: v for k, v in trial.constraints.items() if k != "0"}
+    if named and LEGACY_CONSTRAINTS not in trial.system_attrs:
+        storage.set_trial_system_attr(trial._trial_id, LEGACY_CONSTRAINTS, [named[k] for k in sorted(named)])
+    if is_cached(trial) and TrialKey.REPEAT_OF not in trial.user_attrs:
+        key = assignment_key(trial.params)
+        twin = min((t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                    if not is_cached(t) and assignment_key(t.params) == key), default=None)
+        if twin is not None:
+            storage.set_trial_user_attr(trial._trial_id, str(TrialKey.REPEAT_OF), twin)
+
+
 class DominatedFormatsSampler(optuna.samplers.BaseSampler):
     """``base``, except that a format marked dominated for a layer (study attribute
     ``mixq:dominated``) is replaced by its cheaper equal with probability ``1 - keep``.
@@ -108,6 +128,7 @@ class DominatedFormatsSampler(optuna.samplers.BaseSampler):
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
+        mark_for_dashboards(study, trial)
         self.base.after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:
@@ -174,6 +195,8 @@ class SeedPlan:
         scores = fisher_sensitivity(self.setup.workload, layers=list(space.choices), formats=("int4",),
                                     device=self.spec.device)
         sensitivity = {r.fqn: r.score for r in scores}
+        # what ordered the search, for the result's layers (the dashboard's sensitivity panel shows them)
+        self.study.set_user_attr(StudyKey.PROXY_SCORES, {fqn: float(v) for fqn, v in sensitivity.items()})
         # a third of the budget, as the sweep would have had
         return proxy_greedy_assignments(space, sensitivity, self.first_cost, max(1, self.trial_budget() // 3))
 

@@ -26,6 +26,29 @@ function pinSummary(spec) {
   return [firstLast, ...pins].join("; ");
 }
 
+// a blank formats list means the profile's (search.study.space.searched_formats): say so, and which
+function formatsText(spec) {
+  if (spec.formats && spec.formats.length) return spec.formats.join(", ");
+  const formats = state.meta?.profile_formats?.[spec.profile];
+  return formats ? `profile default (${formats.join(", ")})` : "profile default";
+}
+
+// what a panel still waits for, before the first trial has finished
+function waitingFor() {
+  const job = state.job;
+  if (!job || job.status === "queued") return "waiting for a worker to start the job";
+  if (TERMINAL.has(job.status)) return `the job ${job.status} before any trial finished`;
+  const phase = job.progress?.phase;
+  return `waiting for the first trial to finish (the uniform baselines train first${phase ? `; now: ${phase}` : ""})`;
+}
+
+// a panel's note: shown with its text, hidden when there is none
+function setEmpty(id, text) {
+  const note = document.getElementById(id);
+  note.textContent = text;
+  note.hidden = !text;
+}
+
 function renderJob(job) {
   state.job = job;
   document.getElementById("job-status").replaceChildren(statusBadge(job.status));
@@ -35,7 +58,7 @@ function renderJob(job) {
   const facts = [
     ["workload", spec.workload],
     ["profile", spec.profile],
-    ["formats", (spec.formats || []).join(", ")],
+    ["formats", formatsText(spec)],
     ["cost objectives", (spec.cost_objectives || []).join(", ")],
     ["pins", pinSummary(spec)],
     ["metric", job.metric ? `${job.metric} (${job.higher_is_better ? "higher" : "lower"} is better)` : "–"],
@@ -43,6 +66,11 @@ function renderJob(job) {
     ["best so far", job.best ? `${fmtQuality(job.best.quality)} (trial #${job.best.trial_number})` : "–"],
     ["trials", `${c.complete ?? 0} complete, ${c.infeasible ?? 0} infeasible, ${c.failed ?? 0} failed `
       + `(${c.retried ?? 0} retried), ${c.running ?? 0} running`],
+    ["Optuna study", el("span", {}, el("code", { id: "study-name" }, `mixq-job-${job.id}`), " · ",
+      el("a", { href: "https://github.com/optuna/optuna-dashboard#getting-started", id: "optuna-dashboard-link",
+        title: "optuna-dashboard <the server's MIXQ_DATABASE_URL> opens it (docs/dashboard.md, optuna-dashboard)",
+        rel: "noopener" }, "open it in optuna-dashboard"),
+      " (", el("code", {}, "optuna-dashboard <MIXQ_DATABASE_URL>"), ")")],
     ["created", fmtTime(job.created_at)],
     ["started", fmtTime(job.started_at)],
     ["finished", fmtTime(job.finished_at)],
@@ -222,6 +250,10 @@ function renderTrials() {
     el("td", { class: "below-int8" }, belowInt8(t).join(", ") || "–"),
   ));
   table.tBodies[0].replaceChildren(...rows);
+  if (!rows.length) {
+    table.tBodies[0].append(el("tr", {}, el("td", { colspan: trialColumns().length, class: "muted", id: "trials-empty" },
+      `No trials yet: ${waitingFor()}.`)));
+  }
   document.getElementById("trial-count").textContent = `(${state.trials.size})`;
   renderFailed();
 }
@@ -383,47 +415,134 @@ function sensitivityRows() {
   });
 }
 
+// Where no sweep ran (it did not fit the budget), the Fisher proxy's int4 scores ordered the search instead.
+function proxyRows() {
+  return state.pareto.layers.filter((l) => l.proxy_score !== null && l.proxy_score !== undefined)
+    .map((l) => ({ fqn: l.fqn, format: "int4", score: l.proxy_score }));
+}
+
+function sensitivityWaiting() {
+  const job = state.job;
+  const spec = job?.spec ?? {};
+  if (spec.seed_with_sensitivity === false) {
+    return "No sensitivity: this job ran without the one-layer sweep and the proxy (seed_with_sensitivity off).";
+  }
+  if (job && TERMINAL.has(job.status)) return `No sensitivity: the job ${job.status} before the sweep ran.`;
+  return "Waiting for the sensitivity sweep (one layer in int4 at a time, after the uniform baselines) or, where "
+    + "the sweep does not fit the budget, the Fisher proxy scores that order the search instead (shown when the "
+    + "job ends).";
+}
+
 function renderSensitivity() {
   const order = state.pareto.layers.map((l) => l.fqn);
-  const rows = sensitivityRows().sort((a, b) => order.indexOf(a.fqn) - order.indexOf(b.fqn));
+  const byOrder = (a, b) => order.indexOf(a.fqn) - order.indexOf(b.fqn);
+  const sweep = sensitivityRows().sort(byOrder);
+  const proxy = sweep.length ? [] : proxyRows().sort(byOrder);
+  const source = sweep.length ? "sweep" : proxy.length ? "proxy" : "none";
+  const chart = document.getElementById("sensitivity");
+  chart.dataset.source = source;
   const table = document.getElementById("sensitivity-table");
-  table.tHead.replaceChildren(el("tr", {}, ...["layer", "probe", "trial", "quality lost vs all-int8"].map((h) => el("th", {}, h))));
-  table.tBodies[0].replaceChildren(...rows.map((r) => el("tr", { dataset: { fqn: r.fqn } },
-    el("td", {}, r.fqn), el("td", {}, r.format), el("td", {}, `#${r.trial}`), el("td", {}, fmtQuality(r.lost)))));
-  if (!rows.length) {
-    table.tBodies[0].append(el("tr", {}, el("td", { colspan: 4, class: "muted" }, "no sensitivity sweep yet")));
+  const metric = state.pareto.metric ?? "quality";
+  document.getElementById("sensitivity-about").textContent = source === "proxy"
+    ? "From the Fisher proxy, not a sweep: the one-layer QAT sweep did not fit the budget, so each layer's "
+      + "empirical-Fisher score for int4 (loss units; higher = more sensitive) ordered the greedy path."
+    : "From the sweep: all layers int8 except one in int4; the quality lost vs all-int8.";
+  if (source === "proxy") {
+    table.tHead.replaceChildren(el("tr", {}, ...["layer", "probe", "Fisher proxy score (int4, loss units)"]
+      .map((h) => el("th", {}, h))));
+    table.tBodies[0].replaceChildren(...proxy.map((r) => el("tr", { dataset: { fqn: r.fqn } },
+      el("td", {}, r.fqn), el("td", {}, r.format), el("td", {}, r.score.toPrecision(4)))));
+  } else {
+    table.tHead.replaceChildren(el("tr", {}, ...["layer", "probe", "trial", "quality lost vs all-int8"]
+      .map((h) => el("th", {}, h))));
+    table.tBodies[0].replaceChildren(...sweep.map((r) => el("tr", { dataset: { fqn: r.fqn } },
+      el("td", {}, r.fqn), el("td", {}, r.format), el("td", {}, `#${r.trial}`), el("td", {}, fmtQuality(r.lost)))));
   }
+  if (source === "none") {
+    table.tBodies[0].append(el("tr", {}, el("td", { colspan: 4, class: "muted", id: "sensitivity-empty" },
+      sensitivityWaiting())));
+  }
+  const rows = source === "proxy" ? proxy : sweep;
   Plotly.react("sensitivity", [{
-    type: "bar", x: rows.map((r) => r.fqn), y: rows.map((r) => r.lost), marker: { color: "#e45756" },
-    hovertemplate: "%{x}<br>lost %{y:.4f}<extra></extra>",
+    type: "bar", name: source === "proxy" ? "Fisher proxy score" : `${metric} lost`,
+    x: rows.map((r) => r.fqn), y: rows.map((r) => (source === "proxy" ? r.score : r.lost)),
+    marker: { color: source === "proxy" ? "#f58518" : "#e45756" },
+    hovertemplate: source === "proxy" ? "%{x}<br>Fisher score %{y:.4g}<extra></extra>"
+      : "%{x}<br>lost %{y:.4f}<extra></extra>",
   }], {
     margin: { t: 10, r: 10, b: 100, l: 70 }, height: 300,
     xaxis: { tickangle: -35, title: { text: "layer in int4" } },
-    yaxis: { title: { text: `${state.pareto.metric ?? "quality"} lost` } },
+    yaxis: { title: { text: source === "proxy" ? "Fisher proxy score (loss units)" : `${metric} lost` } },
   }, PLOT_CONFIG);
 }
 
-// Quality of each trial in order, and how many trials were on the running front after each.
+// 2-D hypervolume of a front (maximize q, minimize c) against the reference point (qRef, cRef).
+function hypervolume(front, qRef, cRef) {
+  const pts = [...front].sort((a, b) => a.c - b.c || b.q - a.q);
+  let area = 0;
+  let qPrev = qRef;
+  for (const p of pts) {
+    if (p.q > qPrev) {
+      area += (cRef - p.c) * (p.q - qPrev);
+      qPrev = p.q;
+    }
+  }
+  return area;
+}
+
+// Per trial in order: the best feasible quality so far, the running front's size and its hypervolume
+// (on the first cost objective; as a share of the final one).  The front is kept incrementally.
+function historySeries(trials, cost, sign) {
+  const feasible = trials.filter((t) => t.feasible && t.quality !== null && t.quality !== undefined);
+  const qRef = Math.min(...feasible.map((t) => sign * t.quality));
+  const cRef = Math.max(...feasible.map((t) => t.costs[cost]));
+  let front = [];
+  let best = null;
+  const out = { best: [], size: [], hv: [] };
+  for (const t of trials) {
+    if (t.feasible && t.quality !== null && t.quality !== undefined) {
+      const p = { q: sign * t.quality, c: t.costs[cost] };
+      best = best === null ? t.quality : (sign * t.quality > sign * best ? t.quality : best);
+      const dominates = (a, b) => a.q >= b.q && a.c <= b.c && (a.q > b.q || a.c < b.c);
+      if (!front.some((o) => dominates(o, p))) front = [...front.filter((o) => !dominates(p, o)), p];
+    }
+    out.best.push(best);
+    out.size.push(front.length);
+    out.hv.push(front.length ? hypervolume(front, qRef, cRef) : 0);
+  }
+  const last = out.hv[out.hv.length - 1] || 0;
+  out.hvShare = out.hv.map((v) => (last > 0 ? v / last : 0));
+  return out;
+}
+
+// Quality of each trial in order with the best so far, and the front's size and hypervolume after each.
 function renderHistory() {
   const p = state.pareto;
   const trials = [...p.trials].sort((a, b) => a.number - b.number);
   const cost = p.cost_objectives[0];
   const sign = p.higher_is_better === false ? -1 : 1;
-  const frontSizes = trials.map((_, i) => {
-    const seen = trials.slice(0, i + 1).filter((t) => t.feasible);
-    return seen.filter((t) => !seen.some((o) => o !== t && sign * o.quality >= sign * t.quality
-      && o.costs[cost] <= t.costs[cost] && (sign * o.quality > sign * t.quality || o.costs[cost] < t.costs[cost]))).length;
-  });
+  const series = historySeries(trials, cost, sign);
+  const numbers = trials.map((t) => t.number);
+  const maxSize = Math.max(1, ...series.size);
   Plotly.react("history", [
-    { type: "scatter", mode: "markers", name: "quality", x: trials.map((t) => t.number), y: trials.map((t) => t.quality),
+    { type: "scatter", mode: "markers", name: "quality", x: numbers, y: trials.map((t) => t.quality),
       marker: { color: "#4c78a8" } },
-    { type: "scatter", mode: "lines", name: `front size (${cost})`, x: trials.map((t) => t.number), y: frontSizes,
+    { type: "scatter", mode: "lines", name: "best so far", x: numbers, y: series.best,
+      line: { color: "#54a24b", shape: "hv" } },
+    { type: "scatter", mode: "lines", name: `front size (${cost})`, x: numbers, y: series.size,
       yaxis: "y2", line: { color: "#e45756", shape: "hv" } },
+    { type: "scatter", mode: "lines", name: "hypervolume (share of final)", x: numbers, y: series.hvShare,
+      yaxis: "y3", line: { color: "#b279a2", shape: "hv", dash: "dot" },
+      customdata: series.hv, hovertemplate: "trial %{x}<br>hypervolume %{customdata:.4g} (%{y:.0%} of final)<extra></extra>" },
   ], {
-    margin: { t: 10, r: 60, b: 50, l: 70 }, height: 300, legend: { orientation: "h", y: 1.12 },
-    xaxis: { title: { text: "trial" } },
+    margin: { t: 10, r: 110, b: 50, l: 70 }, height: 320, legend: { orientation: "h", y: 1.16 },
+    xaxis: { title: { text: "trial" }, domain: [0, 0.86] },
     yaxis: { title: { text: p.metric ?? "quality" } },
-    yaxis2: { title: { text: "front size" }, overlaying: "y", side: "right", rangemode: "tozero" },
+    // whole points only: a front has 1, 2, 3 points, never 1.5
+    yaxis2: { title: { text: "front size" }, overlaying: "y", side: "right", anchor: "x", rangemode: "tozero",
+      tickformat: "d", dtick: Math.max(1, Math.ceil(maxSize / 6)), range: [0, maxSize + 0.5] },
+    yaxis3: { title: { text: "hypervolume" }, overlaying: "y", side: "right", anchor: "free", position: 0.97,
+      range: [0, 1.05], tickvals: [0, 0.25, 0.5, 0.75, 1], tickformat: ".0%", showgrid: false },
   }, PLOT_CONFIG);
 }
 
@@ -520,7 +639,7 @@ async function loadPareto() {
     state.pareto = await api(`/v1/jobs/${jobId}/pareto`);
   } catch (exc) {
     // before the first trial finishes there may be no front yet: say so instead of failing
-    note.textContent = `no front yet (${exc.message})`;
+    note.textContent = `No front yet: ${waitingFor()} (${exc.message}).`;
     return;
   }
   const objectives = state.pareto.cost_objectives;
@@ -529,10 +648,17 @@ async function loadPareto() {
   }
   document.getElementById("cost-axis-label").hidden = objectives.length < 2;
   if (!state.pareto.trials.length) {
-    note.textContent = "no finished trials yet";
+    const waiting = waitingFor();
+    note.textContent = `No front yet: ${waiting}.`;
+    setEmpty("heatmap-empty", `Each front point's precision per layer: ${waiting}.`);
+    setEmpty("history-empty", `Each trial's quality, the best so far, the front's size and hypervolume: ${waiting}.`);
+    setEmpty("front-empty", `The front points with their qconfig, ONNX and weights downloads: ${waiting}.`);
+    document.getElementById("sensitivity").dataset.source = "none";
+    setEmpty("sensitivity-waiting", sensitivityWaiting());
     return;
   }
   note.textContent = "";
+  for (const id of ["heatmap-empty", "history-empty", "front-empty", "sensitivity-waiting"]) setEmpty(id, "");
   renderPareto();
   renderHeatmap();
   renderSensitivity();
@@ -548,6 +674,8 @@ function scheduleParetoRefresh() {
 }
 
 async function loadAll() {
+  // the profiles' default formats, for the formats row (advisory: the page works without)
+  if (!state.meta) state.meta = await api("/v1/meta").catch(() => null);
   renderJob(await api(`/v1/jobs/${jobId}`));
   await Promise.all([loadTrials(), loadPareto()]);
 }

@@ -2,7 +2,8 @@
 // beyond reading numbers, JSON, pin lines and rung lists: it sends the values and places the API's 422 messages next to
 // the field each one names (detail[].loc), so the page says exactly what the API says.
 import {
-  ApiError, TERMINAL, api, el, fmtQuality, fmtTime, initTokenBar, postJson, progressBar, showMessage, statusBadge,
+  ApiError, TERMINAL, api, el, fmtCost, fmtQuality, fmtTime, initTokenBar, postJson, progressBar, showMessage,
+  statusBadge,
 } from "/static/common.js";
 
 const POLL_MS = 2000;
@@ -70,6 +71,8 @@ async function loadMeta() {
   );
   if (!form.workload.value && meta.workloads.length) form.workload.value = nameOf(meta.workloads[0]);
   fillSelect(form.profile, meta.profiles, defaults.profile);
+  profileFormats = meta.profile_formats ?? {};
+  showProfileFormats();
   fillSelect(form.sampler, meta.samplers, defaults.sampler);
   fillSelect(form.pin_first_last, meta.formats, defaults.pin_first_last ?? "", [["", "free (not pinned)"]]);
   fillChecks(document.getElementById("f-formats"), "formats", meta.formats, defaults.formats);
@@ -80,6 +83,16 @@ async function loadMeta() {
   }
   form.fidelity_rungs.value = (defaults.fidelity_rungs ?? []).join(",");
 }
+
+// what no format checked means: the chosen profile's formats (fp32 aside), as the search resolves them
+let profileFormats = {};
+function showProfileFormats() {
+  const formats = profileFormats[form.profile.value];
+  document.getElementById("formats-none").textContent = formats
+    ? `None checked: the profile's formats (${formats.join(", ")}).`
+    : "None checked: the profile's formats.";
+}
+form.profile.addEventListener("change", showProfileFormats);
 
 // ---- the form ----
 
@@ -215,6 +228,21 @@ form.addEventListener("submit", async (event) => {
 
 // ---- the jobs list ----
 
+// "3 points on the front" and "cheapest within drop 0.05: #7 0.9412 at 1.2e6 bitops": what a user picks from
+function frontCell(job) {
+  const f = job.front;
+  const size = f?.size
+    ? `${f.size} point${f.size === 1 ? "" : "s"} on the front${f.final ? "" : " so far"}`
+    : "no front yet";
+  const limit = job.spec?.max_quality_drop;
+  const within = limit === null || limit === undefined ? "cheapest (no drop limit)" : `cheapest within drop ${limit}`;
+  const c = f?.cheapest;
+  const cheapest = c
+    ? `${within}: #${c.trial_number} · ${fmtQuality(c.quality)} at ${fmtCost(c.cost)} ${c.cost_objective}`
+    : (f?.size || job.counts?.complete ? `${within}: none` : "");
+  return [el("div", { class: "front-size" }, size), cheapest ? el("div", { class: "hint cheapest" }, cheapest) : ""];
+}
+
 function jobRow(job) {
   const cancel = TERMINAL.has(job.status) ? "" : el("button", {
     class: "small",
@@ -223,7 +251,7 @@ function jobRow(job) {
       refreshJobs();
     },
   }, "cancel");
-  const best = job.best ? `${fmtQuality(job.best.quality)} (#${job.best.trial_number})` : "–";
+  const front = frontCell(job);
   return el("tr", { dataset: { jobId: job.id, status: job.status } },
     el("td", {}, el("a", { href: `/jobs/${job.id}` }, String(job.id).slice(0, 12))),
     el("td", {}, job.spec?.workload ?? "–"),
@@ -234,7 +262,7 @@ function jobRow(job) {
     el("td", {}, progressBar(job.progress),
       job.counts?.failed ? el("div", { class: "hint failed-count" },
         `${job.counts.failed} failed (${job.counts.retried} retried)`) : null),
-    el("td", { title: job.metric ?? "" }, best),
+    el("td", { class: "front-summary", title: job.metric ?? "" }, ...front),
     el("td", {}, fmtTime(job.created_at)),
     el("td", {}, cancel),
   );

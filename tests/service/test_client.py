@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import onnxruntime as ort
 import pytest
 import uvicorn
@@ -98,6 +99,9 @@ def test_mixq_jobs_commands(server: str, tmp_path: Path) -> None:
     assert "job 1 " in r.output and "succeeded" in r.output and "3/3" in r.output  # the bar's last state
     r = runner.invoke(mixq, ["jobs", "list", "--server", server])
     assert r.exit_code == 0 and "succeeded" in r.output, r.output
+    front = httpx.get(f"{server}/v1/jobs/1", timeout=30).json()["front"]  # the front's size and cheapest point
+    assert front["size"] >= 1 and front["final"] is True
+    assert f"{front['size']} · #{front['cheapest']['trial_number']} {front['cheapest']['quality']:.4g}" in r.output
     r = runner.invoke(mixq, ["jobs", "show", "1", "--server", server])
     assert r.exit_code == 0 and "qconfig onnx weights" in r.output, r.output
     r = runner.invoke(mixq, ["jobs", "download", "1", "--out", str(tmp_path / "job-1"), "--server", server])
