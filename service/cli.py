@@ -259,11 +259,15 @@ class _Server:
 
 def uvicorn_config(settings: Settings, asgi_app: object) -> Any:
     """The API server's configuration: idle keep-alive connections closed after a few seconds, a header block
-    at most MIXQ_MAX_HEADER_BYTES, at most MIXQ_MAX_CONNECTIONS connections (503 past them)."""
+    at most MIXQ_MAX_HEADER_BYTES and complete within MIXQ_HEADER_TIMEOUT_S (``service.http_protocol``), at most
+    MIXQ_MAX_CONNECTIONS connections (503 past them)."""
     import uvicorn
+
+    from service.http_protocol import header_timeout_protocol
 
     return uvicorn.Config(
         asgi_app, host=settings.host, port=settings.port, log_level="info",  # type: ignore[arg-type]
+        http=header_timeout_protocol(settings.header_timeout_s),
         timeout_keep_alive=settings.keep_alive_timeout_s,
         h11_max_incomplete_event_size=settings.max_header_bytes,
         limit_concurrency=settings.max_connections, timeout_graceful_shutdown=30,

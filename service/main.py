@@ -22,7 +22,7 @@ from service import dashboard, openapi, store
 from service.db import Database
 from service.deps import require_operator
 from service.metrics import Metrics
-from service.pareto_view import ParetoViews
+from service.pareto_view import ParetoViews, TrialPages
 from service.routes import MULTIPART_OVERHEAD_BYTES, router
 from service.schemas import Health
 from service.security import ClientLimits, HostPolicy, RequestGuard, keep_tokens_out_of_logs
@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.state.settings = settings
     app.state.db = db
     app.state.pareto_views = ParetoViews()
+    app.state.trial_pages = TrialPages()
     app.state.inspections = threading.BoundedSemaphore(settings.max_concurrent_inspections)
     keep_tokens_out_of_logs()
 

@@ -146,6 +146,10 @@ class Trial(Base):
         UniqueConstraint("job_id", "number", name="uq_mixq_trials_job_number"),
         Index("ix_mixq_trials_job_quality", "job_id", "quality"),
         Index("ix_mixq_trials_job_cost", "job_id", "primary_cost"),
+        # the counts of GET /v1/jobs read this index alone (no row lookups for 10,000 trials)
+        Index("ix_mixq_trials_job_counts", "job_id", "state", "feasible", "retried"),
+        # the live front's numbers, read by /pareto and /trials
+        Index("ix_mixq_trials_job_live_front", "job_id", "live_front", "number"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -161,7 +165,9 @@ class Trial(Base):
     feasible: Mapped[bool] = mapped_column(Boolean, default=True)
     duration_s: Mapped[float] = mapped_column(Float, default=0.0)
     source: Mapped[str] = mapped_column(String(32), default="")
-    on_front: Mapped[bool] = mapped_column(Boolean, default=False)
+    on_front: Mapped[bool] = mapped_column(Boolean, default=False)  # on the search's final front (front_final)
+    # on the live front over the job's stored trials, kept by store.record_trial as each trial is recorded
+    live_front: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     qconfig: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     worker_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

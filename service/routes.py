@@ -40,7 +40,7 @@ from service import auth, store
 from service.db import Database
 from service.deps import DbDep, OwnerDep, RoleDep, SettingsDep, StreamOwnerDep
 from service.models import TERMINAL, ArtefactKind, Base, Job, JobStatus, TokenRole, Trial, UploadKind, utcnow
-from service.pareto_view import ParetoViews
+from service.pareto_view import ParetoViews, TrialPages
 from service.schemas import (
     INT32_MAX,
     NAME_RE,
@@ -145,7 +145,8 @@ def job_out(job: Job, counts: store.TrialCounts, front: FrontSummaryOut | None =
     )
 
 
-def trial_out(trial: Trial, on_front: bool | None = None) -> TrialOut:
+def trial_out(trial: Any, on_front: bool | None = None) -> TrialOut:
+    """A Trial row (or a row of ``store.TRIAL_OUT_COLUMNS``) as the API shows it."""
     out = TrialOut.model_validate(trial)
     return out if on_front is None else out.model_copy(update={"on_front": on_front})
 
@@ -393,15 +394,20 @@ def delete_job(job_id: JobId, db: DbDep, owner: OwnerDep) -> Response:
 def list_trials(
     job_id: JobId, db: DbDep, owner: OwnerDep, request: Request, limit: Limit = 50, offset: Offset = 0,
     sort: Annotated[str, Query(pattern=r"^-?(number|quality|cost)$")] = "number",
-) -> TrialPage:
+) -> Response:
     """Trials, paginated; ``on_front`` agrees with ``/pareto`` (the live front while the job runs)."""
-    views: ParetoViews = request.app.state.pareto_views
+    pages: TrialPages = request.app.state.trial_pages
     with db.session() as session:
         job = _owned_job(session, job_id, owner)
-        trials, total = store.list_trials(session, job_id, sort, limit, offset)
-        front = views.front(session, job) if not job.front_final else None
-        items = [trial_out(t, None if front is None else t.number in front) for t in trials]
-        return TrialPage(items=items, total=total, limit=limit, offset=offset)
+        key = (job_id, job.updated_at, job.front_final, sort, limit, offset)
+        body = pages.get(key)
+        if body is None:
+            trials, total = store.list_trials(session, job_id, sort, limit, offset)
+            items = [trial_out(t, None if job.front_final else t.live_front) for t in trials]
+            # the bytes FastAPI would send for the TrialPage (pydantic's JSON of the response model)
+            body = TrialPage(items=items, total=total, limit=limit, offset=offset).model_dump_json().encode()
+            pages.put(key, body)
+    return Response(content=body, media_type="application/json")
 
 
 @router.get("/jobs/{job_id}/pareto", response_model=ParetoOut)
@@ -441,15 +447,14 @@ def _qconfig_for_download(job: Job, trial: Trial, on_front: bool) -> dict[str, A
     responses={200: {"content": {"application/json": {"schema": {"$ref": QCONFIG_SCHEMA_REF}}},
                      "description": "the qconfig file (`search/quant/qconfig.schema.json`)"}},
 )
-def download_qconfig(job_id: JobId, number: TrialNumber, db: DbDep, owner: OwnerDep, request: Request) -> Response:
+def download_qconfig(job_id: JobId, number: TrialNumber, db: DbDep, owner: OwnerDep) -> Response:
     """Any complete trial's qconfig; ``feasible`` and ``on_front`` say where it stands (``on_front`` is the
     live front while the job runs)."""
-    views: ParetoViews = request.app.state.pareto_views
     with db.session() as session:
         job, trial = _trial_files_for(session, job_id, number, owner)
         if trial.qconfig is None:
             raise HTTPException(409, f"trial {number}: no qconfig stored for this trial (not trained by a worker?)")
-        on_front = trial.on_front if job.front_final else number in views.front(session, job)
+        on_front = trial.on_front if job.front_final else trial.live_front
         body = json.dumps(_qconfig_for_download(job, trial, bool(on_front)), indent=2)
         filename = trial_filename(number, trial.assignment, "qconfig")
     return Response(content=body, media_type="application/json", headers=_attachment(filename))

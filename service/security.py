@@ -196,8 +196,8 @@ class ClientLimits:
     """ASGI middleware: at most ``max_in_flight`` requests at once from one client address (429 with
     Retry-After past that; an SSE stream counts while open), and a request body that sends nothing for
     ``body_timeout_s`` is answered 408 and its connection freed (uvicorn has no body read timeout: a client
-    could hold a connection and a worker thread by sending a byte a minute).  Headers are uvicorn's: it has
-    no header timeout, so a proxy in front is still what bounds a client that never finishes its headers."""
+    could hold a connection and a worker thread by sending a byte a minute).  Headers never reach this
+    middleware: their read timeout is the server's (``service.http_protocol``, MIXQ_HEADER_TIMEOUT_S)."""
 
     def __init__(self, app: ASGIApp, body_timeout_s: float, max_in_flight: int) -> None:
         self.app = app

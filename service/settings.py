@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     keep_alive_timeout_s: int = Field(default=5, ge=1, le=600, description="an idle keep-alive connection is closed")
     max_header_bytes: int = Field(default=16 * 1024, ge=1024, description="largest request header block")
     max_connections: int = Field(default=200, ge=1, description="open connections at once; past them, 503")
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, le=600, description="a connection whose request line and headers are not complete this "
+        "long after it opened (or after a kept-alive request's first byte) is answered 408 and closed",
+    )
     body_timeout_s: float = Field(default=30.0, gt=0, description="a request body silent this long: 408")
     max_requests_per_client: int = Field(
         default=32, ge=1, description="requests from one client address in progress at once; past them, 429"

@@ -12,7 +12,14 @@ from sqlalchemy import delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from search import TargetProfile, builtin_profiles, load_profile, parse_profile_text
+from search import (
+    TargetProfile,
+    builtin_profiles,
+    load_profile,
+    objective_vector,
+    pareto_numbers,
+    parse_profile_text,
+)
 from service.models import (
     ApiToken,
     ArtefactKind,
@@ -250,6 +257,7 @@ def set_job_info(
     session: Session, job_id: int, metric: str, higher_is_better: bool, fp32_quality: float | None,
     layers: list[dict[str, Any]] | None = None, pinned: dict[str, str] | None = None,
 ) -> None:
+    before = session.scalar(select(Job.higher_is_better).where(Job.id == job_id))
     values: dict[str, Any] = {"metric": metric, "higher_is_better": higher_is_better, "updated_at": utcnow()}
     if fp32_quality is not None:
         values["fp32_quality"] = fp32_quality
@@ -258,6 +266,8 @@ def set_job_info(
     if pinned is not None:
         values["pinned"] = pinned
     session.execute(update(Job).where(Job.id == job_id).values(**values))
+    if (before is not False) != (higher_is_better is not False):  # the live front's direction of quality
+        rebuild_live_front(session, job_id)
 
 
 def set_search_progress(session: Session, job_id: int, progress: dict[str, Any]) -> None:
@@ -310,9 +320,16 @@ def record_trial(
     session: Session, job_id: int, record: TrialRecord, worker_id: str | None, higher_is_better: bool | None
 ) -> bool:
     """Insert or update the trial (retries and re-evaluations report the same number again); keep the
-    job's best-so-far.  False if the job no longer exists."""
-    if session.scalar(select(Job.id).where(Job.id == job_id)) is None:
+    job's best-so-far and its live front (:func:`_keep_live_front`).  False if the job no longer exists.
+
+    The job row is written first: its lock (PostgreSQL's row lock, SQLite's database write lock) orders
+    concurrent recorders of one job, so each sees the front as the one before it left it."""
+    if not session.execute(update(Job).where(Job.id == job_id).values(updated_at=utcnow())).rowcount:  # type: ignore[attr-defined]
         return False
+    prior = session.execute(
+        select(Trial.state, Trial.feasible, Trial.quality, Trial.costs, Trial.live_front)
+        .where(Trial.job_id == job_id, Trial.number == record.number)
+    ).first()
     values = {
         "job_id": job_id, "number": record.number, "state": record.state, "assignment": record.assignment,
         "quality": record.quality, "quality_std": record.quality_std, "n_evaluations": record.n_evaluations,
@@ -333,16 +350,93 @@ def record_trial(
             .where(Job.id == job_id, or_(Job.best_quality.is_(None), better))
             .values(best_quality=record.quality, best_trial=record.number)
         )
-    touch_job(session, job_id)
+    _keep_live_front(session, job_id, record, prior)
     return True
+
+
+# ---------------------------------------------------------------------------------------------
+# The live front (mixq_trials.live_front)
+# ---------------------------------------------------------------------------------------------
+#
+# The non-dominated complete, feasible trials with a quality, in (quality, *cost objectives) of the job,
+# the lowest number of identical vectors: ``search.pareto_numbers`` over the stored trials, which is what
+# /pareto and /trials report while the search has not given its own front.  Kept as trials are recorded
+# (one query of the current front, a few rows) rather than rebuilt from every row per request.
+
+
+def _objectives_of(session: Session, job_id: int) -> tuple[list[str], bool]:
+    row = session.execute(select(Job.spec, Job.higher_is_better).where(Job.id == job_id)).one()
+    return [str(c) for c in (row[0] or {}).get("cost_objectives", ["bitops"])], row[1] is not False
+
+
+def _front_vector(
+    state: str, feasible: bool, quality: float | None, costs: dict[str, Any] | None, objectives: list[str], hib: bool
+) -> tuple[float, ...] | None:
+    """The trial's objective vector, or None where it cannot be on the front."""
+    if state != TrialState.COMPLETE or not feasible or quality is None:
+        return None
+    return objective_vector(quality, [float((costs or {}).get(c, 0.0)) for c in objectives], hib)
+
+
+def _keep_live_front(session: Session, job_id: int, record: TrialRecord, prior: Any) -> None:
+    objectives, hib = _objectives_of(session, job_id)
+    new = _front_vector(record.state, record.feasible, record.quality, record.costs, objectives, hib)
+    if prior is not None:
+        old = _front_vector(prior.state, prior.feasible, prior.quality, prior.costs, objectives, hib)
+        if old == new:
+            return  # the same point reported again (the final report of every trial): nothing moves
+        if prior.live_front:  # a front point moved: what it dominated may come back
+            rebuild_live_front(session, job_id)
+            return
+    # a point off the front left nothing that depended on it: the front changes only by the new point
+    if new is None:
+        return
+    front = session.execute(
+        select(Trial.number, Trial.quality, Trial.costs)
+        .where(Trial.job_id == job_id, Trial.live_front.is_(True), Trial.number != record.number)
+    ).all()
+    points = [(n, objective_vector(q, [float((c or {}).get(o, 0.0)) for o in objectives], hib)) for n, q, c in front]
+    # the front of (front + the new point) is the front of (all trials + the new point): a trial off the
+    # front stays dominated by, or a repeat of, a point that is still there or that the new one beats
+    kept = pareto_numbers([*points, (record.number, new)])
+    leaving = [n for n, _ in points if n not in kept]
+    if leaving:
+        session.execute(update(Trial).where(Trial.job_id == job_id, Trial.number.in_(leaving)).values(live_front=False))
+    if record.number in kept:
+        session.execute(
+            update(Trial).where(Trial.job_id == job_id, Trial.number == record.number).values(live_front=True)
+        )
+
+
+def rebuild_live_front(session: Session, job_id: int) -> None:
+    """Recompute the job's live front from all its trials (a front point's quality changed, or the
+    job's direction of quality)."""
+    objectives, hib = _objectives_of(session, job_id)
+    rows = session.execute(
+        select(Trial.number, Trial.state, Trial.feasible, Trial.quality, Trial.costs).where(Trial.job_id == job_id)
+    ).all()
+    points = [(n, v) for n, state, feasible, quality, costs in rows
+              if (v := _front_vector(state, feasible, quality, costs, objectives, hib)) is not None]
+    front = sorted(pareto_numbers(points))
+    session.execute(update(Trial).where(Trial.job_id == job_id, Trial.live_front.is_(True),
+                                        Trial.number.not_in(front)).values(live_front=False))
+    for start in range(0, len(front), 500):
+        session.execute(update(Trial).where(Trial.job_id == job_id, Trial.live_front.is_(False),
+                                            Trial.number.in_(front[start:start + 500])).values(live_front=True))
+
+
+def live_front_numbers(session: Session, job_id: int) -> set[int]:
+    return set(session.scalars(select(Trial.number).where(Trial.job_id == job_id, Trial.live_front.is_(True))))
 
 
 def record_failed_trial(
     session: Session, job_id: int, number: int, assignment: dict[str, str], error: str, retried: bool
 ) -> bool:
     """Insert a failed trial once: a repeated report of (job, number) changes nothing.  False if the
-    job no longer exists or the trial is already recorded."""
-    if session.scalar(select(Job.id).where(Job.id == job_id)) is None:
+    job no longer exists or the trial is already recorded.  The job row is written first, as in
+    :func:`record_trial` (one lock order: job, then trial), and moves ``updated_at``: cached pages of the
+    job's trials are stale (``pareto_view.TrialPages``)."""
+    if not session.execute(update(Job).where(Job.id == job_id).values(updated_at=utcnow())).rowcount:  # type: ignore[attr-defined]
         return False
     stmt = _insert_for(session)(Trial).values(
         job_id=job_id, number=number, state=TrialState.FAILED, assignment=assignment, quality=None,
@@ -383,17 +477,34 @@ _TRIAL_ORDER = {
 }
 
 
-def list_trials(session: Session, job_id: int, sort: str, limit: int, offset: int) -> tuple[Sequence[Trial], int]:
+# what a Trial of the API shows (service.schemas.TrialOut) and the two front flags: not the qconfig, which a
+# trained trial carries (kilobytes each) and only its download reads
+TRIAL_OUT_COLUMNS = (
+    Trial.id, Trial.number, Trial.state, Trial.assignment, Trial.quality, Trial.quality_std, Trial.n_evaluations,
+    Trial.costs, Trial.feasible, Trial.duration_s, Trial.source, Trial.on_front, Trial.live_front, Trial.error,
+    Trial.retried,
+)
+
+
+def list_trials(session: Session, job_id: int, sort: str, limit: int, offset: int) -> tuple[Sequence[Any], int]:
+    """One page of the job's trials in ``sort`` order (rows of :data:`TRIAL_OUT_COLUMNS`) and their total.
+    The page's ids are picked first from the job's sort key and number alone, then only those rows are
+    read: sorting 10,000 whole rows for 200 of them was most of the time."""
     total = session.scalar(select(func.count()).select_from(Trial).where(Trial.job_id == job_id)) or 0
-    rows = session.scalars(
-        select(Trial).where(Trial.job_id == job_id).order_by(*_TRIAL_ORDER[sort]).limit(limit).offset(offset)
-    ).all()
-    return rows, total
+    ids = list(session.scalars(
+        select(Trial.id).where(Trial.job_id == job_id).order_by(*_TRIAL_ORDER[sort]).limit(limit).offset(offset)
+    ))
+    if not ids:
+        return [], total
+    by_id = {row.id: row for row in session.execute(select(*TRIAL_OUT_COLUMNS).where(Trial.id.in_(ids)))}
+    return [by_id[i] for i in ids if i in by_id], total
 
 
-def complete_trials(session: Session, job_id: int) -> Sequence[Trial]:
-    return session.scalars(
-        select(Trial).where(Trial.job_id == job_id, Trial.state == TrialState.COMPLETE).order_by(Trial.number)
+def complete_trials(session: Session, job_id: int) -> Sequence[Any]:
+    """The job's complete trials by number (rows of :data:`TRIAL_OUT_COLUMNS`)."""
+    return session.execute(
+        select(*TRIAL_OUT_COLUMNS).where(Trial.job_id == job_id, Trial.state == TrialState.COMPLETE)
+        .order_by(Trial.number)
     ).all()
 
 
@@ -401,8 +512,11 @@ def get_trial(session: Session, job_id: int, number: int) -> Trial | None:
     return session.scalar(select(Trial).where(Trial.job_id == job_id, Trial.number == number))
 
 
-def trial_numbers_after(session: Session, job_id: int, after_id: int) -> Sequence[Trial]:
-    return session.scalars(select(Trial).where(Trial.job_id == job_id, Trial.id > after_id).order_by(Trial.id)).all()
+def trial_numbers_after(session: Session, job_id: int, after_id: int) -> Sequence[Any]:
+    """Trials inserted after row ``after_id`` (rows of :data:`TRIAL_OUT_COLUMNS`), by row id."""
+    return session.execute(
+        select(*TRIAL_OUT_COLUMNS).where(Trial.job_id == job_id, Trial.id > after_id).order_by(Trial.id)
+    ).all()
 
 
 @dataclass(frozen=True)
