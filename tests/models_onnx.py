@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tests.search.models import NetClass
+
 
 class ResNetBlocks(nn.Module):
     """ResNet-style: conv-BN-ReLU stem, two basic blocks (one strided with a 1x1 projection), GAP, FC."""
@@ -158,7 +160,7 @@ class AudioConv1d(nn.Module):
         return (torch.randn(1, 10, 20),)
 
 
-MODELS: dict[str, type[nn.Module]] = {
+MODELS: dict[str, NetClass] = {
     "resnet_blocks": ResNetBlocks, "mobilenetv3_block": MobileNetV3Block, "tiny_vit": TinyViT, "espcn": ESPCN,
     "yolo_neck": YoloNeck, "audio_conv1d": AudioConv1d,
 }

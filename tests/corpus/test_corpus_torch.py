@@ -79,7 +79,7 @@ def test_quantize_int8_int4_forward_backward_and_export(name: str, trained: bool
         qmodel.zero_grad(set_to_none=True)
         qmodel.eval()
         sum(o.float().pow(2).mean() for o in _outputs(qmodel(batch))).backward()  # type: ignore[union-attr]
-        grads = [m.weight.grad for _, m in fake_quant_layers(qmodel)]  # type: ignore[attr-defined]
+        grads = [m.weight.grad for _, m in fake_quant_layers(qmodel)]
         reached = sum(g is not None and bool(torch.isfinite(g).all()) and bool(g.abs().sum() > 0) for g in grads)
         assert reached >= len(grads) // 2, (name, fmt, reached, len(grads))
         if fmt == "int8":

@@ -3,8 +3,18 @@ and, where the tests check them, hand-computed MACs in the docstring."""
 
 from __future__ import annotations
 
+from typing import Protocol, TypeVar
+
 import torch
 from torch import Tensor, nn
+
+
+class NetClass(Protocol):
+    """What the tests take for a model class: it builds without arguments and has example inputs."""
+
+    def __call__(self) -> nn.Module: ...
+
+    def example_inputs(self) -> tuple[Tensor, ...]: ...
 
 
 class ConvThenLinearNet(nn.Module):
@@ -184,13 +194,17 @@ class UntraceableBatchNormNet(nn.Module):
         return (torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(0)),)
 
 
-def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+M = TypeVar("M", bound=nn.Module)
+
+
+def randomize_batchnorm(model: M, seed: int = 0) -> M:
     """Give every BatchNorm non-trivial running statistics and affine parameters."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 n = m.num_features
+                assert m.running_mean is not None and m.running_var is not None  # track_running_stats
                 m.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
                 m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
                 m.weight.copy_(torch.rand(n, generator=gen) + 0.5)

@@ -20,7 +20,7 @@ TOL = 2e-6
 
 def _mha(batch_first: bool, **kw: object) -> nn.MultiheadAttention:
     torch.manual_seed(0)
-    m = nn.MultiheadAttention(16, 4, batch_first=batch_first, **kw)  # type: ignore[arg-type]
+    m = nn.MultiheadAttention(16, 4, batch_first=batch_first, **kw)
     with torch.no_grad():
         for p in m.parameters():
             p.normal_(0, 0.3)
@@ -125,7 +125,7 @@ def test_encoder_fast_path_gives_way_and_numbers_agree() -> None:
         calls.append("fused")
         return real(*args, **kw)  # type: ignore[arg-type]
 
-    torch._transformer_encoder_layer_fwd = spy  # type: ignore[assignment]
+    torch._transformer_encoder_layer_fwd = spy
     try:
         with torch.no_grad():
             want = ref(x)
@@ -137,7 +137,7 @@ def test_encoder_fast_path_gives_way_and_numbers_agree() -> None:
             # padding: the stock encoder goes through nested tensors (zeros at padded positions)
             want_p, got_p = ref(x, pad), model(x, pad)
     finally:
-        torch._transformer_encoder_layer_fwd = real  # type: ignore[assignment]
+        torch._transformer_encoder_layer_fwd = real
     assert (got_p[0] - want_p[0]).abs().max() < 1e-5
     assert (got_p[1, :3] - want_p[1, :3]).abs().max() < 1e-5
     # training mode (no fast path anywhere): identical with and without padding

@@ -18,7 +18,7 @@ from search.study.budget import (
 
 
 def spec(**kw: object) -> SearchSpec:
-    return SearchSpec(workload="digits", **{"n_trials": 10, "qat_steps": 100, **kw})  # type: ignore[arg-type]
+    return SearchSpec(workload="digits", **{"n_trials": 10, "qat_steps": 100, **kw})
 
 
 def counts(completed: int = 0, running: int = 0, *, distinct: int | None = None, trials: int | None = None,

@@ -8,6 +8,7 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import onnx
 import optuna
@@ -125,7 +126,7 @@ def test_bad_input_is_a_clear_error_not_a_traceback(args: list[str], message: st
 TRAINING_STARTS: list[str] = []  # a workload's train_batches appends its name when QAT asks for data
 
 
-def _tiny(name: str, **changes: object) -> Workload:
+def _tiny(name: str, **changes: Any) -> Workload:
     workload = make_workload(width=2, pretrain_steps=5)
     stream = workload.train_batches
 
@@ -323,7 +324,7 @@ def test_torch_threads_do_not_follow_the_machine_s_load(
     monkeypatch.delenv(THREADS_ENV, raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads_module, "usable_cores", lambda: 4)
-    monkeypatch.setattr(threads_module.os, "getloadavg", lambda: load)
+    monkeypatch.setattr("search.threads.os.getloadavg", lambda: load)
     assert choose_torch_threads(processes=1)[0] == 4
     assert choose_torch_threads(processes=4)[0] == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the usual way to ask
@@ -405,7 +406,6 @@ def test_the_search_options_say_what_the_request_fields_say() -> None:
 
 def test_a_bad_out_folder_is_refused_before_any_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A file, a missing parent, an unwritable folder: one line naming --out, exit 2, nothing trained."""
-    import search.cli
 
     afile = tmp_path / "afile"
     afile.write_text("x")
@@ -418,7 +418,7 @@ def test_a_bad_out_folder_is_refused_before_any_training(tmp_path: Path, monkeyp
     def read_only(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(search.cli.tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr("search.cli.tempfile.TemporaryFile", read_only)
     trained: list[object] = []
     monkeypatch.setattr("search.workloads.load_workload", lambda *a, **k: trained.append(a))
     code, output = _invoke("search", *TINY, "--no-save-weights", "--out", str(tmp_path / "ro"))

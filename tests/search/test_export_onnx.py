@@ -31,10 +31,11 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 
-from search import load_workload, parse_format, run_trial
+from search import Workload, load_workload, parse_format, run_trial
 from search.quant.export_onnx import ExportError, StaticShapesWarning, export_onnx, onnxruntime_session, verify_onnx
 from search.quant.qat import (
     OUTPUT_QUANT_ATTR,
+    FakeQuantLinear,
     FakeQuantMixin,
     activation_quantizers,
     calibrate,
@@ -140,6 +141,7 @@ def _trained(
 def mixed(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path, Tensor]:
     torch.manual_seed(0)
     model = MixedNet()
+    assert model.bn.running_mean is not None and model.bn.running_var is not None
     with torch.no_grad():  # non-trivial BN statistics, so folding changes the weights
         model.bn.running_mean.uniform_(-0.5, 0.5)
         model.bn.running_var.uniform_(0.5, 2.0)
@@ -235,8 +237,8 @@ def _check_point_by_point(model: nn.Module, path: Path, x: Tensor) -> tuple[int,
     proto = onnx.load(path)
     nodes = {n.name: n for n in proto.graph.node}
     plan: list[tuple[str, FakeQuantMixin | None, dict[str, str]]] = []
-    for fqn, layer in fake_quant_layers(model):
-        fmt = layer.layer_format
+    for fqn, fq_layer in fake_quant_layers(model):
+        fmt = fq_layer.layer_format
         where: dict[str, str] = {}
         if fmt.activation.is_int:
             where["pre"], where["post"] = nodes[f"{fqn}.input/Q"].input[0], nodes[f"{fqn}.input/DQ"].output[0]
@@ -249,7 +251,7 @@ def _check_point_by_point(model: nn.Module, path: Path, x: Tensor) -> tuple[int,
                     where[part] = nodes[f"{fqn}.{part}/{suffix}"].output[0]
         assert "pre" in where and "weight" in where, f"{fqn}: quant point missing from the graph"
         where["out"] = _layer_output_name(proto, where["weight"])
-        plan.append((fqn, layer, where))
+        plan.append((fqn, fq_layer, where))
     out = {"pre": nodes[f"{OUTPUT_QUANT_ATTR}/Q"].input[0], "post": nodes[f"{OUTPUT_QUANT_ATTR}/DQ"].output[0]}
     plan.append((OUTPUT_QUANT_ATTR, None, out))
     values = _run_with_intermediates(proto, x, [name for _, _, where in plan for name in where.values()])
@@ -275,6 +277,7 @@ def _check_point_by_point(model: nn.Module, path: Path, x: Tensor) -> tuple[int,
             if bq is not None and "bias" in where:
                 np.testing.assert_array_equal(values[where["bias"]], bq.numpy(), err_msg=f"{fqn}.bias")
                 checked += 1
+            assert isinstance(layer, nn.Module)  # a fake-quant layer is a module
             want = layer(ort_in).numpy()
             got = values[where["out"]]
             tol = FLOAT_RTOL * max(float(np.abs(want).max()), 1e-30)
@@ -329,7 +332,9 @@ def test_mixed_model_graph_stores_the_map(mixed: tuple[nn.Module, Path, Tensor])
     inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
     # the signed inputs really got an affine zero point, and the graph carries it
     for fqn in ("up", "tail"):
-        zp = model.get_submodule(fqn).input_quant.qparams()[1]
+        layer = model.get_submodule(fqn)
+        assert isinstance(layer, FakeQuantMixin)
+        zp = layer.input_quant.qparams()[1]
         assert zp > 0, f"{fqn}: the test model should give this layer signed inputs"
         assert int(inits[f"{fqn}.input_zero_point"].astype(np.int64)) == zp
     # ConvTranspose weights are (C_in, C_out, kH, kW): per-output-channel axis 1
@@ -339,6 +344,7 @@ def test_mixed_model_graph_stores_the_map(mixed: tuple[nn.Module, Path, Tensor])
     # int32 bias scale: exactly the float32 values the fake-quant forward used
     for fqn in ("stem", "dw", "up", "fc"):
         layer = model.get_submodule(fqn)
+        assert isinstance(layer, FakeQuantMixin)
         np.testing.assert_array_equal(inits[f"{fqn}.bias_scale"], layer.bias_scale().numpy())
     # the fp16 layer is two Casts around its input and a half-precision weight, no QuantizeLinear
     names = {n.name for n in proto.graph.node}
@@ -352,7 +358,9 @@ def test_sequence_model_lsq_matmul_path(seq: tuple[nn.Module, Path, Tensor]) -> 
     proto = _assert_valid_qdq_graph(path)
     _assert_storage_types(proto, SEQ_MAP)
     assert "MatMul" in {n.op_type for n in proto.graph.node}
-    assert model.get_submodule("conv").input_quant.qparams()[1] > 0  # raw signed input: affine
+    conv = model.get_submodule("conv")
+    assert isinstance(conv, FakeQuantMixin)
+    assert conv.input_quant.qparams()[1] > 0  # raw signed input: affine
     diff = verify_onnx(model, (x,), path)
     assert diff <= STEP_FRACTION * _output_step(model), diff
     assert _check_point_by_point(model, path, x)[0] >= 3 * len(SEQ_MAP)
@@ -368,14 +376,16 @@ def test_exact_ties_round_half_to_even_in_onnxruntime(tmp_path: Path) -> None:
     quantize_model(model, {"0": parse_format("int4")}, (torch.randn(2, 6),))
     calibrate(model, [torch.randn(16, 6)])
     model.eval()  # frozen ranges: the scale set below stays
-    quant = model[0].input_quant
+    layer = model[0]
+    assert isinstance(layer, FakeQuantLinear)
+    quant = layer.input_quant
     scale, zp = 0.0371, 3.0
     c = 2.0**-3  # weight rows whose max is 7c: weight scale exactly c, so w / c are exact ties
     tie_row = [7.0, 2.5, -2.5, 3.5, -0.5, 1.5]
     with torch.no_grad():
         quant.scale.fill_(scale)
         quant.zero_point.fill_(zp)
-        model[0].weight.copy_(torch.tensor([tie_row, [-x for x in tie_row], tie_row[::-1]]) * c)
+        layer.weight.copy_(torch.tensor([tie_row, [-x for x in tie_row], tie_row[::-1]]) * c)
     s = torch.tensor(scale, dtype=torch.float32)
     k = torch.arange(-4.0, 13.0) + 0.5
     on_tie = (k * s).float()
@@ -413,8 +423,10 @@ def test_fp16_cast_matches_torch_half_rounding(tmp_path: Path) -> None:
     nodes = {n.name: n for n in proto.graph.node}
     post = nodes["0.input/ToFloat"].output[0]
     got = _run_with_intermediates(proto, x, [post])[post]
+    layer = model[0]
+    assert isinstance(layer, FakeQuantLinear)
     with torch.no_grad():
-        np.testing.assert_array_equal(got, model[0].input_quant(x).numpy())
+        np.testing.assert_array_equal(got, layer.input_quant(x).numpy())
     assert np.isinf(got[0, 3]) and got[0, 0] == 1.0
 
 
@@ -449,7 +461,7 @@ DIGITS_MAP = {"features.0": "int8", "features.3": "int4", "features.7": "w4a8", 
 
 
 @pytest.fixture(scope="module")
-def digits(mixq_cache_dir: Path) -> tuple[object, Tensor]:
+def digits(mixq_cache_dir: Path) -> tuple[Workload, Tensor]:
     """tests/conftest.py's session fixture ``mixq_cache_dir`` keeps the pretrained weights in a
     temporary MIXQ_CACHE_DIR; asking for it by name documents that this fixture relies on it."""
     from search.workloads.cache import cache_dir
@@ -460,7 +472,7 @@ def digits(mixq_cache_dir: Path) -> tuple[object, Tensor]:
 
 
 @pytest.mark.parametrize("method", ["minmax", "lsq"])
-def test_digits_trial_exports_faithfully(digits: tuple[object, Tensor], tmp_path: Path, method: str) -> None:
+def test_digits_trial_exports_faithfully(digits: tuple[Workload, Tensor], tmp_path: Path, method: str) -> None:
     """A search trial as it comes (calibrated scales, 3 QAT steps) on the 597 test images.
 
     Every quant point is bit-exact.  End to end, a handful of outputs may differ by exactly one
@@ -481,7 +493,7 @@ def test_digits_trial_exports_faithfully(digits: tuple[object, Tensor], tmp_path
     assert np.all(np.abs(steps[off] - 1.0) <= 1e-4), "a differing output is off by more than one step"
 
 
-def test_digits_with_power_of_two_scales_is_exact_end_to_end(digits: tuple[object, Tensor], tmp_path: Path) -> None:
+def test_digits_with_power_of_two_scales_is_exact_end_to_end(digits: tuple[Workload, Tensor], tmp_path: Path) -> None:
     workload, x_test = digits
     trial = run_trial(workload, DIGITS_MAP, qat_steps=3, seed=0)
     _snap_scales_to_powers_of_two(trial.model)
@@ -503,7 +515,9 @@ def test_torch_onnx_exporter_refuses_mixq_ranges(quant_min: int, quant_max: int)
 
     with warnings.catch_warnings(), pytest.raises(Exception, match="ONNX allows only"):
         warnings.simplefilter("ignore")
-        torch.onnx.export(FakeQuant(), (torch.randn(2, 3),), io.BytesIO(), dynamo=False, opset_version=17)
+        torch.onnx.export(  # the TorchScript exporter writes to file objects too
+            FakeQuant(), (torch.randn(2, 3),), io.BytesIO(), dynamo=False, opset_version=17  # type: ignore[arg-type]
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from search import parse_format
 from search.quant.formats import FP16, INT4
 from search.quant.qat import (
     ActivationQuantizer,
+    FakeQuantConv2d,
+    FakeQuantLinear,
     FakeQuantMixin,
     RangeMethod,
     WeightQuantizer,
@@ -73,9 +75,11 @@ def _reference(layer: FakeQuantMixin, x: Tensor) -> tuple[np.ndarray, np.ndarray
     # the engine's scale is the same quantity computed in torch: same float32 bits
     np.testing.assert_array_equal(s_w, layer.weight_quant.scale(layer.weight).numpy())
     s_b = (np.float32(s_in) * s_w.reshape(-1)).astype(np.float32)
+    assert layer.bias is not None
     bq = np.clip(np.round(layer.bias.detach().numpy() / s_b), INT32_MIN, INT32_MAX).astype(np.int64)
     if isinstance(layer, nn.Conv2d):
         stride, padding = layer.stride[0], layer.padding[0]
+        assert isinstance(padding, int)  # not "same" / "valid"
         acc = _conv2d_int64(xc, wq, stride, padding) + bq[None, :, None, None]
         mag = _conv2d_int64(np.abs(xc), np.abs(wq), stride, padding) + np.abs(bq)[None, :, None, None]
         shape: tuple[int, ...] = (1, -1, 1, 1)
@@ -97,14 +101,18 @@ class _One(nn.Module):
         return self.layer(x)
 
 
-def _fake_quant_layer(layer: nn.Module, fmt: str, make_input: Callable[[int], Tensor], seed: int) -> FakeQuantMixin:
+def _fake_quant_layer(
+    layer: nn.Module, fmt: str, make_input: Callable[[int], Tensor], seed: int
+) -> FakeQuantConv2d | FakeQuantLinear:
     torch.manual_seed(seed)
     model = _One(layer).eval()
     quantize_model(model, {"layer": parse_format(fmt)}, (make_input(2),), quantize_output=False)
     calibrate(model, [make_input(64)])
+    fake = model.layer
+    assert isinstance(fake, (FakeQuantConv2d, FakeQuantLinear)) and fake.bias is not None
     with torch.no_grad():  # a bias large enough to matter next to the accumulator
-        model.layer.bias.normal_(0.0, 0.3)
-    return model.layer
+        fake.bias.normal_(0.0, 0.3)
+    return fake
 
 
 CASES = [
@@ -213,6 +221,12 @@ def test_quantize_divides_where_torch_fake_quantize_multiplies_by_the_inverse() 
 # ---------------------------------------------------------------------------------------------
 
 
+def _grad(t: Tensor) -> Tensor:
+    """``t.grad``, set by a backward pass (a test that reset it to None reads it through here)."""
+    assert t.grad is not None
+    return t.grad
+
+
 def _frozen_activation_quantizer(scale: float, zero_point: float, method: RangeMethod) -> ActivationQuantizer:
     quant = ActivationQuantizer(INT4, method)
     with torch.no_grad():
@@ -230,12 +244,14 @@ def test_ste_gradient_is_masked_outside_the_clamp_range() -> None:
     # 0 -> 2 (in); 6.4 -> 13 -> 15 (in); 6.6 -> 13 -> 15 (in); 6.8 -> 14 -> 16 (out); 50 (out)
     x = torch.tensor([-1.25, -1.3, 0.0, 6.4, 6.6, 6.8, 50.0], requires_grad=True)
     quant(x).backward(torch.arange(1.0, 8.0))
+    assert x.grad is not None
     assert x.grad.tolist() == [1.0, 0.0, 3.0, 4.0, 5.0, 0.0, 0.0]
 
 
 def test_weight_ste_gradient_passes_inside_the_range() -> None:
     w = torch.tensor([[0.7, -0.35, 0.1], [0.2, 0.0, -0.05]], requires_grad=True)
     WeightQuantizer(INT4)(w).sum().backward()
+    assert w.grad is not None
     # the scale follows max |w| per row, so nothing is clamped and every gradient passes
     assert w.grad.tolist() == [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
 
@@ -250,6 +266,7 @@ def test_lsq_scale_gradient_matches_the_paper_on_a_tiny_example() -> None:
     ((x_hat - x) ** 2).sum().backward()
     # dL/dx_hat = 2 (x_hat - x) = [-0.8, 0.8, -10]; ds = [-0.4, 0.4, 15]
     expected = (-0.8 * -0.4 + 0.8 * 0.4 + -10.0 * 15.0) / math.sqrt(3 * 15)
+    assert quant.scale.grad is not None
     assert quant.scale.grad.item() == pytest.approx(expected, rel=1e-6)
     assert quant.scale.grad.item() < 0  # the clipped 20 dominates: descent widens the step
 
@@ -257,7 +274,7 @@ def test_lsq_scale_gradient_matches_the_paper_on_a_tiny_example() -> None:
     y = torch.tensor([0.4, 0.6])
     ((quant(y) - y) ** 2).sum().backward()
     # only rounding error: 0.32 + 0.32 > 0, descent narrows the step
-    assert quant.scale.grad.item() == pytest.approx(0.64 / math.sqrt(2 * 15), rel=1e-6)
+    assert _grad(quant.scale).item() == pytest.approx(0.64 / math.sqrt(2 * 15), rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,17 +295,19 @@ def test_fp16_rounding_literals_and_straight_through_gradient() -> None:
         assert y.tolist() == want
         x.grad = None
         y.sum().backward()
-        assert x.grad.tolist() == [1.0] * len(want)
+        assert _grad(x).tolist() == [1.0] * len(want)
 
 
 def test_bias_scale_is_the_float32_product() -> None:
     layer = _fake_quant_layer(nn.Linear(5, 3), "int8", lambda n: torch.randn(n, 5), 5)
     s_in, _ = layer.input_quant.qparams()
     s_w = layer.weight_quant.scale(layer.weight).reshape(-1)
+    assert layer.bias is not None
     got = layer.bias_scale()
     assert got.dtype == torch.float32
     np.testing.assert_array_equal(got.numpy(), (np.float32(s_in) * s_w.detach().numpy()).astype(np.float32))
     _, _, bias = layer.quantized_operands(torch.zeros(1, 5))
+    assert bias is not None
     b = layer.bias.detach().numpy()
     on_grid = (np.round(b / got.numpy()) * got.numpy()).astype(np.float32)  # int32 codes times the scale
     np.testing.assert_array_equal(bias.detach().numpy(), on_grid)

@@ -10,17 +10,18 @@ from tests.search.models import (
     ConvThenLinearNet,
     ConvTransposeNet,
     DepthwiseNet,
+    NetClass,
     ResidualNet,
     SharedLayerNet,
     UnusedLayerNet,
 )
 
 
-def graph_of(model_cls):
+def graph_of(model_cls: NetClass) -> LayerGraph:
     return discover_layers(model_cls(), model_cls.example_inputs())
 
 
-def test_execution_order_not_definition_order():
+def test_execution_order_not_definition_order() -> None:
     model = ConvThenLinearNet()
     defined = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     assert defined == ["fc", "conv"]
@@ -31,7 +32,7 @@ def test_execution_order_not_definition_order():
     assert graph.unused == ()
 
 
-def test_residual_branches_in_call_order():
+def test_residual_branches_in_call_order() -> None:
     graph = graph_of(ResidualNet)
     assert graph.fqns == ("stem", "branch_a", "branch_b", "skip", "head")
     assert graph.first.fqn == "stem" and graph.last.fqn == "head"
@@ -40,18 +41,18 @@ def test_residual_branches_in_call_order():
         graph.by_fqn("nope")
 
 
-def test_shared_layer_is_an_error_naming_it():
+def test_shared_layer_is_an_error_naming_it() -> None:
     with pytest.raises(LayerDiscoveryError, match=r"'block' runs 2 times"):
         graph_of(SharedLayerNet)
 
 
-def test_unused_layer_is_listed_not_a_layer():
+def test_unused_layer_is_listed_not_a_layer() -> None:
     graph = graph_of(UnusedLayerNet)
     assert graph.fqns == ("first", "last")
     assert graph.unused == ("spare",)
 
 
-def test_quantize_map_naming_unused_layer_is_rejected():
+def test_quantize_map_naming_unused_layer_is_rejected() -> None:
     model = UnusedLayerNet()
     with pytest.raises(QuantizationError) as err:
         quantize_model(model, {"spare": parse_format("int8")}, UnusedLayerNet.example_inputs())
@@ -61,12 +62,12 @@ def test_quantize_map_naming_unused_layer_is_rejected():
     assert type(model.spare) is nn.Linear
 
 
-def test_quantize_map_naming_unknown_layer_is_rejected():
+def test_quantize_map_naming_unknown_layer_is_rejected() -> None:
     with pytest.raises(QuantizationError, match=r"layers: 'nope' is not a quantizable layer"):
         quantize_model(UnusedLayerNet(), {"nope": parse_format("int8")}, UnusedLayerNet.example_inputs())
 
 
-def test_no_quantizable_layer_is_an_error():
+def test_no_quantizable_layer_is_an_error() -> None:
     with pytest.raises(LayerDiscoveryError, match="no quantizable layer"):
         discover_layers(nn.Sequential(nn.ReLU()), (torch.zeros(1, 3),))
 
@@ -80,18 +81,18 @@ def test_no_quantizable_layer_is_an_error():
         (Conv1dNet, {"conv": 1080, "fc": 288}),
     ],
 )
-def test_macs_match_hand_computed(model_cls, expected):
+def test_macs_match_hand_computed(model_cls: NetClass, expected: dict[str, int]) -> None:
     graph = graph_of(model_cls)
     assert {layer.fqn: layer.macs for layer in graph.layers} == expected
 
 
-def test_macs_scale_with_batch():
+def test_macs_scale_with_batch() -> None:
     model = ConvTransposeNet()
     graph = discover_layers(model, (torch.rand(3, 2, 5, 5),))
     assert {layer.fqn: layer.macs for layer in graph.layers} == {"conv": 3 * 1800, "up": 3 * 2700}
 
 
-def test_linear_macs_per_token():
+def test_linear_macs_per_token() -> None:
     # a Linear on a (batch, tokens, features) input: every output element costs in_features MACs
     graph = discover_layers(nn.Linear(16, 8), (torch.zeros(2, 5, 16),))
     assert graph.first.macs == 2 * 5 * 8 * 16
@@ -114,16 +115,16 @@ def test_linear_macs_per_token():
         (Conv1dNet, {"conv": LayerKind.CONV1D, "fc": LayerKind.LINEAR}),
     ],
 )
-def test_kinds(model_cls, expected):
+def test_kinds(model_cls: NetClass, expected: dict[str, LayerKind]) -> None:
     assert {layer.fqn: layer.kind for layer in graph_of(model_cls).layers} == expected
 
 
-def test_kind_of_unsupported_module():
+def test_kind_of_unsupported_module() -> None:
     with pytest.raises(LayerDiscoveryError, match="layer kind: ReLU is not quantizable; supported: Conv1d"):
         layer_kind(nn.ReLU())
 
 
-def test_shapes_and_params():
+def test_shapes_and_params() -> None:
     graph = graph_of(ConvTransposeNet)
     up = graph.by_fqn("up")
     assert up.input_shape == (1, 4, 5, 5)
@@ -132,23 +133,23 @@ def test_shapes_and_params():
     assert up.num_params == 4 * 3 * 9 + 3
 
 
-def test_discovery_restores_training_flag_and_does_not_record_grad():
+def test_discovery_restores_training_flag_and_does_not_record_grad() -> None:
     model = ConvThenLinearNet().train()
     discover_layers(model, ConvThenLinearNet.example_inputs())
     assert model.training and model.conv.training
-    model.eval()
+    model = model.eval()  # the same model (eval returns it); rebinding drops mypy's narrowing of .training
     discover_layers(model, ConvThenLinearNet.example_inputs())
     assert not model.training
     assert not model.conv._forward_hooks  # hooks removed
 
 
-def test_tuple_and_bare_tensor_inputs_agree():
+def test_tuple_and_bare_tensor_inputs_agree() -> None:
     model = Conv1dNet()
     (x,) = Conv1dNet.example_inputs()
     assert discover_layers(model, x) == discover_layers(model, (x,))
 
 
-def test_graph_json_round_trip_and_malformed_rows():
+def test_graph_json_round_trip_and_malformed_rows() -> None:
     graph = discover_layers(ResidualNet(), ResidualNet.example_inputs())
     assert LayerGraph.from_dicts(graph.as_dicts()) == graph
     rows = graph.as_dicts()

@@ -155,7 +155,7 @@ def test_spec_checks_the_fidelity_fields() -> None:
     ],
 )  # fmt: skip
 def test_automatic_rungs(fields: dict[str, object], free: int, rungs: tuple[int, ...], eta: int) -> None:
-    spec = SearchSpec(workload="digits", **fields)  # type: ignore[arg-type]
+    spec = SearchSpec(workload="digits", **fields)
     resolved = spec.resolve_fidelity(free)
     assert (resolved.rungs, resolved.eta) == (rungs, eta)
     assert resolved.resolve_fidelity(0) == resolved  # resolved fields stay
@@ -189,12 +189,13 @@ def mf_spec(tmp_path: Path, **overrides: object) -> SearchSpec:
         storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="mf",
     )
     base.update(overrides)
-    return SearchSpec(**base)  # type: ignore[arg-type]
+    return SearchSpec(**base)
 
 
 def test_promotion_moves_only_the_top_by_rank_and_reports_the_highest_rung(tmp_path: Path) -> None:
     spec = mf_spec(tmp_path, n_trials=8)  # 3 free digits layers, int4/int8: 8 maps
     result = run_search(spec)
+    assert spec.storage is not None
     study = optuna.load_study(study_name="mf", storage=spec.storage)
     trials = sorted((t for t in study.trials if t.values and not t.user_attrs.get("cached")), key=lambda t: t.number)
     promoted = {int(k.split(":")[-1]): v for k, v in study.user_attrs.items() if k.startswith("mixq:rung:1:")}
@@ -244,6 +245,7 @@ def test_budget_in_qat_steps_counts_rungs_and_reevaluations(tmp_path: Path) -> N
     # the evaluator stands for a QAT run of the rung's length: the accounting is the same
     result = run_search(spec, evaluator=evaluate,
                         observer=Hooks(progress=lambda p: progress_steps.append(p.qat_steps_used)))
+    assert spec.storage is not None
     study = optuna.load_study(study_name="mf", storage=spec.storage)
     trained = [t for t in study.trials if not t.user_attrs.get("cached")]
     first_rung = sum(int(t.user_attrs.get("qat_steps", 0)) for t in trained)
@@ -318,6 +320,7 @@ def test_dominated_formats_are_sampled_rarely(tmp_path: Path) -> None:
                       reevaluate_front=0, seed_with_sensitivity=True, sampler="random", check_front_neighbours=False,
                       storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="thin")
     run_search(spec, evaluator=lambda a, s: sum(bonus[f] for f in a.values()))
+    assert spec.storage is not None
     study = optuna.load_study(study_name="thin", storage=spec.storage)
     assert study.user_attrs["mixq:dominated"] == {fqn: {"fp16": "int8"} for fqn in study.trials[0].params}
     # every sampled trial, repeats served from the cache included (what the sampler proposed)

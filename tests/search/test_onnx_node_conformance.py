@@ -129,7 +129,7 @@ def test_backend_node_tests_pass_or_are_refused_naming_the_operator() -> None:
             counts[op]["skipped-opset"] += 1  # opsets < 7: refused as a whole (test_onnx_import.py)
             continue
         keep = _runtime_input(model, inputs)
-        variants = [keep] if keep is not None else []
+        variants: list[int | None] = [keep] if keep is not None else []
         if keep is None or op_types <= FOLDED_OPS:
             variants.append(None)
         for variant in variants:

@@ -14,7 +14,7 @@ def brute_force(points: list[tuple[int, tuple[float, ...]]]) -> set[int]:
         return all(x <= y for x, y in zip(a, b, strict=True)) and a != b
 
     front = {n for n, v in points if not any(dominates(w, v) for _, w in points)}
-    first_of_each = {}
+    first_of_each: dict[tuple[float, ...], int] = {}
     for n, v in sorted(points):
         first_of_each.setdefault(v, n)
     return {n for n in front if first_of_each[dict(points)[n]] == n}

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ formats:
 """
 
 
-def test_builtins_load():
+def test_builtins_load() -> None:
     names = builtin_profiles()
     assert {"generic", "npu-int4"} <= set(names)
     for name in names:
@@ -24,14 +25,14 @@ def test_builtins_load():
         assert all(spec.throughput > 0 for spec in profile.formats.values())
 
 
-def test_generic_allows_every_format_on_every_kind():
+def test_generic_allows_every_format_on_every_kind() -> None:
     profile = load_profile("generic")
     for kind in LayerKind:
         assert profile.allowed_formats(kind) == list(profile.formats)
     assert {"int4", "int8", "fp16"} <= set(profile.formats)
 
 
-def test_npu_int4_forbids_int4_for_depthwise():
+def test_npu_int4_forbids_int4_for_depthwise() -> None:
     profile = load_profile("npu-int4")
     assert "int4" not in profile.allowed_formats(LayerKind.CONV2D_DEPTHWISE)
     assert profile.allowed_formats(LayerKind.CONV2D_DEPTHWISE) == ["int8", "fp16"]
@@ -41,7 +42,7 @@ def test_npu_int4_forbids_int4_for_depthwise():
     assert profile.throughput("int4") == 2 * profile.throughput("int8")
 
 
-def test_load_from_file_and_format_names_are_normalised(tmp_path):
+def test_load_from_file_and_format_names_are_normalised(tmp_path: Path) -> None:
     path = tmp_path / "dev.yaml"
     path.write_text(VALID.replace("int8:", "W8A8:"))
     profile = load_profile(path)
@@ -54,7 +55,7 @@ def test_load_from_file_and_format_names_are_normalised(tmp_path):
     assert json.loads(profile_to_json(profile))["name"] == "tiny-npu"
 
 
-def test_unknown_profile_lists_builtins():
+def test_unknown_profile_lists_builtins() -> None:
     with pytest.raises(ProfileError, match=r"'nope' is neither a built-in profile \(generic, npu-int4"):
         load_profile("nope")
 
@@ -100,7 +101,7 @@ def test_unknown_profile_lists_builtins():
         (VALID + "latency_table:\n  fc: {int3: 1.0}\n", "latency_table.fc.int3: format: unknown format 'int3'"),
     ],
 )
-def test_bad_profiles_name_the_field(text, field):
+def test_bad_profiles_name_the_field(text: str, field: str) -> None:
     with pytest.raises(ProfileError) as err:
         parse_profile_text(text, origin="dev.yaml")
     msg = str(err.value)
@@ -108,18 +109,18 @@ def test_bad_profiles_name_the_field(text, field):
     assert field in msg
 
 
-def test_missing_required_field_is_named():
+def test_missing_required_field_is_named() -> None:
     with pytest.raises(ProfileError, match="peak_macs_per_ms: Field required"):
         parse_profile_text("name: x\nformats: {int8: {throughput: 1}}\n")
 
 
-def test_throughput_of_unsupported_format_lists_allowed():
+def test_throughput_of_unsupported_format_lists_allowed() -> None:
     with pytest.raises(
         ProfileError, match=r"format: 'int4' is not supported by profile 'tiny-npu'; allowed: int8, fp16"
     ):
         parse_profile_text(VALID).throughput("int4")
 
 
-def test_yaml_is_parsed_safely():
+def test_yaml_is_parsed_safely() -> None:
     with pytest.raises(ProfileError, match="not valid YAML"):
         parse_profile_text("name: !!python/object/apply:os.system ['true']\n")

@@ -3,9 +3,9 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
-from search.quant.formats import INT4, INT8, parse_format
+from search.quant.formats import INT4, INT8, LayerFormat, parse_format
 from search.quant.layers import discover_layers
 from search.quant.qat import (
     OUTPUT_QUANT_ATTR,
@@ -30,6 +30,7 @@ from tests.search.models import (
     ConvThenLinearNet,
     ConvTransposeNet,
     DepthwiseNet,
+    NetClass,
     ResidualNet,
     UntraceableBatchNormNet,
     randomize_batchnorm,
@@ -38,7 +39,7 @@ from tests.search.models import (
 I8, I4 = parse_format("int8"), parse_format("int4")
 
 
-def fmt_map(model_cls, name):
+def fmt_map(model_cls: NetClass, name: str) -> dict[str, LayerFormat]:
     graph = discover_layers(model_cls(), model_cls.example_inputs())
     return {fqn: parse_format(name) for fqn in graph.fqns}
 
@@ -46,13 +47,13 @@ def fmt_map(model_cls, name):
 # -- arithmetic ---------------------------------------------------------------------------------
 
 
-def test_quantize_rounds_half_to_even_and_saturates():
+def test_quantize_rounds_half_to_even_and_saturates() -> None:
     x = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, 100.0, -100.0])
     q = quantize(x, torch.tensor(1.0), torch.tensor(0.0), -7, 7)
     assert q.tolist() == [0.0, 2.0, 2.0, -0.0, -2.0, 7.0, -7.0]
 
 
-def test_weight_quantizer_is_per_channel_narrow_symmetric():
+def test_weight_quantizer_is_per_channel_narrow_symmetric() -> None:
     torch.manual_seed(0)
     w = torch.randn(5, 3, 3, 3) * torch.arange(1, 6).reshape(5, 1, 1, 1)
     quant = WeightQuantizer(INT4)
@@ -67,19 +68,21 @@ def test_weight_quantizer_is_per_channel_narrow_symmetric():
     assert codes.round().unique().numel() <= 15
 
 
-def test_weight_quantizer_gradient_is_straight_through():
+def test_weight_quantizer_gradient_is_straight_through() -> None:
     w = torch.randn(4, 6, requires_grad=True)
     WeightQuantizer(INT8)(w).sum().backward()
+    assert w.grad is not None
     assert torch.equal(w.grad, torch.ones_like(w))
 
 
-def test_activation_gradient_masked_outside_range():
+def test_activation_gradient_masked_outside_range() -> None:
     quant = ActivationQuantizer(INT8)
     quant.calibrating = True
     quant(torch.tensor([0.0, 1.0]))
     quant.finish_calibration()
     x = torch.tensor([-1.0, 0.5, 2.0], requires_grad=True)
     quant(x).sum().backward()
+    assert x.grad is not None
     assert x.grad.tolist() == [0.0, 1.0, 0.0]
 
 
@@ -87,7 +90,7 @@ def test_activation_gradient_masked_outside_range():
 
 
 @pytest.mark.parametrize("model_cls", [BatchNormNet, UntraceableBatchNormNet])
-def test_bn_folding_preserves_eval_outputs(model_cls):
+def test_bn_folding_preserves_eval_outputs(model_cls: NetClass) -> None:
     model = randomize_batchnorm(model_cls()).eval()
     x = torch.randn(4, *model_cls.example_inputs()[0].shape[1:], generator=torch.Generator().manual_seed(1))
     before = model(x)
@@ -100,7 +103,7 @@ def test_bn_folding_preserves_eval_outputs(model_cls):
     assert torch.allclose(before, after, atol=1e-5, rtol=1e-4)
 
 
-def test_bn_folding_pairs_and_training_flag():
+def test_bn_folding_pairs_and_training_flag() -> None:
     model = randomize_batchnorm(BatchNormNet()).train()
     pairs = fold_batchnorm(model)
     assert sorted(pairs) == [("conv", "bn"), ("fc", "fc_bn"), ("features.0", "features.1")]
@@ -108,14 +111,14 @@ def test_bn_folding_pairs_and_training_flag():
     assert model.conv.training  # the fused layer keeps the model's mode
 
 
-def test_bn_not_folded_when_conv_output_is_also_used_elsewhere():
+def test_bn_not_folded_when_conv_output_is_also_used_elsewhere() -> None:
     class TwoUsers(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.conv = nn.Conv2d(1, 2, 1)
             self.bn = nn.BatchNorm2d(2)
 
-        def forward(self, x):
+        def forward(self, x: Tensor) -> Tensor:
             y = self.conv(x)
             return self.bn(y) + y
 
@@ -127,7 +130,7 @@ def test_bn_not_folded_when_conv_output_is_also_used_elsewhere():
 # -- module swap -------------------------------------------------------------------------------
 
 
-def test_quantize_model_swaps_named_layers_only():
+def test_quantize_model_swaps_named_layers_only() -> None:
     model = ConvThenLinearNet()
     fc = model.fc
     quantize_model(model, {"conv": I8}, ConvThenLinearNet.example_inputs())
@@ -137,7 +140,7 @@ def test_quantize_model_swaps_named_layers_only():
     assert not hasattr(model, OUTPUT_QUANT_ATTR)  # the last layer (fc) stays fp32
 
 
-def test_fp32_entry_leaves_layer_alone():
+def test_fp32_entry_leaves_layer_alone() -> None:
     model = ConvThenLinearNet()
     conv = model.conv
     quantize_model(model, {"conv": parse_format("fp32"), "fc": I8}, ConvThenLinearNet.example_inputs())
@@ -154,7 +157,9 @@ def test_fp32_entry_leaves_layer_alone():
         (ResidualNet, {"skip": FakeQuantConv2d, "head": FakeQuantConv2d}),
     ],
 )
-def test_every_layer_kind_quantizes_and_stays_close_at_int8(model_cls, types):
+def test_every_layer_kind_quantizes_and_stays_close_at_int8(
+    model_cls: NetClass, types: dict[str, type[nn.Module]]
+) -> None:
     torch.manual_seed(0)
     model = model_cls().eval()
     (x,) = model_cls.example_inputs()
@@ -170,7 +175,7 @@ def test_every_layer_kind_quantizes_and_stays_close_at_int8(model_cls, types):
     assert 0 < err < 0.05
 
 
-def test_conv_transpose_output_size_argument():
+def test_conv_transpose_output_size_argument() -> None:
     model = nn.ConvTranspose2d(2, 3, 3, stride=2)
     x = torch.rand(1, 2, 4, 4)
     ref = model(x, output_size=[10, 10])
@@ -179,7 +184,7 @@ def test_conv_transpose_output_size_argument():
     assert quant[0](x, output_size=[10, 10]).shape == ref.shape == (1, 3, 10, 10)
 
 
-def test_state_dict_keys_of_weights_unchanged():
+def test_state_dict_keys_of_weights_unchanged() -> None:
     model = ConvThenLinearNet()
     before = model.state_dict()
     quantize_model(model, {"conv": I4, "fc": I8}, ConvThenLinearNet.example_inputs())
@@ -191,14 +196,14 @@ def test_state_dict_keys_of_weights_unchanged():
     assert extra and all(".input_quant." in k or k.startswith(OUTPUT_QUANT_ATTR) for k in extra)
 
 
-def test_parameters_are_shared_not_copied():
+def test_parameters_are_shared_not_copied() -> None:
     model = ConvThenLinearNet()
     weight = model.conv.weight
     quantize_model(model, {"conv": I8}, ConvThenLinearNet.example_inputs())
     assert model.conv.weight is weight
 
 
-def test_padding_mode_survives_the_swap():
+def test_padding_mode_survives_the_swap() -> None:
     model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1, padding_mode="reflect"), nn.ReLU(), nn.Conv2d(3, 1, 1))
     x = torch.rand(2, 1, 6, 6)
     ref = model(x)
@@ -206,14 +211,14 @@ def test_padding_mode_survives_the_swap():
     assert torch.allclose(model(x), ref, atol=1e-2)
 
 
-def test_already_quantized_is_an_error():
+def test_already_quantized_is_an_error() -> None:
     model = ConvThenLinearNet()
     quantize_model(model, {"conv": I8}, ConvThenLinearNet.example_inputs())
     with pytest.raises(QuantizationError, match="'conv' is already quantized"):
         quantize_model(model, {"conv": I8}, ConvThenLinearNet.example_inputs())
 
 
-def test_dequantize_round_trip():
+def test_dequantize_round_trip() -> None:
     torch.manual_seed(0)
     model = ConvThenLinearNet().eval()
     original = copy.deepcopy(model)
@@ -236,24 +241,28 @@ def test_dequantize_round_trip():
 # -- calibration and the output quantizer -------------------------------------------------------
 
 
-def test_calibration_non_negative_input_is_unsigned_zero_point_0():
+def test_calibration_non_negative_input_is_unsigned_zero_point_0() -> None:
     model = nn.Sequential(nn.Linear(4, 3))
     x = torch.rand(32, 4, generator=torch.Generator().manual_seed(0)) * 3.0
     quantize_model(model, {"0": I8}, (x[:1],), quantize_output=False)
     calibrate(model, [x])
-    q = model[0].input_quant
+    layer = model[0]
+    assert isinstance(layer, FakeQuantLinear)
+    q = layer.input_quant
     s, zp = q.qparams()
     assert zp == 0
     assert not q.signed_input
     assert s == pytest.approx(float(x.max()) / 255, rel=1e-6)
 
 
-def test_calibration_signed_input_is_affine():
+def test_calibration_signed_input_is_affine() -> None:
     model = nn.Sequential(nn.Linear(4, 3))
     x = torch.linspace(-1.0, 3.0, 40).reshape(10, 4)
     quantize_model(model, {"0": I8}, (x[:1],), quantize_output=False)
     calibrate(model, [(x[:5], None), (x[5:], None)])  # (inputs, target) pairs, over two batches
-    q = model[0].input_quant
+    layer = model[0]
+    assert isinstance(layer, FakeQuantLinear)
+    q = layer.input_quant
     s, zp = q.qparams()
     assert q.signed_input
     assert s == pytest.approx(4.0 / 255, rel=1e-6)
@@ -263,29 +272,33 @@ def test_calibration_signed_input_is_affine():
     assert codes.tolist() == [0.0, 255.0]
 
 
-def test_calibration_with_no_data_is_an_error():
+def test_calibration_with_no_data_is_an_error() -> None:
     model = nn.Sequential(nn.Linear(4, 3))
     quantize_model(model, {"0": I8}, (torch.zeros(1, 4),))
     with pytest.raises(QuantizationError, match="saw no data"):
         calibrate(model, [])
 
 
-def test_calibration_observes_float_bias():
+def test_calibration_observes_float_bias() -> None:
     # while calibrating, the input is not quantized, so neither is the int32 bias (its scale
     # depends on the input scale being calibrated)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    float_first = model[0]
+    assert isinstance(float_first, nn.Linear)
     with torch.no_grad():
-        model[0].bias.copy_(torch.tensor([0.3, 0.7, 0.45, 0.9]))
+        float_first.bias.copy_(torch.tensor([0.3, 0.7, 0.45, 0.9]))
     x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
     quantize_model(model, {"0": I4, "2": I8}, (x[:1],))
     calibrate(model, [x])
+    first, last = model[0], model[2]
+    assert isinstance(first, FakeQuantLinear) and isinstance(last, FakeQuantLinear)
     with torch.no_grad():
-        hidden = torch.relu(F.linear(x, model[0].weight_quant(model[0].weight), model[0].bias))
-    assert float(model[2].input_quant.max_val) == pytest.approx(float(hidden.max()), rel=1e-6)
+        hidden = torch.relu(F.linear(x, first.weight_quant(first.weight), first.bias))
+    assert float(last.input_quant.max_val) == pytest.approx(float(hidden.max()), rel=1e-6)
 
 
-def test_output_quantizer_at_last_layer_activation_format():
+def test_output_quantizer_at_last_layer_activation_format() -> None:
     model = ConvThenLinearNet().eval()
     (x,) = ConvThenLinearNet.example_inputs()
     quantize_model(model, {"conv": I8, "fc": parse_format("w8a4")}, (x,))
@@ -303,13 +316,13 @@ def test_output_quantizer_at_last_layer_activation_format():
     assert sorted(names) == ["conv.input_quant", "fc.input_quant", OUTPUT_QUANT_ATTR]
 
 
-def test_no_output_quantizer_when_disabled():
+def test_no_output_quantizer_when_disabled() -> None:
     model = ConvThenLinearNet()
     quantize_model(model, {"fc": I8}, ConvThenLinearNet.example_inputs(), quantize_output=False)
     assert not hasattr(model, OUTPUT_QUANT_ATTR)
 
 
-def test_minmax_range_follows_ema_in_training_frozen_in_eval():
+def test_minmax_range_follows_ema_in_training_frozen_in_eval() -> None:
     quant = ActivationQuantizer(INT8)
     quant.calibrating = True
     quant(torch.tensor([0.0, 1.0]))
@@ -326,11 +339,12 @@ def test_minmax_range_follows_ema_in_training_frozen_in_eval():
 # -- LSQ ------------------------------------------------------------------------------------------
 
 
-def test_lsq_scale_is_learned():
+def test_lsq_scale_is_learned() -> None:
     torch.manual_seed(0)
     model = ConvThenLinearNet()
     (x,) = ConvThenLinearNet.example_inputs()
     quantize_model(model, {"conv": I4, "fc": I4}, (x,), range_method="lsq")
+    assert isinstance(model.fc, FakeQuantLinear)
     scale = model.fc.input_quant.scale
     assert isinstance(scale, nn.Parameter)
     assert any(p is scale for p in model.parameters())
@@ -349,9 +363,10 @@ def test_lsq_scale_is_learned():
     assert not torch.equal(scale.detach(), initial)
 
 
-def test_minmax_scale_is_a_buffer_not_a_parameter():
+def test_minmax_scale_is_a_buffer_not_a_parameter() -> None:
     model = ConvThenLinearNet()
     quantize_model(model, {"fc": I8}, ConvThenLinearNet.example_inputs(), range_method=RangeMethod.MINMAX)
+    assert isinstance(model.fc, FakeQuantLinear)
     assert not isinstance(model.fc.input_quant.scale, nn.Parameter)
     assert "fc.input_quant.scale" in model.state_dict()
     assert all("quant" not in name for name, _ in model.named_parameters())
@@ -359,7 +374,7 @@ def test_minmax_scale_is_a_buffer_not_a_parameter():
 
 @pytest.mark.parametrize("name", ["int4", "w4a8", "w8a4", "w8a16", "w16a8", "fp16"])
 @pytest.mark.parametrize("model_cls", [ConvTransposeNet, Conv1dNet, DepthwiseNet])
-def test_every_format_runs_on_every_kind(model_cls, name):
+def test_every_format_runs_on_every_kind(model_cls: NetClass, name: str) -> None:
     model = model_cls().eval()
     (x,) = model_cls.example_inputs()
     xs = torch.rand(4, *x.shape[1:], generator=torch.Generator().manual_seed(5))

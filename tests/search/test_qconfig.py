@@ -1,17 +1,21 @@
 import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from search import Workload
 from search.quant.formats import parse_format
-from search.quant.layers import discover_layers
+from search.quant.layers import LayerGraph, discover_layers
 from search.quant.qat import (
     OUTPUT_QUANT_ATTR,
     ActivationQuantizer,
     FakeQuantConv2d,
     FakeQuantLinear,
+    FakeQuantMixin,
     calibrate,
     quantize_model,
 )
@@ -34,17 +38,17 @@ from tests.search.user_workload import make_workload
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def tiny() -> Workload:
     return make_workload()
 
 
 @pytest.fixture(scope="module")
-def graph(tiny):
+def graph(tiny: Workload) -> LayerGraph:
     return discover_layers(tiny.model, tiny.example_inputs)
 
 
 @pytest.fixture
-def base(graph):
+def base(graph: LayerGraph) -> dict[str, Any]:
     """A valid qconfig as a JSON-ready dict (no scales)."""
     return build_qconfig(None, graph, {"conv": "int8", "fc": "int4"}).model_dump(mode="json")
 
@@ -53,7 +57,7 @@ def quantizer_key(key: str) -> bool:
     return ".input_quant." in key or key.startswith(OUTPUT_QUANT_ATTR + ".")
 
 
-def eval_inputs():
+def eval_inputs() -> torch.Tensor:
     return torch.rand(64, 1, 4, 4, generator=torch.Generator().manual_seed(99))
 
 
@@ -61,7 +65,9 @@ def eval_inputs():
     ("range_method", "assignment"),
     [("minmax", {"conv": "int8", "fc": "int4"}), ("lsq", {"conv": "w4a8", "fc": "int8"})],
 )
-def test_trained_trial_round_trips_through_the_file(tmp_path, tiny, graph, range_method, assignment):
+def test_trained_trial_round_trips_through_the_file(
+    tmp_path: Path, tiny: Workload, graph: LayerGraph, range_method: str, assignment: dict[str, str]
+) -> None:
     run = run_trial(tiny, assignment, qat_steps=5, seed=0, range_method=range_method)
     cfg = build_qconfig(
         run.model,
@@ -90,7 +96,7 @@ def test_trained_trial_round_trips_through_the_file(tmp_path, tiny, graph, range
         assert torch.equal(fresh(x), run.model(x))
 
 
-def test_file_contents_from_a_trained_trial(tiny, graph):
+def test_file_contents_from_a_trained_trial(tiny: Workload, graph: LayerGraph) -> None:
     assignment = {"conv": "int8", "fc": "w8a4"}
     run = run_trial(tiny, assignment, qat_steps=2, seed=0)
     cfg = build_qconfig(run.model, graph, assignment, pin_reasons={"fc": "last layer"}, profile="npu-int4")
@@ -100,10 +106,12 @@ def test_file_contents_from_a_trained_trial(tiny, graph):
     assert (fc.kind, fc.index, fc.format) == ("linear", 1, "w8a4")
     assert conv.weight.quant_min == -127 and conv.weight.quant_max == 127
     assert conv.weight.axis == 0 and conv.weight.granularity == "per_channel" and conv.weight.symmetric
+    assert conv.weight.scale is not None
     assert len(conv.weight.scale) == 8 and conv.weight.zero_point == [0] * 8
     assert conv.activation.signed is False and (conv.activation.quant_min, conv.activation.quant_max) == (0, 255)
     assert conv.activation.zero_point == [0]  # the input images are non-negative
     assert fc.activation.format == "int4" and fc.activation.quant_max == 15
+    assert isinstance(run.model.fc, FakeQuantLinear)
     assert fc.activation.scale == [run.model.fc.input_quant.qparams()[0]]
     assert not conv.pinned and fc.pinned and fc.pin_reason == "last layer"
     assert cfg.output is not None and cfg.output.format == "int4"
@@ -115,11 +123,11 @@ def test_file_contents_from_a_trained_trial(tiny, graph):
     assert cfg.provenance.torch_threads == torch.get_num_threads()  # the summation order the quality depends on
 
 
-def test_no_output_entry_when_last_layer_is_fp32(graph):
+def test_no_output_entry_when_last_layer_is_fp32(graph: LayerGraph) -> None:
     assert build_qconfig(None, graph, {"conv": "int8", "fc": "fp32"}).output is None
 
 
-def test_apply_without_scales_leaves_ranges_to_calibration(tiny, base):
+def test_apply_without_scales_leaves_ranges_to_calibration(tiny: Workload, base: dict[str, Any]) -> None:
     model = copy.deepcopy(tiny.model)
     apply_qconfig(model, base, tiny.example_inputs)
     assert type(model.conv) is FakeQuantConv2d and type(model.fc) is FakeQuantLinear
@@ -133,8 +141,8 @@ def test_apply_without_scales_leaves_ranges_to_calibration(tiny, base):
     assert float(model.conv.input_quant.max_val) == float(x.max())
 
 
-def test_minimal_v1_file_without_optional_fields_loads(tiny):
-    v1 = {
+def test_minimal_v1_file_without_optional_fields_loads(tiny: Workload) -> None:
+    v1: dict[str, Any] = {
         "schema_version": 1,
         "layers": {
             "conv": {
@@ -170,17 +178,18 @@ def test_minimal_v1_file_without_optional_fields_loads(tiny):
     model = copy.deepcopy(tiny.model)
     apply_qconfig(model, cfg, tiny.example_inputs)
     assert type(model.conv) is FakeQuantConv2d
+    assert isinstance(model.fc, FakeQuantMixin)
     assert model.fc.layer_format.name == "fp16"
     assert not hasattr(model, OUTPUT_QUANT_ATTR) or getattr(model, OUTPUT_QUANT_ATTR).fmt.name == "fp16"
 
 
-def test_load_from_text_path_and_dict_agree(tmp_path, base):
+def test_load_from_text_path_and_dict_agree(tmp_path: Path, base: dict[str, Any]) -> None:
     path = tmp_path / "q.json"
     path.write_text(json.dumps(base))
     assert load_qconfig(path) == load_qconfig(str(path)) == load_qconfig(json.dumps(base)) == load_qconfig(base)
 
 
-def test_committed_json_schema_is_current():
+def test_committed_json_schema_is_current() -> None:
     assert SCHEMA_PATH.name == "qconfig.schema.json"
     committed = json.loads(Path(SCHEMA_PATH).read_text())
     assert committed == json_schema(), "regenerate with: python -m search.quant.qconfig"
@@ -190,33 +199,33 @@ def test_committed_json_schema_is_current():
 # -- errors ---------------------------------------------------------------------------------------
 
 
-def test_newer_schema_version_is_refused(base):
+def test_newer_schema_version_is_refused(base: dict[str, Any]) -> None:
     base["schema_version"] = SCHEMA_VERSION + 1
     with pytest.raises(QConfigError, match=rf"schema_version: this file is version {SCHEMA_VERSION + 1}.*upgrade mixq"):
         load_qconfig(base)
 
 
 @pytest.mark.parametrize("version", ["1", None, 1.0, True, 0, -3])
-def test_bad_schema_version(base, version):
+def test_bad_schema_version(base: dict[str, Any], version: object) -> None:
     base["schema_version"] = version
     with pytest.raises(QConfigError, match=r"^schema_version: "):
         load_qconfig(base)
 
 
 @pytest.mark.parametrize("text", ['{"schema_version": 1,', "{'single': 'quotes'}", "{} trailing"])
-def test_malformed_json(text):
+def test_malformed_json(text: str) -> None:
     with pytest.raises(QConfigError, match="qconfig: not valid JSON"):
         load_qconfig(text)
 
 
-def test_top_level_must_be_an_object(tmp_path):
+def test_top_level_must_be_an_object(tmp_path: Path) -> None:
     path = tmp_path / "list.json"
     path.write_text("[1, 2]")
     with pytest.raises(QConfigError, match="top level must be a JSON object"):
         load_qconfig(path)
 
 
-def test_missing_file_is_a_qconfig_error(tmp_path):
+def test_missing_file_is_a_qconfig_error(tmp_path: Path) -> None:
     with pytest.raises(QConfigError, match="qconfig: cannot read"):
         load_qconfig(tmp_path / "nope.json")
 
@@ -229,7 +238,9 @@ def test_missing_file_is_a_qconfig_error(tmp_path):
         (lambda d: d["costs"].update(bitops=float("-inf")), "costs.bitops"),
     ],
 )
-def test_nan_and_infinity_are_refused_naming_the_field(base, edit, field):
+def test_nan_and_infinity_are_refused_naming_the_field(
+    base: dict[str, Any], edit: Callable[[dict[str, Any]], object], field: str
+) -> None:
     edit(base)
     text = json.dumps(base)  # Python writes NaN / Infinity / -Infinity
     assert "NaN" in text or "Infinity" in text
@@ -239,7 +250,7 @@ def test_nan_and_infinity_are_refused_naming_the_field(base, edit, field):
         load_qconfig(base)
 
 
-def test_huge_number_overflowing_to_infinity_is_refused(base):
+def test_huge_number_overflowing_to_infinity_is_refused(base: dict[str, Any]) -> None:
     text = json.dumps(base).replace('"costs": {}', '"costs": {"bitops": 1e999}')
     with pytest.raises(QConfigError, match=r"^costs.bitops: NaN and Infinity"):
         load_qconfig(text)
@@ -253,7 +264,7 @@ def test_huge_number_overflowing_to_infinity_is_refused(base):
         (lambda d: d["layers"]["fc"]["weight"].update(dtype="int4"), "layers.fc.weight.dtype"),
     ],
 )
-def test_unknown_field_is_named(base, edit, field):
+def test_unknown_field_is_named(base: dict[str, Any], edit: Callable[[dict[str, Any]], object], field: str) -> None:
     edit(base)
     with pytest.raises(QConfigError, match=rf"^{field}: Extra inputs are not permitted"):
         load_qconfig(base)
@@ -274,7 +285,9 @@ def test_unknown_field_is_named(base, edit, field):
         (lambda d: d["layers"]["fc"]["activation"].update(format="int8"), "layers.fc", "activation.format: 'int8'"),
     ],
 )
-def test_invalid_values_are_named(base, edit, field, detail):
+def test_invalid_values_are_named(
+    base: dict[str, Any], edit: Callable[[dict[str, Any]], object], field: str, detail: str
+) -> None:
     edit(base)
     with pytest.raises(QConfigError) as err:
         load_qconfig(base)
@@ -282,7 +295,7 @@ def test_invalid_values_are_named(base, edit, field, detail):
     assert detail in str(err.value)
 
 
-def test_missing_layer_is_named_and_model_untouched(tiny, base):
+def test_missing_layer_is_named_and_model_untouched(tiny: Workload, base: dict[str, Any]) -> None:
     del base["layers"]["fc"]
     model = copy.deepcopy(tiny.model)
     with pytest.raises(QConfigError, match=r"^layers: the file has no entry for layer 'fc'"):
@@ -291,7 +304,7 @@ def test_missing_layer_is_named_and_model_untouched(tiny, base):
     assert isinstance(model.bn, torch.nn.BatchNorm2d)
 
 
-def test_extra_layer_is_named(tiny, base):
+def test_extra_layer_is_named(tiny: Workload, base: dict[str, Any]) -> None:
     base["layers"]["ghost"] = copy.deepcopy(base["layers"]["fc"])
     model = copy.deepcopy(tiny.model)
     with pytest.raises(QConfigError, match=r"^layers.ghost: not a quantizable layer of this model"):
@@ -299,24 +312,24 @@ def test_extra_layer_is_named(tiny, base):
     assert type(model.conv) is torch.nn.Conv2d
 
 
-def test_zero_point_out_of_range_is_named(tiny, base):
+def test_zero_point_out_of_range_is_named(tiny: Workload, base: dict[str, Any]) -> None:
     base["layers"]["conv"]["activation"].update(scale=[0.01], zero_point=[300])
     with pytest.raises(QConfigError, match=r"^layers.conv.activation.zero_point: must be in \[0, 255\], got 300"):
         apply_qconfig(copy.deepcopy(tiny.model), base, tiny.example_inputs)
 
 
-def test_output_with_two_scales_is_named(tiny, base):
+def test_output_with_two_scales_is_named(tiny: Workload, base: dict[str, Any]) -> None:
     base["output"].update(scale=[0.1, 0.2], zero_point=[0, 0])
     with pytest.raises(QConfigError, match=r"^output.scale: per-tensor activations take one scale"):
         apply_qconfig(copy.deepcopy(tiny.model), base, tiny.example_inputs)
 
 
-def test_qconfig_file_model_is_strict():
+def test_qconfig_file_model_is_strict() -> None:
     with pytest.raises(Exception, match="layers"):
         QConfigFile.model_validate({"provenance": {"mixq_version": "x", "model_fingerprint": "y"}})
 
 
-def test_conv_transpose_weight_scales_are_per_output_channel_on_axis_1():
+def test_conv_transpose_weight_scales_are_per_output_channel_on_axis_1() -> None:
     model = ConvTransposeNet()
     (x,) = ConvTransposeNet.example_inputs()
     graph = discover_layers(model, (x,))
@@ -325,4 +338,5 @@ def test_conv_transpose_weight_scales_are_per_output_channel_on_axis_1():
     calibrate(model, [x])
     up = build_qconfig(model, graph, assignment).layers["up"]
     assert up.kind == "conv_transpose2d"
+    assert up.weight.scale is not None
     assert up.weight.axis == 1 and len(up.weight.scale) == 3  # ConvTranspose2d(4, 3, ...) weight is (4, 3, 3, 3)

@@ -1,4 +1,5 @@
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 import pytest
 import torch
@@ -51,7 +52,15 @@ def teacher_workload(model: nn.Module) -> Workload:
     )  # fmt: skip
 
 
-PROXIES = [ptq_sensitivity, fisher_sensitivity, hessian_sensitivity]
+class Proxy(Protocol):
+    """What the three proxies share (each adds keyword-only options of its own)."""
+
+    def __call__(
+        self, workload: Workload, layers: Sequence[str] | None = ..., formats: Sequence[str] = ...
+    ) -> list[LayerSensitivity]: ...
+
+
+PROXIES: list[Proxy] = [ptq_sensitivity, fisher_sensitivity, hessian_sensitivity]
 PROXY_IDS = ["ptq", "fisher", "hessian"]
 
 
@@ -66,6 +75,7 @@ def with_outlier_weights(net: ThreeConvNet) -> ThreeConvNet:
     conv2's real weights to zero, so conv2 is by far the most sensitive layer."""
     with torch.no_grad():
         net.conv1.weight[0] = 0.0
+        assert net.conv1.bias is not None
         net.conv1.bias[0] = -1.0  # relu(-1) = 0: a dead channel
         net.conv2.weight[:, 0] = 1000.0 * net.conv2.weight.abs().amax()
     return net
@@ -76,7 +86,7 @@ def scores(records: list[LayerSensitivity], fmt: str) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("proxy", PROXIES, ids=PROXY_IDS)
-def test_a_layer_with_outlier_weights_ranks_first(proxy):
+def test_a_layer_with_outlier_weights_ranks_first(proxy: Proxy) -> None:
     workload = teacher_workload(with_outlier_weights(seeded_net()))
     int4 = scores(proxy(workload, formats=["int4"]), "int4")
     assert max(int4, key=int4.__getitem__) == "conv2"
@@ -84,7 +94,7 @@ def test_a_layer_with_outlier_weights_ranks_first(proxy):
 
 
 @pytest.mark.parametrize("proxy", PROXIES, ids=PROXY_IDS)
-def test_int8_costs_no_more_than_int4(proxy):
+def test_int8_costs_no_more_than_int4(proxy: Proxy) -> None:
     records = proxy(teacher_workload(seeded_net()))
     assert [(r.fqn, r.format) for r in records] == [
         (fqn, fmt) for fqn in ("conv1", "conv2", "conv3") for fmt in ("int8", "int4")
@@ -96,7 +106,7 @@ def test_int8_costs_no_more_than_int4(proxy):
 
 
 @pytest.mark.parametrize("proxy", PROXIES, ids=PROXY_IDS)
-def test_deterministic_and_leaves_the_workload_model_alone(proxy):
+def test_deterministic_and_leaves_the_workload_model_alone(proxy: Proxy) -> None:
     workload = teacher_workload(seeded_net())
     before = {k: v.clone() for k, v in workload.model.state_dict().items()}
     first = proxy(workload, ["conv3", "conv1"], ["int4"])
@@ -108,7 +118,7 @@ def test_deterministic_and_leaves_the_workload_model_alone(proxy):
                for m in workload.model.modules())  # fmt: skip
 
 
-def test_fisher_is_zero_where_quantization_is_exact():
+def test_fisher_is_zero_where_quantization_is_exact() -> None:
     net = seeded_net()
     with torch.no_grad():  # integers in -7..7 with a 7 in every output channel: int4 scale 1, exact
         w = torch.randint(-7, 8, net.conv2.weight.shape, generator=torch.Generator().manual_seed(3)).float()
@@ -124,7 +134,7 @@ def test_fisher_is_zero_where_quantization_is_exact():
     assert hessian["conv1"] > 0.0 and hessian["conv3"] > 0.0
 
 
-def test_fp32_costs_nothing():
+def test_fp32_costs_nothing() -> None:
     records = [r for proxy in PROXIES for r in proxy(teacher_workload(seeded_net()), formats=["fp32"])]
     assert [r.score for r in records] == [0.0] * 9
 
@@ -140,42 +150,44 @@ def test_fp32_costs_nothing():
     ],
 )  # fmt: skip
 @pytest.mark.parametrize("proxy", PROXIES, ids=PROXY_IDS)
-def test_bad_arguments_name_the_field(proxy, kwargs, message):
+def test_bad_arguments_name_the_field(proxy: Proxy, kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match="^" + message.replace("(", r"\(")):
         proxy(teacher_workload(seeded_net()), **kwargs)
 
 
-def test_fisher_needs_a_batch():
+def test_fisher_needs_a_batch() -> None:
     with pytest.raises(ValueError, match="num_batches: at least 1, got 0"):
         fisher_sensitivity(teacher_workload(seeded_net()), num_batches=0)
 
 
-def test_hessian_needs_a_sample():
+def test_hessian_needs_a_sample() -> None:
     with pytest.raises(ValueError, match="samples: at least 1, got 0"):
         hessian_sensitivity(teacher_workload(seeded_net()), samples=0)
 
 
-def test_hessian_trace_of_a_quadratic_loss_is_exact():
+def test_hessian_trace_of_a_quadratic_loss_is_exact() -> None:
     """One linear-in-weights layer with MSE loss: the Hessian of the loss in the weights is
     constant, so Hutchinson's estimate averages to its trace; conv2's score is then
     ``trace / numel * ||Q(W) - W||^2`` with the trace computed here independently
     (the mean of v^T H v over many Rademacher v, H from torch.autograd.functional.hessian)."""
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 1, 1))
+    first, second = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 1, 1)  # built in the same order as before
+    net = nn.Sequential(first, second)
     workload = teacher_workload(net)
     workload.example_inputs = ThreeConvNet.example_inputs()
     gen = torch.Generator().manual_seed(0)
     x, target = next(workload.train_batches(gen))
-    w0 = net[0].weight.detach().clone()
+    w0 = first.weight.detach().clone()
 
     def loss_of(w: Tensor) -> Tensor:
-        return F.mse_loss(net[1](F.conv2d(x, w, net[0].bias, padding=1)), target)
+        return F.mse_loss(second(F.conv2d(x, w, first.bias, padding=1)), target)
 
     exact_trace = float(torch.autograd.functional.hessian(loss_of, w0).reshape(w0.numel(), -1).trace())
     est = scores(hessian_sensitivity(workload, layers=["0"], formats=["int4"], samples=200), "int4")["0"]
     from search.quant.formats import parse_format
-    from search.quant.qat import RangeMethod, to_fake_quant
-    twin = to_fake_quant(net[0], parse_format("int4"), RangeMethod.MINMAX)
+    from search.quant.qat import FakeQuantMixin, RangeMethod, to_fake_quant
+    twin = to_fake_quant(first, parse_format("int4"), RangeMethod.MINMAX)
+    assert isinstance(twin, FakeQuantMixin)
     perturbation = float((twin.weight_quant(w0) - w0).square().sum())
     # each sample draws its own batch and the Hessian depends on the inputs, so the estimate is
     # compared with one batch's trace (the batches are alike: uniform noise of one size)

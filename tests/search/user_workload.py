@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from search import Workload
-from search.train import train_steps
 from search.workloads.base import random_batches
+from search.workloads.training import train_steps
 
 N_CLASSES = 3
 
@@ -72,4 +72,4 @@ def not_a_workload() -> int:
 
 def broken_factory(width: int = 8) -> Workload:
     """A factory with a bug of its own (for the error-path test): its TypeError must surface."""
-    return make_workload(width=width) + 1  # type: ignore[operator]
+    return make_workload(width=width) + 1  # type: ignore[operator, return-value]

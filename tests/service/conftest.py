@@ -30,7 +30,7 @@ PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 
 def pg_admin(sql: str) -> None:
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=3) as conn:
-        conn.execute(sql)  # type: ignore[arg-type]
+        conn.execute(sql)
 
 
 def _pg_available() -> bool:
@@ -72,7 +72,7 @@ def pg_empty(name: str) -> None:
             "AND tablename NOT IN ('mixq_alembic_version', 'alembic_version')"
         )]
         if tables:
-            conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")  # type: ignore[arg-type]
+            conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
 
 
 @pytest.fixture

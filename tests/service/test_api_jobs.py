@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from conftest import FAST_JOB
@@ -84,7 +85,7 @@ def test_concurrent_duplicate_submissions_make_one_job(client: TestClient) -> No
         pytest.param({**FAST_JOB, "workload_options": {"bogus": 1}}, "workload_options", id="unknown-workload-option"),
     ],
 )
-def test_bad_job_specs_are_422_naming_the_field(client: TestClient, body: dict, field: str) -> None:
+def test_bad_job_specs_are_422_naming_the_field(client: TestClient, body: dict[str, Any], field: str) -> None:
     r = client.post("/v1/jobs", json=body)
     assert r.status_code == 422, r.text
     assert field in json.dumps(r.json()["detail"])
@@ -228,7 +229,7 @@ def test_trials_on_front_agrees_with_pareto_while_running(client: TestClient, db
     assert points and {t["number"] for t in listed if t["on_front"]} == points
 
 
-def test_entry_point_workloads_need_the_operator_allow_list(settings: Settings, db: Database, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_entry_point_workloads_need_the_operator_allow_list(settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     from service.main import create_app
 
     monkeypatch.setenv("MIXQ_ALLOWED_WORKLOADS", "mypkg.models:make_workload, other.mod:factory")

@@ -32,6 +32,7 @@ def _run(client: TestClient, db: Database, settings: Settings, spec: dict[str, o
     assert job.status_code == 201, job.text
     worker = Worker(db, settings)
     job_id = worker.next_job()
+    assert job_id is not None
     assert job_id == job.json()["id"]
     worker.run_job(job_id)
     done = client.get(f"/v1/jobs/{job_id}").json()

@@ -182,6 +182,7 @@ def test_job_on_an_uploaded_model(client: TestClient, db: Database, settings: Se
     assert job.status_code == 201, job.text
     worker = Worker(db, settings)
     job_id = worker.next_job()
+    assert job_id is not None
     assert job_id == job.json()["id"]
     worker.run_job(job_id)
     done = client.get(f"/v1/jobs/{job_id}").json()

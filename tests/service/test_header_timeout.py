@@ -130,4 +130,4 @@ def test_serve_passes_the_header_timeout_to_uvicorn() -> None:
     config = uvicorn_config(Settings(header_timeout_s=3.5), object())
     assert isinstance(config.http, type) and issubclass(config.http, HeaderTimeoutH11Protocol)
     assert config.http.header_timeout_s == 3.5
-    assert uvicorn_config(Settings(), object()).http.header_timeout_s == 10.0  # type: ignore[union-attr]
+    assert uvicorn_config(Settings(), object()).http.header_timeout_s == 10.0

@@ -485,7 +485,8 @@ def test_conv_flatten_linear_from_onnx_is_exported_without_free_spatial_axes(tmp
             return self.fc(self.conv(x).reshape(-1, 4 * 8 * 8))
 
     buf = io.BytesIO()
-    torch.onnx.export(ConvReshapeLinear().eval(), (torch.zeros(1, 1, 8, 8),), buf, dynamo=False, opset_version=17)
+    # the TorchScript exporter writes to file objects too
+    torch.onnx.export(ConvReshapeLinear().eval(), (torch.zeros(1, 1, 8, 8),), buf, dynamo=False, opset_version=17)  # type: ignore[arg-type]
     model = load_model(buf.getvalue())
     example = (torch.randn(1, 1, 8, 8),)
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]

@@ -13,6 +13,7 @@ import pytest
 import schemathesis
 import torch
 from fastapi.testclient import TestClient
+from schemathesis.core.result import Ok
 from torch import nn
 
 from search.quant.layers import discover_layers
@@ -102,5 +103,8 @@ def test_binary_downloads_and_events_are_described(doc: dict[str, Any]) -> None:
 
 def test_schemathesis_loads_every_operation(doc: dict[str, Any]) -> None:
     schema = schemathesis.openapi.from_dict(doc)
-    operations = [result.ok() for result in schema.get_all_operations()]
+    operations = []
+    for result in schema.get_all_operations():
+        assert isinstance(result, Ok), result.err()
+        operations.append(result.ok())
     assert len(operations) >= len(OPERATION_IDS)

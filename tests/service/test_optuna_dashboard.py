@@ -9,7 +9,7 @@ from typing import Any
 from wsgiref.util import setup_testing_defaults
 
 import optuna
-import optuna_dashboard  # type: ignore[import-untyped]
+import optuna_dashboard
 import pytest
 from conftest import FAST_JOB
 from fakes import make_fake_run_search, tiny_workload

@@ -15,11 +15,13 @@ import httpx
 import optuna
 import pytest
 from conftest import FAST_JOB
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 from test_worker import status_of, trial_count, wait_for
 
 from service.db import Database
 from service.models import Trial
+from service.settings import Settings
 
 HERE = Path(__file__).parent
 
@@ -43,7 +45,7 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def test_sigkilled_worker_loses_only_its_trial(
-    db: Database, settings, client, processes: list[subprocess.Popen[bytes]]  # type: ignore[no-untyped-def]
+    db: Database, settings: Settings, client: TestClient, processes: list[subprocess.Popen[bytes]]
 ) -> None:
     from test_worker import submit
 
@@ -103,7 +105,7 @@ def start_api(url: str, port: int, tmp_path: Path) -> subprocess.Popen[bytes]:
 
 
 def test_api_restart_mid_job_loses_nothing(
-    db: Database, settings, tmp_path: Path, processes: list[subprocess.Popen[bytes]]  # type: ignore[no-untyped-def]
+    db: Database, settings: Settings, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
     url = settings.resolved_database_url
     port = free_port()

@@ -79,7 +79,7 @@ def test_cross_site_writes_are_refused(
             ("PUT", "/v1/jobs", {}), ("PATCH", "/v1/jobs", {}),
         ]
         for method, path, kwargs in writes:
-            response = c.request(method, path, headers=headers, **kwargs)  # type: ignore[arg-type]
+            response = c.request(method, path, headers=headers, **kwargs)
             assert response.status_code == 403, (method, path)
             assert response.json()["detail"].startswith(named + ":")
         if job_id is not None:

@@ -14,6 +14,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -56,7 +57,9 @@ def pt2_bytes() -> bytes:
 def npz_bytes(n: int = 40, **extra: np.ndarray) -> bytes:
     rng = np.random.default_rng(0)
     buf = io.BytesIO()
-    np.savez(buf, x_train=rng.random((n, 1, 8, 8), dtype=np.float32), y_train=rng.integers(0, 10, n), **extra)
+    # allow_pickle=True is numpy's default, spelled out so that mypy does not match **extra to it
+    np.savez(buf, allow_pickle=True, x_train=rng.random((n, 1, 8, 8), dtype=np.float32), y_train=rng.integers(0, 10, n),
+             **extra)
     return buf.getvalue()
 
 
@@ -83,7 +86,8 @@ def replace_member(archive: bytes, suffix: str, payload: bytes, add: str | None 
 
 def onnx_bytes() -> bytes:
     buf = io.BytesIO()
-    torch.onnx.export(ConvThenLinearNet().eval(), ConvThenLinearNet.example_inputs(), buf, dynamo=False, opset_version=17)
+    # the TorchScript exporter writes to file objects too
+    torch.onnx.export(ConvThenLinearNet().eval(), ConvThenLinearNet.example_inputs(), buf, dynamo=False, opset_version=17)  # type: ignore[arg-type]
     return buf.getvalue()
 
 
@@ -191,7 +195,7 @@ def test_uploaded_onnx_becomes_a_workload(good_onnx: bytes) -> None:
     assert 0.0 <= workload.evaluate(workload.model) <= 1.0 and workload.metric == "accuracy"
 
 
-def upload(client: TestClient, path: str, name: str, data: bytes, filename: str = "f") -> tuple[int, dict]:
+def upload(client: TestClient, path: str, name: str, data: bytes, filename: str = "f") -> tuple[int, dict[str, Any]]:
     r = client.post(path, files={"file": (filename, data)}, data={"name": name})
     return r.status_code, r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
 

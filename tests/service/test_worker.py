@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import optuna
 import pytest
@@ -58,7 +59,7 @@ def test_concurrent_claimers_never_double_claim(db: Database, settings: Settings
 
     def claim_all(claimer: Database) -> list[int]:
         barrier.wait()
-        got = []
+        got: list[int] = []
         while True:
             with claimer.session() as session:
                 job_id = store.claim_queued_job(session)
@@ -175,7 +176,7 @@ def test_deleting_a_running_job_stops_its_worker(client: TestClient, db: Databas
     assert not thread.is_alive() and trial_count(db, job_id) == 0
 
 
-def test_readyz_is_503_while_the_database_is_unreachable(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_readyz_is_503_while_the_database_is_unreachable(tmp_path: Path) -> None:
     url = "postgresql+psycopg://postgres@127.0.0.1:1/none"  # nothing listens on port 1
     with TestClient(create_app(Settings(database_url=url, data_dir=tmp_path))) as c:
         r = c.get("/readyz")
@@ -184,7 +185,7 @@ def test_readyz_is_503_while_the_database_is_unreachable(tmp_path) -> None:  # t
         assert c.get("/v1/jobs").status_code == 503  # not a 500
 
 
-def test_dropped_connections_mid_job_are_survived(pg_url: str, pg_session_db: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_dropped_connections_mid_job_are_survived(pg_url: str, pg_session_db: str, tmp_path: Path) -> None:
     settings = Settings(database_url=pg_url, data_dir=tmp_path, heartbeat_interval_s=0.2, stale_after_s=2.0,
                         poll_interval_s=0.1)
     db = Database(pg_url)
@@ -194,7 +195,10 @@ def test_dropped_connections_mid_job_are_survived(pg_url: str, pg_session_db: st
     thread.start()
     try:
         for at in (2, 5):
-            wait_for(lambda at=at: trial_count(db, job_id) >= at, what=f"{at} trials")
+            def reached(at: int = at) -> bool:
+                return trial_count(db, job_id) >= at
+
+            wait_for(reached, what=f"{at} trials")
             pg_admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                      f"WHERE datname = '{pg_session_db}' AND pid <> pg_backend_pid()")
         wait_for(lambda: status_of(db, job_id) == "succeeded", what="job to succeed after dropped connections")
