@@ -378,7 +378,8 @@ def search_command(
         hint = fidelity_line(spec, graph)
         if hint:
             console.print(hint)
-        how = "as asked" if spec.maps_per_pass is not None else "automatic, from the model's size and the device"
+        how = ("as asked" if spec.maps_per_pass is not None
+               else "automatic: several only where a training step is overhead, not arithmetic, and fits in memory")
         console.print(f"maps per QAT pass: {resolve_maps_per_pass(spec, wl, graph)} ({how}; --maps-per-pass sets it)")
 
         with _trial_failures_reported(debug) as failures, Progress(

@@ -133,10 +133,14 @@ def next_work(spec: SearchSpec, counts: StudyCounts, *, space_size: int, elapsed
 
 # -- maps per QAT pass (spec.maps_per_pass) -------------------------------------------------------
 
-# Provisional defaults, until bench/batched_qat.py's speedups at K = 1..16 settle them: on a CPU a small
-# model's QAT step is per-operator overhead, which K maps in one pass share; a GPU is idle at these sizes.
+# On a CPU batching shares per-operator overhead, not arithmetic (bench/results/batched_qat/default.md, 1
+# thread, K = 8 vs one map at a time): corpus kws 2.55x, resnet18 2.36x, espcn 1.92x at 0.02-0.63M MACs per
+# layer per training step; digits 0.91x (6.2M), denoise-deep 0.97x (16.8M), denoise 0.88x (51M) gained
+# nothing or lost.  So a CPU batches only below BATCHING_PAYS_BELOW_MACS.  GPU: not measured (no device was
+# lent); a small model's step there is kernel-launch overhead, so it batches, provisionally.
 AUTO_MAPS_CPU = 8
 AUTO_MAPS_GPU = 16
+BATCHING_PAYS_BELOW_MACS = 2_000_000  # mean MACs per layer of one training step, on a CPU
 # above these sizes a map's step is compute, not overhead, and several maps only add memory
 SMALL_MODEL_PARAMS_CPU = 2_000_000
 SMALL_MODEL_PARAMS_GPU = 50_000_000
@@ -153,13 +157,18 @@ def map_bytes(n_params: int, activation_values: int) -> int:
     return 4 * (VALUES_PER_PARAM * n_params + VALUES_PER_ACTIVATION * activation_values)
 
 
-def auto_maps_per_pass(n_params: int, activation_values: int, device_type: str, free_bytes: int | None) -> int:
-    """How many maps one QAT pass trains when ``maps_per_pass`` is automatic: :data:`AUTO_MAPS_CPU` (or
-    :data:`AUTO_MAPS_GPU` on a GPU) for a small model, 1 for a large one; never more than fit
-    :data:`MEMORY_SHARE` of ``free_bytes`` (the device's free memory; None: not known, no cap), and at
-    least 1.  ``activation_values`` counts the values one forward pass of the example inputs produces."""
+def auto_maps_per_pass(n_params: int, activation_values: int, device_type: str, free_bytes: int | None,
+                       layer_macs_per_step: float = 0.0) -> int:
+    """How many maps one QAT pass trains when ``maps_per_pass`` is automatic: on a CPU
+    :data:`AUTO_MAPS_CPU` where a training step is overhead-bound (a small model whose layers average
+    fewer than :data:`BATCHING_PAYS_BELOW_MACS` MACs per step, ``layer_macs_per_step``), else 1; on a GPU
+    :data:`AUTO_MAPS_GPU` below :data:`SMALL_MODEL_PARAMS_GPU`; never more than fit :data:`MEMORY_SHARE` of
+    ``free_bytes`` (the device's free memory; None: not known, no cap), and at least 1.
+    ``activation_values`` counts the values one forward pass of the training batch produces."""
     gpu = device_type != "cpu"
     if n_params > (SMALL_MODEL_PARAMS_GPU if gpu else SMALL_MODEL_PARAMS_CPU):
+        return 1
+    if not gpu and layer_macs_per_step >= BATCHING_PAYS_BELOW_MACS:
         return 1
     maps = AUTO_MAPS_GPU if gpu else AUTO_MAPS_CPU
     if free_bytes is not None:

@@ -655,9 +655,24 @@ def maps_per_pass(spec: SearchSpec, workload: Workload, graph: LayerGraph, evalu
     if evaluator is not None:
         return 1
     n_params = sum(p.numel() for p in workload.model.parameters())
-    activations = sum(math.prod(layer.output_shape) for layer in graph.layers)
+    scale = training_batch_scale(workload)  # the layer graph is of the example inputs; a step trains a batch
+    activations = int(scale * sum(math.prod(layer.output_shape) for layer in graph.layers))
+    layer_macs = scale * sum(layer.macs for layer in graph.layers) / max(1, len(graph.layers))
     device = resolve_device(spec.device)
-    return auto_maps_per_pass(n_params, activations, device.type, free_memory(device))
+    return auto_maps_per_pass(n_params, activations, device.type, free_memory(device), layer_macs)
+
+
+def training_batch_scale(workload: Workload) -> float:
+    """How many example inputs' worth of values a batch holds: the first calibration batch's first input
+    over the first example input (1 where either is not a tensor).  The calibration data stands in for the
+    training stream, which is user code not to be run before the fp32 check; it is as large or larger on
+    every built-in and corpus workload, so the estimate errs toward one map per pass."""
+    example = workload.example_inputs[0] if workload.example_inputs else None
+    batch = workload.calibration_batches[0][0] if workload.calibration_batches else None
+    first = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+    if not isinstance(first, torch.Tensor) or not isinstance(example, torch.Tensor) or example.numel() == 0:
+        return 1.0
+    return max(1.0, first.numel() / example.numel())
 
 
 def free_memory(device: torch.device) -> int | None:

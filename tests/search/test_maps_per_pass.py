@@ -25,6 +25,7 @@ from search.study.attrs import TrialKey
 from search.study.budget import (
     AUTO_MAPS_CPU,
     AUTO_MAPS_GPU,
+    BATCHING_PAYS_BELOW_MACS,
     SMALL_MODEL_PARAMS_CPU,
     StudyCounts,
     auto_maps_per_pass,
@@ -80,6 +81,24 @@ def test_automatic_k_follows_the_model_size_and_the_device_memory() -> None:
     assert auto_maps_per_pass(small, 50_000, "cpu", 12 * one) == 3  # a quarter of the free memory: 3 maps
     assert auto_maps_per_pass(small, 50_000, "cpu", one) == 1  # not even one fits: still one map at a time
     assert auto_maps_per_pass(small, 50_000, "cpu", 10**15) == AUTO_MAPS_CPU  # memory never raises it
+    # arithmetic-bound steps (bench/results/batched_qat: digits, denoise) gain nothing on a CPU: one map
+    assert auto_maps_per_pass(small, 50_000, "cpu", None, BATCHING_PAYS_BELOW_MACS) == 1
+    assert auto_maps_per_pass(small, 50_000, "cpu", None, BATCHING_PAYS_BELOW_MACS / 4) == AUTO_MAPS_CPU
+    assert auto_maps_per_pass(small, 50_000, "cuda", None, 10 * BATCHING_PAYS_BELOW_MACS) == AUTO_MAPS_GPU
+
+
+def test_automatic_k_batches_the_small_corpus_cnns_and_not_the_builtin_denoisers() -> None:
+    """The rule read from the measured speedups, on the workloads measured: batched where K = 8 paid
+    (corpus kws, espcn), one map where it did not (digits, denoise)."""
+    from tests.corpus.models import corpus_workload
+
+    from search import discover_layers, load_workload
+    from search.study.runner import maps_per_pass
+
+    for workload, expected in [(corpus_workload("kws"), 8), (corpus_workload("espcn"), 8),
+                               (load_workload("digits", TINY), 1), (load_workload("denoise", {"pretrain_steps": 30}), 1)]:
+        graph = discover_layers(workload.model, workload.example_inputs)
+        assert maps_per_pass(SearchSpec(workload="digits"), workload, graph) == expected
 
 
 def counts(completed: int = 0, running: int = 0, distinct: int | None = None, used: int = 0) -> StudyCounts:
@@ -104,8 +123,13 @@ def test_maps_per_pass_is_bounded_and_its_error_names_the_field(bad: object) -> 
         spec(maps_per_pass=bad)
 
 
-def test_automatic_k_is_chosen_for_the_search_and_recorded_in_its_result() -> None:
-    # tiny digits on a CPU is a small model: the provisional default; a benchmark evaluator keeps 1
+def test_automatic_k_is_chosen_for_the_search_and_recorded_in_its_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    # digits' step (6M MACs per layer) is arithmetic on a CPU: one map per pass; were the threshold above it,
+    # the small model would batch AUTO_MAPS_CPU; a benchmark evaluator keeps 1
+    assert run_search(spec(n_trials=2, qat_steps=1)).maps_per_pass == 1
+    import search.study.budget as budget
+
+    monkeypatch.setattr(budget, "BATCHING_PAYS_BELOW_MACS", 10**12)
     trained = run_search(spec(n_trials=2, qat_steps=1))
     assert trained.maps_per_pass == AUTO_MAPS_CPU and trained.to_json()["maps_per_pass"] == AUTO_MAPS_CPU
     table = run_search(spec(n_trials=2), evaluator=lambda a, s: 0.5)
