@@ -28,11 +28,14 @@ Every Conv / ConvTranspose / Gemm / MatMul whose weight is a constant is a layer
 ``nn.Linear``); a MatMul or Gemm of two computed values (attention's ``Q K^T`` and ``A V``) runs in float
 and is listed in :attr:`OnnxModule.float_matmuls`.
 
-Axis 0 of each graph input is the batch, and may be symbolic (``dynamic_axes``; the model is then built
-with batch 1): a Reshape whose target keeps the declared batch size follows the batch it is given, and so
-does an Expand whose target's axis 0 was computed from a ``Shape`` (a class token expanded to
-``x.shape[0]``), so a model exported with batch 1 trains with any batch.  A file exported with a fixed
-batch may have that batch written into constants by the exporter: export with a symbolic batch then.
+The batch is axis 0 of the graph input (or its one symbolic axis whose name has ``batch``), and may be
+symbolic (``dynamic_axes``; the model is then built with batch 1).  While the module is built, each step also
+runs at the batch + 1 (the shadow build, :func:`load_onnx_model`): shape arithmetic (``Shape -> Gather -> Mul ->
+Concat``) is folded at both batches, and a Reshape or Expand whose target follows the batch computes it from the
+batch at each forward; a Reshape of a static file whose constant target keeps the batch at axis 0 follows it
+too.  A model exported with a fixed batch may have that batch written into constants by the exporter: it then
+runs at that batch only, :attr:`OnnxModule.fixed_batch` names the node where the batch stops following, and the
+forward refuses another batch with that reason (export with a symbolic batch then).
 """
 
 from __future__ import annotations
@@ -101,6 +104,8 @@ class OnnxModule(nn.Module):
         self.batch_axis = 0  # of the graph input: its symbolic axis if it has one, else 0
         # None: the graph runs at any batch (checked while it was built); else why it runs at its own only
         self.fixed_batch: str | None = None
+        # an integer input indexes tables (Gather: an embedding): the ids it takes are 0..index_limit-1
+        self.index_limit: int | None = None
         self._input_names: list[str] = []
         self._output_names: list[str] = []
         self._steps: list[_Step] = []
@@ -799,7 +804,7 @@ def _gather(node: Node) -> Runner:
         x, i = _a0(a), a[1]
         assert i is not None
         y = torch.index_select(x, axis, torch.where(i < 0, i + dim, i).reshape(-1))
-        return y.squeeze(axis) if not idx_shape else y.unflatten(axis, idx_shape)
+        return y.squeeze(axis) if not idx_shape else y.unflatten(axis, i.shape)  # computed indices follow the batch
     return run
 
 
@@ -1305,6 +1310,7 @@ def load_onnx_model(data: bytes) -> OnnxModule:
     shadow_constants: dict[str, np.ndarray] = {}  # the constants that follow the batch: their value at b1
     shadow_view = ChainMap(shadow_constants, constants)
     batch_axes: dict[str, int] = {input_name: batch_axis}  # the axis of each computed value that follows the batch
+    ids = {input_name} if not in_dtype.is_floating_point else set()  # the integer input, and its casts and reshapes
     if math.prod(shadow_shape) > MAX_ELEMENTS:
         shadow, module.fixed_batch = None, f"the input at batch {b1} would have more than {MAX_ELEMENTS} elements"
 
@@ -1411,6 +1417,11 @@ def load_onnx_model(data: bytes) -> OnnxModule:
         module._steps.append(step)
         if shadow is not None:
             shadow_run(node, step, submodule, results)
+        if proto.op_type in _ID_VIEWS and proto.input[0] in ids:
+            ids.add(proto.output[0])
+        if proto.op_type == "Gather" and proto.input[1] in ids:  # a table looked up by the input's ids
+            size = node.shape(0)[node.axis(int(node.attr("axis", 0)), node.rank(0))]
+            module.index_limit = min(size, module.index_limit or size)
 
     def shadow_run(node: Node, step: _Step, submodule: nn.Module | None, results: tuple[Tensor, ...]) -> None:
         assert shadow is not None
@@ -1485,6 +1496,9 @@ def load_onnx_model(data: bytes) -> OnnxModule:
     if module.fixed_batch is None:
         _check_other_batch(module, {o.name: batch_axes.get(o.name) for o in graph.output})
     return module
+
+
+_ID_VIEWS = ("Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Transpose")
 
 
 def _batch_operand(run: BatchRun, at_b0: np.ndarray, at_b1: np.ndarray, b0: int, batch_axis: int) -> Runner:

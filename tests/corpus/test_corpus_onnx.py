@@ -39,12 +39,9 @@ WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # from opset 14 only: the attention models take 14 where the grid says 13.
 EXPORTS = [("torchscript", 17), ("torchscript", 13), ("dynamo", 18), ("dynamo", 20)]
 MIN_OPSET = {"vit": 14, "text_encoder": 14}
-# what the importer refuses, with the message it gives (a regex): see the report of issue 19
-REFUSED: dict[tuple[str, str], str] = {
-    # integer token inputs (nn.Embedding): the importer takes float32 graph inputs only
-    ("text_encoder", "torchscript"): r"graph input 'input\.1' must be a float32 tensor",
-    ("text_encoder", "dynamo"): r"graph input 'tokens' must be a float32 tensor",
-}
+# what the importer refuses, with the message it gives (a regex): none now (the text encoder's int64 token
+# input was refused until integer inputs were accepted)
+REFUSED: dict[tuple[str, str], str] = {}
 
 
 @functools.cache
@@ -141,11 +138,13 @@ UPLOADED = [
 
 
 @functools.cache
-def exported_dynamic(name: str, exporter: str, opset: int) -> bytes:
-    """Corpus model ``name`` (trained-like) exported with a symbolic batch axis (named ``batch``)."""
+def exported_dynamic(name: str, exporter: str, opset: int, dtype: torch.dtype | None = None) -> bytes:
+    """Corpus model ``name`` (trained-like) exported with a symbolic batch axis (named ``batch``); ``dtype``:
+    the example's (token ids as int32, say)."""
     model, (example,) = build(name, trained=True)
     dim = BATCH_DIM.get(name, 0)
     example = input_batch(name, example, 2, torch.Generator().manual_seed(0))  # torch.export specialises a 1
+    example = example.to(dtype) if dtype is not None else example
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
@@ -230,6 +229,34 @@ def test_vit_exported_with_a_dynamic_batch_runs_at_any_batch(exporter: str, opse
         with torch.no_grad():
             got = module(x).numpy()
         assert got.shape == (batch, 10) and max_relative_error(got, want) <= 1e-4
+
+
+@pytest.mark.parametrize("exporter, opset, dtype", [("torchscript", 17, torch.int64), ("dynamo", 18, torch.int64),
+                                                     ("torchscript", 17, torch.int32)])
+def test_text_encoder_takes_integer_tokens_at_any_batch_and_is_searched(
+        exporter: str, opset: int, dtype: torch.dtype) -> None:
+    """nn.Embedding -> seq-first nn.TransformerEncoder, its (sequence, batch) token ids int64 or int32, the batch
+    axis symbolic (axis 1, named batch): the file imports (refused before: 'graph input must be a float32
+    tensor'), matches onnxruntime at two batch sizes, says which ids its embedding takes, and a 3-trial search
+    runs on the imported module."""
+    data = exported_dynamic("text_encoder", exporter, opset, dtype)
+    module = load_onnx_model(data)
+    assert module.input_dtypes == [dtype] and module.batch_axis == 1 and module.fixed_batch is None
+    assert module.index_limit == 50  # the vocabulary of the embedding
+    session = ort.InferenceSession(data)
+    for batch in (2, 5):
+        tokens = torch.randint(0, 50, (12, batch), generator=torch.Generator().manual_seed(batch), dtype=dtype)
+        want = session.run(None, {"x": tokens.numpy()})[0]
+        with torch.no_grad():
+            got = module(tokens).numpy()
+        assert got.shape == (batch, 4) and max_relative_error(got, want) <= 1e-4
+    workload = dataclasses.replace(corpus_workload("text_encoder", n_train=8, batch_size=2), model=module,
+                                   example_inputs=module.example_inputs(), name="onnx-text_encoder")
+    spec = SearchSpec(workload="onnx-text_encoder", n_trials=3, qat_steps=2, reevaluate_front=0,
+                      seed_with_sensitivity=False, formats=("int4", "int8"), pin_first_last=None)
+    result = run_search(spec, workload=workload)
+    assert len(result.trials) == 3 and result.front
+    assert len(result.layers) == weighted_nodes(data) == 9  # 2 x (packed qkv, out, 2 MLP) + the classifier
 
 
 def test_lrn_if_on_a_static_condition_is_inlined() -> None:
