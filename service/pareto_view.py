@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from search import objective_vector, pareto_numbers
 from service import store
 from service.models import ArtefactKind, Job, JobStatus, Trial, TrialState
-from service.schemas import ArtefactsOut, LayerOut, TrialOut
+from service.schemas import ArtefactsOut, FloatLayerOut, LayerOut, TrialOut, split_layers
 
 
 def trial_fragment(trial: Trial) -> bytes:
@@ -104,16 +104,18 @@ class ParetoViews:
         front = view.final_front if job.front_final else pareto_numbers(list(view.vectors.items()))
         view.front = front
         pinned = job.pinned or {}
+        rows, float_rows = split_layers(job.layers or [])
         layers = [
             LayerOut(**{**layer, "pinned": layer.get("fqn") in pinned, "pin_reason": pinned.get(layer.get("fqn", ""))})
             .model_dump(mode="json")
-            for layer in (job.layers or [])
+            for layer in rows
         ]
+        float_layers = [FloatLayerOut(**row).model_dump(mode="json") for row in float_rows]
         head = json.dumps({
             "job_id": job.id, "metric": job.metric, "higher_is_better": job.higher_is_better,
             "fp32_quality": job.fp32_quality,
             "cost_objectives": [str(c) for c in job.spec.get("cost_objectives", ["bitops"])], "layers": layers,
-            "artefacts": view.artefacts,
+            "float_layers": float_layers, "artefacts": view.artefacts,
         })[:-1].encode()
         on, off = b',"on_front":true}', b',"on_front":false}'
         points = b",".join(view.fragments[n] + on for n in view.numbers if n in front)

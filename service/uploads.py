@@ -115,6 +115,8 @@ def inspect_model_here(data: bytes) -> dict[str, Any]:
         info["index_limit"] = module.index_limit
     if len(graph.layers) <= MAX_LISTED_LAYERS:
         info["graph"] = graph.as_dicts()
+    # what stays float (attention's Q K^T and A V): in every trial's cost at float precision, never searched
+    info["float_layers"] = [f.as_dict() for f in graph.float_layers[:MAX_LISTED_LAYERS]]
     return info
 
 

@@ -3,6 +3,7 @@ converted and inspected in the sandbox, listing every weighted layer; a hostile 
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from pathlib import Path
@@ -126,7 +127,8 @@ def test_a_model_fixed_at_its_batch_takes_that_batch_size_only(settings: Any, db
         assert r.status_code == 201, r.text
 
 
-def test_token_model_workload_trains_on_integer_batches_and_is_searched() -> None:
+@functools.cache
+def _token_search() -> Any:
     from search import SearchSpec, run_search
     from service.uploads import build_workload
 
@@ -136,5 +138,37 @@ def test_token_model_workload_trains_on_integer_batches_and_is_searched() -> Non
     assert x.dtype == torch.int64 and x.shape == (4, 6) and workload.example_inputs[0].dtype == torch.int64
     spec = SearchSpec(workload="tokens", n_trials=2, qat_steps=2, reevaluate_front=0, seed_with_sensitivity=False,
                       formats=("int4", "int8"), pin_first_last=None)
-    result = run_search(spec, workload=workload)
+    return run_search(spec, workload=workload)
+
+
+def test_token_model_workload_trains_on_integer_batches_and_is_searched() -> None:
+    result = _token_search()
     assert len(result.trials) == 2 and len(result.layers) == 5
+
+
+def test_the_pareto_response_lists_the_float_layers_apart_from_the_searched_ones(settings: Any, db: Any) -> None:
+    """The attention matmuls (Q K^T, A V) of the token model are counted in the costs but not searched: the
+    API lists them under float_layers with kind, reason and MACs; the searched layers stay as they were."""
+    from conftest import FAST_JOB
+    from test_limits import _client
+
+    from service import store
+    from service.worker import _layers_with_pins
+
+    result = _token_search()
+    assert result.float_layers
+    layers, pinned = _layers_with_pins(result)
+    with db.session() as session:
+        job_id = store.add_job(session, "local", FAST_JOB, 2, 0, None).id
+        store.set_job_info(session, job_id, "accuracy", True, 0.5, layers, pinned)
+    with _client(settings, db) as client:
+        body = client.get(f"/v1/jobs/{job_id}/pareto").json()
+    assert [layer["fqn"] for layer in body["layers"]] == [layer.fqn for layer in result.layers]
+    assert body["float_layers"] == [
+        {"fqn": f.fqn, "kind": str(f.kind), "reason": f.reason, "macs": f.macs, "num_params": f.num_params}
+        for f in result.float_layers]
+    assert body["float_layers"][0]["kind"] == "matmul" and body["float_layers"][0]["macs"] > 0
+    assert "activation x activation" in body["float_layers"][0]["reason"]
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    assert "never searched" in schema["ParetoOut"]["properties"]["float_layers"]["description"]
+    assert set(schema["FloatLayerOut"]["properties"]) == {"fqn", "kind", "reason", "macs", "num_params"}
