@@ -1299,6 +1299,10 @@ def load_onnx_model(data: bytes) -> OnnxModule:
     module._input_names = [input_name]
     b0 = in_shape[batch_axis]
     b1 = b0 + 1
+    # a static file's Reshape/Expand that keeps the batch at axis 0 is taken to follow it (Node.is_batch): the
+    # exporter wrote the example's batch there; a symbolic-batch file says itself what follows the batch
+    symbolic = not inputs[0].type.tensor_type.shape.dim[batch_axis].HasField("dim_value")
+    guess = None if symbolic else b0
     shadow_shape = tuple(b1 if i == batch_axis else d for i, d in enumerate(in_shape))
     env: dict[str, Tensor] = {input_name: torch.zeros(in_shape, dtype=in_dtype)}
     shapes = {name: tuple(t.shape) for name, t in env.items()}
@@ -1357,7 +1361,7 @@ def load_onnx_model(data: bytes) -> OnnxModule:
         return True
 
     def build_node(index: int, proto: onnx.NodeProto) -> None:
-        node = Node(proto, constants, shapes, dtypes, *((batch_axes, b0) if shadow is not None else ()))
+        node = Node(proto, constants, shapes, dtypes, *((batch_axes, guess) if shadow is not None else ()))
         node.check_attributes(OPERATORS[proto.op_type].attributes)
         if proto.op_type == "Constant":
             constants[proto.output[0]] = _constant_node(node)

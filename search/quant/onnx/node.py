@@ -54,7 +54,7 @@ class Node:
         self._shapes = shapes
         self._dtypes = dtypes
         self._batch_axes = batch_axes
-        self.batch = batch  # the build batch, where the batch is tracked
+        self.batch = batch  # the build batch, where the batch is tracked and a static file's batch is guessed
 
     def fail(self, what: str) -> OnnxImportError:
         return OnnxImportError(f"file: {self.label}: {what}")
@@ -99,7 +99,8 @@ class Node:
         return None if self._batch_axes is None else self._batch_axes.get(self.input(i))
 
     def is_batch(self, i: int) -> bool:
-        """Whether axis 0 of input ``i`` is the batch itself (not a multiple of it), while it is tracked."""
+        """Whether axis 0 of input ``i`` is the batch itself (not a multiple of it), while it is tracked and the
+        batch is guessed (``batch`` is set for a file with a static batch only)."""
         return self.batch_axis(i) == 0 and self.batch is not None and self.shape(i)[0] == self.batch
 
     def rank(self, i: int) -> int:
