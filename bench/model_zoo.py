@@ -7,6 +7,11 @@ Run on one core for comparable numbers::
 
     OMP_NUM_THREADS=1 python -m bench.model_zoo            # writes bench/results/model_zoo/corpus.md
     OMP_NUM_THREADS=1 python -m bench.model_zoo --models resnet50 vit --trials 3
+    OMP_NUM_THREADS=1 python -m bench.model_zoo --onnx     # the ONNX side: bench/results/model_zoo/onnx.md
+
+The ONNX side (``--onnx``): each model exported by torch's TorchScript exporter with a symbolic batch, imported
+(:func:`search.quant.onnx_import.load_onnx_model`), its output against onnxruntime's at batch 1 and 4, and one
+fake-quant forward (every layer int8, calibrated) against onnxruntime running its QDQ export.
 
 Tiny widths and inputs (the corpus's), trained-like weights, random data with the fp32 model's outputs as
 targets: the times are the machinery's cost at these sizes, not accuracy results.
@@ -30,6 +35,7 @@ from search.study.sensitivity import fisher_sensitivity, hessian_sensitivity, pt
 from tests.corpus.models import CORPUS, build, corpus_workload, weight_layers
 
 RESULTS = RESULTS_DIR / "model_zoo" / "corpus.md"
+ONNX_RESULTS = RESULTS_DIR / "model_zoo" / "onnx.md"
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -101,14 +107,99 @@ def markdown(rows: list[dict[str, Any]], trials: int, qat_steps: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def measure_onnx(name: str, tmp: Path) -> dict[str, Any]:
+    import numpy as np
+    import onnxruntime as ort
+
+    from search.quant.export_onnx import export_onnx, verify_onnx
+    from search.quant.formats import parse_format
+    from search.quant.onnx_import import load_onnx_model
+    from search.quant.qat import calibrate, quantize_model
+    from tests.corpus.models import input_batch
+    from tests.corpus.test_corpus_onnx import MIN_OPSET, exported_dynamic, weighted_nodes
+
+    opset = max(17, MIN_OPSET.get(name, 0))
+    data = exported_dynamic(name, "torchscript", opset)
+    start = time.perf_counter()
+    module = load_onnx_model(data)
+    row: dict[str, Any] = {"model": name, "opset": opset, "import_s": time.perf_counter() - start,
+                           "weighted": weighted_nodes(data), "batch": "any" if module.fixed_batch is None else "fixed"}
+    example = module.example_inputs()
+    row["layers"] = len(discover_layers(module, example).layers)
+    session = ort.InferenceSession(data)
+    errors = []
+    for batch in (1, 4):
+        x = input_batch(name, example[0], batch, torch.Generator().manual_seed(batch))
+        want = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        with torch.no_grad():
+            got = module(x)
+        outs = got if isinstance(got, tuple) else (got,)
+        errors.append(max(float(np.max(np.abs(g.numpy() - w)) / max(float(np.max(np.abs(w))), 1e-12))
+                          for g, w in zip(outs, want, strict=True)))
+    row["fp32_rel_err"] = max(errors)
+    graph = discover_layers(module, example)
+    quantize_model(module, {fqn: parse_format("int8") for fqn in graph.fqns}, example, graph=graph)
+    calibrate(module, [input_batch(name, example[0], 4, torch.Generator().manual_seed(2))])
+    module.eval()
+    sample = (input_batch(name, example[0], 1, torch.Generator().manual_seed(3)),)  # not the zeros of example
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = module(*sample)
+    row["fq_forward_s"] = time.perf_counter() - start
+    scale = max(float(o.abs().max()) for o in (out if isinstance(out, tuple) else (out,)))
+    path = export_onnx(module, example, tmp / f"{name}.qdq.onnx", dynamic_spatial=False)
+    row["qdq_rel_diff"] = verify_onnx(module, sample, path) / max(scale, 1e-6)
+    row["qdq_opt_rel_diff"] = verify_onnx(module, sample, path, optimized=True) / max(scale, 1e-6)
+    return row
+
+
+def onnx_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "# Model zoo: the ONNX path on the corpus",
+        "",
+        f"`OMP_NUM_THREADS=1 python -m bench.model_zoo --onnx` (torch {torch.__version__}, "
+        f"{torch.get_num_threads()} thread).  Each corpus model (trained-like weights) exported by "
+        "`torch.onnx.export(..., dynamo=False, dynamic_axes={'x': {batch axis: 'batch'}})`; *import s*: "
+        "`load_onnx_model` (parse, fold, build, the shadow build at batch 2 and the check at batch 3); "
+        "*weighted*: Conv/ConvTranspose/Gemm/MatMul nodes of the file with a constant weight; *layers*: the "
+        "searchable layers found; *batch*: whether the module runs at any batch; *fp32 rel err*: max relative "
+        "error of the module vs onnxruntime, at batch 1 and 4; *fake-quant*: every layer int8, calibrated on 4 "
+        "inputs, one forward of a random input at batch 1 (s), and its QDQ export run by onnxruntime on that input, "
+        "with graph optimizations off "
+        "(the QDQ definition) and at onnxruntime's defaults (QDQ fused into integer kernels): max abs difference "
+        "over the output's max.",
+        "",
+        "| model | opset | import s | weighted | layers | batch | fp32 rel err | fake-quant forward s "
+        "| QDQ vs onnxruntime | QDQ vs onnxruntime (default opts) |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['opset']} | {r['import_s']:.2f} | {r['weighted']} | {r['layers']} | "
+                     f"{r['batch']} | {r['fp32_rel_err']:.1e} | {r['fq_forward_s']:.4f} | {r['qdq_rel_diff']:.1e} | "
+                     f"{r['qdq_opt_rel_diff']:.1e} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=sorted(CORPUS))
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--qat-steps", type=int, default=5)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--onnx", action="store_true", help="the ONNX side (writes onnx.md unless --out)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.onnx:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_rows = [measure_onnx(name, Path(tmp)) for name in args.models]
+        for row in onnx_rows:
+            print(row, flush=True)
+        out = args.out if args.out != RESULTS else ONNX_RESULTS
+        out.write_text(onnx_markdown(onnx_rows))
+        print(f"wrote {out}")
+        return
     rows = []
     for name in args.models:
         row = measure(name, args.trials, args.qat_steps)

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from service import store
 from service.models import ArtefactKind, Job, JobStatus, TrialState
-from service.schemas import ArtefactsOut, LayerOut, TrialOut
+from service.schemas import ArtefactsOut, FloatLayerOut, LayerOut, TrialOut, split_layers
 
 ON, OFF = b',"on_front":true}', b',"on_front":false}'
 
@@ -118,16 +118,18 @@ class ParetoViews:
     @staticmethod
     def _head(view: _View, job: Job) -> bytes:
         pinned = job.pinned or {}
+        rows, float_rows = split_layers(job.layers or [])
         layers = [
             LayerOut(**{**layer, "pinned": layer.get("fqn") in pinned, "pin_reason": pinned.get(layer.get("fqn", ""))})
             .model_dump(mode="json")
-            for layer in (job.layers or [])
+            for layer in rows
         ]
+        float_layers = [FloatLayerOut(**row).model_dump(mode="json") for row in float_rows]
         return json.dumps({
             "job_id": job.id, "metric": job.metric, "higher_is_better": job.higher_is_better,
             "fp32_quality": job.fp32_quality,
             "cost_objectives": [str(c) for c in job.spec.get("cost_objectives", ["bitops"])], "layers": layers,
-            "artefacts": view.artefacts,
+            "float_layers": float_layers, "artefacts": view.artefacts,
         })[:-1].encode() + b","
 
 

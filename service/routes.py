@@ -63,6 +63,7 @@ from service.settings import Settings
 from service.uploads import (
     UploadError,
     UploadWorkloadOptions,
+    check_batch_fits,
     check_dataset_fits,
     estimated_job_bytes,
     inspect_dataset,
@@ -255,6 +256,10 @@ def _check_upload_job(body: JobCreate, model_info: dict[str, Any], dataset_info:
         check_dataset_fits(body.model or "", model_info, dataset_info)
     except UploadError as exc:
         raise _unprocessable("dataset", str(exc), body.dataset) from None
+    try:
+        check_batch_fits(body.model or "", model_info, opts.batch_size)
+    except UploadError as exc:
+        raise _unprocessable(("workload_options", "batch_size"), str(exc), opts.batch_size) from None
     need = estimated_job_bytes(model_info, dataset_info, opts.batch_size)
     limit = settings.upload_job_memory_bytes
     if need is not None and need > limit:

@@ -185,6 +185,27 @@ class ArtefactsOut(BaseModel):
     error: str | None = Field(default=None, description="why a file could not be made")
 
 
+class FloatLayerOut(BaseModel):
+    """Compute of the model that stays float: not searched, counted in every trial's costs at float precision."""
+
+    fqn: str = Field(description="the module that runs it ('' for the model's own forward)")
+    kind: str = Field(description="attention_matmul, embedding, functional_weight, matmul or multihead_attention")
+    reason: str = Field(description="why it stays float")
+    macs: int = Field(description="its multiply-accumulates in one forward of the example inputs")
+    num_params: int = Field(default=0, description="the float weights it reads")
+
+
+FLOAT_LAYER_MARK = "stays_float"  # a float layer's row in the job's stored layer list (Job.layers)
+
+
+def split_layers(rows: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(layers, float layers) of a job's stored layer list: the worker stores the float layers after the layers,
+    each marked with ``FLOAT_LAYER_MARK``."""
+    marked = [row for row in rows if isinstance(row, dict) and row.get(FLOAT_LAYER_MARK)]
+    layers = [row for row in rows if isinstance(row, dict) and not row.get(FLOAT_LAYER_MARK)]
+    return layers, [{k: v for k, v in row.items() if k != FLOAT_LAYER_MARK} for row in marked]
+
+
 class ParetoOut(BaseModel):
     job_id: int
     metric: str | None
@@ -192,6 +213,11 @@ class ParetoOut(BaseModel):
     fp32_quality: float | None
     cost_objectives: list[str]
     layers: list[LayerOut]
+    float_layers: list[FloatLayerOut] = Field(
+        default_factory=list, description="compute that stays float (attention matmuls Q K^T and A V, embeddings, "
+        "weights applied functionally): listed with the reason and its MACs, never searched, and counted in every "
+        "trial's costs at float precision",
+    )
     points: list[TrialOut]
     trials: list[TrialOut]
     artefacts: dict[str, ArtefactsOut] = Field(

@@ -100,14 +100,23 @@ def inspect_model_here(data: bytes) -> dict[str, Any]:
         "format": "onnx", "layers": layers[:MAX_LISTED_LAYERS], "n_layers": len(layers),
         "onnx_names": {fqn: onnx_names.get(fqn, fqn) for fqn in layers[:MAX_LISTED_LAYERS]},
         "input_shape": list(module.input_shapes[0]),
+        "input_dtype": str(module.input_dtypes[0]).removeprefix("torch."),  # float32, or int64/int32 token ids
         "param_bytes": sum(p.numel() * p.element_size() for p in module.parameters())
         + sum(b.numel() * b.element_size() for b in module.buffers()),
         "activation_bytes": {"fixed": fixed, "per_sample": per_sample},
     }
     if isinstance(out, torch.Tensor):  # what a dataset's targets are checked against at submission
         info["output_shape"] = list(out.shape)
+    if module.batch_axis:
+        info["batch_axis"] = module.batch_axis
+    if module.fixed_batch is not None:  # its graph runs at its own batch only (search.quant.onnx_import)
+        info["fixed_batch"] = {"batch": module.batch_size, "reason": module.fixed_batch}
+    if module.index_limit is not None:  # integer inputs index a table: ids 0..index_limit-1
+        info["index_limit"] = module.index_limit
     if len(graph.layers) <= MAX_LISTED_LAYERS:
         info["graph"] = graph.as_dicts()
+    # what stays float (attention's Q K^T and A V): in every trial's cost at float precision, never searched
+    info["float_layers"] = [f.as_dict() for f in graph.float_layers[:MAX_LISTED_LAYERS]]
     return info
 
 
@@ -127,8 +136,10 @@ def _forward_bytes(module: OnnxModule, batch: int) -> int:
             total += storage.nbytes()
         return t
 
-    shape = tuple(module.input_shapes[0])
-    x = torch.zeros((batch, *shape[1:]), requires_grad=True)
+    shape = list(module.input_shapes[0])
+    shape[module.batch_axis] = batch
+    dtype = module.input_dtypes[0]
+    x = torch.zeros(shape, dtype=dtype, requires_grad=dtype.is_floating_point)
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = module(x)  # kept until the count is done: a freed address is not reused unseen
     del out
@@ -136,7 +147,10 @@ def _forward_bytes(module: OnnxModule, batch: int) -> int:
 
 
 def activation_bytes(module: OnnxModule) -> tuple[int, int]:
-    """(fixed, per sample) bytes of the tensors one forward creates, from forwards at batch 1 and 2."""
+    """(fixed, per sample) bytes of the tensors one forward creates, from forwards at batch 1 and 2 (a model that
+    runs at its own batch only: all of one forward at that batch, per sample)."""
+    if module.fixed_batch is not None:
+        return 0, -(-_forward_bytes(module, module.batch_size) // module.batch_size)
     one, two = _forward_bytes(module, 1), _forward_bytes(module, 2)
     per_sample = max(0, two - one)
     return max(0, one - per_sample), per_sample
@@ -286,7 +300,7 @@ def inspect_dataset_here(data: bytes) -> dict[str, Any]:
     info: dict[str, Any] = {}
     for name, a in arrays.items():
         info[name] = {"shape": list(a.shape), "dtype": str(a.dtype)}
-        if name.startswith("y_") and a.dtype.kind in "biu" and a.size:  # class labels: checked against the model
+        if a.dtype.kind in "biu" and a.size:  # class labels, token ids: checked against the model
             info[name] |= {"min": int(a.min()), "max": int(a.max())}
     return info
 
@@ -296,11 +310,24 @@ def check_dataset_fits(model_name: str, model_info: dict[str, Any], dataset_info
     stored inspections: nothing is loaded); an upload inspected before these were stored passes."""
     input_shape = model_info.get("input_shape")
     output_shape = model_info.get("output_shape")
+    if model_info.get("batch_axis"):
+        raise UploadError(f"dataset: model {model_name!r} takes its batch on axis {model_info['batch_axis']} of its "
+                          "input; a dataset's samples are along axis 0: export the model batch-first")
+    integer_input = str(model_info.get("input_dtype", "float32")).startswith("int")
     for name in ("x_train", "x_test"):
         arr = dataset_info.get(name)
-        if isinstance(arr, dict) and input_shape is not None and list(arr["shape"][1:]) != list(input_shape[1:]):
+        if not isinstance(arr, dict):
+            continue
+        if input_shape is not None and list(arr["shape"][1:]) != list(input_shape[1:]):
             raise UploadError(f"dataset: array {name!r} holds samples of shape {list(arr['shape'][1:])}; model "
                               f"{model_name!r} takes {list(input_shape[1:])} (its input is {list(input_shape)})")
+        if integer_input and np.dtype(arr["dtype"]).kind not in "biu":
+            raise UploadError(f"dataset: array {name!r} holds {arr['dtype']} values; model {model_name!r} takes "
+                              f"{model_info['input_dtype']} ids (token ids): give an integer array")
+        limit = model_info.get("index_limit")
+        if integer_input and limit is not None and "min" in arr and not (arr["min"] >= 0 and arr["max"] < limit):
+            raise UploadError(f"dataset: array {name!r} holds ids {arr['min']}..{arr['max']}; model {model_name!r} "
+                              f"looks them up in a table of {limit}: ids 0..{limit - 1}")
     if output_shape is None:
         return
     for name in ("y_train", "y_test"):
@@ -320,6 +347,15 @@ def check_dataset_fits(model_name: str, model_info: dict[str, Any], dataset_info
             raise UploadError(f"dataset: array {name!r} holds float targets (regression) of shape "
                               f"{list(arr['shape'][1:])} per sample; model {model_name!r} outputs "
                               f"{list(output_shape[1:])} per sample")
+
+
+def check_batch_fits(model_name: str, model_info: dict[str, Any], batch_size: int) -> None:
+    """Raise UploadError when the model runs at its own batch only (its graph fixes it) and ``batch_size`` is
+    another."""
+    fixed = model_info.get("fixed_batch")
+    if isinstance(fixed, dict) and batch_size != fixed.get("batch"):
+        raise UploadError(f"workload_options.batch_size: model {model_name!r} runs at batch {fixed.get('batch')} only "
+                          f"({fixed.get('reason')}); give batch_size {fixed.get('batch')} or upload that export")
 
 
 def inspect_dataset(data: bytes, limits: SandboxLimits | None = None) -> dict[str, Any]:
@@ -364,12 +400,18 @@ def build_workload(name: str, model_bytes: bytes, dataset: bytes, options: dict[
     opts = UploadWorkloadOptions.parse(options)
     model = load_model(model_bytes)
     arrays = load_arrays(dataset)
-    x_train = torch.from_numpy(arrays["x_train"]).float()
+    in_dtype = model.input_dtypes[0]
+
+    def inputs(arr: np.ndarray) -> torch.Tensor:  # float32, or the model's integer type for token ids
+        x = torch.from_numpy(arr)
+        return x.float() if in_dtype.is_floating_point else x.to(in_dtype)
+
+    x_train = inputs(arrays["x_train"])
     y_np = arrays["y_train"]
     classify = y_np.dtype.kind in "biu"
     y_train = torch.from_numpy(y_np).long() if classify else torch.from_numpy(y_np).float()
     if "x_test" in arrays:
-        x_test = torch.from_numpy(arrays["x_test"]).float()
+        x_test = inputs(arrays["x_test"])
         y_test = torch.from_numpy(arrays["y_test"]).long() if classify else torch.from_numpy(arrays["y_test"]).float()
     else:  # hold out the last fifth
         cut = max(1, len(x_train) * 4 // 5)

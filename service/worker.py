@@ -44,7 +44,7 @@ from service.artefacts import front_artefacts, remove_trial_weights, trial_weigh
 from service.db import Database
 from service.jobchild import ChildRun, limits_text, run_job_in_child
 from service.models import Job, JobStatus, UploadKind, utcnow
-from service.schemas import JobCreate, job_spec
+from service.schemas import FLOAT_LAYER_MARK, JobCreate, job_spec
 from service.settings import Settings
 from service.store import ArtefactRecord, TrialRecord
 from service.uploads import build_workload
@@ -434,4 +434,6 @@ class Worker:
 
 
 def _layers_with_pins(result: SearchResult) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    return [layer.to_json() for layer in result.layers], dict(result.pin_reasons)
+    """The job's layer list (the float layers after the layers, marked: ``service.schemas.split_layers``)."""
+    floats = [{**f.as_dict(), FLOAT_LAYER_MARK: True} for f in result.float_layers]
+    return [layer.to_json() for layer in result.layers] + floats, dict(result.pin_reasons)

@@ -28,11 +28,14 @@ Every Conv / ConvTranspose / Gemm / MatMul whose weight is a constant is a layer
 ``nn.Linear``); a MatMul or Gemm of two computed values (attention's ``Q K^T`` and ``A V``) runs in float
 and is listed in :attr:`OnnxModule.float_matmuls`.
 
-Axis 0 of each graph input is the batch, and may be symbolic (``dynamic_axes``; the model is then built
-with batch 1): a Reshape whose target keeps the declared batch size follows the batch it is given, and so
-does an Expand whose target's axis 0 was computed from a ``Shape`` (a class token expanded to
-``x.shape[0]``), so a model exported with batch 1 trains with any batch.  A file exported with a fixed
-batch may have that batch written into constants by the exporter: export with a symbolic batch then.
+The batch is axis 0 of the graph input (or its one symbolic axis whose name has ``batch``), and may be
+symbolic (``dynamic_axes``; the model is then built with batch 1).  While the module is built, each step also
+runs at the batch + 1 (the shadow build, :func:`load_onnx_model`): shape arithmetic (``Shape -> Gather -> Mul ->
+Concat``) is folded at both batches, and a Reshape or Expand whose target follows the batch computes it from the
+batch at each forward; a Reshape of a static file whose constant target keeps the batch at axis 0 follows it
+too.  A model exported with a fixed batch may have that batch written into constants by the exporter: it then
+runs at that batch only, :attr:`OnnxModule.fixed_batch` names the node where the batch stops following, and the
+forward refuses another batch with that reason (export with a symbolic batch then).
 """
 
 from __future__ import annotations
@@ -40,8 +43,10 @@ from __future__ import annotations
 import keyword
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections import ChainMap
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 import onnx
@@ -53,7 +58,6 @@ from torch import Tensor, nn
 from search.errors import OnnxImportError as OnnxImportError
 from search.quant.onnx.fold import (
     FOLDERS,
-    batch_marks,
     fold,
     reduce_axes,
     reshape_target,
@@ -71,7 +75,7 @@ CONVERTIBLE_OPSET = 7
 TARGET_OPSET = 17
 MAX_NODES = 10_000
 _IDENTIFIER_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
-_FLOAT_TYPES = (TensorProto.FLOAT,)
+_INPUT_TYPES = (TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32)  # int: token ids (Gather, Embedding)
 _BUILD_ERRORS = (TypeError, ValueError, IndexError, KeyError, OverflowError, ZeroDivisionError, AssertionError,
                  RuntimeError)
 
@@ -96,15 +100,33 @@ class OnnxModule(nn.Module):
         self.onnx_names: dict[str, str] = {}  # module name -> ONNX node name
         self.float_matmuls: list[str] = []  # ONNX node names of MatMul/Gemm that are not layers: run in float
         self.input_shapes: list[tuple[int, ...]] = []
+        self.input_dtypes: list[torch.dtype] = []
+        self.batch_axis = 0  # of the graph input: its symbolic axis if it has one, else 0
+        # None: the graph runs at any batch (checked while it was built); else why it runs at its own only
+        self.fixed_batch: str | None = None
+        # an integer input indexes tables (Gather: an embedding): the ids it takes are 0..index_limit-1
+        self.index_limit: int | None = None
         self._input_names: list[str] = []
         self._output_names: list[str] = []
         self._steps: list[_Step] = []
         self._constants: dict[str, str] = {}  # value name -> buffer name
 
     def example_inputs(self) -> tuple[Tensor, ...]:
-        return tuple(torch.zeros(shape) for shape in self.input_shapes)
+        dtypes = self.input_dtypes or [torch.float32] * len(self.input_shapes)
+        return tuple(torch.zeros(shape, dtype=dtype) for shape, dtype in zip(self.input_shapes, dtypes, strict=True))
+
+    @property
+    def batch_size(self) -> int:
+        """The batch the model was built with (its only batch when :attr:`fixed_batch` says why)."""
+        return self.input_shapes[0][self.batch_axis]
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
+        # FX traces the module (BatchNorm folding): a Proxy has no batch to check
+        if (self.fixed_batch is not None and not isinstance(cast(object, x), torch.fx.Proxy)
+                and x.dim() > self.batch_axis and x.size(self.batch_axis) != self.batch_size):
+            raise OnnxImportError(
+                f"this ONNX model runs at batch {self.batch_size} only, not {x.size(self.batch_axis)} "
+                f"(axis {self.batch_axis} of its input): {self.fixed_batch}")
         env: dict[str, Tensor] = {value: getattr(self, buffer) for value, buffer in self._constants.items()}
         env[self._input_names[0]] = x
         for step in self._steps:
@@ -215,22 +237,31 @@ def _check_model(model: onnx.ModelProto) -> None:
         raise OnnxImportError(f"file: not a valid ONNX model: {exc}"[:500]) from None
 
 
-def _static_shape(value: onnx.ValueInfoProto) -> tuple[int, ...]:
+def _static_shape(value: onnx.ValueInfoProto) -> tuple[tuple[int, ...], int, torch.dtype]:
+    """(shape, batch axis, dtype) of a graph input: the batch axis is its one symbolic axis (built with size 1),
+    else axis 0."""
     kind = value.type.WhichOneof("value")
-    if kind != "tensor_type" or value.type.tensor_type.elem_type not in _FLOAT_TYPES:
-        raise OnnxImportError(f"file: graph input {value.name!r} must be a float32 tensor")
+    if kind != "tensor_type" or value.type.tensor_type.elem_type not in _INPUT_TYPES:
+        raise OnnxImportError(f"file: graph input {value.name!r} must be a float32 tensor, or an int64 or int32 "
+                              "one (token ids)")
+    dtype = TORCH_TYPES[value.type.tensor_type.elem_type]
     dims = value.type.tensor_type.shape.dim
     shape = tuple(d.dim_value if d.HasField("dim_value") else 0 for d in dims)
-    if shape and shape[0] == 0:  # a symbolic batch (dynamic_axes={name: {0: "batch"}}): built with batch 1
-        shape = (1, *shape[1:])
+    symbolic = [i for i, d in enumerate(shape) if d == 0]
+    # the batch: a symbolic axis 0, or one symbolic axis named for it (a sequence-first model's axis 1)
+    batch_axis = symbolic[0] if len(symbolic) == 1 and (
+        symbolic[0] == 0 or "batch" in dims[symbolic[0]].dim_param.lower()) else 0
+    if symbolic == [batch_axis]:  # a symbolic batch (dynamic_axes={name: {0: "batch"}}): built with batch 1
+        shape = tuple(1 if i == batch_axis else d for i, d in enumerate(shape))
     if not shape or any(d <= 0 for d in shape):
         raise OnnxImportError(f"file: graph input {value.name!r} needs a static shape with every dimension > 0 "
-                              "but the batch (export with fixed input sizes), got "
+                              "but the batch (axis 0, or an axis whose name has 'batch'; export with fixed input "
+                              "sizes), got "
                               f"{[d.dim_param or d.dim_value for d in dims]}")
     if math.prod(shape) > MAX_ELEMENTS:
         raise OnnxImportError(
             f"file: graph input {value.name!r} has {math.prod(shape)} elements; at most {MAX_ELEMENTS}")
-    return shape
+    return shape, batch_axis, dtype
 
 
 def _array(tensor: TensorProto) -> np.ndarray:
@@ -313,10 +344,10 @@ def _weight(node: Node, i: int, what: str) -> Tensor:
     return torch.from_numpy(value)
 
 
-def _batch_follows(shape: Sequence[int], in_shape: Sequence[int]) -> list[int]:
+def _batch_follows(node: Node, shape: Sequence[int], in_shape: Sequence[int]) -> list[int]:
     """``shape`` with -1 for axis 0 where it is the input's batch axis, so the step follows the batch."""
     out = list(shape)
-    if out and in_shape and len(out) == len(in_shape) and out[0] == in_shape[0]:
+    if out and in_shape and len(out) == len(in_shape) and out[0] == in_shape[0] and node.is_batch(0):
         out[0] = -1
     return out
 
@@ -674,9 +705,13 @@ def _reshape(node: Node) -> Runner:
     target = node.ints(1, "shape")
     assert target is not None
     resolved = list(reshape_target(node, in_shape, target))
-    if resolved and in_shape and resolved[0] == in_shape[0]:
+    if resolved and in_shape and target[0] == in_shape[0] and node.is_batch(0):  # a batch the exporter wrote in
         rest = resolved[1:]
         return lambda _m, a: torch.reshape(_a0(a), (-1, *rest))
+    copy = not node.attr("allowzero", 0)
+    if -1 in target or (copy and 0 in target):  # as ONNX does: -1 and copied axes are worked out at each forward
+        return lambda _m, a: torch.reshape(
+            _a0(a), [_a0(a).shape[i] if copy and t == 0 else t for i, t in enumerate(target)])
     return lambda _m, a: torch.reshape(_a0(a), resolved)
 
 
@@ -686,8 +721,9 @@ def _flatten(node: Node) -> Runner:
     axis = node.axis(axis + len(shape) if axis < 0 else axis, len(shape) + 1)
     if axis == 0:
         return lambda _m, a: torch.reshape(_a0(a), (1, -1))
-    inner = math.prod(shape[axis:])
-    return lambda _m, a: torch.reshape(_a0(a), (-1, inner))
+    if axis == len(shape):
+        return lambda _m, a: torch.reshape(_a0(a), (-1, 1))
+    return lambda _m, a: torch.flatten(torch.flatten(_a0(a), axis), 0, axis - 1)
 
 
 def _transpose(node: Node) -> Runner:
@@ -762,14 +798,13 @@ def _gather(node: Node) -> Runner:
         assert idx is not None
         if np.any(idx < -dim) or np.any(idx >= dim):
             raise node.fail(f"indices out of range for an axis of {dim}")
-    out = node.guard(shape[:axis] + idx_shape + shape[axis + 1:], "input 1 (indices)", allowed=node.largest_input())
-    target = [-1, *out[1:]] if axis > 0 else list(out)  # axis 0 of the output is the input's
+    node.guard(shape[:axis] + idx_shape + shape[axis + 1:], "input 1 (indices)", allowed=node.largest_input())
 
     def run(_m: nn.Module | None, a: list[Tensor | None]) -> Tensor:
         x, i = _a0(a), a[1]
         assert i is not None
-        i = torch.where(i < 0, i + dim, i).reshape(-1)
-        return torch.reshape(torch.index_select(x, axis, i), target)
+        y = torch.index_select(x, axis, torch.where(i < 0, i + dim, i).reshape(-1))
+        return y.squeeze(axis) if not idx_shape else y.unflatten(axis, i.shape)  # computed indices follow the batch
     return run
 
 
@@ -786,18 +821,45 @@ def _cast(node: Node) -> Runner:
     return lambda _m, a: _a0(a).to(dtype)
 
 
-def _expand(node: Node, *, batch_follows: bool = False) -> Runner:
-    """``batch_follows``: axis 0 of the target is the graph input's batch (fold.batch_marks), which the step
-    then takes from the graph input, passed as its last operand."""
+def _expand(node: Node) -> Runner:
     shape = node.ints(1, "shape")
     assert shape is not None
     in_shape = node.shape(0)
     out = broadcast_shape(node, [in_shape, tuple(shape)], "input 1 (shape)")
-    target = _batch_follows(out, in_shape)
-    if batch_follows:
-        rest = target[1:]
-        return lambda _m, a: _a0(a).expand([_arg(a, len(a) - 1).size(0), *rest])
+    target = _batch_follows(node, out, in_shape)
     return lambda _m, a: _a0(a).expand(target)
+
+
+BatchRun = Callable[[Tensor, list[Any]], Tensor]  # an input and a target whose entries may follow the batch
+
+
+def _batch_reshape(node: Node) -> BatchRun:
+    """A Reshape whose target follows the batch (computed from it by the file's shape arithmetic): the target
+    is given at each forward (:func:`_batch_operand`)."""
+    at_build = node.ints(1, "shape")
+    assert at_build is not None
+    copied = {i for i, t in enumerate(at_build) if t == 0 and not node.attr("allowzero", 0)}  # ONNX: 0 copies the axis
+    return lambda x, target: torch.reshape(x, [x.size(i) if i in copied else t for i, t in enumerate(target)])
+
+
+def _batch_expand(node: Node) -> BatchRun:
+    """An Expand whose target follows the batch (a class token expanded to ``x.shape[0]``): as _batch_reshape;
+    an axis where the target is 1 keeps the input's size (ONNX broadcasts both ways)."""
+    in_shape, target = node.shape(0), node.ints(1, "shape")
+    assert target is not None
+    broadcast_shape(node, [in_shape, tuple(target)], "input 1 (shape)")
+    rank = max(len(in_shape), len(target))
+    padded_in = (1,) * (rank - len(in_shape)) + tuple(in_shape)
+    lead = rank - len(target)
+    keep = [k < lead or (target[k - lead] == 1 and padded_in[k] != 1) for k in range(rank)]
+
+    def run(x: Tensor, shape: list[Any]) -> Tensor:
+        full = [-1] * lead + list(shape)
+        return x.reshape(padded_in).expand([-1 if k else t for k, t in zip(keep, full, strict=True)])
+    return run
+
+
+_BATCH_OPERAND = {"Reshape": _batch_reshape, "Expand": _batch_expand}  # input 1 may follow the batch
 
 
 def _tile(node: Node) -> Runner:
@@ -1048,7 +1110,7 @@ def _pad(node: Node) -> Runner:
         return lambda _m, a: F.pad(_a0(a), torch_pads, torch_mode)
     flat = list(shape[lead - 1:])
     torch_mode = modes[mode]
-    out_shape = _batch_follows([d + b + e for d, b, e in zip(shape, begin, end, strict=True)], shape)
+    out_shape = _batch_follows(node, [d + b + e for d, b, e in zip(shape, begin, end, strict=True)], shape)
     return lambda _m, a: torch.reshape(F.pad(torch.reshape(_a0(a), [-1, *flat]), torch_pads, torch_mode), out_shape)
 
 
@@ -1186,22 +1248,41 @@ def _constant_node(node: Node) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def _batch_expand(node: Node, marks: dict[str, frozenset[int]]) -> bool:
-    """An Expand to the batch (axis 0 of its target is marked, and is axis 0 of the output)."""
-    return (node.op == "Expand" and 0 in marks.get(node.input(1), frozenset())
-            and len(node.shape(1)) == 1 and node.shape(1)[0] >= node.rank(0))
-
-
-def _foldable(node: Node, constants: dict[str, np.ndarray], marks: dict[str, frozenset[int]]) -> bool:
-    if node.op not in FOLDERS or _batch_expand(node, marks):
+def _foldable(node: Node, constants: Mapping[str, np.ndarray]) -> bool:
+    if node.op not in FOLDERS:
         return False
     if node.op in ("Shape", "Size"):
         return True
     return all(not name or name in constants for name in node.proto.input)
 
 
+def _differs(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape != b.shape or not np.array_equal(a, b)
+
+
+def _results(out: Result, n: int) -> tuple[Tensor, ...] | None:
+    results = (out,) if n == 1 else out
+    if not isinstance(results, tuple) or len(results) != n:
+        return None
+    tensors = tuple(t for t in results if isinstance(t, Tensor))
+    return tensors if len(tensors) == n else None
+
+
+_EXPORT_HINT = ("export with a symbolic batch (torch.onnx.export(..., dynamic_axes={'x': {0: 'batch'}}), or "
+                "dynamo=True with dynamic_shapes) so that the file computes its shapes from the input")
+
+
 def load_onnx_model(data: bytes) -> OnnxModule:
-    """An fp32 ONNX model (serialized bytes) as an :class:`OnnxModule`; raises OnnxImportError."""
+    """An fp32 ONNX model (serialized bytes) as an :class:`OnnxModule`; raises OnnxImportError.
+
+    The batch: the graph is built at the input's batch ``b`` (1 for a symbolic batch) and, step by step, run a
+    second time at batch ``b + 1`` (the *shadow* build): a shape computed from ``Shape`` differs there where it
+    follows the batch, and a Reshape or Expand whose target follows it computes that target from the batch at
+    each forward (``target(B) = target(b) + (B - b) * (target(b + 1) - target(b))``).  A step that does not run
+    at ``b + 1`` (a Reshape whose constant target holds the batch, a class token of the example's batch), or
+    any other value computed from the batch size, stops the shadow build: the model then runs at batch ``b``
+    only, and :attr:`OnnxModule.fixed_batch` says why (the forward refuses any other batch with that reason).
+    A model that runs at both is checked once more at ``b + 2`` against itself at ``b`` (sample by sample)."""
     model = _parse(data)
     _check_file(model)
     model = _upgrade(model)
@@ -1212,13 +1293,36 @@ def load_onnx_model(data: bytes) -> OnnxModule:
     inputs = [v for v in graph.input if v.name not in constants]
     if len(inputs) != 1:
         raise OnnxImportError(f"file: the model takes {len(inputs)} inputs; one input tensor (the batch) is supported")
-    module.input_shapes = [_static_shape(v) for v in inputs]
-    module._input_names = [v.name for v in inputs]
-    env: dict[str, Tensor] = {v.name: torch.zeros(s) for v, s in zip(inputs, module.input_shapes, strict=True)}
+    in_shape, batch_axis, in_dtype = _static_shape(inputs[0])
+    input_name = inputs[0].name
+    module.input_shapes, module.input_dtypes, module.batch_axis = [in_shape], [in_dtype], batch_axis
+    module._input_names = [input_name]
+    b0 = in_shape[batch_axis]
+    b1 = b0 + 1
+    # a static file's Reshape/Expand that keeps the batch at axis 0 is taken to follow it (Node.is_batch): the
+    # exporter wrote the example's batch there; a symbolic-batch file says itself what follows the batch
+    symbolic = not inputs[0].type.tensor_type.shape.dim[batch_axis].HasField("dim_value")
+    guess = None if symbolic else b0
+    shadow_shape = tuple(b1 if i == batch_axis else d for i, d in enumerate(in_shape))
+    env: dict[str, Tensor] = {input_name: torch.zeros(in_shape, dtype=in_dtype)}
     shapes = {name: tuple(t.shape) for name, t in env.items()}
     dtypes = {name: t.dtype for name, t in env.items()}
     taken: set[str] = set()
-    marks: dict[str, frozenset[int]] = {}  # entries of folded shape vectors that are the batch size (fold.batch_marks)
+    # the shadow build (see above): values at batch b1 while every step still runs there; None once one does not
+    shadow: dict[str, Tensor] | None = {input_name: torch.zeros(shadow_shape, dtype=in_dtype)}
+    shadow_shapes = {input_name: shadow_shape}
+    shadow_constants: dict[str, np.ndarray] = {}  # the constants that follow the batch: their value at b1
+    shadow_view = ChainMap(shadow_constants, constants)
+    batch_axes: dict[str, int] = {input_name: batch_axis}  # the axis of each computed value that follows the batch
+    ids = {input_name} if not in_dtype.is_floating_point else set()  # the integer input, and its casts and reshapes
+    if math.prod(shadow_shape) > MAX_ELEMENTS:
+        shadow, module.fixed_batch = None, f"the input at batch {b1} would have more than {MAX_ELEMENTS} elements"
+
+    def give_up(why: str) -> None:
+        nonlocal shadow
+        if shadow is not None:
+            module.fixed_batch = f"{why[:400]}; {_EXPORT_HINT}"
+        shadow = None
 
     def operand(node: Node, name: str) -> None:
         if name and name not in env and name in constants:
@@ -1229,8 +1333,35 @@ def load_onnx_model(data: bytes) -> OnnxModule:
         elif name and name not in env:
             raise node.fail(f"input {name!r} is not produced by any earlier node")
 
+    def fold_node(node: Node) -> bool:
+        """Folds ``node`` if it folds (its outputs become constants, at both batches); False: build it as a
+        step (a Reshape or Expand of constants to a target that follows the batch)."""
+        proto = node.proto
+        args = [constants.get(name) if name else None for name in proto.input]
+        outputs = fold(node, args)
+        if shadow is not None and (node.op in ("Shape", "Size") or any(n in shadow_constants for n in proto.input)):
+            shadow_node = Node(proto, shadow_view, shadow_shapes, dtypes)
+            try:
+                shadow_outputs = fold(shadow_node, [shadow_view.get(name) if name else None for name in proto.input])
+            except OnnxImportError as exc:
+                give_up(f"{node.label} cannot be computed at batch {b1}: {exc}")
+            else:
+                changed = [(name, o, so) for name, o, so in zip(proto.output, outputs, shadow_outputs, strict=False)
+                           if name and _differs(o, so)]
+                if all(o.ndim <= 1 and o.shape == so.shape and o.dtype.kind in "iu" for _, o, so in changed):
+                    for name, _, so in changed:  # shape arithmetic that follows the batch
+                        shadow_constants[name] = so
+                elif node.op in _BATCH_OPERAND and proto.input[0] not in shadow_constants:
+                    return False
+                else:
+                    give_up(f"{node.label} computes, from the batch size, a tensor whose size or values follow it")
+        for name, value in zip(proto.output, outputs, strict=False):
+            if name:
+                constants[name] = value
+        return True
+
     def build_node(index: int, proto: onnx.NodeProto) -> None:
-        node = Node(proto, constants, shapes, dtypes)
+        node = Node(proto, constants, shapes, dtypes, *((batch_axes, guess) if shadow is not None else ()))
         node.check_attributes(OPERATORS[proto.op_type].attributes)
         if proto.op_type == "Constant":
             constants[proto.output[0]] = _constant_node(node)
@@ -1243,18 +1374,15 @@ def load_onnx_model(data: bytes) -> OnnxModule:
             return
         if proto.op_type == "Dropout":
             _dropout(node)  # training_mode=true is refused even where the node folds
-        if _foldable(node, constants, marks):
-            args = [constants.get(name) if name else None for name in proto.input]
-            outputs = fold(node, args)
-            for name, value in zip(proto.output, outputs, strict=False):
-                if name:
-                    constants[name] = value
-            mark = batch_marks(node, args, marks) if outputs and outputs[0].ndim <= 1 else frozenset()
-            if mark:
-                marks[proto.output[0]] = mark
+        if _foldable(node, constants) and fold_node(node):
             return
         module_name: str | None = None
         layer_builder = _layer_builder(node, constants)
+        follows = [i for i, name in enumerate(proto.input) if name in shadow_constants] if shadow is not None else []
+        if follows and not (proto.op_type in _BATCH_OPERAND and follows == [1]):
+            give_up(f"{node.label}: input {follows[0]} ({proto.input[follows[0]]!r}) is computed from the batch "
+                    "size, which this operator needs as a constant")
+            follows = []
         if layer_builder is not None:
             layer, run = layer_builder(node)
             module_name = _module_name(proto.name, proto.op_type, index, taken)
@@ -1268,33 +1396,58 @@ def load_onnx_model(data: bytes) -> OnnxModule:
             if proto.op_type in ("MatMul", "Gemm"):
                 run = _matmul(node)
                 module.float_matmuls.append(proto.name)
-            elif _batch_expand(node, marks):
-                run = _expand(node, batch_follows=True)  # the graph input rides along: its batch is the target's
+            elif follows:
+                run = _batch_operand(_BATCH_OPERAND[proto.op_type](node), constants[proto.input[1]],
+                                     shadow_constants[proto.input[1]], b0, batch_axis)
             else:
                 build = OPERATORS[proto.op_type].build
                 assert build is not None
                 run = build(node)
-            operands = proto.input
-            if _batch_expand(node, marks):
-                operands = [*proto.input, module._input_names[0]]
+            operands = [*proto.input, input_name] if follows else proto.input  # the graph input gives the batch
         for name in operands:
             operand(node, name)
         step = _Step(proto.name, tuple(operands), tuple(proto.output), module_name, run)
+        submodule = module.get_submodule(module_name) if module_name else None
         try:
-            out = run(module.get_submodule(module_name) if module_name else None,
-                      [env[name] if name else None for name in step.inputs])
+            out = run(submodule, [env[name] if name else None for name in step.inputs])
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             raise node.fail(f"does not run on the declared input shapes: {exc}"[:400]) from None
-        results = (out,) if len(step.outputs) == 1 else out
-        if not isinstance(results, tuple) or len(results) != len(step.outputs):
-            raise node.fail(f"gives {len(results) if isinstance(results, tuple) else 1} outputs, "
-                            f"the node has {len(step.outputs)}")
+        results = _results(out, len(step.outputs))
+        if results is None:
+            raise node.fail(f"gives outputs that are not its {len(step.outputs)} tensor(s)")
         for name, tensor in zip(step.outputs, results, strict=True):
-            if not isinstance(tensor, Tensor):
-                raise node.fail("gives an output that is not a tensor")
             if name:
                 env[name], shapes[name], dtypes[name] = tensor, tuple(tensor.shape), tensor.dtype
         module._steps.append(step)
+        if shadow is not None:
+            shadow_run(node, step, submodule, results)
+        if proto.op_type in _ID_VIEWS and proto.input[0] in ids:
+            ids.add(proto.output[0])
+        if proto.op_type == "Gather" and proto.input[1] in ids:  # a table looked up by the input's ids
+            size = node.shape(0)[node.axis(int(node.attr("axis", 0)), node.rank(0))]
+            module.index_limit = min(size, module.index_limit or size)
+
+    def shadow_run(node: Node, step: _Step, submodule: nn.Module | None, results: tuple[Tensor, ...]) -> None:
+        assert shadow is not None
+        try:
+            out = step.run(submodule, [(shadow[name] if name in shadow else env[name]) if name else None
+                                       for name in step.inputs])
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            give_up(f"{node.label} does not run at batch {b1}: {exc}")
+            return
+        shadow_results = _results(out, len(step.outputs))
+        assert shadow_results is not None
+        for name, tensor, at_b1 in zip(step.outputs, results, shadow_results, strict=True):
+            if not name:
+                continue
+            axes = [k for k in range(tensor.dim()) if tensor.shape[k] != at_b1.shape[k]]
+            if tensor.dim() != at_b1.dim() or len(axes) > 1:
+                give_up(f"{node.label}: its output has shape {list(at_b1.shape)} at batch {b1} and "
+                        f"{list(tensor.shape)} at batch {b0}")
+                return
+            shadow[name], shadow_shapes[name] = at_b1, tuple(at_b1.shape)
+            if axes:
+                batch_axes[name] = axes[0]
 
     def inline_if(index: int, node: Node) -> None:
         """An If on a constant condition is the branch it takes: its nodes are built in its place, and each
@@ -1304,6 +1457,8 @@ def load_onnx_model(data: bytes) -> OnnxModule:
         if cond is None or cond.size != 1:
             raise node.fail("input 0 (cond) must be a single constant (a static condition): control flow on "
                             "computed values is not supported")
+        if shadow is not None and proto.input[0] in shadow_constants:
+            give_up(f"{node.label}: its condition is computed from the batch size")
         taken = "then_branch" if bool(cond.reshape(-1)[0]) else "else_branch"
         branch = next((a.g for a in proto.attribute if a.name == taken), None)
         if branch is None or len(branch.output) != len(proto.output):
@@ -1317,6 +1472,8 @@ def load_onnx_model(data: bytes) -> OnnxModule:
                 continue
             if value.name in constants:
                 constants[name] = constants[value.name]
+                if value.name in shadow_constants:
+                    shadow_constants[name] = shadow_constants[value.name]
             else:
                 build_node(index, helper.make_node("Identity", [value.name], [name], name=proto.name))
 
@@ -1334,10 +1491,62 @@ def load_onnx_model(data: bytes) -> OnnxModule:
     if missing:
         raise OnnxImportError(f"file: graph output {missing[0]!r} is not computed by any node")
     for o in graph.output:
+        if o.name in shadow_constants:
+            give_up(f"graph output {o.name!r} is a constant computed from the batch size")
         if o.name not in env:
             operand(Node(onnx.NodeProto(), constants, shapes, dtypes), o.name)
     module._output_names = [o.name for o in graph.output]
-    return module.eval()
+    module.eval()
+    if module.fixed_batch is None:
+        _check_other_batch(module, {o.name: batch_axes.get(o.name) for o in graph.output})
+    return module
+
+
+_ID_VIEWS = ("Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Transpose")
+
+
+def _batch_operand(run: BatchRun, at_b0: np.ndarray, at_b1: np.ndarray, b0: int, batch_axis: int) -> Runner:
+    """``run`` with its input 1 (a shape that follows the batch) computed from the batch of the graph input,
+    passed as the last operand: ``at_b0 + (batch - b0) * (at_b1 - at_b0)``."""
+    base = [int(v) for v in at_b0.reshape(-1)]
+    slope = [int(v1) - int(v0) for v0, v1 in zip(at_b0.reshape(-1), at_b1.reshape(-1), strict=True)]
+
+    def with_batch(_m: nn.Module | None, a: list[Tensor | None]) -> Result:
+        grow = _arg(a, len(a) - 1).size(batch_axis) - b0
+        return run(_a0(a), [v + k * grow if k else v for v, k in zip(base, slope, strict=True)])
+    return with_batch
+
+
+def _check_other_batch(module: OnnxModule, output_axes: dict[str, int | None]) -> None:
+    """The built model at batch b + 2 against itself at b, sample by sample where an output's batch axis is
+    the batch; sets ``fixed_batch`` if it differs or does not run."""
+    b0, axis = module.batch_size, module.batch_axis
+    b2 = b0 + 2
+    shape = list(module.input_shapes[0])
+    shape[axis] = b2
+    if math.prod(shape) > MAX_ELEMENTS:
+        return
+    gen = torch.Generator().manual_seed(0)
+    dtype = module.input_dtypes[0]
+    x = torch.randn(shape, generator=gen) if dtype.is_floating_point else torch.zeros(shape, dtype=dtype)
+    with torch.no_grad():
+        try:
+            wide, narrow = module(x), module(x.narrow(axis, 0, b0))
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            module.fixed_batch = f"it does not run at batch {b2}: {exc}"[:400] + f"; {_EXPORT_HINT}"
+            return
+    wides = wide if isinstance(wide, tuple) else (wide,)
+    narrows = narrow if isinstance(narrow, tuple) else (narrow,)
+    for name, w, at_b0 in zip(module._output_names, wides, narrows, strict=True):
+        k = output_axes.get(name)
+        if k is None or w.shape[k] != b2:
+            continue
+        head, n = w.narrow(k, 0, b0).double(), at_b0.double()
+        scale = max(float(n.abs().max()) if n.numel() else 0.0, 1e-6)
+        if head.shape != n.shape or (n.numel() and float((head - n).abs().max()) > 1e-4 * scale):
+            module.fixed_batch = (f"its output {name!r} at batch {b2} does not hold, sample by sample, its output at "
+                                  f"batch {b0}; {_EXPORT_HINT}")
+            return
 
 
 def operators_markdown() -> str:

@@ -668,8 +668,7 @@ def training_batch_scale(workload: Workload) -> float:
     training stream, which is user code not to be run before the fp32 check; it is as large or larger on
     every built-in and corpus workload, so the estimate errs toward one map per pass."""
     example = workload.example_inputs[0] if workload.example_inputs else None
-    batch = workload.calibration_batches[0][0] if workload.calibration_batches else None
-    first = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+    first = workload.calibration_batches[0][0] if workload.calibration_batches else None
     if not isinstance(first, torch.Tensor) or not isinstance(example, torch.Tensor) or example.numel() == 0:
         return 1.0
     return max(1.0, first.numel() / example.numel())

@@ -65,7 +65,16 @@ function renderLayers(a, b) {
       ...(withCosts ? [el("td", {}, layerCost(l, fa)), el("td", {}, layerCost(l, fb))] : []),
     );
   });
-  table.tBodies[0].replaceChildren(...rows);
+  // compute that stays float (attention matmuls, embeddings): the same in A and B, in both costs at float
+  const columns = 6 + (withCosts ? 2 : 0);
+  const floats = (pareto.float_layers || []).map((f) => el("tr", { class: "muted float-layer",
+    hidden: onlyDiff.checked, dataset: { fqn: f.fqn, differs: "false" } },
+    el("td", {}, "–"),
+    el("td", {}, f.fqn || "(the model's own forward)"),
+    el("td", {}, f.kind),
+    el("td", { colspan: String(columns - 3) }, `stays float: ${f.reason} (${fmtCost(f.macs)} MACs)`),
+  ));
+  table.tBodies[0].replaceChildren(...rows, ...floats);
   document.getElementById("diff-count").textContent = `(${differing} of ${layers.length} differ)`;
   document.getElementById("layer-cost-note").hidden = withCosts;
 }

@@ -28,23 +28,20 @@ from search.quant.formats import parse_format
 from search.quant.layers import discover_layers
 from search.quant.onnx_import import OnnxImportError, load_onnx_model
 from search.quant.qat import calibrate, quantize_model
-from tests.corpus.models import CORPUS, build, corpus_workload, input_batch, weight_layers
+from tests.corpus.models import BATCH_DIM, CORPUS, build, corpus_workload, input_batch, weight_layers
 
 torch.set_num_threads(1)
 NAMES = sorted(CORPUS)
-ATTENTION = {"vit": 2, "text_encoder": 1}  # nn.MultiheadAttention blocks
+ATTENTION = {"vit": 2, "text_encoder": 2}  # nn.MultiheadAttention blocks
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # (exporter, opset): the TorchScript exporter at 17 (what the README says) and 13; the torch.export one at 18
 # (its first opset: lower ones go through onnx's version converter) and 20.  scaled_dot_product_attention exports
 # from opset 14 only: the attention models take 14 where the grid says 13.
 EXPORTS = [("torchscript", 17), ("torchscript", 13), ("dynamo", 18), ("dynamo", 20)]
 MIN_OPSET = {"vit": 14, "text_encoder": 14}
-# what the importer refuses, with the message it gives (a regex): see the report of issue 19
-REFUSED: dict[tuple[str, str], str] = {
-    # integer token inputs (nn.Embedding): the importer takes float32 graph inputs only
-    ("text_encoder", "torchscript"): r"graph input 'input\.1' must be a float32 tensor",
-    ("text_encoder", "dynamo"): r"graph input 'tokens' must be a float32 tensor",
-}
+# what the importer refuses, with the message it gives (a regex): none now (the text encoder's int64 token
+# input was refused until integer inputs were accepted)
+REFUSED: dict[tuple[str, str], str] = {}
 
 
 @functools.cache
@@ -129,24 +126,54 @@ def test_the_refused_files_are_the_listed_ones() -> None:
 # ------------------------------------------------------------------ upload, search, QDQ export round trip
 
 # a residual CNN, depthwise + SE (Hardswish), a UNet (ConvTranspose, Resize, cat), a two-output detector
-# neck at the older opset; and the ViT, which does not pass yet (see test_vit_class_token_at_batch_2)
-VIT_BATCH = pytest.mark.xfail(strict=True, reason=(
-    "both exporters fold the class token's expand(x.shape[0], ...) to the constant batch 1 of the example: "
-    "the file itself runs at batch 1 only, and the upload inspection and the search run at batch 2"))
+# neck at the older opset; and the ViT exported with a symbolic batch (its class token and attention reshapes
+# follow the batch: see test_vit_exported_with_a_dynamic_batch_runs_at_any_batch)
 UPLOADED = [
     pytest.param("resnet18", "torchscript", 17, id="resnet18-torchscript17"),
     pytest.param("mobilenet_v3", "dynamo", 18, id="mobilenet_v3-dynamo18"),
     pytest.param("unet", "dynamo", 18, id="unet-dynamo18"),
     pytest.param("yolo_neck", "torchscript", 13, id="yolo_neck-torchscript13"),
-    pytest.param("vit", "torchscript", 17, id="vit-torchscript17", marks=VIT_BATCH),
+    pytest.param("vit", "torchscript-dynamic", 17, id="vit-torchscript17-dynamic"),
 ]
+
+
+@functools.cache
+def exported_dynamic(name: str, exporter: str, opset: int, dtype: torch.dtype | None = None) -> bytes:
+    """Corpus model ``name`` (trained-like) exported with a symbolic batch axis (named ``batch``); ``dtype``:
+    the example's (token ids as int32, say)."""
+    model, (example,) = build(name, trained=True)
+    dim = BATCH_DIM.get(name, 0)
+    example = input_batch(name, example, 2, torch.Generator().manual_seed(0))  # torch.export specialises a 1
+    example = example.to(dtype) if dtype is not None else example
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            level = logging.root.manager.disable
+            logging.disable(logging.WARNING)
+            try:
+                program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset, input_names=["x"],
+                                            dynamic_shapes=({dim: torch.export.Dim("batch")},), verbose=False)
+            finally:
+                logging.disable(level)
+            assert program is not None
+            return program.model_proto.SerializeToString()  # type: ignore[no-any-return]
+        buf = io.BytesIO()
+        torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=opset, input_names=["x"],
+                          dynamic_axes={"x": {dim: "batch"}})
+    return buf.getvalue()
+
+
+def _file(name: str, exporter: str, opset: int) -> bytes:
+    if exporter.endswith("-dynamic"):
+        return exported_dynamic(name, exporter.removesuffix("-dynamic"), opset)
+    return exported(name, True, exporter, opset)
 
 
 @pytest.mark.parametrize(("name", "exporter", "opset"), UPLOADED)
 def test_upload_search_and_qdq_export_round_trip(name: str, exporter: str, opset: int, tmp_path: Path) -> None:
     from service.uploads import inspect_model, load_model
 
-    data = exported(name, True, exporter, opset)
+    data = _file(name, exporter, opset)
     stored, info = inspect_model(data)  # the sandboxed child imports it
     assert info["format"] == "onnx" and info["n_layers"] == weighted_nodes(data)
     module = load_model(stored)
@@ -176,39 +203,60 @@ def test_upload_search_and_qdq_export_round_trip(name: str, exporter: str, opset
 
 
 @pytest.mark.parametrize("exporter, opset", [("torchscript", 17), ("dynamo", 18)])
-def test_vit_class_token_at_batch_2(exporter: str, opset: int) -> None:
-    """What stops the ViT upload: the imported module runs at the file's batch 1 and at no other batch."""
+def test_vit_exported_at_a_static_batch_runs_at_that_batch_and_says_why(exporter: str, opset: int) -> None:
+    """Both exporters write the class token's expand(x.shape[0], ...) of a static-batch file as the constant
+    batch 1 of the example: the file itself runs at batch 1 only, and the imported module says so, naming the
+    node where the batch stops following, and refuses another batch with that reason."""
     module = load_onnx_model(exported("vit", True, exporter, opset))
+    assert module.fixed_batch is not None and "does not run at batch 2" in module.fixed_batch
     assert module(torch.randn(1, 3, 16, 16)).shape == (1, 10)
-    with pytest.raises(RuntimeError, match="Sizes of tensors must match"):
+    with pytest.raises(OnnxImportError, match=r"runs at batch 1 only, not 2 .*\(Concat\) does not run at batch 2.*"
+                                              r"export with a symbolic batch"):
         module(torch.randn(2, 3, 16, 16))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a dynamic-batch file is built at batch 1: nn.MultiheadAttention's seq-first Reshape([L, batch, E]) keeps "
-    "the batch at axis 1, and the importer follows the batch on axis 0 only (fold.batch_marks, _reshape)"))
-@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
-def test_vit_exported_with_a_dynamic_batch_runs_at_batch_3(exporter: str) -> None:
-    """The export that should lift test_vit_class_token_at_batch_2: batch axis left free."""
-    model, _ = build("vit", trained=True)
-    example = torch.randn(2, 3, 16, 16)  # torch.export specialises a dimension of size 1
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if exporter == "dynamo":
-            program = torch.onnx.export(model, (example,), dynamo=True, opset_version=18, input_names=["x"],
-                                        dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
-            assert program is not None
-            data = program.model_proto.SerializeToString()
-        else:
-            buf = io.BytesIO()
-            torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=17, input_names=["x"],
-                              dynamic_axes={"x": {0: "batch"}})
-            data = buf.getvalue()
+@pytest.mark.parametrize("exporter, opset", [("torchscript", 17), ("dynamo", 18)])
+def test_vit_exported_with_a_dynamic_batch_runs_at_any_batch(exporter: str, opset: int) -> None:
+    """The batch axis left free: the class token's Expand and nn.MultiheadAttention's seq-first
+    Reshape([L, batch * heads, E / heads]) follow the batch; the module matches onnxruntime at two batch sizes."""
+    data = exported_dynamic("vit", exporter, opset)
     module = load_onnx_model(data)
-    x = torch.randn(3, 3, 16, 16)
-    want = ort.InferenceSession(data).run(None, {"x": x.numpy()})[0]
-    with torch.no_grad():
-        assert max_relative_error(module(x).numpy(), want) <= 1e-4
+    assert module.fixed_batch is None and module.input_shapes == [(1, 3, 16, 16)]
+    session = ort.InferenceSession(data)
+    for batch in (3, 5):
+        x = torch.randn(batch, 3, 16, 16, generator=torch.Generator().manual_seed(batch))
+        want = session.run(None, {"x": x.numpy()})[0]
+        with torch.no_grad():
+            got = module(x).numpy()
+        assert got.shape == (batch, 10) and max_relative_error(got, want) <= 1e-4
+
+
+@pytest.mark.parametrize("exporter, opset, dtype", [("torchscript", 17, torch.int64), ("dynamo", 18, torch.int64),
+                                                     ("torchscript", 17, torch.int32)])
+def test_text_encoder_takes_integer_tokens_at_any_batch_and_is_searched(
+        exporter: str, opset: int, dtype: torch.dtype) -> None:
+    """nn.Embedding -> seq-first nn.TransformerEncoder, its (sequence, batch) token ids int64 or int32, the batch
+    axis symbolic (axis 1, named batch): the file imports (refused before: 'graph input must be a float32
+    tensor'), matches onnxruntime at two batch sizes, says which ids its embedding takes, and a 3-trial search
+    runs on the imported module."""
+    data = exported_dynamic("text_encoder", exporter, opset, dtype)
+    module = load_onnx_model(data)
+    assert module.input_dtypes == [dtype] and module.batch_axis == 1 and module.fixed_batch is None
+    assert module.index_limit == 50  # the vocabulary of the embedding
+    session = ort.InferenceSession(data)
+    for batch in (2, 5):
+        tokens = torch.randint(0, 50, (12, batch), generator=torch.Generator().manual_seed(batch), dtype=dtype)
+        want = session.run(None, {"x": tokens.numpy()})[0]
+        with torch.no_grad():
+            got = module(tokens).numpy()
+        assert got.shape == (batch, 4) and max_relative_error(got, want) <= 1e-4
+    workload = dataclasses.replace(corpus_workload("text_encoder", n_train=8, batch_size=2), model=module,
+                                   example_inputs=module.example_inputs(), name="onnx-text_encoder")
+    spec = SearchSpec(workload="onnx-text_encoder", n_trials=3, qat_steps=2, reevaluate_front=0,
+                      seed_with_sensitivity=False, formats=("int4", "int8"), pin_first_last=None)
+    result = run_search(spec, workload=workload)
+    assert len(result.trials) == 3 and result.front
+    assert len(result.layers) == weighted_nodes(data) == 9  # 2 x (packed qkv, out, 2 MLP) + the classifier
 
 
 def test_lrn_if_on_a_static_condition_is_inlined() -> None:

@@ -90,10 +90,9 @@ def test_automatic_k_follows_the_model_size_and_the_device_memory() -> None:
 def test_automatic_k_batches_the_small_corpus_cnns_and_not_the_builtin_denoisers() -> None:
     """The rule read from the measured speedups, on the workloads measured: batched where K = 8 paid
     (corpus kws, espcn), one map where it did not (digits, denoise)."""
-    from tests.corpus.models import corpus_workload
-
     from search import discover_layers, load_workload
     from search.study.runner import maps_per_pass
+    from tests.corpus.models import corpus_workload
 
     for workload, expected in [(corpus_workload("kws"), 8), (corpus_workload("espcn"), 8),
                                (load_workload("digits", TINY), 1), (load_workload("denoise", {"pretrain_steps": 30}), 1)]:

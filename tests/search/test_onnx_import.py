@@ -230,3 +230,46 @@ def test_old_opset_dynamic_shapes_and_external_data_are_refused(tmp_path: Path) 
     weight.external_data.add(key="location", value=str(secret))
     with pytest.raises(OnnxImportError, match="external data"):
         load_onnx_model(external.SerializeToString())
+
+
+def _batch_graph(reshape_target: list[int], input_dims: list[int | str]) -> bytes:
+    """x (N, 4) -> Gemm (4 -> 6) -> Reshape(target) -> Relu: the Reshape's constant target decides whether the
+    graph follows the batch."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["h"], name="fc", transB=1),
+             helper.make_node("Reshape", ["h", "shape"], ["r"], name="the_reshape"),
+             helper.make_node("Relu", ["r"], ["y"], name="relu")]
+    inits = [numpy_helper.from_array(rng.standard_normal((6, 4)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array(reshape_target, np.int64), "shape")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, input_dims)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2, 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_a_reshape_that_hard_codes_the_batch_fixes_it_and_says_which_node() -> None:
+    """A symbolic-batch file whose Reshape writes batch 1 into its target runs at batch 1 only: the module says
+    so naming the node, and refuses batch 3 with that reason instead of a shape error deep in the forward."""
+    module = load_onnx_model(_batch_graph([1, 2, 3], ["batch", 4]))
+    assert module.fixed_batch is not None
+    assert "node 'the_reshape' (Reshape) does not run at batch 2" in module.fixed_batch
+    assert module(torch.randn(1, 4)).shape == (1, 2, 3)
+    with pytest.raises(OnnxImportError, match=r"runs at batch 1 only, not 3 \(axis 0 of its input\): node "
+                                              r"'the_reshape' \(Reshape\)"):
+        module(torch.randn(3, 4))
+
+
+@pytest.mark.parametrize("target", [[-1, 2, 3], [0, 2, 3]], ids=["minus-one", "copied-axis"])
+def test_a_reshape_whose_target_leaves_the_batch_free_follows_it(target: list[int]) -> None:
+    """-1 and 0 (copy the input's axis) are worked out at each forward, as onnxruntime does: the module matches
+    onnxruntime at batch 1 and 5."""
+    data = _batch_graph(target, ["batch", 4])
+    module = load_onnx_model(data)
+    assert module.fixed_batch is None
+    session = onnxruntime_session(data)
+    for batch in (1, 5):
+        x = torch.randn(batch, 4)
+        want = session.run(None, {"x": x.numpy()})[0]
+        with torch.no_grad():
+            got = module(x)
+        assert got.shape == (batch, 2, 3) and np.allclose(got.numpy(), want, atol=1e-6)

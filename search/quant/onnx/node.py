@@ -4,7 +4,7 @@ dtypes of its inputs, and the errors that name it (``node 'name' (Op): ...``).""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -43,8 +43,9 @@ def type_name(data_type: int) -> str:
 class Node:
     """An ONNX node during the build; see the module docstring."""
 
-    def __init__(self, node: onnx.NodeProto, constants: dict[str, np.ndarray],
-                 shapes: dict[str, tuple[int, ...]], dtypes: dict[str, torch.dtype]):
+    def __init__(self, node: onnx.NodeProto, constants: Mapping[str, np.ndarray],
+                 shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, torch.dtype],
+                 batch_axes: Mapping[str, int] | None = None, batch: int | None = None):
         self.proto = node
         self.op = node.op_type
         self.label = f"node {node.name or '(unnamed)'!r} ({node.op_type})"
@@ -52,6 +53,8 @@ class Node:
         self._constants = constants
         self._shapes = shapes
         self._dtypes = dtypes
+        self._batch_axes = batch_axes
+        self.batch = batch  # the build batch, where the batch is tracked and a static file's batch is guessed
 
     def fail(self, what: str) -> OnnxImportError:
         return OnnxImportError(f"file: {self.label}: {what}")
@@ -89,6 +92,16 @@ class Node:
         if name in self._constants:
             return tuple(self._constants[name].shape)
         return self._shapes[name]
+
+    def batch_axis(self, i: int) -> int | None:
+        """The axis of input ``i`` whose size follows the batch; None where no axis does, or where the batch is
+        not tracked (the model runs at its build batch only)."""
+        return None if self._batch_axes is None else self._batch_axes.get(self.input(i))
+
+    def is_batch(self, i: int) -> bool:
+        """Whether axis 0 of input ``i`` is the batch itself (not a multiple of it), while it is tracked and the
+        batch is guessed (``batch`` is set for a file with a static batch only)."""
+        return self.batch_axis(i) == 0 and self.batch is not None and self.shape(i)[0] == self.batch
 
     def rank(self, i: int) -> int:
         return len(self.shape(i))
