@@ -89,14 +89,20 @@ def _saved_bytes(step: Any) -> int:
     return sum(seen.values())
 
 
-def memory_per_map(workload: Workload, maps: Sequence[dict[str, str]]) -> tuple[float, float]:
-    """(batched, one-map) bytes per map one training step holds: parameters x 4 + saved activations."""
+def calibrated_models(workload: Workload, maps: Sequence[dict[str, str]]) -> list[torch.nn.Module]:
+    """One fake-quant copy of the workload's model per map, calibrated (the one-map path's start)."""
     models = []
     for qmap in maps:
         model = copy.deepcopy(workload.model)
         quantize_model(model, as_formats(qmap), workload.example_inputs)
         calibrate(model, workload.calibration_batches)
         models.append(model)
+    return models
+
+
+def memory_per_map(workload: Workload, maps: Sequence[dict[str, str]]) -> tuple[float, float]:
+    """(batched, one-map) bytes per map one training step holds: parameters x 4 + saved activations."""
+    models = calibrated_models(workload, maps)
     batched = BatchedModel(models, RangeMethod.MINMAX).train()
     x, y = next(workload.train_batches(torch.Generator().manual_seed(0)))
 
@@ -186,12 +192,7 @@ def profile_step(name: str, k: int) -> list[list[str]]:
 
     workload = make_workload(name)
     maps = random_maps(workload, k)
-    models = []
-    for qmap in maps:
-        model = copy.deepcopy(workload.model)
-        quantize_model(model, as_formats(qmap), workload.example_inputs)
-        calibrate(model, workload.calibration_batches)
-        models.append(model)
+    models = calibrated_models(workload, maps)
     batched = BatchedModel(models, RangeMethod.MINMAX).train()
     one = models[0].train()
     x, y = next(workload.train_batches(torch.Generator().manual_seed(0)))
