@@ -283,11 +283,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=1, help="timed rounds per K (default: %(default)s)")
     parser.add_argument("--profile-k", type=int, default=8, help="K of the profile table; 0 skips it")
     parser.add_argument("--quick", action="store_true", help="smoke run: corpus:kws, K 1 2, 3 steps")
-    parser.add_argument("--name", type=setting_name, default="default", help="setting name of the report")
+    parser.add_argument("--name", type=setting_name, default=None,
+                        help="setting name of the report (default: 'default', or 'quick' with --quick)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.quick:
         args.workloads, args.ks, args.steps, args.rounds, args.profile_k = ["corpus:kws"], [1, 2], 3, 1, 2
+    if args.name is None:  # a smoke run never overwrites the recorded report
+        args.name = "quick" if args.quick else "default"
     rows: list[Row] = []
     for name in args.workloads:
         rows += measure(name, args.ks, args.steps, args.rounds)
