@@ -43,7 +43,7 @@ from search.study.runner import SearchObserver, run_search
 from search.study.space import build_space
 from search.study.storage import StorageError
 from search.threads import set_torch_threads
-from search.train import run_trial
+from search.train import TrialBatch, run_trial, run_trials
 from search.workloads import (
     BUILTIN_WORKLOADS,
     Workload,
@@ -108,6 +108,7 @@ __all__ = [
     "StaticShapesWarning",
     "StorageError",
     "TargetProfile",
+    "TrialBatch",
     "TrialFailure",
     "TrialOutcome",
     "Workload",
@@ -137,6 +138,7 @@ __all__ = [
     "qconfig_json_schema",
     "run_search",
     "run_trial",
+    "run_trials",
     "save_qconfig",
     "set_torch_threads",
     "summarize_assignment",

@@ -13,6 +13,7 @@ PUBLIC_API = [
     "pareto_front", "pareto_numbers", "non_dominated", "objective_vector", "json_safe",
     # workloads and one trial
     "Workload", "BUILTIN_WORKLOADS", "load_workload", "check_workload_options", "run_trial",
+    "run_trials", "TrialBatch",
     "set_torch_threads",
     # target profiles
     "TargetProfile", "ProfileError", "builtin_profiles", "load_profile", "parse_profile_text",
