@@ -8,6 +8,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -61,14 +62,28 @@ def run_trial(
     dev = resolve_device(device)
     model = copy.deepcopy(workload.model).to(dev)
     qmap = as_formats(assignment)
-    example = tuple(t.to(dev) if isinstance(t, torch.Tensor) else t for t in workload.example_inputs)
+    example, calib = _inputs_on(workload, dev)
     quantize_model(model, qmap, example, range_method=range_method)
-    calibrate(model, [(x.to(dev), y) for x, y in workload.calibration_batches])
+    calibrate(model, calib)
     losses = qat_train(model, workload, qat_steps, seed, dev, recipe)
+    quality = _score(workload, model)
+    return TrialRun(model=model, quality=quality, losses=losses, duration_s=time.perf_counter() - start)
+
+
+def _inputs_on(
+    workload: Workload, dev: torch.device,
+) -> tuple[tuple[Any, ...], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The workload's example inputs and calibration batches on ``dev``."""
+    example = tuple(t.to(dev) if isinstance(t, torch.Tensor) else t for t in workload.example_inputs)
+    return example, [(x.to(dev), y) for x, y in workload.calibration_batches]
+
+
+def _score(workload: Workload, model: nn.Module) -> float:
+    """The trained model's metric (NaN is a :class:`NonFiniteLossError`)."""
     quality = float(workload.evaluate(model))
     if quality != quality:
         raise NonFiniteLossError("metric: evaluation returned NaN")
-    return TrialRun(model=model, quality=quality, losses=losses, duration_s=time.perf_counter() - start)
+    return quality
 
 
 def fp32_quality(workload: Workload, device: str = "cpu") -> float:
@@ -117,8 +132,7 @@ def run_trials(
                               range_method=range_method, device=device, recipe=recipe, warn=False)
     start = time.perf_counter()
     dev = resolve_device(device)
-    example = tuple(t.to(dev) if isinstance(t, torch.Tensor) else t for t in workload.example_inputs)
-    calib = [(x.to(dev), y) for x, y in workload.calibration_batches]
+    example, calib = _inputs_on(workload, dev)
     models: list[nn.Module] = []
     reason = ""
     if len(example) != 1 or not isinstance(example[0], torch.Tensor):
@@ -163,9 +177,7 @@ def run_trials(
     for model, map_losses in zip(models, losses, strict=True):
         model.eval()
         t0 = time.perf_counter()
-        quality = float(workload.evaluate(model))
-        if quality != quality:
-            raise NonFiniteLossError("metric: evaluation returned NaN")
+        quality = _score(workload, model)
         runs.append(TrialRun(model=model, quality=quality, losses=map_losses,
                              duration_s=share + time.perf_counter() - t0))
     return TrialBatch(runs=runs, maps_per_pass=len(models), batched=True)
