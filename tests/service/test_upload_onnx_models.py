@@ -100,6 +100,9 @@ def test_token_model_upload_says_its_input_is_int64_ids_of_its_embedding() -> No
     pytest.param(np.random.default_rng(0).integers(0, 25, (16, 6)), "dataset",
                  "array 'x_train' holds ids 0..24; model 'wide' looks them up in a table of 20: ids 0..19",
                  id="ids-beyond-the-embedding"),
+    pytest.param(np.full((16, 6), -3, dtype=np.int64), "dataset",
+                 "array 'x_train' holds ids -3..-3; model 'wide' looks them up in a table of 20: ids 0..19",
+                 id="negative-ids"),  # torch would index from the end of the table: a hostile dataset's trick
 ])
 def test_a_dataset_for_a_token_model_must_hold_its_ids(
         settings: Any, db: Any, x: np.ndarray, loc: str | None, expected: str | None) -> None:
